@@ -1,0 +1,156 @@
+"""
+The server configuration: a frozen value read from a TOML file.
+
+Every key of the Go server with its default, plus the keys this project adds.
+Errors name the key, so a typo or a wrong type stops start-up with a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from typing import Any
+
+import attrs
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "off")
+
+
+class ConfigError(Exception):
+    """
+    The configuration is invalid; the message names the key and says why.
+    """
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+@attrs.frozen
+class Config:
+    """
+    All settings of one HQ server. See docs/configuration.md for each key.
+    """
+
+    server_id: int = 0
+    addr: str = "0.0.0.0:19900"
+    data_dir: str = ""
+    log_level: str = "info"
+    log_file: str = ""
+    access_log_file: str = ""
+    queues: int = 8192
+    dispatchers: int = attrs.field(factory=_cpu_count)
+    max_workers: int = 0
+    shutdown_timeout: int = 10
+    job_lifetime: int = 2_419_200
+    job_list_default_limit: int = 0
+    ui: bool = True
+    ui_basename: str = "/ui"
+    # Keys added by this project.
+    max_output_bytes: int = 1_048_576
+    max_body_bytes: int = 4_194_304
+
+    @property
+    def host(self) -> str:
+        """
+        The host part of ``addr`` (``""`` means every interface).
+        """
+        return _split_addr(self.addr)[0]
+
+    @property
+    def port(self) -> int:
+        """
+        The port part of ``addr``.
+        """
+        return _split_addr(self.addr)[1]
+
+    @property
+    def workers_per_dispatcher(self) -> int:
+        """
+        How many jobs one dispatcher runs at a time: ``max(1, max_workers)``.
+        """
+        return max(1, self.max_workers)
+
+    @property
+    def ui_path(self) -> str:
+        """
+        ``ui_basename`` with one leading and no trailing slash, e.g. ``/ui``.
+        """
+        return "/" + self.ui_basename.strip("/")
+
+
+_TYPES: dict[str, type] = typing.get_type_hints(Config)
+
+_MINIMUM = {
+    "queues": 1,
+    "dispatchers": 1,
+    "max_workers": 0,
+    "shutdown_timeout": 0,
+    "job_lifetime": 0,
+    "job_list_default_limit": 0,
+    "max_output_bytes": 0,
+    "max_body_bytes": 1024,
+}
+
+_TYPE_NAMES = {int: "an integer", str: "a string", bool: "a boolean (true or false)"}
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"'addr' must be host:port with a port from 0 to 65535, not {addr!r}")
+    host = host.strip("[]")
+    return ("" if host in ("", "0.0.0.0", "*") else host), int(port)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """
+    Return the ``Config`` for ``values`` (a parsed TOML table) over the defaults.
+
+    :raises ConfigError: for an unknown key, a wrong type or a bad value.
+    """
+    unknown = sorted(set(values) - set(_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown configuration key '{unknown[0]}'")
+    for key, value in values.items():
+        expected = _TYPES[key]
+        if type(value) is not expected:
+            raise ConfigError(
+                f"'{key}' must be {_TYPE_NAMES[expected]}, not {type(value).__name__} {value!r}"
+            )
+        minimum = _MINIMUM.get(key)
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"'{key}' must be at least {minimum}, not {value}")
+    if "server_id" in values and not 0 <= values["server_id"] <= 1023:
+        raise ConfigError(f"'server_id' must be between 0 and 1023, not {values['server_id']}")
+    if "log_level" in values:
+        level = values["log_level"].lower() or "info"
+        if level not in LOG_LEVELS:
+            raise ConfigError(
+                f"'log_level' must be one of {', '.join(LOG_LEVELS)}, not {values['log_level']!r}"
+            )
+        values = {**values, "log_level": level}
+    if "ui_basename" in values and not values["ui_basename"].strip("/"):
+        raise ConfigError("'ui_basename' must name a path below /, such as \"/ui\"")
+    config = Config(**values)
+    _split_addr(config.addr)
+    return config
+
+
+def load_config(path: str | None) -> Config:
+    """
+    Read the TOML file at ``path``; with ``None``, return the defaults.
+
+    :raises ConfigError: when the file cannot be read or parsed, or holds a bad key.
+    """
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    return config_from_dict(values)

@@ -1,0 +1,204 @@
+"""
+The job store: the interface every storage engine implements, and its errors.
+
+The store is the source of truth for a job's state. Every method that changes
+a job checks and changes it in one atomic step (so a stop and a finish, or a
+restart and a delete, cannot interleave), and every method returns a
+``Deferred``; none blocks the reactor thread.
+
+Engines: :mod:`hq.store.sqlite` (the embedded default) and
+:mod:`hq.store.memory` (a fake for tests, with the same behaviour).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from hq.model import Job, JobPage, ListQuery, Outcome
+
+
+class StoreError(Exception):
+    """
+    Base of the store's errors.
+    """
+
+
+class JobNotFound(StoreError):
+    """
+    No job has this id.
+    """
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"The job '{job_id}' is not found")
+        self.job_id = job_id
+
+
+class JobConflict(StoreError):
+    """
+    The job is in a state that forbids the operation (e.g. delete while running).
+    """
+
+    def __init__(self, job_id: int, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobExists(StoreError):
+    """
+    A job with this id is already stored.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """
+    The storage cannot be written now (disk full, file unwritable, closed).
+    """
+
+
+@attrs.frozen
+class StoreCounts:
+    """
+    Job counters for ``/stats``.
+    """
+
+    stored: int
+    waiting: int
+    running: int
+    created_since: int
+
+
+@attrs.frozen
+class Recovery:
+    """
+    What :meth:`IJobStore.recover` did at start-up.
+    """
+
+    #: Jobs that were running when the last process died, waiting again.
+    requeued: int
+    #: Jobs that were being stopped when the last process died, now canceled.
+    canceled: int
+
+
+class IJobStore(Interface):
+    """
+    Durable storage of jobs. All methods return Deferreds.
+    """
+
+    def open() -> Deferred[None]:
+        """
+        Open (and if needed create) the storage.
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Finish pending writes and release the storage.
+        """
+
+    def recover(now: int) -> Deferred[Recovery]:
+        """
+        Make the jobs a dead process left running runnable again: those with a
+        stop requested finish ``canceled`` at ``now``, the others are waiting again.
+        """
+
+    def max_id() -> Deferred[int]:
+        """
+        Return the greatest stored id, 0 when there is none.
+        """
+
+    def create(job: Job) -> Deferred[None]:
+        """
+        Store a new job. Fires once it is durable.
+
+        Fails with :class:`JobExists` or :class:`StoreUnavailable`.
+        """
+
+    def get(job_id: int) -> Deferred[Job]:
+        """
+        Return the job. Fails with :class:`JobNotFound`.
+        """
+
+    def list(query: ListQuery) -> Deferred[JobPage]:
+        """
+        Return the jobs matching ``query``, in id order (descending if
+        ``query.reverse``), from ``query.begin`` inclusive, at most
+        ``query.limit``; ``next_id`` is the next matching id after the page.
+        """
+
+    def start(job_id: int, now: int) -> Deferred[Job | None]:
+        """
+        Mark a waiting job running (``started_at = now``, one more attempt).
+
+        Return the running job, or ``None`` when it is no longer waiting (it was
+        stopped or deleted meanwhile) and must not be sent.
+        """
+
+    def finish(job_id: int, outcome: Outcome) -> Deferred[Job | None]:
+        """
+        Record the outcome of a job that is not finished yet; return it, or
+        ``None`` if it was already finished or deleted.
+        """
+
+    def stop(job_id: int, now: int) -> Deferred[Job]:
+        """
+        Cancel an active job: a waiting one finishes ``canceled`` at ``now``; a
+        running one gets ``canceled`` set and finishes when its request ends.
+
+        Return the job after the change. Fails with :class:`JobNotFound`, or
+        :class:`JobConflict` (``The job <id> is not active``).
+        """
+
+    def restart(job_id: int) -> Deferred[Job]:
+        """
+        Reset a finished job to run again under the same id; return it waiting.
+
+        Fails with :class:`JobNotFound`, or :class:`JobConflict`
+        (``The job <id> is running now`` / ``... is waiting now``).
+        """
+
+    def delete(job_id: int) -> Deferred[None]:
+        """
+        Delete a job that is neither waiting nor running.
+
+        Fails with :class:`JobNotFound` or :class:`JobConflict`.
+        """
+
+    def waiting_jobs(after_id: int, limit: int) -> Deferred[list[Job]]:
+        """
+        Return up to ``limit`` waiting, not canceled jobs with ids above
+        ``after_id``, in id order (the queue's backlog).
+        """
+
+    def delete_finished_before(cutoff: int, limit: int) -> Deferred[int]:
+        """
+        Delete up to ``limit`` finished jobs whose ``finished_at`` is before
+        ``cutoff``; return how many were deleted.
+        """
+
+    def counts(since_id: int) -> Deferred[StoreCounts]:
+        """
+        Return the counters; ``created_since`` counts jobs with ids >= ``since_id``.
+        """
+
+
+def conflict_for(job: Job) -> JobConflict | None:
+    """
+    Return the conflict that forbids deleting or restarting ``job``, if any.
+    """
+    if job.running:
+        return JobConflict(job.id, f"The job {job.id} is running now")
+    if job.waiting:
+        return JobConflict(job.id, f"The job {job.id} is waiting now")
+    return None
+
+
+def not_active(job: Job) -> JobConflict:
+    """
+    Return the conflict for stopping a job that is not waiting or running.
+    """
+    return JobConflict(job.id, f"The job {job.id} is not active")

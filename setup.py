@@ -1,0 +1,38 @@
+"""
+Packaging for HQ: the ``hq`` package, the ``hq`` console script, the twistd plugin
+``hq`` (``twisted/plugins/hq_plugin.py``) and the web UI files (``ui/``, installed
+as the data package ``hq_ui``).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hq-server",
+    version="0.1.0",
+    description="A durable HTTP job queue server on Twisted, compatible with kohkimakimoto/hq",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"])
+    + ["twisted.plugins", "hq_ui"],
+    package_dir={"hq_ui": "ui"},
+    package_data={"twisted": ["plugins/hq_plugin.py"], "hq_ui": ["*", "**/*"]},
+    include_package_data=True,
+    install_requires=[
+        "Twisted>=24.7",
+        "klein>=24.8",
+        "treq>=24.9",
+        "attrs>=23.1",
+        "google-re2>=1.1",
+        "txaio>=23.1",
+        "zope.interface>=6",
+    ],
+    extras_require={
+        "test": [
+            "ruff",
+            "mypy",
+            "mypy-zope",
+            "hypothesis",
+            "playwright",
+        ],
+    },
+    entry_points={"console_scripts": ["hq = hq.cli:main"]},
+)
