@@ -122,7 +122,8 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         minimum = _MINIMUM.get(key)
         if minimum is not None and value < minimum:
             raise ConfigError(f"'{key}' must be at least {minimum}, not {value}")
-    if "server_id" in values and not 0 <= values["server_id"] <= 1023:
+    server_id: int = values.get("server_id", 0)
+    if not 0 <= server_id <= 1023:
         raise ConfigError(f"'server_id' must be between 0 and 1023, not {values['server_id']}")
     if "log_level" in values:
         level = values["log_level"].lower() or "info"

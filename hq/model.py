@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -164,7 +164,7 @@ def format_time(unix_ms: int | None) -> str | None:
     if unix_ms is None:
         return None
     seconds, ms = divmod(unix_ms, 1000)
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{ms:03d}Z"
 
 

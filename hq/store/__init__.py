@@ -123,7 +123,7 @@ class IJobStore(Interface):
         Return the job. Fails with :class:`JobNotFound`.
         """
 
-    def list(query: ListQuery) -> Deferred[JobPage]:
+    def list_jobs(query: ListQuery) -> Deferred[JobPage]:
         """
         Return the jobs matching ``query``, in id order (descending if
         ``query.reverse``), from ``query.begin`` inclusive, at most

@@ -112,7 +112,7 @@ class MemoryStore:
         start = 0 if begin is None else bisect.bisect_left(ids, begin)
         return (ids[i] for i in range(start, len(ids)))
 
-    def list(self, query: ListQuery) -> Deferred[JobPage]:
+    def list_jobs(self, query: ListQuery) -> Deferred[JobPage]:
         def call() -> JobPage:
             jobs: list[Job] = []
             for job_id in self._scan(query.begin, query.reverse):
