@@ -82,7 +82,7 @@ class Config:
 
 _TYPES: dict[str, type] = typing.get_type_hints(Config)
 
-_MINIMUM = {
+_MINIMUM: dict[str, int] = {
     "queues": 1,
     "dispatchers": 1,
     "max_workers": 0,
@@ -131,7 +131,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
             raise ConfigError(
                 f"'log_level' must be one of {', '.join(LOG_LEVELS)}, not {values['log_level']!r}"
             )
-        values = {**values, "log_level": level}
+        values = dict(values, log_level=level)
     if "ui_basename" in values and not values["ui_basename"].strip("/"):
         raise ConfigError("'ui_basename' must name a path below /, such as \"/ui\"")
     config = Config(**values)
