@@ -120,7 +120,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
                 f"'{key}' must be {_TYPE_NAMES[expected]}, not {type(value).__name__} {value!r}"
             )
         minimum = _MINIMUM.get(key)
-        if minimum is not None and value < minimum:
+        if minimum is not None and typing.cast(int, value) < minimum:
             raise ConfigError(f"'{key}' must be at least {minimum}, not {value}")
     server_id: int = values.get("server_id", 0)
     if not 0 <= server_id <= 1023:
