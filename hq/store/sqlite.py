@@ -1,0 +1,619 @@
+"""
+The embedded job store: SQLite (standard library) in WAL mode, in ``data_dir``.
+
+- Every write runs on one writer thread. The writer takes all the writes that
+  are queued, runs them in one transaction and commits once, so one fsync serves
+  many jobs; each Deferred fires (on the reactor thread) after that commit.
+- Reads run on a small pool of reader threads with their own connections; WAL
+  lets them read while the writer writes.
+- The counters for ``/stats`` live in memory, set at open and moved by each
+  committed write, so ``/stats`` never counts a million rows.
+- A lock file in ``data_dir`` keeps a second server off the same store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from hq.model import Job, JobPage, JobState, ListQuery, Outcome
+from hq.store import (
+    IJobStore,
+    JobExists,
+    JobNotFound,
+    Recovery,
+    StoreCounts,
+    StoreError,
+    StoreUnavailable,
+    conflict_for,
+    not_active,
+)
+
+T = TypeVar("T")
+
+#: The schema version this code writes; ``PRAGMA user_version`` of the file.
+SCHEMA_VERSION = 1
+
+DATABASE_FILE = "hq.sqlite3"
+LOCK_FILE = "hq.lock"
+
+_SCHEMA = [
+    # Version 1.
+    [
+        """
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            comment TEXT NOT NULL,
+            url TEXT NOT NULL,
+            payload TEXT,
+            headers TEXT,
+            timeout INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            started_at INTEGER,
+            finished_at INTEGER,
+            success INTEGER NOT NULL,
+            failure INTEGER NOT NULL,
+            canceled INTEGER NOT NULL,
+            status_code INTEGER,
+            err TEXT NOT NULL,
+            output TEXT NOT NULL,
+            output_truncated INTEGER NOT NULL,
+            attempts INTEGER NOT NULL,
+            run_after INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX jobs_status ON jobs (status, id)",
+        "CREATE INDEX jobs_waiting ON jobs (id) WHERE state = 0",
+        "CREATE INDEX jobs_running ON jobs (id) WHERE state = 1",
+        "CREATE INDEX jobs_expiry ON jobs (finished_at) WHERE state = 2",
+    ],
+]
+
+_COLUMNS = (
+    "id, name, comment, url, payload, headers, timeout, state, status, started_at, "
+    "finished_at, success, failure, canceled, status_code, err, output, output_truncated, "
+    "attempts"
+)
+_INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+_REPLACE = f"REPLACE INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+_SELECT = f"SELECT {_COLUMNS} FROM jobs"
+
+#: How many writes one transaction takes at most.
+_BATCH = 1000
+
+#: SQLite error texts that mean the storage, not the request, is at fault.
+_UNAVAILABLE = ("disk", "full", "readonly", "read-only", "unable to open", "i/o", "locked")
+
+
+def _row(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.name,
+        job.comment,
+        job.url,
+        job.payload,
+        None if job.headers is None else json.dumps(job.headers, separators=(",", ":")),
+        job.timeout,
+        int(job.state),
+        job.status,
+        job.started_at,
+        job.finished_at,
+        int(job.success),
+        int(job.failure),
+        int(job.canceled),
+        job.status_code,
+        job.err,
+        job.output,
+        int(job.output_truncated),
+        job.attempts,
+    )
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    return Job(
+        id=row[0],
+        name=row[1],
+        comment=row[2],
+        url=row[3],
+        payload=row[4],
+        headers=None if row[5] is None else json.loads(row[5]),
+        timeout=row[6],
+        state=JobState(row[7]),
+        started_at=row[9],
+        finished_at=row[10],
+        success=bool(row[11]),
+        failure=bool(row[12]),
+        canceled=bool(row[13]),
+        status_code=row[14],
+        err=row[15],
+        output=row[16],
+        output_truncated=bool(row[17]),
+        attempts=row[18],
+    )
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA cache_size = -16000")
+    return conn
+
+
+def _unavailable(error: sqlite3.Error) -> bool:
+    text = str(error).lower()
+    return isinstance(error, sqlite3.OperationalError) and any(w in text for w in _UNAVAILABLE)
+
+
+@attrs.define
+class _Counts:
+    stored: int = 0
+    waiting: int = 0
+    running: int = 0
+
+    def move(self, before: Job | None, after: Job | None) -> None:
+        """
+        Account for one job changing from ``before`` to ``after`` (None: absent).
+        """
+        for job, sign in ((before, -1), (after, 1)):
+            if job is None:
+                continue
+            self.stored += sign
+            if job.state is JobState.WAITING:
+                self.waiting += sign
+            elif job.state is JobState.RUNNING:
+                self.running += sign
+
+
+@attrs.frozen
+class _Change:
+    """
+    What one write did, for the counters: job states before and after.
+    """
+
+    before: Job | None
+    after: Job | None
+
+
+_Op = Callable[[sqlite3.Connection, list[_Change]], Any]
+
+
+class _Writer(threading.Thread):
+    """
+    The one thread that writes. Runs queued operations in batched transactions.
+    """
+
+    def __init__(self, path: str, reactor: Any, deliver: Callable[[list[Any]], None]) -> None:
+        super().__init__(name="hq-sqlite-writer", daemon=True)
+        self._path = path
+        self._reactor = reactor
+        self._deliver = deliver
+        self._queue: queue.SimpleQueue[tuple[_Op, Deferred[Any]] | None] = queue.SimpleQueue()
+        self._conn: sqlite3.Connection | None = None
+
+    def submit(self, op: _Op) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._queue.put((op, d))
+        return d
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < _BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            self._reactor.callFromThread(self._deliver, self._run_batch(batch))
+        if self._conn is not None:
+            self._conn.close()
+
+    def _run_batch(
+        self, batch: list[tuple[_Op, Deferred[Any]]]
+    ) -> list[tuple[Deferred[Any], Any, list[_Change]]]:
+        results: list[tuple[Deferred[Any], Any, list[_Change]]] = []
+        try:
+            if self._conn is None:
+                self._conn = _connect(self._path)
+                # Outside any transaction: journal_mode cannot change inside one.
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = FULL")
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            for op, d in batch:
+                changes: list[_Change] = []
+                try:
+                    result = op(conn, changes)
+                except sqlite3.IntegrityError:
+                    results.append((d, Failure(JobExists("a job with this id exists")), []))
+                except StoreError:
+                    results.append((d, Failure(), []))
+                except sqlite3.Error as e:
+                    if _unavailable(e):
+                        raise
+                    results.append((d, Failure(), []))
+                else:
+                    results.append((d, result, changes))
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self._conn is not None and self._conn.in_transaction:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            error = StoreUnavailable(f"storage unavailable: {e}")
+            return [(d, Failure(error), []) for _, d in batch]
+        return results
+
+
+@implementer(IJobStore)
+class SQLiteStore:
+    """
+    Jobs in ``<data_dir>/hq.sqlite3``.
+
+    :param data_dir: the directory (created if missing).
+    :param reactor: provides ``callFromThread`` and thread pools.
+    """
+
+    log = Logger()
+
+    def __init__(self, data_dir: str, reactor: Any, readers: int = 2) -> None:
+        self._data_dir = data_dir
+        self._path = os.path.join(data_dir, DATABASE_FILE)
+        self._reactor = reactor
+        self._readers = readers
+        self._counts = _Counts()
+        self._writer: _Writer | None = None
+        self._pool: ThreadPool | None = None
+        self._local = threading.local()
+        self._lock_fd: int | None = None
+
+    @property
+    def path(self) -> str:
+        """
+        The database file.
+        """
+        return self._path
+
+    # Opening and closing.
+
+    def _lock(self) -> None:
+        os.makedirs(self._data_dir, exist_ok=True)
+        path = os.path.join(self._data_dir, LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"another HQ server (pid {owner}) is using data_dir {self._data_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        self._lock_fd = fd
+
+    def _migrate(self, conn: sqlite3.Connection, changes: list[_Change]) -> tuple[int, int, int]:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self._path} has schema version {version}, written by a newer HQ; "
+                f"this HQ knows schema versions up to {SCHEMA_VERSION} and will not downgrade it"
+            )
+        for statements in _SCHEMA[version:]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        stored = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+        waiting = conn.execute("SELECT count(*) FROM jobs WHERE state = 0").fetchone()[0]
+        running = conn.execute("SELECT count(*) FROM jobs WHERE state = 1").fetchone()[0]
+        return stored, waiting, running
+
+    def open(self) -> Deferred[None]:
+        try:
+            self._lock()
+        except (OSError, StoreError):
+            return fail()
+        self._writer = _Writer(self._path, self._reactor, self._deliver)
+        self._writer.start()
+        self._pool = ThreadPool(minthreads=1, maxthreads=self._readers, name="hq-sqlite-read")
+        self._pool.start()
+
+        def failed(reason: Failure) -> Failure:
+            self.close()
+            return reason
+
+        def opened(counts: tuple[int, int, int]) -> None:
+            self._counts = _Counts(*counts)
+            self.log.info(
+                "Opened {path}: {stored} jobs stored, {waiting} waiting, {running} running",
+                path=self._path,
+                stored=counts[0],
+                waiting=counts[1],
+                running=counts[2],
+            )
+
+        return self._writer.submit(self._migrate).addCallbacks(opened, failed)
+
+    def close(self) -> Deferred[None]:
+        writer, pool = self._writer, self._pool
+        self._writer = self._pool = None
+        if pool is not None:
+            pool.stop()
+        if writer is None:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+
+        def wait() -> None:
+            writer.join()
+            self._reactor.callFromThread(done.callback, None)
+
+        writer.stop()
+        threading.Thread(target=wait, name="hq-sqlite-close", daemon=True).start()
+
+        def unlock(result: None) -> None:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+        return done.addCallback(unlock)
+
+    # Plumbing.
+
+    def _deliver(self, results: list[tuple[Deferred[Any], Any, list[_Change]]]) -> None:
+        for _, _, changes in results:
+            for change in changes:
+                self._counts.move(change.before, change.after)
+        for d, result, _ in results:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    def _write(self, op: _Op) -> Deferred[Any]:
+        if self._writer is None:
+            return fail(StoreUnavailable("storage unavailable: the store is closed"))
+        return self._writer.submit(op)
+
+    def _read(self, call: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+        if self._pool is None:
+            return fail(StoreUnavailable("storage unavailable: the store is closed"))
+
+        def run() -> T:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = _connect(self._path)
+            try:
+                return call(conn)
+            except sqlite3.OperationalError as e:
+                if _unavailable(e):
+                    raise StoreUnavailable(f"storage unavailable: {e}") from None
+                raise
+
+        return deferToThreadPool(self._reactor, self._pool, run)
+
+    # Writer-side helpers (run on the writer thread).
+
+    @staticmethod
+    def _fetch(conn: sqlite3.Connection, job_id: int) -> Job | None:
+        row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    @classmethod
+    def _fetch_or_fail(cls, conn: sqlite3.Connection, job_id: int) -> Job:
+        job = cls._fetch(conn, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    @staticmethod
+    def _save(conn: sqlite3.Connection, changes: list[_Change], before: Job, after: Job) -> Job:
+        conn.execute(_REPLACE, _row(after))
+        changes.append(_Change(before, after))
+        return after
+
+    # IJobStore.
+
+    def recover(self, now: int) -> Deferred[Recovery]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> Recovery:
+            rows = conn.execute(f"{_SELECT} WHERE state = 1").fetchall()
+            requeued = canceled = 0
+            for row in rows:
+                job = _job(row)
+                if job.canceled:
+                    self._save(
+                        conn, changes, job, job.finished(Outcome(finished_at=now, canceled=True))
+                    )
+                    canceled += 1
+                else:
+                    self._save(conn, changes, job, attrs.evolve(job, state=JobState.WAITING))
+                    requeued += 1
+            return Recovery(requeued=requeued, canceled=canceled)
+
+        return self._write(op)
+
+    def max_id(self) -> Deferred[int]:
+        return self._read(
+            lambda conn: cast(
+                int, conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
+            )
+        )
+
+    def create(self, job: Job) -> Deferred[None]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
+            conn.execute(_INSERT, _row(job))
+            changes.append(_Change(None, job))
+
+        return self._write(op)
+
+    def get(self, job_id: int) -> Deferred[Job]:
+        return self._read(lambda conn: self._fetch_or_fail(conn, job_id))
+
+    def list_jobs(self, query: ListQuery) -> Deferred[JobPage]:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.begin is not None:
+            where.append("id <= ?" if query.reverse else "id >= ?")
+            args.append(query.begin)
+        if query.status is not None:
+            where.append("status = ?")
+            args.append(query.status)
+        sql = _SELECT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC" if query.reverse else " ORDER BY id"
+        if not query.filters_text and query.limit is not None:
+            sql += " LIMIT ?"
+            args.append(query.limit + 1)
+
+        def call(conn: sqlite3.Connection) -> JobPage:
+            cursor = conn.execute(sql, args)
+            jobs: list[Job] = []
+            while True:
+                rows = cursor.fetchmany(256)
+                if not rows:
+                    return JobPage(jobs=jobs, next_id=None)
+                for row in rows:
+                    job = _job(row)
+                    if not query.matches(job):
+                        continue
+                    if query.limit is not None and len(jobs) >= query.limit:
+                        cursor.close()
+                        return JobPage(jobs=jobs, next_id=job.id)
+                    jobs.append(job)
+
+        return self._read(call)
+
+    def start(self, job_id: int, now: int) -> Deferred[Job | None]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
+            job = self._fetch(conn, job_id)
+            if job is None or job.state is not JobState.WAITING or job.canceled:
+                return None
+            running = attrs.evolve(
+                job, state=JobState.RUNNING, started_at=now, attempts=job.attempts + 1
+            )
+            return self._save(conn, changes, job, running)
+
+        return self._write(op)
+
+    def finish(self, job_id: int, outcome: Outcome) -> Deferred[Job | None]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
+            job = self._fetch(conn, job_id)
+            if job is None or job.state is JobState.FINISHED:
+                return None
+            return self._save(conn, changes, job, job.finished(outcome))
+
+        return self._write(op)
+
+    def stop(self, job_id: int, now: int) -> Deferred[Job]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job:
+            job = self._fetch_or_fail(conn, job_id)
+            if job.state is JobState.WAITING:
+                stopped = job.finished(Outcome(finished_at=now, canceled=True))
+            elif job.state is JobState.RUNNING:
+                stopped = attrs.evolve(job, canceled=True)
+            else:
+                raise not_active(job)
+            return self._save(conn, changes, job, stopped)
+
+        return self._write(op)
+
+    def restart(self, job_id: int) -> Deferred[Job]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job:
+            job = self._fetch_or_fail(conn, job_id)
+            conflict = conflict_for(job)
+            if conflict is not None:
+                raise conflict
+            return self._save(conn, changes, job, job.reset())
+
+        return self._write(op)
+
+    def delete(self, job_id: int) -> Deferred[None]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
+            job = self._fetch_or_fail(conn, job_id)
+            conflict = conflict_for(job)
+            if conflict is not None:
+                raise conflict
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            changes.append(_Change(job, None))
+
+        return self._write(op)
+
+    def waiting_jobs(self, after_id: int, limit: int) -> Deferred[list[Job]]:
+        def call(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"{_SELECT} WHERE state = 0 AND id > ? AND canceled = 0 ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+            return [_job(row) for row in rows]
+
+        return self._read(call)
+
+    def delete_finished_before(self, cutoff: int, limit: int) -> Deferred[int]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> int:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM jobs WHERE state = 2 AND finished_at < ? LIMIT ?",
+                    (cutoff, limit),
+                )
+            ]
+            conn.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in ids))
+            # Finished jobs count only in ``stored``.
+            changes.extend(_Change(_FINISHED_PLACEHOLDER, None) for _ in ids)
+            return len(ids)
+
+        return self._write(op)
+
+    def counts(self, since_id: int) -> Deferred[StoreCounts]:
+        # Read the counters here, on the reactor thread that moves them.
+        stored, waiting, running = (
+            self._counts.stored,
+            self._counts.waiting,
+            self._counts.running,
+        )
+
+        def call(conn: sqlite3.Connection) -> StoreCounts:
+            sql = "SELECT count(*) FROM jobs WHERE id >= ?"
+            (created,) = conn.execute(sql, (since_id,)).fetchone()
+            return StoreCounts(
+                stored=stored, waiting=waiting, running=running, created_since=created
+            )
+
+        return self._read(call)
+
+    def integrity_check(self) -> Deferred[list[str]]:
+        """
+        Run ``PRAGMA integrity_check``; fires with its messages (``["ok"]`` when sound).
+        """
+        return self._read(lambda conn: [row[0] for row in conn.execute("PRAGMA integrity_check")])
+
+
+#: Stands for "some finished job" in counter changes.
+_FINISHED_PLACEHOLDER = Job(id=0, url="", state=JobState.FINISHED)

@@ -1,0 +1,338 @@
+"""
+The job store contract, run against every engine (SQLite and the in-memory fake).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import attrs
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from hq.ids import first_id_at
+from hq.model import Job, JobState, ListQuery, Outcome
+from hq.store import IJobStore, JobConflict, JobExists, JobNotFound, StoreError, StoreUnavailable
+from hq.store.memory import MemoryStore
+from hq.store.sqlite import SCHEMA_VERSION, SQLiteStore
+
+T0 = 1_700_000_000_000
+
+
+def make_job(n: int, **kwargs: object) -> Job:
+    """
+    Return a waiting job whose id is created ``n`` ms after ``T0``.
+    """
+    return Job(id=first_id_at(T0 + n), url=f"http://127.0.0.1/{n}", **kwargs)  # type: ignore[arg-type]
+
+
+class StoreContractMixin:
+    """
+    Behaviour every IJobStore must have. Subclasses set ``self.store`` in setUp.
+    """
+
+    store: IJobStore
+
+    async def add(self, *jobs: Job) -> None:
+        for job in jobs:
+            await self.store.create(job)
+
+    def test_provides_interface(self) -> None:
+        """The store provides IJobStore."""
+        self.assertTrue(verifyObject(IJobStore, self.store))
+
+    async def test_create_get_round_trip(self) -> None:
+        """A created job reads back equal, all fields kept."""
+        job = make_job(
+            1,
+            name="n",
+            comment="c",
+            payload='{"a":[1,2]}',
+            headers={"X-A": "b"},
+            timeout=5,
+        )
+        await self.store.create(job)
+        self.assertEqual(await self.store.get(job.id), job)
+
+    async def test_create_twice_fails(self) -> None:
+        """Creating an id that exists fails with JobExists."""
+        job = make_job(1)
+        await self.store.create(job)
+        with self.assertRaises(JobExists):
+            await self.store.create(job)
+
+    async def test_get_unknown_fails(self) -> None:
+        """Getting an unknown id fails with JobNotFound naming the id."""
+        with self.assertRaises(JobNotFound) as e:
+            await self.store.get(42)
+        self.assertEqual(str(e.exception), "The job '42' is not found")
+
+    async def test_max_id(self) -> None:
+        """max_id is 0 for an empty store, then the greatest id."""
+        self.assertEqual(await self.store.max_id(), 0)
+        await self.add(make_job(3), make_job(1))
+        self.assertEqual(await self.store.max_id(), make_job(3).id)
+
+    async def test_list_forward_and_reverse_with_begin(self) -> None:
+        """Listing scans in id order, begin is inclusive, next is the next id."""
+        jobs = [make_job(n) for n in range(5)]
+        await self.add(*jobs)
+        page = await self.store.list_jobs(ListQuery(limit=2))
+        self.assertEqual(page.jobs, jobs[:2])
+        self.assertEqual(page.next_id, jobs[2].id)
+        page = await self.store.list_jobs(ListQuery(begin=jobs[2].id, limit=2))
+        self.assertEqual(page.jobs, jobs[2:4])
+        page = await self.store.list_jobs(ListQuery(begin=jobs[4].id, limit=2))
+        self.assertEqual((page.jobs, page.next_id), ([jobs[4]], None))
+        page = await self.store.list_jobs(ListQuery(reverse=True, limit=2))
+        self.assertEqual(page.jobs, [jobs[4], jobs[3]])
+        self.assertEqual(page.next_id, jobs[2].id)
+        page = await self.store.list_jobs(ListQuery(reverse=True, begin=jobs[1].id + 1))
+        self.assertEqual((page.jobs, page.next_id), ([jobs[1], jobs[0]], None))
+
+    async def test_list_filters_and_next_honours_them(self) -> None:
+        """name, term and status filter; next points at the next matching job only."""
+        await self.add(
+            make_job(0, name="alpha"),
+            make_job(1, name="beta", comment="find me"),
+            make_job(2, name="alpha2"),
+            make_job(3, name="gamma"),
+        )
+        page = await self.store.list_jobs(ListQuery(name="^alpha", limit=1))
+        self.assertEqual([j.name for j in page.jobs], ["alpha"])
+        self.assertEqual(page.next_id, make_job(2).id)
+        page = await self.store.list_jobs(ListQuery(name="^alpha", begin=make_job(2).id, limit=1))
+        self.assertEqual(page.next_id, None)
+        page = await self.store.list_jobs(ListQuery(term="find"))
+        self.assertEqual([j.name for j in page.jobs], ["beta"])
+        await self.store.finish(make_job(3).id, Outcome(finished_at=T0, failure=True))
+        page = await self.store.list_jobs(ListQuery(status="failure"))
+        self.assertEqual([j.name for j in page.jobs], ["gamma"])
+        page = await self.store.list_jobs(ListQuery(status="waiting", reverse=True, limit=2))
+        self.assertEqual([j.name for j in page.jobs], ["alpha2", "beta"])
+        self.assertEqual(page.next_id, make_job(0).id)
+
+    async def test_start_then_finish(self) -> None:
+        """start marks a waiting job running once; finish records the outcome once."""
+        job = make_job(1)
+        await self.store.create(job)
+        started = await self.store.start(job.id, T0 + 5)
+        assert started is not None
+        self.assertEqual(
+            (started.state, started.started_at, started.attempts), (JobState.RUNNING, T0 + 5, 1)
+        )
+        self.assertIsNone(await self.store.start(job.id, T0 + 6))
+        outcome = Outcome(finished_at=T0 + 9, success=True, status_code=200, output="ok")
+        finished = await self.store.finish(job.id, outcome)
+        assert finished is not None
+        self.assertEqual(finished.status, "success")
+        self.assertIsNone(await self.store.finish(job.id, outcome))
+        self.assertEqual(await self.store.get(job.id), finished)
+
+    async def test_stop_waiting_job_finishes_canceled(self) -> None:
+        """Stopping a waiting job finishes it canceled; it can no longer start."""
+        job = make_job(1)
+        await self.store.create(job)
+        stopped = await self.store.stop(job.id, T0 + 1)
+        self.assertEqual((stopped.status, stopped.finished_at), ("canceled", T0 + 1))
+        self.assertIsNone(await self.store.start(job.id, T0 + 2))
+
+    async def test_stop_running_job_is_canceling(self) -> None:
+        """Stopping a running job marks it canceling until finish."""
+        job = make_job(1)
+        await self.store.create(job)
+        await self.store.start(job.id, T0)
+        stopped = await self.store.stop(job.id, T0 + 1)
+        self.assertEqual(stopped.status, "canceling")
+        again = await self.store.stop(job.id, T0 + 2)
+        self.assertEqual(again.status, "canceling")
+        done = await self.store.finish(job.id, Outcome(finished_at=T0 + 3, canceled=True))
+        assert done is not None
+        self.assertEqual(done.status, "canceled")
+
+    async def test_stop_finished_job_conflicts(self) -> None:
+        """Stopping a finished job fails: not active."""
+        job = make_job(1)
+        await self.store.create(job)
+        await self.store.finish(job.id, Outcome(finished_at=T0, success=True))
+        with self.assertRaises(JobConflict) as e:
+            await self.store.stop(job.id, T0)
+        self.assertEqual(str(e.exception), f"The job {job.id} is not active")
+
+    async def test_restart_and_delete_guards(self) -> None:
+        """Waiting and running jobs cannot be restarted or deleted."""
+        job = make_job(1)
+        await self.store.create(job)
+        for call in (self.store.restart, self.store.delete):
+            with self.assertRaises(JobConflict) as e:
+                await call(job.id)
+            self.assertEqual(str(e.exception), f"The job {job.id} is waiting now")
+        await self.store.start(job.id, T0)
+        for call in (self.store.restart, self.store.delete):
+            with self.assertRaises(JobConflict) as e:
+                await call(job.id)
+            self.assertEqual(str(e.exception), f"The job {job.id} is running now")
+
+    async def test_restart_resets_outcome(self) -> None:
+        """Restart of a finished job clears the outcome and makes it waiting again."""
+        job = make_job(1)
+        await self.store.create(job)
+        await self.store.start(job.id, T0)
+        await self.store.finish(
+            job.id, Outcome(finished_at=T0 + 1, failure=True, status_code=500, err="x", output="y")
+        )
+        restarted = await self.store.restart(job.id)
+        self.assertEqual(restarted, attrs.evolve(job, attempts=1))
+        self.assertEqual(await self.store.waiting_jobs(0, 10), [restarted])
+
+    async def test_delete(self) -> None:
+        """A finished job can be deleted; then it is not found."""
+        job = make_job(1)
+        await self.store.create(job)
+        await self.store.stop(job.id, T0)
+        await self.store.delete(job.id)
+        with self.assertRaises(JobNotFound):
+            await self.store.get(job.id)
+        with self.assertRaises(JobNotFound):
+            await self.store.delete(job.id)
+
+    async def test_waiting_jobs_in_id_order_after_id(self) -> None:
+        """waiting_jobs returns waiting, not canceled jobs above after_id, in order."""
+        jobs = [make_job(n) for n in range(6)]
+        await self.add(*reversed(jobs))
+        await self.store.start(jobs[1].id, T0)
+        await self.store.stop(jobs[2].id, T0)
+        found = await self.store.waiting_jobs(jobs[0].id, 2)
+        self.assertEqual(found, [jobs[3], jobs[4]])
+
+    async def test_recover_requeues_running_and_cancels_stopping(self) -> None:
+        """recover makes running jobs waiting, and stopping ones canceled."""
+        a, b, c = make_job(1), make_job(2), make_job(3)
+        await self.add(a, b, c)
+        await self.store.start(a.id, T0)
+        await self.store.start(b.id, T0)
+        await self.store.stop(b.id, T0)
+        recovery = await self.store.recover(T0 + 10)
+        self.assertEqual((recovery.requeued, recovery.canceled), (1, 1))
+        self.assertEqual((await self.store.get(a.id)).status, "waiting")
+        self.assertEqual((await self.store.get(b.id)).status, "canceled")
+        self.assertEqual([j.id for j in await self.store.waiting_jobs(0, 10)], [a.id, c.id])
+
+    async def test_delete_finished_before_cutoff(self) -> None:
+        """Only finished jobs that finished before the cutoff are deleted, in batches."""
+        jobs = [make_job(n) for n in range(5)]
+        await self.add(*jobs)
+        for n, job in enumerate(jobs[:4]):
+            await self.store.finish(job.id, Outcome(finished_at=T0 + n * 10, success=True))
+        self.assertEqual(await self.store.delete_finished_before(T0 + 25, 2), 2)
+        self.assertEqual(await self.store.delete_finished_before(T0 + 25, 2), 1)
+        self.assertEqual(await self.store.delete_finished_before(T0 + 25, 2), 0)
+        page = await self.store.list_jobs(ListQuery())
+        self.assertEqual([j.id for j in page.jobs], [jobs[3].id, jobs[4].id])
+        counts = await self.store.counts(0)
+        self.assertEqual((counts.stored, counts.waiting), (2, 1))
+
+    async def test_counts(self) -> None:
+        """counts follows creates, starts, finishes and deletes."""
+        jobs = [make_job(n) for n in range(4)]
+        await self.add(*jobs)
+        await self.store.start(jobs[0].id, T0)
+        await self.store.start(jobs[1].id, T0)
+        await self.store.finish(jobs[1].id, Outcome(finished_at=T0, success=True))
+        await self.store.delete(jobs[1].id)
+        counts = await self.store.counts(jobs[2].id)
+        self.assertEqual(
+            (counts.stored, counts.waiting, counts.running, counts.created_since), (3, 2, 1, 2)
+        )
+
+
+class MemoryStoreTests(StoreContractMixin, TestCase):
+    """
+    The contract, on the in-memory fake.
+    """
+
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+
+    async def test_unwritable_fails_writes(self) -> None:
+        """With writable False, writes fail with StoreUnavailable and reads work."""
+        await self.store.create(make_job(1))
+        self.store.writable = False
+        with self.assertRaises(StoreUnavailable):
+            await self.store.create(make_job(2))
+        self.assertEqual((await self.store.get(make_job(1).id)).id, make_job(1).id)
+
+
+class SQLiteStoreTests(StoreContractMixin, TestCase):
+    """
+    The contract, on SQLite, plus what only a file store can do.
+    """
+
+    def setUp(self) -> None:
+        self.data_dir = self.mktemp()
+        self.store = SQLiteStore(self.data_dir, reactor)
+        self.addCleanup(lambda: self.store.close())
+        return self.store.open()
+
+    async def test_survives_reopen(self) -> None:
+        """Jobs and counters are there after close and open."""
+        await self.add(make_job(1), make_job(2))
+        await self.store.close()
+        self.store = SQLiteStore(self.data_dir, reactor)
+        await self.store.open()
+        self.assertEqual((await self.store.counts(0)).stored, 2)
+        self.assertEqual((await self.store.get(make_job(2).id)).url, make_job(2).url)
+
+    async def test_second_store_on_same_dir_refused(self) -> None:
+        """A second store on the same data_dir fails to open, naming the directory."""
+        other = SQLiteStore(self.data_dir, reactor)
+        with self.assertRaises(StoreError) as e:
+            await other.open()
+        self.assertIn("another HQ server", str(e.exception))
+        self.assertIn(self.data_dir, str(e.exception))
+
+    async def test_wal_and_schema_version(self) -> None:
+        """The file is in WAL mode and carries the schema version."""
+        conn = sqlite3.connect(self.store.path)
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
+
+    async def test_newer_schema_refused(self) -> None:
+        """A file written by a newer schema is refused with a clear message."""
+        await self.store.close()
+        conn = sqlite3.connect(os.path.join(self.data_dir, "hq.sqlite3"))
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.close()
+        self.store = SQLiteStore(self.data_dir, reactor)
+        with self.assertRaises(StoreError) as e:
+            await self.store.open()
+        self.assertIn("newer HQ", str(e.exception))
+
+    async def test_concurrent_writes_share_commits(self) -> None:
+        """Many concurrent creates all land, and the batch keeps every counter right."""
+        from twisted.internet.defer import gatherResults
+
+        jobs = [make_job(n) for n in range(300)]
+        await gatherResults([self.store.create(job) for job in jobs])
+        self.assertEqual((await self.store.counts(0)).stored, 300)
+        self.assertEqual(len((await self.store.list_jobs(ListQuery())).jobs), 300)
+
+    async def test_duplicate_in_batch_fails_alone(self) -> None:
+        """A duplicate id in a batch fails that create only."""
+        from twisted.internet.defer import DeferredList
+
+        job = make_job(1)
+        results = await DeferredList(
+            [self.store.create(job), self.store.create(job), self.store.create(make_job(2))],
+            consumeErrors=True,
+        )
+        self.assertEqual([ok for ok, _ in results], [True, False, True])
+        self.assertEqual((await self.store.counts(0)).stored, 2)
+
+    async def test_integrity_check(self) -> None:
+        """integrity_check reports ok on a sound file."""
+        await self.add(make_job(1))
+        self.assertEqual(await self.store.integrity_check(), ["ok"])
