@@ -303,7 +303,15 @@ class SQLiteStore:
 
     # Opening and closing.
 
-    def _lock(self) -> None:
+    def lock(self) -> None:
+        """
+        Take the data_dir lock now (``open`` takes it if not taken yet).
+
+        :raises StoreError: when another server holds it.
+        :raises OSError: when data_dir cannot be created or written.
+        """
+        if self._lock_fd is not None:
+            return
         os.makedirs(self._data_dir, exist_ok=True)
         path = os.path.join(self._data_dir, LOCK_FILE)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -337,7 +345,7 @@ class SQLiteStore:
 
     def open(self) -> Deferred[None]:
         try:
-            self._lock()
+            self.lock()
         except (OSError, StoreError):
             return fail()
         self._writer = _Writer(self._path, self._reactor, self._deliver)

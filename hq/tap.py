@@ -1,0 +1,332 @@
+"""
+The one place where HQ is wired together: the twistd plugin's Options and
+``makeService``, also used by ``hq serve``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python import usage
+
+from hq import __version__
+from hq.config import Config, ConfigError, load_config
+
+log = Logger()
+
+#: Read when no config file is named, if it exists (as the Go server does).
+DEFAULT_CONFIG_FILE = "/etc/hq/hq.toml"
+
+
+def commit_hash() -> str:
+    """
+    Return the git commit this code was built from, or ``"unknown"``.
+    """
+    env = os.environ.get("HQ_COMMIT_HASH")
+    if env:
+        return env
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        with open(os.path.join(top, ".git", "HEAD")) as f:
+            head = f.read().strip()
+        if head.startswith("ref: "):
+            with open(os.path.join(top, ".git", head[5:])) as f:
+                head = f.read().strip()
+        return head[:40] or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def config_path(given: str | None) -> str | None:
+    """
+    Return the config file to read: the one given, else ``HQ_CONFIG``, else
+    ``/etc/hq/hq.toml`` if it exists, else ``None`` (defaults).
+    """
+    if given:
+        return given
+    env = os.environ.get("HQ_CONFIG")
+    if env:
+        return env
+    if os.path.exists(DEFAULT_CONFIG_FILE):
+        return DEFAULT_CONFIG_FILE
+    return None
+
+
+def read_config(given: str | None, log_level: str | None = None) -> Config:
+    """
+    Load the configuration, applying a ``--log-level`` (or ``HQ_LOG_LEVEL``) override.
+
+    :raises ConfigError: naming the key or the file at fault.
+    """
+    from hq.config import config_from_dict
+
+    config = load_config(config_path(given))
+    level = log_level or os.environ.get("HQ_LOG_LEVEL")
+    if level:
+        # Validate through the same rules as the file.
+        config_from_dict({"log_level": level})
+        import attrs
+
+        config = attrs.evolve(config, log_level=level.lower())
+    return config
+
+
+class Options(usage.Options):
+    """
+    ``twistd hq`` options.
+    """
+
+    synopsis = "[-c config.toml] [-l level]"
+    longdesc = "Run the HQ job queue server."
+    optParameters = [
+        [
+            "config-file",
+            "c",
+            None,
+            "TOML config file (default: $HQ_CONFIG, /etc/hq/hq.toml).",
+        ],
+        ["log-level", "l", None, "Override log_level: debug, info, warn, error or off."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["config"] = read_config(self["config-file"], self["log-level"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class FatalStartError(Exception):
+    """
+    The server cannot start; the message says why, for a person.
+    """
+
+
+class HQService(MultiService):
+    """
+    The whole server. Starts in order (store, recovery, dispatch, cleanup, HTTP)
+    and stops in the reverse order, each step waiting for the one before.
+    """
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        self._data_dir = config.data_dir
+        self._temporary = False
+        self._port: Any = None
+        self._store: Any = None
+        self._dispatch: Any = None
+        self._cleanup: Service | None = None
+        self._logs: list[Any] = []
+        self.exit_code = 0
+        self._stopping = False
+        self.ready: Deferred[None] = Deferred()
+        self.address: tuple[str, int] | None = None
+
+    # Start-up.
+
+    def privilegedStartService(self) -> None:
+        """
+        Do the checks that can fail at once, before the reactor runs: logging,
+        the data_dir lock and the listening port. Fails with FatalStartError.
+        """
+        try:
+            self._prepare()
+        except FatalStartError as e:
+            sys.stderr.write(f"hq: error: {e}\n")
+            raise SystemExit(1) from None
+        super().privilegedStartService()
+
+    def _prepare(self) -> None:
+        from hq.logs import ReopenableFile, app_observer, start_logging
+
+        try:
+            app_log = ReopenableFile(self.config.log_file)
+            access_log = ReopenableFile(self.config.access_log_file)
+        except OSError as e:
+            raise FatalStartError(f"cannot open log file {e.filename}: {e.strerror}") from None
+        self._logs = [app_log, access_log]
+        start_logging(app_observer(self.config.log_level, app_log))
+        self._open_store()
+        self._listen(access_log)
+
+    def _open_store(self) -> None:
+        from hq.store import StoreError
+        from hq.store.sqlite import SQLiteStore
+
+        if not self._data_dir:
+            self._data_dir = tempfile.mkdtemp(prefix="hq_data_")
+            self._temporary = True
+            log.warn(
+                "Your 'data_dir' configuration is not set. HQ uses the temporary directory "
+                "{path}, deleted when the server stops: jobs are lost at exit.",
+                path=self._data_dir,
+            )
+        self._store = SQLiteStore(self._data_dir, self._reactor)
+        try:
+            self._store.lock()
+        except StoreError as e:
+            raise FatalStartError(str(e)) from None
+        except OSError as e:
+            raise FatalStartError(f"cannot use data_dir {self._data_dir}: {e.strerror}") from None
+
+    def _listen(self, access_log: Any) -> None:
+        from hq.api import HQApi
+        from hq.dispatch import Dispatch, make_http_client
+        from hq.ids import IdGenerator
+        from hq.logs import AccessLogSite
+        from hq.ui import mount, ui_resource
+
+        config = self.config
+        self._ids = IdGenerator(config.server_id, self._reactor)
+        self._dispatch = Dispatch(
+            store=self._store,
+            http=make_http_client(self._reactor),
+            clock=self._reactor,
+            dispatchers=config.dispatchers,
+            workers_per_dispatcher=config.workers_per_dispatcher,
+            queue_size=config.queues,
+            max_output_bytes=config.max_output_bytes,
+            shutdown_timeout=config.shutdown_timeout,
+            user_agent=f"HQ/{__version__}",
+        )
+        api = HQApi(
+            store=self._store,
+            dispatch=self._dispatch,
+            ids=self._ids,
+            clock=self._reactor,
+            config=config,
+            version=__version__,
+            commit_hash=commit_hash(),
+        )
+        ui = ui_resource(config.ui_path, __version__, commit_hash()) if config.ui else None
+        site = AccessLogSite(mount(api.resource(), ui, config.ui_path), access_log, timeout=60)
+        try:
+            self._port = self._reactor.listenTCP(config.port, site, interface=config.host)
+        except CannotListenError as e:
+            raise FatalStartError(
+                f"cannot listen on {config.addr}: {e.socketError.strerror or e.socketError}"
+            ) from None
+        # Accept connections only once the store is open and jobs are recovered.
+        self._port.stopReading()
+        host = self._port.getHost()
+        self.address = (host.host, host.port)
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.callWhenRunning(self._exit_on_second_signal)
+        d = Deferred.fromCoroutine(self._start())
+        d.addErrback(self._fatal)
+
+    def _exit_on_second_signal(self) -> None:
+        """
+        Wrap the reactor's SIGINT/SIGTERM handlers: the first signal shuts down
+        gracefully, a second one exits at once.
+        """
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+
+            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+                if self._stopping:
+                    os.write(2, b"hq: second signal, exiting now\n")
+                    os._exit(128 + sig)
+                self._stopping = True
+                if callable(previous):
+                    previous(sig, frame)
+
+            signal.signal(signum, handler)
+
+    async def _start(self) -> None:
+        from hq.cleanup import Cleanup
+        from hq.logs import on_sigusr1
+
+        await self._store.open()
+        now = int(self._reactor.seconds() * 1000)
+        recovery = await self._store.recover(now)
+        if recovery.requeued or recovery.canceled:
+            log.info(
+                "Recovered {requeued} interrupted jobs (delivered again) and "
+                "{canceled} stopped ones",
+                requeued=recovery.requeued,
+                canceled=recovery.canceled,
+            )
+        self._ids.observe(await self._store.max_id())
+        self._dispatch.startService()
+        if self.config.job_lifetime > 0:
+            self._cleanup = Cleanup(self._store, self._reactor, self.config.job_lifetime).service()
+            self._cleanup.startService()
+        on_sigusr1(self._reopen_logs, self._reactor)
+        self._port.startReading()
+        assert self.address is not None
+        host, port = self.address
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        base = f"http://{shown}:{port}"
+        log.info(
+            "HQ {version} listening on {base} (data_dir {data_dir}, pid {pid})",
+            version=__version__,
+            base=base,
+            data_dir=self._data_dir,
+            pid=os.getpid(),
+        )
+        if self.config.ui:
+            log.info("Web UI at {base}{ui}/", base=base, ui=self.config.ui_path)
+        self.ready.callback(None)
+
+    def _reopen_logs(self) -> None:
+        for f in self._logs:
+            f.reopen()
+        log.info("Reopened the log files")
+
+    def _fatal(self, reason: Any) -> None:
+        message = str(reason.value) if reason.check(Exception) else reason.getErrorMessage()
+        log.critical("HQ cannot start: {message}", message=message)
+        sys.stderr.write(f"hq: error: {message}\n")
+        self.exit_code = 1
+        self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        if self._reactor.running:
+            self._reactor.stop()
+
+    # Shutdown.
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        super().stopService()
+        log.info(
+            "Shutting down: no new requests; waiting up to {timeout} s for running jobs",
+            timeout=self.config.shutdown_timeout,
+        )
+        if self._port is not None:
+            await self._port.stopListening()
+        if self._cleanup is not None and self._cleanup.running:
+            await self._cleanup.stopService()
+        if self._dispatch is not None and self._dispatch.running:
+            await self._dispatch.stopService()
+        if self._store is not None:
+            await self._store.close()
+        if self._temporary:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            log.info("Removed temporary directory {path}", path=self._data_dir)
+        log.info("HQ stopped")
+        for f in self._logs:
+            f.flush()
+
+
+def makeService(options: Options) -> HQService:
+    """
+    Build the HQ service from parsed options (the twistd plugin entry point).
+    """
+    from twisted.internet import reactor
+
+    return HQService(options["config"], reactor)
