@@ -9,10 +9,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
@@ -21,7 +22,9 @@ from twisted.logger import (
     globalLogPublisher,
     textFileLogObserver,
 )
+from twisted.web import http
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 LEVELS = {
     "debug": LogLevel.debug,
@@ -71,10 +74,20 @@ def app_observer(level: str, out: ReopenableFile) -> ILogObserver:
     """
     Return an observer that writes events at ``level`` or above as text lines to ``out``.
     """
+    text = textFileLogObserver(cast(IO[str], out))
     if level == "off":
-        return FilteringLogObserver(textFileLogObserver(out), [lambda event: PredicateResult.no])
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
-    return FilteringLogObserver(textFileLogObserver(out), [predicate])
+        return FilteringLogObserver(text, [_Nothing()])
+    return FilteringLogObserver(text, [LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])])
+
+
+@implementer(ILogFilterPredicate)
+class _Nothing:
+    """
+    Lets no event through (``log_level = "off"``).
+    """
+
+    def __call__(self, event: Any) -> PredicateResult:
+        return PredicateResult.no
 
 
 def start_logging(observer: ILogObserver) -> None:
@@ -140,7 +153,7 @@ class AccessLogSite(Site):
         super().__init__(resource, **kwargs)
         self._access_log = access_log
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         if self._access_log is None:
             return
         latency = time.monotonic_ns() - getattr(request, "began_ns", time.monotonic_ns())
