@@ -1,0 +1,234 @@
+"""
+Real processes for end-to-end tests: an HQ server started as users start it,
+and a recording worker, both on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: How the server is started: ``hq serve`` through its Python entry point.
+SERVE = [
+    sys.executable,
+    "-c",
+    "import sys; from hq.cli.serve import run_server; sys.exit(run_server(sys.argv[1], None))",
+]
+
+#: The same through twistd and the plugin.
+TWISTD = [
+    sys.executable,
+    "-c",
+    "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+    "-n",
+    "--pidfile=",
+    "hq",
+    "-c",
+]
+
+_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """
+    Call ``predicate`` until it returns something true; fail after ``timeout`` s.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """
+    One HQ server process with its own config file, data_dir and log file.
+    """
+
+    def __init__(self, directory: str, command: list[str] | None = None, **config: Any) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.log_path = os.path.join(directory, "hq.log")
+        self.config_path = os.path.join(directory, "hq.toml")
+        values: dict[str, Any] = {
+            "addr": "127.0.0.1:0",
+            "data_dir": os.path.join(directory, "data"),
+            "log_file": self.log_path,
+            "access_log_file": os.path.join(directory, "access.log"),
+            "dispatchers": 1,
+            "max_workers": 4,
+            "shutdown_timeout": 2,
+        }
+        values.update(config)
+        with open(self.config_path, "w") as f:
+            for key, value in values.items():
+                f.write(f"{key} = {json.dumps(value)}\n")
+        self.command = (command or SERVE) + [self.config_path]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.base = ""
+
+    def start(self, wait: bool = True) -> ServerProcess:
+        """
+        Start the process; with ``wait``, until it logs its address.
+        """
+        if os.path.exists(self.log_path):
+            os.rename(self.log_path, self.log_path + f".{time.monotonic_ns()}")
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            host, port = wait_for(self._address, 20, "the server to listen")
+            self.base = f"http://{host}:{port}"
+        return self
+
+    def _address(self) -> tuple[str, str] | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            output = self.process.stdout.read().decode() if self.process.stdout else ""
+            raise AssertionError(f"server exited with {self.process.returncode}: {output}")
+        try:
+            with open(self.log_path) as f:
+                match = _LISTENING.search(f.read())
+        except FileNotFoundError:
+            return None
+        return (match.group(1), match.group(2)) if match else None
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_exit(self, timeout: float = 20) -> tuple[int, str]:
+        """
+        Wait for the process to end; return its status and its console output.
+        """
+        assert self.process is not None
+        output, _ = self.process.communicate(timeout=timeout)
+        return self.process.returncode, output.decode("utf-8", "replace")
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+            if signum == signal.SIGKILL:
+                self.process.wait(10)
+
+    def stop(self) -> None:
+        """
+        Stop gracefully if still running (for cleanups).
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 10
+    ) -> tuple[int, Any]:
+        """
+        Call the API; return the status and the decoded JSON body.
+        """
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def push(self, url: str, **fields: Any) -> str:
+        status, job = self.request("POST", "/job", {"url": url, **fields})
+        assert status == 200, job
+        return str(job["id"])
+
+    def jobs(self) -> list[dict[str, Any]]:
+        status, page = self.request("GET", "/job?limit=-1")
+        assert status == 200, page
+        return list(page["jobs"])
+
+
+class RecordingWorker:
+    """
+    A worker on 127.0.0.1 that records every job id it receives.
+
+    Paths starting with ``/hold`` wait until ``release()`` (or 30 s); others
+    answer 200 at once.
+    """
+
+    def __init__(self) -> None:
+        self.received: Counter[str] = Counter()
+        self.requests: list[dict[str, Any]] = []
+        self.gate = threading.Event()
+        self.holding = 0
+        self._lock = threading.Lock()
+        worker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                with worker._lock:
+                    worker.received[self.headers.get("X-Hq-Job-Id", "")] += 1
+                    worker.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "body": body}
+                    )
+                if self.path.startswith("/hold"):
+                    with worker._lock:
+                        worker.holding += 1
+                    worker.gate.wait(30)
+                    with worker._lock:
+                        worker.holding -= 1
+                answer = b'{"ok":true}'
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                except OSError:
+                    pass
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()

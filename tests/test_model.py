@@ -1,0 +1,133 @@
+"""
+Tests for hq.model: status rules and the JSON shape.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from hq.ids import first_id_at
+from hq.model import Job, JobPage, JobState, ListQuery, Outcome, check_regexp, format_time, job_dict
+
+T = 1_572_334_346_054  # 2019-10-29T07:32:26.054Z
+
+
+class StatusTests(SynchronousTestCase):
+    """
+    The derived status, in the Go precedence.
+    """
+
+    def test_status_precedence(self) -> None:
+        """running/waiting (canceling when stopped), then failure, success, canceled."""
+        job = Job(id=1, url="http://x/")
+        self.assertEqual(job.status, "waiting")
+        self.assertEqual(Job(id=1, url="u", canceled=True).status, "canceling")
+        self.assertEqual(Job(id=1, url="u", state=JobState.RUNNING).status, "running")
+        self.assertEqual(
+            Job(id=1, url="u", state=JobState.RUNNING, canceled=True).status, "canceling"
+        )
+        self.assertEqual(job.finished(Outcome(finished_at=T, failure=True)).status, "failure")
+        self.assertEqual(job.finished(Outcome(finished_at=T, success=True)).status, "success")
+        self.assertEqual(job.finished(Outcome(finished_at=T, canceled=True)).status, "canceled")
+        self.assertEqual(Job(id=1, url="u", state=JobState.FINISHED).status, "unfinished")
+        self.assertEqual(job.finished(Outcome(finished_at=T)).status, "unknown")
+
+    def test_reset_clears_outcome(self) -> None:
+        """reset() gives a waiting job with every outcome field cleared."""
+        job = Job(id=1, url="u", attempts=2).finished(
+            Outcome(finished_at=T, failure=True, status_code=500, err="e", output="o")
+        )
+        self.assertEqual(job.reset(), Job(id=1, url="u", attempts=2))
+
+
+class JsonTests(SynchronousTestCase):
+    """
+    The wire JSON of a job and a page.
+    """
+
+    def test_job_json_keys_types_and_order(self) -> None:
+        """Every key present, alphabetical, id a string, times RFC 3339 ms Z."""
+        job = Job(
+            id=first_id_at(T),
+            url="http://w/",
+            payload='{"a":1}',
+            headers={"X": "y"},
+        ).finished(Outcome(finished_at=T + 50, success=True, status_code=200, output="<ok>"))
+        text = json.dumps(job_dict(job))
+        data = json.loads(text)
+        self.assertEqual(list(data), sorted(data))
+        self.assertEqual(data["id"], str(first_id_at(T)))
+        self.assertEqual(data["createdAt"], "2019-10-29T07:32:26.054Z")
+        self.assertEqual(data["finishedAt"], "2019-10-29T07:32:26.104Z")
+        self.assertIsNone(data["startedAt"])
+        self.assertEqual(data["payload"], {"a": 1})
+        self.assertEqual(data["statusCode"], 200)
+        self.assertEqual(data["status"], "success")
+        self.assertEqual(
+            set(data),
+            {
+                "canceled",
+                "comment",
+                "createdAt",
+                "err",
+                "failure",
+                "finishedAt",
+                "headers",
+                "id",
+                "name",
+                "output",
+                "outputTruncated",
+                "payload",
+                "running",
+                "startedAt",
+                "status",
+                "statusCode",
+                "success",
+                "timeout",
+                "url",
+                "waiting",
+            },
+        )
+
+    def test_format_time_keeps_three_digits(self) -> None:
+        """Milliseconds are always three digits."""
+        self.assertEqual(format_time(T - 54), "2019-10-29T07:32:26.000Z")
+        self.assertIsNone(format_time(None))
+
+    def test_page_json(self) -> None:
+        """A page has jobs, hasNext, next (a string, only when there is one) and count."""
+        job = Job(id=5, url="u")
+        self.assertEqual(json.loads(JobPage([job], next_id=9).to_json())["next"], "9")
+        empty = json.loads(JobPage([], next_id=None).to_json())
+        self.assertEqual(empty, {"jobs": [], "hasNext": False, "count": 0})
+
+
+class ListQueryTests(SynchronousTestCase):
+    """
+    Filters of a listing.
+    """
+
+    def test_term_matches_name_id_comment_url_status(self) -> None:
+        """term is searched in name, id, comment, url and status."""
+        job = Job(id=123456, url="http://host/path", name="mail", comment="weekly")
+        for term in ("mai", "3456", "week", "host/p", "^waiting$"):
+            self.assertTrue(ListQuery(term=term).matches(job), term)
+        self.assertFalse(ListQuery(term="nothing").matches(job))
+
+    def test_name_and_status(self) -> None:
+        """name is a regexp on the name only; status is exact."""
+        job = Job(id=1, url="http://mail/", name="report")
+        self.assertFalse(ListQuery(name="mail").matches(job))
+        self.assertTrue(ListQuery(name="^rep").matches(job))
+        self.assertTrue(ListQuery(status="waiting").matches(job))
+        self.assertFalse(ListQuery(status="wait").matches(job))
+
+    def test_re2_rejects_lookaround_and_is_linear(self) -> None:
+        """Perl look-arounds are refused; a catastrophic pattern answers at once."""
+        self.assertIsNotNone(check_regexp("(?=x)"))
+        self.assertIsNone(check_regexp("(a+)+$"))
+        self.assertFalse(
+            ListQuery(name="(a+)+$").matches(Job(id=1, url="u", name="a" * 5000 + "b"))
+        )
