@@ -62,7 +62,7 @@ class ServerProcess:
     """
 
     def __init__(self, directory: str, command: list[str] | None = None, **config: Any) -> None:
-        self.directory = directory
+        self.directory = os.path.abspath(directory)
         os.makedirs(directory, exist_ok=True)
         self.log_path = os.path.join(directory, "hq.log")
         self.config_path = os.path.join(directory, "hq.toml")

@@ -69,7 +69,7 @@ class EndToEndTests(SynchronousTestCase):
         held = [server.push(self.worker.url + "/hold") for _ in range(2)]
         waiting = [server.push(self.worker.url + "/fast") for _ in range(20)]
         wait_for(lambda: self.worker.holding == 2, 10, "two running jobs")
-        status, stats = server.request("GET", "/stats")
+        _, stats = server.request("GET", "/stats")
         self.assertEqual((stats["numJobsRunning"], stats["numJobsWaiting"]), (2, 20))
         server.kill(signal.SIGKILL)
         self.worker.release()
@@ -86,7 +86,7 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
 
     def test_sigterm_waits_then_leaves_running_job_for_next_start(self) -> None:
-        """SIGTERM waits shutdown_timeout for a hung job, exits 0, and the job runs after restart."""
+        """SIGTERM waits shutdown_timeout for a hung job, exits 0; the job runs after restart."""
         server = self.server(shutdown_timeout=1)
         server.start()
         job_id = server.push(self.worker.url + "/hold")
