@@ -63,14 +63,14 @@ class ServerProcess:
 
     def __init__(self, directory: str, command: list[str] | None = None, **config: Any) -> None:
         self.directory = os.path.abspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        self.log_path = os.path.join(directory, "hq.log")
-        self.config_path = os.path.join(directory, "hq.toml")
+        os.makedirs(self.directory, exist_ok=True)
+        self.log_path = os.path.join(self.directory, "hq.log")
+        self.config_path = os.path.join(self.directory, "hq.toml")
         values: dict[str, Any] = {
             "addr": "127.0.0.1:0",
-            "data_dir": os.path.join(directory, "data"),
+            "data_dir": os.path.join(self.directory, "data"),
             "log_file": self.log_path,
-            "access_log_file": os.path.join(directory, "access.log"),
+            "access_log_file": os.path.join(self.directory, "access.log"),
             "dispatchers": 1,
             "max_workers": 4,
             "shutdown_timeout": 2,

@@ -1,0 +1,486 @@
+"""
+The client library (hq.client) against the real API (HQApi over the memory store, through
+treq's StubTreq), against small fake resources, and once over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import ResponseNeverReceived
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from hq import __version__
+from hq.api import HQApi
+from hq.client import (
+    DEFAULT_ADDRESS,
+    HQClient,
+    HQError,
+    JobList,
+    RemoteJob,
+    ServerInfo,
+    Stats,
+)
+from hq.config import Config
+from hq.ids import IdGenerator
+from hq.model import Outcome
+from hq.store.memory import MemoryStore
+from hq.testing import FailingHTTP, RecordingDispatch
+
+#: The fake clock's start, seconds since the Unix epoch.
+T0 = 1_700_000_000
+WORKER = "http://worker.test/run"
+
+
+def make_api(clock: Clock, store: MemoryStore, dispatch: RecordingDispatch) -> HQApi:
+    """
+    Return the real API over ``store``, ``dispatch`` and ``clock``.
+    """
+    return HQApi(
+        store=store,
+        dispatch=dispatch,
+        ids=IdGenerator(0, clock),
+        clock=clock,
+        config=Config(queues=100, dispatchers=2, max_workers=3),
+        version="1.2.3",
+        commit_hash="abc123",
+    )
+
+
+class RecordingResource(Resource):
+    """
+    Answers every request with ``status`` and ``body``; records the requests.
+    """
+
+    isLeaf = True
+
+    def __init__(self, status: int = 200, body: bytes = b"{}\n") -> None:
+        super().__init__()
+        self.status = status
+        self.body = body
+        self.requests: list[tuple[bytes, bytes, dict[bytes, list[bytes]], bytes]] = []
+
+    def render(self, request: Request) -> bytes:
+        assert request.method is not None and request.uri is not None
+        assert request.content is not None
+        headers = dict(request.requestHeaders.getAllRawHeaders())
+        self.requests.append((request.method, request.uri, headers, request.content.read()))
+        request.setResponseCode(self.status)
+        return self.body
+
+
+class ClientTestCase(SynchronousTestCase):
+    """
+    An HQClient over StubTreq and the real HQApi.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.store = MemoryStore()
+        self.dispatch = RecordingDispatch()
+        self.stub = StubTreq(make_api(self.clock, self.store, self.dispatch).resource())
+        self.client = HQClient("http://hq.test/", http=self.stub)
+
+    def result(self, d: Deferred[Any]) -> Any:
+        """
+        Return what ``d`` fired with, after the stub has delivered everything.
+        """
+        self.stub.flush()
+        return self.successResultOf(d)
+
+    def error(self, d: Deferred[Any]) -> HQError:
+        """
+        Return the HQError ``d`` failed with.
+        """
+        self.stub.flush()
+        failure = self.failureResultOf(d, HQError)
+        assert isinstance(failure.value, HQError)
+        return failure.value
+
+    def push(self, **fields: Any) -> RemoteJob:
+        fields.setdefault("url", WORKER)
+        job: RemoteJob = self.result(self.client.push(fields))
+        return job
+
+    def finish(self, job_id: str, success: bool = True) -> None:
+        """
+        Run the stored job ``job_id`` to its end, as a dispatcher would.
+        """
+        now = T0 * 1000
+        self.successResultOf(self.store.start(int(job_id), now))
+        outcome = Outcome(finished_at=now + 1500, success=success, failure=not success)
+        self.successResultOf(self.store.finish(int(job_id), outcome))
+
+    def test_push_returns_waiting_job_with_string_id(self) -> None:
+        """
+        push() answers a RemoteJob: string id, the fields sent, waiting, creation time.
+        """
+        job = self.push(name="mail", comment="hello", payload={"n": 1}, timeout=5)
+        self.assertIsInstance(job.id, str)
+        self.assertTrue(job.id.isdigit())
+        self.assertEqual(job.name, "mail")
+        self.assertEqual(job.comment, "hello")
+        self.assertEqual(job.payload, {"n": 1})
+        self.assertEqual(job.timeout, 5)
+        self.assertEqual(job.status, "waiting")
+        self.assertTrue(job.waiting)
+        self.assertEqual(job.created_at, datetime.fromtimestamp(T0, UTC))
+        self.assertIsNone(job.started_at)
+        self.assertIsNone(job.duration)
+        self.assertEqual(job.raw["id"], job.id)
+        self.assertEqual([j.id for j in self.dispatch.enqueued], [int(job.id)])
+
+    def test_push_without_url_raises_server_message(self) -> None:
+        """
+        A refused push raises HQError with the HTTP status and the server's own message.
+        """
+        error = self.error(self.client.push({"name": "x"}))
+        self.assertEqual((error.status, error.message), (422, "'url' is required"))
+        self.assertEqual(str(error), "'url' is required")
+
+    def test_get_returns_the_job(self) -> None:
+        """
+        get() answers the stored job, by string or int id.
+        """
+        pushed = self.push()
+        self.assertEqual(self.result(self.client.get(pushed.id)), pushed)
+        self.assertEqual(self.result(self.client.get(int(pushed.id))).id, pushed.id)
+
+    def test_get_unknown_job_is_404(self) -> None:
+        """
+        get() of an unknown id raises HQError 404 with the server's message.
+        """
+        error = self.error(self.client.get("123"))
+        self.assertEqual((error.status, error.message), (404, "The job '123' is not found"))
+
+    def test_id_that_is_not_a_number_is_refused_without_request(self) -> None:
+        """
+        An id like "5/stop" is refused with the server's 404 message and sends nothing.
+        """
+        pushed = self.push()
+        error = self.error(self.client.delete(pushed.id + "/stop"))
+        self.assertEqual(
+            (error.status, error.message),
+            (404, f"The job id must be a number but '{pushed.id}/stop'"),
+        )
+        self.assertEqual(self.dispatch.canceled, [])
+        http = FailingHTTP(ConnectionRefusedError())
+        self.failureResultOf(HQClient(http=http).get("abc"), HQError)
+        self.assertEqual(http.calls, [])
+
+    def test_list_jobs_returns_a_page(self) -> None:
+        """
+        list_jobs() answers a JobList with the jobs in id order and the count.
+        """
+        a, b = self.push(), self.push()
+        page = self.result(self.client.list_jobs())
+        self.assertIsInstance(page, JobList)
+        self.assertEqual([j.id for j in page.jobs], [a.id, b.id])
+        self.assertEqual((page.count, page.has_next, page.next), (2, False, None))
+        self.assertEqual(page.raw["count"], 2)
+
+    def test_list_jobs_sends_every_filter(self) -> None:
+        """
+        name, term (dropped by the Go client), status, reverse, begin and limit all reach
+        the server.
+        """
+        a = self.push(name="mail", comment="weekly report")
+        b = self.push(name="mail")
+        c = self.push(name="sms", comment="weekly")
+        self.finish(b.id)
+
+        def ids(**query: Any) -> list[str]:
+            page: JobList = self.result(self.client.list_jobs(**query))
+            return [j.id for j in page.jobs]
+
+        self.assertEqual(ids(name="^mail$"), [a.id, b.id])
+        self.assertEqual(ids(term="weekly"), [a.id, c.id])
+        self.assertEqual(ids(status="success"), [b.id])
+        self.assertEqual(ids(reverse=True), [c.id, b.id, a.id])
+        self.assertEqual(ids(begin=b.id), [b.id, c.id])
+        self.assertEqual(ids(begin=int(b.id), reverse=True), [b.id, a.id])
+        page = self.result(self.client.list_jobs(limit=1))
+        self.assertEqual([j.id for j in page.jobs], [a.id])
+        self.assertEqual((page.has_next, page.next), (True, b.id))
+
+    def test_list_jobs_bad_regexp_is_400(self) -> None:
+        """
+        An invalid regexp raises HQError 400 naming the parameter.
+        """
+        self.push()
+        error = self.error(self.client.list_jobs(term="(?=x)"))
+        self.assertEqual(error.status, 400)
+        self.assertIn("'term'", error.message)
+
+    def test_delete_returns_the_id(self) -> None:
+        """
+        delete() of a finished job answers its id and removes it.
+        """
+        job = self.push()
+        self.finish(job.id)
+        self.assertEqual(self.result(self.client.delete(job.id)), job.id)
+        self.assertEqual(self.error(self.client.get(job.id)).status, 404)
+
+    def test_delete_waiting_job_is_409(self) -> None:
+        """
+        delete() of a waiting job raises HQError 409.
+        """
+        job = self.push()
+        error = self.error(self.client.delete(job.id))
+        self.assertEqual(error.status, 409)
+        self.assertIn(job.id, error.message)
+
+    def test_stop_returns_the_id(self) -> None:
+        """
+        stop() of a waiting job answers its id and asks the dispatcher to cancel it.
+        """
+        job = self.push()
+        self.assertEqual(self.result(self.client.stop(job.id)), job.id)
+        self.assertEqual(self.dispatch.canceled, [int(job.id)])
+
+    def test_restart_in_place_and_as_copy(self) -> None:
+        """
+        restart() keeps the id; restart(copy=True) answers a new job with a new id.
+        """
+        job = self.push(name="mail")
+        self.finish(job.id, success=False)
+        again: RemoteJob = self.result(self.client.restart(job.id))
+        self.assertEqual((again.id, again.status), (job.id, "waiting"))
+        self.finish(job.id)
+        self.clock.advance(1)
+        copy: RemoteJob = self.result(self.client.restart(job.id, copy=True))
+        self.assertNotEqual(copy.id, job.id)
+        self.assertEqual((copy.name, copy.status), ("mail", "waiting"))
+        self.assertEqual(self.result(self.client.get(job.id)).status, "success")
+
+    def test_stats_returns_the_counters(self) -> None:
+        """
+        stats() answers Stats with the counters and every key in raw.
+        """
+        self.push()
+        stats = self.result(self.client.stats())
+        self.assertIsInstance(stats, Stats)
+        self.assertEqual((stats.queues, stats.dispatchers, stats.max_workers), (100, 2, 3))
+        self.assertEqual(stats.num_stored_jobs, 1)
+        self.assertEqual(list(stats.raw)[:2], ["queues", "dispatchers"])
+
+    def test_info_returns_version(self) -> None:
+        """
+        info() answers the server's version and commit.
+        """
+        info = self.result(self.client.info())
+        self.assertEqual(info, ServerInfo("1.2.3", "abc123", raw={}))
+        self.assertEqual(info.raw, {"version": "1.2.3", "commitHash": "abc123"})
+
+
+class WireTests(SynchronousTestCase):
+    """
+    What the client sends and how it reads answers that are not HQ's usual ones.
+    """
+
+    def call(self, resource: RecordingResource, d_for: Any) -> Deferred[Any]:
+        stub = StubTreq(resource)
+        client = HQClient("http://hq.test:19900/", http=stub)
+        d: Deferred[Any] = d_for(client)
+        stub.flush()
+        return d
+
+    def test_requests_carry_user_agent_and_content_type(self) -> None:
+        """
+        Every request has User-Agent HQ-Client/<version>, JSON Content-Type, and the
+        address's trailing slash is trimmed.
+        """
+        resource = RecordingResource(body=b'{"id": "7"}')
+        self.successResultOf(self.call(resource, lambda c: c.stop("7")))
+        method, uri, headers, body = resource.requests[0]
+        self.assertEqual((method, uri, body), (b"POST", b"/job/7/stop", b""))
+        self.assertEqual(headers[b"User-Agent"], [f"HQ-Client/{__version__}".encode()])
+        self.assertEqual(headers[b"Content-Type"], [b"application/json"])
+
+    def test_push_sends_the_job_as_json(self) -> None:
+        """
+        push() sends the job as a JSON body.
+        """
+        resource = RecordingResource(body=b'{"id": "9", "status": "waiting"}')
+        job = {"url": WORKER, "payload": {"text": "h\u00e9"}}
+        result = self.successResultOf(self.call(resource, lambda c: c.push(job)))
+        self.assertEqual(result.id, "9")
+        _, uri, _, body = resource.requests[0]
+        self.assertEqual(uri, b"/job")
+        self.assertEqual(json.loads(body), job)
+
+    def test_restart_sends_copy(self) -> None:
+        """
+        restart() sends {"copy": ...} in the body.
+        """
+        resource = RecordingResource(body=b'{"id": "9"}')
+        self.successResultOf(self.call(resource, lambda c: c.restart("5", copy=True)))
+        _, uri, _, body = resource.requests[0]
+        self.assertEqual((uri, json.loads(body)), (b"/job/5/restart", {"copy": True}))
+
+    def test_list_query_leaves_out_unset_arguments(self) -> None:
+        """
+        list_jobs() sends only the arguments that were given.
+        """
+        resource = RecordingResource(body=b'{"jobs": [], "hasNext": false, "count": 0}')
+        self.successResultOf(self.call(resource, lambda c: c.list_jobs()))
+        self.successResultOf(
+            self.call(resource, lambda c: c.list_jobs(term="a b", reverse=True, limit=-1))
+        )
+        self.assertEqual(resource.requests[0][1], b"/job")
+        self.assertEqual(resource.requests[1][1], b"/job?term=a+b&reverse=true&limit=-1")
+
+    def test_error_without_json_body_names_the_status(self) -> None:
+        """
+        A non-2xx answer that is not HQ's JSON error gives HQError with the status phrase.
+        """
+        resource = RecordingResource(status=502, body=b"<html>bad gateway</html>")
+        failure = self.failureResultOf(self.call(resource, lambda c: c.stats()), HQError)
+        self.assertEqual(failure.value.status, 502)
+        self.assertEqual(failure.value.message, "502 Bad Gateway from http://hq.test:19900/stats")
+
+    def test_success_that_is_not_json_is_an_error(self) -> None:
+        """
+        A 200 answer that is not JSON (not an HQ server) gives HQError, not a crash.
+        """
+        resource = RecordingResource(body=b"<html>hello</html>")
+        failure = self.failureResultOf(self.call(resource, lambda c: c.stats()), HQError)
+        self.assertEqual(failure.value.status, 200)
+        self.assertIn("is not JSON", failure.value.message)
+
+    def test_connection_refused_has_one_clear_message(self) -> None:
+        """
+        A refused connection gives HQError with status None and a message for a person.
+        """
+        client = HQClient(http=FailingHTTP(ConnectionRefusedError()))
+        failure = self.failureResultOf(client.list_jobs(), HQError)
+        self.assertIsNone(failure.value.status)
+        self.assertEqual(
+            failure.value.message,
+            "cannot reach HQ at http://127.0.0.1:19900: connection refused",
+        )
+
+    def test_unknown_host_and_lost_connection_messages(self) -> None:
+        """
+        DNS failures and connections closed before an answer are said in words.
+        """
+        client = HQClient("http://nowhere.test", http=FailingHTTP(DNSLookupError("x")))
+        failure = self.failureResultOf(client.stats(), HQError)
+        self.assertEqual(
+            failure.value.message, "cannot reach HQ at http://nowhere.test: host not found"
+        )
+        client = HQClient(http=FailingHTTP(ResponseNeverReceived([])))
+        failure = self.failureResultOf(client.stats(), HQError)
+        self.assertEqual(
+            failure.value.message,
+            "no answer from HQ at http://127.0.0.1:19900: "
+            "the connection closed before an answer came",
+        )
+
+    def test_address_must_be_http(self) -> None:
+        """
+        An address that is not an http(s) URL is refused at once with ValueError.
+        """
+        for address in ("localhost:19900", "ftp://x", "http://", "http:///job"):
+            with self.assertRaises(ValueError, msg=address):
+                HQClient(address, http=FailingHTTP(ConnectionRefusedError()))
+        client = HQClient("https://hq.example/prefix/", http=FailingHTTP(OSError()))
+        self.assertEqual(client.address, "https://hq.example/prefix")
+        self.assertEqual(HQClient(http=StubTreq(Resource())).address, DEFAULT_ADDRESS)
+
+
+class RemoteJobTests(SynchronousTestCase):
+    """
+    Reading the wire job into a RemoteJob.
+    """
+
+    def test_go_style_times_and_duration(self) -> None:
+        """
+        Times with trimmed fractions (as the Go server writes them) parse; duration is
+        finished minus started.
+        """
+        job = RemoteJob.from_dict(
+            {
+                "id": "42",
+                "createdAt": "2019-10-29T07:32:26Z",
+                "startedAt": "2019-10-29T07:32:26.05Z",
+                "finishedAt": "2019-10-29T07:32:27.354Z",
+                "statusCode": 200,
+                "success": True,
+                "status": "success",
+            }
+        )
+        self.assertEqual(job.created_at, datetime(2019, 10, 29, 7, 32, 26, tzinfo=UTC))
+        self.assertEqual(job.duration, timedelta(seconds=1, milliseconds=304))
+        self.assertEqual((job.status_code, job.success, job.name), (200, True, ""))
+
+    def test_missing_and_wrong_fields_take_defaults(self) -> None:
+        """
+        Missing or mistyped keys give defaults instead of errors (old servers, new keys).
+        """
+        job = RemoteJob.from_dict({"id": 5, "timeout": "x", "createdAt": "never"})
+        self.assertEqual((job.id, job.timeout, job.created_at), ("5", 0, None))
+        self.assertEqual((job.status, job.headers, job.output_truncated), ("unknown", None, False))
+
+
+class LoopbackTests(TestCase):
+    """
+    The client with its own connection pool on the real reactor, over 127.0.0.1.
+    """
+
+    def test_real_server_round_trip(self) -> Deferred[None]:
+        """
+        Push, get and stats over a real socket; close() leaves no connection open.
+        """
+        clock = Clock()
+        clock.advance(T0)
+        api = make_api(clock, MemoryStore(), RecordingDispatch())
+        port = reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        client = HQClient(f"http://127.0.0.1:{port.getHost().port}", reactor=reactor)  # type: ignore[arg-type]
+
+        async def scenario() -> None:
+            try:
+                job = await client.push({"url": WORKER, "name": "loop"})
+                again = await client.get(job.id)
+                self.assertEqual(again.name, "loop")
+                stats = await client.stats()
+                self.assertEqual(stats.num_stored_jobs, 1)
+            finally:
+                await client.close()
+
+        return Deferred.fromCoroutine(scenario())
+
+    def test_nothing_listening_is_connection_refused(self) -> Deferred[None]:
+        """
+        A port with nothing listening gives HQError(None, "... connection refused").
+        """
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free_port = s.getsockname()[1]
+        address = f"http://127.0.0.1:{free_port}"
+        client = HQClient(address, reactor=reactor)  # type: ignore[arg-type]
+
+        async def scenario() -> None:
+            try:
+                with self.assertRaises(HQError) as caught:
+                    await client.stats()
+            finally:
+                await client.close()
+            self.assertIsNone(caught.exception.status)
+            self.assertEqual(
+                caught.exception.message, f"cannot reach HQ at {address}: connection refused"
+            )
+
+        return Deferred.fromCoroutine(scenario())

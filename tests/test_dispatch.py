@@ -1,0 +1,1031 @@
+"""
+Tests for hq.dispatch: the queue, the dispatcher loops and the request to workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web.error import SchemeNotSupported
+from twisted.web.server import Site
+
+from hq.dispatch import (
+    BUCKET_MS,
+    BUCKETS,
+    STORE_RETRY_SECONDS,
+    Dispatch,
+    HistoryBucket,
+    describe_error,
+    make_http_client,
+    reason_phrase,
+)
+from hq.model import Job, JobState
+from hq.store import StoreUnavailable
+from hq.store.memory import MemoryStore
+from hq.testing import FailingHTTP, FakeWorker, Reply, WorkerStub
+
+#: The clock's start, in seconds (2023-11-14).
+T0 = 1_700_000_000.0
+URL = "http://worker.test/work"
+
+
+class DispatchTestCase(SynchronousTestCase):
+    """
+    A Dispatch over a MemoryStore, a Clock and a FakeWorker reached through StubTreq.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.store = MemoryStore()
+        self.worker = FakeWorker()
+        self.stub = WorkerStub(self.worker)
+        self.next_id = 1
+        self.finished: list[Job] = []
+
+    def start(
+        self,
+        http: Any = None,
+        store: Any = None,
+        dispatchers: int = 1,
+        workers: int = 1,
+        queue_size: int = 100,
+        max_output_bytes: int = 1024,
+        shutdown_timeout: float = 10,
+    ) -> Dispatch:
+        """
+        Build and start a Dispatch; finished jobs go to ``self.finished``.
+        """
+        dispatch = Dispatch(
+            store=store if store is not None else self.store,
+            http=http if http is not None else self.stub.http,
+            clock=self.clock,
+            dispatchers=dispatchers,
+            workers_per_dispatcher=workers,
+            queue_size=queue_size,
+            max_output_bytes=max_output_bytes,
+            shutdown_timeout=shutdown_timeout,
+            user_agent="HQ/test",
+        )
+        dispatch.add_observer(self.finished.append)
+        dispatch.startService()
+        self.addCleanup(self.stop_quietly, dispatch)
+        return dispatch
+
+    def stop_quietly(self, dispatch: Dispatch) -> None:
+        if dispatch.running:
+            dispatch.stopService()
+            self.clock.advance(3600)
+            self.stub.flush()
+
+    def make_job(self, **fields: Any) -> Job:
+        """
+        Store a new waiting job and return it (not queued).
+        """
+        fields.setdefault("url", URL)
+        job = Job(id=self.next_id, **fields)
+        self.next_id += 1
+        self.successResultOf(self.store.create(job))
+        return job
+
+    def push(self, dispatch: Dispatch, **fields: Any) -> Job:
+        """
+        Store a new waiting job and enqueue it, as the push API does.
+        """
+        job = self.make_job(**fields)
+        dispatch.enqueue(job)
+        return job
+
+    def get(self, job_id: int) -> Job:
+        return self.successResultOf(self.store.get(job_id))
+
+    def stop_job(self, dispatch: Dispatch, job_id: int) -> None:
+        """
+        Stop a job as the stop API does: the store first, then the dispatcher.
+        """
+        self.successResultOf(self.store.stop(job_id, int(self.clock.seconds() * 1000)))
+        dispatch.cancel(job_id)
+
+    def delivered_ids(self) -> list[int]:
+        return [int(r.header("x-hq-job-id") or 0) for r in self.worker.requests]
+
+
+class RequestTests(DispatchTestCase):
+    """
+    What a worker receives.
+    """
+
+    def test_request_is_post_with_payload_and_headers(self) -> None:
+        """The worker gets a POST with the payload as body and HQ's headers."""
+        dispatch = self.start()
+        job = self.push(dispatch, payload='{"message":"hi"}', headers={"X-Custom": "t"})
+        [request] = self.worker.requests
+        self.assertEqual(request.method, "POST")
+        self.assertEqual(request.path, "/work")
+        self.assertEqual(request.body, b'{"message":"hi"}')
+        self.assertEqual(request.headers["content-type"], ["application/json"])
+        self.assertEqual(request.headers["user-agent"], ["HQ/test"])
+        self.assertEqual(request.headers["x-hq-job-id"], [str(job.id)])
+        self.assertEqual(request.headers["x-custom"], ["t"])
+        self.assertEqual(request.headers["content-length"], ["16"])
+        self.assertEqual(request.headers["host"], ["worker.test"])
+
+    def test_utf8_payload_is_sent_as_utf8(self) -> None:
+        """A non-ASCII payload is sent as its UTF-8 bytes."""
+        dispatch = self.start()
+        self.push(dispatch, payload='"é"')
+        self.assertEqual(self.worker.requests[0].body, '"é"'.encode())
+
+    def test_null_payload_sends_no_body_with_content_length_zero(self) -> None:
+        """A job without payload is a POST with no body and Content-Length: 0."""
+        dispatch = self.start()
+        self.push(dispatch, payload=None)
+        [request] = self.worker.requests
+        self.assertEqual(request.method, "POST")
+        self.assertEqual(request.body, b"")
+        self.assertEqual(request.headers["content-length"], ["0"])
+
+    def test_job_headers_cannot_override_protected_headers(self) -> None:
+        """User-Agent, Host, Content-Length, X-Hq-Job-Id (any case) stay HQ's."""
+        dispatch = self.start()
+        job = self.push(
+            dispatch,
+            payload="[1]",
+            headers={
+                "user-agent": "evil",
+                "HOST": "evil.test",
+                "Content-Length": "99",
+                "X-HQ-JOB-ID": "42",
+                "Transfer-Encoding": "chunked",
+                "X-Other": "kept",
+            },
+        )
+        [request] = self.worker.requests
+        self.assertEqual(request.headers["user-agent"], ["HQ/test"])
+        self.assertEqual(request.headers["host"], ["worker.test"])
+        self.assertEqual(request.headers["content-length"], ["3"])
+        self.assertEqual(request.headers["x-hq-job-id"], [str(job.id)])
+        self.assertNotIn("transfer-encoding", request.headers)
+        self.assertEqual(request.headers["x-other"], ["kept"])
+        self.assertEqual(request.body, b"[1]")
+
+    def test_job_content_type_replaces_the_default(self) -> None:
+        """A job's Content-Type (any case) replaces application/json."""
+        dispatch = self.start()
+        self.push(dispatch, payload='"x"', headers={"content-type": "text/plain"})
+        self.assertEqual(self.worker.requests[0].headers["content-type"], ["text/plain"])
+
+    def test_invalid_header_name_fails_the_job(self) -> None:
+        """A header name that HTTP cannot carry fails the job, with a message naming it."""
+        dispatch = self.start()
+        job = self.push(dispatch, headers={"Bad Name": "x"})
+        self.assertEqual(self.worker.requests, [])
+        stored = self.get(job.id)
+        self.assertTrue(stored.failure)
+        self.assertEqual(stored.err, "invalid header name 'Bad Name'")
+
+    def test_unsupported_scheme_fails_the_job(self) -> None:
+        """A URL that is not http(s) fails with a clear message."""
+        dispatch = self.start()
+        job = self.push(dispatch, url="ftp://worker.test/x")
+        stored = self.get(job.id)
+        self.assertTrue(stored.failure)
+        self.assertIn("unsupported URL scheme 'ftp'", stored.err)
+
+
+class OutcomeTests(DispatchTestCase):
+    """
+    What is recorded from the worker's answer.
+    """
+
+    def test_any_2xx_is_success(self) -> None:
+        """200, 201 and 204 are success, with the code and output recorded."""
+        dispatch = self.start()
+        for code, body in [(200, b"fine"), (201, b"made"), (204, b"")]:
+            self.worker.reply = Reply(code=code, body=body)
+            job = self.push(dispatch)
+            stored = self.get(job.id)
+            self.assertEqual(
+                (stored.status, stored.success, stored.failure, stored.status_code),
+                ("success", True, False, code),
+            )
+            self.assertEqual((stored.err, stored.output), ("", body.decode()))
+            self.assertIsNotNone(stored.started_at)
+            self.assertEqual(stored.finished_at, int(T0 * 1000))
+
+    def test_500_is_failure_with_reason_phrase(self) -> None:
+        """A 500 is a failure with err 'Internal Server Error' and the body kept."""
+        dispatch = self.start()
+        self.worker.reply = Reply(code=500, body=b"boom")
+        job = self.push(dispatch)
+        stored = self.get(job.id)
+        self.assertEqual(stored.status, "failure")
+        self.assertEqual(stored.status_code, 500)
+        self.assertEqual(stored.err, "Internal Server Error")
+        self.assertEqual(stored.output, "boom")
+
+    def test_reason_phrase_falls_back_to_the_response_phrase(self) -> None:
+        """An unregistered code uses the response's phrase, or 'HTTP <code>'."""
+        self.assertEqual(reason_phrase(404, b"Whatever"), "Not Found")
+        self.assertEqual(reason_phrase(599, b"Custom Trouble"), "Custom Trouble")
+        self.assertEqual(reason_phrase(599, b""), "HTTP 599")
+
+    def test_output_is_capped_and_flagged(self) -> None:
+        """A body over max_output_bytes is cut there and outputTruncated is set."""
+        dispatch = self.start(max_output_bytes=10)
+        self.worker.reply = Reply(body=b"0123456789abcdef" * 100)
+        job = self.push(dispatch)
+        stored = self.get(job.id)
+        self.assertEqual(stored.output, "0123456789")
+        self.assertTrue(stored.output_truncated)
+        self.assertTrue(stored.success)
+        self.assertEqual(stored.err, "")
+
+    def test_output_at_the_cap_is_not_flagged(self) -> None:
+        """A body of exactly max_output_bytes is kept whole, not flagged."""
+        dispatch = self.start(max_output_bytes=10)
+        self.worker.reply = Reply(body=b"0123456789")
+        stored = self.get(self.push(dispatch).id)
+        self.assertEqual((stored.output, stored.output_truncated), ("0123456789", False))
+
+    def test_output_cut_does_not_split_a_character(self) -> None:
+        """A cut inside a UTF-8 character drops that partial character."""
+        dispatch = self.start(max_output_bytes=5)
+        self.worker.reply = Reply(body="ééé".encode())
+        stored = self.get(self.push(dispatch).id)
+        self.assertEqual(stored.output, "éé")
+        self.assertTrue(stored.output_truncated)
+
+    def test_invalid_utf8_output_is_replaced(self) -> None:
+        """Bytes that are not UTF-8 become U+FFFD in output."""
+        dispatch = self.start()
+        self.worker.reply = Reply(body=b"a\xffb")
+        stored = self.get(self.push(dispatch).id)
+        self.assertEqual(stored.output, "a\ufffdb")
+
+    def test_connection_refused_is_a_failure_without_status_code(self) -> None:
+        """A transport error fails the job with a short err and statusCode null."""
+        http = FailingHTTP(ConnectionRefusedError())
+        dispatch = self.start(http=http)
+        job = self.push(dispatch)
+        stored = self.get(job.id)
+        self.assertEqual(stored.status, "failure")
+        self.assertEqual(stored.err, "connection refused")
+        self.assertIsNone(stored.status_code)
+        [(method, url, kwargs)] = http.calls
+        self.assertEqual((method, url, kwargs["allow_redirects"]), ("POST", URL, False))
+
+    def test_transport_errors_are_described_for_people(self) -> None:
+        """Common transport errors get short human messages."""
+        url = "http://example.invalid/x"
+        cases = [
+            (DNSLookupError("no results"), "could not resolve host example.invalid"),
+            (ConnectionRefusedError(), "connection refused"),
+            (
+                ResponseNeverReceived([Failure(ConnectionDone())]),
+                "connection closed before a response was received",
+            ),
+            (
+                ResponseFailed([Failure(ConnectionDone())]),
+                "connection lost before the response was complete",
+            ),
+            (SchemeNotSupported("x"), "unsupported URL scheme 'http': only http and https"),
+        ]
+        for error, expected in cases:
+            self.assertIn(expected, describe_error(error, url))
+
+    def test_tls_errors_are_named(self) -> None:
+        """An OpenSSL error inside a response failure reads 'TLS error: <reason>'."""
+        from OpenSSL import SSL
+
+        error = ResponseNeverReceived(
+            [Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))]
+        )
+        self.assertEqual(describe_error(error, URL), "TLS error: certificate verify failed")
+
+    def test_failure_is_logged_at_info_with_the_job_id(self) -> None:
+        """A failed job logs one info event with its id and err."""
+        dispatch = self.start()
+        self.worker.reply = Reply(code=503)
+        with capturedLogs() as events:
+            job = self.push(dispatch)
+        failed = [e for e in events if e.get("err") == "Service Unavailable"]
+        self.assertEqual(len(failed), 1)
+        self.assertEqual(failed[0]["jobID"], job.id)
+        self.assertEqual(failed[0]["log_level"].name, "info")
+
+
+class TimeoutTests(DispatchTestCase):
+    """
+    The job timeout covers the whole exchange.
+    """
+
+    def test_timeout_fires_at_the_job_timeout(self) -> None:
+        """A worker that never answers fails the job after exactly `timeout` seconds."""
+        dispatch = self.start()
+        self.worker.reply = Reply(hang=True)
+        job = self.push(dispatch, timeout=5)
+        self.clock.advance(4.9)
+        self.assertTrue(self.get(job.id).running)
+        self.assertEqual(dispatch.num_workers, 1)
+        self.clock.advance(0.1)
+        stored = self.get(job.id)
+        self.assertEqual(stored.status, "failure")
+        self.assertEqual(stored.err, "timed out after 5 s")
+        self.assertIsNone(stored.status_code)
+        self.assertEqual(stored.finished_at, int((T0 + 5) * 1000))
+        self.assertEqual(dispatch.num_workers, 0)
+        self.stub.flush()
+        self.assertEqual(len(self.worker.lost), 1)
+
+    def test_timeout_covers_the_body_read(self) -> None:
+        """Headers in time but a body that never ends still times out."""
+        dispatch = self.start()
+        self.worker.reply = Reply(body=b"partial", hold_body=True)
+        job = self.push(dispatch, timeout=3)
+        self.stub.flush()
+        self.assertTrue(self.get(job.id).running)
+        self.clock.advance(3)
+        stored = self.get(job.id)
+        self.assertEqual(stored.err, "timed out after 3 s")
+        self.assertTrue(stored.failure)
+        self.assertEqual(stored.status_code, 200)
+        self.assertEqual(stored.output, "partial")
+
+    def test_zero_timeout_waits_forever(self) -> None:
+        """timeout 0 sets no deadline."""
+        dispatch = self.start()
+        self.worker.reply = Reply(hang=True)
+        job = self.push(dispatch, timeout=0)
+        self.clock.advance(86400)
+        self.assertTrue(self.get(job.id).running)
+        self.worker.release(Reply(body=b"late"))
+        self.stub.flush()
+        self.assertEqual(self.get(job.id).output, "late")
+
+
+class RedirectTests(DispatchTestCase):
+    """
+    Redirects are followed as Go's client does, up to 10.
+    """
+
+    def test_303_is_followed_with_get_without_body(self) -> None:
+        """A 303 turns the POST into a GET without body to the resolved Location."""
+        dispatch = self.start()
+        self.worker.route("/work", Reply(code=303, headers={"Location": "/done?x=1"}))
+        self.worker.route("/done", Reply(body=b"arrived"))
+        job = self.push(dispatch, payload='{"a":1}')
+        first, second = self.worker.requests
+        self.assertEqual((first.method, first.body), ("POST", b'{"a":1}'))
+        self.assertEqual((second.method, second.path, second.body), ("GET", "/done?x=1", b""))
+        self.assertNotIn("content-type", second.headers)
+        self.assertEqual(second.header("x-hq-job-id"), str(job.id))
+        stored = self.get(job.id)
+        self.assertEqual(
+            (stored.status, stored.status_code, stored.output), ("success", 200, "arrived")
+        )
+
+    def test_307_repeats_the_post_with_body(self) -> None:
+        """A 307 repeats the POST with the same body and headers."""
+        dispatch = self.start()
+        self.worker.route("/work", Reply(code=307, headers={"Location": "http://worker.test/b"}))
+        self.worker.route("/b", Reply(code=201, body=b"ok"))
+        job = self.push(dispatch, payload="[1,2]")
+        _, second = self.worker.requests
+        self.assertEqual((second.method, second.path, second.body), ("POST", "/b", b"[1,2]"))
+        self.assertEqual(second.headers["content-type"], ["application/json"])
+        self.assertEqual(self.get(job.id).status_code, 201)
+
+    def test_redirect_loop_stops_after_10_redirects(self) -> None:
+        """An endless redirect fails with 'stopped after 10 redirects' after 11 requests."""
+        dispatch = self.start()
+        self.worker.route("/work", Reply(code=302, headers={"Location": "/work"}))
+        job = self.push(dispatch)
+        self.assertEqual(len(self.worker.requests), 11)
+        stored = self.get(job.id)
+        self.assertEqual(stored.status, "failure")
+        self.assertEqual(stored.err, "stopped after 10 redirects")
+        self.assertEqual(stored.status_code, 302)
+
+    def test_redirect_to_another_host_drops_credentials(self) -> None:
+        """Authorization is not sent on to another host, but kept on the same host."""
+        dispatch = self.start()
+        self.worker.route("/work", Reply(code=307, headers={"Location": "/same"}))
+        self.worker.route("/same", Reply(code=307, headers={"Location": "http://other.test/x"}))
+        self.worker.route("/x", Reply())
+        self.push(dispatch, headers={"Authorization": "Bearer s"})
+        _, same, other = self.worker.requests
+        self.assertEqual(same.header("authorization"), "Bearer s")
+        self.assertIsNone(other.header("authorization"))
+
+    def test_unusable_redirect_location_is_a_failure(self) -> None:
+        """A Location that is not a URL fails the job and names it."""
+        dispatch = self.start()
+        self.worker.reply = Reply(code=302, headers={"Location": "http://[::1"})
+        stored = self.get(self.push(dispatch).id)
+        self.assertEqual((stored.status_code, stored.failure), (302, True))
+        self.assertEqual(stored.err, "invalid redirect location 'http://[::1'")
+
+    def test_3xx_without_location_is_a_failure(self) -> None:
+        """A 3xx that is not a usable redirect is the final answer: a failure."""
+        dispatch = self.start()
+        self.worker.reply = Reply(code=304, body=b"")
+        stored = self.get(self.push(dispatch).id)
+        self.assertEqual((stored.status_code, stored.err), (304, "Not Modified"))
+
+
+class CookieTests(DispatchTestCase):
+    """
+    No cookies are kept between jobs.
+    """
+
+    def test_cookies_from_one_job_are_not_sent_with_the_next(self) -> None:
+        """A Set-Cookie in one job's response is not sent with the next job."""
+        dispatch = self.start()
+        self.worker.reply = Reply(headers={"Set-Cookie": "session=abc; Path=/"})
+        self.push(dispatch)
+        self.push(dispatch)
+        self.assertEqual(len(self.worker.requests), 2)
+        self.assertIsNone(self.worker.requests[1].header("cookie"))
+
+    def test_job_cookie_header_is_sent(self) -> None:
+        """A job may still send its own Cookie header."""
+        dispatch = self.start()
+        self.push(dispatch, headers={"Cookie": "a=b"})
+        self.assertEqual(self.worker.requests[0].header("cookie"), "a=b")
+
+
+class ConcurrencyTests(DispatchTestCase):
+    """
+    dispatchers x workers_per_dispatcher requests at most, started in FIFO order.
+    """
+
+    def test_at_most_dispatchers_times_workers_in_flight(self) -> None:
+        """With 2 dispatchers x 3 workers and a hung worker, exactly 6 requests are in flight."""
+        dispatch = self.start(dispatchers=2, workers=3)
+        self.worker.reply = Reply(hang=True)
+        for _ in range(10):
+            self.push(dispatch)
+        self.assertEqual(len(self.worker.requests), 6)
+        self.assertEqual(dispatch.num_workers, 6)
+        self.assertEqual(dispatch.in_queue, 4)
+        self.assertEqual(self.worker.release(Reply(), count=1), 1)
+        self.stub.flush()
+        self.assertEqual(len(self.worker.requests), 7)
+        self.assertEqual(dispatch.num_workers, 6)
+        self.assertEqual(dispatch.in_queue, 3)
+
+    def test_jobs_start_in_fifo_order(self) -> None:
+        """Jobs start in push order, one at a time with one worker."""
+        dispatch = self.start()
+        self.worker.reply = Reply(hang=True)
+        jobs = [self.push(dispatch) for _ in range(5)]
+        for _ in jobs:
+            self.worker.release(Reply())
+            self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [job.id for job in jobs])
+        self.assertEqual([j.id for j in self.finished], [job.id for job in jobs])
+
+    def test_stored_jobs_load_in_id_order_at_start(self) -> None:
+        """At start the waiting jobs in the store are delivered in id order."""
+        for job_id in (3, 1, 2):
+            self.successResultOf(self.store.create(Job(id=job_id, url=URL)))
+        self.successResultOf(self.store.create(Job(id=4, url=URL, state=JobState.FINISHED)))
+        self.start()
+        self.assertEqual(self.delivered_ids(), [1, 2, 3])
+
+    def test_enqueue_before_start_is_loaded_by_the_start(self) -> None:
+        """A job enqueued before startService is delivered once, by the start-up feed."""
+        dispatch = Dispatch(
+            store=self.store,
+            http=self.stub.http,
+            clock=self.clock,
+            dispatchers=1,
+            workers_per_dispatcher=1,
+            queue_size=10,
+            max_output_bytes=100,
+            shutdown_timeout=1,
+            user_agent="HQ/test",
+        )
+        dispatch.enqueue(self.make_job())
+        dispatch.startService()
+        self.addCleanup(dispatch.stopService)
+        self.assertEqual(self.delivered_ids(), [1])
+
+
+class StopTests(DispatchTestCase):
+    """
+    Stopping a job: never sent when waiting, aborted when running; canceled either way.
+    """
+
+    def test_stop_waiting_job_is_canceled_without_request(self) -> None:
+        """A stopped queued job leaves the queue and is never sent."""
+        dispatch = self.start()
+        self.worker.reply = Reply(hang=True)
+        first = self.push(dispatch)
+        second = self.push(dispatch)
+        self.assertEqual(dispatch.in_queue, 1)
+        self.stop_job(dispatch, second.id)
+        self.assertEqual(dispatch.in_queue, 0)
+        self.worker.release(Reply())
+        self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [first.id])
+        stored = self.get(second.id)
+        self.assertEqual(stored.status, "canceled")
+        self.assertIsNone(stored.started_at)
+
+    def test_stop_running_job_aborts_it_as_canceled(self) -> None:
+        """A stopped running job's request is aborted and the job ends canceled."""
+        dispatch = self.start()
+        self.worker.reply = Reply(hang=True)
+        job = self.push(dispatch, timeout=0)
+        self.assertEqual(self.get(job.id).status, "running")
+        self.stop_job(dispatch, job.id)
+        self.assertEqual(self.get(job.id).status, "canceled")
+        stored = self.get(job.id)
+        self.assertEqual((stored.canceled, stored.failure, stored.err), (True, False, "stopped"))
+        self.assertEqual(dispatch.num_workers, 0)
+        self.assertEqual([j.id for j in self.finished], [job.id])
+        self.stub.flush()
+        self.assertEqual(len(self.worker.lost), 1)
+
+    def test_stop_running_job_frees_its_slot(self) -> None:
+        """After a stop the next job starts."""
+        dispatch = self.start()
+        self.worker.reply = Reply(hang=True)
+        first = self.push(dispatch)
+        second = self.push(dispatch)
+        self.stop_job(dispatch, first.id)
+        self.assertEqual(self.delivered_ids(), [first.id, second.id])
+
+    def test_stop_while_the_store_starts_it_is_never_sent(self) -> None:
+        """A job stopped after the store started it, before the request, is not sent."""
+        store = SlowStartStore()
+        self.store = store
+        dispatch = self.start(store=store)
+        job = self.push(dispatch)
+        self.assertEqual(len(store.pending), 1)  # handed out; the store's answer is pending
+        self.stop_job(dispatch, job.id)  # the store has it running: only marked canceled
+        store.answer_all()
+        self.assertEqual(self.worker.requests, [])
+        stored = self.get(job.id)
+        self.assertEqual((stored.status, stored.err), ("canceled", "stopped"))
+        self.assertEqual([j.id for j in self.finished], [job.id])
+
+    def test_stop_before_the_store_starts_it_is_skipped(self) -> None:
+        """A job stopped before the store started it is skipped silently."""
+        store = SlowStartStore(start_late=True)
+        self.store = store
+        dispatch = self.start(store=store)
+        job = self.push(dispatch)
+        self.stop_job(dispatch, job.id)
+        store.answer_all()
+        self.assertEqual(self.worker.requests, [])
+        self.assertEqual(self.get(job.id).status, "canceled")
+        self.assertEqual(self.finished, [])
+        # The dispatcher slot is free again.
+        self.push(dispatch)
+        self.assertEqual(len(store.pending), 1)
+
+
+class BacklogTests(DispatchTestCase):
+    """
+    The in-memory queue bounds memory; the backlog stays in the store.
+    """
+
+    def test_backlog_bigger_than_the_queue_is_delivered_fully_in_order(self) -> None:
+        """25 jobs through a queue of 4 are all delivered, in id order."""
+        dispatch = self.start(queue_size=4)
+        self.worker.reply = Reply(hang=True)
+        jobs = [self.push(dispatch) for _ in range(25)]
+        self.assertLessEqual(dispatch.in_queue, 4)
+        for _ in range(30):
+            self.assertLessEqual(dispatch.in_queue, 4)
+            self.worker.release(Reply())
+            self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [job.id for job in jobs])
+        self.assertTrue(all(self.get(job.id).success for job in jobs))
+
+    def test_restart_of_an_old_id_while_backlogged_is_delivered(self) -> None:
+        """A job restarted in place while the queue is full is found by the feed."""
+        dispatch = self.start(queue_size=2)
+        old = self.push(dispatch)
+        self.assertTrue(self.get(old.id).success)
+        self.worker.reply = Reply(hang=True)
+        later = [self.push(dispatch) for _ in range(6)]
+        restarted = self.successResultOf(self.store.restart(old.id))
+        dispatch.enqueue(restarted)
+        for _ in range(10):
+            self.worker.release(Reply())
+            self.stub.flush()
+        self.assertEqual(
+            sorted(self.delivered_ids()), sorted([old.id, old.id] + [j.id for j in later])
+        )
+        self.assertEqual(self.get(old.id).attempts, 2)
+        self.assertTrue(all(self.get(j.id).success for j in [old, *later]))
+
+    def test_job_enqueued_while_the_feed_reads_is_not_lost(self) -> None:
+        """A job pushed while a backlog read is in flight is loaded by a further read."""
+        store = SlowFeedStore()
+        self.store = store
+        dispatch = self.start(store=store, queue_size=4)
+        self.worker.reply = Reply(hang=True)
+        self.assertEqual(len(store.pending), 1)  # the start-up read, which saw no job
+        first = self.push(dispatch)  # an idle dispatcher takes it at once
+        second = self.push(dispatch)  # no room to hand it over: left to the feed
+        self.assertEqual(self.delivered_ids(), [first.id])
+        store.answer_all()
+        self.assertEqual(len(store.pending), 1)  # read again: the first read was short but stale
+        store.answer_all()
+        self.assertEqual(dispatch.in_queue, 1)
+        self.worker.release(Reply())
+        self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [first.id, second.id])
+
+    def test_stop_service_waits_for_a_backlog_read(self) -> None:
+        """stopService fires once a backlog read in flight has answered."""
+        store = SlowFeedStore()
+        dispatch = self.start(store=store)
+        stopped = dispatch.stopService()
+        self.assertNoResult(stopped)
+        store.answer_all()
+        self.successResultOf(stopped)
+
+    def test_feed_recovers_from_store_errors(self) -> None:
+        """A failing backlog read is logged and tried again later, not fatal."""
+        store = FlakyFeedStore(failures=2)
+        for _ in range(3):
+            job = Job(id=self.next_id, url=URL)
+            self.next_id += 1
+            self.successResultOf(store.create(job))
+        self.store = store
+        with capturedLogs() as events:
+            self.start(store=store)
+        self.assertEqual(self.worker.requests, [])
+        self.assertTrue(any(e.get("log_failure") for e in events))
+        self.clock.advance(STORE_RETRY_SECONDS)
+        self.assertEqual(self.worker.requests, [])
+        self.clock.advance(STORE_RETRY_SECONDS)
+        self.assertEqual(self.delivered_ids(), [1, 2, 3])
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 2)
+
+    def test_store_start_failure_is_retried(self) -> None:
+        """A job the store cannot start now is tried again later."""
+        dispatch = self.start()
+        job = self.make_job()
+        self.store.writable = False
+        dispatch.enqueue(job)
+        self.assertEqual(self.worker.requests, [])
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        self.store.writable = True
+        self.clock.advance(STORE_RETRY_SECONDS)
+        self.assertEqual(self.delivered_ids(), [job.id])
+        self.assertTrue(self.get(job.id).success)
+
+    def test_finish_failure_is_retried(self) -> None:
+        """An outcome the store cannot record now is recorded on a later try."""
+        store = FlakyFinishStore(failures=1)
+        self.store = store
+        dispatch = self.start(store=store)
+        job = self.push(dispatch)
+        self.assertTrue(self.get(job.id).running)
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        self.clock.advance(STORE_RETRY_SECONDS)
+        self.assertTrue(self.get(job.id).success)
+        self.assertEqual([j.id for j in self.finished], [job.id])
+
+
+class RestartTests(DispatchTestCase):
+    """
+    A job restarted in place while its previous run is still ending runs again.
+    """
+
+    def test_restart_while_the_outcome_is_being_recorded_runs_again(self) -> None:
+        """An enqueue of an id whose run has not ended yet is kept until it ends."""
+        store = SlowFinishStore()
+        self.store = store
+        dispatch = self.start(store=store)
+        job = self.push(dispatch)
+        self.assertEqual(len(store.pending), 1)  # recorded, but the answer is late
+        restarted = self.successResultOf(store.restart(job.id))
+        dispatch.enqueue(restarted)
+        self.assertEqual(len(self.worker.requests), 1)
+        store.answer_all()
+        self.assertEqual(self.delivered_ids(), [job.id, job.id])
+        store.answer_all()
+        self.assertEqual(self.get(job.id).attempts, 2)
+        self.assertEqual(len(self.finished), 2)
+
+
+class ShutdownTests(DispatchTestCase):
+    """
+    stopService waits up to shutdown_timeout, then aborts without recording.
+    """
+
+    def test_stop_service_with_nothing_running_fires_at_once(self) -> None:
+        """An idle dispatcher stops at once."""
+        dispatch = self.start()
+        self.successResultOf(dispatch.stopService())
+
+    def test_stop_service_waits_for_a_running_job(self) -> None:
+        """A job that ends within shutdown_timeout is recorded, then the stop fires."""
+        dispatch = self.start(shutdown_timeout=10)
+        self.worker.reply = Reply(hang=True)
+        job = self.push(dispatch)
+        queued = self.push(dispatch)
+        stopped = dispatch.stopService()
+        self.assertNoResult(stopped)
+        self.clock.advance(5)
+        self.worker.release(Reply(body=b"done"))
+        self.stub.flush()
+        self.successResultOf(stopped)
+        self.assertTrue(self.get(job.id).success)
+        self.assertEqual(self.get(queued.id).status, "waiting")
+        self.assertEqual(self.delivered_ids(), [job.id])
+
+    def test_stop_service_aborts_after_timeout_leaving_job_running(self) -> None:
+        """After shutdown_timeout the request is aborted and the job stays RUNNING."""
+        dispatch = self.start(shutdown_timeout=10, workers=2)
+        self.worker.reply = Reply(hang=True)
+        jobs = [self.push(dispatch, timeout=0) for _ in range(2)]
+        stopped = dispatch.stopService()
+        self.clock.advance(9.9)
+        self.assertNoResult(stopped)
+        self.assertEqual(dispatch.num_workers, 2)
+        self.clock.advance(0.1)
+        self.successResultOf(stopped)
+        for job in jobs:
+            stored = self.get(job.id)
+            self.assertEqual(stored.state, JobState.RUNNING)
+            self.assertFalse(stored.canceled or stored.failure or stored.success)
+        self.assertEqual(self.finished, [])
+        self.assertEqual(dispatch.num_workers, 0)
+        self.stub.flush()
+        self.assertEqual(len(self.worker.lost), 2)
+        # The next start's recovery makes them waiting again.
+        self.successResultOf(self.store.recover(0))
+        self.assertTrue(all(self.get(job.id).waiting for job in jobs))
+
+    def test_no_job_starts_while_stopping(self) -> None:
+        """Jobs enqueued after stopService stay waiting in the store."""
+        dispatch = self.start()
+        self.worker.reply = Reply(hang=True)
+        self.push(dispatch)
+        dispatch.stopService()
+        late = self.push(dispatch)
+        self.worker.release(Reply())
+        self.stub.flush()
+        self.assertEqual(len(self.worker.requests), 1)
+        self.assertTrue(self.get(late.id).waiting)
+
+
+class ObserverAndHistoryTests(DispatchTestCase):
+    """
+    Observers see every finished job; the history counts them per 10 s.
+    """
+
+    def test_observer_gets_the_recorded_job(self) -> None:
+        """The observer is called with the job as the store recorded it."""
+        dispatch = self.start()
+        job = self.push(dispatch)
+        self.assertEqual(self.finished, [self.get(job.id)])
+
+    def test_failing_observer_does_not_stop_delivery(self) -> None:
+        """An observer that raises is logged; later jobs still run and others are told."""
+        dispatch = self.start()
+
+        def broken(job: Job) -> None:
+            raise RuntimeError("observer bug")
+
+        dispatch.add_observer(broken)
+        self.push(dispatch)
+        self.push(dispatch)
+        self.assertEqual(len(self.finished), 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+    def test_history_counts_finished_jobs_per_bucket(self) -> None:
+        """Success, failure and canceled land in the 10 s bucket of their finish time."""
+        dispatch = self.start()
+        self.push(dispatch)
+        self.clock.advance(10)
+        self.worker.reply = Reply(code=500)
+        self.push(dispatch)
+        self.push(dispatch)
+        self.worker.reply = Reply(hang=True)
+        running = self.push(dispatch)
+        self.stop_job(dispatch, running.id)
+        now_ms = int(self.clock.seconds() * 1000)
+        buckets = dispatch.history(now_ms)
+        self.assertEqual(len(buckets), BUCKETS)
+        last = now_ms // BUCKET_MS * BUCKET_MS
+        self.assertEqual(buckets[-1], HistoryBucket(start=last, success=0, failure=2, canceled=1))
+        self.assertEqual(buckets[-2], HistoryBucket(start=last - BUCKET_MS, success=1))
+        self.assertEqual(buckets[0].start, last - (BUCKETS - 1) * BUCKET_MS)
+        self.assertEqual(sum(b.success + b.failure + b.canceled for b in buckets[:-2]), 0)
+
+    def test_history_forgets_jobs_older_than_ten_minutes(self) -> None:
+        """Buckets older than the window read as zero, even when their slot is reused."""
+        dispatch = self.start()
+        self.push(dispatch)
+        self.clock.advance(BUCKETS * BUCKET_MS / 1000)
+        now_ms = int(self.clock.seconds() * 1000)
+        self.assertEqual(sum(b.success for b in dispatch.history(now_ms)), 0)
+        self.push(dispatch)
+        self.assertEqual(sum(b.success for b in dispatch.history(now_ms)), 1)
+
+
+# -- store wrappers for races and errors -----------------------------------------
+
+
+class SlowStartStore(MemoryStore):
+    """
+    A MemoryStore whose ``start`` answers only on :meth:`answer_all`.
+
+    By default the change happens at once and only the answer is late (the
+    store has the job running); with ``start_late`` the change happens late too.
+    """
+
+    def __init__(self, start_late: bool = False) -> None:
+        super().__init__()
+        self.start_late = start_late
+        self.pending: list[tuple[Deferred[Job | None], int, int]] = []
+        self.results: list[Job | None] = []
+
+    def start(self, job_id: int, now: int) -> Deferred[Job | None]:
+        d: Deferred[Job | None] = Deferred()
+        if not self.start_late:
+            self.results.append(self.successResultOf(super().start(job_id, now)))
+        self.pending.append((d, job_id, now))
+        return d
+
+    @staticmethod
+    def successResultOf(d: Deferred[Any]) -> Any:
+        result: list[Any] = []
+        d.addBoth(result.append)
+        return result[0]
+
+    def answer_all(self) -> None:
+        pending, self.pending = self.pending, []
+        for d, job_id, now in pending:
+            if self.start_late:
+                d.callback(self.successResultOf(super().start(job_id, now)))
+            else:
+                d.callback(self.results.pop(0))
+
+
+class SlowFinishStore(MemoryStore):
+    """
+    A MemoryStore that records outcomes at once but answers ``finish`` only on
+    :meth:`answer_all`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[Deferred[Job | None], Job | None]] = []
+
+    def finish(self, job_id: int, outcome: Any) -> Deferred[Job | None]:
+        seen: list[Job | None] = []
+        super().finish(job_id, outcome).addCallback(seen.append)
+        d: Deferred[Job | None] = Deferred()
+        self.pending.append((d, seen[0]))
+        return d
+
+    def answer_all(self) -> None:
+        pending, self.pending = self.pending, []
+        for d, job in pending:
+            d.callback(job)
+
+
+class SlowFeedStore(MemoryStore):
+    """
+    A MemoryStore whose backlog reads see the store when called but answer
+    only on :meth:`answer_all` (as a store on another thread).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[Deferred[list[Job]], list[Job]]] = []
+
+    def waiting_jobs(self, after_id: int, limit: int) -> Deferred[list[Job]]:
+        seen: list[list[Job]] = []
+        super().waiting_jobs(after_id, limit).addCallback(seen.append)
+        d: Deferred[list[Job]] = Deferred()
+        self.pending.append((d, seen[0]))
+        return d
+
+    def answer_all(self) -> None:
+        pending, self.pending = self.pending, []
+        for d, jobs in pending:
+            d.callback(jobs)
+
+
+class FlakyFeedStore(MemoryStore):
+    """
+    A MemoryStore whose first ``failures`` backlog reads fail.
+    """
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def waiting_jobs(self, after_id: int, limit: int) -> Deferred[list[Job]]:
+        if self.failures:
+            self.failures -= 1
+            return fail(StoreUnavailable("disk on fire"))
+        return super().waiting_jobs(after_id, limit)
+
+
+class FlakyFinishStore(MemoryStore):
+    """
+    A MemoryStore whose first ``failures`` finishes fail.
+    """
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def finish(self, job_id: int, outcome: Any) -> Deferred[Job | None]:
+        if self.failures:
+            self.failures -= 1
+            return fail(StoreUnavailable("disk full"))
+        return super().finish(job_id, outcome)
+
+
+class LoopbackTests(TestCase):
+    """
+    The production client (make_http_client) against a real worker on 127.0.0.1.
+    """
+
+    def setUp(self) -> None:
+        self.worker = FakeWorker()
+        self.port = reactor.listenTCP(0, Site(self.worker), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(self.pool.closeCachedConnections)
+        self.store = MemoryStore()
+        self.dispatch = Dispatch(
+            store=self.store,
+            http=make_http_client(reactor, self.pool),
+            clock=reactor,
+            dispatchers=1,
+            workers_per_dispatcher=2,
+            queue_size=10,
+            max_output_bytes=1000,
+            shutdown_timeout=1,
+            user_agent="HQ/test",
+        )
+        self.finished: dict[int, Deferred[Job]] = {}
+        self.dispatch.add_observer(lambda job: self.finished.pop(job.id).callback(job))
+        self.dispatch.startService()
+        self.addCleanup(self.dispatch.stopService)
+
+    async def deliver(self, job_id: int, url: str, **fields: Any) -> Job:
+        """
+        Push a job and return it once finished.
+        """
+        job = Job(id=job_id, url=url, **fields)
+        await self.store.create(job)
+        self.finished[job_id] = Deferred()
+        self.dispatch.enqueue(job)
+        return await self.finished[job_id]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}{path}"
+
+    async def test_delivers_over_tcp_with_keep_alive(self) -> None:
+        """Two jobs reach a real worker on one kept-alive connection, and succeed."""
+        self.worker.reply = Reply(body=b"thanks")
+        first = await self.deliver(1, self.url("/a"), payload='{"n":1}')
+        second = await self.deliver(2, self.url("/b"))
+        self.assertEqual((first.status, first.output), ("success", "thanks"))
+        self.assertEqual(second.status, "success")
+        a, b = self.worker.requests
+        self.assertEqual((a.body, a.header("content-length")), (b'{"n":1}', "7"))
+        self.assertEqual((b.body, b.header("content-length")), (b"", "0"))
+        self.assertEqual(a.peer, b.peer)
+
+    async def test_big_body_is_cut_over_tcp(self) -> None:
+        """A body far over the cap is cut at max_output_bytes and the job still succeeds."""
+        self.worker.reply = Reply(body=b"x" * 5_000_000)
+        job = await self.deliver(1, self.url("/big"))
+        self.assertEqual(
+            (job.status, len(job.output), job.output_truncated), ("success", 1000, True)
+        )
+
+    async def test_closed_port_is_connection_refused(self) -> None:
+        """A worker port with nobody listening gives 'connection refused'."""
+        closed = reactor.listenTCP(0, Site(self.worker), interface="127.0.0.1")
+        number = closed.getHost().port
+        await closed.stopListening()
+        job = await self.deliver(1, f"http://127.0.0.1:{number}/")
+        self.assertEqual(
+            (job.status, job.err, job.status_code), ("failure", "connection refused", None)
+        )
