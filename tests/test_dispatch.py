@@ -81,6 +81,9 @@ class DispatchTestCase(SynchronousTestCase):
         return dispatch
 
     def stop_quietly(self, dispatch: Dispatch) -> None:
+        """
+        Stop ``dispatch`` at the end of a test, aborting whatever still runs.
+        """
         if dispatch.running:
             dispatch.stopService()
             self.clock.advance(3600)
@@ -105,6 +108,9 @@ class DispatchTestCase(SynchronousTestCase):
         return job
 
     def get(self, job_id: int) -> Job:
+        """
+        Return the job as stored now.
+        """
         return self.successResultOf(self.store.get(job_id))
 
     def stop_job(self, dispatch: Dispatch, job_id: int) -> None:
@@ -115,6 +121,9 @@ class DispatchTestCase(SynchronousTestCase):
         dispatch.cancel(job_id)
 
     def delivered_ids(self) -> list[int]:
+        """
+        Return the job ids the worker received, in arrival order.
+        """
         return [int(r.header("x-hq-job-id") or 0) for r in self.worker.requests]
 
 
@@ -677,18 +686,31 @@ class BacklogTests(DispatchTestCase):
         self.assertEqual(self.delivered_ids(), [1, 2, 3])
         self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 2)
 
-    def test_store_start_failure_is_retried(self) -> None:
-        """A job the store cannot start now is tried again later."""
+    def test_store_start_failure_is_retried_holding_the_slot(self) -> None:
+        """A job the store cannot start is tried again each second, keeping its slot."""
+        dispatch = self.start()
+        jobs = [self.make_job() for _ in range(3)]
+        self.store.writable = False
+        for job in jobs:
+            dispatch.enqueue(job)
+        self.clock.advance(STORE_RETRY_SECONDS)
+        self.assertEqual(self.worker.requests, [])
+        self.assertEqual(dispatch.in_queue, 2)  # the others wait for the slot
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        self.store.writable = True
+        self.clock.advance(STORE_RETRY_SECONDS)
+        self.assertEqual(self.delivered_ids(), [job.id for job in jobs])
+        self.assertTrue(all(self.get(job.id).success for job in jobs))
+
+    def test_stop_service_ends_a_start_retry(self) -> None:
+        """stopService does not wait for a job the store cannot start; it stays waiting."""
         dispatch = self.start()
         job = self.make_job()
         self.store.writable = False
         dispatch.enqueue(job)
-        self.assertEqual(self.worker.requests, [])
-        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
-        self.store.writable = True
-        self.clock.advance(STORE_RETRY_SECONDS)
-        self.assertEqual(self.delivered_ids(), [job.id])
-        self.assertTrue(self.get(job.id).success)
+        self.successResultOf(dispatch.stopService())
+        self.flushLoggedErrors(StoreUnavailable)
+        self.assertTrue(self.get(job.id).waiting)
 
     def test_finish_failure_is_retried(self) -> None:
         """An outcome the store cannot record now is recorded on a later try."""
@@ -998,6 +1020,9 @@ class LoopbackTests(TestCase):
         return await self.finished[job_id]
 
     def url(self, path: str) -> str:
+        """
+        Return the worker's URL for ``path``.
+        """
         return f"http://127.0.0.1:{self.port.getHost().port}{path}"
 
     async def test_delivers_over_tcp_with_keep_alive(self) -> None:

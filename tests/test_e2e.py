@@ -33,7 +33,9 @@ class EndToEndTests(SynchronousTestCase):
     def finished(self, server: ServerProcess, count: int) -> list[dict[str, object]]:
         def done() -> list[dict[str, object]] | None:
             jobs = server.jobs()
-            if len(jobs) == count and all(j["status"] not in ("waiting", "running") for j in jobs):
+            if len(jobs) == count and all(
+                j["status"] not in ("waiting", "running", "canceling") for j in jobs
+            ):
                 return jobs
             return None
 
