@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -49,7 +50,10 @@ def skip_reason() -> str | None:
     if os.environ.get("CI") == "true":
         return None
     if not os.path.exists(CHROMIUM):
-        return f"Chromium is not installed at {CHROMIUM} (apt-get install chromium); CI=true requires it"
+        return (
+            f"Chromium is not installed at {CHROMIUM} (apt-get install chromium); "
+            "with CI=true these tests must run"
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -65,6 +69,8 @@ class Browser:
     def __init__(self) -> None:
         from playwright.sync_api import sync_playwright
 
+        self.errors: list[str] = []
+        self.alerts: list[str] = []
         self._playwright = sync_playwright().start()
         try:
             self.browser = self._playwright.chromium.launch(
@@ -76,21 +82,20 @@ class Browser:
 
     def page(self, **options: Any) -> Any:
         """
-        Return a new page in a fresh context (no shared storage), recording page errors.
+        Return a new page in a fresh context (no shared storage).
+
+        Script errors go to ``self.errors`` and alert/confirm texts to ``self.alerts``.
         """
         context = self.browser.new_context(**options)
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
-        page.errors = []
-        page.alerts = []
-        page.on("pageerror", lambda error: page.errors.append(str(error)))
-
-        def on_dialog(dialog: Any) -> None:
-            page.alerts.append(dialog.message)
-            dialog.dismiss()
-
-        page.on("dialog", on_dialog)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("dialog", self._on_dialog)
         return page
+
+    def _on_dialog(self, dialog: Any) -> None:
+        self.alerts.append(dialog.message)
+        dialog.dismiss()
 
     def close(self) -> None:
         self.browser.close()
@@ -112,18 +117,20 @@ class BrowserTests(SynchronousTestCase):
         self.expect = expect
         self.worker = RecordingWorker()
         self.addCleanup(self.worker.close)
-        self.server = ServerProcess(os.path.abspath(self.mktemp()), ui_basename=BASENAME, max_workers=4)
+        self.server = ServerProcess(
+            os.path.abspath(self.mktemp()), ui_basename=BASENAME, max_workers=4, shutdown_timeout=0
+        )
         self.addCleanup(self.server.stop)
         self.server.start()
         self.browser = Browser()
         self.addCleanup(self.browser.close)
+        self.addCleanup(lambda: self.assertEqual(self.browser.errors, [], "errors in the page"))
 
     def open(self, path: str = "/", **options: Any) -> Any:
         """
-        Open ``path`` below the UI basename in a new page; fail the test on a script error.
+        Open ``path`` below the UI basename in a new page.
         """
         page = self.browser.page(**options)
-        self.addCleanup(lambda: self.assertEqual(page.errors, [], "errors in the page"))
         page.goto(self.server.base + BASE + path)
         return page
 
@@ -172,9 +179,11 @@ class BrowserTests(SynchronousTestCase):
         stored = page.get_by_role("region", name="Stored jobs")
         self.expect(stored.locator(".card-value")).to_have_text("1")
         running = page.get_by_role("region", name="Jobs running")
-        self.expect(running.locator(".card-note")).to_have_text("Concurrency limit: 4 (1 × 4)")
+        self.expect(running.locator(".card-note").first).to_have_text(
+            "Concurrency limit: 4 (1 \N{MULTIPLICATION SIGN} 4)"
+        )
         queue = page.get_by_role("region", name="Jobs in queue")
-        self.expect(queue.locator(".card-note")).to_contain_text("Queue usage: 0%")
+        self.expect(queue.locator(".card-note").first).to_contain_text("Queue usage: 0%")
         self.expect(page.locator(".chart .bar-success")).to_have_count(1)
         self.expect(page.locator(".chart-summary")).to_contain_text("1 succeeded")
 
@@ -359,7 +368,9 @@ class BrowserTests(SynchronousTestCase):
         self.server.request("DELETE", f"/job/{job_id}")
         self.confirm(page, "Delete")
         self.message(page, "error", f"The job '{job_id}' is not found (404)")
-        self.expect(page.locator(".detail .alert-error")).to_have_text(f"The job '{job_id}' is not found")
+        self.expect(page.locator(".detail .alert-error")).to_have_text(
+            f"The job '{job_id}' is not found"
+        )
 
     def test_script_in_job_text_is_shown_not_run(self) -> None:
         """A job named <script> or carrying markup shows as text and runs nothing."""
@@ -378,7 +389,7 @@ class BrowserTests(SynchronousTestCase):
         self.expect(page.locator('dd[data-field="comment"]')).to_have_text("<b>bold</b>")
         self.expect(page.locator('pre[data-block="payload"]')).to_contain_text("<script>")
         self.expect(page.locator("main script, main img, main b")).to_have_count(0)
-        self.assertEqual(page.alerts, [])
+        self.assertEqual(self.browser.alerts, [])
 
     def test_basename_redirect_unknown_routes_and_api_root(self) -> None:
         """The basename without a slash redirects; unknown routes say so; GET / stays the API."""
@@ -415,9 +426,10 @@ class BrowserTests(SynchronousTestCase):
         )
 
 
-def save_screenshot(path: str) -> None:
+def save_screenshot(path: str, waves: int = 8) -> None:
     """
-    Start a server with jobs of mixed status and save a screenshot of its dashboard.
+    Start a server, push jobs of mixed status in waves for a while (so the chart has
+    history), and save a screenshot of its dashboard.
     """
     worker = RecordingWorker()
     server = ServerProcess(tempfile.mkdtemp(prefix="hq-screenshot-"), max_workers=2)
@@ -425,13 +437,16 @@ def save_screenshot(path: str) -> None:
     browser = Browser()
     try:
         names = ["send-email", "resize-image", "sync-crm", "nightly-report", "webhook"]
-        for i in range(36):
-            url = REFUSED_URL if i % 9 == 4 else worker.url + "/work"
-            server.push(url, name=names[i % len(names)], payload={"n": i})
-        server.push(worker.url + "/hold/export", name="export-archive")
-        server.push(worker.url + "/hold/export", name="export-archive")
-        server.push(worker.url + "/hold/export", name="export-archive")
+        for wave in range(waves):
+            for i in range(3 + (wave * 5) % 7):
+                url = REFUSED_URL if (wave + i) % 6 == 5 else worker.url + "/work"
+                server.push(url, name=names[(wave + i) % len(names)], payload={"n": i})
+            time.sleep(5)
+        for _ in range(4):
+            server.push(worker.url + "/hold/export", name="export-archive")
         wait_for(lambda: worker.holding == 2, 20, "two running jobs")
+        canceled = server.push(worker.url + "/hold/export", name="export-archive")
+        server.request("POST", f"/job/{canceled}/stop")
         page = browser.page(viewport={"width": 1280, "height": 1000}, color_scheme="light")
         page.goto(server.base + "/ui/")
         page.locator("tbody tr").nth(9).wait_for()
