@@ -81,7 +81,7 @@ class JobDispatch(Protocol):
     def enqueue(self, job: Job) -> object:
         """Queue a stored waiting job for delivery."""
 
-    def cancel(self, job_id: int) -> object:
+    def cancel(self, job_id: int, stopped: Job | None = None) -> object:
         """Abort the job's delivery if it is queued or running."""
 
     @property
@@ -778,8 +778,8 @@ class HQApi:
         return self._run_to_end(self._stop(request, parse_job_id(raw_id)))
 
     async def _stop(self, request: IRequest, job_id: int) -> bytes:
-        await self._store.stop(job_id, self._now_ms())
-        self._dispatch.cancel(job_id)
+        stopped = await self._store.stop(job_id, self._now_ms())
+        self._dispatch.cancel(job_id, stopped)
         self.log.debug("Job {jobID} stopped", jobID=job_id)
         return write_json(request, _compact({"id": str(job_id)}))
 

@@ -49,8 +49,8 @@ from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from hq.model import Job, Outcome
-from hq.store import IJobStore
+from hq.model import Job, JobState, Outcome
+from hq.store import IJobStore, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -71,8 +71,12 @@ PROTECTED_HEADERS = frozenset(
 _CREDENTIAL_HEADERS = (b"authorization", b"proxy-authorization", b"cookie", b"cookie2")
 #: Seconds before a failed store read or write is tried again.
 STORE_RETRY_SECONDS = 1.0
-#: Attempts to record an outcome before the job is left running (recovered at next start).
+#: Attempts to record an outcome after an unexpected store error before the job is
+#: left running (recovered at next start). While the storage is unavailable
+#: (``StoreUnavailable``), recording is tried again without limit.
 FINISH_ATTEMPTS = 4
+#: Longest wait between two attempts to record an outcome.
+FINISH_RETRY_MAX_SECONDS = 10.0
 #: Idle keep-alive connections kept per worker host (Twisted's default is 2).
 MAX_PERSISTENT_PER_HOST = 16
 #: Width of one throughput bucket, and how many are kept (the last 10 minutes).
@@ -495,14 +499,20 @@ class Dispatch(Service):
         except Exception:
             self.log.failure("Could not queue job {jobID}", jobID=job.id)
 
-    def cancel(self, job_id: int) -> None:
+    def cancel(self, job_id: int, stopped: Job | None = None) -> None:
         """
         Forget or abort the delivery of ``job_id``, which the store just stopped:
         drop it from the queue, keep it from being sent, or abort its request
         (the job then finishes ``canceled``).
+
+        ``stopped`` is the job as the store's stop returned it: when the stop
+        finished it (it was waiting), it is counted and told to the observers
+        like any other finished job.
         """
         try:
             self._cancel(job_id)
+            if stopped is not None and stopped.state is JobState.FINISHED:
+                self._finished(stopped)
         except Exception:
             self.log.failure("Could not cancel job {jobID}", jobID=job_id)
 
@@ -750,23 +760,30 @@ class Dispatch(Service):
         if outcome is None:
             return
         finished = await self._finish(job.id, outcome)
-        if finished is None:
-            return
-        self._history.add(finished.finished_at or outcome.finished_at, finished.status)
+        if finished is not None:
+            self._finished(finished)
+
+    def _finished(self, finished: Job) -> None:
+        """
+        Count a finished job in the history, log it and tell the observers.
+        """
+        self._history.add(finished.finished_at or 0, finished.status)
         if finished.failure:
             self.log.info(
                 "Job {jobID} failed: {err} (status code {statusCode})",
-                jobID=job.id,
+                jobID=finished.id,
                 err=finished.err,
                 statusCode=finished.status_code,
             )
         else:
-            self.log.debug("Job {jobID} finished: {status}", jobID=job.id, status=finished.status)
+            self.log.debug(
+                "Job {jobID} finished: {status}", jobID=finished.id, status=finished.status
+            )
         for observer in list(self._observers):
             try:
                 observer(finished)
             except Exception:
-                self.log.failure("Job observer failed for job {jobID}", jobID=job.id)
+                self.log.failure("Job observer failed for job {jobID}", jobID=finished.id)
 
     async def _start(self, job: Job) -> Job | None:
         """
@@ -814,25 +831,58 @@ class Dispatch(Service):
 
     async def _finish(self, job_id: int, outcome: Outcome) -> Job | None:
         """
-        Record ``outcome``, trying again a few times if the store fails; give up
-        (the job stays running, and is delivered again after a restart).
+        Record ``outcome``. While the storage is unavailable (disk full, file
+        unwritable) try again, waiting a little longer each time (at most
+        :data:`FINISH_RETRY_MAX_SECONDS`), keeping the job's slot, until it is
+        recorded or the shutdown aborts it; after any other error give up after
+        :data:`FINISH_ATTEMPTS` tries. A job given up stays running in the store
+        and is delivered again after a restart.
         """
-        for attempt in range(1, FINISH_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return await self._store.finish(job_id, outcome)
+            except StoreUnavailable as e:
+                if self._aborting:
+                    self._gave_up(job_id, attempt)
+                    return None
+                if attempt == 1:
+                    self.log.error(
+                        "Could not record the outcome of job {jobID}: {error}; "
+                        "trying again until the storage is back",
+                        jobID=job_id,
+                        error=str(e),
+                    )
+                elif attempt % 10 == 0:
+                    self.log.warn(
+                        "Still cannot record the outcome of job {jobID} "
+                        "after {attempt} attempts: {error}",
+                        jobID=job_id,
+                        attempt=attempt,
+                        error=str(e),
+                    )
             except Exception:
-                last = attempt == FINISH_ATTEMPTS or self._aborting
                 self.log.failure(
-                    "Could not record the outcome of job {jobID} (attempt {attempt})"
-                    + ("; it will be delivered again after a restart" if last else ""),
+                    "Could not record the outcome of job {jobID} (attempt {attempt})",
                     jobID=job_id,
                     attempt=attempt,
                 )
-                if last:
+                if attempt >= FINISH_ATTEMPTS or self._aborting:
+                    self._gave_up(job_id, attempt)
                     return None
-            if not await self._sleep(job_id, STORE_RETRY_SECONDS * attempt, self._finish_waits):
+            delay = min(STORE_RETRY_SECONDS * attempt, FINISH_RETRY_MAX_SECONDS)
+            if not await self._sleep(job_id, delay, self._finish_waits):
+                self._gave_up(job_id, attempt)
                 return None
-        return None
+
+    def _gave_up(self, job_id: int, attempts: int) -> None:
+        self.log.warn(
+            "Gave up recording the outcome of job {jobID} after {attempts} attempts; "
+            "it stays running and is delivered again after a restart",
+            jobID=job_id,
+            attempts=attempts,
+        )
 
     async def _deliver(self, job: Job) -> Outcome | None:
         """

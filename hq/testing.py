@@ -236,7 +236,7 @@ class RecordingDispatch:
         """
         self.enqueued.append(job)
 
-    def cancel(self, job_id: int) -> None:
+    def cancel(self, job_id: int, stopped: Job | None = None) -> None:
         """
         Record a cancel of ``job_id``.
         """

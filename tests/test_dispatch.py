@@ -117,8 +117,8 @@ class DispatchTestCase(SynchronousTestCase):
         """
         Stop a job as the stop API does: the store first, then the dispatcher.
         """
-        self.successResultOf(self.store.stop(job_id, int(self.clock.seconds() * 1000)))
-        dispatch.cancel(job_id)
+        stopped = self.successResultOf(self.store.stop(job_id, int(self.clock.seconds() * 1000)))
+        dispatch.cancel(job_id, stopped)
 
     def delivered_ids(self) -> list[int]:
         """
@@ -599,7 +599,8 @@ class StopTests(DispatchTestCase):
         store.answer_all()
         self.assertEqual(self.worker.requests, [])
         self.assertEqual(self.get(job.id).status, "canceled")
-        self.assertEqual(self.finished, [])
+        # Counted once, by the stop; the skipped run adds nothing.
+        self.assertEqual([finished.id for finished in self.finished], [job.id])
         # The dispatcher slot is free again.
         self.push(dispatch)
         self.assertEqual(len(store.pending), 1)
@@ -852,6 +853,17 @@ class ObserverAndHistoryTests(DispatchTestCase):
         self.assertEqual(buckets[-2], HistoryBucket(start=last - BUCKET_MS, success=1))
         self.assertEqual(buckets[0].start, last - (BUCKETS - 1) * BUCKET_MS)
         self.assertEqual(sum(b.success + b.failure + b.canceled for b in buckets[:-2]), 0)
+
+    def test_stopped_waiting_job_is_counted_and_observed(self) -> None:
+        """A waiting job finished by a stop is in the history and told to observers."""
+        dispatch = self.start(workers=1)
+        self.worker.reply = Reply(hang=True)
+        self.push(dispatch)
+        waiting = self.push(dispatch)
+        self.stop_job(dispatch, waiting.id)
+        self.assertEqual([job.id for job in self.finished], [waiting.id])
+        now_ms = int(self.clock.seconds() * 1000)
+        self.assertEqual(sum(b.canceled for b in dispatch.history(now_ms)), 1)
 
     def test_history_forgets_jobs_older_than_ten_minutes(self) -> None:
         """Buckets older than the window read as zero, even when their slot is reused."""
