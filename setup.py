@@ -14,7 +14,11 @@ setup(
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"])
     + ["twisted.plugins", "hq_ui"],
     package_dir={"hq_ui": "ui"},
-    package_data={"twisted": ["plugins/hq_plugin.py"], "hq_ui": ["*", "**/*"]},
+    package_data={
+        "twisted": ["plugins/hq_plugin.py"],
+        "hq": ["openapi.json"],
+        "hq_ui": ["*", "**/*"],
+    },
     include_package_data=True,
     install_requires=[
         "Twisted>=24.7",
@@ -24,6 +28,7 @@ setup(
         "google-re2>=1.1",
         "txaio>=23.1",
         "zope.interface>=6",
+        "click>=8.2",
     ],
     extras_require={
         "test": [
@@ -32,6 +37,7 @@ setup(
             "mypy-zope",
             "hypothesis",
             "playwright",
+            "schemathesis>=4",
         ],
     },
     entry_points={"console_scripts": ["hq = hq.cli:main"]},
