@@ -11,8 +11,11 @@ setup(
     version="0.1.0",
     description="A durable HTTP job queue server on Twisted, compatible with kohkimakimoto/hq",
     python_requires=">=3.11",
-    packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"])
-    + ["twisted.plugins", "hq_ui"],
+    packages=[
+        *find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"]),
+        "twisted.plugins",
+        "hq_ui",
+    ],
     package_dir={"hq_ui": "ui"},
     package_data={
         "twisted": ["plugins/hq_plugin.py"],

@@ -50,7 +50,7 @@ class WorkerHandler(BaseHTTPRequestHandler):
         self.wfile.write(answer)
 
     def log_message(self, format: str, *args: object) -> None:
-        sys.stderr.write("%s %s\n" % (self.address_string(), format % args))
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
 
 def main() -> None:
