@@ -32,6 +32,7 @@ setup(
         "txaio>=23.1",
         "zope.interface>=6",
         "click>=8.2",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

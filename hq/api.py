@@ -13,12 +13,14 @@ See docs/api.md for the wire contract.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import re
 from collections.abc import Coroutine, Sequence
 from email import message_from_bytes
 from email.message import Message
+from importlib import resources
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -36,7 +38,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from hq import __version__
 from hq.config import Config
 from hq.dispatch import BUCKET_MS, HistoryBucket
+from hq.health import HealthCheck
 from hq.ids import IdGenerator, first_id_at
+from hq.metrics import ServerMetrics
 from hq.model import STATUSES, Job, ListQuery, check_regexp, format_time, job_json
 from hq.store import IJobStore, JobConflict, JobNotFound, StoreUnavailable, conflict_for
 
@@ -610,6 +614,17 @@ def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+@functools.cache
+def openapi_text(version: str) -> str:
+    """
+    Return the OpenAPI 3 document of the API (``hq/openapi.json``) as compact
+    JSON, its ``info.version`` set to ``version``.
+    """
+    document = json.loads(resources.files("hq").joinpath("openapi.json").read_text("utf-8"))
+    document["info"]["version"] = version
+    return _compact(document)
+
+
 # -- The application ----------------------------------------------------------
 
 
@@ -646,6 +661,10 @@ class HQApi:
     _config: Config
     _version: str = __version__
     _commit_hash: str = "unknown"
+    #: ``GET /metrics``; ``None`` answers 404 (``metrics = false``).
+    _metrics: ServerMetrics | None = None
+    #: ``GET /health``; ``None`` answers 404.
+    _health: HealthCheck | None = None
 
     def resource(self) -> IResource:
         """
@@ -691,6 +710,40 @@ class HQApi:
         return write_json(
             request, _compact({"version": self._version, "commitHash": self._commit_hash})
         )
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        """
+        The OpenAPI 3 description of this API (also docs/openapi.json).
+        """
+        return write_json(request, openapi_text(self._version))
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics(self, request: IRequest) -> bytes:
+        """
+        The Prometheus metrics: text format, or OpenMetrics if the ``Accept``
+        header asks for it.
+        """
+        if self._metrics is None:
+            raise APIError(404, "Metrics are turned off on this server ('metrics = false')")
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        body, content_type = await self._metrics.render(accept)
+        request.setHeader(b"content-type", content_type.encode("latin-1"))
+        return body
+
+    @app.route("/health", methods=["GET"])
+    async def health(self, request: IRequest) -> bytes:
+        """
+        200 with what was checked when the store can be written and the
+        dispatchers run; 503 naming what failed otherwise.
+        """
+        if self._health is None:
+            raise APIError(404, "The health check is not available on this server")
+        report = await self._health.check()
+        request.setHeader(b"cache-control", b"no-store")
+        if not report.healthy:
+            raise APIError(503, report.problem())
+        return write_json(request, report.to_json())
 
     @app.route("/stats", methods=["GET"])
     async def stats(self, request: IRequest) -> bytes:
@@ -738,6 +791,8 @@ class HQApi:
     async def _push(self, request: IRequest, job: Job) -> bytes:
         await self._store.create(job)
         self._dispatch.enqueue(job)
+        if self._metrics is not None:
+            self._metrics.job_pushed(job)
         self.log.debug("Job {jobID} pushed", jobID=job.id)
         return write_json(request, job_json(job))
 

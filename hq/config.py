@@ -7,6 +7,7 @@ Errors name the key, so a typo or a wrong type stops start-up with a clear messa
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 import typing
@@ -15,6 +16,8 @@ from typing import Any
 import attrs
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "off")
+#: Values of ``log_format``: lines for people, or one JSON object per line.
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
@@ -50,6 +53,10 @@ class Config:
     # Keys added by this project.
     max_output_bytes: int = 1_048_576
     max_body_bytes: int = 4_194_304
+    request_timeout: int = 30
+    trusted_proxies: tuple[str, ...] = ()
+    log_format: str = "text"
+    metrics: bool = True
 
     @property
     def host(self) -> str:
@@ -91,9 +98,30 @@ _MINIMUM: dict[str, int] = {
     "job_list_default_limit": 0,
     "max_output_bytes": 0,
     "max_body_bytes": 1024,
+    "request_timeout": 1,
 }
 
 _TYPE_NAMES = {int: "an integer", str: "a string", bool: "a boolean (true or false)"}
+
+
+def _string_list(key: str, value: Any) -> tuple[str, ...]:
+    """
+    Check a TOML array of strings (a ``tuple[str, ...]`` key); return it as a tuple.
+    """
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"'{key}' must be an array of strings, not {value!r}")
+    return tuple(value)
+
+
+def _check_networks(key: str, values: tuple[str, ...]) -> None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"'{key}' must hold IP addresses or networks (such as \"10.0.0.0/8\"), "
+                f"not {value!r}"
+            ) from None
 
 
 def _split_addr(addr: str) -> tuple[str, int]:
@@ -113,8 +141,12 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     unknown = sorted(set(values) - set(_TYPES))
     if unknown:
         raise ConfigError(f"unknown configuration key '{unknown[0]}'")
+    values = dict(values)
     for key, value in values.items():
         expected = _TYPES[key]
+        if typing.get_origin(expected) is tuple:
+            values[key] = _string_list(key, value)
+            continue
         if type(value) is not expected:
             raise ConfigError(
                 f"'{key}' must be {_TYPE_NAMES[expected]}, not {type(value).__name__} {value!r}"
@@ -132,6 +164,12 @@ def config_from_dict(values: dict[str, Any]) -> Config:
                 f"'log_level' must be one of {', '.join(LOG_LEVELS)}, not {values['log_level']!r}"
             )
         values = dict(values, log_level=level)
+    if "log_format" in values and values["log_format"] not in LOG_FORMATS:
+        raise ConfigError(
+            f"'log_format' must be one of {', '.join(LOG_FORMATS)}, not {values['log_format']!r}"
+        )
+    if "trusted_proxies" in values:
+        _check_networks("trusted_proxies", values["trusted_proxies"])
     if "ui_basename" in values and not values["ui_basename"].strip("/"):
         raise ConfigError("'ui_basename' must name a path below /, such as \"/ui\"")
     config = Config(**values)

@@ -29,13 +29,17 @@ from treq.cookies import IndexableCookieJar
 from twisted.application.service import Service
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
+    BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     RequestNotSent,
     RequestTransmissionFailed,
@@ -46,7 +50,7 @@ from twisted.web.client import (
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import RESPONSES, PotentialDataLoss
 from twisted.web.http_headers import Headers, InvalidHeaderName
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from hq.model import Job, JobState, Outcome
@@ -77,6 +81,8 @@ STORE_RETRY_SECONDS = 1.0
 FINISH_ATTEMPTS = 4
 #: Longest wait between two attempts to record an outcome.
 FINISH_RETRY_MAX_SECONDS = 10.0
+#: Bytes a response may take beyond 8 times its kept body (see :func:`response_budget`).
+RESPONSE_OVERHEAD_BYTES = 1024 * 1024
 #: Idle keep-alive connections kept per worker host (Twisted's default is 2).
 MAX_PERSISTENT_PER_HOST = 16
 #: Width of one throughput bucket, and how many are kept (the last 10 minutes).
@@ -186,16 +192,142 @@ def http_client_for(agent: IAgent) -> HTTPClient:
     return HTTPClient(agent, cookiejar=NoCookieJar(), data_to_body_producer=BytesProducer)
 
 
-def make_http_client(reactor: Any, pool: HTTPConnectionPool | None = None) -> HTTPClient:
+class ResponseTooLarge(Exception):
+    """
+    A worker sent more bytes for one request than :func:`response_budget` allows.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"response too large: more than {self.limit} bytes of headers and framing"
+
+
+def response_budget(max_output_bytes: int) -> int:
+    """
+    Return how many bytes a worker may send in answer to one request:
+    :data:`RESPONSE_OVERHEAD_BYTES` plus 8 times the larger of
+    ``max_output_bytes`` and 64 KiB.
+
+    A body is cut (and the connection closed) at ``max_output_bytes`` long
+    before that; the budget bounds what Twisted's HTTP parser keeps in memory
+    before the body, which it does not limit itself (endless header lines).
+    The factor leaves room for the framing of a chunked body.
+    """
+    return RESPONSE_OVERHEAD_BYTES + 8 * max(max_output_bytes, _REDIRECT_BODY_CAP)
+
+
+class _BudgetProtocol(ProtocolWrapper):
+    """
+    Counts the bytes received since the client last wrote (a new request on a
+    kept-alive connection); past the budget, aborts the connection and reports
+    :class:`ResponseTooLarge` as the reason.
+    """
+
+    factory: _BudgetFactory
+
+    def __init__(self, factory: _BudgetFactory, wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._received = 0
+        self._exceeded = False
+
+    def write(self, data: bytes) -> None:
+        self._received = 0
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self._received = 0
+        super().writeSequence(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._exceeded:
+            return
+        self._received += len(data)
+        if self._received > self.factory.budget:
+            self._exceeded = True
+            transport: Any = self.transport
+            transport.abortConnection()
+            return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if self._exceeded:
+            reason = Failure(ResponseTooLarge(self.factory.budget))
+        super().connectionLost(reason)
+
+
+class _BudgetFactory(WrappingFactory[_BudgetProtocol]):
+    protocol = _BudgetProtocol
+
+    def __init__(self, wrappedFactory: Any, budget: int) -> None:
+        super().__init__(wrappedFactory)
+        self.budget = budget
+
+
+@implementer(IStreamClientEndpoint)
+class _BudgetEndpoint:
+    """
+    An endpoint whose connections count received bytes (:class:`_BudgetProtocol`);
+    ``connect`` fires with the wrapped protocol, as the connection pool expects.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, budget: int) -> None:
+        self._endpoint = endpoint
+        self._budget = budget
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        wrapping = _BudgetFactory(protocolFactory, self._budget)
+        connected: Deferred[Any] = self._endpoint.connect(wrapping)
+        return connected.addCallback(lambda wrapper: wrapper.wrappedProtocol)
+
+    def __repr__(self) -> str:
+        return repr(self._endpoint)
+
+
+@implementer(IAgentEndpointFactory)
+class WorkerEndpoints:
+    """
+    The endpoints of Twisted's standard ``Agent`` (``HostnameEndpoint``, TLS
+    checked by ``BrowserLikePolicyForHTTPS``, 30 s connect timeout) whose
+    connections allow each response at most ``budget`` bytes.
+    """
+
+    def __init__(self, reactor: Any, budget: int) -> None:
+        self._reactor = reactor
+        self._budget = budget
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"the host {uri.host!r} is not ASCII") from None
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, host, uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        elif uri.scheme != b"http":
+            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+        return _BudgetEndpoint(endpoint, self._budget)
+
+
+def make_http_client(
+    reactor: Any,
+    pool: HTTPConnectionPool | None = None,
+    max_output_bytes: int = 1_048_576,
+) -> HTTPClient:
     """
     Return the production client: one persistent ``HTTPConnectionPool`` (keep-alive
     to workers; pass ``pool`` to own it, e.g. to close it), TLS verified by
-    Twisted's default policy, and no cookie jar.
+    Twisted's default policy, no cookie jar, and at most
+    ``response_budget(max_output_bytes)`` bytes read per response.
     """
     if pool is None:
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
-    return http_client_for(Agent(reactor, pool=pool))
+    endpoints = WorkerEndpoints(reactor, response_budget(max_output_bytes))
+    return http_client_for(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 
 
 # -- One exchange with a worker --------------------------------------------------
@@ -333,12 +465,21 @@ def describe_error(error: BaseException, url: str) -> str:
     Return a short text for a person about why the request to ``url`` failed.
     """
     host = _host(url)
+    if isinstance(error, ResponseTooLarge):
+        return str(error)
     if isinstance(error, ResponseNeverReceived | ResponseFailed | RequestTransmissionFailed):
+        for reason in error.reasons:
+            if reason.check(ResponseTooLarge):
+                return str(reason.value)
         tls = _tls_error(error.reasons)
         if tls is not None:
             return tls
         if any(reason.check(CancelledError) for reason in error.reasons):
             return "request aborted"
+        for reason in error.reasons:
+            # twisted.web._newclient.ParseError (and BadResponseVersion): not HTTP.
+            if any(cls.__name__ == "ParseError" for cls in type(reason.value).__mro__):
+                return "invalid HTTP response from the worker"
         if isinstance(error, ResponseNeverReceived):
             return "connection closed before a response was received"
         if isinstance(error, RequestTransmissionFailed):
@@ -848,7 +989,7 @@ class Dispatch(Service):
                     self._gave_up(job_id, attempt)
                     return None
                 if attempt == 1:
-                    self.log.error(
+                    self.log.failure(
                         "Could not record the outcome of job {jobID}: {error}; "
                         "trying again until the storage is back",
                         jobID=job_id,

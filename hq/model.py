@@ -7,7 +7,9 @@ Pure values and functions: no I/O and no clock (callers pass times in).
 from __future__ import annotations
 
 import enum
+import functools
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,6 +58,19 @@ class Outcome:
     err: str = ""
     output: str = ""
     output_truncated: bool = False
+
+    @property
+    def status(self) -> str:
+        """
+        The status of a job finished with this outcome (as :attr:`Job.status`).
+        """
+        if self.failure:
+            return "failure"
+        if self.success:
+            return "success"
+        if self.canceled:
+            return "canceled"
+        return "unknown"
 
 
 @attrs.frozen
@@ -157,6 +172,18 @@ class Job:
         )
 
 
+#: The last second :func:`format_time` can format fast (9999-12-31T23:59:59Z).
+_LAST_FAST_SECOND = 253_402_300_799
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_stamp(seconds: int) -> str:
+    if 0 <= seconds <= _LAST_FAST_SECOND:
+        t = time.gmtime(seconds)
+        return "%04d-%02d-%02dT%02d:%02d:%02d" % t[:6]  # noqa: UP031 -- the fastest here
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def format_time(unix_ms: int | None) -> str | None:
     """
     Format ``unix_ms`` as RFC 3339 UTC with milliseconds, or ``None``.
@@ -164,8 +191,8 @@ def format_time(unix_ms: int | None) -> str | None:
     if unix_ms is None:
         return None
     seconds, ms = divmod(unix_ms, 1000)
-    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{ms:03d}Z"
+    # Listings format many times from the same seconds: the cache makes those free.
+    return f"{_second_stamp(seconds)}.{ms:03d}Z"
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -125,6 +125,7 @@ class HQService(MultiService):
         self._port: Any = None
         self._store: Any = None
         self._dispatch: Any = None
+        self._metrics: Any = None
         self._cleanup: Service | None = None
         self._logs: list[Any] = []
         self.exit_code = 0
@@ -155,7 +156,7 @@ class HQService(MultiService):
         except OSError as e:
             raise FatalStartError(f"cannot open log file {e.filename}: {e.strerror}") from None
         self._logs = [app_log, access_log]
-        start_logging(app_observer(self.config.log_level, app_log))
+        start_logging(app_observer(self.config.log_level, app_log, self.config.log_format))
         self._open_store()
         self._listen(access_log)
 
@@ -171,7 +172,7 @@ class HQService(MultiService):
                 "{path}, deleted when the server stops: jobs are lost at exit.",
                 path=self._data_dir,
             )
-        self._store = SQLiteStore(self._data_dir, self._reactor)
+        self._store = SQLiteStore(self._data_dir, self._reactor, on_commit=self._commit_observed)
         try:
             self._store.lock()
         except StoreError as e:
@@ -180,17 +181,21 @@ class HQService(MultiService):
             raise FatalStartError(f"cannot use data_dir {self._data_dir}: {e.strerror}") from None
 
     def _listen(self, access_log: Any) -> None:
+        from prometheus_client import disable_created_metrics
+
         from hq.api import HQApi
         from hq.dispatch import Dispatch, make_http_client
+        from hq.health import HealthCheck
         from hq.ids import IdGenerator
         from hq.logs import AccessLogSite
+        from hq.metrics import ServerMetrics
         from hq.ui import mount, ui_resource
 
         config = self.config
         self._ids = IdGenerator(config.server_id, self._reactor)
         self._dispatch = Dispatch(
             store=self._store,
-            http=make_http_client(self._reactor),
+            http=make_http_client(self._reactor, max_output_bytes=config.max_output_bytes),
             clock=self._reactor,
             dispatchers=config.dispatchers,
             workers_per_dispatcher=config.workers_per_dispatcher,
@@ -199,6 +204,21 @@ class HQService(MultiService):
             shutdown_timeout=config.shutdown_timeout,
             user_agent=f"HQ/{__version__}",
         )
+        if config.metrics:
+            # The per-metric ``*_created`` series are clutter in the text format.
+            disable_created_metrics()
+            self._metrics = ServerMetrics(
+                self._store,
+                self._dispatch,
+                self._reactor,
+                max_workers=config.dispatchers * config.workers_per_dispatcher,
+                queue_size=config.queues,
+                version=__version__,
+                commit_hash=commit_hash(),
+            )
+            self._dispatch.add_observer(self._metrics.job_finished)
+        dispatch = self._dispatch
+        health = HealthCheck(self._store.probe_write, lambda: bool(dispatch.running), self._reactor)
         api = HQApi(
             store=self._store,
             dispatch=self._dispatch,
@@ -207,9 +227,22 @@ class HQService(MultiService):
             config=config,
             version=__version__,
             commit_hash=commit_hash(),
+            metrics=self._metrics,
+            health=health,
         )
         ui = ui_resource(config.ui_path, __version__, commit_hash()) if config.ui else None
-        site = AccessLogSite(mount(api.resource(), ui, config.ui_path), access_log, timeout=60)
+        # The API parses form bodies itself: Twisted's own parse of every POST's
+        # Content-Type (through the email package) was a tenth of a push's cost.
+        site = AccessLogSite(
+            mount(api.resource(), ui, config.ui_path),
+            access_log,
+            timeout=60,
+            request_timeout=config.request_timeout,
+            max_body_bytes=config.max_body_bytes,
+            trusted_proxies=config.trusted_proxies,
+            log_format=config.log_format,
+            parsePOSTFormSubmission=False,
+        )
         try:
             self._port = self._reactor.listenTCP(config.port, site, interface=config.host)
         except CannotListenError as e:
@@ -279,7 +312,25 @@ class HQService(MultiService):
         )
         if self.config.ui:
             log.info("Web UI at {base}{ui}/", base=base, ui=self.config.ui_path)
+        # Ready only now that the API answers: a Type=notify unit starts its
+        # dependents (and `systemctl start` returns) at this point.
+        self._notify(f"READY=1\nSTATUS=Listening on {base}")
         self.ready.callback(None)
+
+    def _notify(self, state: str) -> None:
+        from hq.systemd import notify_address, sd_notify
+
+        if not sd_notify(state) and notify_address(os.environ) is not None:
+            log.warn(
+                "Could not notify systemd at NOTIFY_SOCKET {socket}",
+                socket=os.environ.get("NOTIFY_SOCKET"),
+            )
+
+    def _commit_observed(self, seconds: float, writes: int, committed: bool) -> None:
+        # On the store's writer thread.
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.commit_observed(seconds, writes, committed)
 
     def _reopen_logs(self) -> None:
         for f in self._logs:
@@ -302,6 +353,7 @@ class HQService(MultiService):
 
     async def _stop(self) -> None:
         self._stopping = True
+        self._notify("STOPPING=1")
         super().stopService()
         log.info(
             "Shutting down: no new requests; waiting up to {timeout} s for running jobs",

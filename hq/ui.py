@@ -111,7 +111,9 @@ def ui_source() -> Any:
     """
     try:
         files = importlib.resources.files("hq_ui")
-    except ModuleNotFoundError:
+    except (ModuleNotFoundError, NotADirectoryError):
+        # NotADirectoryError: a setuptools editable install maps hq_ui with a
+        # path hook that importlib.resources cannot read.
         pass
     else:
         if files.joinpath(_INDEX).is_file():

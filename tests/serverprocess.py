@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +41,17 @@ TWISTD = [
 ]
 
 _LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+
+
+def report(test: str, **numbers: Any) -> None:
+    """
+    Append the numbers of a reliability test run to ``$HQ_RELIABILITY_REPORT``
+    (JSON lines), if set; docs/reliability.md quotes them.
+    """
+    path = os.environ.get("HQ_RELIABILITY_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": test, **numbers}) + "\n")
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -173,12 +185,23 @@ class ServerProcess:
         return list(page["jobs"])
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """
+    A threading HTTP server that does not print a traceback when a client
+    (a killed HQ server) resets its connection.
+    """
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
 class RecordingWorker:
     """
     A worker on 127.0.0.1 that records every job id it receives.
 
-    Paths starting with ``/hold`` wait until ``release()`` (or 30 s); others
-    answer 200 at once.
+    Paths starting with ``/hold`` wait until ``release()`` (or 30 s); paths
+    ``/sleep/<ms>...`` wait that many milliseconds; others answer 200 at once.
+    The answer is ``{"ok":true}``, or ``size`` bytes with a ``?size=N`` query.
     """
 
     def __init__(self) -> None:
@@ -200,6 +223,9 @@ class RecordingWorker:
                     worker.requests.append(
                         {"path": self.path, "headers": dict(self.headers), "body": body}
                     )
+                if self.path.startswith("/sleep/"):
+                    delay = self.path.split("/")[2]
+                    time.sleep(int(delay) / 1000 if delay.isdigit() else 0)
                 if self.path.startswith("/hold"):
                     with worker._lock:
                         worker.holding += 1
@@ -207,6 +233,9 @@ class RecordingWorker:
                     with worker._lock:
                         worker.holding -= 1
                 answer = b'{"ok":true}'
+                size = re.search(r"[?&]size=(\d+)", self.path)
+                if size:
+                    answer = b"b" * int(size.group(1))
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
@@ -219,7 +248,7 @@ class RecordingWorker:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -232,3 +261,34 @@ class RecordingWorker:
         self.gate.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class HangingWorker:
+    """
+    A worker on 127.0.0.1 that accepts connections and never answers (until
+    :meth:`close`); :attr:`connections` counts the connections accepted.
+    """
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._open: list[socket.socket] = []
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self._open.append(conn)
+            self.connections += 1
+
+    def close(self) -> None:
+        self._sock.close()
+        for conn in self._open:
+            conn.close()

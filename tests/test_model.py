@@ -34,6 +34,18 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(Job(id=1, url="u", state=JobState.FINISHED).status, "unfinished")
         self.assertEqual(job.finished(Outcome(finished_at=T)).status, "unknown")
 
+    def test_outcome_status_is_the_finished_job_status(self) -> None:
+        """Outcome.status is the status a job gets when finished with that outcome."""
+        job = Job(id=1, url="u", state=JobState.RUNNING, canceled=True)
+        for flags in range(8):
+            outcome = Outcome(
+                finished_at=T,
+                success=bool(flags & 1),
+                failure=bool(flags & 2),
+                canceled=bool(flags & 4),
+            )
+            self.assertEqual(outcome.status, job.finished(outcome).status)
+
     def test_reset_clears_outcome(self) -> None:
         """reset() gives a waiting job with every outcome field cleared."""
         job = Job(id=1, url="u", attempts=2).finished(
@@ -95,6 +107,12 @@ class JsonTests(SynchronousTestCase):
         """Milliseconds are always three digits."""
         self.assertEqual(format_time(T - 54), "2019-10-29T07:32:26.000Z")
         self.assertIsNone(format_time(None))
+
+    def test_format_time_edges(self) -> None:
+        """The epoch, a leap day and the last second of year 9999 format as RFC 3339."""
+        self.assertEqual(format_time(0), "1970-01-01T00:00:00.000Z")
+        self.assertEqual(format_time(951_782_400_999), "2000-02-29T00:00:00.999Z")
+        self.assertEqual(format_time(253_402_300_799_999), "9999-12-31T23:59:59.999Z")
 
     def test_page_json(self) -> None:
         """A page has jobs, hasNext, next (a string, only when there is one) and count."""

@@ -116,6 +116,35 @@ def serve(ctx: click.Context, config_file: str | None, log_level: str | None) ->
     ctx.exit(run_server(config_file, log_level))
 
 
+@cli.command("backup", short_help="Copy the database of a data_dir, even while the server runs")
+@click.option(
+    "-c",
+    "--config-file",
+    metavar="FILE",
+    envvar="HQ_CONFIG",
+    help="TOML configuration file naming data_dir (default: /etc/hq/hq.toml if it exists).",
+)
+@click.option(
+    "-d", "--data-dir", metavar="DIR", help="The data_dir to back up, instead of the config's."
+)
+@click.option("-f", "--force", is_flag=True, help="Replace DEST if it exists.")
+@click.argument("destination", metavar="DEST")
+@click.pass_context
+def backup(
+    ctx: click.Context, config_file: str | None, data_dir: str | None, force: bool, destination: str
+) -> None:
+    """
+    Write a consistent copy of the server's database to DEST (a file, or a directory to
+    put hq-<UTC time>.sqlite3 in), without stopping the server: it keeps accepting and
+    delivering jobs meanwhile. The copy is checked (PRAGMA integrity_check) before it is
+    given its name. Restore it by stopping the server and putting it in place of
+    <data_dir>/hq.sqlite3 (see docs/operations.md).
+    """
+    from hq.cli.backup import run_backup
+
+    ctx.exit(run_backup(config_file, data_dir, destination, force))
+
+
 def _read_stdin() -> bytes:
     return sys.stdin.buffer.read()
 

@@ -185,6 +185,13 @@ class IJobStore(Interface):
         Return the counters; ``created_since`` counts jobs with ids >= ``since_id``.
         """
 
+    def probe_write() -> Deferred[None]:
+        """
+        Make a small durable write that changes no job, to check that the
+        storage can be written now (the health check). Fails with
+        :class:`StoreUnavailable` when it cannot.
+        """
+
 
 def conflict_for(job: Job) -> JobConflict | None:
     """

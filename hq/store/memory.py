@@ -56,6 +56,9 @@ class MemoryStore:
     def close(self) -> Deferred[None]:
         return succeed(None)
 
+    def probe_write(self) -> Deferred[None]:
+        return self._write(lambda: None)
+
     def _write(self, call: Callable[[], T]) -> Deferred[T]:
         if not self.writable:
             return fail(StoreUnavailable("storage unavailable: not writable"))

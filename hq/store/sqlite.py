@@ -19,6 +19,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -30,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from hq import __version__
 from hq.model import Job, JobPage, JobState, ListQuery, Outcome
 from hq.store import (
     IJobStore,
@@ -46,7 +48,10 @@ from hq.store import (
 T = TypeVar("T")
 
 #: The schema version this code writes; ``PRAGMA user_version`` of the file.
-SCHEMA_VERSION = 1
+#: Each version is one entry of ``_SCHEMA``; a file of an older version is
+#: upgraded in place at open, in one transaction. Never edit a released entry:
+#: add a new version (tests/schema_v1.py keeps the first release's statements).
+SCHEMA_VERSION = 2
 
 DATABASE_FILE = "hq.sqlite3"
 LOCK_FILE = "hq.lock"
@@ -83,6 +88,11 @@ _SCHEMA = [
         "CREATE INDEX jobs_running ON jobs (id) WHERE state = 1",
         "CREATE INDEX jobs_expiry ON jobs (finished_at) WHERE state = 2",
     ],
+    # Version 2: facts about the file for operators (the HQ version that created it and
+    # the one that last opened it) and the row health checks write to.
+    [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
 ]
 
 _COLUMNS = (
@@ -93,6 +103,21 @@ _COLUMNS = (
 _INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 _REPLACE = f"REPLACE INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
+#: Mark a waiting, not canceled job running; returns it (no row: not startable).
+_START = (
+    "UPDATE jobs SET state = 1, status = 'running', started_at = ?, attempts = attempts + 1"
+    f" WHERE id = ? AND state = 0 AND canceled = 0 RETURNING {_COLUMNS}"
+)
+#: Record an outcome on a job in the given state; returns it.
+_FINISH = (
+    "UPDATE jobs SET state = 2, status = ?, finished_at = ?, success = ?, failure = ?,"
+    " canceled = ?, status_code = ?, err = ?, output = ?, output_truncated = ?"
+    f" WHERE id = ? AND state = ? RETURNING {_COLUMNS}"
+)
+#: One batch of expired jobs, found through the jobs_expiry index.
+_DELETE_EXPIRED = (
+    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 2 AND finished_at < ? LIMIT ?)"
+)
 
 #: How many writes one transaction takes at most.
 _BATCH = 1000
@@ -166,31 +191,29 @@ class _Counts:
     waiting: int = 0
     running: int = 0
 
-    def move(self, before: Job | None, after: Job | None) -> None:
+    def move(self, change: _Change) -> None:
         """
-        Account for one job changing from ``before`` to ``after`` (None: absent).
+        Account for ``count`` jobs changing from state ``before`` to ``after``
+        (``None``: absent).
         """
-        for job, sign in ((before, -1), (after, 1)):
-            if job is None:
+        before, after, count = change
+        for state, sign in ((before, -count), (after, count)):
+            if state is None:
                 continue
             self.stored += sign
-            if job.state is JobState.WAITING:
+            if state is JobState.WAITING:
                 self.waiting += sign
-            elif job.state is JobState.RUNNING:
+            elif state is JobState.RUNNING:
                 self.running += sign
 
 
-@attrs.frozen
-class _Change:
-    """
-    What one write did, for the counters: job states before and after.
-    """
-
-    before: Job | None
-    after: Job | None
-
+#: What one write did, for the counters: ``count`` jobs went from the state
+#: ``before`` to the state ``after`` (``None``: absent). Only states are kept,
+#: so a write need not build the job before and after.
+_Change = tuple[JobState | None, JobState | None, int]
 
 _Op = Callable[[sqlite3.Connection, list[_Change]], Any]
+_Batch = list[tuple[_Op, "Deferred[Any]"]]
 
 
 class _Writer(threading.Thread):
@@ -198,18 +221,28 @@ class _Writer(threading.Thread):
     The one thread that writes. Runs queued operations in batched transactions.
     """
 
+    #: Called on this thread after each transaction with its duration in
+    #: seconds, the number of writes in it and whether it committed.
+    on_commit: Callable[[float, int, bool], None] | None = None
+
     def __init__(self, path: str, reactor: Any, deliver: Callable[[list[Any]], None]) -> None:
         super().__init__(name="hq-sqlite-writer", daemon=True)
         self._path = path
         self._reactor = reactor
         self._deliver = deliver
-        self._queue: queue.SimpleQueue[tuple[_Op, Deferred[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
 
     def submit(self, op: _Op) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
-        self._queue.put((op, d))
+        self._queue.put([(op, d)])
         return d
+
+    def submit_many(self, ops: _Batch) -> None:
+        """
+        Queue ``ops`` (each with the Deferred to fire when it is committed).
+        """
+        self._queue.put(ops)
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -220,7 +253,7 @@ class _Writer(threading.Thread):
             item = self._queue.get()
             if item is None:
                 break
-            batch = [item]
+            batch = list(item)
             while len(batch) < _BATCH:
                 try:
                     more = self._queue.get_nowait()
@@ -229,14 +262,33 @@ class _Writer(threading.Thread):
                 if more is None:
                     stopping = True
                     break
-                batch.append(more)
-            self._reactor.callFromThread(self._deliver, self._run_batch(batch))
+                batch.extend(more)
+            began = time.perf_counter()
+            results = self._run_batch(batch)
+            self._observe(time.perf_counter() - began, len(batch), results)
+            self._reactor.callFromThread(self._deliver, results)
         if self._conn is not None:
             self._conn.close()
 
-    def _run_batch(
-        self, batch: list[tuple[_Op, Deferred[Any]]]
-    ) -> list[tuple[Deferred[Any], Any, list[_Change]]]:
+    def _observe(
+        self, seconds: float, writes: int, results: list[tuple[Deferred[Any], Any, list[_Change]]]
+    ) -> None:
+        if self.on_commit is None:
+            return
+        # A failed commit fails every write of the batch with StoreUnavailable.
+        committed = not any(
+            isinstance(result, Failure) and result.check(StoreUnavailable)
+            for _, result, _ in results
+        )
+        try:
+            self.on_commit(seconds, writes, committed)
+        except Exception:
+            failure = Failure()
+            self._reactor.callFromThread(
+                SQLiteStore.log.failure, "The commit observer failed", failure
+            )
+
+    def _run_batch(self, batch: _Batch) -> list[tuple[Deferred[Any], Any, list[_Change]]]:
         results: list[tuple[Deferred[Any], Any, list[_Change]]] = []
         try:
             if self._conn is None:
@@ -283,8 +335,16 @@ class SQLiteStore:
 
     log = Logger()
 
-    def __init__(self, data_dir: str, reactor: Any, readers: int = 2) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        reactor: Any,
+        readers: int = 2,
+        on_commit: Callable[[float, int, bool], None] | None = None,
+    ) -> None:
         self._data_dir = data_dir
+        #: Told of every transaction, on the writer thread (see ``_Writer.on_commit``).
+        self._on_commit = on_commit
         self._path = os.path.join(data_dir, DATABASE_FILE)
         self._reactor = reactor
         self._readers = readers
@@ -293,6 +353,12 @@ class SQLiteStore:
         self._pool: ThreadPool | None = None
         self._local = threading.local()
         self._lock_fd: int | None = None
+        self._probes = 0
+        #: Writes asked for during this turn of the reactor, handed to the
+        #: writer together at its end (one wake-up of the writer thread, not one
+        #: per write: each thread hop costs far more than the SQL it carries).
+        self._pending: _Batch = []
+        self._flush_call: Any = None
 
     @property
     def path(self) -> str:
@@ -327,21 +393,34 @@ class SQLiteStore:
         os.write(fd, str(os.getpid()).encode("ascii"))
         self._lock_fd = fd
 
-    def _migrate(self, conn: sqlite3.Connection, changes: list[_Change]) -> tuple[int, int, int]:
+    def _migrate(
+        self, conn: sqlite3.Connection, changes: list[_Change]
+    ) -> tuple[int, int, int, int]:
+        # Runs as the first write, inside its transaction: an upgrade is all or nothing.
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'last_opened_by'").fetchone()
+            except sqlite3.Error:
+                row = None
+            by = f" ({row[0]})" if row else ""
             raise StoreError(
-                f"{self._path} has schema version {version}, written by a newer HQ; "
-                f"this HQ knows schema versions up to {SCHEMA_VERSION} and will not downgrade it"
+                f"{self._path} has schema version {version}, written by a newer HQ{by}; "
+                f"this HQ ({__version__}) knows schema versions up to {SCHEMA_VERSION} and will "
+                "not downgrade it: run the newer HQ, or restore a backup made before the upgrade"
             )
         for statements in _SCHEMA[version:]:
             for statement in statements:
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        opened_by = f"HQ {__version__}"
+        if version == 0:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('created_by', ?)", (opened_by,))
+        conn.execute("REPLACE INTO meta (key, value) VALUES ('last_opened_by', ?)", (opened_by,))
         stored = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
         waiting = conn.execute("SELECT count(*) FROM jobs WHERE state = 0").fetchone()[0]
         running = conn.execute("SELECT count(*) FROM jobs WHERE state = 1").fetchone()[0]
-        return stored, waiting, running
+        return stored, waiting, running, version
 
     def open(self) -> Deferred[None]:
         try:
@@ -349,6 +428,7 @@ class SQLiteStore:
         except (OSError, StoreError):
             return fail()
         self._writer = _Writer(self._path, self._reactor, self._deliver)
+        self._writer.on_commit = self._on_commit
         self._writer.start()
         self._pool = ThreadPool(minthreads=1, maxthreads=self._readers, name="hq-sqlite-read")
         self._pool.start()
@@ -357,8 +437,15 @@ class SQLiteStore:
             self.close()
             return reason
 
-        def opened(counts: tuple[int, int, int]) -> None:
-            self._counts = _Counts(*counts)
+        def opened(counts: tuple[int, int, int, int]) -> None:
+            self._counts = _Counts(*counts[:3])
+            if 0 < counts[3] < SCHEMA_VERSION:
+                self.log.info(
+                    "Upgraded {path} from schema version {old} to {new}",
+                    path=self._path,
+                    old=counts[3],
+                    new=SCHEMA_VERSION,
+                )
             self.log.info(
                 "Opened {path}: {stored} jobs stored, {waiting} waiting, {running} running",
                 path=self._path,
@@ -370,6 +457,7 @@ class SQLiteStore:
         return self._writer.submit(self._migrate).addCallbacks(opened, failed)
 
     def close(self) -> Deferred[None]:
+        self._flush()
         writer, pool = self._writer, self._pool
         self._writer = self._pool = None
         if pool is not None:
@@ -395,9 +483,10 @@ class SQLiteStore:
     # Plumbing.
 
     def _deliver(self, results: list[tuple[Deferred[Any], Any, list[_Change]]]) -> None:
+        move = self._counts.move
         for _, _, changes in results:
             for change in changes:
-                self._counts.move(change.before, change.after)
+                move(change)
         for d, result, _ in results:
             if isinstance(result, Failure):
                 d.errback(result)
@@ -407,7 +496,23 @@ class SQLiteStore:
     def _write(self, op: _Op) -> Deferred[Any]:
         if self._writer is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
-        return self._writer.submit(op)
+        d: Deferred[Any] = Deferred()
+        self._pending.append((op, d))
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        """
+        Hand the writes of this reactor turn to the writer thread.
+        """
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        pending, self._pending = self._pending, []
+        if pending and self._writer is not None:
+            self._writer.submit_many(pending)
 
     def _read(self, call: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
         if self._pool is None:
@@ -443,7 +548,7 @@ class SQLiteStore:
     @staticmethod
     def _save(conn: sqlite3.Connection, changes: list[_Change], before: Job, after: Job) -> Job:
         conn.execute(_REPLACE, _row(after))
-        changes.append(_Change(before, after))
+        changes.append((before.state, after.state, 1))
         return after
 
     # IJobStore.
@@ -476,7 +581,7 @@ class SQLiteStore:
     def create(self, job: Job) -> Deferred[None]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
             conn.execute(_INSERT, _row(job))
-            changes.append(_Change(None, job))
+            changes.append((None, job.state, 1))
 
         return self._write(op)
 
@@ -519,23 +624,40 @@ class SQLiteStore:
         return self._read(call)
 
     def start(self, job_id: int, now: int) -> Deferred[Job | None]:
+        # One UPDATE, not a read, a Job built twice and a REPLACE (which rewrites
+        # every index): this runs once per delivery, on the writer thread.
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
-            job = self._fetch(conn, job_id)
-            if job is None or job.state is not JobState.WAITING or job.canceled:
+            rows = conn.execute(_START, (now, job_id)).fetchall()
+            if not rows:
                 return None
-            running = attrs.evolve(
-                job, state=JobState.RUNNING, started_at=now, attempts=job.attempts + 1
-            )
-            return self._save(conn, changes, job, running)
+            changes.append((JobState.WAITING, JobState.RUNNING, 1))
+            return _job(rows[0])
 
         return self._write(op)
 
     def finish(self, job_id: int, outcome: Outcome) -> Deferred[Job | None]:
+        values = (
+            outcome.status,
+            outcome.finished_at,
+            int(outcome.success),
+            int(outcome.failure),
+            int(outcome.canceled),
+            outcome.status_code,
+            outcome.err,
+            outcome.output,
+            int(outcome.output_truncated),
+            job_id,
+        )
+
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
-            job = self._fetch(conn, job_id)
-            if job is None or job.state is JobState.FINISHED:
-                return None
-            return self._save(conn, changes, job, job.finished(outcome))
+            # Almost always running; the state is in the WHERE clause so that the
+            # counters learn the state before the change without a read.
+            for state in (JobState.RUNNING, JobState.WAITING):
+                rows = conn.execute(_FINISH, (*values, int(state))).fetchall()
+                if rows:
+                    changes.append((state, JobState.FINISHED, 1))
+                    return _job(rows[0])
+            return None
 
         return self._write(op)
 
@@ -569,7 +691,7 @@ class SQLiteStore:
             if conflict is not None:
                 raise conflict
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            changes.append(_Change(job, None))
+            changes.append((job.state, None, 1))
 
         return self._write(op)
 
@@ -585,17 +707,9 @@ class SQLiteStore:
 
     def delete_finished_before(self, cutoff: int, limit: int) -> Deferred[int]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> int:
-            ids = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT id FROM jobs WHERE state = 2 AND finished_at < ? LIMIT ?",
-                    (cutoff, limit),
-                )
-            ]
-            conn.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in ids))
-            # Finished jobs count only in ``stored``.
-            changes.extend(_Change(_FINISHED_PLACEHOLDER, None) for _ in ids)
-            return len(ids)
+            deleted = conn.execute(_DELETE_EXPIRED, (cutoff, limit)).rowcount
+            changes.append((JobState.FINISHED, None, deleted))
+            return deleted
 
         return self._write(op)
 
@@ -622,6 +736,13 @@ class SQLiteStore:
         """
         return self._read(lambda conn: [row[0] for row in conn.execute("PRAGMA integrity_check")])
 
+    def probe_write(self) -> Deferred[None]:
+        # A real change (one row of ``meta``) so that the commit writes and syncs
+        # a page: an empty transaction would succeed on a full or failed disk.
+        self._probes += 1
+        value = str(self._probes)
 
-#: Stands for "some finished job" in counter changes.
-_FINISHED_PLACEHOLDER = Job(id=0, url="", state=JobState.FINISHED)
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
+            conn.execute("REPLACE INTO meta (key, value) VALUES ('health_probe', ?)", (value,))
+
+        return self._write(op)

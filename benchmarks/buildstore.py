@@ -1,0 +1,150 @@
+"""
+Build a store of many finished jobs, fast, through HQ's store API.
+
+The jobs are written with :meth:`hq.store.sqlite.SQLiteStore.create` (the same
+code path and schema as a push), many at a time so that the store's writer
+batches them into large transactions. Ids are made as HQ makes them, spread
+evenly over ``--span-days`` that end ``--age-days`` ago; each job finished
+100 ms after it was created; every ``1 / --failure-ratio``-th job failed.
+
+Usage: ``python benchmarks/buildstore.py DATA_DIR --jobs 1000000``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from twisted.internet.defer import Deferred  # noqa: E402
+from twisted.internet.task import react  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
+
+from hq.ids import EPOCH_MS  # noqa: E402
+from hq.model import Job, JobState  # noqa: E402
+from hq.store.sqlite import SQLiteStore  # noqa: E402
+
+DAY_MS = 86_400_000
+#: Pushes in flight at once: the writer takes up to 1,000 per transaction.
+_WINDOW = 20_000
+
+
+def finished_jobs(
+    count: int, end_ms: int, span_ms: int, failure_ratio: float, worker_url: str
+) -> Iterator[Job]:
+    """
+    Yield ``count`` finished jobs created evenly over ``span_ms`` up to ``end_ms``.
+    """
+    every = round(1 / failure_ratio) if failure_ratio > 0 else 0
+    step = span_ms / max(1, count)
+    start = end_ms - span_ms
+    last_ms = -1
+    sequence = 0
+    for n in range(count):
+        created = int(start + n * step)
+        ms = created - EPOCH_MS
+        if ms == last_ms:
+            sequence += 1
+        else:
+            last_ms, sequence = ms, 0
+        job_id = (ms << 22) | sequence
+        failed = every > 0 and n % every == every - 1
+        yield Job(
+            id=job_id,
+            url=worker_url,
+            name=f"bench-{n % 10}",
+            comment="built by benchmarks/buildstore.py",
+            payload=f'{{"n":{n},"text":"benchmark job"}}',
+            state=JobState.FINISHED,
+            started_at=created + 10,
+            finished_at=created + 100,
+            success=not failed,
+            failure=failed,
+            status_code=500 if failed else 200,
+            err="Internal Server Error" if failed else "",
+            output='{"ok":false}' if failed else '{"ok":true}',
+            attempts=1,
+        )
+
+
+async def fill(reactor: Any, data_dir: str, jobs: Iterator[Job], count: int) -> None:
+    store = SQLiteStore(data_dir, reactor)
+    await store.open()
+    began = time.monotonic()
+    written = 0
+    failures: list[Failure] = []
+    try:
+        while written < count and not failures:
+            # The writer commits in order: when the last create fired, all did.
+            last: Deferred[None] | None = None
+            size = 0
+            for job in jobs:
+                last = store.create(job)
+                last.addErrback(failures.append)
+                size += 1
+                if size >= _WINDOW:
+                    break
+            if last is None:
+                break
+            await last
+            written += size
+            if written % 100_000 < _WINDOW:
+                rate = written / max(1e-9, time.monotonic() - began)
+                print(f"  {written:,} jobs stored ({rate:,.0f}/s)", flush=True)
+    finally:
+        await store.close()
+    if failures:
+        failures[0].raiseException()
+
+
+def build(
+    data_dir: str,
+    count: int,
+    age_days: float = 0.0,
+    span_days: float = 7.0,
+    failure_ratio: float = 0.01,
+    worker_url: str = "http://127.0.0.1:9/job",
+) -> float:
+    """
+    Build the store in ``data_dir`` (which must not hold one yet); return the seconds it took.
+    """
+    now = int(time.time() * 1000)
+    end = now - int(age_days * DAY_MS)
+    jobs = finished_jobs(count, end, int(span_days * DAY_MS), failure_ratio, worker_url)
+    began = time.monotonic()
+
+    def run(reactor: Any) -> Deferred[None]:
+        return Deferred.fromCoroutine(fill(reactor, data_dir, jobs, count))
+
+    try:
+        react(run)
+    except SystemExit as e:
+        if e.code:
+            raise
+    return time.monotonic() - began
+
+
+def main() -> None:
+    """
+    Parse the arguments and build.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data_dir")
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--age-days", type=float, default=0.0)
+    parser.add_argument("--span-days", type=float, default=7.0)
+    parser.add_argument("--failure-ratio", type=float, default=0.01)
+    args = parser.parse_args()
+    seconds = build(args.data_dir, args.jobs, args.age_days, args.span_days, args.failure_ratio)
+    print(f"built {args.jobs:,} jobs in {args.data_dir} in {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,538 @@
+"""
+What every benchmark needs: the processes (HQ, the worker, the baselines, the
+load generator), a small blocking HTTP client, memory readings and statistics.
+
+Everything runs on 127.0.0.1; every wait is bounded in time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PYTHON = sys.executable
+
+#: ``hq serve -c FILE`` through its Python entry point (no console script needed).
+SERVE = [
+    PYTHON,
+    "-c",
+    "import sys; from hq.cli.serve import run_server; sys.exit(run_server(sys.argv[1], None))",
+]
+
+_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+
+
+class BenchmarkError(Exception):
+    """
+    A benchmark broke (a crash, a timeout, lost or duplicated jobs): not slowness.
+    """
+
+
+def free_port() -> int:
+    """
+    Return a TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
+    """
+    Call ``predicate`` until it returns something true; raise after ``timeout`` s.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- Measurements ------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    """
+    Return the resident memory of ``pid`` in MB (VmRSS), 0 if it is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    Return the CPU time (user + system) ``pid`` has used so far, in seconds.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RssSampler:
+    """
+    Samples a process's RSS in a thread; ``peak`` is the largest seen.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self._pid = pid
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb(self._pid))
+            self._stop.wait(self._interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(5)
+        self.peak = max(self.peak, rss_mb(self._pid))
+        return round(self.peak, 1)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """
+    Return p50, p90, p99 and max of ``values`` (0 when empty), rounded to 0.001.
+    """
+    if not values:
+        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "n": 0}
+    ordered = sorted(values)
+
+    def at(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 3)
+
+    return {
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "max": round(ordered[-1], 3),
+        "n": len(ordered),
+    }
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def machine() -> dict[str, Any]:
+    """
+    Describe the machine and the software versions.
+    """
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory_mb = 0
+    try:
+        with open("/proc/meminfo") as f:
+            memory_mb = int(f.readline().split()[1]) // 1024
+    except OSError:
+        pass
+    import twisted
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_mb": memory_mb,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
+# -- A small blocking HTTP client -----------------------------------------------------
+
+
+class Client:
+    """
+    One keep-alive connection to a server, for control calls and timed queries.
+    """
+
+    def __init__(self, base: str, timeout: float = 30) -> None:
+        host, _, port = base.removeprefix("http://").rpartition(":")
+        self._host = host
+        self._port = int(port)
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, json_body: Any = None
+    ) -> tuple[int, bytes, float]:
+        """
+        Return the status, the body and the round trip in ms.
+        """
+        headers = {}
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self._timeout
+                )
+            began = time.perf_counter()
+            try:
+                self._conn.request(method, path, body=body, headers=headers)
+                response = self._conn.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException):
+                self.close()
+                if attempt == 2:
+                    raise
+                continue
+            elapsed = (time.perf_counter() - began) * 1000
+            if response.will_close:
+                self.close()
+            return response.status, data, elapsed
+        raise AssertionError("unreachable")
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        status, data, _ = self.request(method, path, **kwargs)
+        if status != 200:
+            raise BenchmarkError(f"{method} {path}: HTTP {status}: {data[:300]!r}")
+        return json.loads(data)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+# -- Processes ------------------------------------------------------------------------
+
+
+class Process:
+    """
+    A child process that prints (or logs) ``listening on http://127.0.0.1:PORT``.
+    """
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.base = ""
+        self.started_at = 0.0
+        self.listening_after = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rpartition(":")[2])
+
+    def rss(self) -> float:
+        return round(rss_mb(self.pid), 1)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def _spawn(self, command: list[str], output: str) -> None:
+        self.started_at = time.monotonic()
+        with open(output, "ab") as out:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=_env()
+            )
+        self._output = output
+
+    def _wait_listening(self, path: str, timeout: float) -> None:
+        def address() -> str | None:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise BenchmarkError(
+                    f"{self.name} exited with {self.process.returncode}: {self.output()[-2000:]}"
+                )
+            try:
+                with open(path) as f:
+                    match = _LISTENING.search(f.read())
+            except FileNotFoundError:
+                return None
+            return f"http://{match.group(1)}:{match.group(2)}" if match else None
+
+        self.base = wait_for(address, timeout, f"{self.name} to listen", interval=0.005)
+        self.listening_after = time.monotonic() - self.started_at
+
+    def output(self) -> str:
+        try:
+            with open(self._output, errors="replace") as f:
+                return f.read()
+        except (OSError, AttributeError):
+            return ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        """
+        Stop with SIGTERM (SIGKILL after ``timeout`` s); return the exit status.
+        """
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("HQ_CONFIG", None)
+    env.pop("HQ_LOG_LEVEL", None)
+    return env
+
+
+class HQServer(Process):
+    """
+    An HQ server process (``hq serve -c``) with its own directory.
+
+    ``config`` overrides the benchmark defaults: 127.0.0.1 on a free port,
+    ``dispatchers = 2``, ``max_workers = 8``, ``log_level = "warn"``, the app
+    and access logs in files (not stdout), durable storage as shipped.
+    """
+
+    name = "HQ"
+
+    def __init__(self, directory: str, **config: Any) -> None:
+        super().__init__()
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.log_path = os.path.join(directory, "hq.log")
+        self.config_path = os.path.join(directory, "hq.toml")
+        self.data_dir = os.path.join(directory, "data")
+        port = free_port()
+        values: dict[str, Any] = {
+            "addr": f"127.0.0.1:{port}",
+            "data_dir": self.data_dir,
+            "log_level": "warn",
+            "log_file": self.log_path,
+            "access_log_file": os.path.join(directory, "access.log"),
+            "dispatchers": 2,
+            "max_workers": 8,
+            "shutdown_timeout": 5,
+        }
+        values.update(config)
+        with open(self.config_path, "w") as f:
+            for key, value in values.items():
+                f.write(f"{key} = {json.dumps(value)}\n")
+        values["port"] = port
+        self.values = values
+
+    def start(self, timeout: float = 60, command: list[str] | None = None) -> HQServer:
+        """
+        Start the server and wait until it answers ``GET /`` (it accepts
+        requests only once its store is open and jobs are recovered).
+        """
+        self._spawn((command or SERVE) + [self.config_path], os.path.join(self.directory, "out"))
+        self.base = f"http://127.0.0.1:{self.values['port']}"
+        client = Client(self.base, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise BenchmarkError(
+                    f"HQ exited with {self.process.returncode}: {self.output()[-2000:]}"
+                )
+            try:
+                status, _, _ = client.request("GET", "/")
+            except OSError:
+                status = 0
+            if status == 200:
+                break
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"HQ did not answer within {timeout} s")
+            time.sleep(0.005)
+        client.close()
+        self.listening_after = time.monotonic() - self.started_at
+        return self
+
+
+class Worker(Process):
+    """
+    The fast worker (``worker.py``).
+    """
+
+    name = "worker"
+
+    def __init__(self, directory: str, port: int = 0) -> None:
+        super().__init__()
+        self.directory = directory
+        self._port = port
+
+    def start(self) -> Worker:
+        out = os.path.join(self.directory, "worker.out")
+        command = [PYTHON, os.path.join(HERE, "worker.py"), "--port", str(self._port)]
+        self._spawn(command, out)
+        self._wait_listening(out, 20)
+        self.client = Client(self.base)
+        return self
+
+    def stats(self) -> dict[str, int]:
+        result: dict[str, int] = self.client.json("GET", "/_stats")
+        return result
+
+    def reset(self) -> None:
+        self.client.json("POST", "/_reset")
+
+    def arrivals(self, path: str) -> list[tuple[str, int]]:
+        self.client.json("POST", "/_dump", body=path.encode())
+        with open(path) as f:
+            return [(job_id, ns) for job_id, ns in json.load(f)["arrivals"]]
+
+    def wait_received(self, count: int, timeout: float) -> dict[str, int]:
+        """
+        Wait until ``count`` distinct jobs arrived; return the worker's stats.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if stats["unique"] >= count or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.01)
+
+
+class Baseline(Process):
+    """
+    A bare baseline (``baseline.py push`` or ``relay``).
+    """
+
+    def __init__(self, directory: str, mode: str, workers: int = 16) -> None:
+        super().__init__()
+        self.name = f"baseline {mode}"
+        self.directory = directory
+        self.mode = mode
+        self.workers = workers
+
+    def start(self) -> Baseline:
+        out = os.path.join(self.directory, f"baseline-{self.mode}.out")
+        command = [
+            PYTHON,
+            os.path.join(HERE, "baseline.py"),
+            self.mode,
+            "--workers",
+            str(self.workers),
+        ]
+        self._spawn(command, out)
+        self._wait_listening(out, 30)
+        return self
+
+
+def loadgen(
+    mode: str,
+    target: str,
+    worker_url: str,
+    out: str,
+    jobs: int,
+    concurrency: int = 32,
+    rate: float = 100.0,
+    deadline: float = 600.0,
+) -> dict[str, Any]:
+    """
+    Run the load generator (``loadgen.py``) to its end; return its result.
+    """
+    command = [
+        PYTHON,
+        os.path.join(HERE, "loadgen.py"),
+        mode,
+        "--target",
+        target.removeprefix("http://"),
+        "--url",
+        worker_url,
+        "--jobs",
+        str(jobs),
+        "--concurrency",
+        str(concurrency),
+        "--rate",
+        str(rate),
+        "--deadline",
+        str(deadline),
+        "--out",
+        out,
+    ]
+    completed = subprocess.run(
+        command, cwd=ROOT, env=_env(), capture_output=True, timeout=deadline + 60
+    )
+    if not os.path.exists(out):
+        raise BenchmarkError(
+            f"the load generator failed ({completed.returncode}): "
+            f"{completed.stderr.decode(errors='replace')[-2000:]}"
+        )
+    with open(out) as f:
+        result: dict[str, Any] = json.load(f)
+    return result
+
+
+def delivery(
+    sends: dict[str, int], arrivals: list[tuple[str, int]]
+) -> tuple[int, int, list[float], int]:
+    """
+    Compare pushed ids with the worker's arrivals.
+
+    Return the misses, the duplicates, each job's push-to-arrival latency in ms
+    (first arrival) and the last first-arrival time (monotonic ns).
+    """
+    first: dict[str, int] = {}
+    duplicates = 0
+    for job_id, ns in arrivals:
+        if job_id in first:
+            duplicates += 1
+        else:
+            first[job_id] = ns
+    misses = sum(1 for job_id in sends if job_id not in first)
+    latencies = [(first[j] - sent) / 1e6 for j, sent in sends.items() if j in first]
+    last = max((first[j] for j in sends if j in first), default=0)
+    return misses, duplicates, latencies, last

@@ -1,0 +1,826 @@
+"""
+HQ's benchmark suite: the single entry point.
+
+    python benchmarks/run.py                  # every benchmark, full size
+    python benchmarks/run.py --quick          # every benchmark, small (< 1 min, CI)
+    python benchmarks/run.py throughput latency --rounds 5
+    python benchmarks/run.py scale --store-jobs 1000000
+
+Benchmarks: ``throughput`` (push and end-to-end rates, exactly-once),
+``latency`` (push -> worker at a steady rate), ``scale`` (queries, start-up and
+memory with a million finished jobs stored), ``cleanup`` (API latency while
+``job_lifetime`` deletes them), ``backlog`` (100,000 jobs pushed while the
+worker is stopped). Each throughput and latency figure is measured beside a
+bare baseline in the same invocation (see ``baseline.py``) and reported as a
+ratio to it.
+
+Prints the figures and writes them as JSON to ``--out``. Exits 1 only when a
+benchmark breaks (a crash, a timeout, a lost or duplicated job, a failed
+request), never because a figure misses its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+for _path in (HERE, os.path.dirname(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from common import (  # noqa: E402
+    PYTHON,
+    ROOT,
+    Baseline,
+    BenchmarkError,
+    Client,
+    HQServer,
+    RssSampler,
+    Worker,
+    delivery,
+    loadgen,
+    machine,
+    median,
+    percentiles,
+)
+
+BENCHMARKS = ("throughput", "latency", "scale", "cleanup", "backlog")
+
+#: Targets from the issue: (figure, comparison, value).
+TARGETS: dict[str, tuple[str, float]] = {
+    "push_per_s": (">=", 1200),
+    "e2e_per_s": (">=", 600),
+    "e2e_ratio": (">=", 0.6),
+    "latency_p50_ms": ("<=", 4),
+    "latency_p99_ms": ("<=", 15),
+    "duplicates": ("<=", 0),
+    "misses": ("<=", 0),
+    "list_newest_p99_ms": ("<=", 50),
+    "list_middle_p99_ms": ("<=", 50),
+    "list_failures_p99_ms": ("<=", 100),
+    "stats_p99_ms": ("<=", 20),
+    "startup_s": ("<=", 5),
+    "idle_rss_mb": ("<=", 150),
+    "cleanup_api_p99_ms": ("<=", 100),
+    "backlog_rss_mb": ("<=", 200),
+}
+
+
+class Context:
+    """
+    One invocation: the options, a work directory, the shared worker, the results.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick: bool = args.quick
+        os.makedirs(args.results_dir, exist_ok=True)
+        self.work = tempfile.mkdtemp(prefix="run-", dir=args.results_dir)
+        self.results: dict[str, Any] = {}
+        self.figures: list[dict[str, Any]] = []
+        self.problems: list[str] = []
+        self._worker: Worker | None = None
+        self._count = 0
+
+    def directory(self, name: str) -> str:
+        self._count += 1
+        path = os.path.join(self.work, f"{self._count:02d}-{name}")
+        os.makedirs(path)
+        return path
+
+    @property
+    def worker(self) -> Worker:
+        if self._worker is None or not self._worker.alive():
+            self._worker = Worker(self.work).start()
+        return self._worker
+
+    def job_url(self, worker: Worker) -> str:
+        return worker.base + "/job"
+
+    def problem(self, text: str) -> None:
+        print(f"  PROBLEM: {text}", flush=True)
+        self.problems.append(text)
+
+    def figure(
+        self,
+        key: str,
+        label: str,
+        value: float,
+        unit: str,
+        baseline: float | None = None,
+        ratio: float | None = None,
+        note: str = "",
+    ) -> None:
+        target = TARGETS.get(key)
+        met = None
+        if target is not None:
+            op, limit = target
+            met = value >= limit if op == ">=" else value <= limit
+        self.figures.append(
+            {
+                "key": key,
+                "label": label,
+                "value": value,
+                "unit": unit,
+                "baseline": baseline,
+                "ratio": ratio,
+                "target": None if target is None else f"{target[0]} {target[1]:g}",
+                "met": met,
+                "note": note,
+            }
+        )
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+        if not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(process: Any) -> Iterator[Any]:
+    """
+    Stop ``process`` when the block ends, whatever happens.
+    """
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+# -- Profiling ------------------------------------------------------------------------
+
+
+class Profiler:
+    """
+    ``py-spy record`` on a process while a block runs (when ``--profile`` is given).
+    """
+
+    def __init__(self, ctx: Context, pid: int, name: str) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self.path = ""
+        if not ctx.args.profile:
+            return
+        spy = shutil.which("py-spy") or os.path.join(os.path.dirname(PYTHON), "py-spy")
+        if not os.path.exists(spy):
+            ctx.problem("--profile needs py-spy (pip install py-spy)")
+            return
+        self.path = os.path.join(ctx.args.results_dir, f"profile-{name}.txt")
+        self._process = subprocess.Popen(
+            [spy, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", self.path, "-t"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+
+    def stop(self) -> dict[str, Any] | None:
+        if self._process is None:
+            return None
+        self._process.send_signal(signal.SIGINT)
+        try:
+            self._process.wait(30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            return None
+        return summarize_profile(self.path)
+
+
+def summarize_profile(path: str, top: int = 25) -> dict[str, Any]:
+    """
+    Return the functions with the most samples (self and inclusive) in a
+    py-spy raw (collapsed stacks) file.
+    """
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    idle = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if not count_text.isdigit():
+                continue
+            count = int(count_text)
+            frames = stack.split(";")
+            total += count
+            leaf = frames[-1]
+            # Threads parked in a wait are not CPU; count them apart.
+            if any(w in leaf for w in ("doPoll", "Condition.wait", "Queue.get", "wait (threading")):
+                idle += count
+            own[leaf] = own.get(leaf, 0) + count
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
+        items = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [(name, round(100 * n / max(1, total), 1)) for name, n in items]
+
+    return {
+        "file": path,
+        "samples": total,
+        "idle_percent": round(100 * idle / max(1, total), 1),
+        "self": ranked(own),
+        "inclusive": ranked(inclusive),
+    }
+
+
+# -- throughput -------------------------------------------------------------------------
+
+
+def throughput_round(ctx: Context, kind: str, jobs: int) -> dict[str, Any]:
+    """
+    Push ``jobs`` with 32 clients to ``kind`` (``hq``, ``push`` or ``relay``);
+    measure the push rate and, but for ``push``, the end-to-end rate.
+    """
+    worker = ctx.worker
+    worker.reset()
+    directory = ctx.directory(f"throughput-{kind}")
+    server: Any = HQServer(directory) if kind == "hq" else Baseline(directory, kind)
+    with running(server.start()):
+        sampler = RssSampler(server.pid)
+        profiler = Profiler(ctx, server.pid, "throughput") if kind == "hq" else None
+        cpu_before = server.cpu()
+        result = loadgen(
+            "burst",
+            server.base,
+            ctx.job_url(worker),
+            os.path.join(directory, "loadgen.json"),
+            jobs=jobs,
+            concurrency=32,
+            deadline=300,
+        )
+        figures: dict[str, Any] = {
+            "jobs": jobs,
+            "push_per_s": result["pushes_per_s"],
+            "push_ms": result["push_ms"],
+            "errors": result["errors"],
+        }
+        if result["errors"]:
+            ctx.problem(f"{kind}: {result['errors']} pushes failed: {result['error_samples'][:3]}")
+        if kind != "push":
+            stats = worker.wait_received(result["ok"], timeout=120)
+            if kind == "hq":
+                settle(server, timeout=30)
+            arrivals = worker.arrivals(os.path.join(directory, "arrivals.json"))
+            misses, duplicates, latencies, last = delivery(result["sends"], arrivals)
+            elapsed = max(1, last - result["first_send_ns"]) / 1e9
+            figures.update(
+                e2e_per_s=round((result["ok"] - misses) / elapsed, 1),
+                e2e_s=round(elapsed, 3),
+                misses=misses,
+                duplicates=duplicates,
+                worker_errors=stats["errors"],
+                push_to_worker_ms=percentiles(latencies),
+            )
+            if misses or duplicates or stats["errors"]:
+                ctx.problem(
+                    f"{kind}: {misses} misses, {duplicates} duplicates, "
+                    f"{stats['errors']} bad requests at the worker"
+                )
+            if kind == "hq":
+                figures["hq_check"] = check_all_succeeded(server, result["ok"], ctx)
+        # CPU the server used per job: steadier than rates on a shared machine.
+        figures["cpu_us_per_job"] = round((server.cpu() - cpu_before) / jobs * 1e6)
+        if profiler is not None:
+            figures["profile"] = profiler.stop()
+        figures["rss_peak_mb"] = sampler.stop()
+    return figures
+
+
+def settle(server: HQServer, timeout: float) -> dict[str, Any]:
+    """
+    Wait until HQ has no job waiting or running; return its stats.
+    """
+    client = Client(server.base)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            stats: dict[str, Any] = client.json("GET", "/stats")
+            if stats["numJobsWaiting"] == 0 and stats["numJobsRunning"] == 0:
+                return stats
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"HQ still has jobs waiting or running: {stats}")
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def check_all_succeeded(server: HQServer, expected: int, ctx: Context) -> dict[str, Any]:
+    """
+    Check in HQ's own records that every pushed job finished ``success``.
+    """
+    client = Client(server.base)
+    try:
+        stats = client.json("GET", "/stats")
+        success = client.json("GET", "/job?status=success&limit=-1")["count"]
+    finally:
+        client.close()
+    check = {"stored": stats["numStoredJobs"], "success": success}
+    if stats["numStoredJobs"] != expected or success != expected:
+        ctx.problem(f"HQ recorded {check}, expected {expected} successful jobs")
+    return check
+
+
+def bench_throughput(ctx: Context) -> dict[str, Any]:
+    jobs = ctx.args.jobs or (300 if ctx.quick else 3000)
+    rounds = ctx.args.rounds or (1 if ctx.quick else 3)
+    runs: dict[str, list[dict[str, Any]]] = {"push": [], "relay": [], "hq": []}
+    for index in range(rounds):
+        for kind in ("push", "relay", "hq"):
+            run = throughput_round(ctx, kind, jobs)
+            runs[kind].append(run)
+            line = (
+                f"  round {index + 1} {kind:5}: CPU {run['cpu_us_per_job']:5d} us/job"
+                f"   push {run['push_per_s']:8.1f}/s"
+            )
+            if "e2e_per_s" in run:
+                line += (
+                    f"   end-to-end {run['e2e_per_s']:8.1f}/s"
+                    f"   misses {run['misses']} duplicates {run['duplicates']}"
+                )
+            print(line, flush=True)
+
+    def med(kind: str, key: str) -> float:
+        return round(median([run[key] for run in runs[kind]]), 1)
+
+    push, push_base = med("hq", "push_per_s"), med("push", "push_per_s")
+    e2e, e2e_base = med("hq", "e2e_per_s"), med("relay", "e2e_per_s")
+    misses = sum(run["misses"] for run in runs["hq"])
+    duplicates = sum(run["duplicates"] for run in runs["hq"])
+    ctx.figure(
+        "push_per_s",
+        f"push throughput, {jobs:,} jobs, 32 clients",
+        push,
+        "jobs/s",
+        push_base,
+        round(push / push_base, 2),
+        "baseline: bare Klein push endpoint",
+    )
+    ctx.figure(
+        "e2e_per_s",
+        f"end-to-end, first push to all {jobs:,} received",
+        e2e,
+        "jobs/s",
+        e2e_base,
+        round(e2e / e2e_base, 2),
+        "baseline: bare Klein -> treq relay",
+    )
+    ctx.figure("e2e_ratio", "end-to-end / relay", round(e2e / e2e_base, 2), "x")
+    cpu, cpu_base = med("hq", "cpu_us_per_job"), med("relay", "cpu_us_per_job")
+    ctx.figure(
+        "cpu_us_per_job",
+        "server CPU per job, push to delivered",
+        cpu,
+        "us",
+        cpu_base,
+        round(cpu / cpu_base, 2),
+        "baseline: relay; lower is better; all threads, user + system",
+    )
+    ctx.figure("duplicates", "duplicates (all rounds)", duplicates, "jobs")
+    ctx.figure("misses", "misses (all rounds)", misses, "jobs")
+    return {"jobs": jobs, "rounds": rounds, "runs": runs}
+
+
+# -- latency ------------------------------------------------------------------------------
+
+
+def latency_run(ctx: Context, kind: str, jobs: int, rate: float) -> dict[str, Any]:
+    worker = ctx.worker
+    worker.reset()
+    directory = ctx.directory(f"latency-{kind}")
+    server: Any = HQServer(directory) if kind == "hq" else Baseline(directory, kind)
+    with running(server.start()):
+        result = loadgen(
+            "rate",
+            server.base,
+            ctx.job_url(worker),
+            os.path.join(directory, "loadgen.json"),
+            jobs=jobs,
+            concurrency=4,
+            rate=rate,
+            deadline=jobs / rate + 120,
+        )
+        if result["errors"]:
+            ctx.problem(f"{kind}: {result['errors']} pushes failed: {result['error_samples'][:3]}")
+        worker.wait_received(result["ok"], timeout=60)
+        arrivals = worker.arrivals(os.path.join(directory, "arrivals.json"))
+        misses, duplicates, latencies, _ = delivery(result["sends"], arrivals)
+        if misses or duplicates:
+            ctx.problem(f"{kind}: {misses} misses, {duplicates} duplicates")
+        return {
+            "jobs": jobs,
+            "rate": rate,
+            "push_ms": result["push_ms"],
+            "push_to_worker_ms": percentiles(latencies),
+            "misses": misses,
+            "duplicates": duplicates,
+        }
+
+
+def bench_latency(ctx: Context) -> dict[str, Any]:
+    rate = 100.0
+    jobs = ctx.args.latency_jobs or (100 if ctx.quick else 3000)
+    relay = latency_run(ctx, "relay", jobs, rate)
+    hq = latency_run(ctx, "hq", jobs, rate)
+    for name, run in (("relay", relay), ("hq", hq)):
+        lat = run["push_to_worker_ms"]
+        print(
+            f"  {name:5}: push -> worker p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms"
+            f"  max {lat['max']:.2f} ms",
+            flush=True,
+        )
+    h, r = hq["push_to_worker_ms"], relay["push_to_worker_ms"]
+    ctx.figure(
+        "latency_p50_ms",
+        f"push -> worker p50 at {rate:g} jobs/s",
+        h["p50"],
+        "ms",
+        r["p50"],
+        round(h["p50"] / max(r["p50"], 0.001), 2),
+        "baseline: relay; ratio HQ / relay (lower is better)",
+    )
+    ctx.figure(
+        "latency_p99_ms",
+        f"push -> worker p99 at {rate:g} jobs/s",
+        h["p99"],
+        "ms",
+        r["p99"],
+        round(h["p99"] / max(r["p99"], 0.001), 2),
+        "baseline: relay; ratio HQ / relay (lower is better)",
+    )
+    return {"hq": hq, "relay": relay}
+
+
+# -- the million-job store ------------------------------------------------------------------
+
+
+def store_jobs(ctx: Context) -> int:
+    return int(ctx.args.store_jobs or (20_000 if ctx.quick else 1_000_000))
+
+
+def built_store(ctx: Context) -> tuple[str, float | None]:
+    """
+    Return a data_dir holding the finished jobs (built once, then reused) and
+    the seconds its build took (``None`` when reused).
+    """
+    count = store_jobs(ctx)
+    from hq.store.sqlite import SCHEMA_VERSION
+
+    # Keyed by schema version: a store of an older one would be upgraded at
+    # start-up, and the start-up figure would measure the upgrade.
+    name = f"finished-{count}-v{SCHEMA_VERSION}"
+    cache = os.path.join(ctx.args.results_dir, "stores", name)
+    marker = os.path.join(cache, "complete.json")
+    if os.path.exists(marker):
+        return cache, None
+    shutil.rmtree(cache, ignore_errors=True)
+    print(f"  building a store of {count:,} finished jobs in {cache} ...", flush=True)
+    began = time.monotonic()
+    completed = subprocess.run(
+        [PYTHON, os.path.join(HERE, "buildstore.py"), cache, "--jobs", str(count)],
+        cwd=ROOT,
+        timeout=1800,
+    )
+    if completed.returncode != 0:
+        raise BenchmarkError(f"building the store failed ({completed.returncode})")
+    seconds = time.monotonic() - began
+    os.remove(os.path.join(cache, "hq.lock"))
+    with open(marker, "w") as f:
+        json.dump({"jobs": count, "seconds": round(seconds, 1)}, f)
+    print(f"  built in {seconds:.1f} s", flush=True)
+    return cache, seconds
+
+
+def copy_store(source: str, directory: str) -> str:
+    data_dir = os.path.join(directory, "data")
+    os.makedirs(data_dir)
+    for name in os.listdir(source):
+        if name.startswith("hq.sqlite3"):
+            shutil.copyfile(os.path.join(source, name), os.path.join(data_dir, name))
+    return data_dir
+
+
+def timed(
+    client: Client, path: str, samples: int, check: Callable[[Any], bool] | None = None
+) -> list[float]:
+    """
+    Request ``GET path`` ``samples`` times (after 3 unmeasured); return the times in ms.
+    """
+    times = []
+    for index in range(samples + 3):
+        status, body, elapsed = client.request("GET", path)
+        if status != 200:
+            raise BenchmarkError(f"GET {path}: HTTP {status}: {body[:300]!r}")
+        if check is not None and index == 0 and not check(json.loads(body)):
+            raise BenchmarkError(f"GET {path}: unexpected answer {body[:300]!r}")
+        if index >= 3:
+            times.append(elapsed)
+    return times
+
+
+def bench_scale(ctx: Context) -> dict[str, Any]:
+    count = store_jobs(ctx)
+    source, build_seconds = built_store(ctx)
+    directory = ctx.directory("scale")
+    data_dir = copy_store(source, directory)
+    samples = 30 if ctx.quick else 300
+    server = HQServer(directory, data_dir=data_dir)
+    result: dict[str, Any] = {"store_jobs": count, "build_s": build_seconds}
+    with running(server.start(timeout=120)):
+        result["startup_s"] = round(server.listening_after, 3)
+        time.sleep(1)
+        result["rss_after_start_mb"] = server.rss()
+        client = Client(server.base)
+        newest = client.json("GET", "/job?reverse=true&limit=1")["jobs"][0]["id"]
+        oldest = client.json("GET", "/job?limit=1")["jobs"][0]["id"]
+        low, high = int(oldest), int(newest)
+        rng = random.Random(7)
+
+        def middle() -> int:
+            return rng.randint(low + (high - low) // 4, high - (high - low) // 4)
+
+        def full_page(page: Any) -> bool:
+            return bool(page["count"] == 100 and page["hasNext"])
+
+        queries: dict[str, list[float]] = {}
+        queries["floor"] = timed(client, "/", samples)
+        queries["list_newest"] = timed(client, "/job?reverse=true&limit=100", samples, full_page)
+        queries["list_middle"] = []
+        for _ in range(samples // 2):
+            queries["list_middle"] += timed(client, f"/job?begin={middle()}&limit=100", 1)
+            queries["list_middle"] += timed(
+                client, f"/job?begin={middle()}&reverse=true&limit=100", 1, full_page
+            )
+        queries["list_failures"] = timed(client, "/job?status=failure&limit=100", samples)
+        queries["list_failures_middle"] = []
+        for _ in range(samples // 2):
+            queries["list_failures_middle"] += timed(
+                client, f"/job?status=failure&begin={middle()}&reverse=true&limit=100", 1
+            )
+        queries["stats"] = timed(client, "/stats", samples)
+        queries["get_job"] = []
+        for _ in range(samples):
+            queries["get_job"] += timed(client, f"/job/{newest}", 1)
+        queries["list_name"] = timed(client, "/job?name=bench-3&reverse=true&limit=100", samples)
+        client.close()
+        time.sleep(2)
+        result["idle_rss_mb"] = server.rss()
+        result["queries_ms"] = {name: percentiles(times) for name, times in queries.items()}
+        began = time.monotonic()
+    status = server.process.returncode if server.process else None
+    result["shutdown_s"] = round(time.monotonic() - began, 2)
+    if status not in (0, None):
+        ctx.problem(f"HQ exited with {status} after the scale run")
+    q = result["queries_ms"]
+    for name, stats in q.items():
+        print(
+            f"  {name:22} p50 {stats['p50']:7.2f} ms   p99 {stats['p99']:7.2f} ms"
+            f"   max {stats['max']:7.2f} ms",
+            flush=True,
+        )
+    print(
+        f"  start-up {result['startup_s']} s, RSS after start {result['rss_after_start_mb']} MB,"
+        f" idle after queries {result['idle_rss_mb']} MB",
+        flush=True,
+    )
+    floor = q["floor"]["p99"]
+    note = f"{count:,} jobs stored; baseline: GET / on the same server"
+
+    def ratio(value: float) -> float:
+        return round(value / max(floor, 0.001), 1)
+
+    for key, name, label in (
+        ("list_newest_p99_ms", "list_newest", "GET /job?reverse=true&limit=100 p99"),
+        ("list_middle_p99_ms", "list_middle", "GET /job?begin=<middle>&limit=100 p99"),
+        ("list_failures_p99_ms", "list_failures", "GET /job?status=failure&limit=100 p99"),
+        ("stats_p99_ms", "stats", "GET /stats p99"),
+    ):
+        value = q[name]["p99"]
+        ctx.figure(key, label, value, "ms", floor, ratio(value), note)
+    ctx.figure("startup_s", "start-up to serving", result["startup_s"], "s", note=note)
+    ctx.figure("idle_rss_mb", "RSS of the idle server", result["idle_rss_mb"], "MB", note=note)
+    return result
+
+
+# -- cleanup ----------------------------------------------------------------------------------
+
+
+def bench_cleanup(ctx: Context) -> dict[str, Any]:
+    count = store_jobs(ctx)
+    source, _ = built_store(ctx)
+    directory = ctx.directory("cleanup")
+    data_dir = copy_store(source, directory)
+    worker = ctx.worker
+    worker.reset()
+    # Every stored job finished more than a second ago: all of them expire.
+    server = HQServer(directory, data_dir=data_dir, job_lifetime=1)
+    calls: dict[str, list[float]] = {"stats": [], "list_newest": [], "push": []}
+    result: dict[str, Any] = {"store_jobs": count}
+    with running(server.start(timeout=120)):
+        ready = time.monotonic()
+        sampler = RssSampler(server.pid)
+        client = Client(server.base)
+        pushes = 0
+        deadline = ready + (60 if ctx.quick else 900)
+        body = {"url": ctx.job_url(worker), "name": "during-cleanup"}
+        while True:
+            status, data, elapsed = client.request("GET", "/stats")
+            if status != 200:
+                raise BenchmarkError(f"GET /stats: HTTP {status}")
+            calls["stats"].append(elapsed)
+            stored = json.loads(data)["numStoredJobs"]
+            if stored <= pushes:
+                break
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"{stored} jobs still stored after the deadline")
+            status, data, elapsed = client.request("GET", "/job?reverse=true&limit=100")
+            if status != 200:
+                raise BenchmarkError(f"GET /job: HTTP {status}")
+            calls["list_newest"].append(elapsed)
+            status, data, elapsed = client.request("POST", "/job", json_body=body)
+            if status != 200:
+                raise BenchmarkError(f"POST /job: HTTP {status}: {data[:200]!r}")
+            calls["push"].append(elapsed)
+            pushes += 1
+            time.sleep(0.01)
+        result["delete_s"] = round(time.monotonic() - ready, 2)
+        # The counter says so; check that the rows are gone too.
+        left = client.json("GET", "/job?limit=1&name=%5Ebench-")["count"]
+        if left:
+            ctx.problem("expired jobs are still listed after the clean-up")
+        client.close()
+        result["pushes_during"] = pushes
+        received = worker.wait_received(pushes, timeout=30)
+        if received["unique"] != pushes or received["duplicates"]:
+            ctx.problem(f"pushes during the clean-up: {pushes} pushed, worker saw {received}")
+        result["rss_peak_mb"] = sampler.stop()
+    everything = [t for times in calls.values() for t in times]
+    result["api_ms"] = percentiles(everything)
+    result["by_call_ms"] = {name: percentiles(times) for name, times in calls.items()}
+    print(
+        f"  deleted {count:,} jobs in {result['delete_s']} s; API during it:"
+        f" p50 {result['api_ms']['p50']:.2f} ms p99 {result['api_ms']['p99']:.2f} ms"
+        f" max {result['api_ms']['max']:.2f} ms; RSS peak {result['rss_peak_mb']} MB",
+        flush=True,
+    )
+    ctx.figure(
+        "cleanup_api_p99_ms",
+        f"API p99 while {count:,} expired jobs are deleted",
+        result["api_ms"]["p99"],
+        "ms",
+        note=f"deleted in {result['delete_s']} s; /stats, /job list and push in turn",
+    )
+    return result
+
+
+# -- backlog ----------------------------------------------------------------------------------
+
+
+def bench_backlog(ctx: Context) -> dict[str, Any]:
+    jobs = ctx.args.backlog_jobs or (2_000 if ctx.quick else 100_000)
+    queues = 256 if ctx.quick else 8192
+    directory = ctx.directory("backlog")
+    worker = Worker(directory).start()
+    server = HQServer(directory, queues=queues)
+    result: dict[str, Any] = {"jobs": jobs, "queues": queues}
+    with running(worker), running(server.start()):
+        sampler = RssSampler(server.pid)
+        worker.signal(signal.SIGSTOP)
+        try:
+            pushed = loadgen(
+                "burst",
+                server.base,
+                ctx.job_url(worker),
+                os.path.join(directory, "loadgen.json"),
+                jobs=jobs,
+                concurrency=32,
+                deadline=900,
+            )
+            client = Client(server.base)
+            stats = client.json("GET", "/stats")
+            client.close()
+            result["stats_while_down"] = stats
+            result["push_per_s"] = pushed["pushes_per_s"]
+            result["rss_while_down_mb"] = server.rss()
+        finally:
+            worker.signal(signal.SIGCONT)
+        if pushed["errors"]:
+            ctx.problem(f"backlog: {pushed['errors']} pushes failed: {pushed['error_samples'][:3]}")
+        began = time.monotonic()
+        received = worker.wait_received(pushed["ok"], timeout=max(120, jobs / 100))
+        result["drain_s"] = round(time.monotonic() - began, 2)
+        settle(server, timeout=60)
+        arrivals = worker.arrivals(os.path.join(directory, "arrivals.json"))
+        misses, duplicates, _, _ = delivery(pushed["sends"], arrivals)
+        result.update(misses=misses, duplicates=duplicates, worker_errors=received["errors"])
+        result["rss_peak_mb"] = sampler.stop()
+    if misses or duplicates:
+        ctx.problem(f"backlog: {misses} misses, {duplicates} duplicates")
+    print(
+        f"  {jobs:,} pushed at {result['push_per_s']}/s while the worker was stopped"
+        f" (in memory: {result['stats_while_down']['numJobsInQueue']}); delivered in"
+        f" {result['drain_s']} s; misses {misses} duplicates {duplicates};"
+        f" RSS peak {result['rss_peak_mb']} MB",
+        flush=True,
+    )
+    ctx.figure(
+        "backlog_rss_mb",
+        f"RSS peak, {jobs:,} jobs pushed while the worker is stopped",
+        result["rss_peak_mb"],
+        "MB",
+        note=f"queues = {queues}; all delivered in {result['drain_s']} s after it came back"
+        f" ({misses} misses, {duplicates} duplicates)",
+    )
+    return result
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def print_table(figures: list[dict[str, Any]]) -> None:
+    print()
+    print("| figure | HQ | baseline | ratio | target | met |")
+    print("|---|---|---|---|---|---|")
+    for f in figures:
+        baseline = "" if f["baseline"] is None else f"{f['baseline']:g}"
+        ratio = "" if f["ratio"] is None else f"{f['ratio']:g}"
+        met = {True: "yes", False: "**miss**", None: ""}[f["met"]]
+        print(
+            f"| {f['label']} | {f['value']:g} {f['unit']} | {baseline} | {ratio} |"
+            f" {f['target'] or ''} | {met} |"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description="HQ's benchmarks.", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "benchmarks", nargs="*", metavar="BENCHMARK", help=f"any of {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
+    parser.add_argument("--results-dir", default=os.path.join(HERE, "results"))
+    parser.add_argument("--rounds", type=int, default=0, help="throughput rounds (3)")
+    parser.add_argument("--jobs", type=int, default=0, help="throughput jobs (3000)")
+    parser.add_argument("--latency-jobs", type=int, default=0, help="latency jobs (3000)")
+    parser.add_argument("--store-jobs", type=int, default=0, help="scale store (1000000)")
+    parser.add_argument("--backlog-jobs", type=int, default=0, help="backlog jobs (100000)")
+    parser.add_argument("--profile", action="store_true", help="py-spy HQ in throughput")
+    parser.add_argument("--keep", action="store_true", help="keep the run's directories")
+    args = parser.parse_args()
+    chosen = args.benchmarks or list(BENCHMARKS)
+    unknown = [name for name in chosen if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    ctx = Context(args)
+    began = time.monotonic()
+    document: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": machine(),
+    }
+    broken = False
+    try:
+        for name in chosen:
+            print(f"== {name}", flush=True)
+            try:
+                ctx.results[name] = globals()[f"bench_{name}"](ctx)
+            except Exception as e:
+                broken = True
+                ctx.problem(f"{name} broke: {e}")
+                traceback.print_exc()
+    finally:
+        ctx.close()
+    document["seconds"] = round(time.monotonic() - began, 1)
+    document["figures"] = ctx.figures
+    document["problems"] = ctx.problems
+    document["results"] = ctx.results
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(document, f, indent=2)
+    print_table(ctx.figures)
+    print(f"\n{document['seconds']} s; results in {args.out}")
+    if ctx.problems:
+        print(f"{len(ctx.problems)} problem(s):")
+        for text in ctx.problems:
+            print(f"  - {text}")
+    return 1 if broken or ctx.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""
+Bad input, found by a machine: the OpenAPI 3 description of the API, and a
+property-based fuzz run (schemathesis) against the real server process that
+must find no 500 and no response outside that description.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from hq import __version__
+from hq.api import HQApi
+from hq.config import Config
+from hq.ids import IdGenerator
+from hq.store.memory import MemoryStore
+from hq.testing import RecordingDispatch
+from tests.serverprocess import ROOT, HangingWorker, ServerProcess, report, wait_for
+
+PACKAGED = os.path.join(ROOT, "hq", "openapi.json")
+DOCUMENTED = os.path.join(ROOT, "docs", "openapi.json")
+
+#: Test cases per operation and phase, and the seed: a bounded, repeatable run.
+MAX_EXAMPLES = 30
+SEED = 20240501
+
+#: Checks run on every response.
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+)
+
+#: Stateful runs follow only the links the description declares: inferred
+#: links could pick up the id of the job that holds the only delivery slot.
+SCHEMATHESIS_TOML = """
+[phases.stateful]
+link-calibration = false
+
+[phases.stateful.inference]
+algorithms = []
+"""
+
+
+def read_json(path: str) -> Any:
+    """
+    Return the JSON document in ``path``.
+    """
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class OpenAPIDocumentTests(SynchronousTestCase):
+    """
+    The description is served, kept in docs/, and covers every route.
+    """
+
+    def setUp(self) -> None:
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        self.api = HQApi(
+            store=MemoryStore(),
+            dispatch=RecordingDispatch(),
+            ids=IdGenerator(0, clock),
+            clock=clock,
+            config=Config(),
+        )
+
+    def get(self, path: str) -> tuple[int, Any]:
+        """
+        GET ``path`` from the API; return the status and the decoded body.
+        """
+        client = StubTreq(self.api.resource())
+        response = self.successResultOf(client.get("http://hq.test" + path))
+        body = self.successResultOf(response.content())
+        return response.code, json.loads(body)
+
+    def test_served_document_is_the_packaged_one(self) -> None:
+        """GET /openapi.json answers hq/openapi.json with the running version."""
+        status, served = self.get("/openapi.json")
+        self.assertEqual(status, 200)
+        expected = read_json(PACKAGED)
+        expected["info"]["version"] = __version__
+        self.assertEqual(served, expected)
+        self.assertTrue(served["openapi"].startswith("3."))
+
+    def test_docs_copy_is_identical(self) -> None:
+        """docs/openapi.json is the same document as hq/openapi.json."""
+        self.assertEqual(read_json(DOCUMENTED), read_json(PACKAGED))
+
+    def test_every_route_is_described(self) -> None:
+        """Each Klein route and method of the API is an operation of the description."""
+        document = read_json(PACKAGED)
+        described = {
+            (path, method.upper())
+            for path, item in document["paths"].items()
+            for method in item
+            if method != "parameters"
+        }
+        routes = set()
+        for rule in self.api.app.url_map.iter_rules():
+            path = rule.rule.replace("<raw_id>", "{id}")
+            for method in rule.methods or {"GET"}:
+                if method not in ("HEAD", "OPTIONS"):
+                    routes.add((path, method))
+        # "/" answers any method; the description names GET.
+        routes = {(p, m) for p, m in routes if p != "/"} | {("/", "GET")}
+        self.assertEqual(routes - described, set())
+        self.assertEqual(described - routes, set())
+
+    def test_every_error_response_is_the_error_schema(self) -> None:
+        """Every non-2xx response in the description has the {status, error} body."""
+        document = read_json(PACKAGED)
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                if method == "parameters":
+                    continue
+                for code, response in operation["responses"].items():
+                    if code.startswith("2"):
+                        continue
+                    schema = response["content"]["application/json"]["schema"]
+                    self.assertEqual(
+                        schema, {"$ref": "#/components/schemas/Error"}, (path, method, code)
+                    )
+
+
+class FuzzTests(SynchronousTestCase):
+    """
+    schemathesis against the real server process on 127.0.0.1.
+    """
+
+    def test_fuzzing_finds_no_server_error_and_no_schema_violation(self) -> None:
+        """A seeded schemathesis run (all phases) finds no 500 and no off-schema response."""
+        st = shutil.which("st", path=os.path.dirname(sys.executable))
+        if st is None:
+            raise SkipTest("schemathesis is not installed (pip install -e '.[test]')")
+        directory = os.path.abspath(self.mktemp())
+        # One delivery slot, held by a job to a worker that never answers: the
+        # jobs the fuzzer pushes (with made-up URLs) are stored, never sent.
+        holder = HangingWorker()
+        self.addCleanup(holder.close)
+        server = ServerProcess(directory, dispatchers=1, max_workers=1, shutdown_timeout=0)
+        self.addCleanup(server.stop)
+        server.start()
+        held = server.push(holder.url + "/hold")
+        wait_for(lambda: holder.connections == 1, 10, "the holder job to run")
+        config = os.path.join(directory, "schemathesis.toml")
+        with open(config, "w") as f:
+            f.write(SCHEMATHESIS_TOML)
+        command = [
+            st,
+            "--config-file",
+            config,
+            "--no-color",
+            "run",
+            server.base + "/openapi.json",
+            "--url",
+            server.base,
+            "--checks",
+            ",".join(CHECKS),
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--seed",
+            str(SEED),
+            "--generation-deterministic",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "10",
+        ]
+        result = subprocess.run(
+            command, cwd=directory, capture_output=True, text=True, timeout=240, check=False
+        )
+        output = result.stdout[-8000:] + result.stderr[-4000:]
+        self.assertEqual(result.returncode, 0, output)
+        self.assertIn("No issues found", result.stdout, output)
+        # The server is healthy, and no fuzzed job was delivered.
+        status, stats = server.request("GET", "/stats")
+        self.assertEqual((status, stats["numJobsRunning"], stats["numWorkers"]), (200, 1, 1))
+        status, job = server.request("GET", f"/job/{held}")
+        self.assertEqual((status, job["status"]), (200, "running"))
+        self.assertEqual(holder.connections, 1)
+        self.assertNotIn("Unexpected error", server.log_text())
+        self.assertNotIn("Traceback", server.log_text())
+        generated = re.search(r"(\d+) generated", result.stdout)
+        report("fuzz", cases=int(generated.group(1)) if generated else None, server_errors=0)
