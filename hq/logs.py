@@ -136,7 +136,17 @@ class JSONLineObserver:
             kind = failure.type.__name__ if failure.type is not None else "Error"
             record["error"] = f"{kind}: {failure.getErrorMessage()}"
             record["traceback"] = failure.getTraceback()
-        self._out.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        try:
+            line = json.dumps(record, default=str, ensure_ascii=False)
+        except (TypeError, ValueError):
+            # A field json cannot take even through str() (a dict with tuple
+            # keys, a cycle): write every field that is not plain as its str.
+            plain = (str, int, float, bool, type(None))
+            line = json.dumps(
+                {k: v if isinstance(v, plain) else str(v) for k, v in record.items()},
+                ensure_ascii=False,
+            )
+        self._out.write(line + "\n")
 
 
 @implementer(ILogFilterPredicate)

@@ -82,7 +82,7 @@ class BackupDatabaseTests(SynchronousTestCase):
 
     def test_not_a_database_leaves_nothing(self) -> None:
         """A source that is not SQLite fails clearly and leaves no partial file."""
-        bogus = os.path.join(self.mktemp() + "x")
+        bogus = self.mktemp()
         with open(bogus, "wb") as f:
             f.write(b"not a database at all" * 100)
         with self.assertRaises(BackupError):

@@ -129,6 +129,15 @@ class JSONLogTests(SynchronousTestCase):
         self.assertIn("object object", record["other"])
         self.assertFalse([key for key in record if key.startswith("log_")])
 
+    def test_unserialisable_fields_do_not_lose_the_event(self) -> None:
+        """A field json cannot encode (tuple keys) is written as text; the line stays."""
+        out = MemoryFile()
+        log = Logger(namespace="hq.test", observer=JSONLineObserver(out))
+        log.info("odd {value}", value={(1, 2): "x"})
+        record = json.loads(out.lines[0])
+        self.assertEqual(record["value"], "{(1, 2): 'x'}")
+        self.assertEqual(record["message"], "odd {(1, 2): 'x'}")
+
     def test_failure_has_error_and_traceback(self) -> None:
         """A logged failure carries the error and its traceback."""
         out = MemoryFile()
@@ -214,10 +223,36 @@ class SchemaUpgradeTests(TestCase):
         conn.commit()
         conn.close()
         store = SQLiteStore(self.data_dir, reactor)
-        with self.assertRaises(Exception) as e:
+        with self.assertRaises(StoreError) as e:
             await store.open()
-        self.assertIn("meta", str(e.exception))
+        self.assertEqual(
+            str(e.exception),
+            f"cannot upgrade {self.path} from schema version 1 to {SCHEMA_VERSION}: "
+            "table meta already exists; the file is unchanged",
+        )
         self.assertEqual(self.sql("PRAGMA user_version"), [(1,)])
+        self.assertEqual(self.sql("SELECT count(*) FROM jobs"), [(3,)])
+
+    async def test_upgrade_is_all_or_nothing(self) -> None:
+        """
+        A later migration whose second statement fails leaves none of its
+        statements, nor the versions before it, in the file.
+        """
+        import hq.store.sqlite as sqlite_store
+
+        broken = [
+            "CREATE TABLE added_by_next_version (x)",
+            "CREATE INDEX broken ON no_such_table (x)",
+        ]
+        self.patch(sqlite_store, "_SCHEMA", [*_SCHEMA, broken])
+        self.patch(sqlite_store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+        store = SQLiteStore(self.data_dir, reactor)
+        with self.assertRaises(StoreError) as e:
+            await store.open()
+        self.assertIn("no such table: main.no_such_table", str(e.exception))
+        self.assertEqual(self.sql("PRAGMA user_version"), [(1,)])
+        tables = {row[0] for row in self.sql("SELECT name FROM sqlite_master WHERE type='table'")}
+        self.assertEqual(tables, {"jobs"})
         self.assertEqual(self.sql("SELECT count(*) FROM jobs"), [(3,)])
 
     async def test_newer_schema_refused_naming_versions(self) -> None:
@@ -413,7 +448,7 @@ class ProcessTests(SynchronousTestCase):
         assert server.process is not None
         pid = server.process.pid
         self.assertEqual(http("GET", server.base + "/health")[0], 200)
-        _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
         try:
             status, body = http("GET", server.base + "/health")
@@ -422,7 +457,7 @@ class ProcessTests(SynchronousTestCase):
             self.assertNotIn("dispatchers", body["error"])
             self.assertEqual(http("POST", server.base + "/job", {"url": self.worker.url})[0], 503)
         finally:
-            resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
         status, body = http("GET", server.base + "/health")
         self.assertEqual(status, 200, body)
         self.assertEqual(http("POST", server.base + "/job", {"url": self.worker.url})[0], 200)
@@ -452,7 +487,8 @@ class ProcessTests(SynchronousTestCase):
         seen = pusher.count()
         wait_for(lambda: pusher.count() >= seen + 50, 20, "pushes after the reopen")
         pusher.stop()
-        requests = pusher.count() + len(pusher.errors)
+        self.assertEqual(pusher.errors, [])
+        requests = pusher.count()
 
         def logged() -> bool:
             return self.count_lines(access, access + ".1") == requests
@@ -506,7 +542,8 @@ class ProcessTests(SynchronousTestCase):
         seen = pusher.count()
         wait_for(lambda: pusher.count() >= seen + 50, 20, "pushes after the rotation")
         pusher.stop()
-        requests = pusher.count() + len(pusher.errors)
+        self.assertEqual(pusher.errors, [])
+        requests = pusher.count()
         # delaycompress: the rotated files stay plain until the next rotation.
         wait_for(
             lambda: self.count_lines(access, access + ".1") == requests,

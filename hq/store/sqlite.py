@@ -409,14 +409,30 @@ class SQLiteStore:
                 f"this HQ ({__version__}) knows schema versions up to {SCHEMA_VERSION} and will "
                 "not downgrade it: run the newer HQ, or restore a backup made before the upgrade"
             )
-        for statements in _SCHEMA[version:]:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        opened_by = f"HQ {__version__}"
-        if version == 0:
-            conn.execute("INSERT INTO meta (key, value) VALUES ('created_by', ?)", (opened_by,))
-        conn.execute("REPLACE INTO meta (key, value) VALUES ('last_opened_by', ?)", (opened_by,))
+        # A savepoint: a statement failing half-way must not leave the ones
+        # before it to be committed with the batch.
+        conn.execute("SAVEPOINT migrate")
+        try:
+            for statements in _SCHEMA[version:]:
+                for statement in statements:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            opened_by = f"HQ {__version__}"
+            if version == 0:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('created_by', ?)", (opened_by,))
+            conn.execute(
+                "REPLACE INTO meta (key, value) VALUES ('last_opened_by', ?)", (opened_by,)
+            )
+        except sqlite3.Error as e:
+            conn.execute("ROLLBACK TO migrate")
+            conn.execute("RELEASE migrate")
+            if _unavailable(e):
+                raise
+            raise StoreError(
+                f"cannot upgrade {self._path} from schema version {version} to "
+                f"{SCHEMA_VERSION}: {e}; the file is unchanged"
+            ) from None
+        conn.execute("RELEASE migrate")
         stored = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
         waiting = conn.execute("SELECT count(*) FROM jobs WHERE state = 0").fetchone()[0]
         running = conn.execute("SELECT count(*) FROM jobs WHERE state = 1").fetchone()[0]
