@@ -1,22 +1,19 @@
 """
-Logging: the application log (``log_level``, ``log_file``), the access log
-(``access_log_file``), and reopening both on SIGUSR1 for logrotate.
+Logging: the application log (``log_level``, ``log_file``, ``log_format``), the
+log files that logrotate can move (reopened on SIGUSR1). The access log is
+written by :class:`hq.site.AccessLogSite`.
 """
 
 from __future__ import annotations
 
-import io
-import ipaddress
 import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any, cast
 
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import connectionDone
 from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
@@ -30,9 +27,6 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.python.failure import Failure
-from twisted.web import http
-from twisted.web.http import HTTPChannel
-from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 LEVELS = {
@@ -98,7 +92,10 @@ def app_observer(level: str, out: ReopenableFile, log_format: str = "text") -> I
 _LEGACY_KEYS = frozenset({"message", "isError", "system", "time", "format", "why", "failure"})
 
 
-def _utc_stamp(seconds: float) -> str:
+def utc_stamp(seconds: float) -> str:
+    """
+    Return ``seconds`` (Unix time) as RFC 3339 UTC with milliseconds.
+    """
     stamp = datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
 
@@ -123,7 +120,7 @@ class JSONLineObserver:
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level")
         record: dict[str, Any] = {
-            "time": _utc_stamp(event.get("log_time") or time.time()),
+            "time": utc_stamp(event.get("log_time") or time.time()),
             "level": getattr(level, "name", "info"),
             "namespace": event.get("log_namespace", ""),
             "message": formatEvent(event),
@@ -189,344 +186,3 @@ def on_sigusr1(reopen: Callable[[], None], reactor: Any) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGUSR1, handler)
-
-
-def error_body(status: int, message: str) -> bytes:
-    """
-    Return the API's error body ``{"status": status, "error": message}`` with
-    its trailing newline, for answers written before the API sees a request.
-    """
-    text = json.dumps({"status": status, "error": message}, separators=(",", ":"))
-    return (text + "\n").encode("utf-8")
-
-
-def too_large_message(limit: int) -> str:
-    """
-    Return the message of a 413 for a body over ``limit`` bytes (the API's own).
-    """
-    return f"The request body is larger than the limit of {limit} bytes"
-
-
-def _raw_response(status: int, phrase: bytes, message: str) -> bytes:
-    body = error_body(status, message)
-    return (
-        b"HTTP/1.1 %d %s\r\n"
-        b"Content-Type: application/json; charset=UTF-8\r\n"
-        b"Content-Length: %d\r\n"
-        b"Connection: close\r\n\r\n" % (status, phrase, len(body))
-    ) + body
-
-
-class TimedRequest(Request):
-    """
-    A request that remembers when it began, for the access log's latency, and
-    refuses a body over the site's ``max_body_bytes`` as soon as that is known:
-    from ``Content-Length`` before any of the body is read, or as a chunked
-    body passes the limit.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.began_ns = time.monotonic_ns()
-        self._body_bytes = 0
-        self._refused = False
-
-    def _body_limit(self) -> int | None:
-        # Only a LimitedChannel can answer early; elsewhere the API refuses.
-        if not isinstance(self.channel, LimitedChannel):
-            return None
-        limit = getattr(getattr(self.channel, "site", None), "max_body_bytes", None)
-        return limit if isinstance(limit, int) else None
-
-    def gotLength(self, length: int | None) -> None:
-        limit = self._body_limit()
-        if limit is not None and length is not None and length > limit:
-            self._refuse(limit)
-            return
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
-            return
-        self._body_bytes += len(data)
-        limit = self._body_limit()
-        if limit is not None and self._body_bytes > limit:
-            self._refuse(limit)
-            return
-        super().handleContentChunk(data)
-
-    def _refuse(self, limit: int) -> None:
-        self._refused = True
-        # Whatever arrives of the body is dropped, and no "100 Continue" asks for it.
-        self.content = io.BytesIO()
-        self.requestHeaders.removeHeader(b"expect")
-        assert isinstance(self.channel, LimitedChannel)
-        self.channel.refuse(
-            self, _raw_response(413, b"Payload Too Large", too_large_message(limit))
-        )
-
-    def process(self) -> None:
-        if self._refused:
-            return
-        super().process()
-
-
-class LimitedChannel(HTTPChannel):
-    """
-    An HTTP channel that bounds how long a client may take to send a request
-    and how much body it may send.
-
-    A request must arrive whole (request line, headers and body) within the
-    site's ``request_timeout`` seconds of the connection becoming ready for it
-    (accepted, or the previous response sent): otherwise a request begun gets a
-    ``408`` and the connection is closed (an idle connection is just closed).
-    Slow clients (slowloris) thus hold a connection for a bounded time.
-
-    :meth:`refuse` answers a request early (a body over the limit): the answer
-    is written, the sending side closed, and what the client still sends is
-    read and dropped for :data:`LINGER_SECONDS` so that it can read the answer.
-    """
-
-    _deadline: IDelayedCall | None = None
-    _linger: IDelayedCall | None = None
-    _begun = False
-    _refused = False
-
-    def _request_timeout(self) -> float | None:
-        timeout = getattr(getattr(self, "site", None), "request_timeout", None)
-        return timeout if isinstance(timeout, int | float) and timeout > 0 else None
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._begun = False
-        timeout = self._request_timeout()
-        if timeout is not None and not self._refused:
-            self._deadline = self.callLater(timeout, self._too_slow)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-
-    def _too_slow(self) -> None:
-        self._deadline = None
-        if self.transport is None:
-            return
-        if self._begun:
-            timeout = self._request_timeout()
-            self.transport.write(
-                _raw_response(
-                    408,
-                    b"Request Timeout",
-                    f"The request was not received within {timeout:g} s",
-                )
-            )
-        self.timeoutConnection()
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self._arm()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._refused:
-            return
-        if self._deadline is not None:
-            self._begun = True
-        super().dataReceived(data)
-
-    def allContentReceived(self) -> None:
-        self._disarm()
-        super().allContentReceived()
-
-    def requestDone(self, request: Request) -> None:
-        # Armed first: a pipelined request already buffered is parsed (and
-        # disarms the deadline) inside requestDone. A connection that closes
-        # after this response is left to the idle timeout while it flushes.
-        if self.persistent:
-            self._arm()
-        super().requestDone(request)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._disarm()
-        if self._linger is not None and self._linger.active():
-            self._linger.cancel()
-        super().connectionLost(reason)
-
-    def refuse(self, request: Request, response: bytes) -> None:
-        """
-        Answer ``request`` with the raw ``response`` now, before its body is
-        read, and close the connection after a short linger.
-        """
-        self._refused = True
-        self._disarm()
-        self.persistent = False
-        transport: Any = self.transport
-        site = getattr(self, "site", None)
-        if isinstance(site, AccessLogSite):
-            site.log_refused(request, self._command_and_path(), 413, len(response))
-        transport.write(response)
-        if hasattr(transport, "loseWriteConnection"):
-            transport.loseWriteConnection()
-            self._linger = self.callLater(LINGER_SECONDS, transport.abortConnection)
-        else:
-            transport.loseConnection()
-
-    def _command_and_path(self) -> tuple[bytes, bytes]:
-        # The request line is parsed, but Request gets it only with the whole body.
-        return getattr(self, "_command", b"-"), getattr(self, "_path", b"-")
-
-
-#: Seconds a connection refused early is still read (and dropped) before it is closed.
-LINGER_SECONDS = 2.0
-
-
-def _human(ns: int) -> str:
-    if ns < 1_000_000:
-        return f"{ns / 1000:.3f}µs"
-    if ns < 1_000_000_000:
-        return f"{ns / 1_000_000:.3f}ms"
-    return f"{ns / 1_000_000_000:.3f}s"
-
-
-class AccessLogSite(Site):
-    """
-    A Site that writes one access-log line per request, in the Go server's
-    fields: time, client address, host, method, URI, status, latency in ns,
-    latency for people, bytes in, bytes out.
-
-    :param request_timeout: seconds a client may take to send a request
-        (:class:`LimitedChannel`); ``None`` for no limit.
-    :param max_body_bytes: the largest request body; a larger one is answered
-        ``413`` as soon as its size is known (:class:`TimedRequest`).
-    :param trusted_proxies: addresses or networks of reverse proxies: for a
-        request from one of them, the client address logged is taken from
-        ``X-Forwarded-For`` (the nearest address that is not a trusted proxy).
-        From anyone else, ``X-Forwarded-For`` is ignored.
-    :param log_format: ``"json"`` writes each line as a JSON object with the
-        same fields, named as the Go server's JSON access log (``remote_ip``,
-        ``uri``, ``status``, ``latency``, ``bytes_out``...).
-    """
-
-    requestFactory = TimedRequest
-    protocol = LimitedChannel  # type: ignore[assignment]
-
-    def __init__(
-        self,
-        resource: Any,
-        access_log: ReopenableFile | None,
-        *,
-        request_timeout: float | None = None,
-        max_body_bytes: int | None = None,
-        trusted_proxies: Sequence[str] = (),
-        log_format: str = "text",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(resource, **kwargs)
-        self._access_log = access_log
-        self._json = log_format == "json"
-        self.request_timeout = request_timeout
-        self.max_body_bytes = max_body_bytes
-        self._trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
-
-    def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._trusted)
-
-    def client_address(self, request: http.Request) -> str:
-        """
-        Return the client's address for the log: the peer, or for a trusted
-        proxy the nearest untrusted address in ``X-Forwarded-For``.
-        """
-        peer = request.getClientAddress()
-        client = str(getattr(peer, "host", "-"))
-        if not self._trusted or not self._is_trusted(client):
-            return client
-        values = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
-        hops = b",".join(values).decode("latin-1").split(",")
-        for hop in reversed(hops):
-            hop = hop.strip()
-            try:
-                ipaddress.ip_address(hop)
-            except ValueError:
-                break  # not an address: trust nothing beyond it
-            client = hop
-            if not self._is_trusted(hop):
-                break
-        return client
-
-    def log(self, request: http.Request) -> None:
-        if self._access_log is None:
-            return
-        self._write_line(
-            request,
-            request.method,
-            request.uri,
-            request.code,
-            (request.getHeader(b"content-length") or b"0").decode("latin-1"),
-            request.sentLength,
-        )
-
-    def log_refused(
-        self, request: http.Request, command_and_path: tuple[bytes, bytes], code: int, sent: int
-    ) -> None:
-        """
-        Log a request answered before it was read whole (413).
-        """
-        if self._access_log is None:
-            return
-        method, uri = command_and_path
-        length = (request.getHeader(b"content-length") or b"-").decode("latin-1")
-        self._write_line(request, method, uri, code, length, sent)
-
-    def _write_line(
-        self,
-        request: http.Request,
-        method: bytes,
-        uri: bytes,
-        code: int,
-        bytes_in: str,
-        bytes_out: int,
-    ) -> None:
-        assert self._access_log is not None
-        latency = time.monotonic_ns() - getattr(request, "began_ns", time.monotonic_ns())
-        host = _printable(request.getHeader(b"host") or b"-")
-        if self._json:
-            self._access_log.write(
-                json.dumps(
-                    {
-                        "time": _utc_stamp(time.time()),
-                        "remote_ip": self.client_address(request),
-                        "host": host,
-                        "method": _printable(method),
-                        "uri": _printable(uri),
-                        "status": code,
-                        "latency": latency,
-                        "latency_human": _human(latency),
-                        "bytes_in": int(bytes_in) if bytes_in.isdigit() else None,
-                        "bytes_out": bytes_out,
-                    },
-                    ensure_ascii=False,
-                )
-                + "\n"
-            )
-            return
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self._access_log.write(
-            f"{stamp} {self.client_address(request)} {host} {_printable(method)} "
-            f"{_printable(uri)} {code} {latency} {_human(latency)} {_printable(bytes_in)} "
-            f"{bytes_out}\n"
-        )
-
-
-def _printable(value: bytes | str) -> str:
-    """
-    Return ``value`` for a log line: bytes outside printable ASCII (spaces and
-    control characters included) as ``\\xNN``, so a client cannot forge lines
-    or fields.
-    """
-    if isinstance(value, str):
-        value = value.encode("latin-1", "replace")
-    return "".join(chr(b) if 0x21 <= b <= 0x7E and b != 0x5C else f"\\x{b:02x}" for b in value)

@@ -187,8 +187,8 @@ class HQService(MultiService):
         from hq.dispatch import Dispatch, make_http_client
         from hq.health import HealthCheck
         from hq.ids import IdGenerator
-        from hq.logs import AccessLogSite
         from hq.metrics import ServerMetrics
+        from hq.site import AccessLogSite
         from hq.ui import mount, ui_resource
 
         config = self.config

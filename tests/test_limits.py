@@ -5,7 +5,7 @@ the request body limit (413 before the body is read), the request timeout
 trusted proxies), malformed requests (each a 4xx naming the problem, never a
 traceback), and RE2 list filters that cannot be made to spin.
 
-The server is the real API in a real :class:`~hq.logs.AccessLogSite`, wired as
+The server is the real API in a real :class:`~hq.site.AccessLogSite`, wired as
 ``hq.tap`` wires it, over an in-memory store; the clients are blocking sockets
 run in threads.
 """
@@ -27,8 +27,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from hq.api import HQApi
 from hq.config import Config, ConfigError, config_from_dict
 from hq.ids import IdGenerator
-from hq.logs import AccessLogSite, ReopenableFile
+from hq.logs import ReopenableFile
 from hq.model import Job
+from hq.site import AccessLogSite
 from hq.store.memory import MemoryStore
 from hq.testing import RecordingDispatch
 from tests.serverprocess import ROOT
