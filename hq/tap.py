@@ -184,12 +184,13 @@ class HQService(MultiService):
         from prometheus_client import disable_created_metrics
 
         from hq.api import HQApi
-        from hq.dispatch import Dispatch, make_http_client
+        from hq.dispatch import Dispatch
         from hq.health import HealthCheck
         from hq.ids import IdGenerator
         from hq.metrics import ServerMetrics
         from hq.site import AccessLogSite
         from hq.ui import mount, ui_resource
+        from hq.worker import make_http_client
 
         config = self.config
         self._ids = IdGenerator(config.server_id, self._reactor)

@@ -31,8 +31,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from hq.dispatch import HistoryBucket, http_client_for
+from hq.history import HistoryBucket
 from hq.model import Job
+from hq.worker import http_client_for
 
 
 @attrs.frozen
@@ -177,7 +178,7 @@ class WorkerStub:
     """
     An :class:`~treq.client.HTTPClient` that serves requests from ``resource``
     in memory (treq's ``RequestTraversalAgent``), built by
-    :func:`hq.dispatch.http_client_for` like the production client.
+    :func:`hq.worker.http_client_for` like the production client.
 
     Every host and port reaches ``resource``. Call :meth:`flush` after a
     resource that returned ``NOT_DONE_YET`` writes (or after an abort) so the

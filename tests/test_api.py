@@ -18,9 +18,9 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
-from hq.api import HISTORY_INTERVAL, APIError, HQApi, Kind, bind
+from hq.api import HISTORY_INTERVAL, HQApi
 from hq.config import Config
-from hq.dispatch import HistoryBucket
+from hq.history import HistoryBucket
 from hq.ids import IdGenerator, id_to_ms
 from hq.model import Job, JobState, Outcome
 from hq.store import StoreUnavailable
@@ -1123,38 +1123,3 @@ class RoutingAndFailureTests(APITestCase):
         self.assertError(reply, 500, "Internal Server Error")
         self.assertNotIn(b"secret", reply.body)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
-
-
-class BindTests(SynchronousTestCase):
-    """
-    The binding function on its own, for what a socket cannot easily send.
-    """
-
-    def request(self, body: bytes, headers: dict[bytes, bytes]) -> Any:
-        from io import BytesIO
-
-        from twisted.web.test.requesthelper import DummyRequest
-
-        request = DummyRequest([b"job"])
-        request.method = b"POST"
-        request.uri = b"/job"
-        request.content = BytesIO(body)
-        for name, value in headers.items():
-            request.requestHeaders.setRawHeaders(name, [value])
-        return request
-
-    def test_body_over_the_limit_without_content_length_is_413(self) -> None:
-        """A chunked body (no Content-Length) over the limit is refused after reading."""
-        request = self.request(
-            b'{"url":"' + b"x" * 100 + b'"}', {b"content-type": b"application/json"}
-        )
-        error = self.assertRaises(APIError, bind, request, {"url": Kind.STR}, 50)
-        self.assertEqual(error.status, 413)
-
-    def test_content_length_over_the_limit_is_413_before_reading(self) -> None:
-        """A declared Content-Length over the limit is refused without reading the body."""
-        request = self.request(
-            b"", {b"content-length": b"51", b"content-type": b"application/json"}
-        )
-        error = self.assertRaises(APIError, bind, request, {"url": Kind.STR}, 50)
-        self.assertEqual(error.status, 413)

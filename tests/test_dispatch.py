@@ -1,5 +1,6 @@
 """
-Tests for hq.dispatch: the queue, the dispatcher loops and the request to workers.
+Tests for hq.dispatch: the queue, the dispatcher loops, running a job and
+recording its outcome (the exchange itself is tested in test_worker).
 """
 
 from __future__ import annotations
@@ -8,29 +9,20 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
-from twisted.web.error import SchemeNotSupported
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
-from hq.dispatch import (
-    BUCKET_MS,
-    BUCKETS,
-    STORE_RETRY_SECONDS,
-    Dispatch,
-    HistoryBucket,
-    describe_error,
-    make_http_client,
-    reason_phrase,
-)
+from hq.dispatch import STORE_RETRY_SECONDS, Dispatch
+from hq.history import BUCKET_MS, BUCKETS, HistoryBucket
 from hq.model import Job, JobState
 from hq.store import StoreUnavailable
 from hq.store.memory import MemoryStore
 from hq.testing import FailingHTTP, FakeWorker, Reply, WorkerStub
+from hq.worker import make_http_client
 
 #: The clock's start, in seconds (2023-11-14).
 T0 = 1_700_000_000.0
@@ -127,89 +119,6 @@ class DispatchTestCase(SynchronousTestCase):
         return [int(r.header("x-hq-job-id") or 0) for r in self.worker.requests]
 
 
-class RequestTests(DispatchTestCase):
-    """
-    What a worker receives.
-    """
-
-    def test_request_is_post_with_payload_and_headers(self) -> None:
-        """The worker gets a POST with the payload as body and HQ's headers."""
-        dispatch = self.start()
-        job = self.push(dispatch, payload='{"message":"hi"}', headers={"X-Custom": "t"})
-        [request] = self.worker.requests
-        self.assertEqual(request.method, "POST")
-        self.assertEqual(request.path, "/work")
-        self.assertEqual(request.body, b'{"message":"hi"}')
-        self.assertEqual(request.headers["content-type"], ["application/json"])
-        self.assertEqual(request.headers["user-agent"], ["HQ/test"])
-        self.assertEqual(request.headers["x-hq-job-id"], [str(job.id)])
-        self.assertEqual(request.headers["x-custom"], ["t"])
-        self.assertEqual(request.headers["content-length"], ["16"])
-        self.assertEqual(request.headers["host"], ["worker.test"])
-
-    def test_utf8_payload_is_sent_as_utf8(self) -> None:
-        """A non-ASCII payload is sent as its UTF-8 bytes."""
-        dispatch = self.start()
-        self.push(dispatch, payload='"é"')
-        self.assertEqual(self.worker.requests[0].body, '"é"'.encode())
-
-    def test_null_payload_sends_no_body_with_content_length_zero(self) -> None:
-        """A job without payload is a POST with no body and Content-Length: 0."""
-        dispatch = self.start()
-        self.push(dispatch, payload=None)
-        [request] = self.worker.requests
-        self.assertEqual(request.method, "POST")
-        self.assertEqual(request.body, b"")
-        self.assertEqual(request.headers["content-length"], ["0"])
-
-    def test_job_headers_cannot_override_protected_headers(self) -> None:
-        """User-Agent, Host, Content-Length, X-Hq-Job-Id (any case) stay HQ's."""
-        dispatch = self.start()
-        job = self.push(
-            dispatch,
-            payload="[1]",
-            headers={
-                "user-agent": "evil",
-                "HOST": "evil.test",
-                "Content-Length": "99",
-                "X-HQ-JOB-ID": "42",
-                "Transfer-Encoding": "chunked",
-                "X-Other": "kept",
-            },
-        )
-        [request] = self.worker.requests
-        self.assertEqual(request.headers["user-agent"], ["HQ/test"])
-        self.assertEqual(request.headers["host"], ["worker.test"])
-        self.assertEqual(request.headers["content-length"], ["3"])
-        self.assertEqual(request.headers["x-hq-job-id"], [str(job.id)])
-        self.assertNotIn("transfer-encoding", request.headers)
-        self.assertEqual(request.headers["x-other"], ["kept"])
-        self.assertEqual(request.body, b"[1]")
-
-    def test_job_content_type_replaces_the_default(self) -> None:
-        """A job's Content-Type (any case) replaces application/json."""
-        dispatch = self.start()
-        self.push(dispatch, payload='"x"', headers={"content-type": "text/plain"})
-        self.assertEqual(self.worker.requests[0].headers["content-type"], ["text/plain"])
-
-    def test_invalid_header_name_fails_the_job(self) -> None:
-        """A header name that HTTP cannot carry fails the job, with a message naming it."""
-        dispatch = self.start()
-        job = self.push(dispatch, headers={"Bad Name": "x"})
-        self.assertEqual(self.worker.requests, [])
-        stored = self.get(job.id)
-        self.assertTrue(stored.failure)
-        self.assertEqual(stored.err, "invalid header name 'Bad Name'")
-
-    def test_unsupported_scheme_fails_the_job(self) -> None:
-        """A URL that is not http(s) fails with a clear message."""
-        dispatch = self.start()
-        job = self.push(dispatch, url="ftp://worker.test/x")
-        stored = self.get(job.id)
-        self.assertTrue(stored.failure)
-        self.assertIn("unsupported URL scheme 'ftp'", stored.err)
-
-
 class OutcomeTests(DispatchTestCase):
     """
     What is recorded from the worker's answer.
@@ -240,12 +149,6 @@ class OutcomeTests(DispatchTestCase):
         self.assertEqual(stored.status_code, 500)
         self.assertEqual(stored.err, "Internal Server Error")
         self.assertEqual(stored.output, "boom")
-
-    def test_reason_phrase_falls_back_to_the_response_phrase(self) -> None:
-        """An unregistered code uses the response's phrase, or 'HTTP <code>'."""
-        self.assertEqual(reason_phrase(404, b"Whatever"), "Not Found")
-        self.assertEqual(reason_phrase(599, b"Custom Trouble"), "Custom Trouble")
-        self.assertEqual(reason_phrase(599, b""), "HTTP 599")
 
     def test_output_is_capped_and_flagged(self) -> None:
         """A body over max_output_bytes is cut there and outputTruncated is set."""
@@ -291,34 +194,6 @@ class OutcomeTests(DispatchTestCase):
         self.assertIsNone(stored.status_code)
         [(method, url, kwargs)] = http.calls
         self.assertEqual((method, url, kwargs["allow_redirects"]), ("POST", URL, False))
-
-    def test_transport_errors_are_described_for_people(self) -> None:
-        """Common transport errors get short human messages."""
-        url = "http://example.invalid/x"
-        cases = [
-            (DNSLookupError("no results"), "could not resolve host example.invalid"),
-            (ConnectionRefusedError(), "connection refused"),
-            (
-                ResponseNeverReceived([Failure(ConnectionDone())]),
-                "connection closed before a response was received",
-            ),
-            (
-                ResponseFailed([Failure(ConnectionDone())]),
-                "connection lost before the response was complete",
-            ),
-            (SchemeNotSupported("x"), "unsupported URL scheme 'http': only http and https"),
-        ]
-        for error, expected in cases:
-            self.assertIn(expected, describe_error(error, url))
-
-    def test_tls_errors_are_named(self) -> None:
-        """An OpenSSL error inside a response failure reads 'TLS error: <reason>'."""
-        from OpenSSL import SSL
-
-        error = ResponseNeverReceived(
-            [Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))]
-        )
-        self.assertEqual(describe_error(error, URL), "TLS error: certificate verify failed")
 
     def test_failure_is_logged_at_info_with_the_job_id(self) -> None:
         """A failed job logs one info event with its id and err."""
@@ -379,97 +254,6 @@ class TimeoutTests(DispatchTestCase):
         self.worker.release(Reply(body=b"late"))
         self.stub.flush()
         self.assertEqual(self.get(job.id).output, "late")
-
-
-class RedirectTests(DispatchTestCase):
-    """
-    Redirects are followed as Go's client does, up to 10.
-    """
-
-    def test_303_is_followed_with_get_without_body(self) -> None:
-        """A 303 turns the POST into a GET without body to the resolved Location."""
-        dispatch = self.start()
-        self.worker.route("/work", Reply(code=303, headers={"Location": "/done?x=1"}))
-        self.worker.route("/done", Reply(body=b"arrived"))
-        job = self.push(dispatch, payload='{"a":1}')
-        first, second = self.worker.requests
-        self.assertEqual((first.method, first.body), ("POST", b'{"a":1}'))
-        self.assertEqual((second.method, second.path, second.body), ("GET", "/done?x=1", b""))
-        self.assertNotIn("content-type", second.headers)
-        self.assertEqual(second.header("x-hq-job-id"), str(job.id))
-        stored = self.get(job.id)
-        self.assertEqual(
-            (stored.status, stored.status_code, stored.output), ("success", 200, "arrived")
-        )
-
-    def test_307_repeats_the_post_with_body(self) -> None:
-        """A 307 repeats the POST with the same body and headers."""
-        dispatch = self.start()
-        self.worker.route("/work", Reply(code=307, headers={"Location": "http://worker.test/b"}))
-        self.worker.route("/b", Reply(code=201, body=b"ok"))
-        job = self.push(dispatch, payload="[1,2]")
-        _, second = self.worker.requests
-        self.assertEqual((second.method, second.path, second.body), ("POST", "/b", b"[1,2]"))
-        self.assertEqual(second.headers["content-type"], ["application/json"])
-        self.assertEqual(self.get(job.id).status_code, 201)
-
-    def test_redirect_loop_stops_after_10_redirects(self) -> None:
-        """An endless redirect fails with 'stopped after 10 redirects' after 11 requests."""
-        dispatch = self.start()
-        self.worker.route("/work", Reply(code=302, headers={"Location": "/work"}))
-        job = self.push(dispatch)
-        self.assertEqual(len(self.worker.requests), 11)
-        stored = self.get(job.id)
-        self.assertEqual(stored.status, "failure")
-        self.assertEqual(stored.err, "stopped after 10 redirects")
-        self.assertEqual(stored.status_code, 302)
-
-    def test_redirect_to_another_host_drops_credentials(self) -> None:
-        """Authorization is not sent on to another host, but kept on the same host."""
-        dispatch = self.start()
-        self.worker.route("/work", Reply(code=307, headers={"Location": "/same"}))
-        self.worker.route("/same", Reply(code=307, headers={"Location": "http://other.test/x"}))
-        self.worker.route("/x", Reply())
-        self.push(dispatch, headers={"Authorization": "Bearer s"})
-        _, same, other = self.worker.requests
-        self.assertEqual(same.header("authorization"), "Bearer s")
-        self.assertIsNone(other.header("authorization"))
-
-    def test_unusable_redirect_location_is_a_failure(self) -> None:
-        """A Location that is not a URL fails the job and names it."""
-        dispatch = self.start()
-        self.worker.reply = Reply(code=302, headers={"Location": "http://[::1"})
-        stored = self.get(self.push(dispatch).id)
-        self.assertEqual((stored.status_code, stored.failure), (302, True))
-        self.assertEqual(stored.err, "invalid redirect location 'http://[::1'")
-
-    def test_3xx_without_location_is_a_failure(self) -> None:
-        """A 3xx that is not a usable redirect is the final answer: a failure."""
-        dispatch = self.start()
-        self.worker.reply = Reply(code=304, body=b"")
-        stored = self.get(self.push(dispatch).id)
-        self.assertEqual((stored.status_code, stored.err), (304, "Not Modified"))
-
-
-class CookieTests(DispatchTestCase):
-    """
-    No cookies are kept between jobs.
-    """
-
-    def test_cookies_from_one_job_are_not_sent_with_the_next(self) -> None:
-        """A Set-Cookie in one job's response is not sent with the next job."""
-        dispatch = self.start()
-        self.worker.reply = Reply(headers={"Set-Cookie": "session=abc; Path=/"})
-        self.push(dispatch)
-        self.push(dispatch)
-        self.assertEqual(len(self.worker.requests), 2)
-        self.assertIsNone(self.worker.requests[1].header("cookie"))
-
-    def test_job_cookie_header_is_sent(self) -> None:
-        """A job may still send its own Cookie header."""
-        dispatch = self.start()
-        self.push(dispatch, headers={"Cookie": "a=b"})
-        self.assertEqual(self.worker.requests[0].header("cookie"), "a=b")
 
 
 class ConcurrencyTests(DispatchTestCase):
@@ -864,16 +648,6 @@ class ObserverAndHistoryTests(DispatchTestCase):
         self.assertEqual([job.id for job in self.finished], [waiting.id])
         now_ms = int(self.clock.seconds() * 1000)
         self.assertEqual(sum(b.canceled for b in dispatch.history(now_ms)), 1)
-
-    def test_history_forgets_jobs_older_than_ten_minutes(self) -> None:
-        """Buckets older than the window read as zero, even when their slot is reused."""
-        dispatch = self.start()
-        self.push(dispatch)
-        self.clock.advance(BUCKETS * BUCKET_MS / 1000)
-        now_ms = int(self.clock.seconds() * 1000)
-        self.assertEqual(sum(b.success for b in dispatch.history(now_ms)), 0)
-        self.push(dispatch)
-        self.assertEqual(sum(b.success for b in dispatch.history(now_ms)), 1)
 
 
 # -- store wrappers for races and errors -----------------------------------------

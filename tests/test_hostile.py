@@ -4,7 +4,7 @@ explained in ``err``.
 
 Most tests run in-process over real sockets on 127.0.0.1: the real
 :class:`~hq.dispatch.Dispatch` with the production HTTP client
-(:func:`~hq.dispatch.make_http_client`) and a :class:`~hq.store.memory.MemoryStore`,
+(:func:`~hq.worker.make_http_client`) and a :class:`~hq.store.memory.MemoryStore`,
 against small Twisted workers that misbehave on purpose. The 100 MB body and
 the 1,000 hung jobs run against the real server process, to measure its memory
 and its API's response time.
@@ -43,9 +43,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from hq.dispatch import MAX_REDIRECTS, Dispatch, make_http_client, response_budget
+from hq.dispatch import Dispatch
 from hq.model import Job
 from hq.store.memory import MemoryStore
+from hq.worker import MAX_REDIRECTS, make_http_client, response_budget
 from tests.serverprocess import RecordingWorker, ServerProcess, report, wait_for
 
 reactor: Any = _reactor

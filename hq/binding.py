@@ -1,0 +1,516 @@
+"""
+The request binding: every API request is checked here, at the edge, before
+anything touches the store.
+
+One function, :func:`bind`, reads a request's fields from wherever the Go
+server accepts them (a ``payload`` parameter holding the whole request, a
+JSON body, a form body, or the query string) and checks their media type,
+size, JSON and types; :func:`bind_push`, :func:`bind_restart`,
+:func:`bind_list` and :func:`parse_job_id` add each route's own rules. A
+refused request raises :class:`APIError`, which :mod:`hq.api` turns into the
+error response.
+
+Only the request side is here: the response writer stays with the Klein app
+in :mod:`hq.api`, beside the one error path that uses it, so that this module
+never touches a response.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from email import message_from_bytes
+from email.message import Message
+from typing import Any
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import attrs
+from twisted.web.iweb import IRequest
+
+from hq.model import STATUSES, Job, ListQuery, check_regexp
+from hq.store import JobNotFound
+
+#: The largest id (and ``begin``) the stores can hold: a signed 64-bit integer.
+MAX_ID = (1 << 63) - 1
+_MAX_UINT64 = (1 << 64) - 1
+#: A ``limit`` at least this large means "no limit".
+_UNLIMITED = 1 << 31
+_GO_TRUE = frozenset(("1", "t", "T", "TRUE", "true", "True"))
+_GO_FALSE = frozenset(("0", "f", "F", "FALSE", "false", "False"))
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_UINT_RE = re.compile(r"[0-9]+\Z")
+# RFC 9110 token characters, for header names.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE_RE = re.compile(r"[\x00\r\n]")
+_BAD_URL_RE = re.compile(r"[\x00-\x20\x7f]")
+
+
+class APIError(Exception):
+    """
+    A request the API refuses: the HTTP status and a message for a person.
+
+    Raised by the binding and by the API's handlers (a route turned off, a
+    failed health check); :mod:`hq.api` writes it as the error body.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Kind(enum.Enum):
+    """
+    The type of a request field: how its JSON value or form string is checked.
+    """
+
+    STR = "a string"
+    INT = "an integer"
+    UINT = "a job id (a non-negative integer)"
+    BOOL = "true or false"
+    HEADERS = "an object of strings"
+    #: Any JSON value, bound as compact JSON text.
+    JSON = "any JSON value"
+
+
+_PUSH_FIELDS = {
+    "url": Kind.STR,
+    "name": Kind.STR,
+    "comment": Kind.STR,
+    "payload": Kind.JSON,
+    "headers": Kind.HEADERS,
+    "timeout": Kind.INT,
+}
+_RESTART_FIELDS = {"copy": Kind.BOOL}
+_LIST_FIELDS = {
+    "name": Kind.STR,
+    "term": Kind.STR,
+    "status": Kind.STR,
+    "begin": Kind.UINT,
+    "reverse": Kind.BOOL,
+    "limit": Kind.INT,
+}
+
+
+def bind(
+    request: IRequest, fields: dict[str, Kind], max_body_bytes: int, *, body: bool = True
+) -> dict[str, Any]:
+    """
+    Return the request's values for ``fields`` (name -> kind), checked.
+
+    The values come from, in this order: a ``payload`` query or form
+    parameter holding the whole request as a JSON object (the Go server's
+    mode); a JSON body; a form body (``application/x-www-form-urlencoded`` or
+    ``multipart/form-data``); or, with ``body=False``, the query string. Keys
+    match case-insensitively, unknown keys are ignored, and an absent or null
+    value is left out of the result. A form or query string value is parsed
+    as its kind (``timeout=5``); ``Kind.JSON`` values come back as compact
+    JSON text.
+
+    :raises APIError: 413 for a body over ``max_body_bytes``, 415 for a body
+        of another media type, 400 for malformed JSON, a value of the wrong
+        type or a string that is not valid UTF-8.
+    """
+    query = query_pairs(request)
+    form: list[tuple[str, str]] = []
+    json_text: str | None = None
+    if body:
+        content = _read_body(request, max_body_bytes)
+        if content:
+            media_type = _media_type(request)
+            if media_type == "application/json":
+                json_text = _decode_utf8(content, "the request body")
+            elif media_type == "application/x-www-form-urlencoded":
+                form = _parse_pairs(content, "the form body")
+            elif media_type == "multipart/form-data":
+                form = _multipart_pairs(request, content)
+            elif media_type:
+                raise APIError(
+                    415,
+                    f"Unsupported Media Type '{media_type}': send application/json (or form data)",
+                )
+            else:
+                raise APIError(
+                    415,
+                    "Unsupported Media Type: the request body has no Content-Type; "
+                    "send application/json (or form data)",
+                )
+    whole = _lookup(form, "payload") or _lookup(query, "payload")
+    if whole:
+        return _json_fields(_parse_json_object(whole, "the 'payload' parameter"), fields)
+    if json_text is not None:
+        return _json_fields(_parse_json_object(json_text, "the request body"), fields)
+    return _string_fields(form if body else query, fields)
+
+
+def _read_body(request: IRequest, max_body_bytes: int) -> bytes:
+    too_large = APIError(
+        413, f"The request body is larger than the limit of {max_body_bytes} bytes"
+    )
+    length = request.getHeader(b"content-length")
+    if length is not None and length.isdigit() and int(length) > max_body_bytes:
+        raise too_large
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data: bytes = content.read(max_body_bytes + 1)
+    if len(data) > max_body_bytes:
+        raise too_large
+    return data
+
+
+def _media_type(request: IRequest) -> str:
+    value = request.getHeader(b"content-type")
+    if value is None:
+        return ""
+    return value.decode("latin-1").split(";", 1)[0].strip().lower()
+
+
+def _sentence(where: str) -> str:
+    return where[:1].upper() + where[1:]
+
+
+def _decode_utf8(data: bytes, where: str) -> str:
+    try:
+        # A leading byte order mark is tolerated.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise APIError(400, f"{_sentence(where)} is not valid UTF-8 (byte {e.start})") from None
+
+
+def _parse_pairs(data: bytes, where: str) -> list[tuple[str, str]]:
+    """
+    Parse ``a=1&b=2`` (a query string or a urlencoded body) strictly as UTF-8.
+    """
+    pairs = []
+    for part in data.split(b"&"):
+        if not part:
+            continue
+        key, _, value = part.partition(b"=")
+        try:
+            pairs.append(
+                (
+                    unquote_to_bytes(key.replace(b"+", b" ")).decode("utf-8"),
+                    unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8"),
+                )
+            )
+        except UnicodeDecodeError:
+            raise APIError(400, f"{_sentence(where)} is not valid UTF-8") from None
+    return pairs
+
+
+def query_pairs(request: IRequest) -> list[tuple[str, str]]:
+    """
+    Return the query string's ``(key, value)`` pairs in order.
+
+    :raises APIError: 400 when it is not valid UTF-8.
+    """
+    _, _, query = request.uri.partition(b"?")
+    return _parse_pairs(query, "the query string") if query else []
+
+
+def _multipart_pairs(request: IRequest, content: bytes) -> list[tuple[str, str]]:
+    content_type = request.getHeader(b"content-type") or b""
+    message = message_from_bytes(
+        b"MIME-Version: 1.0\r\nContent-Type: " + content_type + b"\r\n\r\n" + content
+    )
+    parts = message.get_payload()
+    if not message.is_multipart() or not isinstance(parts, list):
+        raise APIError(400, "The multipart/form-data body is malformed")
+    pairs = []
+    for part in parts:
+        if not isinstance(part, Message):
+            continue
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            continue
+        data = part.get_payload(decode=True)
+        if not isinstance(data, bytes):
+            data = b""
+        pairs.append((name, _decode_utf8(data, f"the form field '{name}'")))
+    return pairs
+
+
+def _lookup(pairs: list[tuple[str, str]], key: str) -> str | None:
+    """
+    Return the first value of ``key``; failing that, of a key equal but for case (as Go).
+    """
+    for name, value in pairs:
+        if name == key:
+            return value
+    for name, value in pairs:
+        if name.lower() == key:
+            return value
+    return None
+
+
+def _reject_constant(name: str) -> Any:
+    raise APIError(400, f"{name} is not a JSON number")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise APIError(400, f"The number {text[:40]} is too large")
+    return value
+
+
+def _parse_json_object(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+    except json.JSONDecodeError as e:
+        raise APIError(
+            400,
+            f"Malformed JSON in {where} at line {e.lineno}, column {e.colno} "
+            f"(offset {e.pos}): {e.msg}",
+        ) from None
+    except RecursionError:
+        raise APIError(400, f"The JSON in {where} is nested too deeply") from None
+    except ValueError as e:
+        # For example an integer with more digits than Python converts.
+        raise APIError(400, f"Malformed JSON in {where}: {e}") from None
+    if not isinstance(value, dict):
+        raise APIError(400, f"{_sentence(where)} must be a JSON object, not {_json_type(value)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _check_text(field: str, value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(
+            400, f"'{field}' is not valid UTF-8: it contains a lone surrogate escape"
+        ) from None
+    return value
+
+
+def _json_fields(document: dict[str, Any], fields: dict[str, Kind]) -> dict[str, Any]:
+    # Go matches keys case-insensitively, and a later key wins.
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        field = key.lower()
+        if field in fields and value is not None:
+            values[field] = _json_value(field, fields[field], value)
+    return values
+
+
+def _json_value(field: str, kind: Kind, value: Any) -> Any:
+    if kind is Kind.STR:
+        if not isinstance(value, str):
+            raise APIError(400, f"'{field}' must be a string, not {_json_type(value)}")
+        return _check_text(field, value)
+    if kind is Kind.INT:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise APIError(400, f"'{field}' must be an integer, not {_json_type(value)}")
+        return value
+    if kind is Kind.UINT:
+        if isinstance(value, str) and _UINT_RE.match(value):
+            # Ids are strings in every response, so a string of digits is accepted too.
+            return int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise APIError(400, f"'{field}' must be a job id (a non-negative integer)")
+        return value
+    if kind is Kind.BOOL:
+        if not isinstance(value, bool):
+            raise APIError(400, f"'{field}' must be true or false, not {_json_type(value)}")
+        return value
+    if kind is Kind.HEADERS:
+        if not isinstance(value, dict):
+            raise APIError(400, f"'{field}' must be an object of strings, not {_json_type(value)}")
+        for name, text in value.items():
+            if not isinstance(text, str):
+                raise APIError(
+                    400, f"'{field}' value for '{name}' must be a string, not {_json_type(text)}"
+                )
+            _check_text(field, name)
+            _check_text(field, text)
+        return value
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        raise APIError(400, f"'{field}' is nested too deeply") from None
+    return _check_text(field, text)
+
+
+def _string_fields(pairs: list[tuple[str, str]], fields: dict[str, Kind]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for field, kind in fields.items():
+        text = _lookup(pairs, field)
+        if text is None:
+            continue
+        if kind is Kind.STR:
+            values[field] = text
+        elif kind is Kind.BOOL:
+            # A bare ``?reverse`` (or ``reverse=``) means true.
+            if text in _GO_TRUE or text == "":
+                values[field] = True
+            elif text in _GO_FALSE:
+                values[field] = False
+            else:
+                raise APIError(400, f"'{field}' must be true or false, not '{text}'")
+        elif kind in (Kind.INT, Kind.UINT):
+            if text == "":
+                continue
+            if not (_INT_RE if kind is Kind.INT else _UINT_RE).match(text):
+                raise APIError(400, f"'{field}' must be {kind.value}, not '{text}'")
+            values[field] = _to_int(text)
+        else:
+            raise APIError(400, f"'{field}' can only be given in a JSON body")
+    return values
+
+
+def _to_int(text: str) -> int:
+    # Far beyond any id or limit; also keeps int() off very long digit strings.
+    if len(text) > 40:
+        return -(10**40) if text.startswith("-") else 10**40
+    return int(text)
+
+
+@attrs.frozen
+class PushRequest:
+    """
+    A checked ``POST /job`` request: the new job's fields.
+    """
+
+    url: str
+    name: str
+    comment: str
+    payload: str | None
+    headers: dict[str, str] | None
+    timeout: int
+
+    def job(self, job_id: int) -> Job:
+        """
+        Return the new waiting job with id ``job_id``.
+        """
+        return Job(
+            id=job_id,
+            url=self.url,
+            name=self.name,
+            comment=self.comment,
+            payload=self.payload,
+            headers=self.headers,
+            timeout=self.timeout,
+        )
+
+
+def bind_push(request: IRequest, max_body_bytes: int) -> PushRequest:
+    """
+    Return the checked fields of a push.
+
+    :raises APIError: as :func:`bind`; 422 for a missing or non-http(s)
+        ``url``, a negative or too large ``timeout`` or a bad header.
+    """
+    values = bind(request, _PUSH_FIELDS, max_body_bytes)
+    url = values.get("url", "")
+    if not url:
+        raise APIError(422, "'url' is required")
+    _check_url(url)
+    timeout = values.get("timeout", 0)
+    if timeout < 0:
+        raise APIError(422, f"'timeout' must not be negative, not {timeout}")
+    if timeout > MAX_ID:
+        raise APIError(422, f"'timeout' must be at most {MAX_ID} seconds")
+    headers = values.get("headers")
+    if headers:
+        for name, value in headers.items():
+            if not _TOKEN_RE.match(name):
+                raise APIError(422, f"'headers' has an invalid header name {name!r}")
+            if _BAD_VALUE_RE.search(value):
+                raise APIError(422, f"'headers' value for '{name}' must not contain CR, LF or NUL")
+    return PushRequest(
+        url=url,
+        name=values.get("name") or "default",
+        comment=values.get("comment", ""),
+        payload=values.get("payload"),
+        headers=headers,
+        timeout=timeout,
+    )
+
+
+def _check_url(url: str) -> None:
+    problem = APIError(422, f"'url' must be an absolute http or https URL, not {url!r}")
+    if _BAD_URL_RE.search(url):
+        raise problem
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError:
+        raise problem from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise problem
+
+
+def bind_restart(request: IRequest, max_body_bytes: int) -> bool:
+    """
+    Return the ``copy`` flag of a restart (false when absent).
+
+    :raises APIError: as :func:`bind`.
+    """
+    copy: bool = bind(request, _RESTART_FIELDS, max_body_bytes).get("copy", False)
+    return copy
+
+
+def bind_list(request: IRequest, default_limit: int) -> ListQuery:
+    """
+    Return the list query of ``GET /job``.
+
+    ``limit`` absent or 0 means ``default_limit`` (0 there: no limit); a
+    negative limit means no limit. An empty ``begin`` counts as absent.
+
+    :raises APIError: 400 for a bad value or an invalid regexp.
+    """
+    values = bind(request, _LIST_FIELDS, 0, body=False)
+    for field in ("name", "term"):
+        pattern = values.get(field)
+        if pattern:
+            reason = check_regexp(pattern)
+            if reason is not None:
+                raise APIError(400, f"'{field}' is not a valid regexp: {reason}")
+    status = values.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise APIError(400, f"'status' must be one of {', '.join(STATUSES)}, not '{status}'")
+    limit: int | None = values.get("limit", 0) or default_limit
+    if limit is not None and (limit <= 0 or limit >= _UNLIMITED):
+        limit = None
+    begin = values.get("begin")
+    return ListQuery(
+        name=values.get("name") or None,
+        term=values.get("term") or None,
+        status=status,
+        begin=None if begin is None else min(begin, MAX_ID),
+        reverse=values.get("reverse", False),
+        limit=limit,
+    )
+
+
+def parse_job_id(raw: str) -> int:
+    """
+    Return the job id in a path.
+
+    :raises APIError: 404 when ``raw`` is not a number a job id can be.
+    """
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 40 or int(raw) > _MAX_UINT64:
+        raise APIError(404, f"The job id must be a number but '{raw}'")
+    job_id = int(raw)
+    if job_id > MAX_ID:
+        # A valid id in the Go server's unsigned range, but above every id we make.
+        raise APIError(404, str(JobNotFound(job_id)))
+    return job_id

@@ -1,0 +1,624 @@
+"""
+The exchange with one worker: the HTTP client, the request, the answer, and
+what went wrong in words for a person.
+
+:class:`WorkerClient` runs one exchange for a job: POST it to its URL with
+HQ's headers, follow redirects (as Go's ``http.Client``), read the response
+body up to a cap, all within the job's timeout, and return an
+:class:`Exchange` saying what happened; :meth:`Exchange.reason` turns a
+failure into the job's ``err`` text (:func:`describe_error`,
+:func:`reason_phrase`). The dispatcher (:mod:`hq.dispatch`) only decides what
+the exchange means for the job.
+
+:func:`make_http_client` builds the production treq client: one keep-alive
+connection pool, no cookie jar, bodies sent with a ``Content-Length``, and a
+byte budget per response (:func:`response_budget`) that bounds what Twisted's
+HTTP parser keeps before the body.
+"""
+
+from __future__ import annotations
+
+import codecs
+from http.cookiejar import Cookie
+from typing import Any
+
+import attrs
+from hyperlink import EncodedURL
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http import RESPONSES, PotentialDataLoss
+from twisted.web.http_headers import Headers, InvalidHeaderName
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from hq.model import Job
+
+#: Redirects followed per delivery (as Go's http.Client).
+MAX_REDIRECTS = 10
+#: Redirect codes that turn the request into a GET without a body.
+_REDIRECT_TO_GET = frozenset({301, 302, 303})
+#: Redirect codes that repeat the request as it was.
+_REDIRECT_SAME = frozenset({307, 308})
+#: How much of a redirect response's body is read (and dropped) before the next hop.
+_REDIRECT_BODY_CAP = 64 * 1024
+#: Job headers that cannot replace HQ's own (compared in lower case).
+#: ``Transfer-Encoding`` is added to the SPEC's list: it would break the request framing.
+PROTECTED_HEADERS = frozenset(
+    {"user-agent", "host", "content-length", "x-hq-job-id", "transfer-encoding"}
+)
+#: Headers not sent on to another host after a redirect (as Go's http.Client).
+_CREDENTIAL_HEADERS = (b"authorization", b"proxy-authorization", b"cookie", b"cookie2")
+#: Bytes a response may take beyond 8 times its kept body (see :func:`response_budget`).
+RESPONSE_OVERHEAD_BYTES = 1024 * 1024
+#: Idle keep-alive connections kept per worker host (Twisted's default is 2).
+MAX_PERSISTENT_PER_HOST = 16
+
+
+# -- The HTTP client ------------------------------------------------------------
+
+
+class NoCookieJar(IndexableCookieJar):
+    """
+    A cookie jar that never keeps a cookie, so no cookie passes from one job to
+    the next (a job can still send its own ``Cookie`` header).
+    """
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        """
+        Drop ``cookie``.
+        """
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """
+        Ignore the response's ``Set-Cookie`` headers.
+        """
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body known in full: written at once, with its length (so the
+    request has a ``Content-Length`` and no chunked encoding).
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+def http_client_for(agent: IAgent) -> HTTPClient:
+    """
+    Return the treq client :class:`Dispatch` needs over ``agent``: no cookies
+    kept, bodies sent as :class:`BytesProducer`.
+    """
+    return HTTPClient(agent, cookiejar=NoCookieJar(), data_to_body_producer=BytesProducer)
+
+
+class ResponseTooLarge(Exception):
+    """
+    A worker sent more bytes for one request than :func:`response_budget` allows.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"response too large: more than {self.limit} bytes of headers and framing"
+
+
+def response_budget(max_output_bytes: int) -> int:
+    """
+    Return how many bytes a worker may send in answer to one request:
+    :data:`RESPONSE_OVERHEAD_BYTES` plus 8 times the larger of
+    ``max_output_bytes`` and 64 KiB.
+
+    A body is cut (and the connection closed) at ``max_output_bytes`` long
+    before that; the budget bounds what Twisted's HTTP parser keeps in memory
+    before the body, which it does not limit itself (endless header lines).
+    The factor leaves room for the framing of a chunked body.
+    """
+    return RESPONSE_OVERHEAD_BYTES + 8 * max(max_output_bytes, _REDIRECT_BODY_CAP)
+
+
+class _BudgetProtocol(ProtocolWrapper):
+    """
+    Counts the bytes received since the client last wrote (a new request on a
+    kept-alive connection); past the budget, aborts the connection and reports
+    :class:`ResponseTooLarge` as the reason.
+    """
+
+    factory: _BudgetFactory
+
+    def __init__(self, factory: _BudgetFactory, wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._received = 0
+        self._exceeded = False
+
+    def write(self, data: bytes) -> None:
+        self._received = 0
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self._received = 0
+        super().writeSequence(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._exceeded:
+            return
+        self._received += len(data)
+        if self._received > self.factory.budget:
+            self._exceeded = True
+            transport: Any = self.transport
+            transport.abortConnection()
+            return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if self._exceeded:
+            reason = Failure(ResponseTooLarge(self.factory.budget))
+        super().connectionLost(reason)
+
+
+class _BudgetFactory(WrappingFactory[_BudgetProtocol]):
+    protocol = _BudgetProtocol
+
+    def __init__(self, wrappedFactory: Any, budget: int) -> None:
+        super().__init__(wrappedFactory)
+        self.budget = budget
+
+
+@implementer(IStreamClientEndpoint)
+class _BudgetEndpoint:
+    """
+    An endpoint whose connections count received bytes (:class:`_BudgetProtocol`);
+    ``connect`` fires with the wrapped protocol, as the connection pool expects.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, budget: int) -> None:
+        self._endpoint = endpoint
+        self._budget = budget
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        wrapping = _BudgetFactory(protocolFactory, self._budget)
+        connected: Deferred[Any] = self._endpoint.connect(wrapping)
+        return connected.addCallback(lambda wrapper: wrapper.wrappedProtocol)
+
+    def __repr__(self) -> str:
+        return repr(self._endpoint)
+
+
+@implementer(IAgentEndpointFactory)
+class WorkerEndpoints:
+    """
+    The endpoints of Twisted's standard ``Agent`` (``HostnameEndpoint``, TLS
+    checked by ``BrowserLikePolicyForHTTPS``, 30 s connect timeout) whose
+    connections allow each response at most ``budget`` bytes.
+    """
+
+    def __init__(self, reactor: Any, budget: int) -> None:
+        self._reactor = reactor
+        self._budget = budget
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"the host {uri.host!r} is not ASCII") from None
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, host, uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        elif uri.scheme != b"http":
+            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+        return _BudgetEndpoint(endpoint, self._budget)
+
+
+def make_http_client(
+    reactor: Any,
+    pool: HTTPConnectionPool | None = None,
+    max_output_bytes: int = 1_048_576,
+) -> HTTPClient:
+    """
+    Return the production client: one persistent ``HTTPConnectionPool`` (keep-alive
+    to workers; pass ``pool`` to own it, e.g. to close it), TLS verified by
+    Twisted's default policy, no cookie jar, and at most
+    ``response_budget(max_output_bytes)`` bytes read per response.
+    """
+    if pool is None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+    endpoints = WorkerEndpoints(reactor, response_budget(max_output_bytes))
+    return http_client_for(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
+
+
+# -- One exchange with a worker --------------------------------------------------
+
+
+class TimedOut(Exception):
+    """
+    The job's timeout ended the exchange.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+def _on_timeout(result: object, seconds: float) -> object:
+    if isinstance(result, Failure):
+        return Failure(TimedOut(seconds))
+    return result
+
+
+@attrs.define
+class Exchange:
+    """
+    What one exchange with a worker learned (kept when it ends early).
+
+    ``url`` is the last URL requested (after redirects); ``status_code`` and
+    ``phrase`` are those of the last response; ``err`` is set when the
+    exchange ended without a usable response (too many redirects, a bad
+    ``Location``); ``error`` is the exception that ended it early (a
+    transport error, :class:`TimedOut`, or a cancellation), ``None`` when a
+    response was read.
+    """
+
+    url: str
+    status_code: int | None = None
+    phrase: bytes = b""
+    err: str = ""
+    chunks: list[bytes] = attrs.Factory(list)
+    truncated: bool = False
+    error: Exception | None = None
+
+    @property
+    def success(self) -> bool:
+        """
+        Whether a 2xx response was read (whole, or up to the cap).
+        """
+        code = self.status_code
+        return self.error is None and not self.err and code is not None and 200 <= code < 300
+
+    @property
+    def unusual_error(self) -> bool:
+        """
+        Whether ``error`` is worth logging in full: not a timeout, nor a
+        connection that failed or closed around the response.
+        """
+        return self.error is not None and not isinstance(
+            self.error, TimedOut | ResponseFailed | ResponseNeverReceived
+        )
+
+    def reason(self) -> str:
+        """
+        Return the job's ``err``: empty for a success; else why it failed,
+        for a person (the timeout, :func:`describe_error` of ``error``, the
+        ``err`` set during the exchange, or the status code's reason phrase).
+        """
+        if self.error is not None:
+            if isinstance(self.error, TimedOut):
+                return f"timed out after {self.error.seconds} s"
+            return describe_error(self.error, self.url)
+        if self.success or self.err or self.status_code is None:
+            return self.err
+        return reason_phrase(self.status_code, self.phrase)
+
+    def output(self) -> str:
+        """
+        Return the body read, decoded as UTF-8 (invalid bytes replaced).
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        # A cut body may end inside a character: leave that part out.
+        return decoder.decode(b"".join(self.chunks), final=not self.truncated)
+
+
+class WorkerClient:
+    """
+    Run exchanges with workers over one treq client.
+
+    :param http: the treq client (:func:`make_http_client` in production); it
+        must keep no cookies.
+    :param clock: the clock for the jobs' timeouts.
+    :param user_agent: the ``User-Agent`` sent to workers.
+    :param max_output_bytes: response body bytes kept (the rest is not read).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, http: HTTPClient, clock: IReactorTime, user_agent: str, max_output_bytes: int
+    ) -> None:
+        self._http = http
+        self._clock = clock
+        self._user_agent = user_agent
+        self._max_output_bytes = max(0, max_output_bytes)
+
+    def post(self, job: Job) -> Deferred[Exchange]:
+        """
+        POST ``job`` to its URL, following redirects, and read the answer,
+        within the job's timeout (none when it is 0).
+
+        Return a Deferred of the :class:`Exchange`. It does not fail: an error
+        that ends the exchange early is kept in ``Exchange.error``. Cancelling
+        it aborts the request (its reason is then "request aborted").
+        """
+        state = Exchange(url=job.url)
+        exchange = Deferred.fromCoroutine(self._exchange(job, state))
+        if job.timeout > 0:
+            exchange.addTimeout(job.timeout, self._clock, onTimeoutCancel=_on_timeout)
+
+        def ended(result: object) -> Exchange | Failure:
+            if isinstance(result, Failure):
+                if not isinstance(result.value, Exception):
+                    return result
+                state.error = result.value
+            return state
+
+        return exchange.addBoth(ended)
+
+    def _request_headers(self, job: Job) -> Headers:
+        """
+        Return HQ's headers for ``job`` with the job's own added (but for
+        :data:`PROTECTED_HEADERS`; its ``Content-Type`` replaces HQ's).
+        """
+        headers = Headers()
+        headers.addRawHeader(b"Content-Type", b"application/json")
+        headers.addRawHeader(b"User-Agent", self._user_agent.encode("utf-8"))
+        headers.addRawHeader(b"X-Hq-Job-Id", str(job.id).encode("ascii"))
+        content_type_replaced = False
+        for name, value in (job.headers or {}).items():
+            lowered = name.lower()
+            if lowered in PROTECTED_HEADERS:
+                continue
+            if lowered == "content-type" and not content_type_replaced:
+                headers.setRawHeaders(name, [value])
+                content_type_replaced = True
+            else:
+                headers.addRawHeader(name, value)
+        return headers
+
+    async def _exchange(self, job: Job, state: Exchange) -> None:
+        """
+        POST ``job`` and read the answer into ``state``, following redirects.
+        """
+        method = "POST"
+        body = None if job.payload is None else job.payload.encode("utf-8")
+        headers = self._request_headers(job)
+        url = job.url
+        for hop in range(MAX_REDIRECTS + 1):
+            state.url = url
+            response = await self._http.request(
+                method,
+                url,
+                headers=headers.copy(),
+                data=body,
+                allow_redirects=False,
+                unbuffered=True,
+            )
+            state.status_code = response.code
+            state.phrase = response.phrase or b""
+            location = response.headers.getRawHeaders(b"location")
+            redirect = response.code in _REDIRECT_TO_GET or response.code in _REDIRECT_SAME
+            if not (redirect and location):
+                state.truncated = await read_capped(response, self._max_output_bytes, state.chunks)
+                return
+            # Drain the redirect's body so the connection can be reused.
+            await read_capped(response, _REDIRECT_BODY_CAP, [])
+            if hop == MAX_REDIRECTS:
+                state.err = f"stopped after {MAX_REDIRECTS} redirects"
+                return
+            where = location[0].decode("latin-1").strip()
+            try:
+                target = EncodedURL.from_text(url).click(where).to_text()
+            except Exception:
+                state.err = f"invalid redirect location {where!r}"[:300]
+                return
+            self.log.debug(
+                "Job {jobID}: {code} redirect to {url}",
+                jobID=job.id,
+                code=response.code,
+                url=target,
+            )
+            if response.code in _REDIRECT_TO_GET and method != "HEAD":
+                method = "GET"
+                body = None
+                headers.removeHeader(b"content-type")
+            if _host(target) != _host(url) and not _host(target).endswith("." + _host(url)):
+                for name in _CREDENTIAL_HEADERS:
+                    headers.removeHeader(name)
+            url = target
+
+
+class _CappedBody(Protocol):
+    """
+    Collect a response body into ``chunks`` up to ``cap`` bytes; beyond that,
+    close the connection and report the cut (tahoe-lafs ``limited_content``).
+    """
+
+    def __init__(self, cap: int, chunks: list[bytes], done: Deferred[bool]) -> None:
+        self._room = cap
+        self._chunks = chunks
+        self._done: Deferred[bool] | None = done
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done is None:
+            return
+        if len(data) <= self._room:
+            self._chunks.append(data)
+            self._room -= len(data)
+            return
+        if self._room > 0:
+            self._chunks.append(data[: self._room])
+        self._room = 0
+        done, self._done = self._done, None
+        self.stop()
+        done.callback(True)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        if self._done is None:
+            return
+        done, self._done = self._done, None
+        if reason.check(ResponseDone, PotentialDataLoss):
+            done.callback(False)
+        else:
+            done.errback(reason)
+
+    def stop(self) -> None:
+        """
+        Read no further: close the connection (used on the cap and on cancel).
+        """
+        self._done = None
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+def read_capped(response: IResponse, cap: int, chunks: list[bytes]) -> Deferred[bool]:
+    """
+    Read ``response``'s body into ``chunks``, at most ``cap`` bytes.
+
+    Return a Deferred of whether the body was cut; it fails as the body read
+    does (``ResponseFailed`` when the connection drops), and cancelling it
+    closes the connection.
+    """
+    collector: _CappedBody | None = None
+
+    def cancel(d: Deferred[bool]) -> None:
+        if collector is not None:
+            collector.stop()
+
+    done: Deferred[bool] = Deferred(cancel)
+    collector = _CappedBody(cap, chunks, done)
+    response.deliverBody(collector)
+    return done
+
+
+# -- Describing what went wrong ---------------------------------------------------
+
+
+def _host(url: str) -> str:
+    try:
+        return EncodedURL.from_text(url).host.lower()
+    except Exception:
+        return ""
+
+
+def _tls_error(reasons: list[Failure]) -> str | None:
+    for reason in reasons:
+        if reason.value is not None and _is_tls(reason.value):
+            return _tls_text(reason.value)
+    return None
+
+
+def _is_tls(error: BaseException) -> bool:
+    module = type(error).__module__
+    return module.startswith(("OpenSSL", "service_identity", "ssl")) or (
+        "Verification" in type(error).__name__
+    )
+
+
+def _tls_text(error: BaseException) -> str:
+    args = error.args[0] if error.args else None
+    if isinstance(args, list) and args and all(isinstance(a, tuple) for a in args):
+        # pyOpenSSL: [(library, function, reason), ...]
+        return "TLS error: " + "; ".join(str(a[-1]) for a in args)
+    return f"TLS error: {error}"[:300]
+
+
+def describe_error(error: BaseException, url: str) -> str:
+    """
+    Return a short text for a person about why the request to ``url`` failed.
+    """
+    host = _host(url)
+    if isinstance(error, ResponseTooLarge):
+        return str(error)
+    if isinstance(error, ResponseNeverReceived | ResponseFailed | RequestTransmissionFailed):
+        for reason in error.reasons:
+            if reason.check(ResponseTooLarge):
+                return str(reason.value)
+        tls = _tls_error(error.reasons)
+        if tls is not None:
+            return tls
+        if any(reason.check(CancelledError) for reason in error.reasons):
+            return "request aborted"
+        for reason in error.reasons:
+            # twisted.web._newclient.ParseError (and BadResponseVersion): not HTTP.
+            if any(cls.__name__ == "ParseError" for cls in type(reason.value).__mro__):
+                return "invalid HTTP response from the worker"
+        if isinstance(error, ResponseNeverReceived):
+            return "connection closed before a response was received"
+        if isinstance(error, RequestTransmissionFailed):
+            return "connection lost while sending the request"
+        return "connection lost before the response was complete"
+    if isinstance(error, RequestNotSent):
+        return "connection lost before the request was sent"
+    if isinstance(error, net_error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, net_error.DNSLookupError):
+        return f"could not resolve host {host}"
+    if isinstance(error, net_error.TimeoutError):
+        return f"connecting to {host} timed out"
+    if isinstance(error, net_error.NoRouteError):
+        return f"no route to host {host}"
+    if isinstance(error, net_error.ConnectionLost | net_error.ConnectionDone):
+        return "connection lost before the response was complete"
+    if isinstance(error, net_error.ConnectError):
+        detail = error.args[0] if error.args and error.args[0] else error.osError
+        return f"could not connect to {host}" + (f": {detail}" if detail else "")
+    if isinstance(error, SchemeNotSupported):
+        scheme = url.partition(":")[0] if ":" in url else ""
+        return f"unsupported URL scheme {scheme!r}: only http and https can be delivered to"
+    if isinstance(error, InvalidHeaderName):
+        name = error.args[0] if error.args else b""
+        if isinstance(name, bytes):
+            name = name.decode("latin-1")
+        return f"invalid header name {name!r}"
+    if isinstance(error, CancelledError):
+        return "request aborted"
+    if _is_tls(error):
+        return _tls_text(error)
+    if isinstance(error, ValueError | UnicodeError):
+        return f"invalid request: {error}"[:300]
+    return f"request failed: {type(error).__name__}: {error}"[:300]
+
+
+def reason_phrase(code: int, phrase: bytes) -> str:
+    """
+    Return the standard reason phrase of ``code``, else the response's own phrase.
+    """
+    standard = RESPONSES.get(code)
+    text = (standard or phrase).decode("latin-1").strip()
+    return text or f"HTTP {code}"
