@@ -195,9 +195,13 @@ class _BudgetProtocol(ProtocolWrapper):
 
 class _BudgetFactory(WrappingFactory[_BudgetProtocol]):
     protocol = _BudgetProtocol
+    #: No "Starting factory" lines per worker connection in the log.
+    noisy = False
 
     def __init__(self, wrappedFactory: Any, budget: int) -> None:
         super().__init__(wrappedFactory)
+        # The pool's per-connection client factory would log each connection too.
+        wrappedFactory.noisy = False
         self.budget = budget
 
 
