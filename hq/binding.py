@@ -29,7 +29,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import attrs
 from twisted.web.iweb import IRequest
 
-from hq.model import STATUSES, Job, ListQuery, check_regexp
+from hq.model import STATUSES, Job, ListQuery, check_regexp, json_type_name
 from hq.store import JobNotFound
 
 #: The largest id (and ``begin``) the stores can hold: a signed 64-bit integer.
@@ -273,22 +273,10 @@ def _parse_json_object(text: str, where: str) -> dict[str, Any]:
         # For example an integer with more digits than Python converts.
         raise APIError(400, f"Malformed JSON in {where}: {e}") from None
     if not isinstance(value, dict):
-        raise APIError(400, f"{_sentence(where)} must be a JSON object, not {_json_type(value)}")
+        raise APIError(
+            400, f"{_sentence(where)} must be a JSON object, not {json_type_name(value)}"
+        )
     return value
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _check_text(field: str, value: str) -> str:
@@ -314,11 +302,11 @@ def _json_fields(document: dict[str, Any], fields: dict[str, Kind]) -> dict[str,
 def _json_value(field: str, kind: Kind, value: Any) -> Any:
     if kind is Kind.STR:
         if not isinstance(value, str):
-            raise APIError(400, f"'{field}' must be a string, not {_json_type(value)}")
+            raise APIError(400, f"'{field}' must be a string, not {json_type_name(value)}")
         return _check_text(field, value)
     if kind is Kind.INT:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise APIError(400, f"'{field}' must be an integer, not {_json_type(value)}")
+            raise APIError(400, f"'{field}' must be an integer, not {json_type_name(value)}")
         return value
     if kind is Kind.UINT:
         if isinstance(value, str) and _UINT_RE.match(value):
@@ -329,15 +317,18 @@ def _json_value(field: str, kind: Kind, value: Any) -> Any:
         return value
     if kind is Kind.BOOL:
         if not isinstance(value, bool):
-            raise APIError(400, f"'{field}' must be true or false, not {_json_type(value)}")
+            raise APIError(400, f"'{field}' must be true or false, not {json_type_name(value)}")
         return value
     if kind is Kind.HEADERS:
         if not isinstance(value, dict):
-            raise APIError(400, f"'{field}' must be an object of strings, not {_json_type(value)}")
+            raise APIError(
+                400, f"'{field}' must be an object of strings, not {json_type_name(value)}"
+            )
         for name, text in value.items():
             if not isinstance(text, str):
                 raise APIError(
-                    400, f"'{field}' value for '{name}' must be a string, not {_json_type(text)}"
+                    400,
+                    f"'{field}' value for '{name}' must be a string, not {json_type_name(text)}",
                 )
             _check_text(field, name)
             _check_text(field, text)

@@ -360,3 +360,20 @@ def check_regexp(pattern: str) -> str | None:
             reason = reason.decode("utf-8", "replace")
         return str(reason) or "invalid regexp"
     return None
+
+
+def json_type_name(value: object) -> str:
+    """
+    Name the JSON type of a decoded value for an error message (``"a string"``...).
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

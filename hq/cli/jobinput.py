@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from hq.model import json_type_name
+
 #: The name stdin goes by in messages.
 STDIN_NAME = "<stdin>"
 
@@ -49,21 +51,11 @@ def _loads(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array"
-
-
 def _not_object(origin: str, value: Any) -> JobInputError:
     hint = " (to push many, write one job per line)" if isinstance(value, list) else ""
-    return JobInputError(f"{origin}: a job must be a JSON object, not {_kind(value)}{hint}")
+    return JobInputError(
+        f"{origin}: a job must be a JSON object, not {json_type_name(value)}{hint}"
+    )
 
 
 def parse_jobs(name: str, data: bytes) -> list[JobSource]:
