@@ -38,6 +38,9 @@ class QuietSite(Site):
     """
 
     def log(self, request: Any) -> None:
+        """
+        Write no access log.
+        """
         pass
 
 
@@ -59,6 +62,9 @@ class Baseline:
 
     @app.route("/job", methods=["POST"])
     def push(self, request: IRequest) -> bytes:
+        """
+        Answer the job as JSON; with ``relay``, POST its payload to its URL.
+        """
         document = json.loads(request.content.read())
         url = document.get("url")
         if not isinstance(url, str) or not url:

@@ -75,6 +75,9 @@ def finished_jobs(
 
 
 async def fill(reactor: Any, data_dir: str, jobs: Iterator[Job], count: int) -> None:
+    """
+    Create the jobs through the store, ``_WINDOW`` writes in flight at a time.
+    """
     store = SQLiteStore(data_dir, reactor)
     await store.open()
     began = time.monotonic()

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import socket
 import sqlite3
@@ -95,6 +96,44 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuShare:
+    """
+    How busy the machine was with work other than this benchmark, between
+    :meth:`start` and :meth:`stop`: all CPU time (``/proc/stat``) less what
+    this process and its finished children used, as a share of all cores.
+    """
+
+    def __init__(self, running_children: Any = None) -> None:
+        self._began = (0.0, 0.0, 0.0)
+        #: Returns the CPU seconds of children still running (not yet in rusage).
+        self._running_children = running_children or (lambda: 0.0)
+
+    def _now(self) -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        mine = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        return time.monotonic(), busy, mine + self._running_children()
+
+    def start(self) -> None:
+        """
+        Take the first reading.
+        """
+        self._began = self._now()
+
+    def stop(self) -> float:
+        """
+        Return the share (0 to 1) of the cores that other work used meanwhile.
+        """
+        t0, busy0, mine0 = self._began
+        t1, busy1, mine1 = self._now()
+        wall = max(1e-9, t1 - t0) * (os.cpu_count() or 1)
+        return round(max(0.0, (busy1 - busy0) - (mine1 - mine0)) / wall, 3)
+
+
 class RssSampler:
     """
     Samples a process's RSS in a thread; ``peak`` is the largest seen.
@@ -114,6 +153,9 @@ class RssSampler:
             self._stop.wait(self._interval)
 
     def stop(self) -> float:
+        """
+        Stop sampling; return the peak in MB.
+        """
         self._stop.set()
         self._thread.join(5)
         self.peak = max(self.peak, rss_mb(self._pid))
@@ -141,6 +183,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def median(values: list[float]) -> float:
+    """
+    Return the median of ``values`` (0 when empty).
+    """
     ordered = sorted(values)
     if not ordered:
         return 0.0
@@ -229,12 +274,18 @@ class Client:
         raise AssertionError("unreachable")
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """
+        Return the decoded JSON body of a 200 answer; raise BenchmarkError otherwise.
+        """
         status, data, _ = self.request(method, path, **kwargs)
         if status != 200:
             raise BenchmarkError(f"{method} {path}: HTTP {status}: {data[:300]!r}")
         return json.loads(data)
 
     def close(self) -> None:
+        """
+        Close the connection (the next request opens a new one).
+        """
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -258,17 +309,29 @@ class Process:
 
     @property
     def pid(self) -> int:
+        """
+        The process id.
+        """
         assert self.process is not None
         return self.process.pid
 
     @property
     def port(self) -> int:
+        """
+        The port it listens on.
+        """
         return int(self.base.rpartition(":")[2])
 
     def rss(self) -> float:
+        """
+        Its resident memory now, in MB.
+        """
         return round(rss_mb(self.pid), 1)
 
     def cpu(self) -> float:
+        """
+        The CPU seconds it has used so far.
+        """
         return cpu_seconds(self.pid)
 
     def _spawn(self, command: list[str], output: str) -> None:
@@ -297,6 +360,9 @@ class Process:
         self.listening_after = time.monotonic() - self.started_at
 
     def output(self) -> str:
+        """
+        What it printed (stdout and stderr).
+        """
         try:
             with open(self._output, errors="replace") as f:
                 return f.read()
@@ -304,9 +370,15 @@ class Process:
             return ""
 
     def alive(self) -> bool:
+        """
+        Whether it is still running.
+        """
         return self.process is not None and self.process.poll() is None
 
     def signal(self, signum: int) -> None:
+        """
+        Send ``signum`` if it is still running.
+        """
         if self.alive():
             assert self.process is not None
             self.process.send_signal(signum)
@@ -414,6 +486,9 @@ class Worker(Process):
         self._port = port
 
     def start(self) -> Worker:
+        """
+        Start the worker and wait until it listens.
+        """
         out = os.path.join(self.directory, "worker.out")
         command = [PYTHON, os.path.join(HERE, "worker.py"), "--port", str(self._port)]
         self._spawn(command, out)
@@ -422,13 +497,22 @@ class Worker(Process):
         return self
 
     def stats(self) -> dict[str, int]:
+        """
+        Return the worker's counters (``received``, ``unique``, ``duplicates``, ``errors``).
+        """
         result: dict[str, int] = self.client.json("GET", "/_stats")
         return result
 
     def reset(self) -> None:
+        """
+        Make the worker forget every job it received.
+        """
         self.client.json("POST", "/_reset")
 
     def arrivals(self, path: str) -> list[tuple[str, int]]:
+        """
+        Return every ``(job_id, monotonic_ns)`` received, through a dump to ``path``.
+        """
         self.client.json("POST", "/_dump", body=path.encode())
         with open(path) as f:
             return [(job_id, ns) for job_id, ns in json.load(f)["arrivals"]]
@@ -458,6 +542,9 @@ class Baseline(Process):
         self.workers = workers
 
     def start(self) -> Baseline:
+        """
+        Start the baseline and wait until it listens.
+        """
         out = os.path.join(self.directory, f"baseline-{self.mode}.out")
         command = [
             PYTHON,

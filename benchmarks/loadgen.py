@@ -41,9 +41,15 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def open(self) -> None:
+        """
+        Connect.
+        """
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
 
     def close(self) -> None:
+        """
+        Close the connection (the next request reconnects).
+        """
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None
@@ -141,6 +147,9 @@ class Run:
             self.error_samples.append(text)
 
     async def push(self, connection: Connection, index: int) -> None:
+        """
+        Send push number ``index`` and record its id and send time, or the error.
+        """
         raw = push_request(self.host, self.port, self.args.url, index)
         sent = time.monotonic_ns()
         try:
@@ -162,6 +171,9 @@ class Run:
         self.push_ms.append((done - sent) / 1e6)
 
     async def burst(self) -> None:
+        """
+        Push as fast as the connections go, each sending after each answer.
+        """
         connections = [Connection(self.host, self.port) for _ in range(self.args.concurrency)]
         await asyncio.gather(*(c.open() for c in connections))
         indexes = iter(range(self.args.jobs))
@@ -175,6 +187,9 @@ class Run:
         await asyncio.gather(*(client(c) for c in connections))
 
     async def steady(self) -> None:
+        """
+        Push at ``--rate`` per second, whatever the answers take.
+        """
         free: asyncio.Queue[Connection] = asyncio.Queue()
         connections = [Connection(self.host, self.port) for _ in range(self.args.concurrency)]
         await asyncio.gather(*(c.open() for c in connections))
@@ -201,6 +216,9 @@ class Run:
             c.close()
 
     def result(self) -> dict[str, Any]:
+        """
+        Return the result document.
+        """
         elapsed = max(1, self.last_done_ns - self.first_send_ns) / 1e9
         return {
             "mode": self.args.mode,
@@ -218,6 +236,9 @@ class Run:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    Run the pushes of ``args`` within the deadline; return the result.
+    """
     run = Run(args)
     work = run.burst() if args.mode == "burst" else run.steady()
     try:

@@ -43,6 +43,9 @@ class Recorder:
         self.errors = 0
 
     def record(self, job_id: str) -> None:
+        """
+        Record that ``job_id`` arrived now.
+        """
         self.arrivals.append((job_id, time.monotonic_ns()))
         if job_id in self.seen:
             self.duplicates += 1
@@ -50,6 +53,9 @@ class Recorder:
             self.seen.add(job_id)
 
     def stats(self) -> bytes:
+        """
+        Return the counters as JSON.
+        """
         return json.dumps(
             {
                 "received": len(self.arrivals),
@@ -60,10 +66,16 @@ class Recorder:
         ).encode()
 
     def dump(self, path: str) -> None:
+        """
+        Write every arrival to ``path`` as JSON.
+        """
         with open(path, "w") as f:
             json.dump({"arrivals": self.arrivals}, f)
 
     def reset(self) -> None:
+        """
+        Forget everything received.
+        """
         self.arrivals = []
         self.seen = set()
         self.duplicates = 0

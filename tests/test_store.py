@@ -8,15 +8,18 @@ import os
 import sqlite3
 
 import attrs
+import re2
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from hq.ids import first_id_at
 from hq.model import Job, JobState, ListQuery, Outcome
 from hq.store import IJobStore, JobConflict, JobExists, JobNotFound, StoreError, StoreUnavailable
 from hq.store.memory import MemoryStore
-from hq.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from hq.store.sqlite import SCHEMA_VERSION, SQLiteStore, glob_prefilter
 
 T0 = 1_700_000_000_000
 
@@ -247,6 +250,32 @@ class StoreContractMixin:
             (counts.stored, counts.waiting, counts.running, counts.created_since), (3, 2, 1, 2)
         )
 
+    async def test_plain_string_search_matches_as_the_regexp(self) -> None:
+        """A term or name of plain characters, dots and escapes finds what the regexp finds."""
+        jobs = [
+            make_job(0, name="abc"),
+            make_job(1, name="a.c"),
+            make_job(2, name="ac"),
+            make_job(3, name="x", comment="zzaQcz"),
+            attrs.evolve(make_job(4, name="y"), url="http://127.0.0.1/a*c?[x]"),
+            make_job(5, name="Abc"),
+        ]
+        await self.add(*jobs)
+        await self.store.start(jobs[5].id, T0)
+
+        async def names(**query: object) -> list[str]:
+            page = await self.store.list_jobs(ListQuery(**query))  # type: ignore[arg-type]
+            return [job.name for job in page.jobs]
+
+        self.assertEqual(await names(term="a.c"), ["abc", "a.c", "x", "y"])
+        self.assertEqual(await names(term=r"a\.c"), ["a.c"])
+        self.assertEqual(await names(term=r"a\*c\?\[x"), ["y"])
+        self.assertEqual(await names(name="c"), ["abc", "a.c", "ac", "Abc"])
+        self.assertEqual(await names(name="^a"), ["abc", "a.c", "ac"])
+        self.assertEqual(await names(term="running"), ["Abc"])
+        self.assertEqual(await names(term=str(jobs[2].id)[-6:]), ["ac"])
+        self.assertEqual(await names(term="bc", reverse=True, limit=1), ["Abc"])
+
 
 class MemoryStoreTests(StoreContractMixin, TestCase):
     """
@@ -336,3 +365,38 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         """integrity_check reports ok on a sound file."""
         await self.add(make_job(1))
         self.assertEqual(await self.store.integrity_check(), ["ok"])
+
+
+class GlobPrefilterTests(SynchronousTestCase):
+    """
+    The GLOB that lets SQLite skip rows for a plain-string regexp.
+    """
+
+    def test_plain_strings_become_globs(self) -> None:
+        """Characters stay, '.' is any character, escapes and GLOB wildcards are literal."""
+        self.assertEqual(glob_prefilter("abc"), "*abc*")
+        self.assertEqual(glob_prefilter("a.c"), "*a?c*")
+        self.assertEqual(glob_prefilter(r"a\.c"), "*a.c*")
+        self.assertEqual(glob_prefilter(r"a\*b\?c\[d"), "*a[*]b[?]c[[]d*")
+
+    def test_other_regexps_have_none(self) -> None:
+        """Anchors, classes, repeats, groups and alternations are left to the regexp."""
+        for pattern in ("^a", "a$", "a|b", "a*", "a+", "a?", "(a)", "[ab]", "a{2}", r"\d", "a\\"):
+            self.assertIsNone(glob_prefilter(pattern), pattern)
+
+    @given(
+        pattern=st.text(alphabet="ab.*?[]\\é\n", min_size=1, max_size=6),
+        text=st.text(alphabet="ab.*?[]\\é\nc", max_size=12),
+    )
+    def test_every_regexp_match_passes_the_glob(self, pattern: str, text: str) -> None:
+        """Whenever the RE2 regexp finds a match, the GLOB matches too (never a miss)."""
+        glob = glob_prefilter(pattern)
+        try:
+            regexp = re2.compile(pattern)
+        except re2.error:
+            return
+        if glob is None or not regexp.search(text):
+            return
+        conn = sqlite3.connect(":memory:")
+        self.addCleanup(conn.close)
+        self.assertTrue(conn.execute("SELECT ? GLOB ?", (text, glob)).fetchone()[0])

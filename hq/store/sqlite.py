@@ -173,6 +173,43 @@ def _job(row: tuple[Any, ...]) -> Job:
     )
 
 
+#: Regexp syntax beyond plain characters and ``.`` (see :func:`glob_prefilter`).
+_REGEXP_SYNTAX = frozenset("^$|?*+()[]{}")
+#: GLOB's own wildcards, matched literally inside brackets.
+_GLOB_ESCAPES = {"*": "[*]", "?": "[?]", "[": "[[]"}
+
+
+def glob_prefilter(pattern: str) -> str | None:
+    """
+    Return a SQLite GLOB pattern that every text in which the RE2 regexp
+    ``pattern`` finds a match also matches, or ``None`` when the regexp is more
+    than plain characters, ``.`` (any character) and ``\\`` before punctuation.
+
+    Most searches are plain words, hosts or ids: for them SQLite can drop the
+    rows that cannot match without handing each to Python.
+    """
+    parts = ["*"]
+    escaped = False
+    for char in pattern:
+        if escaped:
+            if not (char.isascii() and not char.isalnum() and char.isprintable()):
+                return None  # \d, \w, \pL...: a class, not a character
+            parts.append(_GLOB_ESCAPES.get(char, char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ".":
+            parts.append("?")
+        elif char in _REGEXP_SYNTAX or char == "\x00":
+            return None
+        else:
+            parts.append(_GLOB_ESCAPES.get(char, char))
+    if escaped or len(parts) == 1:
+        return None
+    parts.append("*")
+    return "".join(parts)
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
     conn.execute("PRAGMA busy_timeout = 10000")
@@ -351,6 +388,11 @@ class SQLiteStore:
         self._counts = _Counts()
         self._writer: _Writer | None = None
         self._pool: ThreadPool | None = None
+        #: Listings that may read every row (a regexp filter, no limit) run on
+        #: their own thread, so a slow search never holds up the other reads.
+        self._scan_pool: ThreadPool | None = None
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._closing = False
         self._local = threading.local()
         self._lock_fd: int | None = None
         self._probes = 0
@@ -448,6 +490,9 @@ class SQLiteStore:
         self._writer.start()
         self._pool = ThreadPool(minthreads=1, maxthreads=self._readers, name="hq-sqlite-read")
         self._pool.start()
+        self._scan_pool = ThreadPool(minthreads=0, maxthreads=1, name="hq-sqlite-scan")
+        self._scan_pool.start()
+        self._closing = False
 
         def failed(reason: Failure) -> Failure:
             self.close()
@@ -474,10 +519,16 @@ class SQLiteStore:
 
     def close(self) -> Deferred[None]:
         self._flush()
-        writer, pool = self._writer, self._pool
-        self._writer = self._pool = None
-        if pool is not None:
-            pool.stop()
+        writer, pool, scan_pool = self._writer, self._pool, self._scan_pool
+        self._writer = self._pool = self._scan_pool = None
+        # Stopping a pool waits for its threads: end their queries first.
+        self._closing = True
+        for conn in list(self._reader_conns):
+            conn.interrupt()
+        for each in (pool, scan_pool):
+            if each is not None:
+                each.stop()
+        self._reader_conns.clear()
         if writer is None:
             return succeed(None)
         done: Deferred[None] = Deferred()
@@ -530,22 +581,24 @@ class SQLiteStore:
         if pending and self._writer is not None:
             self._writer.submit_many(pending)
 
-    def _read(self, call: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
-        if self._pool is None:
+    def _read(self, call: Callable[[sqlite3.Connection], T], scan: bool = False) -> Deferred[T]:
+        pool = self._scan_pool if scan else self._pool
+        if pool is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
 
         def run() -> T:
             conn = getattr(self._local, "conn", None)
             if conn is None:
                 conn = self._local.conn = _connect(self._path)
+                self._reader_conns.append(conn)
             try:
                 return call(conn)
             except sqlite3.OperationalError as e:
-                if _unavailable(e):
+                if _unavailable(e) or self._closing:
                     raise StoreUnavailable(f"storage unavailable: {e}") from None
                 raise
 
-        return deferToThreadPool(self._reactor, self._pool, run)
+        return deferToThreadPool(self._reactor, pool, run)
 
     # Writer-side helpers (run on the writer thread).
 
@@ -613,6 +666,19 @@ class SQLiteStore:
         if query.status is not None:
             where.append("status = ?")
             args.append(query.status)
+        # A regexp that is a plain string lets SQLite skip, in C and without
+        # the GIL, the rows that cannot match; the regexp still decides below.
+        term = None if query.term is None else glob_prefilter(query.term)
+        if term is not None:
+            where.append(
+                "(name GLOB ? OR CAST(id AS TEXT) GLOB ? OR comment GLOB ? OR url GLOB ?"
+                " OR status GLOB ?)"
+            )
+            args.extend([term] * 5)
+        name = None if query.name is None else glob_prefilter(query.name)
+        if name is not None:
+            where.append("name GLOB ?")
+            args.append(name)
         sql = _SELECT
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -637,7 +703,7 @@ class SQLiteStore:
                         return JobPage(jobs=jobs, next_id=job.id)
                     jobs.append(job)
 
-        return self._read(call)
+        return self._read(call, scan=query.filters_text or query.limit is None)
 
     def start(self, job_id: int, now: int) -> Deferred[Job | None]:
         # One UPDATE, not a read, a Job built twice and a REPLACE (which rewrites
