@@ -41,36 +41,76 @@ class ReopenableFile:
     """
     A text file opened for appending that can be reopened (after logrotate moved
     it); the empty path means standard output.
+
+    A log that cannot be written (disk full, file gone) must not stop the
+    server: failed writes are dropped and counted, and a warning goes to
+    standard error at most once a minute.
     """
+
+    #: Seconds between two warnings about dropped lines.
+    WARN_EVERY = 60.0
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._file: IO[str] = self._open()
+        self.dropped = 0
+        self._warned_at: float | None = None
 
     def _open(self) -> IO[str]:
         if not self.path:
             return sys.stdout
         return open(self.path, "a", encoding="utf-8", buffering=1)
 
+    def _failed(self, error: Exception) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= self.WARN_EVERY:
+            self._warned_at = now
+            try:
+                assert sys.__stderr__ is not None
+                sys.__stderr__.write(
+                    f"hq: cannot write log {self.path or '<stdout>'}: {error}; "
+                    f"{self.dropped} lines dropped so far\n"
+                )
+            except (OSError, ValueError, AttributeError):
+                pass
+
     def write(self, text: str) -> None:
-        self._file.write(text)
+        try:
+            self._file.write(text)
+        except (OSError, ValueError) as e:
+            self._failed(e)
 
     def flush(self) -> None:
-        self._file.flush()
+        try:
+            self._file.flush()
+        except (OSError, ValueError) as e:
+            self._failed(e)
 
     def reopen(self) -> None:
         """
         Close and open the file again at its path (a no-op for standard output).
+        If it cannot be opened, keep writing to the old one.
         """
         if not self.path:
             return
-        new = self._open()
+        try:
+            new = self._open()
+        except OSError as e:
+            self._failed(e)
+            return
         old, self._file = self._file, new
-        old.close()
+        try:
+            old.close()
+        except OSError as e:
+            self._failed(e)
 
     def close(self) -> None:
         if self.path:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as e:
+                self._failed(e)
 
 
 def app_observer(level: str, out: ReopenableFile, log_format: str = "text") -> ILogObserver:

@@ -78,6 +78,14 @@ class StoreContractMixin:
         await self.add(make_job(3), make_job(1))
         self.assertEqual(await self.store.max_id(), make_job(3).id)
 
+    async def test_max_id_remembers_deleted_jobs(self) -> None:
+        """max_id stays at the greatest id ever created after the newest job is deleted."""
+        old, newest = make_job(1), make_job(2)
+        await self.add(old, newest)
+        await self.store.stop(newest.id, T0)
+        await self.store.delete(newest.id)
+        self.assertEqual(await self.store.max_id(), newest.id)
+
     async def test_list_forward_and_reverse_with_begin(self) -> None:
         """Listing scans in id order, begin is inclusive, next is the next id."""
         jobs = [make_job(n) for n in range(5)]
@@ -219,7 +227,8 @@ class StoreContractMixin:
         await self.store.stop(b.id, T0)
         recovery = await self.store.recover(T0 + 10)
         self.assertEqual((recovery.requeued, recovery.canceled), (1, 1))
-        self.assertEqual((await self.store.get(a.id)).status, "waiting")
+        requeued = await self.store.get(a.id)
+        self.assertEqual((requeued.status, requeued.started_at), ("waiting", None))
         self.assertEqual((await self.store.get(b.id)).status, "canceled")
         self.assertEqual([j.id for j in await self.store.waiting_jobs(0, 10)], [a.id, c.id])
 
@@ -304,6 +313,21 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.store = SQLiteStore(self.data_dir, reactor)
         self.addCleanup(lambda: self.store.close())
         return self.store.open()
+
+    async def test_writer_survives_an_unexpected_error(self) -> None:
+        """A write that fails with a non-SQLite error fails alone; the writer goes on."""
+        job = make_job(1)
+        await self.store.create(job)
+        await self.store.start(job.id, T0)
+        huge = Outcome(finished_at=T0, failure=True, status_code=10**30)
+        with self.assertRaises(OverflowError):
+            await self.store.finish(job.id, huge)
+        await self.store.create(make_job(2))
+        done = await self.store.finish(job.id, Outcome(finished_at=T0, success=True))
+        assert done is not None
+        self.assertEqual(done.status, "success")
+        counts = await self.store.counts(0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 1, 0))
 
     async def test_survives_reopen(self) -> None:
         """Jobs and counters are there after close and open."""

@@ -49,6 +49,7 @@ class MemoryStore:
     _jobs: dict[int, Job] = attrs.Factory(dict)
     _ids: list[int] = attrs.Factory(list)
     writable: bool = True
+    _max_id: int = 0
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -83,20 +84,21 @@ class MemoryStore:
                         self._put(job.finished(Outcome(finished_at=now, canceled=True)))
                         canceled += 1
                     else:
-                        self._put(attrs.evolve(job, state=JobState.WAITING))
+                        self._put(attrs.evolve(job, state=JobState.WAITING, started_at=None))
                         requeued += 1
             return Recovery(requeued=requeued, canceled=canceled)
 
         return self._write(call)
 
     def max_id(self) -> Deferred[int]:
-        return succeed(self._ids[-1] if self._ids else 0)
+        return succeed(self._max_id)
 
     def create(self, job: Job) -> Deferred[None]:
         def call() -> None:
             if job.id in self._jobs:
                 raise JobExists(f"The job {job.id} already exists")
             self._put(job)
+            self._max_id = max(self._max_id, job.id)
             if not self._ids or job.id > self._ids[-1]:
                 self._ids.append(job.id)
             else:

@@ -103,6 +103,12 @@ _COLUMNS = (
 _INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 _REPLACE = f"REPLACE INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
+#: Remember the greatest id created (see ``max_id``).
+_RAISE_MAX_ID = (
+    "INSERT INTO meta (key, value) VALUES ('max_id', ?) ON CONFLICT (key) DO UPDATE "
+    "SET value = excluded.value "
+    "WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)"
+)
 #: Mark a waiting, not canceled job running; returns it (no row: not startable).
 _START = (
     "UPDATE jobs SET state = 1, status = 'running', started_at = ?, attempts = attempts + 1"
@@ -301,7 +307,15 @@ class _Writer(threading.Thread):
                     break
                 batch.extend(more)
             began = time.perf_counter()
-            results = self._run_batch(batch)
+            try:
+                results = self._run_batch(batch)
+            except Exception:
+                # Never let the writer die: fail this batch's writes and go on.
+                failure = Failure()
+                self._reactor.callFromThread(
+                    SQLiteStore.log.failure, "The store writer failed a batch", failure
+                )
+                results = [(d, failure, []) for _, d in batch]
             self._observe(time.perf_counter() - began, len(batch), results)
             self._reactor.callFromThread(self._deliver, results)
         if self._conn is not None:
@@ -337,17 +351,22 @@ class _Writer(threading.Thread):
             conn.execute("BEGIN IMMEDIATE")
             for op, d in batch:
                 changes: list[_Change] = []
+                # Each write in its own savepoint: one that fails half-way is
+                # undone alone, and the others in the batch still commit.
+                conn.execute("SAVEPOINT op")
                 try:
                     result = op(conn, changes)
-                except sqlite3.IntegrityError:
-                    results.append((d, Failure(JobExists("a job with this id exists")), []))
-                except StoreError:
-                    results.append((d, Failure(), []))
-                except sqlite3.Error as e:
-                    if _unavailable(e):
+                except Exception as e:
+                    if isinstance(e, sqlite3.Error) and _unavailable(e):
                         raise
-                    results.append((d, Failure(), []))
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    if isinstance(e, sqlite3.IntegrityError):
+                        results.append((d, Failure(JobExists("a job with this id exists")), []))
+                    else:
+                        results.append((d, Failure(), []))
                 else:
+                    conn.execute("RELEASE op")
                     results.append((d, result, changes))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
@@ -634,22 +653,27 @@ class SQLiteStore:
                     )
                     canceled += 1
                 else:
-                    self._save(conn, changes, job, attrs.evolve(job, state=JobState.WAITING))
+                    waiting = attrs.evolve(job, state=JobState.WAITING, started_at=None)
+                    self._save(conn, changes, job, waiting)
                     requeued += 1
             return Recovery(requeued=requeued, canceled=canceled)
 
         return self._write(op)
 
     def max_id(self) -> Deferred[int]:
-        return self._read(
-            lambda conn: cast(
-                int, conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
-            )
+        # The greatest id ever created, deleted or not (kept in ``meta``), so an
+        # id is not issued twice when the newest jobs are gone and the clock
+        # was set back.
+        sql = (
+            "SELECT max(coalesce((SELECT max(id) FROM jobs), 0), "
+            "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'max_id'), 0))"
         )
+        return self._read(lambda conn: cast(int, conn.execute(sql).fetchone()[0]))
 
     def create(self, job: Job) -> Deferred[None]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
             conn.execute(_INSERT, _row(job))
+            conn.execute(_RAISE_MAX_ID, (str(job.id),))
             changes.append((None, job.state, 1))
 
         return self._write(op)
