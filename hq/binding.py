@@ -311,7 +311,7 @@ def _json_value(field: str, kind: Kind, value: Any) -> Any:
     if kind is Kind.UINT:
         if isinstance(value, str) and _UINT_RE.match(value):
             # Ids are strings in every response, so a string of digits is accepted too.
-            return int(value)
+            return _to_int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise APIError(400, f"'{field}' must be a job id (a non-negative integer)")
         return value
