@@ -6,7 +6,6 @@ in-memory store and a recording dispatcher.
 from __future__ import annotations
 
 import json
-import urllib.parse
 import re
 from typing import Any
 from urllib.parse import quote
@@ -678,7 +677,7 @@ class ListTests(APITestCase):
 
     def test_huge_begin_in_payload_parameter_is_not_a_500(self) -> None:
         """A 5,000-digit begin given as a string in ?payload= lists nothing, no 500."""
-        query = urllib.parse.quote(json.dumps({"begin": "9" * 5000}))
+        query = quote(json.dumps({"begin": "9" * 5000}))
         self.assertEqual(self.page("?payload=" + query)["jobs"], [])
 
     def test_last_page_has_no_next(self) -> None:
