@@ -106,6 +106,16 @@ class TimedRequest(Request):
     def process(self) -> None:
         if self._refused:
             return
+        if getattr(getattr(self.channel, "site", None), "stopping", False):
+            # Shutting down: no new work, even on a connection opened before.
+            self.channel.persistent = False  # type: ignore[union-attr]
+            self.setResponseCode(503)
+            self.setHeader(b"content-type", b"application/json; charset=UTF-8")
+            self.setHeader(b"connection", b"close")
+            self.setHeader(b"retry-after", b"5")
+            self.write(error_body(503, "HQ is shutting down; try again later"))
+            self.finish()
+            return
         super().process()
 
 
@@ -249,6 +259,9 @@ class AccessLogSite(Site):
     protocol = LimitedChannel  # type: ignore[assignment]
     #: No "Starting factory" / "Stopping factory" lines in the log.
     noisy = False
+    #: Set at shutdown: every request still arriving is answered 503 and its
+    #: connection closed (keep-alive connections outlive the listening port).
+    stopping = False
 
     def __init__(
         self,

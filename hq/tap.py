@@ -124,6 +124,7 @@ class HQService(MultiService):
         self._data_dir = config.data_dir
         self._temporary = False
         self._port: Any = None
+        self._site: Any = None
         self._store: Any = None
         self._dispatch: Any = None
         self._metrics: Any = None
@@ -247,6 +248,7 @@ class HQService(MultiService):
         )
         try:
             self._port = self._reactor.listenTCP(config.port, site, interface=config.host)
+            self._site = site
         except CannotListenError as e:
             raise FatalStartError(
                 f"cannot listen on {config.addr}: {e.socketError.strerror or e.socketError}"
@@ -366,6 +368,8 @@ class HQService(MultiService):
             "Shutting down: no new requests; waiting up to {timeout} s for running jobs",
             timeout=self.config.shutdown_timeout,
         )
+        if self._site is not None:
+            self._site.stopping = True
         if self._port is not None:
             await self._port.stopListening()
         if self._cleanup is not None and self._cleanup.running:
