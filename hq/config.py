@@ -193,3 +193,37 @@ def load_config(path: str | None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     return config_from_dict(values)
+
+
+#: Read when no config file is named, if it exists (as the Go server does).
+DEFAULT_CONFIG_FILE = "/etc/hq/hq.toml"
+
+
+def config_path(given: str | None) -> str | None:
+    """
+    Return the config file to read: the one given, else ``HQ_CONFIG``, else
+    ``/etc/hq/hq.toml`` if it exists, else ``None`` (defaults).
+    """
+    if given:
+        return given
+    env = os.environ.get("HQ_CONFIG")
+    if env:
+        return env
+    if os.path.exists(DEFAULT_CONFIG_FILE):
+        return DEFAULT_CONFIG_FILE
+    return None
+
+
+def read_config(given: str | None, log_level: str | None = None) -> Config:
+    """
+    Load the configuration, applying a ``--log-level`` (or ``HQ_LOG_LEVEL``) override.
+
+    :raises ConfigError: naming the key or the file at fault.
+    """
+    config = load_config(config_path(given))
+    level = log_level or os.environ.get("HQ_LOG_LEVEL")
+    if level:
+        # Validate through the same rules as the file.
+        config_from_dict({"log_level": level})
+        config = attrs.evolve(config, log_level=level.lower())
+    return config

@@ -19,66 +19,10 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from hq import __version__
-from hq.config import Config, ConfigError, load_config
+from hq import __version__, commit_hash
+from hq.config import Config, ConfigError, read_config
 
 log = Logger()
-
-#: Read when no config file is named, if it exists (as the Go server does).
-DEFAULT_CONFIG_FILE = "/etc/hq/hq.toml"
-
-
-def commit_hash() -> str:
-    """
-    Return the git commit this code was built from, or ``"unknown"``.
-    """
-    env = os.environ.get("HQ_COMMIT_HASH")
-    if env:
-        return env
-    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        with open(os.path.join(top, ".git", "HEAD")) as f:
-            head = f.read().strip()
-        if head.startswith("ref: "):
-            with open(os.path.join(top, ".git", head[5:])) as f:
-                head = f.read().strip()
-        return head[:40] or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def config_path(given: str | None) -> str | None:
-    """
-    Return the config file to read: the one given, else ``HQ_CONFIG``, else
-    ``/etc/hq/hq.toml`` if it exists, else ``None`` (defaults).
-    """
-    if given:
-        return given
-    env = os.environ.get("HQ_CONFIG")
-    if env:
-        return env
-    if os.path.exists(DEFAULT_CONFIG_FILE):
-        return DEFAULT_CONFIG_FILE
-    return None
-
-
-def read_config(given: str | None, log_level: str | None = None) -> Config:
-    """
-    Load the configuration, applying a ``--log-level`` (or ``HQ_LOG_LEVEL``) override.
-
-    :raises ConfigError: naming the key or the file at fault.
-    """
-    from hq.config import config_from_dict
-
-    config = load_config(config_path(given))
-    level = log_level or os.environ.get("HQ_LOG_LEVEL")
-    if level:
-        # Validate through the same rules as the file.
-        config_from_dict({"log_level": level})
-        import attrs
-
-        config = attrs.evolve(config, log_level=level.lower())
-    return config
 
 
 class Options(usage.Options):
@@ -145,7 +89,7 @@ class HQService(MultiService):
         try:
             self._prepare()
         except FatalStartError as e:
-            sys.stderr.write(f"hq: error: {e}\n")
+            sys.stderr.write(f"error: {e}\n")
             raise SystemExit(1) from None
         super().privilegedStartService()
 
@@ -195,6 +139,7 @@ class HQService(MultiService):
         from hq.worker import make_http_client
 
         config = self.config
+        commit = commit_hash()
         self._ids = IdGenerator(config.server_id, self._reactor)
         self._dispatch = Dispatch(
             store=self._store,
@@ -217,7 +162,7 @@ class HQService(MultiService):
                 max_workers=config.dispatchers * config.workers_per_dispatcher,
                 queue_size=config.queues,
                 version=__version__,
-                commit_hash=commit_hash(),
+                commit_hash=commit,
             )
             self._dispatch.add_observer(self._metrics.job_finished)
         dispatch = self._dispatch
@@ -229,11 +174,11 @@ class HQService(MultiService):
             clock=self._reactor,
             config=config,
             version=__version__,
-            commit_hash=commit_hash(),
+            commit_hash=commit,
             metrics=self._metrics,
             health=health,
         )
-        ui = ui_resource(config.ui_path, __version__, commit_hash()) if config.ui else None
+        ui = ui_resource(config.ui_path, __version__, commit) if config.ui else None
         # The API parses form bodies itself: Twisted's own parse of every POST's
         # Content-Type (through the email package) was a tenth of a push's cost.
         site = AccessLogSite(
@@ -349,7 +294,7 @@ class HQService(MultiService):
     def _fatal(self, reason: Any) -> None:
         message = str(reason.value) if reason.check(Exception) else reason.getErrorMessage()
         log.critical("HQ cannot start: {message}", message=message)
-        sys.stderr.write(f"hq: error: {message}\n")
+        sys.stderr.write(f"error: {message}\n")
         self.exit_code = 1
         self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         if self._reactor.running:

@@ -25,8 +25,7 @@ def run_backup(
     status: 0, or 1 with ``error: <message>`` on stderr.
     """
     from hq.backup import BackupError, backup_database, database_path
-    from hq.config import ConfigError, load_config
-    from hq.tap import config_path
+    from hq.config import ConfigError, config_path, load_config
 
     if not data_dir:
         path = config_path(config_file)

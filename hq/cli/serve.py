@@ -16,13 +16,13 @@ def run_server(config_file: str | None, log_level: str | None) -> int:
     """
     from twisted.internet import reactor
 
-    from hq.config import ConfigError
-    from hq.tap import HQService, read_config
+    from hq.config import ConfigError, read_config
+    from hq.tap import HQService
 
     try:
         config = read_config(config_file, log_level)
     except ConfigError as e:
-        sys.stderr.write(f"hq: error: {e}\n")
+        sys.stderr.write(f"error: {e}\n")
         return 1
     service = HQService(config, reactor)
     try:
