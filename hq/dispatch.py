@@ -43,6 +43,9 @@ STORE_RETRY_SECONDS = 1.0
 FINISH_ATTEMPTS = 4
 #: Longest wait between two attempts to record an outcome.
 FINISH_RETRY_MAX_SECONDS = 10.0
+#: The ``err`` of a job whose delivery failed on an unexpected error in HQ
+#: (the details are in the server's log).
+INTERNAL_ERROR = "internal error in HQ while delivering the job (see the server log)"
 
 
 class Dispatch(Service):
@@ -162,12 +165,20 @@ class Dispatch(Service):
 
         ``stopped`` is the job as the store's stop returned it: when the stop
         finished it (it was waiting), it is counted and told to the observers
-        like any other finished job.
+        like any other finished job. When it is running in the store but not
+        being delivered here (its outcome could not be recorded, or its run
+        failed unexpectedly), it is recorded finished ``canceled`` now, so it
+        does not stay ``canceling``.
         """
         try:
+            delivering = job_id in self._known
             self._cancel(job_id)
-            if stopped is not None and stopped.state is JobState.FINISHED:
+            if stopped is None:
+                return
+            if stopped.state is JobState.FINISHED:
                 self._finished(stopped)
+            elif stopped.state is JobState.RUNNING and stopped.canceled and not delivering:
+                self._finish_orphan(job_id)
         except Exception:
             self.log.failure("Could not cancel job {jobID}", jobID=job_id)
 
@@ -224,14 +235,15 @@ class Dispatch(Service):
                 # Its previous run is still ending; queue it once that is done.
                 self._requeue[job.id] = job
             return
-        if self._idle:
-            if not self._backlog:
-                self._watermark = max(self._watermark, job.id)
+        if not self._backlog and self._idle:
+            self._watermark = max(self._watermark, job.id)
             self._hand_out(job)
         elif not self._backlog and len(self._queue) < self._queue_size:
             self._watermark = max(self._watermark, job.id)
             self._append(job)
         else:
+            # Older waiting jobs may be in the store only: the feed brings this
+            # one in after them, in id order (FIFO), even to an idle dispatcher.
             self._backlog = True
             if self._feeding:
                 self._missed_while_feeding = True
@@ -383,6 +395,35 @@ class Dispatch(Service):
         )
         run.addBoth(lambda _: self._run_ended(job.id, semaphore))
 
+    def _finish_orphan(self, job_id: int) -> None:
+        """
+        Record ``job_id``, stopped while running in the store with no delivery
+        here, as finished ``canceled``. It counts as a run until recorded (the
+        shutdown waits for it), and as known, so a second stop does not record
+        it twice.
+        """
+        self.log.info(
+            "Job {jobID} was stopped while running with no delivery in progress; "
+            "recording it canceled",
+            jobID=job_id,
+        )
+        self._runs += 1
+        self._known.add(job_id)
+        outcome = Outcome(finished_at=self._now_ms(), canceled=True, err="stopped")
+        run = Deferred.fromCoroutine(self._record(job_id, outcome))
+        run.addErrback(
+            lambda failure: self.log.failure(
+                "Job {jobID}: recording the stop failed unexpectedly", failure, jobID=job_id
+            )
+        )
+        run.addBoth(lambda _: self._orphan_ended(job_id))
+
+    def _orphan_ended(self, job_id: int) -> None:
+        self._runs -= 1
+        self._known.discard(job_id)
+        self._stop_asked.discard(job_id)
+        self._check_stopped()
+
     def _run_ended(self, job_id: int, semaphore: DeferredSemaphore) -> None:
         self._runs -= 1
         self._known.discard(job_id)
@@ -406,15 +447,28 @@ class Dispatch(Service):
         if self._stopping:
             # Shutting down: leave it running in the store; recover() re-queues it.
             return
-        if job.id in self._stop_asked or started.canceled:
-            outcome: Outcome | None = Outcome(
-                finished_at=self._now_ms(), canceled=True, err="stopped"
-            )
-        else:
-            outcome = await self._deliver(started)
+        try:
+            if job.id in self._stop_asked or started.canceled:
+                outcome: Outcome | None = Outcome(
+                    finished_at=self._now_ms(), canceled=True, err="stopped"
+                )
+            else:
+                outcome = await self._deliver(started)
+        except Exception:
+            # A bug, not the worker: log it, and record a failure rather than
+            # leave the job running with nothing delivering it.
+            self.log.failure("Job {jobID}: delivery failed unexpectedly", jobID=job.id)
+            outcome = Outcome(finished_at=self._now_ms(), failure=True, err=INTERNAL_ERROR)
         if outcome is None:
             return
-        finished = await self._finish(job.id, outcome)
+        await self._record(job.id, outcome)
+
+    async def _record(self, job_id: int, outcome: Outcome) -> None:
+        """
+        Record ``outcome`` (see :meth:`_finish`); once recorded, count the job
+        and tell the observers.
+        """
+        finished = await self._finish(job_id, outcome)
         if finished is not None:
             self._finished(finished)
 
@@ -491,7 +545,8 @@ class Dispatch(Service):
         :data:`FINISH_RETRY_MAX_SECONDS`), keeping the job's slot, until it is
         recorded or the shutdown aborts it; after any other error give up after
         :data:`FINISH_ATTEMPTS` tries. A job given up stays running in the store
-        and is delivered again after a restart.
+        until it is stopped (:meth:`cancel` then records it canceled) or it is
+        delivered again after a restart.
         """
         attempt = 0
         while True:
@@ -534,7 +589,7 @@ class Dispatch(Service):
     def _gave_up(self, job_id: int, attempts: int) -> None:
         self.log.warn(
             "Gave up recording the outcome of job {jobID} after {attempts} attempts; "
-            "it stays running and is delivered again after a restart",
+            "it stays running until it is stopped or delivered again after a restart",
             jobID=job_id,
             attempts=attempts,
         )

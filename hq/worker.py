@@ -72,6 +72,11 @@ _CREDENTIAL_HEADERS = (b"authorization", b"proxy-authorization", b"cookie", b"co
 RESPONSE_OVERHEAD_BYTES = 1024 * 1024
 #: Idle keep-alive connections kept per worker host (Twisted's default is 2).
 MAX_PERSISTENT_PER_HOST = 16
+#: The status codes a worker may answer with; any other is an invalid response.
+MIN_STATUS_CODE = 100
+MAX_STATUS_CODE = 599
+#: Digits of an invalid status code kept in ``err``.
+_STATUS_DIGITS_SHOWN = 12
 
 
 # -- The HTTP client ------------------------------------------------------------
@@ -433,6 +438,14 @@ class WorkerClient:
                 allow_redirects=False,
                 unbuffered=True,
             )
+            if not MIN_STATUS_CODE <= response.code <= MAX_STATUS_CODE:
+                # Twisted takes any integer; such a code is no HTTP answer
+                # (and a huge one would not fit the store's INTEGER column).
+                state.status_code = None
+                state.phrase = b""
+                state.err = invalid_status_text(response.code)
+                _drop_body(response)
+                return
             state.status_code = response.code
             state.phrase = response.phrase or b""
             location = response.headers.getRawHeaders(b"location")
@@ -508,6 +521,15 @@ class _CappedBody(Protocol):
         self._done = None
         if self.transport is not None:
             self.transport.loseConnection()
+
+
+def _drop_body(response: IResponse) -> None:
+    """
+    Read nothing of ``response``'s body: close its connection (it is not reused).
+    """
+    collector = _CappedBody(0, [], Deferred())
+    response.deliverBody(collector)
+    collector.stop()
 
 
 def read_capped(response: IResponse, cap: int, chunks: list[bytes]) -> Deferred[bool]:
@@ -617,6 +639,17 @@ def describe_error(error: BaseException, url: str) -> str:
     if isinstance(error, ValueError | UnicodeError):
         return f"invalid request: {error}"[:300]
     return f"request failed: {type(error).__name__}: {error}"[:300]
+
+
+def invalid_status_text(code: int) -> str:
+    """
+    Return the ``err`` for a response whose status code ``code`` is outside
+    100-599 (a long number is cut).
+    """
+    shown = str(code)
+    if len(shown) > _STATUS_DIGITS_SHOWN:
+        shown = shown[:_STATUS_DIGITS_SHOWN] + "..."
+    return f"invalid HTTP response from the worker: status code {shown}"
 
 
 def reason_phrase(code: int, phrase: bytes) -> str:

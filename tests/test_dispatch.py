@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
-from hq.dispatch import STORE_RETRY_SECONDS, Dispatch
+from hq.dispatch import FINISH_ATTEMPTS, INTERNAL_ERROR, STORE_RETRY_SECONDS, Dispatch
 from hq.history import BUCKET_MS, BUCKETS, HistoryBucket
 from hq.model import Job, JobState
 from hq.store import StoreUnavailable
@@ -433,16 +433,56 @@ class BacklogTests(DispatchTestCase):
         dispatch = self.start(store=store, queue_size=4)
         self.worker.reply = Reply(hang=True)
         self.assertEqual(len(store.pending), 1)  # the start-up read, which saw no job
-        first = self.push(dispatch)  # an idle dispatcher takes it at once
-        second = self.push(dispatch)  # no room to hand it over: left to the feed
-        self.assertEqual(self.delivered_ids(), [first.id])
+        first = self.push(dispatch)  # backlogged: left to the feed, even with a dispatcher idle
+        second = self.push(dispatch)
+        self.assertEqual(self.delivered_ids(), [])
         store.answer_all()
         self.assertEqual(len(store.pending), 1)  # read again: the first read was short but stale
         store.answer_all()
+        self.assertEqual(self.delivered_ids(), [first.id])
         self.assertEqual(dispatch.in_queue, 1)
         self.worker.release(Reply())
         self.stub.flush()
         self.assertEqual(self.delivered_ids(), [first.id, second.id])
+
+    def test_push_during_the_start_up_feed_waits_for_older_stored_jobs(self) -> None:
+        """A job pushed while the backlog is being read is delivered after the older ones."""
+        store = SlowFeedStore()
+        self.store = store
+        for _ in range(3):
+            self.make_job()
+        dispatch = self.start(store=store, queue_size=10)
+        self.assertEqual(len(store.pending), 1)  # the start-up read of jobs 1-3, in flight
+        newest = self.push(dispatch)  # the dispatcher is idle, but older jobs come first
+        self.assertEqual(self.worker.requests, [])
+        store.answer_all()
+        self.assertEqual(self.delivered_ids(), [1, 2, 3])
+        store.answer_all()  # the read that finds the pushed job
+        self.assertEqual(self.delivered_ids(), [1, 2, 3, newest.id])
+        self.assertTrue(all(self.get(job_id).success for job_id in (1, 2, 3, newest.id)))
+        self.assertEqual(store.pending, [])
+
+    def test_push_during_a_refill_waits_for_older_stored_jobs(self) -> None:
+        """A job pushed to an idle dispatcher while a refill is read is delivered after it."""
+        store = SlowFeedStore()
+        self.store = store
+        dispatch = self.start(store=store, queue_size=2)
+        store.answer_all()  # the start-up read: an empty store, no backlog
+        self.worker.reply = Reply(hang=True)
+        jobs = [self.push(dispatch) for _ in range(6)]  # 1 runs, 2 queued, 3 in the store
+        for _ in range(3):
+            self.worker.release(Reply())
+            self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [job.id for job in jobs[:3]])
+        self.assertEqual((len(store.pending), dispatch.in_queue), (1, 0))  # idle, refill read
+        jobs.append(self.push(dispatch))
+        self.assertEqual(self.delivered_ids(), [job.id for job in jobs[:3]])
+        for _ in range(10):
+            store.answer_all()
+            self.worker.release(Reply())
+            self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [job.id for job in jobs])
+        self.assertTrue(all(self.get(job.id).success for job in jobs))
 
     def test_stop_service_waits_for_a_backlog_read(self) -> None:
         """stopService fires once a backlog read in flight has answered."""
@@ -508,6 +548,95 @@ class BacklogTests(DispatchTestCase):
         self.clock.advance(STORE_RETRY_SECONDS)
         self.assertTrue(self.get(job.id).success)
         self.assertEqual([j.id for j in self.finished], [job.id])
+
+
+class OrphanTests(DispatchTestCase):
+    """
+    A job left running in the store with nothing delivering it can still end.
+    """
+
+    def test_stop_after_the_outcome_was_given_up_records_it_canceled(self) -> None:
+        """A job whose outcome could not be recorded ends canceled when stopped."""
+        store = BrokenFinishStore(failures=FINISH_ATTEMPTS)
+        self.store = store
+        dispatch = self.start(store=store)
+        job = self.push(dispatch)
+        for attempt in range(1, FINISH_ATTEMPTS):
+            self.clock.advance(STORE_RETRY_SECONDS * attempt)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), FINISH_ATTEMPTS)
+        self.assertTrue(self.get(job.id).running)  # given up: nothing delivers it now
+        self.assertEqual(self.finished, [])
+        self.stop_job(dispatch, job.id)
+        stored = self.get(job.id)
+        self.assertEqual(
+            (stored.status, stored.canceled, stored.failure, stored.err),
+            ("canceled", True, False, "stopped"),
+        )
+        self.assertEqual([j.id for j in self.finished], [job.id])
+        now_ms = int(self.clock.seconds() * 1000)
+        self.assertEqual(sum(b.canceled for b in dispatch.history(now_ms)), 1)
+        self.assertEqual(len(self.worker.requests), 1)  # not sent again
+
+    def test_orphan_stop_that_cannot_be_recorded_is_logged(self) -> None:
+        """If recording the stop of an orphan fails too, it is logged, not raised."""
+        store = BrokenFinishStore(failures=2 * FINISH_ATTEMPTS)
+        self.store = store
+        dispatch = self.start(store=store)
+        job = self.push(dispatch)
+        for attempt in range(1, FINISH_ATTEMPTS):
+            self.clock.advance(STORE_RETRY_SECONDS * attempt)
+        self.stop_job(dispatch, job.id)
+        for attempt in range(1, FINISH_ATTEMPTS):
+            self.clock.advance(STORE_RETRY_SECONDS * attempt)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2 * FINISH_ATTEMPTS)
+        self.assertEqual(self.get(job.id).status, "canceling")
+        self.assertEqual(self.finished, [])
+        # The slot and the service are fine: the next job runs and the stop ends.
+        self.assertTrue(self.get(self.push(dispatch).id).success)
+        self.successResultOf(dispatch.stopService())
+
+    def test_stop_service_waits_for_an_orphan_being_recorded(self) -> None:
+        """stopService waits while the stop of an orphan is being recorded."""
+        store = BrokenFinishStore(failures=FINISH_ATTEMPTS)
+        self.store = store
+        dispatch = self.start(store=store)
+        job = self.push(dispatch)
+        for attempt in range(1, FINISH_ATTEMPTS):
+            self.clock.advance(STORE_RETRY_SECONDS * attempt)
+        self.flushLoggedErrors(RuntimeError)
+        store.slow = True
+        self.stop_job(dispatch, job.id)
+        stopped = dispatch.stopService()
+        self.assertNoResult(stopped)
+        store.answer_all()
+        self.successResultOf(stopped)
+        self.assertEqual(self.get(job.id).status, "canceled")
+
+    def test_unexpected_error_in_a_run_records_a_failure(self) -> None:
+        """A bug while delivering is logged and the job fails with an internal error."""
+        dispatch = self.start()
+        deliver = dispatch._deliver
+        calls: list[int] = []
+
+        async def broken_once(job: Job) -> Any:
+            calls.append(job.id)
+            if len(calls) == 1:
+                raise RuntimeError("a bug in HQ")
+            return await deliver(job)
+
+        self.patch(dispatch, "_deliver", broken_once)
+        job = self.push(dispatch)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        stored = self.get(job.id)
+        self.assertEqual(
+            (stored.status, stored.err, stored.status_code, stored.output),
+            ("failure", INTERNAL_ERROR, None, ""),
+        )
+        self.assertNotIn("Traceback", stored.err)
+        self.assertNotIn("a bug in HQ", stored.err)
+        self.assertEqual([j.id for j in self.finished], [job.id])
+        # The slot is free again.
+        self.assertTrue(self.get(self.push(dispatch).id).success)
 
 
 class RestartTests(DispatchTestCase):
@@ -765,6 +894,37 @@ class FlakyFinishStore(MemoryStore):
             self.failures -= 1
             return fail(StoreUnavailable("disk full"))
         return super().finish(job_id, outcome)
+
+
+class BrokenFinishStore(MemoryStore):
+    """
+    A MemoryStore whose first ``failures`` finishes fail with an unexpected
+    error (not a storage one); with ``slow`` set, ``finish`` records at once
+    but answers only on :meth:`answer_all`.
+    """
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.slow = False
+        self.pending: list[tuple[Deferred[Job | None], Job | None]] = []
+
+    def finish(self, job_id: int, outcome: Any) -> Deferred[Job | None]:
+        if self.failures:
+            self.failures -= 1
+            return fail(RuntimeError("store bug"))
+        if not self.slow:
+            return super().finish(job_id, outcome)
+        seen: list[Job | None] = []
+        super().finish(job_id, outcome).addCallback(seen.append)
+        d: Deferred[Job | None] = Deferred()
+        self.pending.append((d, seen[0]))
+        return d
+
+    def answer_all(self) -> None:
+        pending, self.pending = self.pending, []
+        for d, job in pending:
+            d.callback(job)
 
 
 class LoopbackTests(TestCase):

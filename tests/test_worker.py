@@ -7,16 +7,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
 from twisted.web.error import SchemeNotSupported
 
 from hq.model import Job
 from hq.testing import FailingHTTP, FakeWorker, Reply, WorkerStub
-from hq.worker import Exchange, TimedOut, WorkerClient, describe_error, reason_phrase
+from hq.worker import (
+    Exchange,
+    TimedOut,
+    WorkerClient,
+    describe_error,
+    make_http_client,
+    reason_phrase,
+)
 
 URL = "http://worker.test/work"
 
@@ -192,6 +202,101 @@ class ExchangeTests(WorkerClientTestCase):
         self.assertEqual((exchange.success, exchange.reason()), (False, "request aborted"))
         self.stub.flush()
         self.assertEqual(len(self.worker.lost), 1)
+
+
+class InvalidStatusTests(WorkerClientTestCase):
+    """
+    A status code outside 100-599 is an invalid HTTP response, not a status.
+    """
+
+    def test_out_of_range_codes_are_invalid_responses(self) -> None:
+        """Codes 0, 99, 600, 1000 and a 20-digit one fail with no status code kept."""
+        cases = [
+            (0, "0"),
+            (99, "99"),
+            (600, "600"),
+            (1000, "1000"),
+            (99999999999999999999, "999999999999..."),
+        ]
+        for code, shown in cases:
+            self.worker.reply = Reply(code=code, body=b"ignored")
+            exchange = self.post()
+            self.assertEqual(
+                (exchange.success, exchange.status_code, exchange.output()), (False, None, "")
+            )
+            self.assertEqual(
+                exchange.reason(),
+                f"invalid HTTP response from the worker: status code {shown}",
+            )
+
+    def test_codes_at_the_edges_are_kept(self) -> None:
+        """Codes 599 and 200 stay ordinary answers with their code."""
+        self.worker.reply = Reply(code=599, body=b"odd")
+        exchange = self.post()
+        self.assertEqual((exchange.status_code, exchange.reason()), (599, "Unknown Status"))
+        self.worker.reply = Reply(code=200)
+        self.assertEqual(self.post().status_code, 200)
+
+    def test_invalid_code_after_a_redirect_keeps_no_status_code(self) -> None:
+        """A redirect to an answer with code 1000 leaves no status code from the redirect."""
+        self.worker.route("/work", Reply(code=302, headers={"Location": "/odd"}))
+        self.worker.route("/odd", Reply(code=1000))
+        exchange = self.post()
+        self.assertEqual(len(self.worker.requests), 2)
+        self.assertEqual(exchange.status_code, None)
+        self.assertIn("status code 1000", exchange.reason())
+
+
+class _RawStatus(Protocol):
+    """
+    Answers the first bytes of a request with a fixed raw response, then waits.
+    """
+
+    reply = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.transport is not None and self.reply:
+            self.transport.write(self.reply)
+            self.reply = b""
+
+
+class InvalidStatusOverTCPTests(TestCase):
+    """
+    The production client against a raw worker on 127.0.0.1.
+    """
+
+    timeout = 10
+
+    def test_huge_status_code_is_an_invalid_response(self) -> None:
+        """A raw 'HTTP/1.1 99999999999999999999 Boom' fails, keeps no code, closes."""
+        reply = b"HTTP/1.1 99999999999999999999 Boom\r\nContent-Length: 4\r\n\r\nbody"
+        lost: Deferred[None] = Deferred()
+
+        class Worker(_RawStatus):
+            def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+                lost.callback(None)
+
+        Worker.reply = reply
+        port = reactor.listenTCP(0, Factory.forProtocol(Worker), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        client = WorkerClient(make_http_client(reactor, pool), reactor, "HQ/test", 1024)
+        url = f"http://127.0.0.1:{port.getHost().port}/boom"
+
+        async def scenario() -> None:
+            exchange = await client.post(Job(id=1, url=url, timeout=5))
+            self.assertEqual(
+                (exchange.success, exchange.status_code, exchange.output()), (False, None, "")
+            )
+            self.assertEqual(
+                exchange.reason(),
+                "invalid HTTP response from the worker: status code 999999999999...",
+            )
+            # The connection is closed, not kept for the next job.
+            await lost
+
+        return Deferred.fromCoroutine(scenario())
 
 
 class RedirectTests(WorkerClientTestCase):
