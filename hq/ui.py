@@ -34,6 +34,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from hq.config import Config
+from hq.site import error_body
 
 #: The folder below the basename where assets are served.
 STATIC_SEGMENT = b"static"
@@ -196,7 +197,7 @@ def _error(request: IRequest, code: int, message: str) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json; charset=UTF-8")
     request.setHeader(b"cache-control", NO_CACHE)
-    return json.dumps({"status": code, "error": message}).encode("utf-8") + b"\n"
+    return error_body(code, message)
 
 
 class UIResource(Resource):
