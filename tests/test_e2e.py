@@ -104,6 +104,21 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual((job["id"], job["status"]), (job_id, "success"))
         self.assertGreaterEqual(self.worker.received[job_id], 2)
 
+    def test_second_signal_exits_at_once(self) -> None:
+        """A second SIGTERM during a long graceful shutdown exits at once."""
+        server = self.server(shutdown_timeout=60)
+        server.start()
+        server.push(self.worker.url + "/hold")
+        wait_for(lambda: self.worker.holding == 1, 10, "the job to run")
+        server.kill(signal.SIGTERM)
+        wait_for(lambda: "Shutting down" in server.log_text(), 10, "the shutdown to begin")
+        began = time.monotonic()
+        server.kill(signal.SIGTERM)
+        code, output = server.wait_exit()
+        self.assertLess(time.monotonic() - began, 5)
+        self.assertEqual(code, 128 + signal.SIGTERM)
+        self.assertIn("second signal", output)
+
     def test_stop_running_job_over_real_sockets(self) -> None:
         """Stopping a running job aborts its request and the job ends canceled."""
         server = self.server().start()
