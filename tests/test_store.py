@@ -5,6 +5,7 @@ The job store contract, run against every engine (SQLite and the in-memory fake)
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 
 import attrs
@@ -313,6 +314,48 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.store = SQLiteStore(self.data_dir, reactor)
         self.addCleanup(lambda: self.store.close())
         return self.store.open()
+
+    async def test_counters_match_the_table_after_random_operations(self) -> None:
+        """After 400 random operations (all kinds, failures included) the counters match SQL."""
+        rng = random.Random(20261128)
+        ids: list[int] = []
+        for step in range(400):
+            action = rng.choice(
+                ["create", "create", "start", "finish", "stop", "restart", "delete", "expire"]
+            )
+            target = rng.choice(ids) if ids else 0
+            try:
+                if action == "create":
+                    job = make_job(step)
+                    await self.store.create(job)
+                    ids.append(job.id)
+                elif action == "start":
+                    await self.store.start(target, T0 + step)
+                elif action == "finish":
+                    outcome = Outcome(finished_at=T0 + step, success=rng.random() < 0.5)
+                    await self.store.finish(target, outcome)
+                elif action == "stop":
+                    await self.store.stop(target, T0 + step)
+                elif action == "restart":
+                    await self.store.restart(target)
+                elif action == "delete":
+                    await self.store.delete(target)
+                    ids.remove(target)
+                else:
+                    await self.store.delete_finished_before(T0 + step - 50, 3)
+            except (JobConflict, JobNotFound):
+                pass
+            if step % 100 == 99:
+                await self.store.recover(T0 + step)
+        counts = await self.store.counts(0)
+        conn = sqlite3.connect(self.store.path)
+        self.addCleanup(conn.close)
+        by_state = dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+        self.assertEqual(len(by_state), 3, "every state should be present at the end")
+        self.assertEqual(
+            (counts.stored, counts.waiting, counts.running),
+            (sum(by_state.values()), by_state.get(0, 0), by_state.get(1, 0)),
+        )
 
     async def test_writer_survives_an_unexpected_error(self) -> None:
         """A write that fails with a non-SQLite error fails alone; the writer goes on."""
