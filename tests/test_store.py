@@ -345,7 +345,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
                     await self.store.delete_finished_before(T0 + step - 50, 3)
             except (JobConflict, JobNotFound):
                 pass
-            if step % 100 == 99:
+            if step % 100 == 50:
                 await self.store.recover(T0 + step)
         counts = await self.store.counts(0)
         conn = sqlite3.connect(self.store.path)
