@@ -40,7 +40,7 @@ from hq.history import BUCKET_MS, HistoryBucket
 from hq.ids import IdGenerator, first_id_at
 from hq.metrics import ServerMetrics
 from hq.model import Job, format_time, job_json
-from hq.store import IJobStore, JobConflict, JobNotFound, StoreUnavailable, conflict_for
+from hq.store import IJobStore, JobConflict, JobNotFound, StoreUnavailable
 
 #: Seconds covered by one bucket of ``GET /stats/history``.
 HISTORY_INTERVAL = BUCKET_MS // 1000
@@ -52,7 +52,7 @@ T = TypeVar("T")
 
 class JobDispatch(Protocol):
     """
-    What the API needs from the dispatcher (:class:`hq.dispatch.Dispatch`).
+    What the API needs from the dispatcher (:class:`hq.delivery.Delivery`).
     """
 
     def enqueue(self, job: Job) -> object:
@@ -365,9 +365,7 @@ class HQApi:
     async def _restart(self, request: IRequest, job_id: int, copy: bool) -> bytes:
         if copy:
             original = await self._store.get(job_id)
-            conflict = conflict_for(original)
-            if conflict is not None:
-                raise conflict
+            original.check_settled()
             job = attrs.evolve(original.reset(), id=self._ids.next_id(), attempts=0)
             await self._store.create(job)
         else:

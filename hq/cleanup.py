@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from hq.ids import now_ms
 from hq.store import IJobStore
 
 #: Jobs deleted per store write, so other writes are never held up for long.
@@ -42,7 +43,7 @@ class Cleanup:
             return 0
         self._running = True
         try:
-            cutoff = int(self._clock.seconds() * 1000) - self._lifetime * 1000
+            cutoff = now_ms(self._clock) - self._lifetime * 1000
             total = 0
             while True:
                 deleted = await self._store.delete_finished_before(cutoff, BATCH)

@@ -26,6 +26,13 @@ def id_to_ms(job_id: int) -> int:
     return (job_id >> _TIME_SHIFT) + EPOCH_MS
 
 
+def now_ms(clock: IReactorTime) -> int:
+    """
+    Return ``clock``'s time in whole milliseconds since the Unix epoch (HQ's times).
+    """
+    return int(clock.seconds() * 1000)
+
+
 def first_id_at(unix_ms: int) -> int:
     """
     Return the smallest id that can be generated at ``unix_ms`` (0 before the epoch).
@@ -70,7 +77,7 @@ class IdGenerator:
         """
         Return a new id, greater than every id returned or observed before.
         """
-        now = int(self._clock.seconds() * 1000) - EPOCH_MS
+        now = now_ms(self._clock) - EPOCH_MS
         if now > self._last_ms:
             self._last_ms = now
             self._sequence = 0

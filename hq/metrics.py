@@ -3,7 +3,7 @@ Prometheus metrics of one server, served at ``GET /metrics``.
 
 Counters and histograms are moved by hooks as things happen, each at the cost
 of one increment: :meth:`ServerMetrics.job_pushed` (the API, after a push is
-stored), :meth:`ServerMetrics.job_finished` (a :class:`hq.dispatch.Dispatch`
+stored), :meth:`ServerMetrics.job_finished` (a :class:`hq.delivery.Delivery`
 observer) and :meth:`ServerMetrics.commit_observed` (the SQLite writer thread,
 after each batched transaction). Gauges are computed when scraped, from the
 store's in-memory counters, the dispatcher's counters and one indexed read for
@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from hq.ids import first_id_at, id_to_ms
+from hq.ids import first_id_at, id_to_ms, now_ms
 from hq.model import Job
 from hq.store import IJobStore, StoreCounts
 
@@ -85,7 +85,7 @@ COMMIT_BUCKETS = (
 
 class DispatchCounters(Protocol):
     """
-    What the metrics read from the dispatcher (:class:`hq.dispatch.Dispatch`).
+    What the metrics read from the dispatcher (:class:`hq.delivery.Delivery`).
     """
 
     @property
@@ -242,7 +242,7 @@ class ServerMetrics:
     # -- scraping
 
     def _now_ms(self) -> int:
-        return int(self._clock.seconds() * 1000)
+        return now_ms(self._clock)
 
     async def refresh(self) -> None:
         """

@@ -10,6 +10,7 @@ import enum
 import functools
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,61 @@ class JobState(enum.IntEnum):
     WAITING = 0
     RUNNING = 1
     FINISHED = 2
+
+
+#: The ``err`` of a job that a stop ended.
+STOPPED = "stopped"
+
+
+class JobRuleError(Exception):
+    """
+    A job's state forbids what was asked; the message is for a person.
+    """
+
+    def __init__(self, job_id: int, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobBusy(JobRuleError):
+    """
+    The job is running or waiting: it cannot be deleted or restarted now.
+    """
+
+    def __init__(self, job_id: int, doing: str) -> None:
+        super().__init__(job_id, f"The job {job_id} is {doing} now")
+
+
+class JobInactive(JobRuleError):
+    """
+    The job is finished: there is nothing to stop.
+    """
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(job_id, f"The job {job_id} is not active")
+
+
+def derive_status(
+    state: JobState, canceled: bool, success: bool, failure: bool, finished_at: int | None
+) -> str:
+    """
+    Return a job's ``status`` from its fields, in the precedence of the Go
+    server (SPEC §2): running or waiting (``canceling`` once a stop was asked),
+    then failure, success, canceled; ``unfinished`` for a job never finished.
+    """
+    if state is JobState.RUNNING:
+        return "canceling" if canceled else "running"
+    if state is JobState.WAITING:
+        return "canceling" if canceled else "waiting"
+    if failure:
+        return "failure"
+    if success:
+        return "success"
+    if canceled:
+        return "canceled"
+    if finished_at is None:
+        return "unfinished"
+    return "unknown"
 
 
 #: Every value ``status`` can take.
@@ -64,13 +120,9 @@ class Outcome:
         """
         The status of a job finished with this outcome (as :attr:`Job.status`).
         """
-        if self.failure:
-            return "failure"
-        if self.success:
-            return "success"
-        if self.canceled:
-            return "canceled"
-        return "unknown"
+        return derive_status(
+            JobState.FINISHED, self.canceled, self.success, self.failure, self.finished_at
+        )
 
 
 @attrs.frozen
@@ -120,21 +172,59 @@ class Job:
     @property
     def status(self) -> str:
         """
-        The derived status, in the precedence of the Go server.
+        The derived status (:func:`derive_status`).
+        """
+        return derive_status(
+            self.state, self.canceled, self.success, self.failure, self.finished_at
+        )
+
+    def started(self, now: int) -> Job | None:
+        """
+        Return this job marked running at ``now`` (one more attempt), or ``None``
+        when it must not be sent: it is not waiting, or a stop was asked.
+        """
+        if self.state is not JobState.WAITING or self.canceled:
+            return None
+        return attrs.evolve(
+            self, state=JobState.RUNNING, started_at=now, attempts=self.attempts + 1
+        )
+
+    def stopped(self, now: int) -> Job:
+        """
+        Return this job after a stop at ``now``: a waiting job finishes
+        ``canceled``; a running one is marked ``canceled`` and finishes when its
+        request ends.
+
+        :raises JobInactive: when the job is finished.
+        """
+        if self.state is JobState.WAITING:
+            return self.finished(Outcome(finished_at=now, canceled=True))
+        if self.state is JobState.RUNNING:
+            return attrs.evolve(self, canceled=True)
+        raise JobInactive(self.id)
+
+    def recovered(self, now: int) -> Job:
+        """
+        Return this job as a new process takes it over from one that died
+        while it ran: finished ``canceled`` at ``now`` if a stop was asked,
+        waiting again otherwise (the attempt that was running counts).
+        """
+        if self.state is not JobState.RUNNING:
+            return self
+        if self.canceled:
+            return self.finished(Outcome(finished_at=now, canceled=True))
+        return attrs.evolve(self, state=JobState.WAITING, started_at=None)
+
+    def check_settled(self) -> None:
+        """
+        Check that the job may be deleted or restarted: it is neither running nor waiting.
+
+        :raises JobBusy: naming what it is doing now.
         """
         if self.state is JobState.RUNNING:
-            return "canceling" if self.canceled else "running"
+            raise JobBusy(self.id, "running")
         if self.state is JobState.WAITING:
-            return "canceling" if self.canceled else "waiting"
-        if self.failure:
-            return "failure"
-        if self.success:
-            return "success"
-        if self.canceled:
-            return "canceled"
-        if self.finished_at is None:
-            return "unfinished"
-        return "unknown"
+            raise JobBusy(self.id, "waiting")
 
     def finished(self, outcome: Outcome) -> Job:
         """
@@ -206,57 +296,48 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
+def _or_null(text: str | None) -> str:
+    return "null" if text is None else text
+
+
+#: The job's JSON keys in alphabetical order (as the Go server), each with the
+#: function that writes its value as JSON text from the job.
+JOB_FIELDS: tuple[tuple[str, Callable[[Job], str]], ...] = (
+    ("canceled", lambda job: _bool(job.canceled)),
+    ("comment", lambda job: _encode(job.comment)),
+    ("createdAt", lambda job: _time_json(job.created_at)),
+    ("err", lambda job: _encode(job.err)),
+    ("failure", lambda job: _bool(job.failure)),
+    ("finishedAt", lambda job: _time_json(job.finished_at)),
+    ("headers", lambda job: "null" if job.headers is None else _encode(job.headers)),
+    ("id", lambda job: f'"{job.id}"'),
+    ("name", lambda job: _encode(job.name)),
+    ("output", lambda job: _encode(job.output)),
+    ("outputTruncated", lambda job: _bool(job.output_truncated)),
+    # The payload is stored as compact JSON text: embedded without a parse.
+    ("payload", lambda job: _or_null(job.payload)),
+    ("running", lambda job: _bool(job.running)),
+    ("startedAt", lambda job: _time_json(job.started_at)),
+    ("status", lambda job: f'"{job.status}"'),
+    ("statusCode", lambda job: "null" if job.status_code is None else str(job.status_code)),
+    ("success", lambda job: _bool(job.success)),
+    ("timeout", lambda job: str(job.timeout)),
+    ("url", lambda job: _encode(job.url)),
+    ("waiting", lambda job: _bool(job.waiting)),
+)
+
+#: ``(prefix, writer)`` pairs: the prefix is the text before the value (``{"key":``).
+_JOB_PARTS = tuple(
+    (("{" if index == 0 else ",") + f'"{key}":', write)
+    for index, (key, write) in enumerate(JOB_FIELDS)
+)
+
+
 def job_json(job: Job) -> str:
     """
-    Return the job's JSON text: compact, keys in alphabetical order (as the Go server).
-
-    The payload is embedded as stored, without a parse and re-encode.
+    Return the job's JSON text: compact, keys in alphabetical order (:data:`JOB_FIELDS`).
     """
-    return "".join(
-        (
-            '{"canceled":',
-            _bool(job.canceled),
-            ',"comment":',
-            _encode(job.comment),
-            ',"createdAt":',
-            _time_json(job.created_at),
-            ',"err":',
-            _encode(job.err),
-            ',"failure":',
-            _bool(job.failure),
-            ',"finishedAt":',
-            _time_json(job.finished_at),
-            ',"headers":',
-            "null" if job.headers is None else _encode(job.headers),
-            ',"id":"',
-            str(job.id),
-            '","name":',
-            _encode(job.name),
-            ',"output":',
-            _encode(job.output),
-            ',"outputTruncated":',
-            _bool(job.output_truncated),
-            ',"payload":',
-            "null" if job.payload is None else job.payload,
-            ',"running":',
-            _bool(job.running),
-            ',"startedAt":',
-            _time_json(job.started_at),
-            ',"status":"',
-            job.status,
-            '","statusCode":',
-            "null" if job.status_code is None else str(job.status_code),
-            ',"success":',
-            _bool(job.success),
-            ',"timeout":',
-            str(job.timeout),
-            ',"url":',
-            _encode(job.url),
-            ',"waiting":',
-            _bool(job.waiting),
-            "}",
-        )
-    )
+    return "".join([prefix + write(job) for prefix, write in _JOB_PARTS]) + "}"
 
 
 def job_dict(job: Job) -> dict[str, Any]:

@@ -130,27 +130,31 @@ class HQService(MultiService):
         from prometheus_client import disable_created_metrics
 
         from hq.api import HQApi
-        from hq.dispatch import Dispatch
+        from hq.delivery import Delivery
         from hq.health import HealthCheck
         from hq.ids import IdGenerator
         from hq.metrics import ServerMetrics
         from hq.site import AccessLogSite
         from hq.ui import mount, ui_resource
-        from hq.worker import make_http_client
+        from hq.worker import WorkerClient, make_http_client
 
         config = self.config
         commit = commit_hash()
         self._ids = IdGenerator(config.server_id, self._reactor)
-        self._dispatch = Dispatch(
+        worker = WorkerClient(
+            make_http_client(self._reactor, max_output_bytes=config.max_output_bytes),
+            self._reactor,
+            f"HQ/{__version__}",
+            config.max_output_bytes,
+        )
+        self._dispatch = Delivery(
             store=self._store,
-            http=make_http_client(self._reactor, max_output_bytes=config.max_output_bytes),
+            worker=worker,
             clock=self._reactor,
             dispatchers=config.dispatchers,
             workers_per_dispatcher=config.workers_per_dispatcher,
             queue_size=config.queues,
-            max_output_bytes=config.max_output_bytes,
             shutdown_timeout=config.shutdown_timeout,
-            user_agent=f"HQ/{__version__}",
         )
         if config.metrics:
             # The per-metric ``*_created`` series are clutter in the text format.

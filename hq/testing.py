@@ -4,7 +4,7 @@ Public fakes for testing HQ and code built on it: no sockets, no threads.
 - :class:`FakeWorker`: a worker web application (a ``Resource``) that records
   every request and answers as told, or hangs until released.
 - :class:`WorkerStub`: a treq client over any ``Resource``, configured like the
-  production client (no cookies kept), for :class:`hq.dispatch.Dispatch`.
+  production client (no cookies kept), for :class:`hq.worker.WorkerClient`.
 - :class:`FailingHTTP`: a client whose every request fails with a given error
   (connection refused, DNS failure, ...).
 
@@ -12,7 +12,8 @@ Typical use, with :class:`hq.store.memory.MemoryStore` and a ``Clock``::
 
     worker = FakeWorker(Reply(code=200, body=b"done"))
     stub = WorkerStub(worker)
-    dispatch = Dispatch(store=store, http=stub.http, clock=clock, ...)
+    worker_client = WorkerClient(stub.http, clock, "HQ/test", 1024)
+    delivery = Delivery(store=store, worker=worker_client, clock=clock, ...)
     worker.reply = Reply(hang=True)   # later requests wait ...
     worker.release(Reply(code=500))   # ... until released
     stub.flush()                      # deliver what the worker wrote

@@ -7,7 +7,7 @@ HQ's headers, follow redirects (as Go's ``http.Client``), read the response
 body up to a cap, all within the job's timeout, and return an
 :class:`Exchange` saying what happened; :meth:`Exchange.reason` turns a
 failure into the job's ``err`` text (:func:`describe_error`,
-:func:`reason_phrase`). The dispatcher (:mod:`hq.dispatch`) only decides what
+:func:`reason_phrase`). The delivery engine (:mod:`hq.delivery`) only decides what
 the exchange means for the job.
 
 :func:`make_http_client` builds the production treq client: one keep-alive
@@ -126,7 +126,7 @@ class BytesProducer:
 
 def http_client_for(agent: IAgent) -> HTTPClient:
     """
-    Return the treq client :class:`Dispatch` needs over ``agent``: no cookies
+    Return the treq client :class:`WorkerClient` needs over ``agent``: no cookies
     kept, bodies sent as :class:`BytesProducer`.
     """
     return HTTPClient(agent, cookiejar=NoCookieJar(), data_to_body_producer=BytesProducer)

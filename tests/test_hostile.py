@@ -3,7 +3,7 @@ Hostile and broken workers: each leaves HQ healthy and the job's outcome
 explained in ``err``.
 
 Most tests run in-process over real sockets on 127.0.0.1: the real
-:class:`~hq.dispatch.Dispatch` with the production HTTP client
+:class:`~hq.delivery.Delivery` with the production HTTP client
 (:func:`~hq.worker.make_http_client`) and a :class:`~hq.store.memory.MemoryStore`,
 against small Twisted workers that misbehave on purpose. The 100 MB body and
 the 1,000 hung jobs run against the real server process, to measure its memory
@@ -43,10 +43,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from hq.dispatch import Dispatch
+from hq.delivery import Delivery
 from hq.model import Job
 from hq.store.memory import MemoryStore
-from hq.worker import MAX_REDIRECTS, make_http_client, response_budget
+from hq.worker import MAX_REDIRECTS, WorkerClient, make_http_client, response_budget
 from tests.serverprocess import RecordingWorker, ServerProcess, report, wait_for
 
 reactor: Any = _reactor
@@ -301,20 +301,18 @@ class HostileWorkerTests(TestCase):
         self.fine_url = self.listen(Site(Fine())) + "/fine"
         self._next_id = 1 << 30
 
-    def make_dispatch(self, http: Any) -> Dispatch:
+    def make_dispatch(self, http: Any) -> Delivery:
         """
-        Return a started Dispatch over ``http`` that is stopped at cleanup.
+        Return a started Delivery over ``http`` that is stopped at cleanup.
         """
-        dispatch = Dispatch(
+        dispatch = Delivery(
             store=self.store,
-            http=http,
+            worker=WorkerClient(http, reactor, "HQ/test", OUTPUT_CAP),
             clock=reactor,
             dispatchers=2,
             workers_per_dispatcher=2,
             queue_size=100,
-            max_output_bytes=OUTPUT_CAP,
             shutdown_timeout=0,
-            user_agent="HQ/test",
         )
         self.finished: dict[int, Deferred[Job]] = {}
         dispatch.add_observer(self._finished)

@@ -20,13 +20,14 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from hq.api import HQApi
 from hq.config import Config
-from hq.dispatch import Dispatch
+from hq.delivery import Delivery
 from hq.ids import IdGenerator, first_id_at
 from hq.metrics import ServerMetrics, status_class
 from hq.model import Job, Outcome
 from hq.store import StoreCounts
 from hq.store.memory import MemoryStore
 from hq.testing import FakeWorker, RecordingDispatch, Reply, WorkerStub
+from hq.worker import WorkerClient
 from tests.serverprocess import ROOT, RecordingWorker, ServerProcess, wait_for
 
 T0 = 1_700_000_000
@@ -198,16 +199,14 @@ class DeliveryMetricsTests(SynchronousTestCase):
         self.worker.route("/fail", Reply(code=503, body=b"busy"))
         self.worker.route("/hang", Reply(hang=True))
         self.stub = WorkerStub(self.worker)
-        self.dispatch = Dispatch(
+        self.dispatch = Delivery(
             store=self.store,
-            http=self.stub.http,
+            worker=WorkerClient(self.stub.http, self.clock, "HQ/test", 1024),
             clock=self.clock,
             dispatchers=1,
             workers_per_dispatcher=8,
             queue_size=100,
-            max_output_bytes=1024,
             shutdown_timeout=1,
-            user_agent="HQ/test",
         )
         self.metrics = ServerMetrics(
             self.store,

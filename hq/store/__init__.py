@@ -17,10 +17,16 @@ from typing import TYPE_CHECKING
 import attrs
 from zope.interface import Interface
 
+from hq.model import JobRuleError
+
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from hq.model import Job, JobPage, ListQuery, Outcome
+
+
+#: Seconds before a store call that failed is tried again by the delivery engine.
+STORE_RETRY_SECONDS = 1.0
 
 
 class StoreError(Exception):
@@ -39,14 +45,10 @@ class JobNotFound(StoreError):
         self.job_id = job_id
 
 
-class JobConflict(StoreError):
-    """
-    The job is in a state that forbids the operation (e.g. delete while running).
-    """
-
-    def __init__(self, job_id: int, message: str) -> None:
-        super().__init__(message)
-        self.job_id = job_id
+#: The job is in a state that forbids the operation (delete while running, stop
+#: a finished job): the model's rules raise it (:meth:`hq.model.Job.stopped`,
+#: :meth:`hq.model.Job.check_settled`); a store only lets it through.
+JobConflict = JobRuleError
 
 
 class JobExists(StoreError):
@@ -191,21 +193,3 @@ class IJobStore(Interface):
         storage can be written now (the health check). Fails with
         :class:`StoreUnavailable` when it cannot.
         """
-
-
-def conflict_for(job: Job) -> JobConflict | None:
-    """
-    Return the conflict that forbids deleting or restarting ``job``, if any.
-    """
-    if job.running:
-        return JobConflict(job.id, f"The job {job.id} is running now")
-    if job.waiting:
-        return JobConflict(job.id, f"The job {job.id} is waiting now")
-    return None
-
-
-def not_active(job: Job) -> JobConflict:
-    """
-    Return the conflict for stopping a job that is not waiting or running.
-    """
-    return JobConflict(job.id, f"The job {job.id} is not active")

@@ -22,8 +22,6 @@ from hq.store import (
     Recovery,
     StoreCounts,
     StoreUnavailable,
-    conflict_for,
-    not_active,
 )
 
 T = TypeVar("T")
@@ -80,12 +78,11 @@ class MemoryStore:
             requeued = canceled = 0
             for job in list(self._jobs.values()):
                 if job.state is JobState.RUNNING:
-                    if job.canceled:
-                        self._put(job.finished(Outcome(finished_at=now, canceled=True)))
-                        canceled += 1
-                    else:
-                        self._put(attrs.evolve(job, state=JobState.WAITING, started_at=None))
+                    recovered = self._put(job.recovered(now))
+                    if recovered.waiting:
                         requeued += 1
+                    else:
+                        canceled += 1
             return Recovery(requeued=requeued, canceled=canceled)
 
         return self._write(call)
@@ -134,11 +131,8 @@ class MemoryStore:
     def start(self, job_id: int, now: int) -> Deferred[Job | None]:
         def call() -> Job | None:
             job = self._jobs.get(job_id)
-            if job is None or job.state is not JobState.WAITING or job.canceled:
-                return None
-            return self._put(
-                attrs.evolve(job, state=JobState.RUNNING, started_at=now, attempts=job.attempts + 1)
-            )
+            started = None if job is None else job.started(now)
+            return None if started is None else self._put(started)
 
         return self._write(call)
 
@@ -152,32 +146,19 @@ class MemoryStore:
         return self._write(call)
 
     def stop(self, job_id: int, now: int) -> Deferred[Job]:
-        def call() -> Job:
-            job = self._job(job_id)
-            if job.state is JobState.WAITING:
-                return self._put(job.finished(Outcome(finished_at=now, canceled=True)))
-            if job.state is JobState.RUNNING:
-                return self._put(attrs.evolve(job, canceled=True))
-            raise not_active(job)
-
-        return self._write(call)
+        return self._write(lambda: self._put(self._job(job_id).stopped(now)))
 
     def restart(self, job_id: int) -> Deferred[Job]:
         def call() -> Job:
             job = self._job(job_id)
-            conflict = conflict_for(job)
-            if conflict is not None:
-                raise conflict
+            job.check_settled()
             return self._put(job.reset())
 
         return self._write(call)
 
     def delete(self, job_id: int) -> Deferred[None]:
         def call() -> None:
-            job = self._job(job_id)
-            conflict = conflict_for(job)
-            if conflict is not None:
-                raise conflict
+            self._job(job_id).check_settled()
             del self._jobs[job_id]
             del self._ids[bisect.bisect_left(self._ids, job_id)]
 

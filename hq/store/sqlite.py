@@ -14,7 +14,6 @@ The embedded job store: SQLite (standard library) in WAL mode, in ``data_dir``.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import queue
 import sqlite3
@@ -41,8 +40,7 @@ from hq.store import (
     StoreCounts,
     StoreError,
     StoreUnavailable,
-    conflict_for,
-    not_active,
+    sql,
 )
 
 T = TypeVar("T")
@@ -95,88 +93,11 @@ _SCHEMA = [
     ],
 ]
 
-_COLUMNS = (
-    "id, name, comment, url, payload, headers, timeout, state, status, started_at, "
-    "finished_at, success, failure, canceled, status_code, err, output, output_truncated, "
-    "attempts"
-)
-_INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
-_REPLACE = f"REPLACE INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
-_SELECT = f"SELECT {_COLUMNS} FROM jobs"
-#: Remember the greatest id created (see ``max_id``).
-_RAISE_MAX_ID = (
-    "INSERT INTO meta (key, value) VALUES ('max_id', ?) ON CONFLICT (key) DO UPDATE "
-    "SET value = excluded.value "
-    "WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)"
-)
-#: Mark a waiting, not canceled job running; returns it (no row: not startable).
-_START = (
-    "UPDATE jobs SET state = 1, status = 'running', started_at = ?, attempts = attempts + 1"
-    f" WHERE id = ? AND state = 0 AND canceled = 0 RETURNING {_COLUMNS}"
-)
-#: Record an outcome on a job in the given state; returns it.
-_FINISH = (
-    "UPDATE jobs SET state = 2, status = ?, finished_at = ?, success = ?, failure = ?,"
-    " canceled = ?, status_code = ?, err = ?, output = ?, output_truncated = ?"
-    f" WHERE id = ? AND state = ? RETURNING {_COLUMNS}"
-)
-#: One batch of expired jobs, found through the jobs_expiry index.
-_DELETE_EXPIRED = (
-    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 2 AND finished_at < ? LIMIT ?)"
-)
-
 #: How many writes one transaction takes at most.
 _BATCH = 1000
 
 #: SQLite error texts that mean the storage, not the request, is at fault.
 _UNAVAILABLE = ("disk", "full", "readonly", "read-only", "unable to open", "i/o", "locked")
-
-
-def _row(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id,
-        job.name,
-        job.comment,
-        job.url,
-        job.payload,
-        None if job.headers is None else json.dumps(job.headers, separators=(",", ":")),
-        job.timeout,
-        int(job.state),
-        job.status,
-        job.started_at,
-        job.finished_at,
-        int(job.success),
-        int(job.failure),
-        int(job.canceled),
-        job.status_code,
-        job.err,
-        job.output,
-        int(job.output_truncated),
-        job.attempts,
-    )
-
-
-def _job(row: tuple[Any, ...]) -> Job:
-    return Job(
-        id=row[0],
-        name=row[1],
-        comment=row[2],
-        url=row[3],
-        payload=row[4],
-        headers=None if row[5] is None else json.loads(row[5]),
-        timeout=row[6],
-        state=JobState(row[7]),
-        started_at=row[9],
-        finished_at=row[10],
-        success=bool(row[11]),
-        failure=bool(row[12]),
-        canceled=bool(row[13]),
-        status_code=row[14],
-        err=row[15],
-        output=row[16],
-        output_truncated=bool(row[17]),
-        attempts=row[18],
-    )
 
 
 #: Regexp syntax beyond plain characters and ``.`` (see :func:`glob_prefilter`).
@@ -623,8 +544,8 @@ class SQLiteStore:
 
     @staticmethod
     def _fetch(conn: sqlite3.Connection, job_id: int) -> Job | None:
-        row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _job(row)
+        row = conn.execute(f"{sql.SELECT} WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else sql.row_job(row)
 
     @classmethod
     def _fetch_or_fail(cls, conn: sqlite3.Connection, job_id: int) -> Job:
@@ -635,7 +556,7 @@ class SQLiteStore:
 
     @staticmethod
     def _save(conn: sqlite3.Connection, changes: list[_Change], before: Job, after: Job) -> Job:
-        conn.execute(_REPLACE, _row(after))
+        conn.execute(sql.UPDATE, sql.update_args(after))
         changes.append((before.state, after.state, 1))
         return after
 
@@ -643,19 +564,14 @@ class SQLiteStore:
 
     def recover(self, now: int) -> Deferred[Recovery]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Recovery:
-            rows = conn.execute(f"{_SELECT} WHERE state = 1").fetchall()
             requeued = canceled = 0
-            for row in rows:
-                job = _job(row)
-                if job.canceled:
-                    self._save(
-                        conn, changes, job, job.finished(Outcome(finished_at=now, canceled=True))
-                    )
-                    canceled += 1
-                else:
-                    waiting = attrs.evolve(job, state=JobState.WAITING, started_at=None)
-                    self._save(conn, changes, job, waiting)
+            for row in conn.execute(sql.RUNNING).fetchall():
+                job = sql.row_job(row)
+                recovered = self._save(conn, changes, job, job.recovered(now))
+                if recovered.waiting:
                     requeued += 1
+                else:
+                    canceled += 1
             return Recovery(requeued=requeued, canceled=canceled)
 
         return self._write(op)
@@ -672,8 +588,8 @@ class SQLiteStore:
 
     def create(self, job: Job) -> Deferred[None]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
-            conn.execute(_INSERT, _row(job))
-            conn.execute(_RAISE_MAX_ID, (str(job.id),))
+            conn.execute(sql.INSERT, sql.job_row(job))
+            conn.execute(sql.RAISE_MAX_ID, (str(job.id),))
             changes.append((None, job.state, 1))
 
         return self._write(op)
@@ -703,23 +619,23 @@ class SQLiteStore:
         if name is not None:
             where.append("name GLOB ?")
             args.append(name)
-        sql = _SELECT
+        statement = sql.SELECT
         if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC" if query.reverse else " ORDER BY id"
+            statement += " WHERE " + " AND ".join(where)
+        statement += " ORDER BY id DESC" if query.reverse else " ORDER BY id"
         if not query.filters_text and query.limit is not None:
-            sql += " LIMIT ?"
+            statement += " LIMIT ?"
             args.append(query.limit + 1)
 
         def call(conn: sqlite3.Connection) -> JobPage:
-            cursor = conn.execute(sql, args)
+            cursor = conn.execute(statement, args)
             jobs: list[Job] = []
             while True:
                 rows = cursor.fetchmany(256)
                 if not rows:
                     return JobPage(jobs=jobs, next_id=None)
                 for row in rows:
-                    job = _job(row)
+                    job = sql.row_job(row)
                     if not query.matches(job):
                         continue
                     if query.limit is not None and len(jobs) >= query.limit:
@@ -733,11 +649,11 @@ class SQLiteStore:
         # One UPDATE, not a read, a Job built twice and a REPLACE (which rewrites
         # every index): this runs once per delivery, on the writer thread.
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
-            rows = conn.execute(_START, (now, job_id)).fetchall()
+            rows = conn.execute(sql.START, (now, job_id)).fetchall()
             if not rows:
                 return None
             changes.append((JobState.WAITING, JobState.RUNNING, 1))
-            return _job(rows[0])
+            return sql.row_job(rows[0])
 
         return self._write(op)
 
@@ -759,10 +675,10 @@ class SQLiteStore:
             # Almost always running; the state is in the WHERE clause so that the
             # counters learn the state before the change without a read.
             for state in (JobState.RUNNING, JobState.WAITING):
-                rows = conn.execute(_FINISH, (*values, int(state))).fetchall()
+                rows = conn.execute(sql.FINISH, (*values, int(state))).fetchall()
                 if rows:
                     changes.append((state, JobState.FINISHED, 1))
-                    return _job(rows[0])
+                    return sql.row_job(rows[0])
             return None
 
         return self._write(op)
@@ -770,22 +686,14 @@ class SQLiteStore:
     def stop(self, job_id: int, now: int) -> Deferred[Job]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job:
             job = self._fetch_or_fail(conn, job_id)
-            if job.state is JobState.WAITING:
-                stopped = job.finished(Outcome(finished_at=now, canceled=True))
-            elif job.state is JobState.RUNNING:
-                stopped = attrs.evolve(job, canceled=True)
-            else:
-                raise not_active(job)
-            return self._save(conn, changes, job, stopped)
+            return self._save(conn, changes, job, job.stopped(now))
 
         return self._write(op)
 
     def restart(self, job_id: int) -> Deferred[Job]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job:
             job = self._fetch_or_fail(conn, job_id)
-            conflict = conflict_for(job)
-            if conflict is not None:
-                raise conflict
+            job.check_settled()
             return self._save(conn, changes, job, job.reset())
 
         return self._write(op)
@@ -793,9 +701,7 @@ class SQLiteStore:
     def delete(self, job_id: int) -> Deferred[None]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
             job = self._fetch_or_fail(conn, job_id)
-            conflict = conflict_for(job)
-            if conflict is not None:
-                raise conflict
+            job.check_settled()
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             changes.append((job.state, None, 1))
 
@@ -804,16 +710,16 @@ class SQLiteStore:
     def waiting_jobs(self, after_id: int, limit: int) -> Deferred[list[Job]]:
         def call(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
-                f"{_SELECT} WHERE state = 0 AND id > ? AND canceled = 0 ORDER BY id LIMIT ?",
+                sql.WAITING,
                 (after_id, limit),
             ).fetchall()
-            return [_job(row) for row in rows]
+            return [sql.row_job(row) for row in rows]
 
         return self._read(call)
 
     def delete_finished_before(self, cutoff: int, limit: int) -> Deferred[int]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> int:
-            deleted = conn.execute(_DELETE_EXPIRED, (cutoff, limit)).rowcount
+            deleted = conn.execute(sql.DELETE_EXPIRED, (cutoff, limit)).rowcount
             changes.append((JobState.FINISHED, None, deleted))
             return deleted
 

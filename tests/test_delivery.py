@@ -1,5 +1,5 @@
 """
-Tests for hq.dispatch: the queue, the dispatcher loops, running a job and
+Tests for hq.delivery: the queue, the dispatcher loops, running a job and
 recording its outcome (the exchange itself is tested in test_worker).
 """
 
@@ -16,22 +16,36 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
-from hq.dispatch import FINISH_ATTEMPTS, INTERNAL_ERROR, STORE_RETRY_SECONDS, Dispatch
+from hq.delivery import FINISH_ATTEMPTS, INTERNAL_ERROR, STORE_RETRY_SECONDS, Delivery
 from hq.history import BUCKET_MS, BUCKETS, HistoryBucket
 from hq.model import Job, JobState
 from hq.store import StoreUnavailable
 from hq.store.memory import MemoryStore
 from hq.testing import FailingHTTP, FakeWorker, Reply, WorkerStub
-from hq.worker import make_http_client
+from hq.worker import Exchange, WorkerClient, make_http_client
 
 #: The clock's start, in seconds (2023-11-14).
 T0 = 1_700_000_000.0
 URL = "http://worker.test/work"
 
 
+class BrokenOnceWorker(WorkerClient):
+    """
+    A worker client with a bug: its first ``post`` raises.
+    """
+
+    calls = 0
+
+    def post(self, job: Job) -> Deferred[Exchange]:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("a bug in HQ")
+        return super().post(job)
+
+
 class DispatchTestCase(SynchronousTestCase):
     """
-    A Dispatch over a MemoryStore, a Clock and a FakeWorker reached through StubTreq.
+    A Delivery over a MemoryStore, a Clock and a FakeWorker reached through StubTreq.
     """
 
     def setUp(self) -> None:
@@ -52,27 +66,32 @@ class DispatchTestCase(SynchronousTestCase):
         queue_size: int = 100,
         max_output_bytes: int = 1024,
         shutdown_timeout: float = 10,
-    ) -> Dispatch:
+        worker: WorkerClient | None = None,
+    ) -> Delivery:
         """
-        Build and start a Dispatch; finished jobs go to ``self.finished``.
+        Build and start a Delivery; finished jobs go to ``self.finished``.
         """
-        dispatch = Dispatch(
+        dispatch = Delivery(
             store=store if store is not None else self.store,
-            http=http if http is not None else self.stub.http,
+            worker=worker
+            or WorkerClient(
+                http if http is not None else self.stub.http,
+                self.clock,
+                "HQ/test",
+                max_output_bytes,
+            ),
             clock=self.clock,
             dispatchers=dispatchers,
             workers_per_dispatcher=workers,
             queue_size=queue_size,
-            max_output_bytes=max_output_bytes,
             shutdown_timeout=shutdown_timeout,
-            user_agent="HQ/test",
         )
         dispatch.add_observer(self.finished.append)
         dispatch.startService()
         self.addCleanup(self.stop_quietly, dispatch)
         return dispatch
 
-    def stop_quietly(self, dispatch: Dispatch) -> None:
+    def stop_quietly(self, dispatch: Delivery) -> None:
         """
         Stop ``dispatch`` at the end of a test, aborting whatever still runs.
         """
@@ -91,7 +110,7 @@ class DispatchTestCase(SynchronousTestCase):
         self.successResultOf(self.store.create(job))
         return job
 
-    def push(self, dispatch: Dispatch, **fields: Any) -> Job:
+    def push(self, dispatch: Delivery, **fields: Any) -> Job:
         """
         Store a new waiting job and enqueue it, as the push API does.
         """
@@ -105,7 +124,7 @@ class DispatchTestCase(SynchronousTestCase):
         """
         return self.successResultOf(self.store.get(job_id))
 
-    def stop_job(self, dispatch: Dispatch, job_id: int) -> None:
+    def stop_job(self, dispatch: Delivery, job_id: int) -> None:
         """
         Stop a job as the stop API does: the store first, then the dispatcher.
         """
@@ -297,16 +316,14 @@ class ConcurrencyTests(DispatchTestCase):
 
     def test_enqueue_before_start_is_loaded_by_the_start(self) -> None:
         """A job enqueued before startService is delivered once, by the start-up feed."""
-        dispatch = Dispatch(
+        dispatch = Delivery(
             store=self.store,
-            http=self.stub.http,
+            worker=WorkerClient(self.stub.http, self.clock, "HQ/test", 100),
             clock=self.clock,
             dispatchers=1,
             workers_per_dispatcher=1,
             queue_size=10,
-            max_output_bytes=100,
             shutdown_timeout=1,
-            user_agent="HQ/test",
         )
         dispatch.enqueue(self.make_job())
         dispatch.startService()
@@ -614,17 +631,8 @@ class OrphanTests(DispatchTestCase):
 
     def test_unexpected_error_in_a_run_records_a_failure(self) -> None:
         """A bug while delivering is logged and the job fails with an internal error."""
-        dispatch = self.start()
-        deliver = dispatch._deliver
-        calls: list[int] = []
-
-        async def broken_once(job: Job) -> Any:
-            calls.append(job.id)
-            if len(calls) == 1:
-                raise RuntimeError("a bug in HQ")
-            return await deliver(job)
-
-        self.patch(dispatch, "_deliver", broken_once)
+        worker = BrokenOnceWorker(self.stub.http, self.clock, "HQ/test", 1024)
+        dispatch = self.start(worker=worker)
         job = self.push(dispatch)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         stored = self.get(job.id)
@@ -939,16 +947,14 @@ class LoopbackTests(TestCase):
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(self.pool.closeCachedConnections)
         self.store = MemoryStore()
-        self.dispatch = Dispatch(
+        self.dispatch = Delivery(
             store=self.store,
-            http=make_http_client(reactor, self.pool),
+            worker=WorkerClient(make_http_client(reactor, self.pool), reactor, "HQ/test", 1000),
             clock=reactor,
             dispatchers=1,
             workers_per_dispatcher=2,
             queue_size=10,
-            max_output_bytes=1000,
             shutdown_timeout=1,
-            user_agent="HQ/test",
         )
         self.finished: dict[int, Deferred[Job]] = {}
         self.dispatch.add_observer(lambda job: self.finished.pop(job.id).callback(job))

@@ -1,0 +1,169 @@
+"""
+The delivery engine: the service that puts the feed, the runner, the
+outcomes and the shutdown together, and the API's view of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from hq.delivery.feed import Feed
+from hq.delivery.outcomes import Outcomes
+from hq.delivery.runner import Runner
+from hq.delivery.shutdown import Shutdown
+from hq.history import HistoryBucket
+from hq.model import Job, JobState
+from hq.store import IJobStore
+from hq.worker import WorkerClient
+
+
+class Delivery(Service):
+    """
+    Deliver waiting jobs to their workers.
+
+    :param store: the job store, the source of truth: a job the store will
+        not start (stopped or deleted meanwhile) is skipped, and a job left
+        running by a dead process is queued again by ``store.recover()``.
+    :param worker: runs the exchanges with workers.
+    :param clock: for timeouts, pauses and finish times.
+    :param dispatchers: how many dispatch loops.
+    :param workers_per_dispatcher: jobs one loop runs at a time.
+    :param queue_size: jobs kept in memory at most (the rest stays in the store).
+    :param shutdown_timeout: seconds :meth:`stopService` waits for running jobs.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: IJobStore,
+        worker: WorkerClient,
+        clock: IReactorTime,
+        dispatchers: int,
+        workers_per_dispatcher: int,
+        queue_size: int,
+        shutdown_timeout: float,
+    ) -> None:
+        self._dispatchers = max(1, dispatchers)
+        self._feed = Feed(store, clock, queue_size, on_idle=self._check_stopped)
+        self._shutdown = Shutdown(clock, shutdown_timeout, lambda: self._feed.reading, self._abort)
+        self._outcomes = Outcomes(store, clock, self._shutdown)
+        self._runner = Runner(
+            store, worker, clock, self._feed, self._outcomes, self._shutdown, workers_per_dispatcher
+        )
+        #: Jobs queued again (restart) while their previous run was ending.
+        self._requeue: dict[int, Job] = {}
+
+    @property
+    def num_workers(self) -> int:
+        """
+        Requests to workers in flight, all dispatchers together.
+        """
+        return self._runner.num_workers
+
+    @property
+    def in_queue(self) -> int:
+        """
+        Jobs in the in-memory queue (not yet handed to a dispatcher).
+        """
+        return self._feed.in_queue
+
+    def add_observer(self, callback: Callable[[Job], None]) -> None:
+        """
+        Call ``callback`` with every job that finished, once the store recorded it.
+        """
+        self._outcomes.add_observer(callback)
+
+    def history(self, now_ms: int) -> list[HistoryBucket]:
+        """
+        Return the finished-job counts per interval up to ``now_ms``, oldest first.
+        """
+        return self._outcomes.history(now_ms)
+
+    def enqueue(self, job: Job) -> None:
+        """
+        Queue ``job``, a waiting job that was just stored. Never blocks or fails:
+        a job that does not fit in memory stays in the store and is fed in later.
+        """
+        try:
+            if self._feed.holds(job.id) and not self._feed.queued(job.id):
+                # Its previous run is still ending; queue it once that is done.
+                self._requeue[job.id] = job
+            else:
+                self._feed.offer(job)
+        except Exception:
+            self.log.failure("Could not queue job {jobID}", jobID=job.id)
+
+    def cancel(self, job_id: int, stopped: Job | None = None) -> None:
+        """
+        Forget or abort the delivery of ``job_id``, which the store just stopped:
+        drop it from the queue, keep it from being sent, or abort its request
+        (the job then finishes ``canceled``).
+
+        ``stopped`` is the job as the store's stop returned it: when the stop
+        finished it (it was waiting), it is counted and told to the observers
+        like any other finished job. When it is running in the store but not
+        being delivered here (its outcome could not be recorded, or its run
+        failed unexpectedly), it is recorded finished ``canceled`` now, so it
+        does not stay ``canceling``.
+        """
+        try:
+            delivering = self._feed.holds(job_id) or self._outcomes.recording_orphan(job_id)
+            if self._feed.drop(job_id) or self._requeue.pop(job_id, None) is not None:
+                pass
+            elif self._feed.holds(job_id):
+                self._runner.ask_stop(job_id)
+            if stopped is None:
+                return
+            if stopped.state is JobState.FINISHED:
+                self._outcomes.finished(stopped)
+            elif stopped.state is JobState.RUNNING and stopped.canceled and not delivering:
+                self._outcomes.record_orphan(job_id)
+        except Exception:
+            self.log.failure("Could not cancel job {jobID}", jobID=job_id)
+
+    def startService(self) -> None:
+        """
+        Start the dispatch loops and load the waiting jobs from the store.
+        """
+        super().startService()
+        self._shutdown.reset()
+        self._feed.open()
+        self._runner.start(self._dispatchers, self._run_ended)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Take no more jobs; wait up to ``shutdown_timeout`` seconds for running
+        ones, then abort the rest without recording an outcome (they stay
+        running in the store and ``store.recover()`` queues them again at the
+        next start). Return a Deferred that fires when every delivery has ended.
+        """
+        super().stopService()
+        self._shutdown.stopping = True
+        self._feed.close()
+        self._runner.stop()
+        return self._shutdown.begin()
+
+    def _run_ended(self, job_id: int) -> None:
+        self._feed.release(job_id)
+        requeue = self._requeue.pop(job_id, None)
+        if requeue is not None:
+            self.enqueue(requeue)
+
+    def _check_stopped(self) -> None:
+        self._shutdown.check()
+
+    def _abort(self, runs: int) -> None:
+        aborted = self._runner.abort_all()
+        if aborted:
+            self.log.info(
+                "Shutdown timeout: aborting {count} running jobs; "
+                "they will be delivered again after the next start",
+                count=aborted,
+            )
+        self._outcomes.pauses.cut_short()

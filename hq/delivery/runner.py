@@ -1,0 +1,238 @@
+"""
+The runner: dispatcher loops, their semaphores, and one attempt of a job.
+
+Each of ``dispatchers`` loops takes jobs from the feed and runs at most
+``workers_per_dispatcher`` of them at a time under its own
+``DeferredSemaphore``. Running a job is one attempt: mark it running in the
+store, exchange with its worker (:class:`hq.worker.WorkerClient`), ask the
+policy (:func:`hq.policy.after_attempt`) what follows, and record that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hq.delivery.feed import Feed
+from hq.delivery.outcomes import Outcomes
+from hq.delivery.shutdown import Pauses, Shutdown
+from hq.ids import now_ms
+from hq.model import Job, Outcome
+from hq.policy import AttemptResult, after_attempt, stopped_outcome
+from hq.store import STORE_RETRY_SECONDS, IJobStore
+from hq.worker import Exchange, WorkerClient
+
+#: The ``err`` of a job whose delivery failed on an unexpected error in HQ
+#: (the details are in the server's log).
+INTERNAL_ERROR = "internal error in HQ while delivering the job (see the server log)"
+
+
+def attempt_result(exchange: Exchange, stopped: bool) -> AttemptResult:
+    """
+    Return what the policy needs to know of ``exchange``; ``stopped`` when a
+    stop aborted it.
+    """
+    return AttemptResult(
+        success=exchange.success,
+        status_code=exchange.status_code,
+        err="" if stopped else exchange.reason(),
+        output=exchange.output(),
+        output_truncated=exchange.truncated,
+        stopped=stopped,
+    )
+
+
+class Runner:
+    """
+    The dispatcher loops and the runs they start.
+
+    :param feed: where the loops take jobs.
+    :param outcomes: records what the runs decide.
+    :param shutdown: counts the runs; a run does not start while it stops.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: IJobStore,
+        worker: WorkerClient,
+        clock: IReactorTime,
+        feed: Feed,
+        outcomes: Outcomes,
+        shutdown: Shutdown,
+        workers_per_dispatcher: int,
+    ) -> None:
+        self._store = store
+        self._worker = worker
+        self._clock = clock
+        self._feed = feed
+        self._outcomes = outcomes
+        self._shutdown = shutdown
+        self._workers_per_dispatcher = max(1, workers_per_dispatcher)
+        #: Job id -> the Deferred of its exchange with the worker.
+        self._exchanges: dict[int, Deferred[Exchange]] = {}
+        self._stop_asked: set[int] = set()
+        #: Semaphore waits of the loops, cancelled when the engine stops.
+        self._acquiring: set[Deferred[Any]] = set()
+        self.start_pauses = Pauses(clock)
+        self.num_workers = 0
+        self._on_ended: Callable[[int], None] = lambda job_id: None
+
+    def start(self, dispatchers: int, on_ended: Callable[[int], None]) -> None:
+        """
+        Start ``dispatchers`` loops; ``on_ended(job_id)`` is called after each run.
+        """
+        self._on_ended = on_ended
+        for index in range(max(1, dispatchers)):
+            loop = Deferred.fromCoroutine(self._loop(index))
+            loop.addErrback(self._loop_failed, index)
+
+    def _loop_failed(self, failure: Failure, index: int) -> None:
+        self.log.failure("Dispatcher {index} stopped", failure, index=index)
+
+    def stop(self) -> None:
+        """
+        End the loops: no run starts any more (runs in progress go on).
+        """
+        for waiting in list(self._acquiring):
+            waiting.cancel()
+        self.start_pauses.cut_short()
+
+    def ask_stop(self, job_id: int) -> None:
+        """
+        A stop was asked for ``job_id``, which a run holds: keep it from being
+        sent, or abort its request (the job then finishes ``canceled``).
+        """
+        self._stop_asked.add(job_id)
+        exchange = self._exchanges.get(job_id)
+        if exchange is not None:
+            exchange.cancel()
+
+    def abort_all(self) -> int:
+        """
+        Abort every request in progress (the shutdown timed out); return how many.
+        """
+        exchanges = list(self._exchanges.values())
+        for exchange in exchanges:
+            exchange.cancel()
+        return len(exchanges)
+
+    async def _loop(self, index: int) -> None:
+        semaphore = DeferredSemaphore(self._workers_per_dispatcher)
+        while not self._shutdown.stopping:
+            acquire = semaphore.acquire()
+            self._acquiring.add(acquire)
+            try:
+                await acquire
+            except CancelledError:
+                return
+            finally:
+                self._acquiring.discard(acquire)
+            try:
+                job = await self._feed.take()
+            except Exception:
+                semaphore.release()
+                self.log.failure("Dispatcher {index} could not take a job", index=index)
+                continue
+            if job is None:
+                semaphore.release()
+                return
+            self._launch(job, semaphore)
+
+    def _launch(self, job: Job, semaphore: DeferredSemaphore) -> None:
+        self._shutdown.run_began()
+        run = Deferred.fromCoroutine(self._run(job))
+        run.addErrback(
+            lambda failure: self.log.failure(
+                "Job {jobID}: delivery failed unexpectedly", failure, jobID=job.id
+            )
+        )
+        run.addBoth(lambda _: self._ended(job.id, semaphore))
+
+    def _ended(self, job_id: int, semaphore: DeferredSemaphore) -> None:
+        self._stop_asked.discard(job_id)
+        semaphore.release()
+        self._on_ended(job_id)
+        self._shutdown.run_ended()
+
+    async def _run(self, job: Job) -> None:
+        started = await self._start(job)
+        if started is None:
+            self.log.debug("Job {jobID} is no longer waiting: skipped", jobID=job.id)
+            return
+        if self._shutdown.stopping:
+            # Shutting down: leave it running in the store; recover() re-queues it.
+            return
+        try:
+            if job.id in self._stop_asked or started.canceled:
+                outcome: Outcome | None = stopped_outcome(now_ms(self._clock))
+            else:
+                outcome = await self._attempt(started)
+        except Exception:
+            # A bug, not the worker: log it, and record a failure rather than
+            # leave the job running with nothing delivering it.
+            self.log.failure("Job {jobID}: delivery failed unexpectedly", jobID=job.id)
+            outcome = Outcome(finished_at=now_ms(self._clock), failure=True, err=INTERNAL_ERROR)
+        if outcome is not None:
+            await self._outcomes.record(job.id, outcome)
+
+    async def _start(self, job: Job) -> Job | None:
+        """
+        Mark ``job`` running in the store; return it, or ``None`` when it must
+        not run (no longer waiting, or the engine stops).
+
+        While the store fails, try again every :data:`STORE_RETRY_SECONDS`,
+        keeping this dispatcher slot (so a broken store is not hammered).
+        """
+        attempt = 0
+        while not self._shutdown.stopping:
+            attempt += 1
+            try:
+                return await self._store.start(job.id, now_ms(self._clock))
+            except Exception:
+                if attempt == 1:
+                    self.log.failure(
+                        "Could not start job {jobID}; trying again every {delay} s",
+                        jobID=job.id,
+                        delay=STORE_RETRY_SECONDS,
+                    )
+                elif attempt % 60 == 0:
+                    self.log.warn(
+                        "Still cannot start job {jobID} after {attempt} attempts",
+                        jobID=job.id,
+                        attempt=attempt,
+                    )
+            if not await self.start_pauses.pause(STORE_RETRY_SECONDS):
+                return None
+        return None
+
+    async def _attempt(self, job: Job) -> Outcome | None:
+        """
+        Send ``job`` to its worker and return the outcome the policy decides,
+        or ``None`` when the shutdown aborted it (nothing is recorded then).
+        """
+        self.log.debug("Job {jobID} started: POST {url}", jobID=job.id, url=job.url)
+        running = self._worker.post(job)
+        self._exchanges[job.id] = running
+        self.num_workers += 1
+        try:
+            exchange = await running
+        finally:
+            self.num_workers -= 1
+            self._exchanges.pop(job.id, None)
+        stopped = exchange.error is not None and job.id in self._stop_asked
+        if exchange.error is not None and not stopped:
+            if self._shutdown.aborting:
+                return None
+            if exchange.unusual_error:
+                self.log.debug(
+                    "Job {jobID}: request error {error!r}", jobID=job.id, error=exchange.error
+                )
+        decision = after_attempt(job, attempt_result(exchange, stopped), now_ms(self._clock))
+        return decision.outcome

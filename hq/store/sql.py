@@ -1,0 +1,125 @@
+"""
+What every SQL engine shares: the job's columns, the row mapping, and the
+statements that carry the job rules of :mod:`hq.model` into SQL.
+
+The statements use ``?`` placeholders and only SQL that SQLite and
+PostgreSQL both run (``UPDATE ... RETURNING``, ``INSERT ... ON CONFLICT``); an
+engine whose driver wants another placeholder style converts them once
+(:func:`placeholders`). The job rules themselves live in :mod:`hq.model`: a
+statement here is the same rule written for the database, checked against the
+model by the store contract tests (tests/test_store.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hq.model import Job, JobState
+
+COLUMNS = (
+    "id, name, comment, url, payload, headers, timeout, state, status, started_at, "
+    "finished_at, success, failure, canceled, status_code, err, output, output_truncated, "
+    "attempts"
+)
+_NAMES = [name.strip() for name in COLUMNS.split(",")]
+
+INSERT = f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * len(_NAMES))})"
+#: Write every column of a job read and changed by a model rule (``?`` = the row, then the id).
+UPDATE = "UPDATE jobs SET " + ", ".join(f"{name} = ?" for name in _NAMES[1:]) + " WHERE id = ?"
+SELECT = f"SELECT {COLUMNS} FROM jobs"
+#: Remember the greatest id created (see ``IJobStore.max_id``).
+RAISE_MAX_ID = (
+    "INSERT INTO meta (key, value) VALUES ('max_id', ?) ON CONFLICT (key) DO UPDATE "
+    "SET value = excluded.value "
+    "WHERE CAST(meta.value AS BIGINT) < CAST(excluded.value AS BIGINT)"
+)
+#: :meth:`hq.model.Job.started` in one statement: mark a waiting, not canceled
+#: job running; returns it (no row: not startable). It runs once per delivery.
+START = (
+    "UPDATE jobs SET state = 1, status = 'running', started_at = ?, attempts = attempts + 1"
+    f" WHERE id = ? AND state = 0 AND canceled = 0 RETURNING {COLUMNS}"
+)
+#: :meth:`hq.model.Job.finished` on a job in the given state; returns it.
+FINISH = (
+    "UPDATE jobs SET state = 2, status = ?, finished_at = ?, success = ?, failure = ?,"
+    " canceled = ?, status_code = ?, err = ?, output = ?, output_truncated = ?"
+    f" WHERE id = ? AND state = ? RETURNING {COLUMNS}"
+)
+#: One batch of expired jobs, found through the expiry index.
+DELETE_EXPIRED = (
+    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 2 AND finished_at < ? LIMIT ?)"
+)
+#: The waiting jobs the feed may load, in order.
+WAITING = f"{SELECT} WHERE state = 0 AND id > ? AND canceled = 0 ORDER BY id LIMIT ?"
+#: Jobs a dead process left running (``hq.model.Job.recovered`` decides what becomes of them).
+RUNNING = f"{SELECT} WHERE state = 1"
+
+
+def placeholders(statement: str, style: str = "%s") -> str:
+    """
+    Return ``statement`` with each ``?`` placeholder written as ``style``
+    (the statements here hold no ``?`` inside string literals).
+    """
+    return statement.replace("?", style)
+
+
+def job_row(job: Job) -> tuple[Any, ...]:
+    """
+    Return ``job`` as the values of :data:`COLUMNS`.
+    """
+    return (
+        job.id,
+        job.name,
+        job.comment,
+        job.url,
+        job.payload,
+        None if job.headers is None else json.dumps(job.headers, separators=(",", ":")),
+        job.timeout,
+        int(job.state),
+        job.status,
+        job.started_at,
+        job.finished_at,
+        int(job.success),
+        int(job.failure),
+        int(job.canceled),
+        job.status_code,
+        job.err,
+        job.output,
+        int(job.output_truncated),
+        job.attempts,
+    )
+
+
+def update_args(job: Job) -> tuple[Any, ...]:
+    """
+    Return the arguments of :data:`UPDATE` for ``job``.
+    """
+    row = job_row(job)
+    return (*row[1:], row[0])
+
+
+def row_job(row: tuple[Any, ...] | Any) -> Job:
+    """
+    Return the job of a row of :data:`COLUMNS`.
+    """
+    return Job(
+        id=row[0],
+        name=row[1],
+        comment=row[2],
+        url=row[3],
+        payload=row[4],
+        headers=None if row[5] is None else json.loads(row[5]),
+        timeout=row[6],
+        state=JobState(row[7]),
+        started_at=row[9],
+        finished_at=row[10],
+        success=bool(row[11]),
+        failure=bool(row[12]),
+        canceled=bool(row[13]),
+        status_code=row[14],
+        err=row[15],
+        output=row[16],
+        output_truncated=bool(row[17]),
+        attempts=row[18],
+    )
