@@ -3,7 +3,9 @@ The benchmarks' fast worker: a separate process that answers every job with
 200 at once and records when each job id arrived.
 
 It is a bare asyncio HTTP/1.1 server (keep-alive, ``Content-Length`` bodies),
-so it costs as little CPU as a worker can. It prints
+so it costs as little CPU as a worker can. With ``--http10`` it answers jobs
+as a plain HTTP/1.0 server does (``HTTP/1.0 200 OK``, then it closes the
+connection), so HQ opens a connection per job. It prints
 ``listening on http://127.0.0.1:PORT`` on stdout once it accepts requests.
 
 Control paths (used by ``run.py``, never by HQ):
@@ -26,6 +28,7 @@ import json
 import time
 
 _OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+_OK_10 = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 _BAD = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 #: Requests larger than this are refused (HQ's benchmark payloads are tiny).
 _MAX_REQUEST = 1 << 20
@@ -84,11 +87,13 @@ class Recorder:
 
 class WorkerProtocol(asyncio.Protocol):
     """
-    One keep-alive connection: parse requests from the buffer, answer each at once.
+    One keep-alive connection: parse requests from the buffer, answer each at
+    once (with ``http10``: answer one job in HTTP/1.0 and close).
     """
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, http10: bool = False) -> None:
         self._recorder = recorder
+        self._http10 = http10
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
 
@@ -139,6 +144,11 @@ class WorkerProtocol(asyncio.Protocol):
             self._recorder.record(job_id)
         else:
             self._recorder.errors += 1
+        if self._http10:
+            self._transport.write(_OK_10)
+            self._transport.close()
+            self._transport = None
+            return
         self._transport.write(_OK)
 
     def _control(self, method: bytes, path: bytes, body: bytes) -> None:
@@ -174,14 +184,15 @@ class WorkerProtocol(asyncio.Protocol):
         self._transport = None
 
 
-async def serve(port: int, lifetime: float) -> None:
+async def serve(port: int, lifetime: float, http10: bool = False) -> None:
     """
-    Serve on 127.0.0.1:``port`` for at most ``lifetime`` seconds.
+    Serve on 127.0.0.1:``port`` for at most ``lifetime`` seconds (jobs
+    answered in HTTP/1.0 with ``http10``).
     """
     recorder = Recorder()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: WorkerProtocol(recorder), "127.0.0.1", port, backlog=1024
+        lambda: WorkerProtocol(recorder, http10), "127.0.0.1", port, backlog=1024
     )
     bound = server.sockets[0].getsockname()[1]
     print(f"listening on http://127.0.0.1:{bound}", flush=True)
@@ -196,8 +207,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lifetime", type=float, default=3600, help="exit after this many seconds")
+    parser.add_argument(
+        "--http10",
+        action="store_true",
+        help="answer jobs in HTTP/1.0 and close each connection (as python -m http.server)",
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.lifetime))
+    asyncio.run(serve(args.port, args.lifetime, args.http10))
 
 
 if __name__ == "__main__":

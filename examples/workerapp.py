@@ -10,6 +10,11 @@ Then push a job to it:
         -d '{"url": "http://127.0.0.1:8000/", "payload": {"message": "Hello world!"}}'
 
 Standard library only; a worker can be written in any language.
+
+It speaks HTTP/1.0, as Python's ``http.server`` does by default: it closes the
+connection after each answer, and HQ opens a new one for the next job. With
+``--keep-alive`` it speaks HTTP/1.1 and keeps connections open between jobs
+(fewer connections, the usual case for production workers).
 """
 
 from __future__ import annotations
@@ -59,9 +64,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait per job")
     parser.add_argument("--fail-rate", type=float, default=0.0, help="share of jobs to fail")
+    parser.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="speak HTTP/1.1 and keep connections open (default: HTTP/1.0, one per job)",
+    )
     args = parser.parse_args()
     WorkerHandler.delay = args.delay
     WorkerHandler.fail_rate = args.fail_rate
+    if args.keep_alive:
+        WorkerHandler.protocol_version = "HTTP/1.1"
     server = ThreadingHTTPServer((args.host, args.port), WorkerHandler)
     print(f"Worker listening on http://{args.host}:{server.server_port}/", flush=True)
     try:

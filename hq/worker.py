@@ -11,14 +11,23 @@ failure into the job's ``err`` text (:func:`describe_error`,
 the exchange means for the job.
 
 :func:`make_http_client` builds the production treq client: one keep-alive
-connection pool, no cookie jar, bodies sent with a ``Content-Length``, and a
-byte budget per response (:func:`response_budget`) that bounds what Twisted's
-HTTP parser keeps before the body.
+connection pool (:class:`WorkerConnectionPool`), no cookie jar, bodies sent
+with a ``Content-Length``, and a byte budget per response
+(:func:`response_budget`) that bounds what Twisted's HTTP parser keeps before
+the body.
+
+The pool keeps a connection only when the worker's response left it open
+(:func:`keeps_alive`: not an HTTP/1.0 answer without ``Connection:
+keep-alive``, nor ``Connection: close``), and sends a request that failed on a
+kept connection before the worker answered anything once more on a new
+connection (the worker had closed the kept connection, as a rule before
+reading the request).
 """
 
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable, Hashable, Sequence
 from http.cookiejar import Cookie
 from typing import Any
 
@@ -35,6 +44,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from twisted.web._newclient import HTTP11ClientProtocol, Request
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -44,6 +54,7 @@ from twisted.web.client import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import RESPONSES, PotentialDataLoss
@@ -256,20 +267,177 @@ class WorkerEndpoints:
         return _BudgetEndpoint(endpoint, self._budget)
 
 
+def keeps_alive(version: tuple[bytes, int, int], connection: Sequence[bytes]) -> bool:
+    """
+    Return whether a response of HTTP ``version`` (``(b"HTTP", 1, 0)``) whose
+    ``Connection`` header values are ``connection`` leaves the connection
+    open for another request (RFC 9112, section 9.3).
+
+    HTTP/1.1 and later: yes, unless ``close`` is among the header's tokens.
+    HTTP/1.0: only with the ``keep-alive`` token; a plain HTTP/1.0 server
+    (Python's ``http.server`` by default) closes the connection after each
+    answer. Tokens are compared without case.
+    """
+    tokens = {token.strip().lower() for value in connection for token in value.split(b",")}
+    if b"close" in tokens:
+        return False
+    if version[1:] >= (1, 1):
+        return True
+    return b"keep-alive" in tokens
+
+
+class _WorkerConnection(HTTP11ClientProtocol):
+    """
+    One connection to a worker: Twisted's HTTP/1.1 client protocol that
+    counts the requests sent on it and goes back to the pool after a response
+    only when :func:`keeps_alive` says the worker keeps the connection open;
+    otherwise it closes it.
+
+    Twisted alone honours ``Connection: close`` (in lower case) but not
+    HTTP/1.0: it pools the connection an HTTP/1.0 worker is closing, and the
+    next request written on it is lost.
+    """
+
+    def __init__(self, quiescentCallback: Callable[[HTTP11ClientProtocol], None]) -> None:
+        super().__init__(self._response_ended)
+        self._to_pool = quiescentCallback
+        #: Requests sent so far: more than 0 means the connection is reused.
+        self.requests_sent = 0
+
+    def request(self, request: Request) -> Deferred[IResponse]:
+        self.requests_sent += 1
+        return super().request(request)
+
+    def _response_ended(self, connection: HTTP11ClientProtocol) -> None:
+        # Twisted calls this when a response has been read in full, while its
+        # parser (with the connection headers it does not give the response)
+        # is still there.
+        parser: Any = getattr(self, "_parser", None)
+        response = getattr(parser, "response", None)
+        if response is not None and keeps_alive(
+            response.version, parser.connHeaders.getRawHeaders(b"connection", [])
+        ):
+            self._to_pool(connection)
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+
+class _WorkerConnectionFactory(_HTTP11ClientFactory):
+    """
+    Builds :class:`_WorkerConnection` for :class:`WorkerConnectionPool`.
+
+    Twisted has no public hook to choose the pool's protocol, so this extends
+    its private factory (``HTTPConnectionPool._factory``), as the pool's own
+    tests do.
+    """
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _WorkerConnection(self._quiescentCallback)
+
+
+def never_answered(error: BaseException) -> bool:
+    """
+    Return whether ``error`` says a request failed before the worker answered
+    a single byte, and not because HQ aborted it (a stop, a timeout): the
+    request was not sent (``RequestNotSent``) or the connection ended without
+    a byte of response (``ResponseNeverReceived``).
+    """
+    if isinstance(error, RequestNotSent):
+        return True
+    if isinstance(error, ResponseNeverReceived):
+        return not any(reason.check(CancelledError) for reason in error.reasons)
+    return False
+
+
+class _ReusedConnection:
+    """
+    A connection taken from the pool. A request that fails on it before the
+    worker answered anything (:func:`never_answered`) is sent once more on a
+    new connection: the worker closed the idle connection as HQ was writing
+    to it, so it did not see the request. A failure on the new connection is
+    the request's outcome.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, connection: HTTP11ClientProtocol, connect: Callable[[], Deferred[Any]]
+    ) -> None:
+        self._connection = connection
+        self._connect = connect
+
+    def request(self, request: Request) -> Deferred[IResponse]:
+        """
+        Send ``request``; return a Deferred of the response, as
+        ``HTTP11ClientProtocol.request``. Cancelling it aborts the request
+        (and it is not sent again).
+        """
+        sent = self._connection.request(request)
+
+        def failed(reason: Failure) -> Any:
+            if reason.value is None or not never_answered(reason.value):
+                return reason
+            self.log.debug(
+                "A kept connection was closed before any answer: sending the request "
+                "again on a new connection ({error})",
+                error=type(reason.value).__name__,
+            )
+            return self._connect().addCallback(lambda fresh: fresh.request(request))
+
+        return sent.addErrback(failed)
+
+
+class WorkerConnectionPool(HTTPConnectionPool):
+    """
+    The pool of keep-alive connections to workers.
+
+    Unlike Twisted's ``HTTPConnectionPool``, it keeps a connection only when
+    the worker keeps it open (:func:`keeps_alive`), and it sends any request
+    (a ``POST`` too, with its body) that failed on a kept connection before
+    the worker answered anything once more, on a new connection. Twisted's
+    own retry (``retryAutomatically``, idempotent methods without body only)
+    is off. A request that fails on a new connection, or is aborted, is not
+    sent again.
+    """
+
+    _factory = _WorkerConnectionFactory
+    retryAutomatically = False
+    maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor, persistent=True)
+
+    def getConnection(self, key: Hashable, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+        """
+        Return a Deferred of a connection for one request to ``endpoint``: a
+        kept one (wrapped in :class:`_ReusedConnection`) or a new one. It
+        fails as connecting does.
+        """
+
+        def chosen(connection: HTTP11ClientProtocol) -> Any:
+            if getattr(connection, "requests_sent", 0) == 0:
+                return connection
+            return _ReusedConnection(connection, lambda: self._newConnection(key, endpoint))
+
+        return super().getConnection(key, endpoint).addCallback(chosen)
+
+
 def make_http_client(
     reactor: Any,
     pool: HTTPConnectionPool | None = None,
     max_output_bytes: int = 1_048_576,
 ) -> HTTPClient:
     """
-    Return the production client: one persistent ``HTTPConnectionPool`` (keep-alive
-    to workers; pass ``pool`` to own it, e.g. to close it), TLS verified by
-    Twisted's default policy, no cookie jar, and at most
-    ``response_budget(max_output_bytes)`` bytes read per response.
+    Return the production client: one :class:`WorkerConnectionPool` (keep-alive
+    to workers while they keep connections open; pass ``pool`` to own it, e.g.
+    to close it: a plain ``HTTPConnectionPool`` loses requests to HTTP/1.0
+    workers), TLS verified by Twisted's default policy, no cookie jar, and at
+    most ``response_budget(max_output_bytes)`` bytes read per response.
     """
     if pool is None:
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+        pool = WorkerConnectionPool(reactor)
     endpoints = WorkerEndpoints(reactor, response_budget(max_output_bytes))
     return http_client_for(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 

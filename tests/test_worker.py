@@ -8,23 +8,32 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web._newclient import Request
+from twisted.web.client import RequestNotSent, ResponseFailed, ResponseNeverReceived
 from twisted.web.error import SchemeNotSupported
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
 from hq.model import Job
 from hq.testing import FailingHTTP, FakeWorker, Reply, WorkerStub
 from hq.worker import (
+    BytesProducer,
     Exchange,
     TimedOut,
     WorkerClient,
+    WorkerConnectionPool,
     describe_error,
+    keeps_alive,
     make_http_client,
+    never_answered,
     reason_phrase,
 )
 
@@ -279,7 +288,7 @@ class InvalidStatusOverTCPTests(TestCase):
         Worker.reply = reply
         port = reactor.listenTCP(0, Factory.forProtocol(Worker), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool = WorkerConnectionPool(reactor)
         self.addCleanup(pool.closeCachedConnections)
         client = WorkerClient(make_http_client(reactor, pool), reactor, "HQ/test", 1024)
         url = f"http://127.0.0.1:{port.getHost().port}/boom"
@@ -420,3 +429,205 @@ class DescribeErrorTests(SynchronousTestCase):
             [Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))]
         )
         self.assertEqual(describe_error(error, URL), "TLS error: certificate verify failed")
+
+
+@implementer(IStreamClientEndpoint)
+class _FakeEndpoint:
+    """
+    An endpoint whose connections are protocols over ``StringTransport``s.
+    """
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[Any, StringTransport]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+
+_OK_11 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+_OK_10 = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+_KEY = ("http", "worker.test", 80)
+
+
+class KeepsAliveTests(SynchronousTestCase):
+    """
+    Which responses leave the connection open.
+    """
+
+    def test_http11_keeps_alive_unless_close(self) -> None:
+        """HTTP/1.1 keeps the connection unless a Connection token is 'close' (any case)."""
+        v11 = (b"HTTP", 1, 1)
+        self.assertTrue(keeps_alive(v11, []))
+        self.assertTrue(keeps_alive(v11, [b"Upgrade"]))
+        self.assertFalse(keeps_alive(v11, [b"close"]))
+        self.assertFalse(keeps_alive(v11, [b"Close"]))
+        self.assertFalse(keeps_alive(v11, [b"Upgrade, close"]))
+
+    def test_http10_keeps_alive_only_when_asked(self) -> None:
+        """HTTP/1.0 keeps the connection only with the keep-alive token."""
+        v10 = (b"HTTP", 1, 0)
+        self.assertFalse(keeps_alive(v10, []))
+        self.assertTrue(keeps_alive(v10, [b"Keep-Alive"]))
+        self.assertFalse(keeps_alive(v10, [b"keep-alive, close"]))
+
+
+class WorkerConnectionPoolTests(SynchronousTestCase):
+    """
+    The pool keeps only connections the worker keeps open, and sends a request
+    that failed unanswered on a kept connection once more on a new one.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pool = WorkerConnectionPool(self.clock)
+        self.endpoint = _FakeEndpoint()
+
+    def send(self, body: bytes = b'{"a":1}') -> Deferred[Any]:
+        """
+        Send a POST of ``body`` on a connection from the pool; return its Deferred.
+        """
+        request = Request(
+            b"POST", b"/work", Headers({b"host": [b"worker.test"]}), BytesProducer(body), True
+        )
+        connection = self.successResultOf(self.pool.getConnection(_KEY, self.endpoint))
+        return connection.request(request)
+
+    def answer(self, index: int, data: bytes) -> None:
+        """
+        Have the worker write ``data`` on connection ``index``.
+        """
+        protocol, _ = self.endpoint.connections[index]
+        protocol.dataReceived(data)
+
+    def close(self, index: int) -> None:
+        """
+        Have the worker close connection ``index``.
+        """
+        protocol, _ = self.endpoint.connections[index]
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def kept_connection(self) -> Deferred[Any]:
+        """
+        Send one request on a new connection and answer it in HTTP/1.1: the
+        connection is back in the pool. Return the request's Deferred.
+        """
+        first = self.send()
+        self.answer(0, _OK_11)
+        self.assertEqual(self.successResultOf(first).code, 200)
+        return first
+
+    def test_http11_connection_is_kept_for_the_next_request(self) -> None:
+        """After an HTTP/1.1 answer, the next request goes on the same connection."""
+        self.kept_connection()
+        self.send()
+        self.assertEqual(len(self.endpoint.connections), 1)
+        self.assertEqual(self.endpoint.connections[0][1].value().count(b"POST /work"), 2)
+
+    def test_http10_connection_is_closed_not_kept(self) -> None:
+        """After an HTTP/1.0 answer without keep-alive, HQ closes the connection."""
+        response = self.send()
+        self.answer(0, _OK_10)
+        self.assertEqual(self.successResultOf(response).code, 200)
+        self.assertTrue(self.endpoint.connections[0][1].disconnecting)
+        self.send()
+        self.assertEqual(len(self.endpoint.connections), 2)
+
+    def test_http10_keep_alive_connection_is_kept(self) -> None:
+        """An HTTP/1.0 answer with 'Connection: keep-alive' leaves the connection in the pool."""
+        self.send()
+        self.answer(0, b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n")
+        self.assertFalse(self.endpoint.connections[0][1].disconnecting)
+        self.send()
+        self.assertEqual(len(self.endpoint.connections), 1)
+
+    def test_connection_close_in_any_case_is_not_kept(self) -> None:
+        """'Connection: Close' on HTTP/1.1 closes the connection (Twisted only knows 'close')."""
+        self.send()
+        self.answer(0, b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(self.endpoint.connections[0][1].disconnecting)
+        self.send()
+        self.assertEqual(len(self.endpoint.connections), 2)
+
+    def test_post_unanswered_on_a_kept_connection_is_sent_once_more_on_a_new_one(self) -> None:
+        """A POST lost on a kept connection before any answer goes again, body and all."""
+        self.kept_connection()
+        second = self.send(b'{"n":2}')
+        self.close(0)
+        self.assertNoResult(second)
+        self.assertEqual(len(self.endpoint.connections), 2)
+        written = self.endpoint.connections[1][1].value()
+        self.assertTrue(written.startswith(b"POST /work HTTP/1.1\r\n"))
+        self.assertTrue(written.endswith(b'\r\n\r\n{"n":2}'))
+        self.answer(1, _OK_11)
+        self.assertEqual(self.successResultOf(second).code, 200)
+
+    def test_request_not_sent_on_a_kept_connection_is_sent_on_a_new_one(self) -> None:
+        """A kept connection lost before the request is written (RequestNotSent) is replaced."""
+        self.kept_connection()
+        connection = self.successResultOf(self.pool.getConnection(_KEY, self.endpoint))
+        self.close(0)
+        request = Request(
+            b"POST", b"/work", Headers({b"host": [b"worker.test"]}), BytesProducer(b"{}"), True
+        )
+        response = connection.request(request)
+        self.assertEqual(len(self.endpoint.connections), 2)
+        self.answer(1, _OK_11)
+        self.assertEqual(self.successResultOf(response).code, 200)
+
+    def test_failure_on_a_new_connection_is_not_sent_again(self) -> None:
+        """A request lost on a new connection fails: the worker may have seen it."""
+        response = self.send()
+        self.close(0)
+        self.failureResultOf(response, ResponseNeverReceived)
+        self.assertEqual(len(self.endpoint.connections), 1)
+
+    def test_failure_after_part_of_the_answer_is_not_sent_again(self) -> None:
+        """Once the worker has answered a byte, a lost connection is the request's outcome."""
+        self.kept_connection()
+        second = self.send()
+        self.answer(0, b"HTTP/1.1 200 OK\r\nContent-Le")
+        self.close(0)
+        self.failureResultOf(second, ResponseFailed)
+        self.assertEqual(len(self.endpoint.connections), 1)
+
+    def test_second_failure_is_the_outcome(self) -> None:
+        """The request is sent again once only: a failure on the new connection ends it."""
+        self.kept_connection()
+        second = self.send()
+        self.close(0)
+        self.close(1)
+        self.failureResultOf(second, ResponseNeverReceived)
+        self.assertEqual(len(self.endpoint.connections), 2)
+
+    def test_cancel_on_a_kept_connection_aborts_and_is_not_sent_again(self) -> None:
+        """Cancelling (a stop, a timeout) aborts the request and sends nothing more."""
+        self.kept_connection()
+        second = self.send()
+        second.cancel()
+        failure = self.failureResultOf(second, ResponseNeverReceived)
+        self.assertTrue(failure.value.reasons[0].check(CancelledError))
+        self.assertTrue(self.endpoint.connections[0][1].disconnecting)
+        self.assertEqual(len(self.endpoint.connections), 1)
+
+    def test_cancel_while_sending_again_aborts(self) -> None:
+        """A cancel that comes while the request goes again aborts it there too."""
+        self.kept_connection()
+        second = self.send()
+        self.close(0)
+        second.cancel()
+        failure = self.failureResultOf(second, ResponseNeverReceived)
+        self.assertTrue(failure.value.reasons[0].check(CancelledError))
+        self.assertTrue(self.endpoint.connections[1][1].disconnecting)
+        self.assertEqual(len(self.endpoint.connections), 2)
+
+    def test_never_answered_is_false_for_aborts_and_partial_answers(self) -> None:
+        """Only an unsent request or an unanswered, unaborted one may go again."""
+        self.assertTrue(never_answered(RequestNotSent()))
+        self.assertTrue(never_answered(ResponseNeverReceived([Failure(ConnectionDone())])))
+        self.assertFalse(never_answered(ResponseNeverReceived([Failure(CancelledError())])))
+        self.assertFalse(never_answered(ResponseFailed([Failure(ConnectionDone())])))
+        self.assertFalse(never_answered(CancelledError()))
