@@ -68,7 +68,7 @@ class Kind(enum.Enum):
 
     STR = "a string"
     INT = "an integer"
-    UINT = "a job id (a non-negative integer)"
+    UINT = "a job id (a whole number, 0 or more)"
     BOOL = "true or false"
     HEADERS = "an object of strings"
     #: Any JSON value, bound as compact JSON text.
@@ -313,7 +313,12 @@ def _json_value(field: str, kind: Kind, value: Any) -> Any:
             # Ids are strings in every response, so a string of digits is accepted too.
             return _to_int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise APIError(400, f"'{field}' must be a job id (a non-negative integer)")
+            given = value if isinstance(value, int) and not isinstance(value, bool) else None
+            raise APIError(
+                400,
+                f"'{field}' must be {Kind.UINT.value}, not "
+                + (str(given) if given is not None else json_type_name(value)),
+            )
         return value
     if kind is Kind.BOOL:
         if not isinstance(value, bool):
@@ -416,14 +421,18 @@ def bind_push(request: IRequest, max_body_bytes: int) -> PushRequest:
     _check_url(url)
     timeout = values.get("timeout", 0)
     if timeout < 0:
-        raise APIError(422, f"'timeout' must not be negative, not {timeout}")
+        raise APIError(422, f"'timeout' must be 0 or more seconds, not {timeout}")
     if timeout > MAX_ID:
         raise APIError(422, f"'timeout' must be at most {MAX_ID} seconds")
     headers = values.get("headers")
     if headers:
         for name, value in headers.items():
             if not _TOKEN_RE.match(name):
-                raise APIError(422, f"'headers' has an invalid header name {name!r}")
+                raise APIError(
+                    422,
+                    f"'headers' has an invalid header name {name!r}: a name is letters, "
+                    "digits and !#$%&'*+-.^_`|~ only (no spaces)",
+                )
             if _BAD_VALUE_RE.search(value):
                 raise APIError(422, f"'headers' value for '{name}' must not contain CR, LF or NUL")
     return PushRequest(

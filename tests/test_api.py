@@ -440,9 +440,9 @@ class PushTests(APITestCase):
             self.assertEqual(self.push(url=url)["url"], url)
 
     def test_negative_timeout_is_422(self) -> None:
-        """timeout must not be negative."""
+        """A negative timeout is refused with a message a person reads easily."""
         reply = self.post_json("/job", {"url": "http://w.test/", "timeout": -1})
-        self.assertError(reply, 422, "'timeout' must not be negative, not -1")
+        self.assertError(reply, 422, "'timeout' must be 0 or more seconds, not -1")
 
     def test_huge_timeout_is_422(self) -> None:
         """timeout must fit in a signed 64-bit integer."""
@@ -468,7 +468,12 @@ class PushTests(APITestCase):
     def test_invalid_header_names_and_values_are_422(self) -> None:
         """A header name that is not a token, or a value with CR/LF, is refused."""
         reply = self.post_json("/job", {"url": "http://w.test/", "headers": {"X A": "b"}})
-        self.assertError(reply, 422, "'headers' has an invalid header name 'X A'")
+        self.assertError(
+            reply,
+            422,
+            "'headers' has an invalid header name 'X A': a name is letters, digits and "
+            "!#$%&'*+-.^_`|~ only (no spaces)",
+        )
         reply = self.post_json("/job", {"url": "http://w.test/", "headers": {"X-A": "b\r\nX: y"}})
         self.assertError(reply, 422, "'headers' value for 'X-A' must not contain CR, LF or NUL")
 
@@ -819,11 +824,19 @@ class ListTests(APITestCase):
             ("?limit=x", "'limit' must be an integer, not 'x'"),
             ("?limit=1.5", "'limit' must be an integer, not '1.5'"),
             ("?limit=1_0", "'limit' must be an integer, not '1_0'"),
-            ("?begin=-1", "'begin' must be a job id (a non-negative integer), not '-1'"),
-            ("?begin=abc", "'begin' must be a job id (a non-negative integer), not 'abc'"),
+            ("?begin=-1", "'begin' must be a job id (a whole number, 0 or more), not '-1'"),
+            ("?begin=abc", "'begin' must be a job id (a whole number, 0 or more), not 'abc'"),
             ("?reverse=yes", "'reverse' must be true or false, not 'yes'"),
             ('?payload={"limit":"1"}', "'limit' must be an integer, not a string"),
             ('?payload={"reverse":1}', "'reverse' must be true or false, not a number"),
+            (
+                '?payload={"begin":-1}',
+                "'begin' must be a job id (a whole number, 0 or more), not -1",
+            ),
+            (
+                '?payload={"begin":true}',
+                "'begin' must be a job id (a whole number, 0 or more), not a boolean",
+            ),
         ]
         for query, message in cases:
             self.assertError(self.call("GET", "/job" + quote(query, safe="?=&")), 400, message)
