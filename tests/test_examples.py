@@ -1,6 +1,7 @@
 """
-The examples in examples/ run as written: the de-duplicating worker of
-docs/delivery.md, as a real process, does each job's work once.
+The examples run as written: the de-duplicating worker of docs/delivery.md,
+as a real process, does each job's work once; the commands of the docs talk to
+the servers the docs start, and the help they show is the real one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,60 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.serverprocess import ROOT, ServerProcess, wait_for
 
 DEDUP_WORKER = os.path.join(ROOT, "examples", "dedup_worker.py")
+
+#: The pages whose commands readers paste, and the ports those pages start
+#: something on: HQ (examples/hq.toml), examples/workerapp.py and
+#: examples/dedup_worker.py.
+PASTED_DOCS = ("README.md", "docs/getting-started.md", "docs/api.md", "docs/cli.md")
+STARTED_PORTS = {"19900", "8000", "8001"}
+
+
+def read_doc(name: str) -> str:
+    """
+    Return the text of ``name`` (a path from the top of the repository).
+    """
+    with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def shell_blocks(text: str) -> list[str]:
+    """
+    Return the ```sh blocks of a Markdown text.
+    """
+    return re.findall(r"```sh\n(.*?)```", text, re.S)
+
+
+class DocsCommandTests(SynchronousTestCase):
+    """
+    What the docs tell readers to paste works against what the docs start.
+    """
+
+    def test_local_urls_point_at_what_the_docs_start(self) -> None:
+        """Every 127.0.0.1 URL in the pasted docs is HQ (19900) or an example worker."""
+        for name in PASTED_DOCS:
+            ports = set(re.findall(r"127\.0\.0\.1:(\d+)", read_doc(name)))
+            # 19999 is the documented example of an address nothing listens on.
+            self.assertEqual(ports - STARTED_PORTS - {"19999"}, set(), name)
+
+    def test_commands_use_the_id_of_your_own_job(self) -> None:
+        """No shell example GETs, stops or deletes a literal job id that 404s when pasted."""
+        for name in ("docs/getting-started.md", "docs/api.md"):
+            for block in shell_blocks(read_doc(name)):
+                self.assertIsNone(re.search(r"/job/[0-9]+", block), (name, block))
+
+    def test_hq_help_sample_is_the_real_output(self) -> None:
+        """The `hq help` and `hq help restart` samples of docs/cli.md are what hq prints."""
+        text = read_doc("docs/cli.md")
+        for args in (["help"], ["help", "restart"]):
+            sample = re.search(r"\$ hq " + " ".join(args) + r"\n(.*?)```", text, re.S)
+            assert sample is not None, args
+            printed = subprocess.run(
+                [sys.executable, "-c", "from hq.cli import main; main()", *args],
+                capture_output=True,
+                check=True,
+                env=dict(os.environ, COLUMNS="80"),
+            ).stdout.decode()
+            self.assertEqual(sample.group(1), printed, args)
 
 
 class DedupWorkerTests(SynchronousTestCase):
