@@ -40,6 +40,7 @@ from hq.history import BUCKET_MS, HistoryBucket
 from hq.ids import IdGenerator, first_id_at
 from hq.metrics import ServerMetrics
 from hq.model import Job, format_time, job_json
+from hq.site import error_body, json_body
 from hq.store import IJobStore, JobConflict, JobNotFound, StoreUnavailable
 
 #: Seconds covered by one bucket of ``GET /stats/history``.
@@ -87,42 +88,29 @@ def wants_pretty(request: IRequest) -> bool:
     )
 
 
-def _escape(text: str) -> str:
-    # As Go's encoder: these never occur outside JSON strings, so this is safe.
-    return (
-        text.replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("&", "\\u0026")
-        .replace("\u2028", "\\u2028")
-        .replace("\u2029", "\\u2029")
-    )
-
-
 def write_json(request: IRequest, text: str, status: int = 200) -> bytes:
     """
     Set the status and content type and return the body for the JSON ``text``.
 
     The body is compact unless the query has ``pretty`` (2-space indent) and
-    ends with a newline.
+    ends with a newline (:func:`hq.site.json_body`).
     """
-    if wants_pretty(request):
-        try:
-            text = json.dumps(json.loads(text), ensure_ascii=False, indent=2)
-        except RecursionError:
-            pass
-    body = (_escape(text) + "\n").encode("utf-8", "replace")
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", _JSON_TYPE)
-    request.setHeader(b"content-length", b"%d" % len(body))
-    return body
+    return _respond(request, status, json_body(text, wants_pretty(request)))
 
 
 def write_error(request: IRequest, status: int, message: str) -> bytes:
     """
-    Return the error body ``{"status": status, "error": message}``, as :func:`write_json`.
+    Set the status and content type and return the error body
+    ``{"status": status, "error": message}`` (:func:`hq.site.error_body`).
     """
-    text = _compact({"status": status, "error": message})
-    return write_json(request, text, status)
+    return _respond(request, status, error_body(status, message, wants_pretty(request)))
+
+
+def _respond(request: IRequest, status: int, body: bytes) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", _JSON_TYPE)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
 
 
 def _compact(value: Any) -> str:

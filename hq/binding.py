@@ -68,7 +68,7 @@ class Kind(enum.Enum):
 
     STR = "a string"
     INT = "an integer"
-    UINT = "a job id (a non-negative integer)"
+    UINT = "a job id (a whole number, 0 or more)"
     BOOL = "true or false"
     HEADERS = "an object of strings"
     #: Any JSON value, bound as compact JSON text.
@@ -289,6 +289,17 @@ def _check_text(field: str, value: str) -> str:
     return value
 
 
+def _given(value: Any) -> str:
+    """
+    Name a wrong JSON value in a message: a number, boolean or null as written
+    (``not 1.5``, ``not true``), anything else by its type (``not a string``).
+    """
+    if value is None or isinstance(value, bool | int | float):
+        text = json.dumps(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return json_type_name(value)
+
+
 def _json_fields(document: dict[str, Any], fields: dict[str, Kind]) -> dict[str, Any]:
     # Go matches keys case-insensitively, and a later key wins.
     values: dict[str, Any] = {}
@@ -302,22 +313,26 @@ def _json_fields(document: dict[str, Any], fields: dict[str, Kind]) -> dict[str,
 def _json_value(field: str, kind: Kind, value: Any) -> Any:
     if kind is Kind.STR:
         if not isinstance(value, str):
-            raise APIError(400, f"'{field}' must be a string, not {json_type_name(value)}")
+            raise APIError(400, f"'{field}' must be a string, not {_given(value)}")
         return _check_text(field, value)
     if kind is Kind.INT:
+        if isinstance(value, float) and value.is_integer():
+            # 5.0 is the integer 5 in JSON (and in JSON Schema): what a
+            # client that only has floats sends.
+            return int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise APIError(400, f"'{field}' must be an integer, not {json_type_name(value)}")
+            raise APIError(400, f"'{field}' must be an integer, not {_given(value)}")
         return value
     if kind is Kind.UINT:
         if isinstance(value, str) and _UINT_RE.match(value):
             # Ids are strings in every response, so a string of digits is accepted too.
             return _to_int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise APIError(400, f"'{field}' must be a job id (a non-negative integer)")
+            raise APIError(400, f"'{field}' must be {Kind.UINT.value}, not {_given(value)}")
         return value
     if kind is Kind.BOOL:
         if not isinstance(value, bool):
-            raise APIError(400, f"'{field}' must be true or false, not {json_type_name(value)}")
+            raise APIError(400, f"'{field}' must be true or false, not {_given(value)}")
         return value
     if kind is Kind.HEADERS:
         if not isinstance(value, dict):
@@ -328,7 +343,7 @@ def _json_value(field: str, kind: Kind, value: Any) -> Any:
             if not isinstance(text, str):
                 raise APIError(
                     400,
-                    f"'{field}' value for '{name}' must be a string, not {json_type_name(text)}",
+                    f"'{field}' value for '{name}' must be a string, not {_given(text)}",
                 )
             _check_text(field, name)
             _check_text(field, text)
@@ -369,9 +384,11 @@ def _string_fields(pairs: list[tuple[str, str]], fields: dict[str, Kind]) -> dic
 
 def _to_int(text: str) -> int:
     # Far beyond any id or limit; also keeps int() off very long digit strings.
-    if len(text) > 40:
+    # Leading zeros do not count: "+000...0005" is 5, however many zeros.
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 40:
         return -(10**40) if text.startswith("-") else 10**40
-    return int(text)
+    return int(text[0] + (digits or "0")) if text[0] in "+-" else int(digits or "0")
 
 
 @attrs.frozen
@@ -416,14 +433,18 @@ def bind_push(request: IRequest, max_body_bytes: int) -> PushRequest:
     _check_url(url)
     timeout = values.get("timeout", 0)
     if timeout < 0:
-        raise APIError(422, f"'timeout' must not be negative, not {timeout}")
+        raise APIError(422, f"'timeout' must be 0 or more seconds, not {timeout}")
     if timeout > MAX_ID:
         raise APIError(422, f"'timeout' must be at most {MAX_ID} seconds")
     headers = values.get("headers")
     if headers:
         for name, value in headers.items():
             if not _TOKEN_RE.match(name):
-                raise APIError(422, f"'headers' has an invalid header name {name!r}")
+                raise APIError(
+                    422,
+                    f"'headers' has an invalid header name {name!r}: a name is letters, "
+                    "digits and !#$%&'*+-.^_`|~ only (no spaces)",
+                )
             if _BAD_VALUE_RE.search(value):
                 raise APIError(422, f"'headers' value for '{name}' must not contain CR, LF or NUL")
     return PushRequest(

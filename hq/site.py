@@ -29,13 +29,43 @@ from twisted.web.server import Request, Site
 from hq.logs import ReopenableFile, utc_stamp
 
 
-def error_body(status: int, message: str) -> bytes:
+def _escape(text: str) -> str:
+    # As Go's encoder: these never occur outside JSON strings, so this is safe.
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+
+
+def json_body(text: str, pretty: bool = False) -> bytes:
     """
-    Return the API's error body ``{"status": status, "error": message}`` with
-    its trailing newline, for answers written before the API sees a request.
+    Return the response body for the JSON ``text``: UTF-8, the HTML-safe
+    escapes of Go's encoder, indented by 2 spaces if ``pretty``, and a
+    trailing newline. Every JSON answer of the API and the UI is written by it.
     """
-    text = json.dumps({"status": status, "error": message}, separators=(",", ":"))
-    return (text + "\n").encode("utf-8")
+    if pretty:
+        try:
+            text = json.dumps(json.loads(text), ensure_ascii=False, indent=2)
+        except RecursionError:
+            pass
+    return (_escape(text) + "\n").encode("utf-8", "replace")
+
+
+def error_body(status: int, message: str, pretty: bool = False) -> bytes:
+    """
+    Return the error body ``{"status": status, "error": message}``, as
+    :func:`json_body` writes it.
+
+    The one error body: the API's error path (:func:`hq.api.write_error`), the
+    UI and the answers written before the API sees a request all use it.
+    """
+    text = json.dumps(
+        {"status": status, "error": message}, ensure_ascii=False, separators=(",", ":")
+    )
+    return json_body(text, pretty)
 
 
 def too_large_message(limit: int) -> str:

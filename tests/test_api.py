@@ -440,9 +440,24 @@ class PushTests(APITestCase):
             self.assertEqual(self.push(url=url)["url"], url)
 
     def test_negative_timeout_is_422(self) -> None:
-        """timeout must not be negative."""
+        """A negative timeout is refused with a message a person reads easily."""
         reply = self.post_json("/job", {"url": "http://w.test/", "timeout": -1})
-        self.assertError(reply, 422, "'timeout' must not be negative, not -1")
+        self.assertError(reply, 422, "'timeout' must be 0 or more seconds, not -1")
+
+    def test_integral_number_timeout_is_that_integer(self) -> None:
+        """A timeout of 5.0 or 1e3 is an integer in JSON (as in JSON Schema): 5 and 1000."""
+        for text, expected in (("5.0", 5), ("1e3", 1000)):
+            body = b'{"url": "http://w.test/", "timeout": %s}' % text.encode()
+            reply = self.call("POST", "/job", body, JSON)
+            self.assertEqual((reply.status, reply.json["timeout"]), (200, expected))
+
+    def test_form_timeout_digits_with_leading_zeros_are_read(self) -> None:
+        """A form timeout of "+" and 45 zeros then 5 is 5; an empty one is absent (0)."""
+        body = b"url=http%3A%2F%2Fw.test%2F&timeout=%2B" + b"0" * 45 + b"5"
+        reply = self.call("POST", "/job", body, FORM)
+        self.assertEqual((reply.status, reply.json["timeout"]), (200, 5))
+        reply = self.call("POST", "/job", b"url=http%3A%2F%2Fw.test%2F&timeout=", FORM)
+        self.assertEqual((reply.status, reply.json["timeout"]), (200, 0))
 
     def test_huge_timeout_is_422(self) -> None:
         """timeout must fit in a signed 64-bit integer."""
@@ -452,14 +467,15 @@ class PushTests(APITestCase):
     def test_wrong_field_types_are_400_naming_the_field(self) -> None:
         """Each field of the wrong JSON type is a 400 that names it."""
         cases = [
-            ({"url": 1}, "'url' must be a string, not a number"),
+            ({"url": 1}, "'url' must be a string, not 1"),
             ({"name": ["a"]}, "'name' must be a string, not an array"),
             ({"comment": {}}, "'comment' must be a string, not an object"),
             ({"timeout": "5"}, "'timeout' must be an integer, not a string"),
-            ({"timeout": 1.5}, "'timeout' must be an integer, not a number"),
-            ({"timeout": True}, "'timeout' must be an integer, not a boolean"),
+            ({"timeout": 1.5}, "'timeout' must be an integer, not 1.5"),
+            ({"timeout": True}, "'timeout' must be an integer, not true"),
+            ({"timeout": [5]}, "'timeout' must be an integer, not an array"),
             ({"headers": ["a"]}, "'headers' must be an object of strings, not an array"),
-            ({"headers": {"X-A": 1}}, "'headers' value for 'X-A' must be a string, not a number"),
+            ({"headers": {"X-A": 1}}, "'headers' value for 'X-A' must be a string, not 1"),
         ]
         for fields, message in cases:
             reply = self.post_json("/job", dict({"url": "http://w.test/"}, **fields))
@@ -468,7 +484,12 @@ class PushTests(APITestCase):
     def test_invalid_header_names_and_values_are_422(self) -> None:
         """A header name that is not a token, or a value with CR/LF, is refused."""
         reply = self.post_json("/job", {"url": "http://w.test/", "headers": {"X A": "b"}})
-        self.assertError(reply, 422, "'headers' has an invalid header name 'X A'")
+        self.assertError(
+            reply,
+            422,
+            "'headers' has an invalid header name 'X A': a name is letters, digits and "
+            "!#$%&'*+-.^_`|~ only (no spaces)",
+        )
         reply = self.post_json("/job", {"url": "http://w.test/", "headers": {"X-A": "b\r\nX: y"}})
         self.assertError(reply, 422, "'headers' value for 'X-A' must not contain CR, LF or NUL")
 
@@ -819,11 +840,19 @@ class ListTests(APITestCase):
             ("?limit=x", "'limit' must be an integer, not 'x'"),
             ("?limit=1.5", "'limit' must be an integer, not '1.5'"),
             ("?limit=1_0", "'limit' must be an integer, not '1_0'"),
-            ("?begin=-1", "'begin' must be a job id (a non-negative integer), not '-1'"),
-            ("?begin=abc", "'begin' must be a job id (a non-negative integer), not 'abc'"),
+            ("?begin=-1", "'begin' must be a job id (a whole number, 0 or more), not '-1'"),
+            ("?begin=abc", "'begin' must be a job id (a whole number, 0 or more), not 'abc'"),
             ("?reverse=yes", "'reverse' must be true or false, not 'yes'"),
             ('?payload={"limit":"1"}', "'limit' must be an integer, not a string"),
-            ('?payload={"reverse":1}', "'reverse' must be true or false, not a number"),
+            ('?payload={"reverse":1}', "'reverse' must be true or false, not 1"),
+            (
+                '?payload={"begin":-1}',
+                "'begin' must be a job id (a whole number, 0 or more), not -1",
+            ),
+            (
+                '?payload={"begin":true}',
+                "'begin' must be a job id (a whole number, 0 or more), not true",
+            ),
         ]
         for query, message in cases:
             self.assertError(self.call("GET", "/job" + quote(query, safe="?=&")), 400, message)
@@ -1020,6 +1049,27 @@ class RestartTests(APITestCase):
         reply = self.call("POST", f"/job/{job_id}/restart?payload=" + quote('{"Copy":true}'))
         self.assertNotEqual(reply.json["id"], job_id)
         self.assertEqual(self.successResultOf(self.store.counts(0)).stored, 3)
+
+    def test_restart_copy_of_another_type_is_400_naming_the_field(self) -> None:
+        """copy "yes", 1 or [] (JSON) and copy=yes (form) are refused, naming 'copy'."""
+        job_id = self.push()["id"]
+        self.finish_job(job_id)
+        enqueued = list(self.dispatch.enqueued)
+        for value, given in (("yes", "a string"), (1, "1"), ([], "an array")):
+            self.assertError(
+                self.post_json(f"/job/{job_id}/restart", {"copy": value}),
+                400,
+                f"'copy' must be true or false, not {given}",
+            )
+        self.assertError(
+            self.call("POST", f"/job/{job_id}/restart", b"copy=yes", FORM),
+            400,
+            "'copy' must be true or false, not 'yes'",
+        )
+        # Nothing was restarted; Go's boolean spellings still work in a form.
+        self.assertEqual(self.dispatch.enqueued, enqueued)
+        reply = self.call("POST", f"/job/{job_id}/restart", b"copy=T", FORM)
+        self.assertNotEqual(reply.json["id"], job_id)
 
     def test_restart_copy_wrong_type_is_400(self) -> None:
         """copy must be a boolean."""

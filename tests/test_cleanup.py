@@ -4,6 +4,7 @@ Tests for hq.cleanup: deleting expired finished jobs.
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -14,6 +15,27 @@ from hq.model import Job, Outcome
 from hq.store.memory import MemoryStore
 
 NOW = 1_700_000_000.0
+
+
+class BatchCountingStore(MemoryStore):
+    """
+    A memory store that records each ``delete_finished_before`` batch as
+    ``(limit, deleted)``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[int, int]] = []
+
+    def delete_finished_before(self, cutoff: int, limit: int) -> Deferred[int]:
+        """Delete as the memory store does, and record the batch."""
+        d = super().delete_finished_before(cutoff, limit)
+
+        def record(deleted: int) -> int:
+            self.batches.append((limit, deleted))
+            return deleted
+
+        return d.addCallback(record)
 
 
 class CleanupTests(SynchronousTestCase):
@@ -46,11 +68,14 @@ class CleanupTests(SynchronousTestCase):
         self.successResultOf(self.store.get(waiting.id))
 
     def test_deletes_in_batches(self) -> None:
-        """More expired jobs than one batch are all deleted in one run."""
+        """10 expired jobs with a batch of 3 are deleted by 4 store calls of at most 3 each."""
         self.patch(cleanup, "BATCH", 3)
+        self.store = BatchCountingStore()
         for n in range(10):
             self.add(n, finished_ago=100)
         self.assertEqual(self.successResultOf(Cleanup(self.store, self.clock, 60).tick()), 10)
+        self.assertEqual(self.store.batches, [(3, 3), (3, 3), (3, 3), (3, 1)])
+        self.assertEqual(self.successResultOf(self.store.counts(0)).stored, 0)
 
     def test_timer_runs_at_start_and_every_minute_and_survives_errors(self) -> None:
         """The service runs at once and each minute; a failing run is logged, not fatal."""

@@ -412,7 +412,8 @@ class HostileWorkerTests(TestCase):
                 (job.status, job.err, job.status_code), ("failure", "timed out after 1 s", None)
             )
             self.assertGreaterEqual(elapsed, 0.95)
-            self.assertLess(elapsed, 2.0)
+            # Not the 30 s connect timeout nor never: room for a loaded machine.
+            self.assertLess(elapsed, 5.0)
             await self.wait_until(lambda: worker.lost == 1)
             await self.assert_healthy()
 
@@ -431,7 +432,8 @@ class HostileWorkerTests(TestCase):
                 (job.status, job.err, job.status_code), ("failure", "timed out after 2 s", 200)
             )
             self.assertIn(job.output, ("xx", "xxx"))
-            self.assertLess(elapsed, 3.0)
+            # Cut at the timeout, not when the 60 s body ends: room for a loaded machine.
+            self.assertLess(elapsed, 6.0)
             await self.assert_healthy()
 
         return Deferred.fromCoroutine(scenario())
@@ -688,29 +690,44 @@ class HostileWorkerServerTests(SynchronousTestCase):
         report("big_body", jobs=3, body_bytes=size, rss_growth=after - before, lost=0)
 
     def test_thousand_jobs_to_a_hanging_worker(self) -> None:
-        """1,000 jobs to a hung worker: concurrency stays at the limit, /stats answers < 100 ms."""
+        """1,000 jobs to a hung worker: concurrency stays at the limit, /stats answers as fast."""
         worker = RecordingWorker()
         self.addCleanup(worker.close)
         server = self.server(dispatchers=2, max_workers=4, queues=256)
         limit = 2 * 4
+        # The idle server's latency, measured here: what "fast" means on this
+        # machine now, however loaded it is.
+        baseline = []
+        for _ in range(20):
+            began = time.monotonic()
+            server.request("GET", "/stats")
+            baseline.append(time.monotonic() - began)
+        baseline.sort()
+        typical = baseline[len(baseline) // 2]
         ids = [server.push(worker.url + "/hold") for _ in range(1000)]
         wait_for(lambda: worker.holding == limit, 10, "the worker to hold the limit")
-        slowest = 0.0
+        latencies = []
         for _ in range(50):
             began = time.monotonic()
             status, stats = server.request("GET", "/stats")
-            slowest = max(slowest, time.monotonic() - began)
+            latencies.append(time.monotonic() - began)
             self.assertEqual(status, 200)
             self.assertEqual(stats["numWorkers"], limit)
             self.assertEqual(stats["numJobsRunning"], limit)
             self.assertEqual(stats["numJobsWaiting"], 1000 - limit)
             self.assertLessEqual(stats["numJobsInQueue"], 256)
             self.assertEqual(worker.holding, limit)
-        self.assertLess(slowest, 0.1)
+        latencies.sort()
+        slowest = latencies[-1]
+        # The backlog does not slow /stats down: the median stays within a
+        # small multiple of the idle one, and no answer waits for the backlog
+        # (seconds, so that a busy 2-core machine does not fail it).
+        self.assertLess(latencies[len(latencies) // 2], 10 * typical + 0.05, (typical, latencies))
+        self.assertLess(slowest, 2.0)
         began = time.monotonic()
         status, page = server.request("GET", "/job?limit=10&reverse=true")
         self.assertEqual((status, len(page["jobs"])), (200, 10))
-        self.assertLess(time.monotonic() - began, 0.5)
+        self.assertLess(time.monotonic() - began, 2.0)
         # Releasing the worker drains the backlog.
         worker.release()
         wait_for(

@@ -224,7 +224,9 @@ class BodyLimitTests(EdgeTestCase):
             self.assertEqual(response.json, TOO_LARGE)
             self.assertEqual(response.headers["content-type"], "application/json; charset=UTF-8")
             self.assertEqual(response.headers["connection"], "close")
-            self.assertLess(elapsed, 1.0)
+            # Had the server waited for the body, request_timeout would have
+            # answered 408; the bound only catches a hang, so it holds under load.
+            self.assertLess(elapsed, 5.0)
             self.assertEqual(self.store._jobs, {})
             [line] = self.access_lines()
             self.assertIn(" POST /job 413 ", line)
@@ -354,12 +356,14 @@ class RequestTimeoutTests(EdgeTestCase):
                 response.json, {"status": 408, "error": "The request was not received within 1 s"}
             )
             self.assertGreaterEqual(elapsed, 0.9)
-            self.assertLess(elapsed, 2.5)
+            # The client trickles for 10 s: closing well before that is the
+            # request timeout at work, with room for a loaded machine.
+            self.assertLess(elapsed, 6.0)
 
         return Deferred.fromCoroutine(scenario())
 
     def test_slow_body_gets_408_at_the_request_timeout(self) -> None:
-        """A body sent 5 bytes every 0.3 s never completes: 408 after 1 s."""
+        """A body sent 5 bytes every 0.3 s never completes: 408 after 1 s, not when it stops."""
 
         def run() -> tuple[bytes, float]:
             sock = self.connect()
@@ -368,10 +372,16 @@ class RequestTimeoutTests(EdgeTestCase):
                 b"POST /job HTTP/1.1\r\nHost: hq.test\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 200\r\n\r\n"
             )
+            sock.settimeout(0.3)
             try:
-                for _ in range(10):
+                for _ in range(30):
                     sock.send(b"     ")
-                    time.sleep(0.3)
+                    try:
+                        # Stop sending once the server answered or closed.
+                        sock.recv(1, socket.MSG_PEEK)
+                        break
+                    except TimeoutError:
+                        pass
             except OSError:
                 pass
             return closed_by_server(sock, 5), time.monotonic() - began
@@ -379,7 +389,10 @@ class RequestTimeoutTests(EdgeTestCase):
         async def scenario() -> None:
             data, elapsed = await self.in_thread(run)
             self.assertEqual(Response(data).status, 408)
-            self.assertLess(elapsed, 3.5)
+            # The client would send for 9 s (a timer restarted by each chunk
+            # would close only after that): well before is the whole-request
+            # timeout, with room for a loaded machine.
+            self.assertLess(elapsed, 6.0)
             self.assertEqual(self.store._jobs, {})
 
         return Deferred.fromCoroutine(scenario())
@@ -390,13 +403,15 @@ class RequestTimeoutTests(EdgeTestCase):
         def run() -> tuple[bytes, float]:
             sock = self.connect()
             began = time.monotonic()
-            return closed_by_server(sock, 5), time.monotonic() - began
+            return closed_by_server(sock, 10), time.monotonic() - began
 
         async def scenario() -> None:
             data, elapsed = await self.in_thread(run)
             self.assertEqual(data, b"")
             self.assertGreaterEqual(elapsed, 0.9)
-            self.assertLess(elapsed, 2.5)
+            # Closed by the server (not left open until the client gives up at
+            # 10 s), with room for a loaded machine.
+            self.assertLess(elapsed, 6.0)
 
         return Deferred.fromCoroutine(scenario())
 
@@ -599,18 +614,20 @@ class BadInputTests(EdgeTestCase):
         return Deferred.fromCoroutine(scenario())
 
     def test_catastrophic_backtracking_pattern_answers_fast(self) -> None:
-        """RE2: ``(a+)+$`` over names built to make a backtracking engine spin answers < 1 s."""
+        """RE2: ``(a+)+$`` over names built to make a backtracking engine spin answers at once."""
         name = "a" * 64 + "!"
         for job_id in range(1, 201):
             self.store.create(Job(id=job_id, url="http://x/", name=name, comment=name))
 
         async def scenario() -> None:
+            # A backtracking engine needs about 2**64 steps per name here, so
+            # a bound of seconds separates the two and holds on a loaded machine.
             for query in (b"name=%5E(a%2B)%2B%24", b"term=(a%7Caa)%2B%24", b"term=(x%2Bx%2B)%2By"):
                 began = time.monotonic()
                 response = await self.exchange(get(b"/job?" + query))
                 elapsed = time.monotonic() - began
                 self.assertEqual((response.status, response.json["count"]), (200, 0), query)
-                self.assertLess(elapsed, 1.0, query)
+                self.assertLess(elapsed, 5.0, query)
 
         return Deferred.fromCoroutine(scenario())
 

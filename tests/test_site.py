@@ -1,5 +1,6 @@
 """
-Tests for hq.site: the HTTP server side, here its behaviour at shutdown.
+Tests for hq.site: the HTTP server side, its behaviour at shutdown and its
+one error body.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import json
 import treq
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
 
-from hq.site import AccessLogSite
+from hq.api import write_error
+from hq.site import AccessLogSite, _raw_response, error_body, too_large_message
 
 
 class _Hello(Resource):
@@ -53,3 +56,39 @@ class ShutdownTests(TestCase):
         self.assertEqual(
             json.loads(body), {"status": 503, "error": "HQ is shutting down; try again later"}
         )
+
+
+class ErrorBodyTests(SynchronousTestCase):
+    """
+    One error body: the API's error path and the site's own answers write the
+    same bytes for the same message.
+    """
+
+    MESSAGE = "The job id must be a number but '<é&>\u2028'"
+
+    def test_api_error_path_and_site_write_identical_bodies(self) -> None:
+        """api.write_error and site.error_body give byte-identical bodies, escapes included."""
+        request = DummyRequest([b"job"])
+        from_api = write_error(request, 404, self.MESSAGE)
+        self.assertEqual(from_api, error_body(404, self.MESSAGE))
+        self.assertEqual(
+            from_api,
+            b'{"status":404,"error":"The job id must be a number but '
+            b"'\\u003c\xc3\xa9\\u0026\\u003e\\u2028'\"}\n",
+        )
+        self.assertEqual(json.loads(from_api)["error"], self.MESSAGE)
+
+    def test_pretty_error_bodies_are_identical(self) -> None:
+        """With ?pretty both paths indent the same way."""
+        request = DummyRequest([b"job"])
+        request.uri = b"/job?pretty"
+        self.assertEqual(
+            write_error(request, 413, self.MESSAGE), error_body(413, self.MESSAGE, pretty=True)
+        )
+
+    def test_raw_refusal_carries_the_one_error_body(self) -> None:
+        """The site's raw answers (413, 408 before the API) end with error_body's bytes."""
+        raw = _raw_response(413, b"Request Entity Too Large", too_large_message(10))
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assertEqual(body, error_body(413, too_large_message(10)))
+        self.assertIn(b"Content-Length: %d" % len(body), head)

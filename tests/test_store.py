@@ -433,6 +433,32 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         await self.add(make_job(1))
         self.assertEqual(await self.store.integrity_check(), ["ok"])
 
+    async def test_concurrent_writes_are_batched_into_fewer_commits(self) -> None:
+        """300 concurrent creates commit in fewer transactions than writes, all committed."""
+        from twisted.internet.defer import gatherResults
+
+        await self.store.close()
+        commits: list[tuple[int, bool]] = []
+        self.store = SQLiteStore(
+            self.data_dir,
+            reactor,
+            on_commit=lambda seconds, writes, committed: commits.append((writes, committed)),
+        )
+        await self.store.open()
+        del commits[:]  # the schema check at open is a transaction of its own
+        await gatherResults([self.store.create(make_job(n)) for n in range(300)])
+        self.assertEqual(sum(writes for writes, _ in commits), 300)
+        self.assertTrue(all(committed for _, committed in commits))
+        self.assertLess(len(commits), 300)
+        self.assertEqual((await self.store.counts(0)).stored, 300)
+
+    async def test_writer_connection_runs_synchronous_full(self) -> None:
+        """The writer commits with PRAGMA synchronous = FULL (2): a 200 push is on disk."""
+        seen = await self.store._write(
+            lambda conn, changes: conn.execute("PRAGMA synchronous").fetchone()[0]
+        )
+        self.assertEqual(seen, 2)
+
 
 class GlobPrefilterTests(SynchronousTestCase):
     """
