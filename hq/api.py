@@ -253,7 +253,8 @@ class HQApi:
         """
         The counters of the store and the dispatcher.
         """
-        counts = await self._store.counts(first_id_at(self._now_ms() - 60_000))
+        now = self._now_ms()
+        counts = await self._store.counts(first_id_at(now - 60_000), now)
         stats = {
             "queues": self._config.queues,
             "dispatchers": self._config.dispatchers,
@@ -264,6 +265,7 @@ class HQApi:
             "numJobsRunning": counts.running,
             "numStoredJobs": counts.stored,
             "numJobsInLastMinute": counts.created_since,
+            "numJobsScheduled": counts.scheduled,
         }
         return write_json(request, _compact(stats))
 
@@ -297,16 +299,17 @@ class HQApi:
         if self._metrics is not None:
             self._metrics.job_pushed(job)
         self.log.debug("Job {jobID} pushed", jobID=job.id)
-        return write_json(request, job_json(job))
+        return write_json(request, job_json(job, self._now_ms()))
 
     @app.route("/job", methods=["GET"])
     async def list_jobs(self, request: IRequest) -> bytes:
         """
         One page of the jobs matching the query.
         """
-        query = bind_list(request, self._config.job_list_default_limit)
+        now = self._now_ms()
+        query = attrs.evolve(bind_list(request, self._config.job_list_default_limit), now=now)
         page = await self._store.list_jobs(query)
-        return write_json(request, page.to_json())
+        return write_json(request, page.to_json(now))
 
     @app.route("/job/<raw_id>", methods=["GET"])
     async def get_job(self, request: IRequest, raw_id: str) -> bytes:
@@ -314,7 +317,7 @@ class HQApi:
         One job.
         """
         job = await self._store.get(parse_job_id(raw_id))
-        return write_json(request, job_json(job))
+        return write_json(request, job_json(job, self._now_ms()))
 
     @app.route("/job/<raw_id>", methods=["DELETE"])
     def delete_job(self, request: IRequest, raw_id: str) -> Deferred[bytes]:
@@ -354,13 +357,13 @@ class HQApi:
         if copy:
             original = await self._store.get(job_id)
             original.check_settled()
-            job = attrs.evolve(original.reset(), id=self._ids.next_id(), attempts=0)
+            job = attrs.evolve(original.reset(), id=self._ids.next_id(), idempotency_key=None)
             await self._store.create(job)
         else:
             job = await self._store.restart(job_id)
         self._dispatch.enqueue(job)
         self.log.debug("Job {jobID} restarted as {newID}", jobID=job_id, newID=job.id)
-        return write_json(request, job_json(job))
+        return write_json(request, job_json(job, self._now_ms()))
 
     # -- the error path, most specific first
 

@@ -8,6 +8,7 @@ Errors name the key, so a typo or a wrong type stops start-up with a clear messa
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 import typing
@@ -57,6 +58,12 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     log_format: str = "text"
     metrics: bool = True
+    # Retries, delays, idempotency, batches (SPEC §11, §15).
+    retries: int = 0
+    retry_min_backoff: float = 1.0
+    retry_max_backoff: float = 3600.0
+    idempotency_ttl: int = 86_400
+    max_batch_jobs: int = 10_000
 
     @property
     def host(self) -> str:
@@ -99,9 +106,22 @@ _MINIMUM: dict[str, int] = {
     "max_output_bytes": 0,
     "max_body_bytes": 1024,
     "request_timeout": 1,
+    "retries": 0,
+    "idempotency_ttl": 1,
+    "max_batch_jobs": 1,
 }
 
-_TYPE_NAMES = {int: "an integer", str: "a string", bool: "a boolean (true or false)"}
+_MAXIMUM: dict[str, int] = {"retries": 1000}
+
+#: Keys that take a number of seconds, fractions allowed (an integer is taken too).
+_SECONDS = ("retry_min_backoff", "retry_max_backoff")
+
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "a boolean (true or false)",
+}
 
 
 def _string_list(key: str, value: Any) -> tuple[str, ...]:
@@ -147,6 +167,8 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         if typing.get_origin(expected) is tuple:
             values[key] = _string_list(key, value)
             continue
+        if expected is float and type(value) is int:
+            values[key] = value = float(value)
         if type(value) is not expected:
             raise ConfigError(
                 f"'{key}' must be {_TYPE_NAMES[expected]}, not {type(value).__name__} {value!r}"
@@ -154,6 +176,14 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         minimum = _MINIMUM.get(key)
         if minimum is not None and typing.cast(int, value) < minimum:
             raise ConfigError(f"'{key}' must be at least {minimum}, not {value}")
+        maximum = _MAXIMUM.get(key)
+        if maximum is not None and typing.cast(int, value) > maximum:
+            raise ConfigError(f"'{key}' must be at most {maximum}, not {value}")
+    for key in _SECONDS:
+        if key in values and not 0 < values[key] < math.inf:
+            raise ConfigError(f"'{key}' must be a number of seconds above 0, not {values[key]}")
+    if values.get("retry_min_backoff", 1.0) > values.get("retry_max_backoff", 3600.0):
+        raise ConfigError("'retry_min_backoff' must not be above 'retry_max_backoff'")
     server_id: int = values.get("server_id", 0)
     if not 0 <= server_id <= 1023:
         raise ConfigError(f"'server_id' must be between 0 and 1023, not {values['server_id']}")

@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from hq.ids import first_id_at, id_to_ms, now_ms
+from hq.ids import first_id_at, now_ms
 from hq.model import Job
 from hq.store import IJobStore, StoreCounts
 
@@ -253,8 +253,8 @@ class ServerMetrics:
         self._in_queue.set(self._dispatch.in_queue)
         self._workers.set(self._dispatch.num_workers)
         reads: list[Deferred[Any]] = [
-            self._store.counts(first_id_at(now)),
-            self._store.waiting_jobs(0, 1),
+            self._store.counts(first_id_at(now), now),
+            self._store.waiting_jobs((0, 0), now, 1),
         ]
         results = await DeferredList(reads, consumeErrors=True)
         (counted, counts), (found, oldest) = results
@@ -263,7 +263,8 @@ class ServerMetrics:
             self._running.set(counts.running)
             self._stored.set(counts.stored)
         if found and isinstance(oldest, list):
-            age = (now - id_to_ms(oldest[0].id)) / 1000 if oldest else 0.0
+            # The job due longest ago (a delayed job counts from its due time).
+            age = (now - oldest[0].due_at) / 1000 if oldest else 0.0
             self._oldest.set(max(0.0, age))
         for ok, result in results:
             if not ok:

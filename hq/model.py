@@ -90,6 +90,7 @@ def derive_status(
 #: Every value ``status`` can take.
 STATUSES = (
     "waiting",
+    "scheduled",
     "running",
     "canceling",
     "success",
@@ -151,8 +152,13 @@ class Job:
     err: str = ""
     output: str = ""
     output_truncated: bool = False
-    #: How many deliveries were started (room for retries).
+    #: How many attempts were started.
     attempts: int = 0
+    #: Extra attempts after a failed one (SPEC §11).
+    retries: int = 0
+    #: When the job is next due, ms; ``None``: due at its creation.
+    run_at: int | None = None
+    idempotency_key: str | None = None
 
     @property
     def created_at(self) -> int:
@@ -160,6 +166,27 @@ class Job:
         The creation time, taken from the id.
         """
         return id_to_ms(self.id)
+
+    @property
+    def due_at(self) -> int:
+        """
+        When the job is due (``run_at``, or its creation time): jobs start in
+        order of due time, then id.
+        """
+        return self.created_at if self.run_at is None else self.run_at
+
+    def scheduled(self, now: int) -> bool:
+        """
+        Whether the job waits for a due time after ``now`` (a delay or a retry).
+        """
+        return self.state is JobState.WAITING and not self.canceled and self.due_at > now
+
+    def status_at(self, now: int) -> str:
+        """
+        The status as a client sees it at ``now``: :attr:`status`, but
+        ``scheduled`` while the job waits for a due time after ``now``.
+        """
+        return "scheduled" if self.scheduled(now) else self.status
 
     @property
     def waiting(self) -> bool:
@@ -243,13 +270,53 @@ class Job:
             output_truncated=outcome.output_truncated,
         )
 
+    def retried(self, at: int, last: Outcome) -> Job:
+        """
+        Return this job waiting for its next attempt, due at ``at``; its
+        ``status_code``, ``err`` and ``output`` show ``last``, the attempt that failed.
+        A job whose stop was asked while it ran finishes ``canceled`` instead.
+        """
+        if self.canceled:
+            return self.finished(
+                attrs.evolve(last, success=False, failure=False, canceled=True, err=STOPPED)
+            )
+        return attrs.evolve(
+            self,
+            state=JobState.WAITING,
+            run_at=at,
+            finished_at=None,
+            success=False,
+            failure=False,
+            canceled=False,
+            status_code=last.status_code,
+            err=last.err,
+            output=last.output,
+            output_truncated=last.output_truncated,
+        )
+
+    def same_request(self, other: Job) -> bool:
+        """
+        Whether ``other`` asks for the same work: the same ``url``, ``name``
+        and ``payload`` (compared as JSON values). Idempotent pushes must.
+        """
+        if (self.url, self.name) != (other.url, other.name):
+            return False
+        if self.payload == other.payload:
+            return True
+        if self.payload is None or other.payload is None:
+            return False
+        return bool(json.loads(self.payload) == json.loads(other.payload))
+
     def reset(self) -> Job:
         """
-        Return this job made ready to run again: outcome fields cleared, waiting.
+        Return this job made ready to run again: outcome fields cleared,
+        waiting, due now, no attempts (the history is the store's to clear).
         """
         return attrs.evolve(
             self,
             state=JobState.WAITING,
+            attempts=0,
+            run_at=None,
             started_at=None,
             finished_at=None,
             success=False,
@@ -259,6 +326,53 @@ class Job:
             err="",
             output="",
             output_truncated=False,
+        )
+
+
+#: Bytes of a worker's answer kept in each attempt of the history.
+ATTEMPT_OUTPUT_BYTES = 4096
+
+
+@attrs.frozen
+class Attempt:
+    """
+    One attempt of a job, as the attempt history keeps it (``GET /job/{id}/attempts``).
+    """
+
+    job_id: int
+    attempt: int
+    started_at: int | None
+    finished_at: int
+    status_code: int | None = None
+    err: str = ""
+    output: str = ""
+
+    @classmethod
+    def of(cls, job: Job, outcome: Outcome) -> Attempt:
+        """
+        Return the attempt ``job`` (as started) made, ended by ``outcome``
+        (its output cut to :data:`ATTEMPT_OUTPUT_BYTES`).
+        """
+        output = outcome.output.encode("utf-8")[:ATTEMPT_OUTPUT_BYTES]
+        return cls(
+            job_id=job.id,
+            attempt=job.attempts,
+            started_at=job.started_at,
+            finished_at=outcome.finished_at,
+            status_code=outcome.status_code,
+            err=outcome.err,
+            output=output.decode("utf-8", "ignore"),
+        )
+
+    def to_json(self) -> str:
+        """
+        Return ``{"attempt", "startedAt", "finishedAt", "statusCode", "err", "output"}``.
+        """
+        return (
+            f'{{"attempt":{self.attempt},"err":{_encode(self.err)},'
+            f'"finishedAt":{_time_json(self.finished_at)},"output":{_encode(self.output)},'
+            f'"startedAt":{_time_json(self.started_at)},'
+            f'"statusCode":{"null" if self.status_code is None else self.status_code}}}'
         )
 
 
@@ -300,30 +414,39 @@ def _or_null(text: str | None) -> str:
     return "null" if text is None else text
 
 
+def _run_at_json(job: Job, now: int) -> str:
+    # Shown only while the job waits for a later time; null when due or finished.
+    return _time_json(job.run_at) if job.scheduled(now) else "null"
+
+
 #: The job's JSON keys in alphabetical order (as the Go server), each with the
-#: function that writes its value as JSON text from the job.
-JOB_FIELDS: tuple[tuple[str, Callable[[Job], str]], ...] = (
-    ("canceled", lambda job: _bool(job.canceled)),
-    ("comment", lambda job: _encode(job.comment)),
-    ("createdAt", lambda job: _time_json(job.created_at)),
-    ("err", lambda job: _encode(job.err)),
-    ("failure", lambda job: _bool(job.failure)),
-    ("finishedAt", lambda job: _time_json(job.finished_at)),
-    ("headers", lambda job: "null" if job.headers is None else _encode(job.headers)),
-    ("id", lambda job: f'"{job.id}"'),
-    ("name", lambda job: _encode(job.name)),
-    ("output", lambda job: _encode(job.output)),
-    ("outputTruncated", lambda job: _bool(job.output_truncated)),
+#: function that writes its value as JSON text from the job and the time now.
+JOB_FIELDS: tuple[tuple[str, Callable[[Job, int], str]], ...] = (
+    ("attempts", lambda job, now: str(job.attempts)),
+    ("canceled", lambda job, now: _bool(job.canceled)),
+    ("comment", lambda job, now: _encode(job.comment)),
+    ("createdAt", lambda job, now: _time_json(job.created_at)),
+    ("err", lambda job, now: _encode(job.err)),
+    ("failure", lambda job, now: _bool(job.failure)),
+    ("finishedAt", lambda job, now: _time_json(job.finished_at)),
+    ("headers", lambda job, now: "null" if job.headers is None else _encode(job.headers)),
+    ("id", lambda job, now: f'"{job.id}"'),
+    ("idempotencyKey", lambda job, now: _encode(job.idempotency_key)),
+    ("name", lambda job, now: _encode(job.name)),
+    ("output", lambda job, now: _encode(job.output)),
+    ("outputTruncated", lambda job, now: _bool(job.output_truncated)),
     # The payload is stored as compact JSON text: embedded without a parse.
-    ("payload", lambda job: _or_null(job.payload)),
-    ("running", lambda job: _bool(job.running)),
-    ("startedAt", lambda job: _time_json(job.started_at)),
-    ("status", lambda job: f'"{job.status}"'),
-    ("statusCode", lambda job: "null" if job.status_code is None else str(job.status_code)),
-    ("success", lambda job: _bool(job.success)),
-    ("timeout", lambda job: str(job.timeout)),
-    ("url", lambda job: _encode(job.url)),
-    ("waiting", lambda job: _bool(job.waiting)),
+    ("payload", lambda job, now: _or_null(job.payload)),
+    ("retries", lambda job, now: str(job.retries)),
+    ("runAt", _run_at_json),
+    ("running", lambda job, now: _bool(job.running)),
+    ("startedAt", lambda job, now: _time_json(job.started_at)),
+    ("status", lambda job, now: f'"{job.status_at(now)}"'),
+    ("statusCode", lambda job, now: "null" if job.status_code is None else str(job.status_code)),
+    ("success", lambda job, now: _bool(job.success)),
+    ("timeout", lambda job, now: str(job.timeout)),
+    ("url", lambda job, now: _encode(job.url)),
+    ("waiting", lambda job, now: _bool(job.waiting)),
 )
 
 #: ``(prefix, writer)`` pairs: the prefix is the text before the value (``{"key":``).
@@ -333,18 +456,19 @@ _JOB_PARTS = tuple(
 )
 
 
-def job_json(job: Job) -> str:
+def job_json(job: Job, now: int) -> str:
     """
-    Return the job's JSON text: compact, keys in alphabetical order (:data:`JOB_FIELDS`).
+    Return the job's JSON text at ``now`` (ms; it decides ``scheduled`` and
+    ``runAt``): compact, keys in alphabetical order (:data:`JOB_FIELDS`).
     """
-    return "".join([prefix + write(job) for prefix, write in _JOB_PARTS]) + "}"
+    return "".join([prefix + write(job, now) for prefix, write in _JOB_PARTS]) + "}"
 
 
-def job_dict(job: Job) -> dict[str, Any]:
+def job_dict(job: Job, now: int) -> dict[str, Any]:
     """
-    Return the job as the JSON object a client sees (for tests and the CLI).
+    Return the job as the JSON object a client sees at ``now`` (for tests and the CLI).
     """
-    result: dict[str, Any] = json.loads(job_json(job))
+    result: dict[str, Any] = json.loads(job_json(job, now))
     return result
 
 
@@ -359,11 +483,11 @@ class JobPage:
     jobs: list[Job]
     next_id: int | None
 
-    def to_json(self) -> str:
+    def to_json(self, now: int) -> str:
         """
-        Return ``{"jobs", "hasNext", "next", "count"}`` as JSON text.
+        Return ``{"jobs", "hasNext", "next", "count"}`` as JSON text at ``now``.
         """
-        jobs = ",".join(job_json(job) for job in self.jobs)
+        jobs = ",".join(job_json(job, now) for job in self.jobs)
         if self.next_id is None:
             tail = '"hasNext":false'
         else:
@@ -385,6 +509,9 @@ class ListQuery:
     begin: int | None = None
     reverse: bool = False
     limit: int | None = None
+    #: The time the query is answered at, ms: it tells ``scheduled`` from
+    #: ``waiting`` (``None``: no job counts as scheduled).
+    now: int | None = None
     _name_re: Any = attrs.field(init=False, default=None, eq=False, repr=False)
     _term_re: Any = attrs.field(init=False, default=None, eq=False, repr=False)
 
@@ -400,6 +527,9 @@ class ListQuery:
         """
         return self._name_re is not None or self._term_re is not None
 
+    def _status(self, job: Job) -> str:
+        return job.status if self.now is None else job.status_at(self.now)
+
     def matches(self, job: Job) -> bool:
         """
         Return whether ``job`` passes every filter of this query.
@@ -411,12 +541,12 @@ class ListQuery:
                 or term.search(str(job.id))
                 or term.search(job.comment)
                 or term.search(job.url)
-                or term.search(job.status)
+                or term.search(self._status(job))
             ):
                 return False
         if self._name_re is not None and not self._name_re.search(job.name):
             return False
-        if self.status is not None and job.status != self.status:
+        if self.status is not None and self._status(job) != self.status:
             return False
         return True
 

@@ -481,6 +481,8 @@ class Exchange:
     chunks: list[bytes] = attrs.Factory(list)
     truncated: bool = False
     error: Exception | None = None
+    #: The last response's ``Retry-After`` header, as sent (:func:`hq.policy.retry_after_seconds`).
+    retry_after: str | None = None
 
     @property
     def success(self) -> bool:
@@ -616,6 +618,7 @@ class WorkerClient:
                 return
             state.status_code = response.code
             state.phrase = response.phrase or b""
+            state.retry_after = _header(response, b"retry-after")
             location = response.headers.getRawHeaders(b"location")
             redirect = response.code in _REDIRECT_TO_GET or response.code in _REDIRECT_SAME
             if not (redirect and location):
@@ -721,6 +724,11 @@ def read_capped(response: IResponse, cap: int, chunks: list[bytes]) -> Deferred[
 
 
 # -- Describing what went wrong ---------------------------------------------------
+
+
+def _header(response: IResponse, name: bytes) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[-1].decode("latin-1") if values else None
 
 
 def _host(url: str) -> str:

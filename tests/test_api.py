@@ -33,6 +33,7 @@ JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 
 JOB_KEYS = [
+    "attempts",
     "canceled",
     "comment",
     "createdAt",
@@ -41,10 +42,13 @@ JOB_KEYS = [
     "finishedAt",
     "headers",
     "id",
+    "idempotencyKey",
     "name",
     "output",
     "outputTruncated",
     "payload",
+    "retries",
+    "runAt",
     "running",
     "startedAt",
     "status",
@@ -259,16 +263,20 @@ class PushTests(APITestCase):
         self.assertEqual(
             {k: v for k, v in job.items() if k not in ("id", "createdAt")},
             {
+                "attempts": 0,
                 "canceled": False,
                 "comment": "hello",
                 "err": "",
                 "failure": False,
                 "finishedAt": None,
                 "headers": {"X-Token": "t"},
+                "idempotencyKey": None,
                 "name": "mail",
                 "output": "",
                 "outputTruncated": False,
                 "payload": {"to": ["a@b.test"], "n": 1.5},
+                "retries": 0,
+                "runAt": None,
                 "running": False,
                 "startedAt": None,
                 "status": "waiting",
@@ -571,7 +579,7 @@ class PushTests(APITestCase):
         body = json.dumps({"url": "http://w.test/", "payload": "x" * 3000}).encode()
         reply = self.call("POST", "/job", body, JSON)
         self.assertError(reply, 413, "The request body is larger than the limit of 2048 bytes")
-        self.assertEqual(self.successResultOf(self.store.counts(0)).stored, 0)
+        self.assertEqual(self.successResultOf(self.store.counts(0, 0)).stored, 0)
 
     def test_body_at_the_limit_is_accepted(self) -> None:
         """A body of exactly max_body_bytes is fine."""
@@ -779,7 +787,9 @@ class ListTests(APITestCase):
     def test_unknown_status_is_400(self) -> None:
         """A status no job can have is a 400 listing the valid ones."""
         self.assertErrorStartsWith(
-            self.call("GET", "/job?status=done"), 400, "'status' must be one of waiting, running"
+            self.call("GET", "/job?status=done"),
+            400,
+            "'status' must be one of waiting, scheduled, running",
         )
 
     def test_filters_combine(self) -> None:
@@ -1048,7 +1058,7 @@ class RestartTests(APITestCase):
         self.assertNotEqual(reply.json["id"], job_id)
         reply = self.call("POST", f"/job/{job_id}/restart?payload=" + quote('{"Copy":true}'))
         self.assertNotEqual(reply.json["id"], job_id)
-        self.assertEqual(self.successResultOf(self.store.counts(0)).stored, 3)
+        self.assertEqual(self.successResultOf(self.store.counts(0, 0)).stored, 3)
 
     def test_restart_copy_of_another_type_is_400_naming_the_field(self) -> None:
         """copy "yes", 1 or [] (JSON) and copy=yes (form) are refused, naming 'copy'."""
@@ -1111,7 +1121,8 @@ class StatsTests(APITestCase):
         self.assertEqual(
             reply.body,
             b'{"queues":100,"dispatchers":2,"maxWorkers":3,"numWorkers":1,"numJobsInQueue":1,'
-            b'"numJobsWaiting":1,"numJobsRunning":1,"numStoredJobs":3,"numJobsInLastMinute":2}\n',
+            b'"numJobsWaiting":1,"numJobsRunning":1,"numStoredJobs":3,"numJobsInLastMinute":2,'
+            b'"numJobsScheduled":0}\n',
         )
 
     def test_stats_history(self) -> None:

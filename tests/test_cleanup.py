@@ -75,14 +75,14 @@ class CleanupTests(SynchronousTestCase):
             self.add(n, finished_ago=100)
         self.assertEqual(self.successResultOf(Cleanup(self.store, self.clock, 60).tick()), 10)
         self.assertEqual(self.store.batches, [(3, 3), (3, 3), (3, 3), (3, 1)])
-        self.assertEqual(self.successResultOf(self.store.counts(0)).stored, 0)
+        self.assertEqual(self.successResultOf(self.store.counts(0, 0)).stored, 0)
 
     def test_timer_runs_at_start_and_every_minute_and_survives_errors(self) -> None:
         """The service runs at once and each minute; a failing run is logged, not fatal."""
         service = Cleanup(self.store, self.clock, 60).service()
         self.add(1, finished_ago=100)
         service.startService()
-        self.assertEqual(self.successResultOf(self.store.counts(0)).stored, 0)
+        self.assertEqual(self.successResultOf(self.store.counts(0, 0)).stored, 0)
         self.store.writable = False
         self.clock.advance(60)
         self.assertEqual(len(self.flushLoggedErrors()), 1)
@@ -90,5 +90,5 @@ class CleanupTests(SynchronousTestCase):
         self.add(2, finished_ago=0)
         self.clock.advance(120)
         self.clock.advance(60)
-        self.assertEqual(self.successResultOf(self.store.counts(0)).stored, 0)
+        self.assertEqual(self.successResultOf(self.store.counts(0, 0)).stored, 0)
         service.stopService()

@@ -35,7 +35,7 @@ from hq.cli.table import go_duration, relative_time, render_table
 from hq.cli.terminal import Output, ProgressBar
 from hq.client import HQClient
 from hq.config import Config
-from hq.ids import IdGenerator
+from hq.ids import IdGenerator, now_ms
 from hq.model import ListQuery, Outcome, job_dict
 from hq.store.memory import MemoryStore
 from hq.testing import FailingHTTP, RecordingDispatch
@@ -495,9 +495,9 @@ class ShowTests(CLITestCase):
         job_id = self.push(name="mail", payload={"a": [1]})
         ran = self.hq("info", job_id)
         self.assertEqual((ran.code, ran.err), (0, ""))
-        expected = job_dict(self.successResultOf(self.store.get(int(job_id))))
+        expected = job_dict(self.successResultOf(self.store.get(int(job_id))), now_ms(self.clock))
         self.assertEqual(ran.out, json.dumps(expected, indent=2) + "\n")
-        self.assertTrue(ran.out.startswith('{\n  "canceled": false,\n  "comment": "",\n'))
+        self.assertTrue(ran.out.startswith('{\n  "attempts": 0,\n  "canceled": false,\n'))
 
     def test_info_unknown_job(self) -> None:
         """

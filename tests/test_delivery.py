@@ -440,7 +440,8 @@ class BacklogTests(DispatchTestCase):
         self.assertEqual(
             sorted(self.delivered_ids()), sorted([old.id, old.id] + [j.id for j in later])
         )
-        self.assertEqual(self.get(old.id).attempts, 2)
+        # Restarted in place: the attempts count starts afresh (SPEC §11).
+        self.assertEqual(self.get(old.id).attempts, 1)
         self.assertTrue(all(self.get(j.id).success for j in [old, *later]))
 
     def test_job_enqueued_while_the_feed_reads_is_not_lost(self) -> None:
@@ -665,7 +666,7 @@ class RestartTests(DispatchTestCase):
         store.answer_all()
         self.assertEqual(self.delivered_ids(), [job.id, job.id])
         store.answer_all()
-        self.assertEqual(self.get(job.id).attempts, 2)
+        self.assertEqual(self.get(job.id).attempts, 1)
         self.assertEqual(len(self.finished), 2)
 
 
@@ -836,9 +837,9 @@ class SlowFinishStore(MemoryStore):
         super().__init__()
         self.pending: list[tuple[Deferred[Job | None], Job | None]] = []
 
-    def finish(self, job_id: int, outcome: Any) -> Deferred[Job | None]:
+    def finish(self, job_id: int, outcome: Any, attempt: Any = None) -> Deferred[Job | None]:
         seen: list[Job | None] = []
-        super().finish(job_id, outcome).addCallback(seen.append)
+        super().finish(job_id, outcome, attempt).addCallback(seen.append)
         d: Deferred[Job | None] = Deferred()
         self.pending.append((d, seen[0]))
         return d
@@ -859,9 +860,9 @@ class SlowFeedStore(MemoryStore):
         super().__init__()
         self.pending: list[tuple[Deferred[list[Job]], list[Job]]] = []
 
-    def waiting_jobs(self, after_id: int, limit: int) -> Deferred[list[Job]]:
+    def waiting_jobs(self, after: Any, now: int, limit: int) -> Deferred[list[Job]]:
         seen: list[list[Job]] = []
-        super().waiting_jobs(after_id, limit).addCallback(seen.append)
+        super().waiting_jobs(after, now, limit).addCallback(seen.append)
         d: Deferred[list[Job]] = Deferred()
         self.pending.append((d, seen[0]))
         return d
@@ -881,11 +882,11 @@ class FlakyFeedStore(MemoryStore):
         super().__init__()
         self.failures = failures
 
-    def waiting_jobs(self, after_id: int, limit: int) -> Deferred[list[Job]]:
+    def waiting_jobs(self, after: Any, now: int, limit: int) -> Deferred[list[Job]]:
         if self.failures:
             self.failures -= 1
             return fail(StoreUnavailable("disk on fire"))
-        return super().waiting_jobs(after_id, limit)
+        return super().waiting_jobs(after, now, limit)
 
 
 class FlakyFinishStore(MemoryStore):
@@ -897,11 +898,11 @@ class FlakyFinishStore(MemoryStore):
         super().__init__()
         self.failures = failures
 
-    def finish(self, job_id: int, outcome: Any) -> Deferred[Job | None]:
+    def finish(self, job_id: int, outcome: Any, attempt: Any = None) -> Deferred[Job | None]:
         if self.failures:
             self.failures -= 1
             return fail(StoreUnavailable("disk full"))
-        return super().finish(job_id, outcome)
+        return super().finish(job_id, outcome, attempt)
 
 
 class BrokenFinishStore(MemoryStore):
@@ -917,14 +918,14 @@ class BrokenFinishStore(MemoryStore):
         self.slow = False
         self.pending: list[tuple[Deferred[Job | None], Job | None]] = []
 
-    def finish(self, job_id: int, outcome: Any) -> Deferred[Job | None]:
+    def finish(self, job_id: int, outcome: Any, attempt: Any = None) -> Deferred[Job | None]:
         if self.failures:
             self.failures -= 1
             return fail(RuntimeError("store bug"))
         if not self.slow:
-            return super().finish(job_id, outcome)
+            return super().finish(job_id, outcome, attempt)
         seen: list[Job | None] = []
-        super().finish(job_id, outcome).addCallback(seen.append)
+        super().finish(job_id, outcome, attempt).addCallback(seen.append)
         d: Deferred[Job | None] = Deferred()
         self.pending.append((d, seen[0]))
         return d

@@ -75,10 +75,10 @@ class UnreadableCounts(MemoryStore):
 
     broken = False
 
-    def counts(self, since_id: int) -> Deferred[StoreCounts]:
+    def counts(self, since_id: int, now: int) -> Deferred[StoreCounts]:
         if self.broken:
             return fail(RuntimeError("disk gone"))
-        return super().counts(since_id)
+        return super().counts(since_id, now)
 
 
 class ScrapeTimeGaugeTests(SynchronousTestCase):

@@ -52,7 +52,7 @@ class StatusTests(SynchronousTestCase):
         job = Job(id=1, url="u", attempts=2).finished(
             Outcome(finished_at=T, failure=True, status_code=500, err="e", output="o")
         )
-        self.assertEqual(job.reset(), Job(id=1, url="u", attempts=2))
+        self.assertEqual(job.reset(), Job(id=1, url="u", attempts=0))
 
 
 class JsonTests(SynchronousTestCase):
@@ -68,7 +68,7 @@ class JsonTests(SynchronousTestCase):
             payload='{"a":1}',
             headers={"X": "y"},
         ).finished(Outcome(finished_at=T + 50, success=True, status_code=200, output="<ok>"))
-        text = json.dumps(job_dict(job))
+        text = json.dumps(job_dict(job, T + 60))
         data = json.loads(text)
         self.assertEqual(list(data), sorted(data))
         self.assertEqual(data["id"], str(first_id_at(T)))
@@ -94,8 +94,8 @@ class JsonTests(SynchronousTestCase):
     def test_page_json(self) -> None:
         """A page has jobs, hasNext, next (a string, only when there is one) and count."""
         job = Job(id=5, url="u")
-        self.assertEqual(json.loads(JobPage([job], next_id=9).to_json())["next"], "9")
-        empty = json.loads(JobPage([], next_id=None).to_json())
+        self.assertEqual(json.loads(JobPage([job], next_id=9).to_json(0))["next"], "9")
+        empty = json.loads(JobPage([], next_id=None).to_json(0))
         self.assertEqual(empty, {"jobs": [], "hasNext": False, "count": 0})
 
 

@@ -202,9 +202,9 @@ class SchemaUpgradeTests(TestCase):
                 )
             first = await store.get(self.rows[0]["id"])
             self.assertEqual((first.payload, first.headers), ('{"n":1}', {"X-A": "b"}))
-            counts = await store.counts(0)
+            counts = await store.counts(0, 0)
             self.assertEqual((counts.stored, counts.waiting, counts.running), (3, 1, 0))
-            waiting = await store.waiting_jobs(0, 10)
+            waiting = await store.waiting_jobs((0, 0), 1 << 62, 10)
             self.assertEqual([j.id for j in waiting], [self.rows[2]["id"]])
         finally:
             await store.close()

@@ -23,6 +23,8 @@ from hq.store.memory import MemoryStore
 from hq.store.sqlite import SCHEMA_VERSION, SQLiteStore, glob_prefilter
 
 T0 = 1_700_000_000_000
+#: A time after every job of these tests is due.
+LATER = 1 << 62
 
 
 def make_job(n: int, **kwargs: object) -> Job:
@@ -196,8 +198,9 @@ class StoreContractMixin:
             job.id, Outcome(finished_at=T0 + 1, failure=True, status_code=500, err="x", output="y")
         )
         restarted = await self.store.restart(job.id)
-        self.assertEqual(restarted, attrs.evolve(job, attempts=1))
-        self.assertEqual(await self.store.waiting_jobs(0, 10), [restarted])
+        # Restarted in place: afresh, attempts 0 (SPEC §11).
+        self.assertEqual(restarted, attrs.evolve(job, attempts=0))
+        self.assertEqual(await self.store.waiting_jobs((0, 0), LATER, 10), [restarted])
 
     async def test_delete(self) -> None:
         """A finished job can be deleted; then it is not found."""
@@ -216,7 +219,7 @@ class StoreContractMixin:
         await self.add(*reversed(jobs))
         await self.store.start(jobs[1].id, T0)
         await self.store.stop(jobs[2].id, T0)
-        found = await self.store.waiting_jobs(jobs[0].id, 2)
+        found = await self.store.waiting_jobs((jobs[0].due_at, jobs[0].id), LATER, 2)
         self.assertEqual(found, [jobs[3], jobs[4]])
 
     async def test_recover_requeues_running_and_cancels_stopping(self) -> None:
@@ -231,7 +234,9 @@ class StoreContractMixin:
         requeued = await self.store.get(a.id)
         self.assertEqual((requeued.status, requeued.started_at), ("waiting", None))
         self.assertEqual((await self.store.get(b.id)).status, "canceled")
-        self.assertEqual([j.id for j in await self.store.waiting_jobs(0, 10)], [a.id, c.id])
+        self.assertEqual(
+            [j.id for j in await self.store.waiting_jobs((0, 0), LATER, 10)], [a.id, c.id]
+        )
 
     async def test_delete_finished_before_cutoff(self) -> None:
         """Only finished jobs that finished before the cutoff are deleted, in batches."""
@@ -244,7 +249,7 @@ class StoreContractMixin:
         self.assertEqual(await self.store.delete_finished_before(T0 + 25, 2), 0)
         page = await self.store.list_jobs(ListQuery())
         self.assertEqual([j.id for j in page.jobs], [jobs[3].id, jobs[4].id])
-        counts = await self.store.counts(0)
+        counts = await self.store.counts(0, 0)
         self.assertEqual((counts.stored, counts.waiting), (2, 1))
 
     async def test_counts(self) -> None:
@@ -255,7 +260,7 @@ class StoreContractMixin:
         await self.store.start(jobs[1].id, T0)
         await self.store.finish(jobs[1].id, Outcome(finished_at=T0, success=True))
         await self.store.delete(jobs[1].id)
-        counts = await self.store.counts(jobs[2].id)
+        counts = await self.store.counts(jobs[2].id, 0)
         self.assertEqual(
             (counts.stored, counts.waiting, counts.running, counts.created_since), (3, 2, 1, 2)
         )
@@ -347,7 +352,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
                 pass
             if step % 100 == 50:
                 await self.store.recover(T0 + step)
-        counts = await self.store.counts(0)
+        counts = await self.store.counts(0, 0)
         conn = sqlite3.connect(self.store.path)
         self.addCleanup(conn.close)
         by_state = dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
@@ -369,7 +374,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         done = await self.store.finish(job.id, Outcome(finished_at=T0, success=True))
         assert done is not None
         self.assertEqual(done.status, "success")
-        counts = await self.store.counts(0)
+        counts = await self.store.counts(0, 0)
         self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 1, 0))
 
     async def test_survives_reopen(self) -> None:
@@ -378,7 +383,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         await self.store.close()
         self.store = SQLiteStore(self.data_dir, reactor)
         await self.store.open()
-        self.assertEqual((await self.store.counts(0)).stored, 2)
+        self.assertEqual((await self.store.counts(0, 0)).stored, 2)
         self.assertEqual((await self.store.get(make_job(2).id)).url, make_job(2).url)
 
     async def test_second_store_on_same_dir_refused(self) -> None:
@@ -413,7 +418,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
 
         jobs = [make_job(n) for n in range(300)]
         await gatherResults([self.store.create(job) for job in jobs])
-        self.assertEqual((await self.store.counts(0)).stored, 300)
+        self.assertEqual((await self.store.counts(0, 0)).stored, 300)
         self.assertEqual(len((await self.store.list_jobs(ListQuery())).jobs), 300)
 
     async def test_duplicate_in_batch_fails_alone(self) -> None:
@@ -426,7 +431,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
             consumeErrors=True,
         )
         self.assertEqual([ok for ok, _ in results], [True, False, True])
-        self.assertEqual((await self.store.counts(0)).stored, 2)
+        self.assertEqual((await self.store.counts(0, 0)).stored, 2)
 
     async def test_integrity_check(self) -> None:
         """integrity_check reports ok on a sound file."""
@@ -450,7 +455,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual(sum(writes for writes, _ in commits), 300)
         self.assertTrue(all(committed for _, committed in commits))
         self.assertLess(len(commits), 300)
-        self.assertEqual((await self.store.counts(0)).stored, 300)
+        self.assertEqual((await self.store.counts(0, 0)).stored, 300)
 
     async def test_writer_connection_runs_synchronous_full(self) -> None:
         """The writer commits with PRAGMA synchronous = FULL (2): a 200 push is on disk."""

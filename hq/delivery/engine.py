@@ -5,6 +5,7 @@ outcomes and the shutdown together, and the API's view of it.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from twisted.application.service import Service
@@ -17,7 +18,8 @@ from hq.delivery.outcomes import Outcomes
 from hq.delivery.runner import Runner
 from hq.delivery.shutdown import Shutdown
 from hq.history import HistoryBucket
-from hq.model import Job, JobState
+from hq.model import Attempt, Job, JobState
+from hq.policy import RetryRules
 from hq.store import IJobStore
 from hq.worker import WorkerClient
 
@@ -35,6 +37,8 @@ class Delivery(Service):
     :param workers_per_dispatcher: jobs one loop runs at a time.
     :param queue_size: jobs kept in memory at most (the rest stays in the store).
     :param shutdown_timeout: seconds :meth:`stopService` waits for running jobs.
+    :param rules: the backoff between attempts (SPEC §11).
+    :param jitter: returns a number in [0, 1] that spreads each backoff.
     """
 
     log = Logger()
@@ -48,13 +52,23 @@ class Delivery(Service):
         workers_per_dispatcher: int,
         queue_size: int,
         shutdown_timeout: float,
+        rules: RetryRules | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self._dispatchers = max(1, dispatchers)
         self._feed = Feed(store, clock, queue_size, on_idle=self._check_stopped)
         self._shutdown = Shutdown(clock, shutdown_timeout, lambda: self._feed.reading, self._abort)
-        self._outcomes = Outcomes(store, clock, self._shutdown)
+        self._outcomes = Outcomes(store, clock, self._shutdown, on_retry=self._feed.offer)
         self._runner = Runner(
-            store, worker, clock, self._feed, self._outcomes, self._shutdown, workers_per_dispatcher
+            store,
+            worker,
+            clock,
+            self._feed,
+            self._outcomes,
+            self._shutdown,
+            workers_per_dispatcher,
+            rules or RetryRules(),
+            jitter,
         )
         #: Jobs queued again (restart) while their previous run was ending.
         self._requeue: dict[int, Job] = {}
@@ -78,6 +92,20 @@ class Delivery(Service):
         Call ``callback`` with every job that finished, once the store recorded it.
         """
         self._outcomes.add_observer(callback)
+
+    def add_attempt_observer(self, callback: Callable[[Attempt, int | None], None]) -> None:
+        """
+        Call ``callback(attempt, retry_at)`` for every attempt recorded:
+        ``retry_at`` is when the next one is due (ms), ``None`` when the
+        attempt ended the job.
+        """
+        self._outcomes.add_attempt_observer(callback)
+
+    def add_start_observer(self, callback: Callable[[Job], None]) -> None:
+        """
+        Call ``callback`` with every job marked running, as the store returned it.
+        """
+        self._runner.add_start_observer(callback)
 
     def history(self, now_ms: int) -> list[HistoryBucket]:
         """

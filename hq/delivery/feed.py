@@ -1,16 +1,17 @@
 """
-The feed: waiting jobs from the store into a bounded in-memory queue.
+The feed: due jobs from the store into a bounded in-memory queue.
 
-The queue holds at most ``size`` jobs in the order they will start; the
+The queue holds at most ``size`` due jobs in the order they will start; the
 backlog stays in the store and is read in as room frees up (half the queue at
-least, so reads come in batches). Jobs are ordered by their :func:`feed_key`;
-the feed keeps a watermark (the greatest key it has looked at) so a read
-continues where the last one stopped, and a job offered while older ones are
-still in the store only waits its turn behind them.
+least, so reads come in batches). Jobs are ordered by their :func:`feed_key`,
+``(due time, id)``; the feed keeps a watermark (the greatest key it has looked
+at) so a read continues where the last one stopped, and a job offered while
+older ones are still in the store only waits its turn behind them.
 
-The key is a function of the job on purpose: when jobs get a due time, the
-key becomes ``(due time, id)`` and the feed also sleeps until the next due
-time; nothing else here changes.
+Jobs due later (a delay, a retry) stay in the store, not in memory: the feed
+keeps one timer for the earliest due time it knows of (asked of the store
+after each read that empties the backlog, and lowered by every offer of a job
+due later) and reads when it fires. Nothing polls while nothing is due.
 """
 
 from __future__ import annotations
@@ -22,15 +23,20 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from hq.ids import now_ms
 from hq.model import Job
-from hq.store import STORE_RETRY_SECONDS, IJobStore
+from hq.store import STORE_RETRY_SECONDS, DueKey, IJobStore
+
+#: Greater than every id: ``(t, _AFTER_ALL)`` comes after every key due at ``t``.
+_AFTER_ALL = 1 << 63
 
 
-def feed_key(job: Job) -> int:
+def feed_key(job: Job) -> DueKey:
     """
-    Return the key that orders ``job`` in the queue: jobs start in key order.
+    Return the key that orders ``job`` in the queue: jobs start in order of
+    due time, then id.
     """
-    return job.id
+    return (job.due_at, job.id)
 
 
 class Feed:
@@ -63,7 +69,10 @@ class Feed:
         self._queue: OrderedDict[int, Job] = OrderedDict()
         self._held: set[int] = set()
         #: Greatest key looked at; waiting jobs above it may be in the store only.
-        self._watermark = 0
+        self._watermark: DueKey = (0, 0)
+        #: The timer for the earliest known due time after now, and that time.
+        self._wake: IDelayedCall | None = None
+        self._wake_time = 0
         #: True when waiting jobs may be in the store and not in memory.
         self._backlog = True
         self._reading = False
@@ -112,7 +121,7 @@ class Feed:
         """
         self._open = True
         self._backlog = True
-        self._watermark = 0
+        self._watermark = (0, 0)
         self._maybe_read()
 
     def close(self) -> None:
@@ -121,9 +130,10 @@ class Feed:
         :meth:`open` reads them again) and answer the idle dispatchers ``None``.
         """
         self._open = False
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+        for call in (self._retry, self._wake):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._wake = None
         self._held.difference_update(self._queue)
         self._queue.clear()
         idle, self._idle = self._idle, deque()
@@ -132,11 +142,16 @@ class Feed:
 
     def offer(self, job: Job) -> None:
         """
-        Take ``job``, a waiting job just stored (or restarted): to an idle
-        dispatcher, into the queue, or (older jobs may be in the store, or the
-        queue is full) left for a read to bring in its turn.
+        Take ``job``, a waiting job just stored (or restarted, or retried): to
+        an idle dispatcher, into the queue, or (older jobs may be in the store,
+        or the queue is full) left for a read to bring in its turn. A job due
+        later stays in the store; the feed wakes at its due time.
         """
         if not self._open or job.id in self._held:
+            return
+        now = now_ms(self._clock)
+        if job.due_at > now:
+            self._wake_at(job.due_at, now)
             return
         key = feed_key(job)
         if not self._backlog and self._idle:
@@ -151,7 +166,7 @@ class Feed:
                 self._missed_while_reading = True
             if key <= self._watermark:
                 # An old key (a restart): let the next read look from there again.
-                self._watermark = key - 1
+                self._watermark = (key[0], key[1] - 1)
             self._maybe_read()
 
     def take(self) -> Deferred[Job | None]:
@@ -216,8 +231,11 @@ class Feed:
 
     async def _read(self, room: int) -> None:
         after = self._watermark
+        now = now_ms(self._clock)
         try:
-            batch = await self._store.waiting_jobs(after_id=after, limit=room)
+            batch = await self._store.waiting_jobs(after, now, room)
+            exhausted = len(batch) < room and not self._missed_while_reading
+            later = await self._store.next_due(now) if exhausted else None
         except Exception:
             self._reading = False
             self.log.failure(
@@ -230,13 +248,15 @@ class Feed:
             return
         try:
             if self._open:
-                self._take_in(batch, after, room)
+                self._take_in(batch, after, exhausted)
+                if later is not None:
+                    self._wake_at(later, now_ms(self._clock))
         finally:
             self._reading = False
             self._on_idle()
         self._maybe_read()
 
-    def _take_in(self, batch: list[Job], after: int, room: int) -> None:
+    def _take_in(self, batch: list[Job], after: DueKey, exhausted: bool) -> None:
         if batch and self._watermark == after:
             self._watermark = max(after, feed_key(batch[-1]))
         for job in batch:
@@ -246,9 +266,29 @@ class Feed:
                 self._hand_out(job)
             else:
                 self._append(job)
-        if len(batch) < room and not self._missed_while_reading:
+        if exhausted and not self._missed_while_reading:
             self._backlog = False
 
     def _read_again(self) -> None:
         self._retry = None
+        self._maybe_read()
+
+    def _wake_at(self, due: int, now: int) -> None:
+        """
+        Make sure the feed reads at ``due`` (ms) at the latest.
+        """
+        if self._wake is not None and self._wake.active() and self._wake_time <= due:
+            return
+        if self._wake is not None and self._wake.active():
+            self._wake.cancel()
+        self._wake_time = due
+        self._wake = self._clock.callLater(max(0.0, (due - now) / 1000), self._woken)
+
+    def _woken(self) -> None:
+        self._wake = None
+        # Jobs due at the wake time may sort below keys offered since: look from there.
+        self._watermark = min(self._watermark, (self._wake_time - 1, _AFTER_ALL))
+        self._backlog = True
+        if self._reading:
+            self._missed_while_reading = True
         self._maybe_read()

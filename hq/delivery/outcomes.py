@@ -1,11 +1,12 @@
 """
-Recording outcomes: the store write that finishes a job, tried again while
-the storage fails, then the throughput history, the log and the observers.
+Recording what attempts decided: the store write that finishes a job or
+schedules its next attempt, tried again while the storage fails; then the
+throughput history, the log and the observers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -14,8 +15,8 @@ from twisted.logger import Logger
 from hq.delivery.shutdown import Pauses, Shutdown
 from hq.history import History, HistoryBucket
 from hq.ids import now_ms
-from hq.model import Job, Outcome
-from hq.policy import stopped_outcome
+from hq.model import Attempt, Job, Outcome
+from hq.policy import Retry, stopped_outcome
 from hq.store import STORE_RETRY_SECONDS, IJobStore, StoreUnavailable
 
 #: Tries to record an outcome after an unexpected store error before the job is
@@ -38,12 +39,20 @@ class Outcomes:
 
     log = Logger()
 
-    def __init__(self, store: IJobStore, clock: IReactorTime, shutdown: Shutdown) -> None:
+    def __init__(
+        self,
+        store: IJobStore,
+        clock: IReactorTime,
+        shutdown: Shutdown,
+        on_retry: Callable[[Job], None] = lambda job: None,
+    ) -> None:
         self._store = store
+        self._on_retry = on_retry
         self._clock = clock
         self._shutdown = shutdown
         self.pauses = Pauses(clock)
         self._observers: list[Callable[[Job], None]] = []
+        self._attempt_observers: list[Callable[[Attempt, int | None], None]] = []
         self._history = History()
         #: Jobs stopped while running with no delivery here, being recorded.
         self._orphans: set[int] = set()
@@ -53,6 +62,23 @@ class Outcomes:
         Call ``callback`` with every job that finished, once the store recorded it.
         """
         self._observers.append(callback)
+
+    def add_attempt_observer(self, callback: Callable[[Attempt, int | None], None]) -> None:
+        """
+        Call ``callback(attempt, retry_at)`` for every attempt recorded in the
+        store: ``retry_at`` is when the next attempt is due (ms), ``None`` when
+        the attempt ended the job.
+        """
+        self._attempt_observers.append(callback)
+
+    def _tell_attempt(self, attempt: Attempt | None, retry_at: int | None) -> None:
+        if attempt is None:
+            return
+        for observer in list(self._attempt_observers):
+            try:
+                observer(attempt, retry_at)
+            except Exception:
+                self.log.failure("Attempt observer failed for job {jobID}", jobID=attempt.job_id)
 
     def history(self, at_ms: int) -> list[HistoryBucket]:
         """
@@ -66,14 +92,40 @@ class Outcomes:
         """
         return job_id in self._orphans
 
-    async def record(self, job_id: int, outcome: Outcome) -> None:
+    async def record(self, job_id: int, outcome: Outcome, attempt: Attempt | None = None) -> None:
         """
-        Record ``outcome`` (see :meth:`_finish`); once recorded, count the job
-        and tell the observers.
+        Record ``outcome`` and the ``attempt`` that ended with it (see
+        :meth:`_persist`); once recorded, count the job and tell the observers.
         """
-        finished = await self._finish(job_id, outcome)
+        finished = await self._persist(job_id, lambda: self._store.finish(job_id, outcome, attempt))
         if finished is not None:
+            self._tell_attempt(attempt, None)
             self.finished(finished)
+
+    async def reschedule(self, job_id: int, retry: Retry, attempt: Attempt) -> None:
+        """
+        Record that ``job_id`` waits for its next attempt (``retry``) after
+        the failed ``attempt`` (see :meth:`_persist`), and hand it back to the
+        feed; a job whose stop was asked meanwhile is finished ``canceled``.
+        """
+        job = await self._persist(
+            job_id, lambda: self._store.retry(job_id, retry.at, retry.last, attempt)
+        )
+        if job is None:
+            return
+        self._tell_attempt(attempt, retry.at if job.waiting else None)
+        if job.waiting:
+            self.log.info(
+                "Job {jobID}: attempt {attempt} failed ({err}); attempt {next} at {at}",
+                jobID=job_id,
+                attempt=attempt.attempt,
+                err=attempt.err,
+                next=attempt.attempt + 1,
+                at=retry.at,
+            )
+            self._on_retry(job)
+        else:
+            self.finished(job)
 
     def finished(self, job: Job) -> None:
         """
@@ -121,9 +173,10 @@ class Outcomes:
         self._orphans.discard(job_id)
         self._shutdown.run_ended()
 
-    async def _finish(self, job_id: int, outcome: Outcome) -> Job | None:
+    async def _persist(self, job_id: int, write: Callable[[], Awaitable[Job | None]]) -> Job | None:
         """
-        Record ``outcome``. While the storage is unavailable (disk full, file
+        Make the store ``write`` that records what an attempt of ``job_id``
+        decided. While the storage is unavailable (disk full, file
         unwritable) try again, waiting a little longer each time (at most
         :data:`FINISH_RETRY_MAX_SECONDS`), keeping the job's slot, until it is
         recorded or the shutdown aborts it; after any other error give up after
@@ -135,7 +188,7 @@ class Outcomes:
         while True:
             attempt += 1
             try:
-                return await self._store.finish(job_id, outcome)
+                return await write()
             except StoreUnavailable as e:
                 if self._shutdown.aborting:
                     self._gave_up(job_id, attempt)

@@ -10,6 +10,7 @@ policy (:func:`hq.policy.after_attempt`) what follows, and record that.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +23,8 @@ from hq.delivery.feed import Feed
 from hq.delivery.outcomes import Outcomes
 from hq.delivery.shutdown import Pauses, Shutdown
 from hq.ids import now_ms
-from hq.model import Job, Outcome
-from hq.policy import AttemptResult, after_attempt, stopped_outcome
+from hq.model import Attempt, Job, Outcome
+from hq.policy import AttemptResult, Finish, RetryRules, after_attempt, stopped_outcome
 from hq.store import STORE_RETRY_SECONDS, IJobStore
 from hq.worker import Exchange, WorkerClient
 
@@ -44,6 +45,7 @@ def attempt_result(exchange: Exchange, stopped: bool) -> AttemptResult:
         output=exchange.output(),
         output_truncated=exchange.truncated,
         stopped=stopped,
+        retry_after=exchange.retry_after,
     )
 
 
@@ -67,8 +69,12 @@ class Runner:
         outcomes: Outcomes,
         shutdown: Shutdown,
         workers_per_dispatcher: int,
+        rules: RetryRules,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self._store = store
+        self._rules = rules
+        self._jitter = jitter
         self._worker = worker
         self._clock = clock
         self._feed = feed
@@ -82,6 +88,7 @@ class Runner:
         self._acquiring: set[Deferred[Any]] = set()
         self.start_pauses = Pauses(clock)
         self.num_workers = 0
+        self._start_observers: list[Callable[[Job], None]] = []
         self._on_ended: Callable[[int], None] = lambda job_id: None
 
     def start(self, dispatchers: int, on_ended: Callable[[int], None]) -> None:
@@ -95,6 +102,13 @@ class Runner:
 
     def _loop_failed(self, failure: Failure, index: int) -> None:
         self.log.failure("Dispatcher {index} stopped", failure, index=index)
+
+    def add_start_observer(self, callback: Callable[[Job], None]) -> None:
+        """
+        Call ``callback`` with every job as the store marked it running
+        (``started_at - due_at`` is how late it started).
+        """
+        self._start_observers.append(callback)
 
     def stop(self) -> None:
         """
@@ -169,18 +183,43 @@ class Runner:
         if self._shutdown.stopping:
             # Shutting down: leave it running in the store; recover() re-queues it.
             return
+        for observer in list(self._start_observers):
+            try:
+                observer(started)
+            except Exception:
+                self.log.failure("Start observer failed for job {jobID}", jobID=job.id)
+        if job.id in self._stop_asked or started.canceled:
+            await self._outcomes.record(job.id, stopped_outcome(now_ms(self._clock)))
+            return
         try:
-            if job.id in self._stop_asked or started.canceled:
-                outcome: Outcome | None = stopped_outcome(now_ms(self._clock))
-            else:
-                outcome = await self._attempt(started)
+            exchange = await self._attempt(started)
         except Exception:
             # A bug, not the worker: log it, and record a failure rather than
             # leave the job running with nothing delivering it.
             self.log.failure("Job {jobID}: delivery failed unexpectedly", jobID=job.id)
-            outcome = Outcome(finished_at=now_ms(self._clock), failure=True, err=INTERNAL_ERROR)
-        if outcome is not None:
-            await self._outcomes.record(job.id, outcome)
+            exchange = None
+        await self._decide(started, exchange)
+
+    async def _decide(self, job: Job, exchange: Exchange | None) -> None:
+        """
+        Ask the policy what follows the attempt of ``job`` that ended with
+        ``exchange`` (``None``: a bug in HQ ended it), and record that.
+        """
+        now = now_ms(self._clock)
+        if exchange is None:
+            outcome = Outcome(finished_at=now, failure=True, err=INTERNAL_ERROR)
+            await self._outcomes.record(job.id, outcome, Attempt.of(job, outcome))
+            return
+        stopped = exchange.error is not None and job.id in self._stop_asked
+        if exchange.error is not None and not stopped and self._shutdown.aborting:
+            return  # Left running in the store: delivered again after the next start.
+        result = attempt_result(exchange, stopped)
+        decision = after_attempt(job, result, now, self._rules, self._jitter())
+        if isinstance(decision, Finish):
+            attempt = Attempt.of(job, decision.outcome)
+            await self._outcomes.record(job.id, decision.outcome, attempt)
+        else:
+            await self._outcomes.reschedule(job.id, decision, Attempt.of(job, decision.last))
 
     async def _start(self, job: Job) -> Job | None:
         """
@@ -212,10 +251,9 @@ class Runner:
                 return None
         return None
 
-    async def _attempt(self, job: Job) -> Outcome | None:
+    async def _attempt(self, job: Job) -> Exchange:
         """
-        Send ``job`` to its worker and return the outcome the policy decides,
-        or ``None`` when the shutdown aborted it (nothing is recorded then).
+        Send ``job`` to its worker; return the exchange.
         """
         self.log.debug("Job {jobID} started: POST {url}", jobID=job.id, url=job.url)
         running = self._worker.post(job)
@@ -226,13 +264,8 @@ class Runner:
         finally:
             self.num_workers -= 1
             self._exchanges.pop(job.id, None)
-        stopped = exchange.error is not None and job.id in self._stop_asked
-        if exchange.error is not None and not stopped:
-            if self._shutdown.aborting:
-                return None
-            if exchange.unusual_error:
-                self.log.debug(
-                    "Job {jobID}: request error {error!r}", jobID=job.id, error=exchange.error
-                )
-        decision = after_attempt(job, attempt_result(exchange, stopped), now_ms(self._clock))
-        return decision.outcome
+        if exchange.unusual_error:
+            self.log.debug(
+                "Job {jobID}: request error {error!r}", jobID=job.id, error=exchange.error
+            )
+        return exchange

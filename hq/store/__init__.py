@@ -22,7 +22,7 @@ from hq.model import JobRuleError
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from hq.model import Job, JobPage, ListQuery, Outcome
+    from hq.model import Attempt, Job, JobPage, ListQuery, Outcome
 
 
 #: Seconds before a store call that failed is tried again by the delivery engine.
@@ -73,6 +73,39 @@ class StoreCounts:
     waiting: int
     running: int
     created_since: int
+    #: Waiting jobs due after the time asked about (delays and retries).
+    scheduled: int = 0
+
+
+class IdempotencyConflict(StoreError):
+    """
+    A job pushed with an idempotency key differs from the stored job with
+    that key in its ``url``, ``name`` or ``payload``.
+    """
+
+    def __init__(self, index: int, key: str, job_id: int) -> None:
+        super().__init__(
+            f"the idempotency key {key!r} was used for the job {job_id} with another "
+            "url, name or payload"
+        )
+        self.index = index
+        self.key = key
+        self.job_id = job_id
+
+
+@attrs.frozen
+class Pushed:
+    """
+    One job of a push as stored: ``replayed`` when its idempotency key matched
+    a job pushed before (which ``job`` then is), and nothing was created.
+    """
+
+    job: Job
+    replayed: bool = False
+
+
+#: The feed's position: ``(due time, id)`` of the last job looked at.
+DueKey = tuple[int, int]
 
 
 @attrs.frozen
@@ -113,6 +146,21 @@ class IJobStore(Interface):
         Return the greatest stored id, 0 when there is none.
         """
 
+    def push(jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+        """
+        Store new jobs in one commit, all or none, honouring idempotency keys:
+        a job whose key belongs to a stored job created at or after
+        ``keys_since`` (ms) is not stored; that job is answered instead
+        (``replayed``), or, when their ``url``, ``name`` or ``payload``
+        differ, the push fails with :class:`IdempotencyConflict` naming the
+        job's index and nothing is stored. An older key is taken over by the
+        new job. Two jobs with one key in the same push: the second replays
+        the first. Concurrent pushes with one key store one job.
+
+        Fails with :class:`JobExists`, :class:`IdempotencyConflict` or
+        :class:`StoreUnavailable`.
+        """
+
     def create(job: Job) -> Deferred[None]:
         """
         Store a new job. Fires once it is durable.
@@ -140,10 +188,13 @@ class IJobStore(Interface):
         stopped or deleted meanwhile) and must not be sent.
         """
 
-    def finish(job_id: int, outcome: Outcome) -> Deferred[Job | None]:
+    def finish(
+        job_id: int, outcome: Outcome, attempt: Attempt | None = None
+    ) -> Deferred[Job | None]:
         """
-        Record the outcome of a job that is not finished yet; return it, or
-        ``None`` if it was already finished or deleted.
+        Record the outcome of a job that is not finished yet, and ``attempt``
+        (the attempt that ended it, if one ran) in its history; return the
+        job, or ``None`` if it was already finished or deleted.
         """
 
     def stop(job_id: int, now: int) -> Deferred[Job]:
@@ -157,7 +208,8 @@ class IJobStore(Interface):
 
     def restart(job_id: int) -> Deferred[Job]:
         """
-        Reset a finished job to run again under the same id; return it waiting.
+        Reset a finished job to run again under the same id (its attempt
+        history cleared, :meth:`hq.model.Job.reset`); return it waiting.
 
         Fails with :class:`JobNotFound`, or :class:`JobConflict`
         (``The job <id> is running now`` / ``... is waiting now``).
@@ -165,15 +217,37 @@ class IJobStore(Interface):
 
     def delete(job_id: int) -> Deferred[None]:
         """
-        Delete a job that is neither waiting nor running.
+        Delete a job that is neither waiting nor running, with its attempt history.
 
         Fails with :class:`JobNotFound` or :class:`JobConflict`.
         """
 
-    def waiting_jobs(after_id: int, limit: int) -> Deferred[list[Job]]:
+    def waiting_jobs(after: DueKey, now: int, limit: int) -> Deferred[list[Job]]:
         """
-        Return up to ``limit`` waiting, not canceled jobs with ids above
-        ``after_id``, in id order (the queue's backlog).
+        Return up to ``limit`` waiting, not canceled jobs due at ``now`` or
+        before whose ``(due_at, id)`` is above ``after``, in that order (the
+        queue's backlog).
+        """
+
+    def next_due(now: int) -> Deferred[int | None]:
+        """
+        Return the earliest due time after ``now`` of a waiting, not canceled
+        job, or ``None`` when no job waits for a later time.
+        """
+
+    def retry(job_id: int, at: int, last: Outcome, attempt: Attempt) -> Deferred[Job | None]:
+        """
+        Make a running job wait for its next attempt, due at ``at``, showing
+        ``last``, the outcome of the failed ``attempt`` (kept in the history):
+        :meth:`hq.model.Job.retried`.
+        A job whose stop was asked meanwhile finishes ``canceled`` instead.
+        Return it, or ``None`` if it is not running (deleted, finished).
+        """
+
+    def attempts(job_id: int) -> Deferred[list[Attempt]]:
+        """
+        Return the attempt history of a job, oldest first. Fails with
+        :class:`JobNotFound`.
         """
 
     def delete_finished_before(cutoff: int, limit: int) -> Deferred[int]:
@@ -182,9 +256,10 @@ class IJobStore(Interface):
         ``cutoff``; return how many were deleted.
         """
 
-    def counts(since_id: int) -> Deferred[StoreCounts]:
+    def counts(since_id: int, now: int) -> Deferred[StoreCounts]:
         """
-        Return the counters; ``created_since`` counts jobs with ids >= ``since_id``.
+        Return the counters; ``created_since`` counts jobs with ids >= ``since_id``,
+        ``scheduled`` the waiting jobs due after ``now``.
         """
 
     def probe_write() -> Deferred[None]:

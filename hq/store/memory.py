@@ -14,11 +14,14 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from hq.model import Job, JobPage, JobState, ListQuery, Outcome
+from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome
 from hq.store import (
+    DueKey,
+    IdempotencyConflict,
     IJobStore,
     JobExists,
     JobNotFound,
+    Pushed,
     Recovery,
     StoreCounts,
     StoreUnavailable,
@@ -48,6 +51,9 @@ class MemoryStore:
     _ids: list[int] = attrs.Factory(list)
     writable: bool = True
     _max_id: int = 0
+    _attempts: dict[int, list[Attempt]] = attrs.Factory(dict)
+    #: Idempotency key -> (job id, when the key was taken, ms).
+    _keys: dict[str, tuple[int, int]] = attrs.Factory(dict)
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -73,6 +79,14 @@ class MemoryStore:
         self._jobs[job.id] = job
         return job
 
+    def _remove(self, job_id: int) -> None:
+        job = self._jobs.pop(job_id)
+        del self._ids[bisect.bisect_left(self._ids, job_id)]
+        self._attempts.pop(job_id, None)
+        key = job.idempotency_key
+        if key is not None and self._keys.get(key, (None,))[0] == job_id:
+            del self._keys[key]
+
     def recover(self, now: int) -> Deferred[Recovery]:
         def call() -> Recovery:
             requeued = canceled = 0
@@ -90,16 +104,47 @@ class MemoryStore:
     def max_id(self) -> Deferred[int]:
         return succeed(self._max_id)
 
+    def _insert(self, job: Job) -> None:
+        if job.id in self._jobs:
+            raise JobExists(f"The job {job.id} already exists")
+        self._put(job)
+        self._max_id = max(self._max_id, job.id)
+        if not self._ids or job.id > self._ids[-1]:
+            self._ids.append(job.id)
+        else:
+            bisect.insort(self._ids, job.id)
+
     def create(self, job: Job) -> Deferred[None]:
-        def call() -> None:
-            if job.id in self._jobs:
-                raise JobExists(f"The job {job.id} already exists")
-            self._put(job)
-            self._max_id = max(self._max_id, job.id)
-            if not self._ids or job.id > self._ids[-1]:
-                self._ids.append(job.id)
-            else:
-                bisect.insort(self._ids, job.id)
+        return self._write(lambda: self._insert(job))
+
+    def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+        def call() -> list[Pushed]:
+            # Check everything first: all or nothing.
+            pushed: list[Pushed] = []
+            taken: dict[str, Job] = {}
+            for index, job in enumerate(jobs):
+                if job.id in self._jobs:
+                    raise JobExists(f"The job {job.id} already exists")
+                key = job.idempotency_key
+                earlier = None if key is None else taken.get(key)
+                if key is not None and earlier is None and key in self._keys:
+                    job_id, since = self._keys[key]
+                    if since >= keys_since and job_id in self._jobs:
+                        earlier = self._jobs[job_id]
+                if earlier is None:
+                    pushed.append(Pushed(job))
+                    if key is not None:
+                        taken[key] = job
+                elif not earlier.same_request(job):
+                    raise IdempotencyConflict(index, job.idempotency_key or "", earlier.id)
+                else:
+                    pushed.append(Pushed(earlier, replayed=True))
+            for each in pushed:
+                if not each.replayed:
+                    self._insert(each.job)
+                    if each.job.idempotency_key is not None:
+                        self._keys[each.job.idempotency_key] = (each.job.id, each.job.created_at)
+            return pushed
 
         return self._write(call)
 
@@ -136,14 +181,39 @@ class MemoryStore:
 
         return self._write(call)
 
-    def finish(self, job_id: int, outcome: Outcome) -> Deferred[Job | None]:
+    def _record(self, attempt: Attempt | None) -> None:
+        if attempt is not None:
+            history = self._attempts.setdefault(attempt.job_id, [])
+            history[:] = [a for a in history if a.attempt != attempt.attempt] + [attempt]
+
+    def finish(
+        self, job_id: int, outcome: Outcome, attempt: Attempt | None = None
+    ) -> Deferred[Job | None]:
         def call() -> Job | None:
             job = self._jobs.get(job_id)
             if job is None or job.state is JobState.FINISHED:
                 return None
+            self._record(attempt)
             return self._put(job.finished(outcome))
 
         return self._write(call)
+
+    def retry(self, job_id: int, at: int, last: Outcome, attempt: Attempt) -> Deferred[Job | None]:
+        def call() -> Job | None:
+            job = self._jobs.get(job_id)
+            if job is None or job.state is not JobState.RUNNING:
+                return None
+            self._record(attempt)
+            return self._put(job.retried(at, last))
+
+        return self._write(call)
+
+    def attempts(self, job_id: int) -> Deferred[list[Attempt]]:
+        def call() -> list[Attempt]:
+            self._job(job_id)
+            return sorted(self._attempts.get(job_id, []), key=lambda a: a.attempt)
+
+        return _answer(call)
 
     def stop(self, job_id: int, now: int) -> Deferred[Job]:
         return self._write(lambda: self._put(self._job(job_id).stopped(now)))
@@ -152,6 +222,7 @@ class MemoryStore:
         def call() -> Job:
             job = self._job(job_id)
             job.check_settled()
+            self._attempts.pop(job_id, None)
             return self._put(job.reset())
 
         return self._write(call)
@@ -159,21 +230,30 @@ class MemoryStore:
     def delete(self, job_id: int) -> Deferred[None]:
         def call() -> None:
             self._job(job_id).check_settled()
-            del self._jobs[job_id]
-            del self._ids[bisect.bisect_left(self._ids, job_id)]
+            self._remove(job_id)
 
         return self._write(call)
 
-    def waiting_jobs(self, after_id: int, limit: int) -> Deferred[list[Job]]:
+    def _due(self, now: int) -> Iterator[Job]:
+        for job in self._jobs.values():
+            if job.state is JobState.WAITING and not job.canceled:
+                yield job
+
+    def waiting_jobs(self, after: DueKey, now: int, limit: int) -> Deferred[list[Job]]:
         def call() -> list[Job]:
-            found: list[Job] = []
-            for job_id in self._scan(after_id + 1, reverse=False):
-                job = self._jobs[job_id]
-                if job.state is JobState.WAITING and not job.canceled:
-                    found.append(job)
-                    if len(found) >= limit:
-                        break
-            return found
+            found = sorted(
+                (job.due_at, job.id)
+                for job in self._due(now)
+                if job.due_at <= now and (job.due_at, job.id) > tuple(after)
+            )
+            return [self._jobs[job_id] for _, job_id in found[:limit]]
+
+        return _answer(call)
+
+    def next_due(self, now: int) -> Deferred[int | None]:
+        def call() -> int | None:
+            later = [job.due_at for job in self._due(now) if job.due_at > now]
+            return min(later) if later else None
 
         return _answer(call)
 
@@ -187,20 +267,20 @@ class MemoryStore:
                 and job.finished_at < cutoff
             ][:limit]
             for job_id in expired:
-                del self._jobs[job_id]
-                del self._ids[bisect.bisect_left(self._ids, job_id)]
+                self._remove(job_id)
             return len(expired)
 
         return self._write(call)
 
-    def counts(self, since_id: int) -> Deferred[StoreCounts]:
+    def counts(self, since_id: int, now: int) -> Deferred[StoreCounts]:
         def call() -> StoreCounts:
-            states = [job.state for job in self._jobs.values()]
+            jobs = list(self._jobs.values())
             return StoreCounts(
-                stored=len(states),
-                waiting=states.count(JobState.WAITING),
-                running=states.count(JobState.RUNNING),
+                stored=len(jobs),
+                waiting=sum(1 for job in jobs if job.state is JobState.WAITING),
+                running=sum(1 for job in jobs if job.state is JobState.RUNNING),
                 created_since=len(self._ids) - bisect.bisect_left(self._ids, since_id),
+                scheduled=sum(1 for job in jobs if job.scheduled(now)),
             )
 
         return _answer(call)

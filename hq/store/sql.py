@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hq.model import Job, JobState
+from hq.ids import id_to_ms
+from hq.model import Attempt, Job, JobState
 
 COLUMNS = (
     "id, name, comment, url, payload, headers, timeout, state, status, started_at, "
     "finished_at, success, failure, canceled, status_code, err, output, output_truncated, "
-    "attempts"
+    "attempts, retries, run_after, idempotency_key"
 )
 _NAMES = [name.strip() for name in COLUMNS.split(",")]
 
@@ -46,12 +47,40 @@ FINISH = (
     " canceled = ?, status_code = ?, err = ?, output = ?, output_truncated = ?"
     f" WHERE id = ? AND state = ? RETURNING {COLUMNS}"
 )
-#: One batch of expired jobs, found through the expiry index.
-DELETE_EXPIRED = (
-    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 2 AND finished_at < ? LIMIT ?)"
+#: The due waiting jobs the feed may load after a ``(due, id)`` key, in that
+#: order (``run_after`` is the due time: ``hq.model.Job.due_at``).
+WAITING = (
+    f"{SELECT} WHERE state = 0 AND canceled = 0 AND run_after >= ? AND (run_after, id) > (?, ?)"
+    " AND run_after <= ? ORDER BY run_after, id LIMIT ?"
 )
-#: The waiting jobs the feed may load, in order.
-WAITING = f"{SELECT} WHERE state = 0 AND id > ? AND canceled = 0 ORDER BY id LIMIT ?"
+#: The earliest due time after a time of a waiting job.
+NEXT_DUE = (
+    "SELECT run_after FROM jobs WHERE state = 0 AND run_after > ? AND canceled = 0"
+    " ORDER BY run_after LIMIT 1"
+)
+#: Waiting jobs due after a time (``numJobsScheduled``).
+COUNT_SCHEDULED = "SELECT count(*) FROM jobs WHERE state = 0 AND run_after > ?"
+#: One attempt into the history (``hq.model.Attempt``).
+INSERT_ATTEMPT = (
+    "INSERT INTO attempts (job_id, attempt, started_at, finished_at, status_code, err, output)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, attempt) DO UPDATE SET"
+    " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+    " status_code = excluded.status_code, err = excluded.err, output = excluded.output"
+)
+SELECT_ATTEMPTS = (
+    "SELECT job_id, attempt, started_at, finished_at, status_code, err, output FROM attempts"
+    " WHERE job_id = ? ORDER BY attempt"
+)
+DELETE_ATTEMPTS = "DELETE FROM attempts WHERE job_id = ?"
+#: The job holding an idempotency key, and since when.
+SELECT_KEY = "SELECT job_id, created_at FROM idempotency_keys WHERE key = ?"
+TAKE_KEY = (
+    "INSERT INTO idempotency_keys (key, job_id, created_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, created_at = excluded.created_at"
+)
+DELETE_KEYS = "DELETE FROM idempotency_keys WHERE job_id = ?"
+#: Ids of one batch of expired jobs, found through the expiry index.
+EXPIRED = "SELECT id FROM jobs WHERE state = 2 AND finished_at < ? LIMIT ?"
 #: Jobs a dead process left running (``hq.model.Job.recovered`` decides what becomes of them).
 RUNNING = f"{SELECT} WHERE state = 1"
 
@@ -88,6 +117,9 @@ def job_row(job: Job) -> tuple[Any, ...]:
         job.output,
         int(job.output_truncated),
         job.attempts,
+        job.retries,
+        job.due_at,
+        job.idempotency_key,
     )
 
 
@@ -122,4 +154,38 @@ def row_job(row: tuple[Any, ...] | Any) -> Job:
         output=row[16],
         output_truncated=bool(row[17]),
         attempts=row[18],
+        retries=row[19],
+        # The due time is stored always; a job due at its creation shows none.
+        run_at=row[20] if row[20] > id_to_ms(row[0]) else None,
+        idempotency_key=row[21],
+    )
+
+
+def attempt_row(attempt: Attempt) -> tuple[Any, ...]:
+    """
+    Return ``attempt`` as the values of :data:`INSERT_ATTEMPT`.
+    """
+    return (
+        attempt.job_id,
+        attempt.attempt,
+        attempt.started_at,
+        attempt.finished_at,
+        attempt.status_code,
+        attempt.err,
+        attempt.output,
+    )
+
+
+def row_attempt(row: tuple[Any, ...] | Any) -> Attempt:
+    """
+    Return the attempt of a row of :data:`SELECT_ATTEMPTS`.
+    """
+    return Attempt(
+        job_id=row[0],
+        attempt=row[1],
+        started_at=row[2],
+        finished_at=row[3],
+        status_code=row[4],
+        err=row[5],
+        output=row[6],
     )

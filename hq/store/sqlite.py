@@ -31,11 +31,14 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from hq import __version__
-from hq.model import Job, JobPage, JobState, ListQuery, Outcome
+from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome
 from hq.store import (
+    DueKey,
+    IdempotencyConflict,
     IJobStore,
     JobExists,
     JobNotFound,
+    Pushed,
     Recovery,
     StoreCounts,
     StoreError,
@@ -49,7 +52,7 @@ T = TypeVar("T")
 #: Each version is one entry of ``_SCHEMA``; a file of an older version is
 #: upgraded in place at open, in one transaction. Never edit a released entry:
 #: add a new version (tests/schema_v1.py keeps the first release's statements).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DATABASE_FILE = "hq.sqlite3"
 LOCK_FILE = "hq.lock"
@@ -90,6 +93,36 @@ _SCHEMA = [
     # the one that last opened it) and the row health checks write to.
     [
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+    # Version 3: retries, due times, the attempt history, idempotency keys (SPEC §11).
+    # ``run_after`` (there since version 1, always 0 until now) becomes the due
+    # time, set for every job; the feed reads waiting jobs in (due time, id) order.
+    [
+        "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT",
+        "UPDATE jobs SET run_after = (id >> 22) + 1546300800000 WHERE state != 2",
+        "DROP INDEX jobs_waiting",
+        "CREATE INDEX jobs_due ON jobs (run_after, id) WHERE state = 0",
+        """
+        CREATE TABLE attempts (
+            job_id INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            started_at INTEGER,
+            finished_at INTEGER NOT NULL,
+            status_code INTEGER,
+            err TEXT NOT NULL,
+            output TEXT NOT NULL,
+            PRIMARY KEY (job_id, attempt)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE idempotency_keys (
+            key TEXT PRIMARY KEY,
+            job_id INTEGER NOT NULL,
+            created_at INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX idempotency_keys_job ON idempotency_keys (job_id)",
     ],
 ]
 
@@ -586,11 +619,42 @@ class SQLiteStore:
         )
         return self._read(lambda conn: cast(int, conn.execute(sql).fetchone()[0]))
 
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, changes: list[_Change], job: Job) -> None:
+        conn.execute(sql.INSERT, sql.job_row(job))
+        conn.execute(sql.RAISE_MAX_ID, (str(job.id),))
+        if job.idempotency_key is not None:
+            conn.execute(sql.TAKE_KEY, (job.idempotency_key, job.id, job.created_at))
+        changes.append((None, job.state, 1))
+
     def create(self, job: Job) -> Deferred[None]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
-            conn.execute(sql.INSERT, sql.job_row(job))
-            conn.execute(sql.RAISE_MAX_ID, (str(job.id),))
-            changes.append((None, job.state, 1))
+            self._insert(conn, changes, job)
+
+        return self._write(op)
+
+    def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+        # One write (one savepoint): a conflict undoes the whole push.
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> list[Pushed]:
+            pushed: list[Pushed] = []
+            taken: dict[str, Job] = {}
+            for index, job in enumerate(jobs):
+                key = job.idempotency_key
+                earlier = None if key is None else taken.get(key)
+                if key is not None and earlier is None:
+                    row = conn.execute(sql.SELECT_KEY, (key,)).fetchone()
+                    if row is not None and row[1] >= keys_since:
+                        earlier = self._fetch(conn, row[0])
+                if earlier is None:
+                    self._insert(conn, changes, job)
+                    pushed.append(Pushed(job))
+                    if key is not None:
+                        taken[key] = job
+                elif not earlier.same_request(job):
+                    raise IdempotencyConflict(index, key or "", earlier.id)
+                else:
+                    pushed.append(Pushed(earlier, replayed=True))
+            return pushed
 
         return self._write(op)
 
@@ -603,7 +667,13 @@ class SQLiteStore:
         if query.begin is not None:
             where.append("id <= ?" if query.reverse else "id >= ?")
             args.append(query.begin)
-        if query.status is not None:
+        if query.status == "scheduled" and query.now is not None:
+            where.append("status = 'waiting' AND run_after > ?")
+            args.append(query.now)
+        elif query.status == "waiting" and query.now is not None:
+            where.append("status = 'waiting' AND run_after <= ?")
+            args.append(query.now)
+        elif query.status is not None:
             where.append("status = ?")
             args.append(query.status)
         # A regexp that is a plain string lets SQLite skip, in C and without
@@ -612,9 +682,9 @@ class SQLiteStore:
         if term is not None:
             where.append(
                 "(name GLOB ? OR CAST(id AS TEXT) GLOB ? OR comment GLOB ? OR url GLOB ?"
-                " OR status GLOB ?)"
+                " OR status GLOB ? OR (status = 'waiting' AND 'scheduled' GLOB ?))"
             )
-            args.extend([term] * 5)
+            args.extend([term] * 6)
         name = None if query.name is None else glob_prefilter(query.name)
         if name is not None:
             where.append("name GLOB ?")
@@ -657,7 +727,9 @@ class SQLiteStore:
 
         return self._write(op)
 
-    def finish(self, job_id: int, outcome: Outcome) -> Deferred[Job | None]:
+    def finish(
+        self, job_id: int, outcome: Outcome, attempt: Attempt | None = None
+    ) -> Deferred[Job | None]:
         values = (
             outcome.status,
             outcome.finished_at,
@@ -678,10 +750,29 @@ class SQLiteStore:
                 rows = conn.execute(sql.FINISH, (*values, int(state))).fetchall()
                 if rows:
                     changes.append((state, JobState.FINISHED, 1))
+                    if attempt is not None:
+                        conn.execute(sql.INSERT_ATTEMPT, sql.attempt_row(attempt))
                     return sql.row_job(rows[0])
             return None
 
         return self._write(op)
+
+    def retry(self, job_id: int, at: int, last: Outcome, attempt: Attempt) -> Deferred[Job | None]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
+            job = self._fetch(conn, job_id)
+            if job is None or job.state is not JobState.RUNNING:
+                return None
+            conn.execute(sql.INSERT_ATTEMPT, sql.attempt_row(attempt))
+            return self._save(conn, changes, job, job.retried(at, last))
+
+        return self._write(op)
+
+    def attempts(self, job_id: int) -> Deferred[list[Attempt]]:
+        def call(conn: sqlite3.Connection) -> list[Attempt]:
+            self._fetch_or_fail(conn, job_id)
+            return [sql.row_attempt(row) for row in conn.execute(sql.SELECT_ATTEMPTS, (job_id,))]
+
+        return self._read(call)
 
     def stop(self, job_id: int, now: int) -> Deferred[Job]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job:
@@ -694,6 +785,7 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job:
             job = self._fetch_or_fail(conn, job_id)
             job.check_settled()
+            conn.execute(sql.DELETE_ATTEMPTS, (job_id,))
             return self._save(conn, changes, job, job.reset())
 
         return self._write(op)
@@ -702,30 +794,44 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
             job = self._fetch_or_fail(conn, job_id)
             job.check_settled()
-            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            self._delete_rows(conn, [job_id])
             changes.append((job.state, None, 1))
 
         return self._write(op)
 
-    def waiting_jobs(self, after_id: int, limit: int) -> Deferred[list[Job]]:
+    def waiting_jobs(self, after: DueKey, now: int, limit: int) -> Deferred[list[Job]]:
+        due, job_id = after
+
         def call(conn: sqlite3.Connection) -> list[Job]:
-            rows = conn.execute(
-                sql.WAITING,
-                (after_id, limit),
-            ).fetchall()
+            rows = conn.execute(sql.WAITING, (due, due, job_id, now, limit)).fetchall()
             return [sql.row_job(row) for row in rows]
 
         return self._read(call)
 
+    def next_due(self, now: int) -> Deferred[int | None]:
+        def call(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(sql.NEXT_DUE, (now,)).fetchone()
+            return None if row is None else cast(int, row[0])
+
+        return self._read(call)
+
+    @staticmethod
+    def _delete_rows(conn: sqlite3.Connection, ids: list[int]) -> None:
+        rows = [(job_id,) for job_id in ids]
+        conn.executemany("DELETE FROM jobs WHERE id = ?", rows)
+        conn.executemany(sql.DELETE_ATTEMPTS, rows)
+        conn.executemany(sql.DELETE_KEYS, rows)
+
     def delete_finished_before(self, cutoff: int, limit: int) -> Deferred[int]:
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> int:
-            deleted = conn.execute(sql.DELETE_EXPIRED, (cutoff, limit)).rowcount
-            changes.append((JobState.FINISHED, None, deleted))
-            return deleted
+            ids = [row[0] for row in conn.execute(sql.EXPIRED, (cutoff, limit))]
+            self._delete_rows(conn, ids)
+            changes.append((JobState.FINISHED, None, len(ids)))
+            return len(ids)
 
         return self._write(op)
 
-    def counts(self, since_id: int) -> Deferred[StoreCounts]:
+    def counts(self, since_id: int, now: int) -> Deferred[StoreCounts]:
         # Read the counters here, on the reactor thread that moves them.
         stored, waiting, running = (
             self._counts.stored,
@@ -734,10 +840,16 @@ class SQLiteStore:
         )
 
         def call(conn: sqlite3.Connection) -> StoreCounts:
-            sql = "SELECT count(*) FROM jobs WHERE id >= ?"
-            (created,) = conn.execute(sql, (since_id,)).fetchone()
+            (created,) = conn.execute(
+                "SELECT count(*) FROM jobs WHERE id >= ?", (since_id,)
+            ).fetchone()
+            (scheduled,) = conn.execute(sql.COUNT_SCHEDULED, (now,)).fetchone()
             return StoreCounts(
-                stored=stored, waiting=waiting, running=running, created_since=created
+                stored=stored,
+                waiting=waiting,
+                running=running,
+                created_since=created,
+                scheduled=scheduled,
             )
 
         return self._read(call)
