@@ -148,7 +148,10 @@ class Console:
         else:
             log_path = os.path.abspath(logfile or "twistd.log")
         # A copy of stderr: a daemon's own stderr is /dev/null. Closed when started.
-        err = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        try:
+            err: IO[str] = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        except (AttributeError, OSError, ValueError):
+            err = sys.stderr  # not a file: nothing to keep across a fork
         return cls(sys.stdout, err, log_path, twistd)
 
     @property
@@ -210,9 +213,10 @@ class Console:
             except OSError:
                 pass
             self._status_pipe = None
-        if self._twistd is not None and self._err is not None:
-            self._err.close()
-            self._err = None
+        if self._twistd is not None:
+            err, self._err = self._err, None
+            if err is not None and err is not sys.stderr:
+                err.close()
 
 
 def cannot_start(console: Console, message: str) -> None:

@@ -105,6 +105,31 @@ class TwistdLogTests(SynchronousTestCase):
         self.assertNotIn("#info] 20", output)
         self.assertNotIn("[stdout#", output)
 
+    def test_foreground_logfile_gets_each_line_once(self) -> None:
+        """``twistd -n --logfile=F``: access lines and "HQ stopped" in F, once each."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        logfile = os.path.join(directory, "twistd.log")
+        server = ConsoleServer(
+            directory,
+            watch=logfile,
+            command=twistd("-n", "--pidfile=", f"--logfile={logfile}"),
+            log_file="",
+            access_log_file="",
+        )
+        self.addCleanup(server.stop)
+        server.start()
+        self.assertEqual(server.request("GET", "/stats")[0], 200)
+        wait_for(lambda: "GET /stats 200" in server.watched(), 10, "the access line")
+        server.kill(signal.SIGTERM)
+        code, output = server.wait_exit()
+        self.assertIn(code, (0, -signal.SIGTERM))
+        self.assertEqual(output, "")
+        logged = server.watched()
+        self.assertEqual(logged.count("GET /stats 200"), 1, logged)
+        self.assertEqual(logged.count("HQ stopped"), 1, logged)
+        self.assertNotIn("[stdout#", logged)
+
     def test_daemon_serves_logs_to_its_logfile_and_stops_on_sigterm(self) -> None:
         """
         ``twistd --pidfile=P --logfile=F hq``: the parent returns once HQ is
@@ -206,30 +231,51 @@ class StartErrorTests(SynchronousTestCase):
             self.assertNotIn("Usage:", output)
         self.assertIn("HQ cannot start: unknown configuration key", output)
 
-    def test_newer_schema_fails_without_shutting_down(self) -> None:
-        """A store of a newer schema: "HQ cannot start" only, never "Shutting down"."""
-        directory = os.path.abspath(self.mktemp())
-        data_dir = os.path.join(directory, "data")
+    def newer_data_dir(self) -> str:
+        """
+        Return a data_dir whose store has a schema version from a newer HQ.
+        """
+        data_dir = os.path.join(os.path.abspath(self.mktemp()), "data")
         os.makedirs(data_dir)
         conn = sqlite3.connect(os.path.join(data_dir, "hq.sqlite3"))
         conn.execute("PRAGMA user_version = 99")
         conn.close()
+        return data_dir
+
+    def test_newer_schema_fails_without_shutting_down(self) -> None:
+        """A store of a newer schema: "HQ cannot start" only, never "Shutting down"."""
+        data_dir = self.newer_data_dir()
         path = os.path.join(data_dir, "hq.sqlite3")
         self.check_both(f"{path} has schema version 99", data_dir=data_dir)
 
-    def test_daemon_reports_errors_to_the_starting_console(self) -> None:
-        """A twistd daemon that cannot start: ``error: ...`` on stderr, in its log, exit 1."""
-        port = self.busy_port()
+    def daemon_refused(self, message: str, **config: object) -> None:
+        """
+        Start a twistd daemon that cannot start: its command exits 1 with
+        ``error: message`` on stderr; its log says it; no pidfile is left.
+        """
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         logfile = os.path.join(directory, "twistd.log")
         pidfile = os.path.join(directory, "twistd.pid")
         command = twistd(f"--pidfile={pidfile}", f"--logfile={logfile}")
         began = time.monotonic()
-        output, _ = self.refused(command, addr=f"127.0.0.1:{port}", log_file="")
+        output, _ = self.refused(command, log_file="", **config)
         self.assertLess(time.monotonic() - began, 15)
-        message = f"cannot listen on 127.0.0.1:{port}: Address already in use"
-        self.assertIn(f"error: {message}\n", output)
+        self.assertIn(f"error: {message}", output)
         with open(logfile) as f:
-            self.assertIn(f"HQ cannot start: {message}", f.read())
+            logged = f.read()
+        self.assertIn(f"HQ cannot start: {message}", logged)
+        self.assertNotIn("Shutting down", logged)
         self.assertFalse(os.path.exists(pidfile))
+
+    def test_daemon_reports_a_port_in_use(self) -> None:
+        """A twistd daemon on a port in use: ``error: ...`` on stderr, in its log, exit 1."""
+        port = self.busy_port()
+        message = f"cannot listen on 127.0.0.1:{port}: Address already in use"
+        self.daemon_refused(message, addr=f"127.0.0.1:{port}")
+
+    def test_daemon_waits_for_the_store_before_returning(self) -> None:
+        """A daemon whose store is refused after the fork still makes its command exit 1."""
+        data_dir = self.newer_data_dir()
+        path = os.path.join(data_dir, "hq.sqlite3")
+        self.daemon_refused(f"{path} has schema version 99", data_dir=data_dir)
