@@ -12,8 +12,10 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from types import FrameType
 from typing import IO, Any, cast
 
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
@@ -40,7 +42,9 @@ LEVELS = {
 class ReopenableFile:
     """
     A text file opened for appending that can be reopened (after logrotate moved
-    it); the empty path means standard output.
+    it); the empty path means ``stdout`` (by default ``sys.stdout``). Under
+    twistd, which redirects ``sys.stdout`` into its log, HQ passes the standard
+    output it had before (:class:`hq.tap.Console`).
 
     A log that cannot be written (disk full, file gone) must not stop the
     server: failed writes are dropped and counted, and a warning goes to
@@ -50,15 +54,16 @@ class ReopenableFile:
     #: Seconds between two warnings about dropped lines.
     WARN_EVERY = 60.0
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, stdout: IO[str] | None = None) -> None:
         self.path = path
+        self._stdout = stdout
         self._file: IO[str] = self._open()
         self.dropped = 0
         self._warned_at: float | None = None
 
     def _open(self) -> IO[str]:
         if not self.path:
-            return sys.stdout
+            return self._stdout or sys.stdout
         return open(self.path, "a", encoding="utf-8", buffering=1)
 
     def _failed(self, error: Exception) -> None:
@@ -196,33 +201,36 @@ class _Nothing:
         return PredicateResult.no
 
 
-def start_logging(observer: ILogObserver) -> None:
+def start_logging(observer: ILogObserver, *, replace: bool = False) -> None:
     """
     Send every log event to ``observer`` only.
 
-    ``hq serve`` has not begun logging yet, so this begins it. Under twistd,
-    twistd has begun logging to its own destination; HQ's ``log_file`` and
-    ``log_level`` replace it, so the observers twistd installed are removed.
+    ``hq serve`` has not begun logging yet: this begins it (events logged
+    before are replayed). Under twistd (``replace``), twistd has begun logging
+    to its own destination: its observers are removed, so that each line is
+    written once, by HQ, in HQ's format (twistd offers no public way to find
+    the observers it installed).
     """
-    observers = list(getattr(globalLogPublisher, "_observers", ()))
-    if observers:
-        for existing in observers:
-            globalLogPublisher.removeObserver(existing)
-        globalLogPublisher.addObserver(observer)
-    else:
+    if not replace:
         globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+        return
+    for existing in list(getattr(globalLogPublisher, "_observers", ())):
+        globalLogPublisher.removeObserver(existing)
+    globalLogPublisher.addObserver(observer)
 
 
-def on_sigusr1(reopen: Callable[[], None], reactor: Any) -> None:
+def on_sigusr1(reopen: Callable[[], None], reactor: IReactorThreads) -> None:
     """
-    Call ``reopen`` on the reactor thread whenever SIGUSR1 arrives, then run the
-    handler that was there before (twistd rotates its own log file on it).
+    Call ``reopen`` on the reactor thread whenever SIGUSR1 arrives, after the
+    handler that was there before: twistd, logging to a file, rotates it on
+    SIGUSR1 (renames it to ``.1`` and opens a new one), and HQ then reopens the
+    new file at that path.
     """
     previous = signal.getsignal(signal.SIGUSR1)
 
-    def handler(signum: int, frame: Any) -> None:
-        reactor.callFromThread(reopen)
+    def handler(signum: int, frame: FrameType | None) -> None:
         if callable(previous):
             previous(signum, frame)
+        reactor.callFromThread(reopen)
 
     signal.signal(signal.SIGUSR1, handler)

@@ -1,6 +1,20 @@
 """
 The one place where HQ is wired together: the twistd plugin's Options and
 ``makeService``, also used by ``hq serve``.
+
+:class:`HQService` is a MultiService of small child services, started in this
+order and stopped in the reverse one, each waiting for the one before:
+
+1. :class:`ExitOnSecondSignal`: a second SIGINT/SIGTERM exits at once;
+2. :class:`LogService`: the application and access logs, reopened on SIGUSR1;
+3. :class:`StoreService`: the data_dir lock, then the store opened (schema check);
+4. :class:`Recovery`: interrupted jobs queued again, the id generator advanced;
+5. the delivery engine (:func:`delivery_engine`);
+6. the clean-up timer (:mod:`hq.cleanup`), when ``job_lifetime`` is set;
+7. :class:`WebListener`: the port, bound early, accepting only from here on;
+8. :class:`SystemdNotifier`: ``READY=1`` now, ``STOPPING=1`` first at shutdown.
+
+A new moving part (a scheduler, a cluster heartbeat) is one more child.
 """
 
 from __future__ import annotations
@@ -11,23 +25,54 @@ import shutil
 import signal
 import sys
 import tempfile
-from typing import Any
+from collections.abc import Callable, MutableMapping
+from types import FrameType
+from typing import IO, Any, cast
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IPushProducer,
+    IReactorCore,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
 
 from hq import __version__, commit_hash
 from hq.config import Config, ConfigError, read_config
+from hq.delivery import Delivery
+from hq.ids import IdGenerator, now_ms
+from hq.logs import ReopenableFile, app_observer, on_sigusr1, start_logging
+from hq.metrics import ServerMetrics
+from hq.policy import RetryRules
+from hq.site import AccessLogSite
+from hq.store import IJobStore, StoreError
+from hq.store.sqlite import SQLiteStore
+from hq.systemd import notify_address, sd_notify
 
 log = Logger()
+
+
+class IServerReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorThreads):
+    """
+    What HQ needs of its reactor (the global one, in :func:`makeService`).
+    """
 
 
 class Options(usage.Options):
     """
     ``twistd hq`` options.
+
+    A config file that cannot be used is not a usage error (twistd would print
+    its whole usage text): it stops the start-up, as ``hq serve`` does.
     """
 
     synopsis = "[-c config.toml] [-l level]"
@@ -43,10 +88,12 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        self["config_error"] = None
         try:
             self["config"] = read_config(self["config-file"], self["log-level"])
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            self["config"] = None
+            self["config_error"] = str(e)
 
 
 class FatalStartError(Exception):
@@ -55,189 +102,282 @@ class FatalStartError(Exception):
     """
 
 
-class HQService(MultiService):
+class Console:
     """
-    The whole server. Starts in order (store, recovery, dispatch, cleanup, HTTP)
-    and stops in the reverse order, each step waiting for the one before.
+    The standard output and error of the person (or unit) who started HQ.
+
+    ``hq serve`` writes to ``sys.stdout`` and ``sys.stderr``. Under twistd,
+    which redirects both into its log and, in daemon mode, replaces them with
+    /dev/null, this keeps the ones HQ was started with, and a log file left
+    empty in the config means twistd's log: ``--logfile`` (``twistd.log`` for
+    a daemon), or standard output with ``-n``. A daemon's parent process
+    waits until HQ is ready (exit 0) or cannot start (exit 1).
     """
 
-    def __init__(self, config: Config, reactor: Any) -> None:
-        super().__init__()
-        self.config = config
+    def __init__(
+        self,
+        out: IO[str],
+        err: IO[str],
+        log_path: str | None = "",
+        twistd: MutableMapping[str, Any] | None = None,
+    ) -> None:
+        self.out = out
+        self._err: IO[str] | None = err
+        #: Where the logs go when log_file / access_log_file are empty: a path,
+        #: "" for ``out``, None when twistd logs to syslog or a custom observer.
+        self.log_path = log_path
+        #: twistd's options (its status pipe and pidfile); None under ``hq serve``.
+        self._twistd = twistd
+        self._status_pipe: int | None = None
+
+    @classmethod
+    def of_serve(cls) -> Console:
+        return cls(sys.stdout, sys.stderr)
+
+    @classmethod
+    def of_twistd(cls, twistd: MutableMapping[str, Any]) -> Console:
+        """
+        Return the console of ``twistd`` (its ServerOptions), before it has
+        begun logging or become a daemon (in ``makeService``).
+        """
+        logfile = twistd.get("logfile") or ""
+        log_path: str | None
+        if twistd.get("syslog") or twistd.get("logger"):
+            log_path = None  # not a file HQ can write to
+        elif logfile == "-" or (twistd.get("nodaemon") and not logfile):
+            log_path = ""
+        else:
+            log_path = os.path.abspath(logfile or "twistd.log")
+        # A copy of stderr: a daemon's own stderr is /dev/null. Closed when started.
+        try:
+            err: IO[str] = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        except (AttributeError, OSError, ValueError):
+            err = sys.stderr  # not a file: nothing to keep across a fork
+        return cls(sys.stdout, err, log_path, twistd)
+
+    @property
+    def under_twistd(self) -> bool:
+        return self._twistd is not None
+
+    def log_file(self, path: str) -> ReopenableFile:
+        """
+        Open the log file ``path``; the empty path means this console's log.
+
+        :raises FatalStartError: for the empty path under ``twistd --syslog``
+            (or ``--logger``), whose destination HQ cannot write its lines to.
+        :raises OSError: when the file cannot be opened.
+        """
+        if path or self.log_path is not None:
+            return ReopenableFile(path or self.log_path or "", self.out)
+        raise FatalStartError("with twistd --syslog or --logger, set log_file and access_log_file")
+
+    def starting(self) -> None:
+        """
+        Take twistd's start-up status pipe (a daemon's parent waits on it), so
+        that it reports the end of HQ's start, not of privilegedStartService.
+        """
+        if self._twistd is not None:
+            # Set by twistd's daemonize (twisted.scripts._twistd_unix); twistd
+            # writes to it only if it is still there when startService returns.
+            self._status_pipe = self._twistd.get("statusPipe")
+            self._twistd["statusPipe"] = None
+
+    def started(self) -> None:
+        """
+        Tell a daemon's parent that HQ is ready; let go of the start-up stderr.
+        """
+        self._report(b"0")
+
+    def failed(self, message: str) -> None:
+        """
+        Write ``error: message`` to stderr; a daemon's parent exits 1.
+        """
+        if self._err is not None:
+            try:
+                self._err.write(f"error: {message}\n")
+                self._err.flush()
+            except (OSError, ValueError):
+                pass
+        self._report(b"1 " + message.encode("ascii", "backslashreplace")[:98])
+        if self._twistd is not None and self._twistd.get("pidfile"):
+            # twistd removes it only after a start that did not fail.
+            try:
+                os.unlink(self._twistd["pidfile"])
+            except OSError:
+                pass
+
+    def _report(self, status: bytes) -> None:
+        if self._status_pipe is not None:
+            try:
+                os.write(self._status_pipe, status)
+                os.close(self._status_pipe)
+            except OSError:
+                pass
+            self._status_pipe = None
+        if self._twistd is not None:
+            err, self._err = self._err, None
+            if err is not None and err is not sys.stderr:
+                err.close()
+
+
+def cannot_start(console: Console, message: str) -> None:
+    """
+    Say, in the log and on the console, that HQ cannot start and why.
+    """
+    log.critical("HQ cannot start: {error}", error=message)
+    console.failed(message)
+
+
+class Stage(Service):
+    """
+    A child of :class:`HQService` whose start or stop takes time: HQService
+    awaits :meth:`start` before starting the next child, and :meth:`stop`
+    before stopping the one before it.
+    """
+
+    async def start(self) -> None:
+        """
+        Finish starting. Fails (FatalStartError, StoreError...) when HQ cannot start.
+        """
+
+    async def stop(self) -> None:
+        """
+        Undo what privilegedStartService and start did; safe when they did not run.
+        """
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self.stop())
+
+
+class ExitOnSecondSignal(Service):
+    """
+    Wraps the reactor's SIGINT/SIGTERM handlers: the first signal shuts down
+    gracefully, a second one (or one during any shutdown) exits at once.
+    """
+
+    def __init__(self, reactor: IReactorCore) -> None:
         self._reactor = reactor
-        self._data_dir = config.data_dir
-        self._temporary = False
-        self._port: Any = None
-        self._site: Any = None
-        self._store: Any = None
-        self._dispatch: Any = None
-        self._metrics: Any = None
-        self._cleanup: Service | None = None
-        self._logs: list[Any] = []
-        self.exit_code = 0
-        self._stopping = False
-        self.ready: Deferred[None] = Deferred()
-        self.address: tuple[str, int] | None = None
-
-    # Start-up.
-
-    def privilegedStartService(self) -> None:
-        """
-        Do the checks that can fail at once, before the reactor runs: logging,
-        the data_dir lock and the listening port. Fails with FatalStartError.
-        """
-        try:
-            self._prepare()
-        except FatalStartError as e:
-            sys.stderr.write(f"error: {e}\n")
-            raise SystemExit(1) from None
-        super().privilegedStartService()
-
-    def _prepare(self) -> None:
-        from hq.logs import ReopenableFile, app_observer, start_logging
-
-        try:
-            app_log = ReopenableFile(self.config.log_file)
-            access_log = ReopenableFile(self.config.access_log_file)
-        except OSError as e:
-            raise FatalStartError(f"cannot open log file {e.filename}: {e.strerror}") from None
-        self._logs = [app_log, access_log]
-        start_logging(app_observer(self.config.log_level, app_log, self.config.log_format))
-        self._open_store()
-        self._listen(access_log)
-
-    def _open_store(self) -> None:
-        from hq.store import StoreError
-        from hq.store.sqlite import SQLiteStore
-
-        if not self._data_dir:
-            self._data_dir = tempfile.mkdtemp(prefix="hq_data_")
-            self._temporary = True
-            log.warn(
-                "Your 'data_dir' configuration is not set. HQ uses the temporary directory "
-                "{path}, deleted when the server stops: jobs are lost at exit.",
-                path=self._data_dir,
-            )
-        self._store = SQLiteStore(self._data_dir, self._reactor, on_commit=self._commit_observed)
-        try:
-            self._store.lock()
-        except StoreError as e:
-            raise FatalStartError(str(e)) from None
-        except OSError as e:
-            raise FatalStartError(f"cannot use data_dir {self._data_dir}: {e.strerror}") from None
-
-    def _listen(self, access_log: Any) -> None:
-        from prometheus_client import disable_created_metrics
-
-        from hq.api import HQApi
-        from hq.delivery import Delivery
-        from hq.health import HealthCheck
-        from hq.ids import IdGenerator
-        from hq.metrics import ServerMetrics
-        from hq.site import AccessLogSite
-        from hq.ui import mount, ui_resource
-        from hq.worker import WorkerClient, make_http_client
-
-        config = self.config
-        commit = commit_hash()
-        self._ids = IdGenerator(config.server_id, self._reactor)
-        worker = WorkerClient(
-            make_http_client(self._reactor, max_output_bytes=config.max_output_bytes),
-            self._reactor,
-            f"HQ/{__version__}",
-            config.max_output_bytes,
-        )
-        self._dispatch = Delivery(
-            store=self._store,
-            worker=worker,
-            clock=self._reactor,
-            dispatchers=config.dispatchers,
-            workers_per_dispatcher=config.workers_per_dispatcher,
-            queue_size=config.queues,
-            shutdown_timeout=config.shutdown_timeout,
-        )
-        if config.metrics:
-            # The per-metric ``*_created`` series are clutter in the text format.
-            disable_created_metrics()
-            self._metrics = ServerMetrics(
-                self._store,
-                self._dispatch,
-                self._reactor,
-                max_workers=config.dispatchers * config.workers_per_dispatcher,
-                queue_size=config.queues,
-                version=__version__,
-                commit_hash=commit,
-            )
-            self._dispatch.add_observer(self._metrics.job_finished)
-        dispatch = self._dispatch
-        health = HealthCheck(self._store.probe_write, lambda: bool(dispatch.running), self._reactor)
-        api = HQApi(
-            store=self._store,
-            dispatch=self._dispatch,
-            ids=self._ids,
-            clock=self._reactor,
-            config=config,
-            version=__version__,
-            commit_hash=commit,
-            metrics=self._metrics,
-            health=health,
-        )
-        ui = ui_resource(config.ui_path, __version__, commit) if config.ui else None
-        # The API parses form bodies itself: Twisted's own parse of every POST's
-        # Content-Type (through the email package) was a tenth of a push's cost.
-        site = AccessLogSite(
-            mount(api.resource(), ui, config.ui_path),
-            access_log,
-            timeout=60,
-            request_timeout=config.request_timeout,
-            max_body_bytes=config.max_body_bytes,
-            trusted_proxies=config.trusted_proxies,
-            log_format=config.log_format,
-            parsePOSTFormSubmission=False,
-        )
-        try:
-            self._port = self._reactor.listenTCP(config.port, site, interface=config.host)
-            self._site = site
-        except CannotListenError as e:
-            raise FatalStartError(
-                f"cannot listen on {config.addr}: {e.socketError.strerror or e.socketError}"
-            ) from None
-        # Accept connections only once the store is open and jobs are recovered.
-        self._port.stopReading()
-        host = self._port.getHost()
-        self.address = (host.host, host.port)
+        self.stopping = False
 
     def startService(self) -> None:
         super().startService()
-        self._reactor.callWhenRunning(self._exit_on_second_signal)
-        d = Deferred.fromCoroutine(self._start())
-        d.addErrback(self._fatal)
+        # After the reactor has installed its own handlers.
+        self._reactor.callWhenRunning(self._wrap)
 
-    def _exit_on_second_signal(self) -> None:
-        """
-        Wrap the reactor's SIGINT/SIGTERM handlers: the first signal shuts down
-        gracefully, a second one exits at once.
-        """
+    def _wrap(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous = signal.getsignal(signum)
 
-            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
-                if self._stopping:
+            def handler(sig: int, frame: FrameType | None, previous: object = previous) -> None:
+                if self.stopping:
                     os.write(2, b"hq: second signal, exiting now\n")
                     os._exit(128 + sig)
-                self._stopping = True
+                self.stopping = True
                 if callable(previous):
                     previous(sig, frame)
 
             signal.signal(signum, handler)
 
-    async def _start(self) -> None:
-        from hq.cleanup import Cleanup
-        from hq.logs import on_sigusr1
 
-        await self._store.open()
-        now = int(self._reactor.seconds() * 1000)
-        recovery = await self._store.recover(now)
+class LogService(Service):
+    """
+    The application log and the access log: opened, and made the one log
+    destination, before anything else starts; reopened on SIGUSR1.
+    """
+
+    def __init__(self, config: Config, console: Console, reactor: IReactorThreads) -> None:
+        self._config = config
+        self._console = console
+        self._reactor = reactor
+        self._files: list[ReopenableFile] = []
+
+    @property
+    def access_log(self) -> ReopenableFile:
+        return self._files[1]
+
+    def privilegedStartService(self) -> None:
+        config = self._config
+        try:
+            self._files = [
+                self._console.log_file(config.log_file),
+                self._console.log_file(config.access_log_file),
+            ]
+        except OSError as e:
+            raise FatalStartError(f"cannot open log file {e.filename}: {e.strerror}") from None
+        observer = app_observer(config.log_level, self._files[0], config.log_format)
+        start_logging(observer, replace=self._console.under_twistd)
+
+    def startService(self) -> None:
+        super().startService()
+        on_sigusr1(self.reopen, self._reactor)
+
+    def reopen(self) -> None:
+        for f in self._files:
+            f.reopen()
+        log.info("Reopened the log files")
+
+    def flush(self) -> None:
+        for f in self._files:
+            f.flush()
+
+
+class StoreService(Stage):
+    """
+    The job store: the data_dir lock taken at once (another server on it stops
+    the start before the port is bound), then opened, its schema checked and
+    upgraded; closed last at shutdown. A temporary data_dir is removed then.
+    """
+
+    def __init__(self, store: SQLiteStore, data_dir: str, temporary: bool) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self._temporary = temporary
+        self._opened = False
+
+    def privilegedStartService(self) -> None:
+        if self._temporary:
+            log.warn(
+                "Your 'data_dir' configuration is not set. HQ uses the temporary directory "
+                "{path}, deleted when the server stops: jobs are lost at exit.",
+                path=self.data_dir,
+            )
+        try:
+            self.store.lock()
+        except StoreError as e:
+            raise FatalStartError(str(e)) from None
+        except OSError as e:
+            raise FatalStartError(f"cannot use data_dir {self.data_dir}: {e.strerror}") from None
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._opened = True
+
+    async def stop(self) -> None:
+        if self._opened:
+            self._opened = False
+            await self.store.close()
+        self.remove_temporary()
+
+    def remove_temporary(self) -> None:
+        if self._temporary and os.path.isdir(self.data_dir):
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            log.info("Removed temporary directory {path}", path=self.data_dir)
+
+
+class Recovery(Stage):
+    """
+    Jobs left unfinished by the last run: waiting and interrupted ones are
+    queued again, and new ids continue after the highest stored one.
+    """
+
+    def __init__(self, store: IJobStore, ids: IdGenerator, clock: IReactorTime) -> None:
+        self._store = store
+        self._ids = ids
+        self._clock = clock
+
+    async def start(self) -> None:
+        recovery = await self._store.recover(now_ms(self._clock))
         if recovery.requeued or recovery.canceled:
             log.info(
                 "Recovered {requeued} interrupted jobs (delivered again) and "
@@ -246,99 +386,361 @@ class HQService(MultiService):
                 canceled=recovery.canceled,
             )
         self._ids.observe(await self._store.max_id())
-        self._dispatch.startService()
-        if self.config.job_lifetime > 0:
-            self._cleanup = Cleanup(self._store, self._reactor, self.config.job_lifetime).service()
-            self._cleanup.startService()
-        on_sigusr1(self._reopen_logs, self._reactor)
-        self._port.startReading()
-        assert self.address is not None
-        host, port = self.address
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        base = f"http://{shown}:{port}"
+
+
+class WebListener(Stage):
+    """
+    The HTTP port. Bound in privilegedStartService (an address in use stops
+    the start at once) but not accepting connections until :meth:`start`,
+    when everything behind it runs; at shutdown it stops first: requests still
+    arriving on open connections are answered 503 (``site.stopping``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        make_site: Callable[[], AccessLogSite],
+        reactor: IReactorTCP,
+        data_dir: str,
+    ) -> None:
+        self._config = config
+        self._make_site = make_site
+        self._reactor = reactor
+        self._data_dir = data_dir
+        self._site: AccessLogSite | None = None
+        self._port: IListeningPort | None = None
+        self.base = ""
+
+    def privilegedStartService(self) -> None:
+        config = self._config
+        self._site = self._make_site()
+        try:
+            # AccessLogSite's channel class is narrower than ServerFactory's generic says.
+            self._port = self._reactor.listenTCP(
+                config.port,
+                self._site,  # type: ignore[arg-type]
+                interface=config.host,
+            )
+        except CannotListenError as e:
+            reason = e.socketError.strerror or e.socketError
+            raise FatalStartError(f"cannot listen on {config.addr}: {reason}") from None
+        IPushProducer(self._port).pauseProducing()
+        host = self._port.getHost()
+        assert isinstance(host, IPv4Address | IPv6Address)
+        shown = "127.0.0.1" if host.host in ("0.0.0.0", "::") else host.host
+        self.base = f"http://{shown}:{host.port}"
+
+    async def start(self) -> None:
+        assert self._port is not None
+        IPushProducer(self._port).resumeProducing()
         log.info(
             "HQ {version} listening on {base} (data_dir {data_dir}, pid {pid})",
             version=__version__,
-            base=base,
+            base=self.base,
             data_dir=self._data_dir,
             pid=os.getpid(),
         )
-        if self.config.ui:
-            log.info("Web UI at {base}{ui}/", base=base, ui=self.config.ui_path)
-        # Ready only now that the API answers: a Type=notify unit starts its
-        # dependents (and `systemctl start` returns) at this point.
-        self._notify(f"READY=1\nSTATUS=Listening on {base}")
-        # What exists now lives as long as the server: keep the collector from
-        # walking it again and again, and collect young objects less often
-        # (garbage collection was ~60 us of each job's cost; benchmarks/).
-        gc.freeze()
-        gc.set_threshold(10_000, 20, 100)
-        self.ready.callback(None)
+        if self._config.ui:
+            log.info("Web UI at {base}{ui}/", base=self.base, ui=self._config.ui_path)
+
+    async def stop(self) -> None:
+        if self._site is not None:
+            self._site.stopping = True
+        port, self._port = self._port, None
+        stopped = port.stopListening() if port is not None else None
+        if stopped is not None:
+            await stopped
+
+
+class SystemdNotifier(Service):
+    """
+    Tells systemd (``Type=notify``) that HQ is ready, once the API answers, so
+    its dependents start (and ``systemctl start`` returns) then; and that it
+    is stopping, first thing at shutdown.
+    """
+
+    def __init__(self, web: WebListener) -> None:
+        self._web = web
+
+    def startService(self) -> None:
+        super().startService()
+        self._notify(f"READY=1\nSTATUS=Listening on {self._web.base}")
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._notify("STOPPING=1")
 
     def _notify(self, state: str) -> None:
-        from hq.systemd import notify_address, sd_notify
-
         if not sd_notify(state) and notify_address(os.environ) is not None:
             log.warn(
                 "Could not notify systemd at NOTIFY_SOCKET {socket}",
                 socket=os.environ.get("NOTIFY_SOCKET"),
             )
 
+
+class StartFailure(Service):
+    """
+    What twistd runs when the config cannot be used: it says why and exits 1.
+    """
+
+    def __init__(self, message: str, console: Console) -> None:
+        self._message = message
+        self._console = console
+
+    def privilegedStartService(self) -> None:
+        self._console.starting()
+        cannot_start(self._console, self._message)
+        raise SystemExit(1)
+
+
+def delivery_engine(config: Config, store: IJobStore, reactor: IServerReactor) -> Delivery:
+    """
+    Return the delivery engine: the service that feeds stored jobs to workers.
+    """
+    from hq.worker import WorkerClient, make_http_client
+
+    worker = WorkerClient(
+        make_http_client(reactor, max_output_bytes=config.max_output_bytes),
+        reactor,
+        f"HQ/{__version__}",
+        config.max_output_bytes,
+    )
+    return Delivery(
+        store=store,
+        worker=worker,
+        clock=reactor,
+        dispatchers=config.dispatchers,
+        workers_per_dispatcher=config.workers_per_dispatcher,
+        queue_size=config.queues,
+        shutdown_timeout=config.shutdown_timeout,
+        rules=RetryRules(config.retry_min_backoff, config.retry_max_backoff),
+    )
+
+
+def server_metrics(
+    config: Config, store: IJobStore, delivery: Delivery, reactor: IServerReactor
+) -> ServerMetrics:
+    """
+    Return the Prometheus metrics of the server, told of every finished job.
+    """
+    from prometheus_client import disable_created_metrics
+
+    # The per-metric ``*_created`` series are clutter in the text format.
+    disable_created_metrics()
+    metrics = ServerMetrics(
+        store,
+        delivery,
+        reactor,
+        max_workers=config.dispatchers * config.workers_per_dispatcher,
+        queue_size=config.queues,
+        version=__version__,
+        commit_hash=commit_hash(),
+    )
+    delivery.add_observer(metrics.job_finished)
+    return metrics
+
+
+def web_resource(
+    config: Config,
+    store: SQLiteStore,
+    delivery: Delivery,
+    ids: IdGenerator,
+    metrics: ServerMetrics | None,
+    reactor: IServerReactor,
+) -> IResource:
+    """
+    Return the resource served: the API, with the web UI under ``ui_basename``.
+    """
+    from hq.api import HQApi
+    from hq.health import HealthCheck
+    from hq.ui import mount, ui_resource
+
+    commit = commit_hash()
+    health = HealthCheck(store.probe_write, lambda: bool(delivery.running), reactor)
+    api = HQApi(
+        store=store,
+        dispatch=delivery,
+        ids=ids,
+        clock=reactor,
+        config=config,
+        version=__version__,
+        commit_hash=commit,
+        metrics=metrics,
+        health=health,
+    )
+    ui = ui_resource(config.ui_path, __version__, commit) if config.ui else None
+    return mount(api.resource(), ui, config.ui_path)
+
+
+def web_site(config: Config, resource: IResource, access_log: ReopenableFile) -> AccessLogSite:
+    """
+    Return the Site serving ``resource``, with the limits and the access log.
+    """
+    # The API parses form bodies itself: Twisted's own parse of every POST's
+    # Content-Type (through the email package) was a tenth of a push's cost.
+    return AccessLogSite(
+        resource,
+        access_log,
+        timeout=60,
+        request_timeout=config.request_timeout,
+        max_body_bytes=config.max_body_bytes,
+        trusted_proxies=config.trusted_proxies,
+        log_format=config.log_format,
+        parsePOSTFormSubmission=False,
+    )
+
+
+class HQService(MultiService):
+    """
+    The whole server: its children (see the module) start in order, each
+    waiting for the one before, and stop in the reverse order, likewise.
+    ``ready`` fires when the API accepts requests.
+    """
+
+    def __init__(
+        self, config: Config, reactor: IServerReactor, console: Console | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        self._console = console or Console.of_serve()
+        self.exit_code = 0
+        self.ready: Deferred[None] = Deferred()
+        self._starting: Deferred[None] | None = None
+        self._failed = False
+        self._metrics: ServerMetrics | None = None
+        self._signals = ExitOnSecondSignal(reactor)
+        self._logs = LogService(config, self._console, reactor)
+        data_dir = config.data_dir or tempfile.mkdtemp(prefix="hq_data_")
+        store = SQLiteStore(data_dir, reactor, on_commit=self._commit_observed)
+        self._store = StoreService(store, data_dir, temporary=not config.data_dir)
+        self._add_children(store)
+
+    def _add_children(self, store: SQLiteStore) -> None:
+        config, reactor = self.config, self._reactor
+        ids = IdGenerator(config.server_id, reactor)
+        delivery = delivery_engine(config, store, reactor)
+        if config.metrics:
+            self._metrics = server_metrics(config, store, delivery, reactor)
+        resource = web_resource(config, store, delivery, ids, self._metrics, reactor)
+        web = WebListener(
+            config,
+            lambda: web_site(config, resource, self._logs.access_log),
+            reactor,
+            self._store.data_dir,
+        )
+        children: list[IService] = [self._signals, self._logs, self._store]
+        children += [Recovery(store, ids, reactor), delivery]
+        if config.job_lifetime > 0:
+            from hq.cleanup import Cleanup
+
+            children.append(Cleanup(store, reactor, config.job_lifetime).service())
+        children += [web, SystemdNotifier(web)]
+        for child in children:
+            child.setServiceParent(self)
+
     def _commit_observed(self, seconds: float, writes: int, committed: bool) -> None:
         # On the store's writer thread.
-        metrics = self._metrics
-        if metrics is not None:
-            metrics.commit_observed(seconds, writes, committed)
+        if self._metrics is not None:
+            self._metrics.commit_observed(seconds, writes, committed)
 
-    def _reopen_logs(self) -> None:
-        for f in self._logs:
-            f.reopen()
-        log.info("Reopened the log files")
+    # Start-up.
 
-    def _fatal(self, reason: Any) -> None:
-        message = str(reason.value) if reason.check(Exception) else reason.getErrorMessage()
-        log.critical("HQ cannot start: {message}", message=message)
-        sys.stderr.write(f"error: {message}\n")
+    def privilegedStartService(self) -> None:
+        """
+        Do what can fail at once, before the reactor runs, in the children's
+        order: the logs, the data_dir lock, the port. On failure say why and
+        exit with status 1.
+        """
+        self._console.starting()
+        try:
+            super().privilegedStartService()
+        except FatalStartError as e:
+            cannot_start(self._console, str(e))
+            self._store.remove_temporary()
+            self._logs.flush()
+            raise SystemExit(1) from None
+
+    def startService(self) -> None:
+        """
+        Start the children in order (each :class:`Stage` awaited); on failure
+        say why, stop what started and exit with status 1.
+        """
+        Service.startService(self)
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._fatal)
+
+    async def _start(self) -> None:
+        for child in self:
+            if self._signals.stopping:
+                return
+            child.startService()
+            if isinstance(child, Stage):
+                await child.start()
+        # What exists now lives as long as the server: keep the collector from
+        # walking it again and again, and collect young objects less often
+        # (garbage collection was ~60 us of each job's cost; benchmarks/).
+        gc.freeze()
+        gc.set_threshold(10_000, 20, 100)
+        self._console.started()
+        self.ready.callback(None)
+
+    def _fatal(self, reason: Failure) -> None:
+        self._failed = True
         self.exit_code = 1
-        self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        if reason.check(FatalStartError, StoreError, OSError):
+            cannot_start(self._console, reason.getErrorMessage())
+        else:
+            log.failure("HQ cannot start", reason)
+            self._console.failed(reason.getErrorMessage())
+        if self._console.under_twistd:
+            # twistd has no way to exit with an error once its reactor runs.
+            self._reactor.addSystemEventTrigger("after", "shutdown", self._exit_failed)
         if self._reactor.running:
             self._reactor.stop()
+
+    def _exit_failed(self) -> None:
+        self._logs.flush()
+        os._exit(1)
 
     # Shutdown.
 
     def stopService(self) -> Deferred[None]:
+        """
+        Stop the children in the reverse order, each awaited; return a Deferred
+        that fires when the last (the store) has closed.
+        """
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        self._stopping = True
-        self._notify("STOPPING=1")
-        super().stopService()
-        log.info(
-            "Shutting down: no new requests; waiting up to {timeout} s for running jobs",
-            timeout=self.config.shutdown_timeout,
-        )
-        if self._site is not None:
-            self._site.stopping = True
-        if self._port is not None:
-            await self._port.stopListening()
-        if self._cleanup is not None and self._cleanup.running:
-            await self._cleanup.stopService()
-        if self._dispatch is not None and self._dispatch.running:
-            await self._dispatch.stopService()
-        if self._store is not None:
-            await self._store.close()
-        if self._temporary:
-            shutil.rmtree(self._data_dir, ignore_errors=True)
-            log.info("Removed temporary directory {path}", path=self._data_dir)
-        log.info("HQ stopped")
-        for f in self._logs:
-            f.flush()
+        self._signals.stopping = True
+        if self._starting is not None:
+            # Its errback has handled a failure: this fires with None.
+            await self._starting
+        if self.ready.called:
+            log.info(
+                "Shutting down: no new requests; waiting up to {timeout} s for running jobs",
+                timeout=self.config.shutdown_timeout,
+            )
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            if child.running or isinstance(child, Stage):
+                stopped = child.stopService()
+                if stopped is not None:
+                    await stopped
+        if not self._failed:
+            log.info("HQ stopped")
+        self._logs.flush()
 
 
-def makeService(options: Options) -> HQService:
+def makeService(options: Options) -> Service:
     """
     Build the HQ service from parsed options (the twistd plugin entry point).
     """
     from twisted.internet import reactor
 
-    return HQService(options["config"], reactor)
+    twistd = getattr(options, "parent", None)
+    console = Console.of_twistd(twistd) if twistd is not None else Console.of_serve()
+    if options["config"] is None:
+        return StartFailure(options["config_error"], console)
+    return HQService(options["config"], cast(IServerReactor, reactor), console)

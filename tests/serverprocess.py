@@ -40,6 +40,10 @@ TWISTD = [
     "-c",
 ]
 
+#: The venv's real ``twistd`` script (beside this Python), as users run it;
+#: followed by twistd's options, then ``hq -c FILE``.
+TWISTD_SCRIPT = os.path.join(os.path.dirname(sys.executable), "twistd")
+
 _LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
 
 
@@ -73,7 +77,14 @@ class ServerProcess:
     One HQ server process with its own config file, data_dir and log file.
     """
 
-    def __init__(self, directory: str, command: list[str] | None = None, **config: Any) -> None:
+    def __init__(
+        self,
+        directory: str,
+        command: list[str] | None = None,
+        cwd: str = ROOT,
+        **config: Any,
+    ) -> None:
+        self.cwd = cwd
         self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         self.log_path = os.path.join(self.directory, "hq.log")
@@ -103,7 +114,7 @@ class ServerProcess:
             os.rename(self.log_path, self.log_path + f".{time.monotonic_ns()}")
         self.process = subprocess.Popen(
             self.command,
-            cwd=ROOT,
+            cwd=self.cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -183,6 +194,66 @@ class ServerProcess:
         status, page = self.request("GET", "/job?limit=-1")
         assert status == 200, page
         return list(page["jobs"])
+
+
+class ConsoleServer(ServerProcess):
+    """
+    A server whose console (stdout and stderr) is read as it comes, by a
+    thread; its address is found in ``watch`` (a log file) or else in the
+    console. For servers that log to the console, and daemons.
+    """
+
+    def __init__(self, directory: str, watch: str | None = None, **kwargs: Any) -> None:
+        super().__init__(directory, **kwargs)
+        self.watch = watch
+        self.output: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    def start(self, wait: bool = True) -> ConsoleServer:
+        self.process = subprocess.Popen(
+            self.command, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        stdout = self.process.stdout
+        assert stdout is not None
+
+        def read() -> None:
+            for line in iter(stdout.readline, b""):
+                self.output.append(line.decode("utf-8", "replace"))
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        if wait:
+            host, port = wait_for(self._address, 20, "the server to listen")
+            self.base = f"http://{host}:{port}"
+        return self
+
+    def console(self) -> str:
+        return "".join(self.output)
+
+    def watched(self) -> str:
+        if self.watch is None:
+            return self.console()
+        try:
+            with open(self.watch) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def _address(self) -> tuple[str, str] | None:
+        assert self.process is not None
+        match = _LISTENING.search(self.watched())
+        if match:
+            return (match.group(1), match.group(2))
+        if self.process.poll() is not None and (self.watch is None or self.process.returncode):
+            time.sleep(0.2)
+            raise AssertionError(f"exited with {self.process.returncode}: {self.console()}")
+        return None
+
+    def wait_exit(self, timeout: float = 20) -> tuple[int, str]:
+        assert self.process is not None and self._reader is not None
+        code = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return code, self.console()
 
 
 class _QuietHTTPServer(ThreadingHTTPServer):

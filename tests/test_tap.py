@@ -1,0 +1,242 @@
+"""
+Tests for hq.tap: HQService's children, their start order and their stop order.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+
+from twisted.application.internet import TimerService
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from hq.config import Config
+from hq.dispatch import Dispatch
+from hq.tap import (
+    Console,
+    ExitOnSecondSignal,
+    FatalStartError,
+    HQService,
+    LogService,
+    Options,
+    Recovery,
+    Stage,
+    StartFailure,
+    StoreService,
+    SystemdNotifier,
+    WebListener,
+    makeService,
+)
+
+
+class RecordingStage(Stage):
+    """
+    A stage that records its start and stop, and waits for ``gate`` to start.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        events: list[str],
+        gate: Deferred[None] | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        self.name = name
+        self._events = events
+        self._gate = gate
+        self._error = error
+        self.stop_gate: Deferred[None] = succeed(None)
+
+    async def start(self) -> None:
+        self._events.append(f"start {self.name}")
+        if self._gate is not None:
+            await self._gate
+        if self._error is not None:
+            raise self._error
+        self._events.append(f"started {self.name}")
+
+    async def stop(self) -> None:
+        self._events.append(f"stop {self.name}")
+        await self.stop_gate
+        self._events.append(f"stopped {self.name}")
+
+
+class RecordingService(Service):
+    """
+    A plain service whose stop returns ``stop_gate``.
+    """
+
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name = name
+        self._events = events
+        self.stop_gate: Deferred[None] = succeed(None)
+
+    def startService(self) -> None:
+        super().startService()
+        self._events.append(f"start {self.name}")
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._events.append(f"stop {self.name}")
+        return self.stop_gate
+
+
+class HQServiceTests(SynchronousTestCase):
+    """
+    HQService starts its children in order and stops them in reverse, each awaited.
+    """
+
+    def setUp(self) -> None:
+        # Readiness tunes the collector for the server's process, not the tests'.
+        self.patch(gc, "freeze", lambda: None)
+        self.patch(gc, "set_threshold", lambda *args: None)
+        self.reactor = MemoryReactorClock()
+        self.err = io.StringIO()
+        self.events: list[str] = []
+
+    def service(self, *children: Service, **config: object) -> HQService:
+        """
+        Return an HQService over ``children`` (its own removed), or with its own.
+        """
+        values: dict[str, object] = {"data_dir": self.mktemp(), "metrics": False}
+        values.update(config)
+        console = Console(io.StringIO(), self.err)
+        hq = HQService(Config(**values), self.reactor, console)  # type: ignore[arg-type]
+        if children:
+            for child in list(hq):
+                child.disownServiceParent()
+            for child in children:
+                child.setServiceParent(hq)
+        return hq
+
+    def test_children_in_documented_order(self) -> None:
+        """The store, recovery, delivery, clean-up and HTTP children come in that order."""
+        kinds = [type(child) for child in self.service()]
+        self.assertEqual(
+            kinds,
+            [
+                ExitOnSecondSignal,
+                LogService,
+                StoreService,
+                Recovery,
+                Dispatch,
+                TimerService,
+                WebListener,
+                SystemdNotifier,
+            ],
+        )
+
+    def test_no_cleanup_timer_when_jobs_are_kept_forever(self) -> None:
+        """With job_lifetime 0 there is no clean-up child."""
+        kinds = [type(child) for child in self.service(job_lifetime=0)]
+        self.assertNotIn(TimerService, kinds)
+
+    def test_each_stage_is_awaited_before_the_next_starts(self) -> None:
+        """The next child starts only once a stage's start has finished; then ready fires."""
+        gate: Deferred[None] = Deferred()
+        hq = self.service(
+            RecordingStage("store", self.events, gate), RecordingService("web", self.events)
+        )
+        hq.startService()
+        self.assertEqual(self.events, ["start store"])
+        self.assertNoResult(hq.ready)
+        gate.callback(None)
+        self.assertEqual(self.events, ["start store", "started store", "start web"])
+        self.successResultOf(hq.ready)
+
+    def test_stop_is_in_reverse_order_each_awaited(self) -> None:
+        """Stop waits for each child's stop before stopping the one started before it."""
+        store = RecordingStage("store", self.events)
+        web = RecordingService("web", self.events)
+        web.stop_gate = Deferred()
+        hq = self.service(store, web)
+        hq.startService()
+        del self.events[:]
+        with capturedLogs() as events:
+            stopped = hq.stopService()
+            self.assertEqual(self.events, ["stop web"])
+            self.assertNoResult(stopped)
+            web.stop_gate.callback(None)
+            self.successResultOf(stopped)
+        self.assertEqual(self.events, ["stop web", "stop store", "stopped store"])
+        formats = [e["log_format"] for e in events]
+        self.assertEqual(formats[0][:14], "Shutting down:")
+        self.assertEqual(formats[-1], "HQ stopped")
+
+    def test_failed_start_stops_what_started_without_shutting_down(self) -> None:
+        """
+        A stage that fails: "HQ cannot start" logged and on stderr, exit status
+        1, the started children stopped in reverse, no "Shutting down".
+        """
+        later = RecordingService("later", self.events)
+        hq = self.service(
+            RecordingStage("store", self.events),
+            RecordingStage("schema", self.events, error=FatalStartError("too new")),
+            later,
+        )
+        with capturedLogs() as events:
+            hq.startService()
+            self.successResultOf(hq.stopService())
+        self.assertEqual(hq.exit_code, 1)
+        self.assertEqual(self.err.getvalue(), "error: too new\n")
+        self.assertNoResult(hq.ready)
+        self.assertFalse(later.running)
+        self.assertEqual(
+            self.events,
+            [
+                "start store",
+                "started store",
+                "start schema",
+                "stop schema",
+                "stopped schema",
+                "stop store",
+                "stopped store",
+            ],
+        )
+        self.assertEqual(
+            [(e["log_format"], e.get("error")) for e in events],
+            [("HQ cannot start: {error}", "too new")],
+        )
+
+    def test_privileged_start_failure_exits_1(self) -> None:
+        """A port in use (or any FatalStartError) before the reactor runs: stderr, exit 1."""
+
+        class Refusing(Service):
+            def privilegedStartService(self) -> None:
+                raise FatalStartError("cannot listen on 127.0.0.1:1: Address already in use")
+
+        hq = self.service(Refusing())
+        with capturedLogs() as events:
+            with self.assertRaises(SystemExit) as raised:
+                hq.privilegedStartService()
+        self.assertEqual(raised.exception.code, 1)
+        self.assertEqual(
+            self.err.getvalue(), "error: cannot listen on 127.0.0.1:1: Address already in use\n"
+        )
+        self.assertEqual([e["log_format"] for e in events], ["HQ cannot start: {error}"])
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    The twistd plugin's entry point.
+    """
+
+    def test_unusable_config_is_reported_at_start_not_as_usage(self) -> None:
+        """A bad config file gives a service that says why and exits 1, not a usage error."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("dispatcherz = 3\n")
+        options = Options()
+        options.parseOptions(["-c", path])
+        service = makeService(options)
+        self.assertIsInstance(service, StartFailure)
+        err = io.StringIO()
+        service._console = Console(io.StringIO(), err)  # type: ignore[attr-defined]
+        with capturedLogs():
+            with self.assertRaises(SystemExit):
+                service.privilegedStartService()
+        self.assertEqual(err.getvalue(), "error: unknown configuration key 'dispatcherz'\n")
