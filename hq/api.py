@@ -37,7 +37,7 @@ from hq.binding import APIError, bind_list, bind_push, bind_restart, parse_job_i
 from hq.config import Config
 from hq.health import HealthCheck
 from hq.history import BUCKET_MS, HistoryBucket
-from hq.ids import IdGenerator, first_id_at
+from hq.ids import IdGenerator, first_id_at, now_ms
 from hq.metrics import ServerMetrics
 from hq.model import Job, format_time, job_json
 from hq.site import error_body, json_body
@@ -176,7 +176,7 @@ class HQApi:
         return _APIResource(self.app)
 
     def _now_ms(self) -> int:
-        return int(self._clock.seconds() * 1000)
+        return now_ms(self._clock)
 
     def _run_to_end(self, coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
         """

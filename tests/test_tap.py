@@ -15,7 +15,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from hq.config import Config
-from hq.dispatch import Dispatch
+from hq.delivery import Delivery
 from hq.tap import (
     Console,
     ExitOnSecondSignal,
@@ -123,7 +123,7 @@ class HQServiceTests(SynchronousTestCase):
                 LogService,
                 StoreService,
                 Recovery,
-                Dispatch,
+                Delivery,
                 TimerService,
                 WebListener,
                 SystemdNotifier,
