@@ -329,6 +329,9 @@ class Job:
         )
 
 
+#: The ``err`` of an attempt that the server's stop or crash cut short.
+INTERRUPTED = "interrupted: HQ stopped during the attempt (it is delivered again)"
+
 #: Bytes of a worker's answer kept in each attempt of the history.
 ATTEMPT_OUTPUT_BYTES = 4096
 
@@ -362,6 +365,21 @@ class Attempt:
             status_code=outcome.status_code,
             err=outcome.err,
             output=output.decode("utf-8", "ignore"),
+        )
+
+    @classmethod
+    def interrupted(cls, job: Job, now: int) -> Attempt:
+        """
+        Return the attempt ``job`` was making when the server stopped without
+        recording it (a crash, a shutdown that aborted it): it counts, and the
+        job is delivered again.
+        """
+        return cls(
+            job_id=job.id,
+            attempt=job.attempts,
+            started_at=job.started_at,
+            finished_at=now,
+            err=INTERRUPTED,
         )
 
     def to_json(self) -> str:

@@ -19,6 +19,7 @@ from twisted.web.server import Site
 from hq.delivery import FINISH_ATTEMPTS, INTERNAL_ERROR, STORE_RETRY_SECONDS, Delivery
 from hq.history import BUCKET_MS, BUCKETS, HistoryBucket
 from hq.model import Job, JobState
+from hq.policy import RetryRules
 from hq.store import StoreUnavailable
 from hq.store.memory import MemoryStore
 from hq.testing import FailingHTTP, FakeWorker, Reply, WorkerStub
@@ -67,6 +68,8 @@ class DispatchTestCase(SynchronousTestCase):
         max_output_bytes: int = 1024,
         shutdown_timeout: float = 10,
         worker: WorkerClient | None = None,
+        rules: RetryRules | None = None,
+        jitter: float = 1.0,
     ) -> Delivery:
         """
         Build and start a Delivery; finished jobs go to ``self.finished``.
@@ -85,6 +88,8 @@ class DispatchTestCase(SynchronousTestCase):
             workers_per_dispatcher=workers,
             queue_size=queue_size,
             shutdown_timeout=shutdown_timeout,
+            rules=rules,
+            jitter=lambda: jitter,
         )
         dispatch.add_observer(self.finished.append)
         dispatch.startService()
@@ -1007,3 +1012,180 @@ class LoopbackTests(TestCase):
         self.assertEqual(
             (job.status, job.err, job.status_code), ("failure", "connection refused", None)
         )
+
+
+class RetryTests(DispatchTestCase):
+    """
+    Failed attempts are tried again after the backoff, at their due time (SPEC §11).
+    """
+
+    def test_a_failure_is_retried_after_the_backoff_until_success(self) -> None:
+        """500, 500, then 200: three attempts, 1 s then 2 s apart (full jitter)."""
+        dispatch = self.start()
+        self.worker.reply = Reply(code=500)
+        job = self.push(dispatch, retries=2)
+        self.assertEqual(len(self.worker.requests), 1)
+        stored = self.get(job.id)
+        self.assertEqual((stored.status_at(self.now()), stored.status_code), ("scheduled", 500))
+        self.clock.advance(0.999)
+        self.assertEqual(len(self.worker.requests), 1)
+        self.clock.advance(0.001)
+        self.assertEqual(len(self.worker.requests), 2)
+        self.worker.reply = Reply(code=200)
+        self.clock.advance(2)
+        self.assertEqual(len(self.worker.requests), 3)
+        done = self.get(job.id)
+        self.assertEqual((done.status, done.attempts), ("success", 3))
+        self.assertEqual(self.delivered_ids(), [job.id] * 3)
+        history = self.successResultOf(self.store.attempts(job.id))
+        self.assertEqual([a.status_code for a in history], [500, 500, 200])
+        self.assertEqual([j.id for j in self.finished], [job.id])
+
+    def test_the_last_failure_ends_the_job(self) -> None:
+        """After retries + 1 attempts the job is a failure."""
+        dispatch = self.start(rules=RetryRules(min_backoff=1, max_backoff=1))
+        self.worker.reply = Reply(code=500)
+        job = self.push(dispatch, retries=1)
+        self.clock.advance(1)
+        self.clock.advance(60)
+        done = self.get(job.id)
+        self.assertEqual((done.status, done.attempts, len(self.worker.requests)), ("failure", 2, 2))
+
+    def test_no_retries_is_one_attempt_as_in_go(self) -> None:
+        """retries 0: a failure is final at once."""
+        dispatch = self.start()
+        self.worker.reply = Reply(code=500)
+        job = self.push(dispatch)
+        self.assertEqual(self.get(job.id).status, "failure")
+
+    def test_retry_after_seconds_on_503_waits_at_least_that(self) -> None:
+        """A 503 with Retry-After: 5 waits 5 s, not the 0.5 s backoff."""
+        dispatch = self.start(jitter=0.0)
+        self.worker.reply = Reply(code=503, headers={"Retry-After": "5"})
+        self.push(dispatch, retries=1)
+        self.clock.advance(4.9)
+        self.assertEqual(len(self.worker.requests), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.worker.requests), 2)
+
+    def test_garbage_retry_after_is_ignored(self) -> None:
+        """A Retry-After that is neither seconds nor a date changes nothing."""
+        dispatch = self.start(jitter=0.0)
+        self.worker.reply = Reply(code=429, headers={"Retry-After": "soon, promise"})
+        self.push(dispatch, retries=1)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.worker.requests), 2)
+
+    def test_retry_after_is_capped_at_the_max_backoff(self) -> None:
+        """A Retry-After of a day waits at most retry_max_backoff."""
+        dispatch = self.start(rules=RetryRules(min_backoff=1, max_backoff=30))
+        self.worker.reply = Reply(code=429, headers={"Retry-After": "86400"})
+        self.push(dispatch, retries=1)
+        self.clock.advance(30)
+        self.assertEqual(len(self.worker.requests), 2)
+
+    def test_a_connection_error_is_retried(self) -> None:
+        """A transport error is a failure like any other, and retried."""
+        dispatch = self.start(http=FailingHTTP(ConnectionRefusedError()))
+        job = self.push(dispatch, retries=1)
+        self.assertEqual(self.get(job.id).attempts, 1)
+        self.clock.advance(1)
+        done = self.get(job.id)
+        self.assertEqual(
+            (done.status, done.attempts, done.err), ("failure", 2, "connection refused")
+        )
+
+    def test_a_stopped_attempt_is_not_retried(self) -> None:
+        """A stop aborts the attempt and ends the job canceled, retries left or not."""
+        dispatch = self.start()
+        self.worker.reply = Reply(hang=True)
+        job = self.push(dispatch, retries=5)
+        self.stop_job(dispatch, job.id)
+        self.stub.flush()
+        self.clock.advance(3600)
+        self.assertEqual((self.get(job.id).status, len(self.worker.requests)), ("canceled", 1))
+
+    def test_stop_while_a_retry_is_pending_cancels_at_once(self) -> None:
+        """A scheduled job is canceled by a stop without another request."""
+        dispatch = self.start()
+        self.worker.reply = Reply(code=500)
+        job = self.push(dispatch, retries=3)
+        self.stop_job(dispatch, job.id)
+        self.assertEqual(self.get(job.id).status, "canceled")
+        self.clock.advance(3600)
+        self.assertEqual(len(self.worker.requests), 1)
+        self.assertEqual([j.status for j in self.finished], ["canceled"])
+
+    def test_attempt_observers_hear_each_attempt(self) -> None:
+        """Every recorded attempt is told with its retry time, None for the last."""
+        dispatch = self.start()
+        seen: list[tuple[int, int | None]] = []
+        dispatch.add_attempt_observer(lambda a, at: seen.append((a.attempt, at)))
+        self.worker.reply = Reply(code=500)
+        self.push(dispatch, retries=1)
+        self.clock.advance(1)
+        start = int(T0 * 1000)
+        self.assertEqual(seen, [(1, start + 1000), (2, None)])
+
+    def now(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+
+class DueTimeTests(DispatchTestCase):
+    """
+    Jobs due later wait in the store and start at their due time.
+    """
+
+    def test_a_delayed_job_starts_at_its_due_time_not_before(self) -> None:
+        """run_at 10 s ahead: nothing is sent before, it is sent at 10 s."""
+        dispatch = self.start()
+        due = int(T0 * 1000) + 10_000
+        job = self.push(dispatch, run_at=due)
+        self.clock.advance(9.999)
+        self.assertEqual(self.worker.requests, [])
+        self.clock.advance(0.001)
+        self.assertEqual(self.delivered_ids(), [job.id])
+
+    def test_waiting_for_a_due_time_sets_one_timer_no_polling(self) -> None:
+        """With one job due in an hour, the engine keeps one timer, at that hour."""
+        dispatch = self.start()
+        self.push(dispatch, run_at=int(T0 * 1000) + 3_600_000)
+        calls = self.clock.getDelayedCalls()
+        self.assertEqual([round(c.getTime() - self.clock.seconds()) for c in calls], [3600])
+
+    def test_a_stored_delayed_job_is_found_at_start(self) -> None:
+        """A job due later that is only in the store (a restart) starts at its time."""
+        job = self.make_job(run_at=int(T0 * 1000) + 5_000)
+        self.start()
+        self.clock.advance(4.9)
+        self.assertEqual(self.worker.requests, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.delivered_ids(), [job.id])
+
+    def test_due_jobs_start_in_due_time_order(self) -> None:
+        """Two delayed jobs start in order of due time, not of id."""
+        dispatch = self.start()
+        start = int(T0 * 1000)
+        late = self.push(dispatch, run_at=start + 2_000)
+        early = self.push(dispatch, run_at=start + 1_000)
+        self.clock.advance(5)
+        self.assertEqual(self.delivered_ids(), [early.id, late.id])
+
+    def test_an_earlier_offer_moves_the_timer_forward(self) -> None:
+        """A job due sooner than the one waited for is not held up by it."""
+        dispatch = self.start()
+        start = int(T0 * 1000)
+        self.push(dispatch, run_at=start + 60_000)
+        soon = self.push(dispatch, run_at=start + 1_000)
+        self.clock.advance(1)
+        self.assertEqual(self.delivered_ids(), [soon.id])
+
+    def test_a_due_job_behind_newer_pushes_is_not_skipped(self) -> None:
+        """A job that comes due after newer jobs were handed out is still found."""
+        dispatch = self.start()
+        start = int(T0 * 1000)
+        delayed = self.push(dispatch, run_at=start + 1_000)
+        self.clock.advance(0.5)
+        fresh = self.push(dispatch)
+        self.clock.advance(0.6)
+        self.assertEqual(self.delivered_ids(), [fresh.id, delayed.id])

@@ -6,10 +6,22 @@ from __future__ import annotations
 
 import json
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from hq.ids import first_id_at
-from hq.model import Job, JobPage, JobState, ListQuery, Outcome, check_regexp, format_time, job_dict
+from hq.model import (
+    ATTEMPT_OUTPUT_BYTES,
+    Attempt,
+    Job,
+    JobPage,
+    JobState,
+    ListQuery,
+    Outcome,
+    check_regexp,
+    format_time,
+    job_dict,
+)
 from tests.test_api import JOB_KEYS
 
 T = 1_572_334_346_054  # 2019-10-29T07:32:26.054Z
@@ -126,3 +138,57 @@ class ListQueryTests(SynchronousTestCase):
         self.assertFalse(
             ListQuery(name="(a+)+$").matches(Job(id=1, url="u", name="a" * 5000 + "b"))
         )
+
+
+class DueTimeTests(SynchronousTestCase):
+    """
+    Due times, ``scheduled``, idempotent comparisons and the attempt record (SPEC §11).
+    """
+
+    def test_a_job_due_later_is_scheduled_until_then(self) -> None:
+        """status_at is scheduled before run_at, waiting from then on; runAt shows till due."""
+        job = Job(id=first_id_at(T), url="u", run_at=T + 5000)
+        self.assertEqual(
+            (job.status_at(T + 4999), job.status_at(T + 5000)), ("scheduled", "waiting")
+        )
+        self.assertEqual(job_dict(job, T)["runAt"], "2019-10-29T07:32:31.054Z")
+        self.assertIsNone(job_dict(job, T + 5000)["runAt"])
+        self.assertEqual(job.due_at, T + 5000)
+        self.assertEqual(Job(id=first_id_at(T), url="u").due_at, T)
+
+    def test_a_stopped_or_running_job_is_never_scheduled(self) -> None:
+        """Only a waiting job that is not being stopped can be scheduled."""
+        job = Job(id=first_id_at(T), url="u", run_at=T + 5000)
+        running = attrs.evolve(job, state=JobState.RUNNING)
+        self.assertEqual(running.status_at(T), "running")
+        self.assertEqual(job.stopped(T).status_at(T), "canceled")
+
+    def test_same_request_compares_payloads_as_json_values(self) -> None:
+        """Key order and spacing do not matter; url, name and payload do."""
+        a = Job(id=1, url="u", payload='{"a":1,"b":[1,2]}')
+        self.assertTrue(a.same_request(attrs.evolve(a, id=2, payload='{"b":[1,2],"a":1}')))
+        self.assertFalse(a.same_request(attrs.evolve(a, payload='{"a":2,"b":[1,2]}')))
+        self.assertFalse(a.same_request(attrs.evolve(a, url="v")))
+        self.assertFalse(a.same_request(attrs.evolve(a, name="other")))
+        self.assertFalse(a.same_request(attrs.evolve(a, payload=None)))
+        self.assertTrue(a.same_request(attrs.evolve(a, comment="may differ", timeout=9)))
+
+    def test_attempt_output_is_cut_at_4_kib_on_a_character_boundary(self) -> None:
+        """The history keeps 4 KiB of output, never half a character."""
+        job = Job(id=1, url="u", attempts=2, started_at=T)
+        outcome = Outcome(finished_at=T + 1, failure=True, output="é" * 3000)
+        attempt = Attempt.of(job, outcome)
+        self.assertEqual((attempt.attempt, attempt.started_at), (2, T))
+        self.assertEqual(len(attempt.output.encode("utf-8")), ATTEMPT_OUTPUT_BYTES)
+        self.assertEqual(set(attempt.output), {"é"})
+
+    def test_a_retried_job_shows_the_last_attempt_and_waits(self) -> None:
+        """retried() keeps the failure's code, err and output, waiting at its due time."""
+        running = Job(id=1, url="u", state=JobState.RUNNING, attempts=1, started_at=T)
+        last = Outcome(finished_at=T + 1, failure=True, status_code=503, err="e", output="o")
+        retried = running.retried(T + 900, last)
+        self.assertEqual(
+            (retried.status, retried.run_at, retried.status_code, retried.err, retried.output),
+            ("waiting", T + 900, 503, "e", "o"),
+        )
+        self.assertFalse(retried.failure)

@@ -17,8 +17,17 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from hq.ids import first_id_at
-from hq.model import Job, JobState, ListQuery, Outcome
-from hq.store import IJobStore, JobConflict, JobExists, JobNotFound, StoreError, StoreUnavailable
+from hq.model import INTERRUPTED, Attempt, Job, JobState, ListQuery, Outcome
+from hq.store import (
+    IdempotencyConflict,
+    IJobStore,
+    JobConflict,
+    JobExists,
+    JobNotFound,
+    Pushed,
+    StoreError,
+    StoreUnavailable,
+)
 from hq.store.memory import MemoryStore
 from hq.store.sqlite import SCHEMA_VERSION, SQLiteStore, glob_prefilter
 
@@ -290,6 +299,207 @@ class StoreContractMixin:
         self.assertEqual(await names(term="running"), ["Abc"])
         self.assertEqual(await names(term=str(jobs[2].id)[-6:]), ["ac"])
         self.assertEqual(await names(term="bc", reverse=True, limit=1), ["Abc"])
+
+    # Retries, due times, the attempt history, idempotent pushes (SPEC §11, §15).
+
+    async def failed_attempt(self, job: Job, at: int, code: int = 500) -> Job | None:
+        """
+        Start ``job`` at ``T0`` and record a failed attempt that retries at ``at``.
+        """
+        started = await self.store.start(job.id, T0)
+        assert started is not None
+        last = Outcome(finished_at=T0 + 10, failure=True, status_code=code, err="boom", output="o")
+        return await self.store.retry(job.id, at, last, Attempt.of(started, last))
+
+    async def test_push_stores_every_job_in_one_call(self) -> None:
+        """A push stores every job and answers them in order, none replayed."""
+        jobs = [make_job(n) for n in range(3)]
+        pushed = await self.store.push(jobs, keys_since=0)
+        self.assertEqual(pushed, [Pushed(job) for job in jobs])
+        for job in jobs:
+            self.assertEqual(await self.store.get(job.id), job)
+
+    async def test_push_is_all_or_nothing(self) -> None:
+        """A push whose second job cannot be stored stores none."""
+        old = make_job(1)
+        await self.add(old)
+        new = make_job(2)
+        with self.assertRaises(JobExists):
+            await self.store.push([new, old], keys_since=0)
+        with self.assertRaises(JobNotFound):
+            await self.store.get(new.id)
+
+    async def test_push_with_a_known_key_replays_the_stored_job(self) -> None:
+        """The same key, url, name and payload (as JSON values) answers the stored job."""
+        first = make_job(1, payload='{"a":1,"b":2}', idempotency_key="k")
+        await self.store.push([first], keys_since=0)
+        again = attrs.evolve(
+            make_job(2, payload='{"b":2,"a":1}', idempotency_key="k"), url=first.url
+        )
+        pushed = await self.store.push([again], keys_since=0)
+        self.assertEqual(pushed, [Pushed(first, replayed=True)])
+        with self.assertRaises(JobNotFound):
+            await self.store.get(again.id)
+
+    async def test_push_with_a_known_key_and_another_url_is_a_conflict(self) -> None:
+        """A key reused for other work fails the whole push, naming the index."""
+        await self.store.push([make_job(1, idempotency_key="k")], keys_since=0)
+        fresh = make_job(2)
+        other = make_job(3, idempotency_key="k")
+        with self.assertRaises(IdempotencyConflict) as e:
+            await self.store.push([fresh, other], keys_since=0)
+        self.assertEqual(e.exception.index, 1)
+        with self.assertRaises(JobNotFound):
+            await self.store.get(fresh.id)
+
+    async def test_an_expired_key_is_taken_by_the_new_job(self) -> None:
+        """A key older than ``keys_since`` no longer replays: the new job takes it."""
+        old = make_job(1, idempotency_key="k")
+        await self.store.push([old], keys_since=0)
+        new = make_job(5, idempotency_key="k")
+        self.assertEqual(await self.store.push([new], keys_since=T0 + 3), [Pushed(new)])
+        again = attrs.evolve(make_job(9, idempotency_key="k"), url=new.url)
+        self.assertEqual(
+            await self.store.push([again], keys_since=T0 + 3), [Pushed(new, replayed=True)]
+        )
+
+    async def test_one_key_twice_in_a_push_replays_the_first(self) -> None:
+        """Two jobs with one key in one push: the second is the first, replayed."""
+        a = make_job(1, idempotency_key="k")
+        b = attrs.evolve(make_job(2, idempotency_key="k"), url=a.url)
+        self.assertEqual(
+            await self.store.push([a, b], keys_since=0), [Pushed(a), Pushed(a, replayed=True)]
+        )
+
+    async def test_retry_makes_the_job_wait_showing_the_failed_attempt(self) -> None:
+        """A retry: waiting, due at ``at``, the last status code and err shown, history kept."""
+        job = make_job(1, retries=2)
+        await self.add(job)
+        retried = await self.failed_attempt(job, at=T0 + 5000)
+        assert retried is not None
+        self.assertEqual(
+            (retried.status, retried.run_at, retried.attempts, retried.status_code, retried.err),
+            ("waiting", T0 + 5000, 1, 500, "boom"),
+        )
+        self.assertTrue(retried.scheduled(T0 + 4999))
+        self.assertEqual(await self.store.get(job.id), retried)
+        history = await self.store.attempts(job.id)
+        self.assertEqual(
+            [(a.attempt, a.started_at, a.status_code, a.err) for a in history],
+            [(1, T0, 500, "boom")],
+        )
+
+    async def test_a_scheduled_job_is_fed_only_once_due(self) -> None:
+        """waiting_jobs skips jobs due later; next_due names the earliest of them."""
+        job = make_job(1, retries=1)
+        await self.add(job)
+        await self.failed_attempt(job, at=T0 + 5000)
+        self.assertEqual(await self.store.waiting_jobs((0, 0), T0 + 4999, 10), [])
+        self.assertEqual(await self.store.next_due(T0 + 4999), T0 + 5000)
+        due = await self.store.waiting_jobs((0, 0), T0 + 5000, 10)
+        self.assertEqual([j.id for j in due], [job.id])
+        self.assertIsNone(await self.store.next_due(T0 + 5000))
+
+    async def test_waiting_jobs_come_in_due_time_then_id_order(self) -> None:
+        """A job due earlier comes first whatever its id; reads continue after a key."""
+        late = make_job(1, run_at=T0 + 300)
+        early = make_job(2, run_at=T0 + 100)
+        plain = make_job(3)  # due at its creation, T0 + 3
+        await self.add(late, early, plain)
+        found = await self.store.waiting_jobs((0, 0), T0 + 1000, 10)
+        self.assertEqual([j.id for j in found], [plain.id, early.id, late.id])
+        rest = await self.store.waiting_jobs((early.due_at, early.id), T0 + 1000, 10)
+        self.assertEqual([j.id for j in rest], [late.id])
+
+    async def test_retry_of_a_job_stopped_while_running_finishes_it_canceled(self) -> None:
+        """A stop asked during the attempt wins over the retry."""
+        job = make_job(1, retries=3)
+        await self.add(job)
+        started = await self.store.start(job.id, T0)
+        assert started is not None
+        await self.store.stop(job.id, T0 + 5)
+        last = Outcome(finished_at=T0 + 10, failure=True, status_code=500)
+        done = await self.store.retry(job.id, T0 + 5000, last, Attempt.of(started, last))
+        assert done is not None
+        self.assertEqual(done.status, "canceled")
+
+    async def test_retry_of_a_job_not_running_does_nothing(self) -> None:
+        """retry answers None for a job that is not running (and changes nothing)."""
+        job = make_job(1)
+        await self.add(job)
+        last = Outcome(finished_at=T0, failure=True)
+        self.assertIsNone(await self.store.retry(job.id, T0, last, Attempt.of(job, last)))
+        self.assertEqual(await self.store.get(job.id), job)
+
+    async def test_finish_records_the_attempt_after_earlier_ones(self) -> None:
+        """The history lists every attempt, oldest first, the last from finish."""
+        job = make_job(1, retries=1)
+        await self.add(job)
+        await self.failed_attempt(job, at=T0 + 100)
+        started = await self.store.start(job.id, T0 + 100)
+        assert started is not None
+        outcome = Outcome(finished_at=T0 + 150, success=True, status_code=200, output="ok")
+        done = await self.store.finish(job.id, outcome, Attempt.of(started, outcome))
+        assert done is not None
+        self.assertEqual((done.status, done.attempts), ("success", 2))
+        history = await self.store.attempts(job.id)
+        self.assertEqual([(a.attempt, a.status_code) for a in history], [(1, 500), (2, 200)])
+
+    async def test_restart_clears_the_history(self) -> None:
+        """Restart in place starts afresh: no attempts, no history, due now."""
+        job = make_job(1, retries=1)
+        await self.add(job)
+        started = await self.store.start(job.id, T0)
+        assert started is not None
+        outcome = Outcome(finished_at=T0 + 1, failure=True)
+        await self.store.finish(job.id, outcome, Attempt.of(started, outcome))
+        restarted = await self.store.restart(job.id)
+        self.assertEqual((restarted.attempts, restarted.run_at), (0, None))
+        self.assertEqual(await self.store.attempts(job.id), [])
+
+    async def test_delete_and_cleanup_remove_the_history(self) -> None:
+        """A deleted or expired job takes its history (and its key) with it."""
+        jobs = [make_job(n, idempotency_key=f"k{n}") for n in (1, 2)]
+        await self.store.push(jobs, keys_since=0)
+        for job in jobs:
+            started = await self.store.start(job.id, T0)
+            assert started is not None
+            outcome = Outcome(finished_at=T0 + 1, success=True)
+            await self.store.finish(job.id, outcome, Attempt.of(started, outcome))
+        await self.store.delete(jobs[0].id)
+        self.assertEqual(await self.store.delete_finished_before(T0 + 2, 10), 1)
+        for job in jobs:
+            with self.assertRaises(JobNotFound):
+                await self.store.attempts(job.id)
+        # The keys went with their jobs: a new job may take them.
+        again = make_job(7, idempotency_key="k1")
+        self.assertEqual(await self.store.push([again], keys_since=0), [Pushed(again)])
+
+    async def test_counts_and_listing_tell_scheduled_from_waiting(self) -> None:
+        """Jobs due later count as scheduled and list under status=scheduled."""
+        now = T0 + 1000
+        due = make_job(1)
+        later = make_job(2, run_at=now + 60_000)
+        await self.add(due, later)
+        counts = await self.store.counts(0, now)
+        self.assertEqual((counts.waiting, counts.scheduled), (2, 1))
+        for status, expected in (("scheduled", [later.id]), ("waiting", [due.id])):
+            page = await self.store.list_jobs(ListQuery(status=status, now=now))
+            self.assertEqual([j.id for j in page.jobs], expected, status)
+
+    async def test_recovery_keeps_the_attempt_that_was_running(self) -> None:
+        """A job running when the process died waits again, its attempt counted."""
+        job = make_job(1, retries=2)
+        await self.add(job)
+        await self.store.start(job.id, T0)
+        await self.store.recover(T0 + 50)
+        recovered = await self.store.get(job.id)
+        self.assertEqual((recovered.status, recovered.attempts), ("waiting", 1))
+        history = await self.store.attempts(job.id)
+        self.assertEqual([(a.attempt, a.err) for a in history], [(1, INTERRUPTED)])
+        started = await self.store.start(job.id, T0 + 60)
+        assert started is not None
+        self.assertEqual(started.attempts, 2)
 
 
 class MemoryStoreTests(StoreContractMixin, TestCase):

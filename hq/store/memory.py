@@ -94,6 +94,7 @@ class MemoryStore:
                 if job.state is JobState.RUNNING:
                     recovered = self._put(job.recovered(now))
                     if recovered.waiting:
+                        self._record(Attempt.interrupted(job, now))
                         requeued += 1
                     else:
                         canceled += 1

@@ -602,6 +602,7 @@ class SQLiteStore:
                 job = sql.row_job(row)
                 recovered = self._save(conn, changes, job, job.recovered(now))
                 if recovered.waiting:
+                    conn.execute(sql.INSERT_ATTEMPT, sql.attempt_row(Attempt.interrupted(job, now)))
                     requeued += 1
                 else:
                     canceled += 1
