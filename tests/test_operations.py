@@ -238,7 +238,7 @@ class SchemaUpgradeTests(TestCase):
         A later migration whose second statement fails leaves none of its
         statements, nor the versions before it, in the file.
         """
-        import hq.store.sqlite as sqlite_store
+        import hq.store.sqlitefile as sqlite_store
 
         broken = [
             "CREATE TABLE added_by_next_version (x)",

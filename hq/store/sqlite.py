@@ -1,136 +1,53 @@
 """
 The embedded job store: SQLite (standard library) in WAL mode, in ``data_dir``.
 
-- Every write runs on one writer thread. The writer takes all the writes that
-  are queued, runs them in one transaction and commits once, so one fsync serves
-  many jobs; each Deferred fires (on the reactor thread) after that commit.
-- Reads run on a small pool of reader threads with their own connections; WAL
-  lets them read while the writer writes.
-- The counters for ``/stats`` live in memory, set at open and moved by each
-  committed write, so ``/stats`` never counts a million rows.
-- A lock file in ``data_dir`` keeps a second server off the same store.
+The job operations are here; the file, its schema, the writer thread that
+batches writes into one commit and the reader threads are in
+:mod:`hq.store.sqlitefile`. The SQL shared with other engines is in
+:mod:`hq.store.sql`; the job rules are the model's (:mod:`hq.model`).
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import queue
 import sqlite3
-import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-import attrs
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from hq import __version__
 from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome
 from hq.store import (
     DueKey,
     IdempotencyConflict,
     IJobStore,
-    JobExists,
     JobNotFound,
     Pushed,
     Recovery,
     StoreCounts,
-    StoreError,
-    StoreUnavailable,
     sql,
 )
+from hq.store.sqlitefile import (
+    _SCHEMA,
+    DATABASE_FILE,
+    LOCK_FILE,
+    SCHEMA_VERSION,
+    SQLiteFile,
+    _Change,
+    _Op,
+)
 
-T = TypeVar("T")
-
-#: The schema version this code writes; ``PRAGMA user_version`` of the file.
-#: Each version is one entry of ``_SCHEMA``; a file of an older version is
-#: upgraded in place at open, in one transaction. Never edit a released entry:
-#: add a new version (tests/schema_v1.py keeps the first release's statements).
-SCHEMA_VERSION = 3
-
-DATABASE_FILE = "hq.sqlite3"
-LOCK_FILE = "hq.lock"
-
-_SCHEMA = [
-    # Version 1.
-    [
-        """
-        CREATE TABLE jobs (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL,
-            comment TEXT NOT NULL,
-            url TEXT NOT NULL,
-            payload TEXT,
-            headers TEXT,
-            timeout INTEGER NOT NULL,
-            state INTEGER NOT NULL,
-            status TEXT NOT NULL,
-            started_at INTEGER,
-            finished_at INTEGER,
-            success INTEGER NOT NULL,
-            failure INTEGER NOT NULL,
-            canceled INTEGER NOT NULL,
-            status_code INTEGER,
-            err TEXT NOT NULL,
-            output TEXT NOT NULL,
-            output_truncated INTEGER NOT NULL,
-            attempts INTEGER NOT NULL,
-            run_after INTEGER NOT NULL DEFAULT 0
-        )
-        """,
-        "CREATE INDEX jobs_status ON jobs (status, id)",
-        "CREATE INDEX jobs_waiting ON jobs (id) WHERE state = 0",
-        "CREATE INDEX jobs_running ON jobs (id) WHERE state = 1",
-        "CREATE INDEX jobs_expiry ON jobs (finished_at) WHERE state = 2",
-    ],
-    # Version 2: facts about the file for operators (the HQ version that created it and
-    # the one that last opened it) and the row health checks write to.
-    [
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    ],
-    # Version 3: retries, due times, the attempt history, idempotency keys (SPEC §11).
-    # ``run_after`` (there since version 1, always 0 until now) becomes the due
-    # time, set for every job; the feed reads waiting jobs in (due time, id) order.
-    [
-        "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT",
-        "UPDATE jobs SET run_after = (id >> 22) + 1546300800000 WHERE state != 2",
-        "DROP INDEX jobs_waiting",
-        "CREATE INDEX jobs_due ON jobs (run_after, id) WHERE state = 0",
-        """
-        CREATE TABLE attempts (
-            job_id INTEGER NOT NULL,
-            attempt INTEGER NOT NULL,
-            started_at INTEGER,
-            finished_at INTEGER NOT NULL,
-            status_code INTEGER,
-            err TEXT NOT NULL,
-            output TEXT NOT NULL,
-            PRIMARY KEY (job_id, attempt)
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE idempotency_keys (
-            key TEXT PRIMARY KEY,
-            job_id INTEGER NOT NULL,
-            created_at INTEGER NOT NULL
-        )
-        """,
-        "CREATE INDEX idempotency_keys_job ON idempotency_keys (job_id)",
-    ],
+__all__ = [
+    "DATABASE_FILE",
+    "LOCK_FILE",
+    "SCHEMA_VERSION",
+    "_SCHEMA",
+    "SQLiteStore",
+    "glob_prefilter",
 ]
 
-#: How many writes one transaction takes at most.
-_BATCH = 1000
-
-#: SQLite error texts that mean the storage, not the request, is at fault.
-_UNAVAILABLE = ("disk", "full", "readonly", "read-only", "unable to open", "i/o", "locked")
+T = TypeVar("T")
 
 
 #: Regexp syntax beyond plain characters and ``.`` (see :func:`glob_prefilter`).
@@ -170,177 +87,16 @@ def glob_prefilter(pattern: str) -> str | None:
     return "".join(parts)
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    conn.execute("PRAGMA cache_size = -16000")
-    return conn
-
-
-def _unavailable(error: sqlite3.Error) -> bool:
-    text = str(error).lower()
-    return isinstance(error, sqlite3.OperationalError) and any(w in text for w in _UNAVAILABLE)
-
-
-@attrs.define
-class _Counts:
-    stored: int = 0
-    waiting: int = 0
-    running: int = 0
-
-    def move(self, change: _Change) -> None:
-        """
-        Account for ``count`` jobs changing from state ``before`` to ``after``
-        (``None``: absent).
-        """
-        before, after, count = change
-        for state, sign in ((before, -count), (after, count)):
-            if state is None:
-                continue
-            self.stored += sign
-            if state is JobState.WAITING:
-                self.waiting += sign
-            elif state is JobState.RUNNING:
-                self.running += sign
-
-
-#: What one write did, for the counters: ``count`` jobs went from the state
-#: ``before`` to the state ``after`` (``None``: absent). Only states are kept,
-#: so a write need not build the job before and after.
-_Change = tuple[JobState | None, JobState | None, int]
-
-_Op = Callable[[sqlite3.Connection, list[_Change]], Any]
-_Batch = list[tuple[_Op, "Deferred[Any]"]]
-
-
-class _Writer(threading.Thread):
-    """
-    The one thread that writes. Runs queued operations in batched transactions.
-    """
-
-    #: Called on this thread after each transaction with its duration in
-    #: seconds, the number of writes in it and whether it committed.
-    on_commit: Callable[[float, int, bool], None] | None = None
-
-    def __init__(self, path: str, reactor: Any, deliver: Callable[[list[Any]], None]) -> None:
-        super().__init__(name="hq-sqlite-writer", daemon=True)
-        self._path = path
-        self._reactor = reactor
-        self._deliver = deliver
-        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
-        self._conn: sqlite3.Connection | None = None
-
-    def submit(self, op: _Op) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self._queue.put([(op, d)])
-        return d
-
-    def submit_many(self, ops: _Batch) -> None:
-        """
-        Queue ``ops`` (each with the Deferred to fire when it is committed).
-        """
-        self._queue.put(ops)
-
-    def stop(self) -> None:
-        self._queue.put(None)
-
-    def run(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            if item is None:
-                break
-            batch = list(item)
-            while len(batch) < _BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.extend(more)
-            began = time.perf_counter()
-            try:
-                results = self._run_batch(batch)
-            except Exception:
-                # Never let the writer die: fail this batch's writes and go on.
-                failure = Failure()
-                self._reactor.callFromThread(
-                    SQLiteStore.log.failure, "The store writer failed a batch", failure
-                )
-                results = [(d, failure, []) for _, d in batch]
-            self._observe(time.perf_counter() - began, len(batch), results)
-            self._reactor.callFromThread(self._deliver, results)
-        if self._conn is not None:
-            self._conn.close()
-
-    def _observe(
-        self, seconds: float, writes: int, results: list[tuple[Deferred[Any], Any, list[_Change]]]
-    ) -> None:
-        if self.on_commit is None:
-            return
-        # A failed commit fails every write of the batch with StoreUnavailable.
-        committed = not any(
-            isinstance(result, Failure) and result.check(StoreUnavailable)
-            for _, result, _ in results
-        )
-        try:
-            self.on_commit(seconds, writes, committed)
-        except Exception:
-            failure = Failure()
-            self._reactor.callFromThread(
-                SQLiteStore.log.failure, "The commit observer failed", failure
-            )
-
-    def _run_batch(self, batch: _Batch) -> list[tuple[Deferred[Any], Any, list[_Change]]]:
-        results: list[tuple[Deferred[Any], Any, list[_Change]]] = []
-        try:
-            if self._conn is None:
-                self._conn = _connect(self._path)
-                # Outside any transaction: journal_mode cannot change inside one.
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = FULL")
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            for op, d in batch:
-                changes: list[_Change] = []
-                # Each write in its own savepoint: one that fails half-way is
-                # undone alone, and the others in the batch still commit.
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(conn, changes)
-                except Exception as e:
-                    if isinstance(e, sqlite3.Error) and _unavailable(e):
-                        raise
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    if isinstance(e, sqlite3.IntegrityError):
-                        results.append((d, Failure(JobExists("a job with this id exists")), []))
-                    else:
-                        results.append((d, Failure(), []))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((d, result, changes))
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self._conn is not None and self._conn.in_transaction:
-                try:
-                    self._conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            error = StoreUnavailable(f"storage unavailable: {e}")
-            return [(d, Failure(error), []) for _, d in batch]
-        return results
-
-
 @implementer(IJobStore)
 class SQLiteStore:
     """
-    Jobs in ``<data_dir>/hq.sqlite3``.
+    Jobs in ``<data_dir>/hq.sqlite3`` (:class:`hq.store.sqlitefile.SQLiteFile`).
 
     :param data_dir: the directory (created if missing).
     :param reactor: provides ``callFromThread`` and thread pools.
+    :param readers: reader threads.
+    :param on_commit: told of every transaction, on the writer thread
+        (seconds, writes in it, whether it committed).
     """
 
     log = Logger()
@@ -352,37 +108,15 @@ class SQLiteStore:
         readers: int = 2,
         on_commit: Callable[[float, int, bool], None] | None = None,
     ) -> None:
-        self._data_dir = data_dir
-        #: Told of every transaction, on the writer thread (see ``_Writer.on_commit``).
-        self._on_commit = on_commit
-        self._path = os.path.join(data_dir, DATABASE_FILE)
-        self._reactor = reactor
-        self._readers = readers
-        self._counts = _Counts()
-        self._writer: _Writer | None = None
-        self._pool: ThreadPool | None = None
-        #: Listings that may read every row (a regexp filter, no limit) run on
-        #: their own thread, so a slow search never holds up the other reads.
-        self._scan_pool: ThreadPool | None = None
-        self._reader_conns: list[sqlite3.Connection] = []
-        self._closing = False
-        self._local = threading.local()
-        self._lock_fd: int | None = None
+        self.file = SQLiteFile(data_dir, reactor, readers, on_commit)
         self._probes = 0
-        #: Writes asked for during this turn of the reactor, handed to the
-        #: writer together at its end (one wake-up of the writer thread, not one
-        #: per write: each thread hop costs far more than the SQL it carries).
-        self._pending: _Batch = []
-        self._flush_call: Any = None
 
     @property
     def path(self) -> str:
         """
         The database file.
         """
-        return self._path
-
-    # Opening and closing.
+        return self.file.path
 
     def lock(self) -> None:
         """
@@ -391,187 +125,25 @@ class SQLiteStore:
         :raises StoreError: when another server holds it.
         :raises OSError: when data_dir cannot be created or written.
         """
-        if self._lock_fd is not None:
-            return
-        os.makedirs(self._data_dir, exist_ok=True)
-        path = os.path.join(self._data_dir, LOCK_FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(
-                f"another HQ server (pid {owner}) is using data_dir {self._data_dir}"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode("ascii"))
-        self._lock_fd = fd
-
-    def _migrate(
-        self, conn: sqlite3.Connection, changes: list[_Change]
-    ) -> tuple[int, int, int, int]:
-        # Runs as the first write, inside its transaction: an upgrade is all or nothing.
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            try:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'last_opened_by'").fetchone()
-            except sqlite3.Error:
-                row = None
-            by = f" ({row[0]})" if row else ""
-            raise StoreError(
-                f"{self._path} has schema version {version}, written by a newer HQ{by}; "
-                f"this HQ ({__version__}) knows schema versions up to {SCHEMA_VERSION} and will "
-                "not downgrade it: run the newer HQ, or restore a backup made before the upgrade"
-            )
-        # A savepoint: a statement failing half-way must not leave the ones
-        # before it to be committed with the batch.
-        conn.execute("SAVEPOINT migrate")
-        try:
-            for statements in _SCHEMA[version:]:
-                for statement in statements:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            opened_by = f"HQ {__version__}"
-            if version == 0:
-                conn.execute("INSERT INTO meta (key, value) VALUES ('created_by', ?)", (opened_by,))
-            conn.execute(
-                "REPLACE INTO meta (key, value) VALUES ('last_opened_by', ?)", (opened_by,)
-            )
-        except sqlite3.Error as e:
-            conn.execute("ROLLBACK TO migrate")
-            conn.execute("RELEASE migrate")
-            if _unavailable(e):
-                raise
-            raise StoreError(
-                f"cannot upgrade {self._path} from schema version {version} to "
-                f"{SCHEMA_VERSION}: {e}; the file is unchanged"
-            ) from None
-        conn.execute("RELEASE migrate")
-        stored = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
-        waiting = conn.execute("SELECT count(*) FROM jobs WHERE state = 0").fetchone()[0]
-        running = conn.execute("SELECT count(*) FROM jobs WHERE state = 1").fetchone()[0]
-        return stored, waiting, running, version
+        self.file.lock()
 
     def open(self) -> Deferred[None]:
-        try:
-            self.lock()
-        except (OSError, StoreError):
-            return fail()
-        self._writer = _Writer(self._path, self._reactor, self._deliver)
-        self._writer.on_commit = self._on_commit
-        self._writer.start()
-        self._pool = ThreadPool(minthreads=1, maxthreads=self._readers, name="hq-sqlite-read")
-        self._pool.start()
-        self._scan_pool = ThreadPool(minthreads=0, maxthreads=1, name="hq-sqlite-scan")
-        self._scan_pool.start()
-        self._closing = False
-
-        def failed(reason: Failure) -> Failure:
-            self.close()
-            return reason
-
-        def opened(counts: tuple[int, int, int, int]) -> None:
-            self._counts = _Counts(*counts[:3])
-            if 0 < counts[3] < SCHEMA_VERSION:
-                self.log.info(
-                    "Upgraded {path} from schema version {old} to {new}",
-                    path=self._path,
-                    old=counts[3],
-                    new=SCHEMA_VERSION,
-                )
-            self.log.info(
-                "Opened {path}: {stored} jobs stored, {waiting} waiting, {running} running",
-                path=self._path,
-                stored=counts[0],
-                waiting=counts[1],
-                running=counts[2],
-            )
-
-        return self._writer.submit(self._migrate).addCallbacks(opened, failed)
+        return self.file.open()
 
     def close(self) -> Deferred[None]:
-        self._flush()
-        writer, pool, scan_pool = self._writer, self._pool, self._scan_pool
-        self._writer = self._pool = self._scan_pool = None
-        # Stopping a pool waits for its threads: end their queries first.
-        self._closing = True
-        for conn in list(self._reader_conns):
-            conn.interrupt()
-        for each in (pool, scan_pool):
-            if each is not None:
-                each.stop()
-        self._reader_conns.clear()
-        if writer is None:
-            return succeed(None)
-        done: Deferred[None] = Deferred()
+        return self.file.close()
 
-        def wait() -> None:
-            writer.join()
-            self._reactor.callFromThread(done.callback, None)
-
-        writer.stop()
-        threading.Thread(target=wait, name="hq-sqlite-close", daemon=True).start()
-
-        def unlock(result: None) -> None:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
-
-        return done.addCallback(unlock)
-
-    # Plumbing.
-
-    def _deliver(self, results: list[tuple[Deferred[Any], Any, list[_Change]]]) -> None:
-        move = self._counts.move
-        for _, _, changes in results:
-            for change in changes:
-                move(change)
-        for d, result, _ in results:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
+    def integrity_check(self) -> Deferred[list[str]]:
+        """
+        Run ``PRAGMA integrity_check``; fires with its messages (``["ok"]`` when sound).
+        """
+        return self.file.integrity_check()
 
     def _write(self, op: _Op) -> Deferred[Any]:
-        if self._writer is None:
-            return fail(StoreUnavailable("storage unavailable: the store is closed"))
-        d: Deferred[Any] = Deferred()
-        self._pending.append((op, d))
-        if self._flush_call is None:
-            self._flush_call = self._reactor.callLater(0, self._flush)
-        return d
-
-    def _flush(self) -> None:
-        """
-        Hand the writes of this reactor turn to the writer thread.
-        """
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        pending, self._pending = self._pending, []
-        if pending and self._writer is not None:
-            self._writer.submit_many(pending)
+        return self.file.write(op)
 
     def _read(self, call: Callable[[sqlite3.Connection], T], scan: bool = False) -> Deferred[T]:
-        pool = self._scan_pool if scan else self._pool
-        if pool is None:
-            return fail(StoreUnavailable("storage unavailable: the store is closed"))
-
-        def run() -> T:
-            conn = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = self._local.conn = _connect(self._path)
-                self._reader_conns.append(conn)
-            try:
-                return call(conn)
-            except sqlite3.OperationalError as e:
-                if _unavailable(e) or self._closing:
-                    raise StoreUnavailable(f"storage unavailable: {e}") from None
-                raise
-
-        return deferToThreadPool(self._reactor, pool, run)
+        return self.file.read(call, scan)
 
     # Writer-side helpers (run on the writer thread).
 
@@ -835,9 +407,9 @@ class SQLiteStore:
     def counts(self, since_id: int, now: int) -> Deferred[StoreCounts]:
         # Read the counters here, on the reactor thread that moves them.
         stored, waiting, running = (
-            self._counts.stored,
-            self._counts.waiting,
-            self._counts.running,
+            self.file.counts.stored,
+            self.file.counts.waiting,
+            self.file.counts.running,
         )
 
         def call(conn: sqlite3.Connection) -> StoreCounts:
@@ -854,12 +426,6 @@ class SQLiteStore:
             )
 
         return self._read(call)
-
-    def integrity_check(self) -> Deferred[list[str]]:
-        """
-        Run ``PRAGMA integrity_check``; fires with its messages (``["ok"]`` when sound).
-        """
-        return self._read(lambda conn: [row[0] for row in conn.execute("PRAGMA integrity_check")])
 
     def probe_write(self) -> Deferred[None]:
         # A real change (one row of ``meta``) so that the commit writes and syncs
