@@ -58,7 +58,8 @@ class Delivery(Service):
         self._dispatchers = max(1, dispatchers)
         self._feed = Feed(store, clock, queue_size, on_idle=self._check_stopped)
         self._shutdown = Shutdown(clock, shutdown_timeout, lambda: self._feed.reading, self._abort)
-        self._outcomes = Outcomes(store, clock, self._shutdown, on_retry=self._feed.offer)
+        # A retried job is still held by its run: enqueue() offers it once the run ended.
+        self._outcomes = Outcomes(store, clock, self._shutdown, on_retry=self.enqueue)
         self._runner = Runner(
             store,
             worker,
