@@ -7,6 +7,10 @@ batches them into large transactions. Ids are made as HQ makes them, spread
 evenly over ``--span-days`` that end ``--age-days`` ago; each job finished
 100 ms after it was created; every ``1 / --failure-ratio``-th job failed.
 
+With ``--scheduled-in SECONDS`` the jobs are waiting instead, created over the
+last ``--span-days`` and delayed (``runAt``) to that many seconds from now,
+spread over one minute: a store of scheduled jobs.
+
 Usage: ``python benchmarks/buildstore.py DATA_DIR --jobs 1000000``
 """
 
@@ -74,6 +78,35 @@ def finished_jobs(
         )
 
 
+def scheduled_jobs(
+    count: int, end_ms: int, span_ms: int, run_at_ms: int, worker_url: str
+) -> Iterator[Job]:
+    """
+    Yield ``count`` waiting jobs created evenly over ``span_ms`` up to
+    ``end_ms``, each due at ``run_at_ms`` plus up to one minute (a delay).
+    """
+    step = span_ms / max(1, count)
+    start = end_ms - span_ms
+    last_ms = -1
+    sequence = 0
+    for n in range(count):
+        created = int(start + n * step)
+        ms = created - EPOCH_MS
+        if ms == last_ms:
+            sequence += 1
+        else:
+            last_ms, sequence = ms, 0
+        yield Job(
+            id=(ms << 22) | sequence,
+            url=worker_url,
+            name=f"scheduled-{n % 10}",
+            comment="built by benchmarks/buildstore.py --scheduled-in",
+            payload=f'{{"n":{n},"text":"scheduled benchmark job"}}',
+            run_at=run_at_ms + n * 60_000 // max(1, count),
+            retries=3,
+        )
+
+
 async def fill(reactor: Any, data_dir: str, jobs: Iterator[Job], count: int) -> None:
     """
     Create the jobs through the store, ``_WINDOW`` writes in flight at a time.
@@ -114,13 +147,21 @@ def build(
     span_days: float = 7.0,
     failure_ratio: float = 0.01,
     worker_url: str = "http://127.0.0.1:9/job",
+    scheduled_in: float | None = None,
 ) -> float:
     """
-    Build the store in ``data_dir`` (which must not hold one yet); return the seconds it took.
+    Build the store in ``data_dir`` (which must not hold one yet); return the
+    seconds it took. With ``scheduled_in``, of waiting jobs due that many
+    seconds from now (see :func:`scheduled_jobs`).
     """
     now = int(time.time() * 1000)
     end = now - int(age_days * DAY_MS)
-    jobs = finished_jobs(count, end, int(span_days * DAY_MS), failure_ratio, worker_url)
+    jobs: Iterator[Job]
+    if scheduled_in is None:
+        jobs = finished_jobs(count, end, int(span_days * DAY_MS), failure_ratio, worker_url)
+    else:
+        run_at = now + int(scheduled_in * 1000)
+        jobs = scheduled_jobs(count, end, int(span_days * DAY_MS), run_at, worker_url)
     began = time.monotonic()
 
     def run(reactor: Any) -> Deferred[None]:
@@ -144,8 +185,18 @@ def main() -> None:
     parser.add_argument("--age-days", type=float, default=0.0)
     parser.add_argument("--span-days", type=float, default=7.0)
     parser.add_argument("--failure-ratio", type=float, default=0.01)
+    parser.add_argument(
+        "--scheduled-in", type=float, default=None, help="waiting jobs due in SECONDS"
+    )
     args = parser.parse_args()
-    seconds = build(args.data_dir, args.jobs, args.age_days, args.span_days, args.failure_ratio)
+    seconds = build(
+        args.data_dir,
+        args.jobs,
+        args.age_days,
+        args.span_days,
+        args.failure_ratio,
+        scheduled_in=args.scheduled_in,
+    )
     print(f"built {args.jobs:,} jobs in {args.data_dir} in {seconds:.1f} s")
 
 

@@ -5,12 +5,14 @@ HQ's benchmark suite: the single entry point.
     python benchmarks/run.py --quick          # every benchmark, small (< 1 min, CI)
     python benchmarks/run.py throughput latency --rounds 5
     python benchmarks/run.py scale --store-jobs 1000000
+    python benchmarks/run.py scheduled --scheduled-jobs 1000000
 
 Benchmarks: ``throughput`` (push and end-to-end rates, exactly-once),
 ``latency`` (push -> worker at a steady rate), ``scale`` (queries, start-up and
 memory with a million finished jobs stored), ``cleanup`` (API latency while
 ``job_lifetime`` deletes them), ``backlog`` (100,000 jobs pushed while the
-worker is stopped). Each throughput and latency figure is measured beside a
+worker is stopped), ``scheduled`` (start-up and memory with a million jobs
+delayed to tomorrow). Each throughput and latency figure is measured beside a
 bare baseline in the same invocation (see ``baseline.py``) and reported as a
 ratio to it.
 
@@ -59,7 +61,7 @@ from common import (  # noqa: E402
     percentiles,
 )
 
-BENCHMARKS = ("throughput", "latency", "scale", "cleanup", "backlog")
+BENCHMARKS = ("throughput", "latency", "scale", "cleanup", "backlog", "scheduled")
 
 #: Targets from the issue: figure key -> (comparison, value).
 TARGETS: dict[str, tuple[str, float]] = {
@@ -78,6 +80,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "idle_rss_mb": ("<=", 150),
     "cleanup_api_p99_ms": ("<=", 100),
     "backlog_rss_mb": ("<=", 200),
+    "scheduled_startup_s": ("<=", 5),
+    "scheduled_idle_rss_mb": ("<=", 150),
 }
 
 
@@ -828,6 +832,106 @@ def bench_backlog(ctx: Context) -> dict[str, Any]:
     return result
 
 
+# -- scheduled --------------------------------------------------------------------------------
+
+#: Seconds ahead the scheduled jobs are due: a day, and a store is rebuilt
+#: once less than an hour of that is left (its jobs must not become due).
+SCHEDULED_IN = 86_400
+_SCHEDULED_MARGIN_S = 3_600
+
+
+def scheduled_store(ctx: Context) -> tuple[str, int, float | None]:
+    """
+    Return a data_dir holding the scheduled jobs (built once, reused while
+    they are more than an hour from due), how many, and the seconds its
+    build took (``None`` when reused).
+    """
+    count = int(ctx.args.scheduled_jobs or (20_000 if ctx.quick else 1_000_000))
+    from hq.store.sqlite import SCHEMA_VERSION
+
+    cache = os.path.join(ctx.args.results_dir, "stores", f"scheduled-{count}-v{SCHEMA_VERSION}")
+    marker = os.path.join(cache, "complete.json")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            due_at = json.load(f).get("due_at", 0)
+        if due_at - time.time() > _SCHEDULED_MARGIN_S:
+            return cache, count, None
+    shutil.rmtree(cache, ignore_errors=True)
+    print(f"  building a store of {count:,} scheduled jobs in {cache} ...", flush=True)
+    began = time.monotonic()
+    due_at = time.time() + SCHEDULED_IN
+    completed = subprocess.run(
+        [
+            PYTHON,
+            os.path.join(HERE, "buildstore.py"),
+            cache,
+            "--jobs",
+            str(count),
+            "--span-days",
+            "1",
+            "--scheduled-in",
+            str(SCHEDULED_IN),
+        ],
+        cwd=ROOT,
+        timeout=1800,
+    )
+    if completed.returncode != 0:
+        raise BenchmarkError(f"building the scheduled store failed ({completed.returncode})")
+    seconds = time.monotonic() - began
+    os.remove(os.path.join(cache, "hq.lock"))
+    with open(marker, "w") as f:
+        json.dump({"jobs": count, "seconds": round(seconds, 1), "due_at": due_at}, f)
+    print(f"  built in {seconds:.1f} s", flush=True)
+    return cache, count, seconds
+
+
+def bench_scheduled(ctx: Context) -> dict[str, Any]:
+    """
+    Start-up and idle memory with a million jobs delayed to tomorrow: they
+    live in the store, not in memory, and nothing is delivered or polled.
+    """
+    source, count, build_seconds = scheduled_store(ctx)
+    directory = ctx.directory("scheduled")
+    data_dir = copy_store(source, directory)
+    server = HQServer(directory, data_dir=data_dir)
+    result: dict[str, Any] = {"scheduled_jobs": count, "build_s": build_seconds}
+    with running(server.start(timeout=120)):
+        result["startup_s"] = round(server.listening_after, 3)
+        sampler = RssSampler(server.pid)
+        client = Client(server.base)
+        stats = client.json("GET", "/stats")
+        if stats.get("numJobsScheduled") != count or stats.get("numJobsInQueue"):
+            ctx.problem(f"scheduled: /stats says {stats}, expected {count:,} scheduled")
+        result["stats_ms"] = percentiles(timed(client, "/stats", 10 if ctx.quick else 50))
+        result["list_scheduled_ms"] = percentiles(
+            timed(client, "/job?status=scheduled&limit=100", 10 if ctx.quick else 50)
+        )
+        client.close()
+        # Idle: nothing is due, so nothing should read the store or use the CPU.
+        idle = 3 if ctx.quick else 10
+        cpu = server.cpu()
+        time.sleep(idle)
+        result["idle_cpu_share"] = round((server.cpu() - cpu) / idle, 4)
+        result["idle_rss_mb"] = server.rss()
+        result["rss_peak_mb"] = sampler.stop()
+        began = time.monotonic()
+    result["shutdown_s"] = round(time.monotonic() - began, 2)
+    print(
+        f"  {count:,} scheduled jobs: start-up {result['startup_s']} s,"
+        f" idle RSS {result['idle_rss_mb']} MB (peak {result['rss_peak_mb']} MB),"
+        f" idle CPU {result['idle_cpu_share']:.1%},"
+        f" GET /stats p99 {result['stats_ms']['p99']:.2f} ms,"
+        f" GET /job?status=scheduled p99 {result['list_scheduled_ms']['p99']:.2f} ms",
+        flush=True,
+    )
+    note = f"{count:,} jobs delayed by a day in the store"
+    ctx.figure("scheduled_startup_s", "start-up to serving", result["startup_s"], "s", note=note)
+    ctx.figure(
+        "scheduled_idle_rss_mb", "RSS of the idle server", result["idle_rss_mb"], "MB", note=note
+    )
+    return result
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -866,6 +970,7 @@ def main() -> int:
     parser.add_argument("--latency-jobs", type=int, default=0, help="latency jobs (3000)")
     parser.add_argument("--store-jobs", type=int, default=0, help="scale store (1000000)")
     parser.add_argument("--backlog-jobs", type=int, default=0, help="backlog jobs (100000)")
+    parser.add_argument("--scheduled-jobs", type=int, default=0, help="scheduled store (1000000)")
     parser.add_argument("--profile", action="store_true", help="py-spy HQ in throughput")
     parser.add_argument("--keep", action="store_true", help="keep the run's directories")
     args = parser.parse_args()

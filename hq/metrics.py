@@ -3,9 +3,11 @@ Prometheus metrics of one server, served at ``GET /metrics``.
 
 Counters and histograms are moved by hooks as things happen, each at the cost
 of one increment: :meth:`ServerMetrics.job_pushed` (the API, after a push is
-stored), :meth:`ServerMetrics.job_finished` (a :class:`hq.delivery.Delivery`
-observer) and :meth:`ServerMetrics.commit_observed` (the SQLite writer thread,
-after each batched transaction). Gauges are computed when scraped, from the
+stored), :meth:`ServerMetrics.job_finished`, :meth:`ServerMetrics.attempt_recorded`
+and :meth:`ServerMetrics.job_started` (:class:`hq.delivery.Delivery` observers,
+registered by :meth:`ServerMetrics.observe`) and
+:meth:`ServerMetrics.commit_observed` (the SQLite writer thread, after each
+batched transaction). Gauges are computed when scraped, from the
 store's in-memory counters, the dispatcher's counters and one indexed read for
 the oldest waiting job; nothing is read from the store per push.
 
@@ -16,6 +18,7 @@ docs/operations.md for every metric and example alerts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -34,7 +37,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from hq.ids import first_id_at, now_ms
-from hq.model import Job
+from hq.model import STOPPED, Attempt, Job
 from hq.store import IJobStore, StoreCounts
 
 #: Outcomes of a finished job, the ``outcome`` label.
@@ -81,6 +84,25 @@ COMMIT_BUCKETS = (
     5,
     10,
 )
+#: Seconds a job started after its due time: ms when the dispatchers keep up,
+#: minutes when a backlog builds up.
+DUE_LAG_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    900,
+    3600,
+)
 
 
 class DispatchCounters(Protocol):
@@ -95,6 +117,36 @@ class DispatchCounters(Protocol):
     @property
     def in_queue(self) -> int:
         """Jobs in the in-memory queue."""
+
+
+class DeliveryEvents(Protocol):
+    """
+    The observers the metrics register with the delivery engine
+    (:class:`hq.delivery.Delivery`).
+    """
+
+    def add_observer(self, callback: Callable[[Job], None]) -> None:
+        """Call ``callback`` with every finished job."""
+
+    def add_attempt_observer(self, callback: Callable[[Attempt, int | None], None]) -> None:
+        """Call ``callback(attempt, retry_at)`` for every attempt recorded."""
+
+    def add_start_observer(self, callback: Callable[[Job], None]) -> None:
+        """Call ``callback`` with every job marked running."""
+
+
+def attempt_outcome(attempt: Attempt, retry_at: int | None) -> str:
+    """
+    Return the ``outcome`` label of a recorded attempt: ``canceled`` when a
+    stop aborted it, ``success`` for a 2xx read whole and ending the job,
+    ``failure`` otherwise (a retry follows every failure while attempts remain).
+    """
+    if attempt.err == STOPPED and retry_at is None:
+        return "canceled"
+    code = attempt.status_code
+    if retry_at is None and not attempt.err and code is not None and 200 <= code < 300:
+        return "success"
+    return "failure"
 
 
 def status_class(job: Job) -> str:
@@ -185,10 +237,39 @@ class ServerMetrics:
             "Store transactions that failed (disk full, I/O error, unwritable file).",
             registry=registry,
         )
+        self._attempts = Counter(
+            "hq_attempts",
+            "Attempts to deliver a job recorded, by outcome (a failure is retried "
+            "while attempts remain).",
+            ["outcome"],
+            registry=registry,
+        )
+        self._attempts_by = {o: self._attempts.labels(outcome=o) for o in OUTCOMES}
+        self._retries = Counter(
+            "hq_retries_scheduled",
+            "Failed attempts followed by a retry at a later time.",
+            registry=registry,
+        )
+        self._due_lag = Histogram(
+            "hq_due_lag_seconds",
+            "Time from a job's due time (createdAt, runAt or its retry time) to the "
+            "start of its attempt.",
+            buckets=DUE_LAG_BUCKETS,
+            registry=registry,
+        )
         self._in_queue = Gauge(
             "hq_jobs_in_queue", "Waiting jobs in the in-memory queue.", registry=registry
         )
-        self._waiting = Gauge("hq_jobs_waiting", "Jobs waiting to start.", registry=registry)
+        self._waiting = Gauge(
+            "hq_jobs_waiting",
+            "Jobs waiting to start (due now or scheduled for later).",
+            registry=registry,
+        )
+        self._scheduled = Gauge(
+            "hq_jobs_scheduled",
+            "Waiting jobs due later (a delay, runAt or a pending retry).",
+            registry=registry,
+        )
         self._running = Gauge("hq_jobs_running", "Jobs running.", registry=registry)
         self._stored = Gauge("hq_jobs_stored", "Jobs in the store.", registry=registry)
         self._oldest = Gauge(
@@ -207,6 +288,14 @@ class ServerMetrics:
         ).set(queue_size)
 
     # -- hooks
+
+    def observe(self, delivery: DeliveryEvents) -> None:
+        """
+        Register the hooks that follow deliveries with ``delivery``.
+        """
+        delivery.add_observer(self.job_finished)
+        delivery.add_attempt_observer(self.attempt_recorded)
+        delivery.add_start_observer(self.job_started)
 
     def job_pushed(self, job: Job) -> None:
         """
@@ -227,6 +316,24 @@ class ServerMetrics:
         if outcome != "canceled" and job.started_at is not None and job.finished_at is not None:
             self._duration_by[outcome].observe(max(0, job.finished_at - job.started_at) / 1000)
             self._responses_by[status_class(job)].inc()
+
+    def attempt_recorded(self, attempt: Attempt, retry_at: int | None) -> None:
+        """
+        Count an attempt the store recorded (an attempt observer), and the
+        retry scheduled after it (``retry_at`` not ``None``).
+        """
+        self._attempts_by[attempt_outcome(attempt, retry_at)].inc()
+        if retry_at is not None:
+            self._retries.inc()
+
+    def job_started(self, job: Job) -> None:
+        """
+        Observe how late ``job``, just marked running, started after it was due
+        (a start observer). A job recovered after a crash counts from its due
+        time before the crash: the downtime is lateness too.
+        """
+        if job.started_at is not None:
+            self._due_lag.observe(max(0, job.started_at - job.due_at) / 1000)
 
     def commit_observed(self, seconds: float, writes: int, committed: bool) -> None:
         """
@@ -262,6 +369,7 @@ class ServerMetrics:
             self._waiting.set(counts.waiting)
             self._running.set(counts.running)
             self._stored.set(counts.stored)
+            self._scheduled.set(counts.scheduled)
         if found and isinstance(oldest, list):
             # The job due longest ago (a delayed job counts from its due time).
             age = (now - oldest[0].due_at) / 1000 if oldest else 0.0

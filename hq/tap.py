@@ -521,7 +521,8 @@ def server_metrics(
     config: Config, store: IJobStore, delivery: Delivery, reactor: IServerReactor
 ) -> ServerMetrics:
     """
-    Return the Prometheus metrics of the server, told of every finished job.
+    Return the Prometheus metrics of the server, told of every started job,
+    recorded attempt and finished job.
     """
     from prometheus_client import disable_created_metrics
 
@@ -536,7 +537,7 @@ def server_metrics(
         version=__version__,
         commit_hash=commit_hash(),
     )
-    delivery.add_observer(metrics.job_finished)
+    metrics.observe(delivery)
     return metrics
 
 

@@ -22,8 +22,9 @@ from hq.api import HQApi
 from hq.config import Config
 from hq.delivery import Delivery
 from hq.ids import IdGenerator, first_id_at
-from hq.metrics import ServerMetrics, status_class
-from hq.model import Job, Outcome
+from hq.metrics import ServerMetrics, attempt_outcome, status_class
+from hq.model import STOPPED, Attempt, Job, Outcome
+from hq.policy import RetryRules
 from hq.store import StoreCounts
 from hq.store.memory import MemoryStore
 from hq.testing import FakeWorker, RecordingDispatch, Reply, WorkerStub
@@ -66,6 +67,27 @@ class StatusClassTests(SynchronousTestCase):
         classes = ((200, "2xx"), (204, "2xx"), (302, "3xx"), (404, "4xx"), (503, "5xx"))
         for code, expected in classes:
             self.assertEqual(status_class(Job(id=1, url="http://w/", status_code=code)), expected)
+
+
+class AttemptOutcomeTests(SynchronousTestCase):
+    """
+    The outcome label of a recorded attempt.
+    """
+
+    def attempt(self, code: int | None, err: str = "") -> Attempt:
+        return Attempt(job_id=1, attempt=1, started_at=0, finished_at=1, status_code=code, err=err)
+
+    def test_labels(self) -> None:
+        """A 2xx ending the job is a success, a stop canceled, anything else a failure."""
+        self.assertEqual(attempt_outcome(self.attempt(204), None), "success")
+        self.assertEqual(attempt_outcome(self.attempt(None, STOPPED), None), "canceled")
+        self.assertEqual(attempt_outcome(self.attempt(503, "Service Unavailable"), 5), "failure")
+        self.assertEqual(
+            attempt_outcome(self.attempt(500, "Internal Server Error"), None), "failure"
+        )
+        # Headers said 200, then the body timed out: not a success.
+        self.assertEqual(attempt_outcome(self.attempt(200, "timed out after 1 s"), None), "failure")
+        self.assertEqual(attempt_outcome(self.attempt(None, "connection refused"), 9), "failure")
 
 
 class UnreadableCounts(MemoryStore):
@@ -218,7 +240,7 @@ class DeliveryMetricsTests(SynchronousTestCase):
             commit_hash="abc",
             process=False,
         )
-        self.dispatch.add_observer(self.metrics.job_finished)
+        self.metrics.observe(self.dispatch)
         self.dispatch.startService()
         self.addCleanup(self.dispatch.stopService)
         self.api = HQApi(
@@ -321,6 +343,109 @@ class DeliveryMetricsTests(SynchronousTestCase):
         self.assertEqual(code, 404)
         self.assertIn("application/json", content_type)
         self.assertIn(b"metrics = false", body)
+
+
+class RetryMetricsTests(SynchronousTestCase):
+    """
+    Attempts, retries, scheduled jobs and due lag, through a real Delivery
+    with retry rules, a fake worker and a Clock.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.store = MemoryStore()
+        self.worker = FakeWorker(Reply(code=200))
+        self.worker.route("/fail", Reply(code=503, body=b"busy"))
+        self.worker.route("/hang", Reply(hang=True))
+        self.stub = WorkerStub(self.worker)
+        self.dispatch = Delivery(
+            store=self.store,
+            worker=WorkerClient(self.stub.http, self.clock, "HQ/test", 1024),
+            clock=self.clock,
+            dispatchers=1,
+            workers_per_dispatcher=8,
+            queue_size=100,
+            shutdown_timeout=1,
+            rules=RetryRules(min_backoff=1, max_backoff=10),
+            jitter=lambda: 1.0,
+        )
+        self.metrics = ServerMetrics(
+            self.store,
+            self.dispatch,
+            self.clock,
+            max_workers=8,
+            queue_size=100,
+            version="1",
+            commit_hash="x",
+            process=False,
+        )
+        self.metrics.observe(self.dispatch)
+        self.dispatch.startService()
+        self.addCleanup(self.dispatch.stopService)
+        self.sequence = 0
+
+    def add(self, path: str, retries: int = 0, run_at: int | None = None) -> Job:
+        self.sequence += 1
+        job = Job(
+            id=first_id_at(int(self.clock.seconds() * 1000)) + self.sequence,
+            url="http://w" + path,
+            retries=retries,
+            run_at=run_at,
+        )
+        self.successResultOf(self.store.create(job))
+        self.dispatch.enqueue(job)
+        self.stub.flush()
+        return job
+
+    def scrape(self) -> Samples:
+        body, _ = self.successResultOf(Deferred.fromCoroutine(self.metrics.render("")))
+        return parse(body.decode("utf-8"))
+
+    def test_attempts_retries_and_scheduled(self) -> None:
+        """Each attempt counts by outcome, each retry once; a pending retry is scheduled."""
+        self.add("/fail", retries=2)
+        self.add("/ok", retries=2)
+        samples = self.scrape()
+        self.assertEqual(value(samples, "hq_attempts_total", outcome="failure"), 1)
+        self.assertEqual(value(samples, "hq_attempts_total", outcome="success"), 1)
+        self.assertEqual(value(samples, "hq_retries_scheduled_total"), 1)
+        self.assertEqual(value(samples, "hq_jobs_scheduled"), 1)
+        self.assertEqual(value(samples, "hq_jobs_waiting"), 1)
+        self.clock.advance(1)  # attempt 2, then a retry 2 s later
+        self.stub.flush()
+        self.assertEqual(value(self.scrape(), "hq_retries_scheduled_total"), 2)
+        self.clock.advance(2)  # attempt 3, the last
+        self.stub.flush()
+        stopped = self.add("/hang")
+        self.successResultOf(self.store.stop(stopped.id, int(self.clock.seconds() * 1000)))
+        self.dispatch.cancel(stopped.id)
+        self.stub.flush()
+        samples = self.scrape()
+        self.assertEqual(value(samples, "hq_attempts_total", outcome="failure"), 3)
+        self.assertEqual(value(samples, "hq_attempts_total", outcome="success"), 1)
+        self.assertEqual(value(samples, "hq_attempts_total", outcome="canceled"), 1)
+        self.assertEqual(value(samples, "hq_retries_scheduled_total"), 2)
+        self.assertEqual(value(samples, "hq_jobs_finished_total", outcome="failure"), 1)
+        self.assertEqual(value(samples, "hq_jobs_scheduled"), 0)
+        self.assertEqual(value(samples, "hq_jobs_waiting"), 0)
+
+    def test_due_lag(self) -> None:
+        """The due lag is the start time minus the due time of each attempt started."""
+        now = int(self.clock.seconds() * 1000)
+        self.add("/ok", run_at=now - 3_000)  # due 3 s ago: 3 s late
+        self.add("/ok", run_at=now + 60_000)  # due in a minute
+        samples = self.scrape()
+        self.assertEqual(value(samples, "hq_due_lag_seconds_count"), 1)
+        self.assertAlmostEqual(value(samples, "hq_due_lag_seconds_sum"), 3)
+        self.assertEqual(value(samples, "hq_jobs_scheduled"), 1)
+        self.clock.advance(60)
+        self.stub.flush()
+        samples = self.scrape()
+        self.assertEqual(value(samples, "hq_due_lag_seconds_count"), 2)
+        self.assertAlmostEqual(value(samples, "hq_due_lag_seconds_sum"), 3)
+        self.assertEqual(value(samples, "hq_due_lag_seconds_bucket", le="0.01"), 1)
+        self.assertEqual(value(samples, "hq_jobs_scheduled"), 0)
 
 
 class RealServerMetricsTests(SynchronousTestCase):

@@ -35,7 +35,9 @@ from hq.logs import JSONLineObserver, ReopenableFile, app_observer
 from hq.store import StoreError
 from hq.store.sqlite import _SCHEMA, SCHEMA_VERSION, SQLiteStore
 from hq.systemd import notify_address, sd_notify
-from tests.schema_v1 import V1_STATEMENTS, make_v1_data_dir, sample_rows
+from tests.schema_v1 import T0_MS, V1_STATEMENTS, make_v1_data_dir, sample_rows
+from tests.schema_v2 import V2_STATEMENTS, V2_WRITER, make_v2_data_dir
+from tests.schema_v2 import sample_rows as v2_rows
 from tests.serverprocess import ROOT, RecordingWorker, ServerProcess, wait_for
 
 CONTRIB = os.path.join(ROOT, "contrib")
@@ -275,6 +277,120 @@ class SchemaUpgradeTests(TestCase):
         self.assertIn(f"knows schema versions up to {SCHEMA_VERSION}", message)
         self.assertIn("will not downgrade", message)
         self.assertEqual(self.sql("PRAGMA user_version"), [(SCHEMA_VERSION + 1,)])
+
+
+class SchemaUpgradeFromV2Tests(TestCase):
+    """
+    A data_dir of the second released schema (HQ 0.1.0), jobs in every
+    state, opened by this HQ.
+    """
+
+    def setUp(self) -> None:
+        self.data_dir = self.mktemp()
+        self.rows = v2_rows("http://127.0.0.1:9")
+        self.path = make_v2_data_dir(self.data_dir, self.rows)
+
+    def sql(self, query: str) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.path)
+        try:
+            return conn.execute(query).fetchall()
+        finally:
+            conn.close()
+
+    def test_version_2_statements_are_frozen(self) -> None:
+        """The store's version-1 and -2 statements are still those of HQ 0.1.0."""
+        self.assertEqual(
+            [_normalised(s) for s in [*_SCHEMA[0], *_SCHEMA[1]]],
+            [_normalised(s) for s in V2_STATEMENTS],
+        )
+
+    async def test_upgrade_in_place_keeps_every_job(self) -> None:
+        """
+        Opening a version-2 file upgrades it to version 3: finished jobs keep
+        every field, no job has retries or an attempt history, waiting jobs
+        are due at their creation and come out in id order after recovery.
+        """
+        store = SQLiteStore(self.data_dir, reactor)
+        await store.open()
+        try:
+            for row in self.rows:
+                job = await store.get(row["id"])
+                self.assertEqual(
+                    (
+                        job.url,
+                        job.status,
+                        job.status_code,
+                        job.err,
+                        job.output,
+                        job.output_truncated,
+                        job.started_at,
+                        job.finished_at,
+                        job.attempts,
+                    ),
+                    (
+                        row["url"],
+                        row["status"],
+                        row["status_code"],
+                        row["err"],
+                        row["output"],
+                        bool(row["output_truncated"]),
+                        row["started_at"],
+                        row["finished_at"],
+                        row["attempts"],
+                    ),
+                )
+                self.assertEqual((job.retries, job.run_at, job.idempotency_key), (0, None, None))
+                self.assertEqual(await store.attempts(row["id"]), [])
+            first = await store.get(self.rows[0]["id"])
+            self.assertEqual((first.payload, first.headers), ('{"n":1}', {"X-A": "b"}))
+            counts = await store.counts(0, 1 << 62)
+            self.assertEqual(
+                (counts.stored, counts.waiting, counts.running, counts.scheduled), (7, 2, 2, 0)
+            )
+            recovery = await store.recover(T0_MS + 100)
+            self.assertEqual((recovery.requeued, recovery.canceled), (1, 1))
+            self.assertEqual((await store.get(self.rows[4]["id"])).status, "canceled")
+            waiting = await store.waiting_jobs((0, 0), 1 << 62, 10)
+            self.assertEqual(
+                [j.id for j in waiting], [r["id"] for r in self.rows[3:4] + self.rows[5:]]
+            )
+            self.assertEqual([j.attempts for j in waiting], [1, 0, 0])
+            # Nothing is scheduled: every waiting job is due since its creation.
+            self.assertIsNone(await store.next_due(T0_MS + 5))
+        finally:
+            await store.close()
+        self.assertEqual(self.sql("PRAGMA user_version"), [(3,)])
+        self.assertEqual(SCHEMA_VERSION, 3)
+        meta = dict(self.sql("SELECT key, value FROM meta"))
+        self.assertEqual(meta["created_by"], V2_WRITER)
+        self.assertEqual(meta["last_opened_by"], f"HQ {__version__}")
+        self.assertEqual(meta["max_id"], str(self.rows[-1]["id"]))
+        indexes = {row[0] for row in self.sql("SELECT name FROM sqlite_master WHERE type='index'")}
+        self.assertIn("jobs_due", indexes)
+        self.assertNotIn("jobs_waiting", indexes)
+        self.assertEqual(self.sql("SELECT count(*) FROM attempts"), [(0,)])
+        self.assertEqual(self.sql("SELECT count(*) FROM idempotency_keys"), [(0,)])
+        self.assertEqual(self.sql("PRAGMA integrity_check"), [("ok",)])
+
+    async def test_failed_upgrade_keeps_version_2(self) -> None:
+        """A version-3 upgrade that fails half-way rolls back: still version 2, jobs untouched."""
+        conn = sqlite3.connect(self.path)
+        # In the way of version 3's CREATE TABLE attempts, after its ALTER TABLEs.
+        conn.execute("CREATE TABLE attempts (x)")
+        conn.commit()
+        conn.close()
+        store = SQLiteStore(self.data_dir, reactor)
+        with self.assertRaises(StoreError) as e:
+            await store.open()
+        self.assertEqual(
+            str(e.exception),
+            f"cannot upgrade {self.path} from schema version 2 to 3: "
+            "table attempts already exists; the file is unchanged",
+        )
+        self.assertEqual(self.sql("PRAGMA user_version"), [(2,)])
+        columns = {row[1] for row in self.sql("PRAGMA table_info(jobs)")}
+        self.assertNotIn("retries", columns)
+        self.assertEqual(self.sql("SELECT count(*), sum(run_after) FROM jobs"), [(7, 0)])
 
 
 # -- The real server ---------------------------------------------------------------
@@ -590,6 +706,64 @@ class ProcessTests(SynchronousTestCase):
         conn = sqlite3.connect(os.path.join(data_dir, "hq.sqlite3"))
         self.addCleanup(conn.close)
         self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
+
+    def test_server_upgrades_a_version_2_data_dir(self) -> None:
+        """
+        hq serve on a version-2 data_dir (jobs in every state) upgrades it in
+        place to version 3: the job running at the crash and the waiting ones
+        are delivered in id order, the finished ones keep their fields, no
+        job has retries or an attempt history.
+        """
+        directory = self.mktemp()
+        data_dir = os.path.join(os.path.abspath(directory), "data")
+        rows = v2_rows(self.worker.url)
+        make_v2_data_dir(data_dir, rows)
+        # One delivery at a time, so the order is the start order.
+        server = self.server(data_dir=data_dir, job_lifetime=0, max_workers=1)
+        server.start()
+        delivered = [str(row["id"]) for row in rows[3:4] + rows[5:]]
+        wait_for(lambda: len(self.worker.requests) >= 3, 20, "the three deliveries")
+        self.assertEqual([r["headers"]["X-Hq-Job-Id"] for r in self.worker.requests], delivered)
+        self.assertEqual(
+            [r["path"] for r in self.worker.requests], ["/running", "/waiting-1", "/waiting-2"]
+        )
+        jobs = wait_for(
+            lambda: (
+                (jobs := {job["id"]: job for job in server.jobs()})
+                and all(jobs[i]["status"] == "success" for i in delivered)
+                and jobs
+            ),
+            10,
+            "the deliveries recorded",
+        )
+        self.assertEqual(set(jobs), {str(row["id"]) for row in rows})
+        for row in rows[:3]:
+            job = jobs[str(row["id"])]
+            self.assertEqual(
+                (job["status"], job["statusCode"], job["err"], job["output"], job["attempts"]),
+                (row["status"], row["status_code"], row["err"], row["output"], row["attempts"]),
+            )
+        first = jobs[str(rows[0]["id"])]
+        self.assertEqual((first["payload"], first["headers"]), ({"n": 1}, {"X-A": "b"}))
+        self.assertEqual(jobs[str(rows[4]["id"])]["status"], "canceled")
+        # The crashed delivery counts: attempts 1 before the upgrade, 2 after.
+        self.assertEqual([jobs[i]["attempts"] for i in delivered], [2, 1, 1])
+        for job in jobs.values():
+            self.assertEqual((job["retries"], job["runAt"], job["idempotencyKey"]), (0, None, None))
+        status, _ = server.request("GET", f"/job/{rows[0]['id']}/attempts")
+        if status == 200:
+            for row in rows[:3]:
+                status, body = server.request("GET", f"/job/{row['id']}/attempts")
+                self.assertEqual((status, body), (200, {"attempts": []}))
+        self.assertIn(
+            f"Upgraded {data_dir}/hq.sqlite3 from schema version 2 to {SCHEMA_VERSION}",
+            server.log_text(),
+        )
+        server.stop()
+        conn = sqlite3.connect(os.path.join(data_dir, "hq.sqlite3"))
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 3)
+        self.assertEqual(conn.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
 
     def test_server_refuses_a_newer_schema(self) -> None:
         """hq serve on a data_dir of a newer schema exits 1 saying it will not downgrade."""
