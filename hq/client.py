@@ -61,6 +61,10 @@ USER_AGENT = f"HQ-Client/{__version__}"
 #: default ``max_batch_jobs``).
 MAX_BATCH_JOBS = 10_000
 
+#: The most bytes :meth:`HQClient.push_many` sends in one ``POST /jobs`` (the server's
+#: default ``max_body_bytes``, 4 MiB).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -98,6 +102,10 @@ def _parse_time(value: Any) -> datetime | None:
 
 def _str(value: Any, default: str = "") -> str:
     return value if isinstance(value, str) else default
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _as_bytes(values: list[Any]) -> list[bytes]:
@@ -579,11 +587,13 @@ class HQClient:
         path: str,
         params: list[tuple[str, str]] | None = None,
         body: Any = None,
+        data: bytes | None = None,
     ) -> Any:
         """
-        Send one request and return its decoded JSON answer; raise HQError.
+        Send one request (with ``body`` as JSON, or ``data``, JSON already encoded) and
+        return its decoded JSON answer; raise HQError.
         """
-        decoded, _ = await self._exchange(method, path, params, body)
+        decoded, _ = await self._exchange(method, path, params, body, data)
         return decoded
 
     async def _exchange(
@@ -592,6 +602,7 @@ class HQClient:
         path: str,
         params: list[tuple[str, str]] | None = None,
         body: Any = None,
+        data: bytes | None = None,
     ) -> tuple[Any, Any]:
         """
         Send one request and return its decoded JSON answer and the response (for its
@@ -603,16 +614,11 @@ class HQClient:
             "Content-Type": ["application/json"],
             "Accept": ["application/json"],
         }
-        data = None
         if body is not None:
-            data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            data = _encode(body)
         try:
             response = await self._http.request(
-                method,
-                url,
-                params=params,
-                headers=headers,
-                data=None if data is None else data.encode("utf-8"),
+                method, url, params=params, headers=headers, data=data
             )
             content: bytes = await response.content()
         except _TRANSPORT_ERRORS as e:
@@ -696,41 +702,48 @@ class HQClient:
         jobs: Iterable[dict[str, Any]],
         *,
         batch_size: int = MAX_BATCH_JOBS,
+        batch_bytes: int = MAX_BATCH_BYTES,
         on_batch: Callable[[list[str]], object] | None = None,
     ) -> list[str]:
         """
         ``POST /jobs``: push ``jobs`` (wire objects, as for :meth:`push`) in batches of at
-        most ``batch_size`` (one request and one commit each; each batch is stored whole or
-        not at all). ``on_batch``, if given, is called with each batch's ids as soon as it
-        is stored.
+        most ``batch_size`` jobs and ``batch_bytes`` bytes of JSON (one request and one
+        commit each; each batch is stored whole or not at all; a job larger than
+        ``batch_bytes`` goes alone). ``on_batch``, if given, is called with each batch's
+        ids as soon as it is stored.
 
         A Deferred firing with the ids of all the jobs, in input order (for a job with an
         idempotency key seen before, the id of the job stored then). Fails with
         :class:`BatchPushError` (an HQError: 422 naming the job's index, 413 for a batch
-        over the server's ``max_batch_jobs``, ...) saying which batches were stored; with
-        ValueError for a ``batch_size`` below 1.
+        over the server's ``max_batch_jobs`` or ``max_body_bytes``, ...) saying which
+        batches were stored; with ValueError for a ``batch_size`` below 1 or a job that is
+        not JSON (NaN, for example).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
         ids: list[str] = []
-        batch: list[dict[str, Any]] = []
+        batch: list[bytes] = []
+        size = 2  # the brackets
         for job in jobs:
-            batch.append(job)
-            if len(batch) == batch_size:
+            encoded = _encode(job)
+            if batch and (len(batch) == batch_size or size + len(encoded) + 1 > batch_bytes):
                 await self._push_batch(batch, ids, on_batch)
-                batch = []
+                batch, size = [], 2
+            batch.append(encoded)
+            size += len(encoded) + 1
         if batch:
             await self._push_batch(batch, ids, on_batch)
         return ids
 
     async def _push_batch(
         self,
-        batch: list[dict[str, Any]],
+        batch: list[bytes],
         ids: list[str],
         on_batch: Callable[[list[str]], object] | None,
     ) -> None:
+        body = b"[" + b",".join(batch) + b"]"
         try:
-            data = await self._object("POST", "/jobs", body=batch)
+            data = await self._object("POST", "/jobs", data=body)
         except HQError as e:
             raise BatchPushError(e, list(ids), len(ids)) from e
         got = data.get("ids")

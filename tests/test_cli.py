@@ -986,6 +986,33 @@ class PushOptionTests(CLITestCase):
         )
         self.assertEqual(self.runner.addresses, [])
 
+    def test_batch_too_large_for_the_server(self) -> None:
+        """
+        A batch over the server's max_batch_jobs is its 413 message and a hint.
+        """
+        api = HQApi(
+            store=self.store,
+            dispatch=self.dispatch,
+            ids=IdGenerator(0, self.clock),
+            clock=self.clock,
+            config=Config(max_batch_jobs=2),
+        )
+        runner = StubRunner(StubTreq(api.resource()), self.clock)
+        path = self.write("jobs.jsonl", (json.dumps({"url": WORKER}) + "\n") * 3)
+        ran = self.hq("push", path, runner=runner)
+        self.assertEqual(
+            ran,
+            Ran(
+                1,
+                "",
+                "error: The batch has more than 2 jobs (the limit is max_batch_jobs)\n"
+                "no job was pushed (a batch is stored whole or not at all)\n"
+                "the batch is too large for this server: try a smaller --batch-size\n",
+            ),
+        )
+        self.assertEqual(self.hq("push", "--batch-size", "2", path, runner=runner).code, 0)
+        self.assertEqual(len(self.stored_ids()), 3)
+
     def test_server_without_batches_gets_jobs_one_by_one(self) -> None:
         """
         A server without POST /jobs (an older HQ, or Go HQ) gets the jobs one by one.

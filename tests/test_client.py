@@ -544,6 +544,18 @@ class WireTests(SynchronousTestCase):
             self.call(resource, lambda c: c.push_many([], batch_size=0)), ValueError
         )
 
+    def test_push_many_splits_by_bytes_too(self) -> None:
+        """
+        A batch also ends before it would pass batch_bytes; a larger job goes alone.
+        """
+        resource = BatchResource()
+        jobs = [{"p": "x" * 40}, {"p": "y" * 40}, {"p": "z" * 200}, {"p": ""}]
+        ids = self.successResultOf(
+            self.call(resource, lambda c: c.push_many(jobs, batch_bytes=100))
+        )
+        self.assertEqual(resource.sizes, [2, 1, 1])
+        self.assertEqual(ids, ["0", "1", "2", "3"])
+
     def test_push_many_answer_without_ids_is_an_error(self) -> None:
         """
         An answer to POST /jobs without one id per job fails with BatchPushError.

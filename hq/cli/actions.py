@@ -149,6 +149,8 @@ def _batch_error(e: BatchPushError, sources: Sequence[JobSource], output: Output
             f"{e.start} of {len(sources)} jobs were pushed (ids above); "
             f"{_not_done(sources, e.start)}"
         )
+    if e.status == 413:
+        output.note("the batch is too large for this server: try a smaller --batch-size")
 
 
 async def _push_one(
