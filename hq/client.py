@@ -3,8 +3,8 @@ An HTTP client for the HQ API, usable from any Twisted program (the ``hq`` CLI u
 
 Every method of :class:`HQClient` returns a :class:`~twisted.internet.defer.Deferred`, so it
 can be awaited in ``async def`` code or used with callbacks. Results are frozen attrs values
-(:class:`RemoteJob`, :class:`JobList`, :class:`Stats`, :class:`ServerInfo`) that also keep
-the JSON object the server sent, as ``raw``. Every failure is one exception type,
+(:class:`RemoteJob`, :class:`JobList`, :class:`Attempt`, :class:`Stats`, :class:`ServerInfo`)
+that also keep the JSON object the server sent, as ``raw``. Every failure is one exception type,
 :class:`HQError`: it carries the HTTP status (``None`` when no answer came) and a message for
 a person, the server's own ``error`` text when there is one.
 
@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Coroutine
+import re
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -55,6 +56,14 @@ DEFAULT_ADDRESS = "http://127.0.0.1:19900"
 
 #: The ``User-Agent`` the client sends.
 USER_AGENT = f"HQ-Client/{__version__}"
+
+#: The most jobs :meth:`HQClient.push_many` sends in one ``POST /jobs`` (the server's
+#: default ``max_batch_jobs``).
+MAX_BATCH_JOBS = 10_000
+
+#: The most bytes :meth:`HQClient.push_many` sends in one ``POST /jobs`` (the server's
+#: default ``max_body_bytes``, 4 MiB).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -95,6 +104,18 @@ def _str(value: Any, default: str = "") -> str:
     return value if isinstance(value, str) else default
 
 
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _as_bytes(values: list[Any]) -> list[bytes]:
+    return [v.lower() if isinstance(v, bytes) else str(v).lower().encode() for v in values]
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _int(value: Any, default: int = 0) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
@@ -112,6 +133,12 @@ class RemoteJob:
     ids are 64-bit and must not lose digits anywhere). Times are timezone-aware UTC
     :class:`~datetime.datetime` values, or ``None``. ``payload`` is the decoded JSON value.
     ``raw`` is the JSON object exactly as received (key order kept).
+
+    ``attempts`` counts the attempts started so far, ``retries`` the extra attempts allowed
+    after a failed one; ``run_at`` is when a ``scheduled`` job is next due (``None`` when it
+    is due now or finished). ``replayed`` is true when a push with an idempotency key was
+    answered with the job stored before (``Idempotent-Replayed: true``); it is not part of
+    equality.
     """
 
     id: str
@@ -134,12 +161,20 @@ class RemoteJob:
     output: str
     output_truncated: bool
     status: str
+    attempts: int
+    retries: int
+    run_at: datetime | None
+    idempotency_key: str | None
     raw: dict[str, Any] = attrs.field(eq=False, repr=False)
+    replayed: bool = attrs.field(default=False, eq=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RemoteJob:
+    def from_dict(cls, data: dict[str, Any], replayed: bool = False) -> RemoteJob:
         """
-        Return the job described by the wire object ``data``; missing keys take defaults.
+        Return the job described by the wire object ``data``; missing keys take defaults
+        (a server older than retries says nothing of ``attempts``, ``retries``, ``runAt``
+        and ``idempotencyKey``: 0, 0, ``None``, ``None``). ``replayed`` says the server
+        answered an idempotent push with a job it had already stored.
         """
         job_id = data.get("id")
         headers = data.get("headers")
@@ -164,7 +199,12 @@ class RemoteJob:
             output=_str(data.get("output")),
             output_truncated=data.get("outputTruncated") is True,
             status=_str(data.get("status"), "unknown"),
+            attempts=_int(data.get("attempts")),
+            retries=_int(data.get("retries")),
+            run_at=_parse_time(data.get("runAt")),
+            idempotency_key=_opt_str(data.get("idempotencyKey")),
             raw=data,
+            replayed=replayed,
         )
 
     @property
@@ -225,6 +265,7 @@ class Stats:
     num_jobs_running: int
     num_stored_jobs: int
     num_jobs_in_last_minute: int
+    num_jobs_scheduled: int
     raw: dict[str, Any] = attrs.field(eq=False, repr=False)
 
     @classmethod
@@ -242,8 +283,53 @@ class Stats:
             num_jobs_running=_int(data.get("numJobsRunning")),
             num_stored_jobs=_int(data.get("numStoredJobs")),
             num_jobs_in_last_minute=_int(data.get("numJobsInLastMinute")),
+            num_jobs_scheduled=_int(data.get("numJobsScheduled")),
             raw=data,
         )
+
+
+@attrs.frozen
+class Attempt:
+    """
+    One attempt to deliver a job, as ``GET /job/{id}/attempts`` reports it.
+
+    ``attempt`` is numbered from 1; ``status_code`` is the worker's HTTP status (``None``
+    when no answer came); ``err`` says why the attempt failed (``""`` if it did not);
+    ``output`` is the start of the worker's answer (at most 4 KiB). Times are UTC
+    :class:`~datetime.datetime` values or ``None``; ``raw`` is the JSON object as received.
+    """
+
+    attempt: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    status_code: int | None
+    err: str
+    output: str
+    raw: dict[str, Any] = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Attempt:
+        """
+        Return the attempt described by the wire object ``data``; missing keys take defaults.
+        """
+        return cls(
+            attempt=_int(data.get("attempt")),
+            started_at=_parse_time(data.get("startedAt")),
+            finished_at=_parse_time(data.get("finishedAt")),
+            status_code=_opt_int(data.get("statusCode")),
+            err=_str(data.get("err")),
+            output=_str(data.get("output")),
+            raw=data,
+        )
+
+    @property
+    def duration(self) -> timedelta | None:
+        """
+        How long the attempt took (``finished_at - started_at``), or ``None`` if unknown.
+        """
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
 
 
 @attrs.frozen
@@ -318,6 +404,102 @@ def _transport_message(address: str, exc: BaseException) -> str:
                 return f"no answer from HQ at {address}: {reason}"
             return f"cannot reach HQ at {address}: {reason}"
     return f"cannot reach HQ at {address}: {exc}"  # pragma: no cover
+
+
+class BatchPushError(HQError):
+    """
+    A batch of :meth:`HQClient.push_many` was refused or not answered.
+
+    The batches before it are stored: ``ids`` are their jobs' ids, in input order, and
+    ``start`` is the index (in the whole input) of the first job of the refused batch:
+    nothing from there on was stored. When the server named the job at fault
+    (``job 3: 'url' is required``), ``job_index`` is that job's index in the whole input
+    and ``reason`` the message without the ``job N:`` prefix; otherwise ``job_index`` is
+    ``None`` and ``reason`` is ``message``.
+    """
+
+    def __init__(self, error: HQError, ids: list[str], start: int) -> None:
+        super().__init__(error.status, error.message)
+        self.ids = ids
+        self.start = start
+        self.job_index: int | None = None
+        self.reason = error.message
+        match = _JOB_INDEX.match(error.message) if error.status is not None else None
+        if match is not None:
+            self.job_index = start + int(match.group(1))
+            self.reason = error.message[match.end() :]
+
+
+_JOB_INDEX = re.compile(r"job (\d+)(?: \(line \d+\))?: ")
+
+
+def format_time(when: datetime) -> str:
+    """
+    Return the timezone-aware ``when`` as the server writes times: RFC 3339 in UTC with
+    milliseconds (``2024-05-01T09:30:00.000Z``). Raises ``ValueError`` for a naive datetime
+    (its time zone would be a guess).
+    """
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"run_at must be timezone-aware, not the naive {when.isoformat()}")
+    utc = when.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def with_options(
+    job: dict[str, Any],
+    *,
+    retries: int | None = None,
+    run_at: datetime | str | None = None,
+    delay: float | None = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """
+    Return a copy of the push object ``job`` with the options that are not ``None`` set:
+    ``retries``, ``runAt`` (a datetime is written with :func:`format_time`; a string is
+    sent as is and checked by the server), ``delay`` (seconds) and ``idempotencyKey``.
+
+    An option replaces the same key of ``job``; ``run_at`` also drops a ``delay`` of
+    ``job``, and ``delay`` a ``runAt``, since a job has one due time. Raises ``ValueError``
+    when both ``run_at`` and ``delay`` are given, or for a naive ``run_at``.
+    """
+    if run_at is not None and delay is not None:
+        raise ValueError("run_at and delay cannot be given together: give one")
+    out = dict(job)
+    if retries is not None:
+        out["retries"] = retries
+    if run_at is not None:
+        out.pop("delay", None)
+        out["runAt"] = run_at if isinstance(run_at, str) else format_time(run_at)
+    if delay is not None:
+        out.pop("runAt", None)
+        out["delay"] = delay
+    if idempotency_key is not None:
+        out["idempotencyKey"] = idempotency_key
+    return out
+
+
+def _filter_params(
+    name: str | None,
+    term: str | None,
+    status: str | None,
+    begin: str | int | None,
+    reverse: bool,
+    limit: int | None,
+) -> list[tuple[str, str]]:
+    params: list[tuple[str, str]] = []
+    if name is not None:
+        params.append(("name", name))
+    if term is not None:
+        params.append(("term", term))
+    if status is not None:
+        params.append(("status", status))
+    if begin is not None:
+        params.append(("begin", str(begin)))
+    if reverse:
+        params.append(("reverse", "true"))
+    if limit is not None:
+        params.append(("limit", str(limit)))
+    return params
 
 
 def check_address(address: str) -> str:
@@ -405,9 +587,26 @@ class HQClient:
         path: str,
         params: list[tuple[str, str]] | None = None,
         body: Any = None,
+        data: bytes | None = None,
     ) -> Any:
         """
-        Send one request and return its decoded JSON answer; raise HQError.
+        Send one request (with ``body`` as JSON, or ``data``, JSON already encoded) and
+        return its decoded JSON answer; raise HQError.
+        """
+        decoded, _ = await self._exchange(method, path, params, body, data)
+        return decoded
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        params: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        data: bytes | None = None,
+    ) -> tuple[Any, Any]:
+        """
+        Send one request and return its decoded JSON answer and the response (for its
+        headers); raise HQError.
         """
         url = self._address + path
         headers: dict[bytes | str, list[bytes | str]] = {
@@ -415,16 +614,11 @@ class HQClient:
             "Content-Type": ["application/json"],
             "Accept": ["application/json"],
         }
-        data = None
         if body is not None:
-            data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            data = _encode(body)
         try:
             response = await self._http.request(
-                method,
-                url,
-                params=params,
-                headers=headers,
-                data=None if data is None else data.encode("utf-8"),
+                method, url, params=params, headers=headers, data=data
             )
             content: bytes = await response.content()
         except _TRANSPORT_ERRORS as e:
@@ -444,7 +638,7 @@ class HQClient:
             raise HQError(status, f"{status} {phrase} from {url}")
         if decoded is None:
             raise HQError(status, f"the answer from {url} is not JSON; is this an HQ server?")
-        return decoded
+        return decoded, response
 
     async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         decoded = await self._call(method, path, **kwargs)
@@ -470,14 +664,96 @@ class HQClient:
         return Stats.from_dict(await self._object("GET", "/stats"))
 
     @_deferred
-    async def push(self, job: dict[str, Any]) -> RemoteJob:
+    async def push(
+        self,
+        job: dict[str, Any],
+        *,
+        retries: int | None = None,
+        run_at: datetime | str | None = None,
+        delay: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> RemoteJob:
         """
         ``POST /job``: push ``job`` (the wire object: ``url`` required; ``name``,
-        ``comment``, ``payload``, ``headers``, ``timeout``). A Deferred firing with the new
-        :class:`RemoteJob`; fails with HQError (422 ``'url' is required``, 400 for a field of
-        the wrong type, ...).
+        ``comment``, ``payload``, ``headers``, ``timeout``, ``retries``, ``runAt``,
+        ``delay``, ``idempotencyKey``). The keyword options, when not ``None``, set those
+        keys as :func:`with_options` says: ``retries`` (0-1000 extra attempts after a
+        failure), ``run_at`` (not delivered before: an aware datetime or an RFC 3339
+        string), ``delay`` (seconds from now), ``idempotency_key`` (a second push with the
+        same key answers the job stored the first time, with ``replayed`` true).
+
+        A Deferred firing with the new (or replayed) :class:`RemoteJob`; fails with
+        ValueError for ``run_at`` with ``delay`` or a naive ``run_at``, and with HQError
+        (422 ``'url' is required``, 400 for a field of the wrong type, 409 for an
+        idempotency key already used with another url, name or payload, ...).
         """
-        return RemoteJob.from_dict(await self._object("POST", "/job", body=job))
+        body = with_options(
+            job, retries=retries, run_at=run_at, delay=delay, idempotency_key=idempotency_key
+        )
+        data, response = await self._exchange("POST", "/job", body=body)
+        if not isinstance(data, dict):
+            raise HQError(None, f"the answer from {self._address}/job is not a JSON object")
+        replayed = response.headers.getRawHeaders("Idempotent-Replayed", [])
+        return RemoteJob.from_dict(data, replayed=[b"true"] == _as_bytes(replayed))
+
+    @_deferred
+    async def push_many(
+        self,
+        jobs: Iterable[dict[str, Any]],
+        *,
+        batch_size: int = MAX_BATCH_JOBS,
+        batch_bytes: int = MAX_BATCH_BYTES,
+        on_batch: Callable[[list[str]], object] | None = None,
+    ) -> list[str]:
+        """
+        ``POST /jobs``: push ``jobs`` (wire objects, as for :meth:`push`) in batches of at
+        most ``batch_size`` jobs and ``batch_bytes`` bytes of JSON (one request and one
+        commit each; each batch is stored whole or not at all; a job larger than
+        ``batch_bytes`` goes alone). ``on_batch``, if given, is called with each batch's
+        ids as soon as it is stored.
+
+        A Deferred firing with the ids of all the jobs, in input order (for a job with an
+        idempotency key seen before, the id of the job stored then). Fails with
+        :class:`BatchPushError` (an HQError: 422 naming the job's index, 413 for a batch
+        over the server's ``max_batch_jobs`` or ``max_body_bytes``, ...) saying which
+        batches were stored; with ValueError for a ``batch_size`` below 1 or a job that is
+        not JSON (NaN, for example).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
+        ids: list[str] = []
+        batch: list[bytes] = []
+        size = 2  # the brackets
+        for job in jobs:
+            encoded = _encode(job)
+            if batch and (len(batch) == batch_size or size + len(encoded) + 1 > batch_bytes):
+                await self._push_batch(batch, ids, on_batch)
+                batch, size = [], 2
+            batch.append(encoded)
+            size += len(encoded) + 1
+        if batch:
+            await self._push_batch(batch, ids, on_batch)
+        return ids
+
+    async def _push_batch(
+        self,
+        batch: list[bytes],
+        ids: list[str],
+        on_batch: Callable[[list[str]], object] | None,
+    ) -> None:
+        body = b"[" + b",".join(batch) + b"]"
+        try:
+            data = await self._object("POST", "/jobs", data=body)
+        except HQError as e:
+            raise BatchPushError(e, list(ids), len(ids)) from e
+        got = data.get("ids")
+        if not isinstance(got, list) or len(got) != len(batch):
+            error = HQError(None, f"the answer from {self._address}/jobs has no list of ids")
+            raise BatchPushError(error, list(ids), len(ids))
+        new = [str(job_id) for job_id in got]
+        ids.extend(new)
+        if on_batch is not None:
+            on_batch(new)
 
     @_deferred
     async def get(self, job_id: str | int) -> RemoteJob:
@@ -507,20 +783,81 @@ class HQClient:
         ``limit`` is the page size (``None`` or 0: the server's default; negative: no limit).
         Arguments left ``None`` are not sent.
         """
-        params: list[tuple[str, str]] = []
-        if name is not None:
-            params.append(("name", name))
-        if term is not None:
-            params.append(("term", term))
-        if status is not None:
-            params.append(("status", status))
-        if begin is not None:
-            params.append(("begin", str(begin)))
-        if reverse:
-            params.append(("reverse", "true"))
-        if limit is not None:
-            params.append(("limit", str(limit)))
+        params = _filter_params(name, term, status, begin, reverse, limit)
         return JobList.from_dict(await self._object("GET", "/job", params=params))
+
+    @_deferred
+    async def attempts(self, job_id: str | int) -> list[Attempt]:
+        """
+        ``GET /job/{id}/attempts``: a Deferred firing with the job's attempts, oldest first
+        (empty before the first attempt); fails with HQError (404 when there is no such
+        job).
+        """
+        data = await self._object("GET", self._job_path(job_id, "/attempts"))
+        attempts = data.get("attempts")
+        if not isinstance(attempts, list):
+            return []
+        return [Attempt.from_dict(a) for a in attempts if isinstance(a, dict)]
+
+    async def _bulk(self, action: str, params: list[tuple[str, str]]) -> int:
+        data = await self._object("POST", "/jobs/" + action, params=params)
+        return _int(data.get("count"))
+
+    @_deferred
+    async def restart_matching(
+        self,
+        name: str | None = None,
+        term: str | None = None,
+        status: str | None = None,
+        begin: str | int | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        """
+        ``POST /jobs/restart``: restart in place every finished job that the filters match
+        (the filters of :meth:`list_jobs`; at least one of ``name``, ``term``, ``status``
+        is needed; without ``limit`` every match is restarted). A Deferred firing with how
+        many were restarted; fails with HQError (400 without name, term or status, or for
+        an invalid regexp).
+        """
+        params = _filter_params(name, term, status, begin, reverse, limit)
+        return await self._bulk("restart", params)
+
+    @_deferred
+    async def stop_matching(
+        self,
+        name: str | None = None,
+        term: str | None = None,
+        status: str | None = None,
+        begin: str | int | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        """
+        ``POST /jobs/stop``: stop every active (waiting, scheduled or running) job that the
+        filters match, as :meth:`restart_matching` takes them. A Deferred firing with how
+        many were stopped; fails with HQError as :meth:`restart_matching`.
+        """
+        params = _filter_params(name, term, status, begin, reverse, limit)
+        return await self._bulk("stop", params)
+
+    @_deferred
+    async def delete_matching(
+        self,
+        name: str | None = None,
+        term: str | None = None,
+        status: str | None = None,
+        begin: str | int | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        """
+        ``POST /jobs/delete``: delete every finished job that the filters match, as
+        :meth:`restart_matching` takes them. A Deferred firing with how many were deleted;
+        fails with HQError as :meth:`restart_matching`.
+        """
+        params = _filter_params(name, term, status, begin, reverse, limit)
+        return await self._bulk("delete", params)
 
     @_deferred
     async def delete(self, job_id: str | int) -> str:

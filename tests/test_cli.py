@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 from click.testing import CliRunner
@@ -24,6 +25,8 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 import hq.cli.serve
 from hq import __version__
@@ -36,7 +39,7 @@ from hq.cli.terminal import Output, ProgressBar
 from hq.client import HQClient
 from hq.config import Config
 from hq.ids import IdGenerator, now_ms
-from hq.model import ListQuery, Outcome, job_dict
+from hq.model import Attempt, ListQuery, Outcome, job_dict
 from hq.store.memory import MemoryStore
 from hq.testing import FailingHTTP, RecordingDispatch
 
@@ -55,6 +58,7 @@ class StubRunner:
     """
 
     http: Any
+    clock: Clock | None = None
     addresses: list[str] = attrs.Factory(list)
 
     def __call__(self, address: str, command: Callable[[HQClient], Awaitable[int]]) -> int:
@@ -70,6 +74,10 @@ class StubRunner:
             if d.called or flush is None:
                 break
             flush()
+            if self.clock is not None:
+                # The API lets other requests in between steps of large batches and bulk
+                # actions (zero-delay calls on its clock).
+                self.clock.advance(0)
         outcome: list[Any] = []
         d.addBoth(outcome.append)
         assert outcome, "the command did not finish"
@@ -77,6 +85,44 @@ class StubRunner:
             outcome[0].raiseException()
         code: int = outcome[0]
         return code
+
+
+@attrs.define
+class CountingHTTP:
+    """
+    Passes requests to ``http`` (a StubTreq) and records each one's method and path.
+    """
+
+    http: StubTreq
+    requests: list[tuple[str, str]] = attrs.Factory(list)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        self.requests.append((method, urlsplit(url).path))
+        return self.http.request(method, url, **kwargs)
+
+    def flush(self) -> None:
+        self.http.flush()
+
+
+class OldServer(Resource):
+    """
+    A server from before batch pushes: ``POST /jobs`` is 404 (with Echo's body, as Go HQ
+    answers), ``POST /job`` answers ids 1, 2, ...
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[bytes] = []
+
+    def render(self, request: Request) -> bytes:
+        assert request.path is not None
+        self.paths.append(request.path)
+        if request.path != b"/job":
+            request.setResponseCode(404)
+            return b'{"message":"Not Found"}\n'
+        return json.dumps({"id": str(self.paths.count(b"/job"))}).encode()
 
 
 @attrs.frozen
@@ -109,7 +155,8 @@ class CLITestCase(SynchronousTestCase):
             version="1.2.3",
             commit_hash="abc123",
         )
-        self.runner = StubRunner(StubTreq(api.resource()))
+        self.http = CountingHTTP(StubTreq(api.resource()))
+        self.runner = StubRunner(self.http, self.clock)
         self.tty = False
         self.tmp = self.mktemp()
         os.mkdir(self.tmp)
@@ -171,7 +218,18 @@ class HelpTests(CLITestCase):
     Help, version, and usage errors.
     """
 
-    COMMANDS = ("serve", "push", "info", "list", "delete", "stop", "restart", "stats", "help")
+    COMMANDS = (
+        "serve",
+        "push",
+        "info",
+        "list",
+        "attempts",
+        "delete",
+        "stop",
+        "restart",
+        "stats",
+        "help",
+    )
 
     def test_no_arguments_prints_help(self) -> None:
         """
@@ -276,10 +334,18 @@ class HelpTests(CLITestCase):
         """
         Commands that need ids or files say so, exit 2, and send nothing.
         """
-        for command in ("push", "info", "delete", "stop", "restart"):
+        for command in ("push", "info", "attempts"):
             ran = self.hq(command)
             self.assertEqual(ran.code, 2, command)
             self.assertIn("error: Missing argument", ran.err)
+        for command in ("delete", "stop", "restart"):
+            ran = self.hq(command)
+            self.assertEqual(ran.code, 2, command)
+            self.assertIn(
+                f"error: give job ids, or filters (--name, --term, --status) to {command} "
+                "every job that matches\n",
+                ran.err,
+            )
         self.assertEqual(self.runner.addresses, [])
 
     def test_main_exits_with_the_status(self) -> None:
@@ -431,21 +497,41 @@ class PushTests(CLITestCase):
         self.assertEqual((ran.code, ran.err), (1, "error: '-' (stdin) can be given only once\n"))
         self.assertEqual(self.stored_ids(), [])
 
-    def test_refused_job_stops_and_says_which_were_pushed(self) -> None:
+    def test_refused_job_in_first_batch_pushes_nothing(self) -> None:
         """
-        When the server refuses a job, the ids before it are printed, the error names the
-        line, and stderr says which jobs were not pushed.
+        When the server refuses a job of the only batch, nothing is pushed and the error
+        names the job's file and line.
         """
         jobs = [{"url": WORKER}, {"url": WORKER}, {"name": "no url"}, {"url": WORKER}]
         path = self.write("jobs.jsonl", "\n".join(json.dumps(j) for j in jobs))
         ran = self.hq("push", path)
+        self.assertEqual(
+            ran,
+            Ran(
+                1,
+                "",
+                f"error: {path}:3: 'url' is required\n"
+                "no job was pushed (a batch is stored whole or not at all)\n",
+            ),
+        )
+        self.assertEqual(self.stored_ids(), [])
+
+    def test_refused_later_batch_keeps_earlier_ones(self) -> None:
+        """
+        A job refused in a later batch is named by file and line; the batches before it
+        stay pushed (ids printed) and stderr says which jobs were not pushed.
+        """
+        jobs: list[dict[str, Any]] = [{"url": WORKER} for _ in range(5)]
+        jobs[3] = {"url": WORKER, "timeout": -1}
+        path = self.write("jobs.jsonl", "\n".join(json.dumps(j) for j in jobs))
+        ran = self.hq("push", "--batch-size", "2", path)
         self.assertEqual(ran.code, 1)
         self.assertEqual(ran.out.splitlines(), self.stored_ids())
         self.assertEqual(len(self.stored_ids()), 2)
         self.assertEqual(
             ran.err,
-            f"error: {path}:3: 'url' is required\n"
-            f"2 of 4 jobs were pushed (ids above); {path}:3 and the 1 job after it "
+            f"error: {path}:4: 'timeout' must be 0 or more seconds, not -1\n"
+            f"2 of 5 jobs were pushed (ids above); {path}:3 and the 2 jobs after it "
             "were not pushed\n",
         )
 
@@ -558,18 +644,18 @@ class ListTests(CLITestCase):
 
     def test_detail_table(self) -> None:
         """
-        --detail adds COMMENT (newlines as spaces), URL, STARTED and FINISHED.
+        --detail adds COMMENT (newlines as spaces), URL, RUN AT, STARTED and FINISHED.
         """
         ran = self.hq("list", "--detail")
         pad = " " * (len(self.a) - 2)
         self.assertEqual(
             ran.out,
             f"ID{pad}  NAME     COMMENT        URL                     CREATED        "
-            "STARTED        FINISHED       DURATION  STATUS\n"
+            "RUN AT  STARTED        FINISHED       DURATION  STATUS\n"
             f"{self.a}  default  weekly report  http://worker.test/run  3 minutes ago  "
-            "2 minutes ago  2 minutes ago  1.5s      success\n"
+            "        2 minutes ago  2 minutes ago  1.5s      success\n"
             f"{self.b}  mail                    http://mail.test/send   3 minutes ago  "
-            + " " * (15 + 15 + 10)  # empty STARTED, FINISHED and DURATION
+            + " " * (8 + 15 + 15 + 10)  # empty RUN AT, STARTED, FINISHED and DURATION
             + "waiting\n",
         )
 
@@ -760,6 +846,386 @@ class ActionTests(CLITestCase):
             ran.err.splitlines()[1],
             f"1 of 2 jobs done before job 88 failed (restarted as copies: {original} as {new_id})",
         )
+
+
+class PushOptionTests(CLITestCase):
+    """
+    ``hq push`` with --retries, --delay, --run-at, --idempotency-key and batches.
+    """
+
+    def stored(self, job_id: str) -> Any:
+        return self.successResultOf(self.store.get(int(job_id)))
+
+    def test_retries_and_delay_set_the_job(self) -> None:
+        """
+        --retries and --delay reach the job: it is scheduled SECONDS after the push.
+        """
+        ran = self.hq(
+            "push", "--retries", "3", "--delay", "90.5", "-", input=json.dumps({"url": WORKER})
+        )
+        self.assertEqual((ran.code, ran.err), (0, ""))
+        job = self.stored(ran.out.strip())
+        self.assertEqual((job.retries, job.run_at), (3, T0 * 1000 + 90_500))
+        self.assertEqual(self.http.requests, [("POST", "/job")])
+
+    def test_run_at_with_an_offset(self) -> None:
+        """
+        --run-at takes RFC 3339 with an offset (or Z) and any digits of a second.
+        """
+        for text in ("2023-11-15T00:13:20+01:00", "2023-11-14t23:13:20.0000001z"):
+            ran = self.hq("push", "--run-at", text, "-", input=json.dumps({"url": WORKER}))
+            self.assertEqual((ran.code, ran.err), (0, ""), text)
+            self.assertEqual(self.stored(ran.out.strip()).run_at, (T0 + 3600) * 1000, text)
+
+    def test_bad_run_at_is_refused_before_sending(self) -> None:
+        """
+        A --run-at that is not RFC 3339 with an offset is a usage error; nothing is sent.
+        """
+        for text in ("tomorrow", "2024-05-01T09:30:00", "2024-05-01", "2024-13-01T00:00:00Z"):
+            ran = self.hq("push", "--run-at", text, "-", input=json.dumps({"url": WORKER}))
+            self.assertEqual((ran.code, ran.out), (2, ""), text)
+            self.assertIn(
+                f"error: Invalid value for '--run-at': {text!r} is not an RFC 3339 time with "
+                "an offset or Z, such as 2024-05-01T09:30:00Z or 2024-05-01T11:30:00+02:00\n",
+                ran.err,
+            )
+        self.assertEqual(self.runner.addresses, [])
+
+    def test_bad_delay_retries_and_both_due_times(self) -> None:
+        """
+        A negative or infinite --delay, --retries out of 0-1000, and --delay with --run-at
+        are usage errors; nothing is sent.
+        """
+        cases = [
+            (
+                ["--delay", "-1"],
+                "error: Invalid value for '--delay': it must be 0 or more seconds, not -1\n",
+            ),
+            (
+                ["--delay", "inf"],
+                "error: Invalid value for '--delay': it must be 0 or more seconds, not inf\n",
+            ),
+            (
+                ["--retries", "1001"],
+                "error: Invalid value for '--retries': 1001 is not in the range 0<=x<=1000.\n",
+            ),
+            (
+                ["--delay", "1", "--run-at", "2024-05-01T09:30:00Z"],
+                "error: --delay and --run-at cannot be used together\n",
+            ),
+            (
+                ["--idempotency-key", ""],
+                "error: Invalid value for '--idempotency-key': it must "
+                "be 1 to 255 characters, not 0\n",
+            ),
+        ]
+        for args, message in cases:
+            ran = self.hq("push", *args, "-", input=json.dumps({"url": WORKER}))
+            self.assertEqual(ran.code, 2, args)
+            self.assertTrue(ran.err.endswith(message), ran.err)
+        self.assertEqual(self.runner.addresses, [])
+
+    def test_options_replace_the_fields_of_every_job(self) -> None:
+        """
+        With many jobs, the options are set on each, replacing the job's own fields
+        (--run-at replaces a "delay" of the job).
+        """
+        lines = [{"url": WORKER, "retries": 9, "delay": 5}, {"url": WORKER}]
+        path = self.write("jobs.jsonl", "\n".join(json.dumps(j) for j in lines))
+        ran = self.hq("push", "--retries", "1", "--run-at", "2023-11-14T23:13:20Z", path)
+        self.assertEqual((ran.code, ran.err), (0, ""))
+        for job_id in ran.out.split():
+            job = self.stored(job_id)
+            self.assertEqual((job.retries, job.run_at), (1, (T0 + 3600) * 1000))
+        self.assertEqual(self.http.requests, [("POST", "/jobs")])
+
+    def test_idempotency_key_replay_says_so(self) -> None:
+        """
+        A second push with the same --idempotency-key prints the first job's id and says
+        on stderr that nothing new was pushed.
+        """
+        job = json.dumps({"url": WORKER})
+        first = self.hq("push", "--idempotency-key", "order-7", "-", input=job)
+        again = self.hq("push", "--idempotency-key", "order-7", "-", input=job)
+        self.assertEqual((first.code, first.err), (0, ""))
+        self.assertEqual(
+            again,
+            Ran(
+                0,
+                first.out,
+                "the idempotency key 'order-7' was used before: nothing new was pushed; "
+                f"{first.out.strip()} is the job pushed then\n",
+            ),
+        )
+        self.assertEqual(self.stored_ids(), [first.out.strip()])
+
+    def test_idempotency_key_conflict(self) -> None:
+        """
+        The same key with another payload is the server's 409 message, exit 1.
+        """
+        self.hq("push", "--idempotency-key", "k", "-", input=json.dumps({"url": WORKER}))
+        ran = self.hq(
+            "push", "--idempotency-key", "k", "-", input=json.dumps({"url": WORKER, "payload": 1})
+        )
+        self.assertEqual((ran.code, ran.out), (1, ""))
+        self.assertTrue(ran.err.startswith("error: <stdin>: The idempotency key 'k'"), ran.err)
+
+    def test_idempotency_key_needs_one_job(self) -> None:
+        """
+        --idempotency-key with several jobs is a usage error; nothing is sent.
+        """
+        path = self.write("jobs.jsonl", (json.dumps({"url": WORKER}) + "\n") * 2)
+        ran = self.hq("push", "--idempotency-key", "k", path)
+        self.assertEqual(ran.code, 2)
+        self.assertTrue(
+            ran.err.endswith(
+                "error: --idempotency-key is for one job, but the input has 2: give each job "
+                'its own "idempotencyKey" field instead\n'
+            ),
+            ran.err,
+        )
+        self.assertEqual(self.runner.addresses, [])
+
+    def test_batch_too_large_for_the_server(self) -> None:
+        """
+        A batch over the server's max_batch_jobs is its 413 message and a hint.
+        """
+        api = HQApi(
+            store=self.store,
+            dispatch=self.dispatch,
+            ids=IdGenerator(0, self.clock),
+            clock=self.clock,
+            config=Config(max_batch_jobs=2),
+        )
+        runner = StubRunner(StubTreq(api.resource()), self.clock)
+        path = self.write("jobs.jsonl", (json.dumps({"url": WORKER}) + "\n") * 3)
+        ran = self.hq("push", path, runner=runner)
+        self.assertEqual(
+            ran,
+            Ran(
+                1,
+                "",
+                "error: The batch has more than 2 jobs (the limit is max_batch_jobs)\n"
+                "no job was pushed (a batch is stored whole or not at all)\n"
+                "the batch is too large for this server: try a smaller --batch-size\n",
+            ),
+        )
+        self.assertEqual(self.hq("push", "--batch-size", "2", path, runner=runner).code, 0)
+        self.assertEqual(len(self.stored_ids()), 3)
+
+    def test_server_without_batches_gets_jobs_one_by_one(self) -> None:
+        """
+        A server without POST /jobs (an older HQ, or Go HQ) gets the jobs one by one.
+        """
+        server = OldServer()
+        path = self.write("jobs.jsonl", (json.dumps({"url": WORKER}) + "\n") * 3)
+        ran = self.hq("push", path, runner=StubRunner(StubTreq(server)))
+        self.assertEqual(ran, Ran(0, "1\n2\n3\n", ""))
+        self.assertEqual(server.paths, [b"/jobs", b"/job", b"/job", b"/job"])
+
+    def test_25000_json_lines_go_in_three_requests(self) -> None:
+        """
+        25,000 JSON lines are pushed in three POST /jobs of at most 10,000; one id per line.
+        """
+        path = self.write("many.jsonl", (json.dumps({"url": WORKER}) + "\n") * 25_000)
+        ran = self.hq("push", path)
+        self.assertEqual((ran.code, ran.err), (0, ""))
+        self.assertEqual(self.http.requests, [("POST", "/jobs")] * 3)
+        ids = ran.out.splitlines()
+        self.assertEqual(len(ids), 25_000)
+        self.assertEqual(ids, self.stored_ids())
+
+
+class AttemptsTests(CLITestCase):
+    """
+    ``hq attempts``.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.job = self.push(retries=2)
+        start = T0 * 1000 + 10_000
+        for n, (code, err) in enumerate([(500, "Internal Server Error"), (None, "timed out")]):
+            started = self.successResultOf(self.store.start(int(self.job), start + n * 5000))
+            assert started is not None
+            outcome = Outcome(
+                finished_at=start + n * 5000 + 250,
+                failure=True,
+                status_code=code,
+                err=err,
+                output="oops\nmore",
+            )
+            attempt = Attempt.of(started, outcome)
+            self.successResultOf(self.store.retry(int(self.job), start + 60_000, outcome, attempt))
+
+    def test_table(self) -> None:
+        """
+        The table lists each attempt: number, start, duration, HTTP status, error.
+        """
+        self.assertEqual(
+            self.hq("attempts", self.job),
+            Ran(
+                0,
+                "ATTEMPT  STARTED        DURATION  STATUS  ERR\n"
+                "1        2 minutes ago  250ms     500     Internal Server Error\n"
+                "2        2 minutes ago  250ms             timed out\n",
+                "",
+            ),
+        )
+
+    def test_json(self) -> None:
+        """
+        --json prints the server's object, indented.
+        """
+        ran = self.hq("attempts", "--json", self.job)
+        self.assertEqual(ran.code, 0)
+        attempts = json.loads(ran.out)["attempts"]
+        self.assertEqual([a["attempt"] for a in attempts], [1, 2])
+        self.assertEqual(attempts[0]["output"], "oops\nmore")
+        self.assertTrue(ran.out.startswith('{\n  "attempts": [\n    {\n      "attempt": 1,'))
+
+    def test_no_attempts_and_unknown_job(self) -> None:
+        """
+        A job never tried has just the header; an unknown job is the server's 404.
+        """
+        fresh = self.push()
+        self.assertEqual(
+            self.hq("attempts", fresh), Ran(0, "ATTEMPT  STARTED  DURATION  STATUS  ERR\n", "")
+        )
+        self.assertEqual(
+            self.hq("attempts", "42"), Ran(1, "", "error: The job '42' is not found\n")
+        )
+
+
+class ScheduledListTests(CLITestCase):
+    """
+    ``hq list`` with scheduled jobs.
+    """
+
+    def test_scheduled_status_run_at_column_and_colour(self) -> None:
+        """
+        A delayed job is listed as scheduled (blue on a terminal); --detail shows RUN AT.
+        """
+        job = self.hq("push", "--delay", "600", "-", input=json.dumps({"url": WORKER})).out.strip()
+        ran = self.hq("list", "--detail", "-s", "scheduled")
+        self.assertEqual(ran.code, 0)
+        header, row = ran.out.splitlines()
+        self.assertEqual(header.split()[5:7], ["RUN", "AT"])
+        self.assertTrue(row.startswith(job))
+        self.assertIn("  3 minutes ago  7 minutes from now  ", row)
+        self.assertTrue(row.endswith("  scheduled"))
+        self.tty = True
+        self.assertIn("  \x1b[34mscheduled\x1b[0m\n", self.hq("list").out)
+
+
+class BulkTests(CLITestCase):
+    """
+    ``hq delete``, ``stop`` and ``restart`` with filters instead of ids.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.failed = [self.push(name="mail"), self.push(name="mail")]
+        for job_id in self.failed:
+            self.finish(job_id, success=False)
+        self.waiting = self.push(name="other")
+        self.runner.addresses.clear()
+        self.http.requests.clear()
+
+    def test_restart_with_yes(self) -> None:
+        """
+        ``restart --status failure --yes`` restarts the matches in one request.
+        """
+        ran = self.hq("restart", "--status", "failure", "--yes")
+        self.assertEqual(ran, Ran(0, "restarted 2 jobs\n", ""))
+        self.assertEqual(self.http.requests, [("POST", "/jobs/restart")])
+        self.assertEqual(self.hq("list", "-q", "-s", "waiting").out.split(), self.stored_ids())
+
+    def test_stop_and_delete_with_limit(self) -> None:
+        """
+        -y, -n and -l reach the API; the count is printed with the right noun.
+        """
+        self.assertEqual(self.hq("stop", "-n", "^other$", "-y"), Ran(0, "stopped 1 job\n", ""))
+        self.assertEqual(
+            self.hq("delete", "-s", "failure", "-l", "1", "-y"), Ran(0, "deleted 1 job\n", "")
+        )
+        self.assertEqual(self.hq("delete", "-t", "nothing", "-y"), Ran(0, "deleted 0 jobs\n", ""))
+        self.assertEqual(self.stored_ids(), [self.failed[1], self.waiting])
+
+    def test_confirmation_yes_on_a_terminal(self) -> None:
+        """
+        On a terminal, the filter is stated and the action done after "y".
+        """
+        self.tty = True
+        ran = self.hq("delete", "--status", "failure", "--name", "^mail$", input="y\n")
+        self.assertEqual(ran.code, 0)
+        self.assertEqual(ran.out, "deleted 2 jobs\n")
+        self.assertEqual(
+            ran.err,
+            # CliRunner echoes the answer, as a terminal would.
+            "Delete all finished jobs matching --name '^mail$' --status failure? [y/N]: y\n",
+        )
+        self.assertEqual(self.stored_ids(), [self.waiting])
+
+    def test_confirmation_no_does_nothing(self) -> None:
+        """
+        Answering "n" (or nothing) sends nothing and exits 1.
+        """
+        self.tty = True
+        for answer in ("n\n", "\n"):
+            ran = self.hq("restart", "-s", "failure", "-l", "5", input=answer)
+            self.assertEqual((ran.code, ran.out), (1, ""))
+            self.assertEqual(
+                ran.err,
+                "Restart up to 5 finished jobs matching --status failure? [y/N]: "
+                f"{answer}nothing restarted\n",
+            )
+        self.assertEqual(self.runner.addresses, [])
+
+    def test_no_terminal_and_no_yes_is_refused(self) -> None:
+        """
+        Without a terminal to ask on and without --yes, a bulk action is refused.
+        """
+        ran = self.hq("stop", "--term", "mail")
+        self.assertEqual((ran.code, ran.out), (2, ""))
+        self.assertTrue(
+            ran.err.endswith(
+                "error: not confirmed: Stop all active jobs matching --term mail? "
+                "(stdin is not a terminal to ask on; add --yes)\n"
+            ),
+            ran.err,
+        )
+        self.assertEqual(self.runner.addresses, [])
+
+    def test_usage_errors(self) -> None:
+        """
+        Ids with filters, paging flags alone, and --copy with filters are usage errors.
+        """
+        cases = [
+            (["delete", "-s", "failure", self.failed[0]], "--status cannot be used with job ids"),
+            (
+                ["stop", "--limit", "3", "--reverse", "-y"],
+                "--reverse, --limit also need --name, --term or --status: hq stop never acts "
+                "on every job",
+            ),
+            (
+                ["restart", "--copy", "-s", "failure", "-y"],
+                "--copy cannot be used with filters: matching jobs are restarted in place",
+            ),
+        ]
+        for args, message in cases:
+            ran = self.hq(*args)
+            self.assertEqual(ran.code, 2, args)
+            self.assertTrue(ran.err.endswith(f"error: {message}\n"), ran.err)
+        self.assertEqual(self.runner.addresses, [])
+
+    def test_server_error_is_reported(self) -> None:
+        """
+        An invalid regexp is the server's 400 message, exit 1.
+        """
+        ran = self.hq("delete", "--name", "(?=x)", "--yes")
+        self.assertEqual((ran.code, ran.out), (1, ""))
+        self.assertTrue(ran.err.startswith("error: 'name' is not a valid regexp"), ran.err)
 
 
 class ServeTests(CLITestCase):

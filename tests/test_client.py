@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from treq.testing import StubTreq
@@ -24,16 +24,21 @@ from hq import __version__
 from hq.api import HQApi
 from hq.client import (
     DEFAULT_ADDRESS,
+    Attempt,
+    BatchPushError,
     HQClient,
     HQError,
     JobList,
     RemoteJob,
     ServerInfo,
     Stats,
+    format_time,
+    with_options,
 )
 from hq.config import Config
 from hq.ids import IdGenerator
-from hq.model import Outcome
+from hq.model import Attempt as StoredAttempt
+from hq.model import ListQuery, Outcome
 from hq.store.memory import MemoryStore
 from hq.testing import FailingHTTP, RecordingDispatch
 
@@ -79,6 +84,25 @@ class RecordingResource(Resource):
         return self.body
 
 
+class BatchResource(Resource):
+    """
+    Answers ``POST /jobs`` with consecutive ids, one per job; records the batch sizes.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def render(self, request: Request) -> bytes:
+        assert request.content is not None
+        jobs = json.loads(request.content.read())
+        start = sum(self.sizes)
+        self.sizes.append(len(jobs))
+        return json.dumps({"ids": [str(start + i) for i in range(len(jobs))]}).encode()
+
+
 class ClientTestCase(SynchronousTestCase):
     """
     An HQClient over StubTreq and the real HQApi.
@@ -96,14 +120,23 @@ class ClientTestCase(SynchronousTestCase):
         """
         Return what ``d`` fired with, after the stub has delivered everything.
         """
-        self.stub.flush()
+        self.settle()
         return self.successResultOf(d)
+
+    def settle(self) -> None:
+        """
+        Deliver everything, letting the API's zero-delay steps (large batches and bulk
+        actions yield to the reactor between steps) run on the clock.
+        """
+        for _ in range(20):
+            self.stub.flush()
+            self.clock.advance(0)
 
     def error(self, d: Deferred[Any]) -> HQError:
         """
         Return the HQError ``d`` failed with.
         """
-        self.stub.flush()
+        self.settle()
         failure = self.failureResultOf(d, HQError)
         assert isinstance(failure.value, HQError)
         return failure.value
@@ -112,6 +145,13 @@ class ClientTestCase(SynchronousTestCase):
         fields.setdefault("url", WORKER)
         job: RemoteJob = self.result(self.client.push(fields))
         return job
+
+    def stored_ids(self) -> list[str]:
+        """
+        Return the ids of every stored job, oldest first.
+        """
+        page = self.successResultOf(self.store.list_jobs(ListQuery()))
+        return [str(job.id) for job in page.jobs]
 
     def finish(self, job_id: str, success: bool = True) -> None:
         """
@@ -283,6 +323,143 @@ class ClientTestCase(SynchronousTestCase):
         self.assertEqual(info, ServerInfo("1.2.3", "abc123", raw={}))
         self.assertEqual(info.raw, {"version": "1.2.3", "commitHash": "abc123"})
 
+    # -- retries, due times, idempotency, batches, attempts, bulk (SPEC §11, §15); these
+    # need the server side of branch api11.
+
+    def test_push_options_reach_the_job(self) -> None:
+        """
+        retries and delay set the job's fields; a delayed job is scheduled, runAt shown.
+        """
+        job = self.result(self.client.push({"url": WORKER}, retries=3, delay=90))
+        self.assertEqual((job.retries, job.attempts, job.status), (3, 0, "scheduled"))
+        self.assertEqual(job.run_at, datetime.fromtimestamp(T0 + 90, UTC))
+        self.assertIsNone(job.idempotency_key)
+        self.assertFalse(job.replayed)
+
+    def test_push_run_at_as_datetime_or_string(self) -> None:
+        """
+        run_at takes an aware datetime or an RFC 3339 string; both schedule the job.
+        """
+        at = datetime.fromtimestamp(T0 + 3600, UTC)
+        first = self.result(self.client.push({"url": WORKER}, run_at=at))
+        second = self.result(self.client.push({"url": WORKER}, run_at="2023-11-15T00:13:20+01:00"))
+        self.assertEqual((first.status, first.run_at), ("scheduled", at))
+        self.assertEqual((second.status, second.run_at), ("scheduled", at))
+
+    def test_push_idempotency_key_replays(self) -> None:
+        """
+        A second push with the same key answers the first job, marked replayed.
+        """
+        first = self.result(self.client.push({"url": WORKER}, idempotency_key="order-1"))
+        again = self.result(self.client.push({"url": WORKER}, idempotency_key="order-1"))
+        self.assertEqual((first.idempotency_key, first.replayed), ("order-1", False))
+        self.assertEqual((again.id, again.replayed), (first.id, True))
+        self.assertEqual(len(self.dispatch.enqueued), 1)
+
+    def test_push_idempotency_conflict_is_409(self) -> None:
+        """
+        The same key with another payload is refused with 409.
+        """
+        self.push(idempotencyKey="k", payload=1)
+        error = self.error(self.client.push({"url": WORKER, "payload": 2}, idempotency_key="k"))
+        self.assertEqual(error.status, 409)
+        self.assertIn("'k'", error.message)
+
+    def test_push_bad_run_at_is_refused(self) -> None:
+        """
+        A naive datetime or run_at with delay fail with ValueError; a bad string with 422.
+        """
+        naive = self.client.push({"url": WORKER}, run_at=datetime(2024, 1, 1))
+        self.failureResultOf(naive, ValueError)
+        both = self.client.push({"url": WORKER}, run_at="2024-01-01T00:00:00Z", delay=1)
+        self.failureResultOf(both, ValueError)
+        error = self.error(self.client.push({"url": WORKER}, run_at="tomorrow"))
+        self.assertEqual(error.status, 422)
+        self.assertIn("'runAt' must be an RFC 3339 time", error.message)
+
+    def test_push_many_returns_ids_in_order(self) -> None:
+        """
+        push_many() stores every job and answers their ids in input order, per batch too.
+        """
+        batches: list[list[str]] = []
+        jobs = [{"url": WORKER, "name": f"n{i}"} for i in range(5)]
+        ids = self.result(self.client.push_many(jobs, batch_size=2, on_batch=batches.append))
+        self.assertEqual(len(ids), 5)
+        self.assertEqual(batches, [ids[:2], ids[2:4], ids[4:]])
+        names = [self.successResultOf(self.store.get(int(i))).name for i in ids]
+        self.assertEqual(names, [f"n{i}" for i in range(5)])
+
+    def test_push_many_refused_batch_names_the_job(self) -> None:
+        """
+        A refused batch fails with BatchPushError: the earlier batches' ids, where the
+        refused batch starts, and the index of the job at fault in the whole input.
+        """
+        jobs: list[dict[str, Any]] = [{"url": WORKER} for _ in range(5)]
+        jobs[3] = {"name": "no url"}
+        d = self.client.push_many(jobs, batch_size=2)
+        self.settle()
+        error = self.failureResultOf(d, BatchPushError).value
+        assert isinstance(error, BatchPushError)
+        self.assertEqual((error.status, error.start, error.job_index), (422, 2, 3))
+        self.assertEqual(error.message, "job 1: 'url' is required")
+        self.assertEqual(error.reason, "'url' is required")
+        self.assertEqual(len(error.ids), 2)
+        self.assertEqual(self.stored_ids(), error.ids)
+
+    def test_attempts_lists_the_history(self) -> None:
+        """
+        attempts() answers the job's attempts, oldest first, as Attempt values.
+        """
+        job = self.push(retries=1)
+        self.assertEqual(self.result(self.client.attempts(job.id)), [])
+        now = T0 * 1000
+        started = self.successResultOf(self.store.start(int(job.id), now))
+        assert started is not None
+        outcome = Outcome(
+            finished_at=now + 250, failure=True, status_code=500, err="Internal Server Error"
+        )
+        stored = StoredAttempt.of(started, outcome)
+        self.successResultOf(self.store.finish(int(job.id), outcome, stored))
+        (attempt,) = self.result(self.client.attempts(job.id))
+        self.assertIsInstance(attempt, Attempt)
+        self.assertEqual(
+            (attempt.attempt, attempt.status_code, attempt.err),
+            (1, 500, "Internal Server Error"),
+        )
+        self.assertEqual(attempt.started_at, datetime.fromtimestamp(T0, UTC))
+        self.assertEqual(attempt.duration, timedelta(milliseconds=250))
+        self.assertEqual(self.error(self.client.attempts("77")).status, 404)
+
+    def test_bulk_actions_answer_counts(self) -> None:
+        """
+        restart/stop/delete_matching act on the jobs the filters match and answer counts.
+        """
+        done = [self.push(name="mail").id for _ in range(2)]
+        other = self.push(name="other").id
+        for job_id in done:
+            self.finish(job_id, success=False)
+        self.assertEqual(self.result(self.client.restart_matching(status="failure")), 2)
+        self.assertEqual(self.result(self.client.stop_matching(name="^mail$", limit=1)), 1)
+        self.assertEqual(self.result(self.client.stop_matching(name="^mail$")), 1)
+        self.assertEqual(self.result(self.client.delete_matching(status="canceled")), 2)
+        self.assertEqual(self.stored_ids(), [other])
+
+    def test_bulk_without_name_term_or_status_is_400(self) -> None:
+        """
+        A bulk action without name, term or status is refused by the server.
+        """
+        error = self.error(self.client.delete_matching(limit=5))
+        self.assertEqual(error.status, 400)
+        self.assertIn("'name', 'term' or 'status'", error.message)
+
+    def test_stats_count_scheduled_jobs(self) -> None:
+        """
+        Stats has num_jobs_scheduled.
+        """
+        self.result(self.client.push({"url": WORKER}, delay=60))
+        stats = self.result(self.client.stats())
+        self.assertEqual(stats.num_jobs_scheduled, 1)
+
 
 class WireTests(SynchronousTestCase):
     """
@@ -319,6 +496,94 @@ class WireTests(SynchronousTestCase):
         _, uri, _, body = resource.requests[0]
         self.assertEqual(uri, b"/job")
         self.assertEqual(json.loads(body), job)
+
+    def test_push_options_are_sent_as_fields(self) -> None:
+        """
+        push() options become fields of the body; run_at replaces a delay of the job.
+        """
+        resource = RecordingResource(body=b'{"id": "9"}')
+        at = datetime(2024, 5, 1, 11, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+        job = {"url": WORKER, "delay": 5, "retries": 1}
+        self.successResultOf(
+            self.call(resource, lambda c: c.push(job, retries=2, run_at=at, idempotency_key="k"))
+        )
+        self.assertEqual(
+            json.loads(resource.requests[0][3]),
+            {
+                "url": WORKER,
+                "retries": 2,
+                "runAt": "2024-05-01T09:30:00.123Z",
+                "idempotencyKey": "k",
+            },
+        )
+        self.assertEqual(job, {"url": WORKER, "delay": 5, "retries": 1})
+
+    def test_replayed_header_marks_the_job(self) -> None:
+        """
+        An answer with Idempotent-Replayed: true gives a job with replayed set.
+        """
+
+        class Replaying(RecordingResource):
+            def render(self, request: Request) -> bytes:
+                request.setHeader(b"Idempotent-Replayed", b"true")
+                return super().render(request)
+
+        job = self.successResultOf(self.call(Replaying(body=b'{"id": "9"}'), lambda c: c.push({})))
+        self.assertTrue(job.replayed)
+
+    def test_push_many_splits_into_batches_of_10000(self) -> None:
+        """
+        25,000 jobs go in three POST /jobs requests of 10,000, 10,000 and 5,000 jobs.
+        """
+        resource = BatchResource()
+        jobs = [{"url": WORKER, "n": i} for i in range(25_000)]
+        ids = self.successResultOf(self.call(resource, lambda c: c.push_many(jobs)))
+        self.assertEqual(resource.sizes, [10_000, 10_000, 5_000])
+        self.assertEqual(ids, [str(i) for i in range(25_000)])
+        self.failureResultOf(
+            self.call(resource, lambda c: c.push_many([], batch_size=0)), ValueError
+        )
+
+    def test_push_many_splits_by_bytes_too(self) -> None:
+        """
+        A batch also ends before it would pass batch_bytes; a larger job goes alone.
+        """
+        resource = BatchResource()
+        jobs = [{"p": "x" * 40}, {"p": "y" * 40}, {"p": "z" * 200}, {"p": ""}]
+        ids = self.successResultOf(
+            self.call(resource, lambda c: c.push_many(jobs, batch_bytes=100))
+        )
+        self.assertEqual(resource.sizes, [2, 1, 1])
+        self.assertEqual(ids, ["0", "1", "2", "3"])
+
+    def test_push_many_answer_without_ids_is_an_error(self) -> None:
+        """
+        An answer to POST /jobs without one id per job fails with BatchPushError.
+        """
+        d = self.call(RecordingResource(body=b'{"ids": []}'), lambda c: c.push_many([{}]))
+        error = self.failureResultOf(d, BatchPushError).value
+        self.assertEqual((error.status, error.ids, error.job_index), (None, [], None))
+        self.assertIn("/jobs has no list of ids", str(error))
+
+    def test_bulk_sends_filters_in_the_query(self) -> None:
+        """
+        The bulk actions POST /jobs/<action> with the filters in the query string.
+        """
+        resource = RecordingResource(body=b'{"count": 4}')
+        count = self.successResultOf(
+            self.call(resource, lambda c: c.stop_matching(term="a b", begin=5, reverse=True))
+        )
+        self.assertEqual(count, 4)
+        self.successResultOf(self.call(resource, lambda c: c.delete_matching(status="failure")))
+        self.successResultOf(self.call(resource, lambda c: c.restart_matching(name="x", limit=2)))
+        self.assertEqual(
+            [(method, uri) for method, uri, _, _ in resource.requests],
+            [
+                (b"POST", b"/jobs/stop?term=a+b&begin=5&reverse=true"),
+                (b"POST", b"/jobs/delete?status=failure"),
+                (b"POST", b"/jobs/restart?name=x&limit=2"),
+            ],
+        )
 
     def test_restart_sends_copy(self) -> None:
         """
@@ -432,6 +697,31 @@ class RemoteJobTests(SynchronousTestCase):
         job = RemoteJob.from_dict({"id": 5, "timeout": "x", "createdAt": "never"})
         self.assertEqual((job.id, job.timeout, job.created_at), ("5", 0, None))
         self.assertEqual((job.status, job.headers, job.output_truncated), ("unknown", None, False))
+
+
+class OptionTests(SynchronousTestCase):
+    """
+    format_time and with_options, the pieces push() builds its body with.
+    """
+
+    def test_format_time_is_utc_with_milliseconds(self) -> None:
+        """
+        Aware datetimes are written in UTC with milliseconds and Z; naive ones refused.
+        """
+        at = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
+        self.assertEqual(format_time(at), "2024-05-01T09:30:00.000Z")
+        with self.assertRaises(ValueError):
+            format_time(datetime(2024, 5, 1))
+
+    def test_with_options_replaces_keys_and_the_other_due_time(self) -> None:
+        """
+        Options replace the job's keys; delay drops runAt; None leaves a key alone.
+        """
+        job = {"url": "u", "runAt": "x", "retries": 1}
+        self.assertEqual(with_options(job, delay=2.5), {"url": "u", "retries": 1, "delay": 2.5})
+        self.assertEqual(with_options(job), job)
+        with self.assertRaises(ValueError):
+            with_options(job, delay=1, run_at="y")
 
 
 class LoopbackTests(TestCase):

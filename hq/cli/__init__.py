@@ -1,6 +1,6 @@
 """
-The ``hq`` command: ``serve`` runs the server; ``push``, ``info``, ``list``, ``delete``,
-``stop``, ``restart`` and ``stats`` talk to one through :mod:`hq.client`.
+The ``hq`` command: ``serve`` runs the server; ``push``, ``info``, ``list``, ``attempts``,
+``delete``, ``stop``, ``restart`` and ``stats`` talk to one through :mod:`hq.client`.
 
 Arguments are parsed with click (see docs/cli.md for why); what each client command does
 lives in :mod:`hq.cli.actions`, and how it runs (reactor, clock, terminal) in
@@ -11,8 +11,11 @@ interrupted.
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import NoReturn
 
 import click
@@ -23,14 +26,14 @@ from hq.cli.jobinput import JobInputError, read_jobs
 from hq.cli.runtime import EXIT_INTERRUPTED, CliRuntime
 from hq.cli.terminal import Output
 from hq.cli.usage import HQCommand, HQGroup
-from hq.client import DEFAULT_ADDRESS, HQClient, check_address
+from hq.client import DEFAULT_ADDRESS, MAX_BATCH_JOBS, HQClient, check_address
 from hq.config import LOG_LEVELS
 from hq.model import STATUSES
 
 #: Exit status of a usage error (unknown command or flag, bad flag value).
 EXIT_USAGE = 2
 
-_CLIENT_COMMANDS = "push, info, list, delete, stop, restart, stats"
+_CLIENT_COMMANDS = "push, info, list, attempts, delete, stop, restart, stats"
 
 
 def _check_address_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -149,29 +152,126 @@ def _read_stdin() -> bytes:
     return sys.stdin.buffer.read()
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _check_run_at(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    problem = click.BadParameter(
+        f"{value!r} is not an RFC 3339 time with an offset or Z, "
+        "such as 2024-05-01T09:30:00Z or 2024-05-01T11:30:00+02:00"
+    )
+    if not _RFC3339.fullmatch(value):
+        raise problem
+    # fromisoformat takes at most 6 digits of a second (and 3.11 not a lower-case z).
+    head, dot, rest = value.upper().replace(" ", "T").partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        rest = rest[: min(digits, 6)] + rest[digits:]
+    try:
+        return datetime.fromisoformat(head + dot + rest.replace("Z", "+00:00"))
+    except ValueError:
+        raise problem from None
+
+
+def _check_delay(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"it must be 0 or more seconds, not {value:g}")
+    return value
+
+
+def _check_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not 1 <= len(value) <= 255:
+        raise click.BadParameter(f"it must be 1 to 255 characters, not {len(value)}")
+    return value
+
+
 @cli.command("push", short_help="Push jobs from JSON files or stdin; print their ids")
 @_address_option
+@click.option(
+    "--retries",
+    metavar="N",
+    type=click.IntRange(0, 1000),
+    help="Extra attempts after a failed one, 0-1000 (default: the server's 'retries').",
+)
+@click.option(
+    "--delay",
+    metavar="SECONDS",
+    type=float,
+    callback=_check_delay,
+    help="Deliver no sooner than SECONDS from now (fractions allowed).",
+)
+@click.option(
+    "--run-at",
+    metavar="TIME",
+    callback=_check_run_at,
+    help="Deliver no sooner than TIME, RFC 3339 with an offset or Z (2024-05-01T09:30:00Z).",
+)
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    callback=_check_key,
+    help="Push the job only if no job was pushed with KEY lately (one job only).",
+)
+@click.option(
+    "--batch-size",
+    metavar="N",
+    type=click.IntRange(1),
+    default=MAX_BATCH_JOBS,
+    help="Jobs per POST /jobs request.",
+)
 @click.argument("files", metavar="FILE|-...", nargs=-1, required=True)
 @click.pass_context
-def push(ctx: click.Context, address: str, files: tuple[str, ...]) -> None:
+def push(
+    ctx: click.Context,
+    address: str,
+    retries: int | None,
+    delay: float | None,
+    run_at: datetime | None,
+    idempotency_key: str | None,
+    batch_size: int,
+    files: tuple[str, ...],
+) -> None:
     """
-    Read jobs from FILEs ('-' is stdin), push them in order and print each new id on its
-    own line as soon as it is pushed.
+    Read jobs from FILEs ('-' is stdin), push them and print each new id on its own line,
+    in input order.
 
     A file holds one job (a JSON object with "url" and optionally "name", "comment",
-    "payload", "headers", "timeout"), or many jobs as JSON lines (one object per line). All input is
-    read and checked first: invalid JSON is an error naming the file and line, and then
-    nothing is sent. If the server refuses a job, the ones before it stay pushed (their ids
-    are printed) and the error says which were not. A progress bar is drawn on stderr for
-    100 jobs or more when stderr is a terminal.
+    "payload", "headers", "timeout", "retries", "runAt", "delay", "idempotencyKey"), or many
+    jobs as JSON lines (one object per line). All input is read and checked first: invalid
+    JSON is an error naming the file and line, and then nothing is sent. One job is sent
+    with POST /job; more go in batches through POST /jobs, each batch stored whole or not
+    at all: if the server refuses a job, the error names its file and line, the batches
+    before it stay pushed (their ids are printed) and the rest is not sent. A progress bar
+    is drawn on stderr for 100 jobs or more when stderr is a terminal.
+
+    --retries, --delay and --run-at are set on every job, replacing the job's own field
+    (--delay and --run-at also replace the job's "runAt" or "delay"). --idempotency-key
+    needs exactly one job; give each of many jobs its own "idempotencyKey" field.
     """
+    if delay is not None and run_at is not None:
+        raise click.UsageError("--delay and --run-at cannot be used together", ctx=ctx)
     runtime = ctx.find_object(CliRuntime) or CliRuntime()
     try:
         sources = read_jobs(files, read_stdin=_read_stdin)
     except JobInputError as e:
         runtime.output().error(e.message)
         ctx.exit(1)
-    _run(ctx, address, lambda client, output: actions.push_jobs(client, sources, output))
+    if idempotency_key is not None and len(sources) > 1:
+        raise click.UsageError(
+            f"--idempotency-key is for one job, but the input has {len(sources)}: "
+            'give each job its own "idempotencyKey" field instead',
+            ctx=ctx,
+        )
+    options = actions.PushOptions(
+        retries=retries,
+        run_at=run_at,
+        delay=delay,
+        idempotency_key=idempotency_key,
+        batch_size=batch_size,
+    )
+    _run(ctx, address, lambda client, output: actions.push_jobs(client, sources, output, options))
 
 
 @cli.command("info", short_help="Show one job as indented JSON")
@@ -185,36 +285,52 @@ def info(ctx: click.Context, address: str, job_id: str) -> None:
     _run(ctx, address, lambda client, output: actions.show_job(client, job_id, output))
 
 
+def _filter_options(limit_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """
+    Return a decorator adding the list filters --name --term --status --begin --reverse
+    --limit (with ``limit_help``) to a command.
+    """
+    options = [
+        click.option("-n", "--name", metavar="REGEXP", help="Only jobs whose name matches (RE2)."),
+        click.option(
+            "-t",
+            "--term",
+            metavar="REGEXP",
+            help="Only jobs whose name, id, comment, URL or status matches (RE2).",
+        ),
+        click.option(
+            "-s",
+            "--status",
+            metavar="STATUS",
+            type=click.Choice(STATUSES),
+            help=f"Only jobs with this status: {', '.join(STATUSES)}.",
+        ),
+        click.option(
+            "-b", "--begin", metavar="ID", help="Start at this id (inclusive), for paging."
+        ),
+        click.option("-r", "--reverse", is_flag=True, help="Newest first."),
+        click.option("-l", "--limit", metavar="N", type=int, help=limit_help),
+    ]
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @cli.command("list", short_help="List jobs as a table")
 @_address_option
 @click.option("-q", "--quiet", is_flag=True, help="Print only the ids, one per line.")
 @click.option(
-    "-d", "--detail", is_flag=True, help="Add the COMMENT, URL, STARTED and FINISHED columns."
+    "-d",
+    "--detail",
+    is_flag=True,
+    help="Add the COMMENT, URL, RUN AT, STARTED and FINISHED columns.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the list as the server sends it.")
-@click.option("-n", "--name", metavar="REGEXP", help="Only jobs whose name matches (RE2).")
-@click.option(
-    "-t",
-    "--term",
-    metavar="REGEXP",
-    help="Only jobs whose name, id, comment, URL or status matches (RE2).",
-)
-@click.option(
-    "-s",
-    "--status",
-    metavar="STATUS",
-    type=click.Choice(STATUSES),
-    help=f"Only jobs with this status: {', '.join(STATUSES)}.",
-)
-@click.option("-b", "--begin", metavar="ID", help="Start at this id (inclusive), for paging.")
-@click.option("-r", "--reverse", is_flag=True, help="Newest first.")
-@click.option(
-    "-l",
-    "--limit",
-    metavar="N",
-    type=int,
-    help="At most N jobs (0: the server's default; negative: all).",
-)
+@_filter_options("At most N jobs (0: the server's default; negative: all).")
 @click.argument("job_ids", metavar="JOB_ID...", nargs=-1)
 @click.pass_context
 def list_command(
@@ -263,46 +379,194 @@ def list_command(
     )
 
 
-@cli.command("delete", short_help="Delete finished jobs")
+@cli.command("attempts", short_help="Show the delivery attempts of a job")
 @_address_option
-@click.argument("job_ids", metavar="JOB_ID...", nargs=-1, required=True)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the attempts as the server sends them."
+)
+@click.argument("job_id", metavar="JOB_ID")
 @click.pass_context
-def delete(ctx: click.Context, address: str, job_ids: tuple[str, ...]) -> None:
+def attempts(ctx: click.Context, address: str, as_json: bool, job_id: str) -> None:
     """
-    Delete each job (it must not be waiting or running), printing each id once deleted.
-    Stops at the first error and says which ids were done and which were not tried.
+    Print the attempts to deliver JOB_ID, oldest first, as a table: ATTEMPT (from 1),
+    STARTED, DURATION, STATUS (the worker's HTTP status, empty when none came) and ERR.
     """
+    runtime = ctx.find_object(CliRuntime) or CliRuntime()
+    _run(
+        ctx,
+        address,
+        lambda client, output: actions.show_attempts(client, job_id, output, as_json, runtime.now),
+    )
+
+
+_BULK_LIMIT_HELP = "With filters: act on at most N matching jobs (default: all)."
+_yes_option = click.option(
+    "-y", "--yes", is_flag=True, help="With filters: do not ask for confirmation."
+)
+
+
+def _bulk_or_ids(
+    ctx: click.Context,
+    action: str,
+    job_ids: tuple[str, ...],
+    filters: actions.Filters,
+    yes: bool,
+) -> None:
+    """
+    Check the ids or filters of ``action``; for filters, ask for confirmation unless
+    ``yes``. Raises UsageError, or exits 1 when the question is answered no.
+    """
+    if job_ids and filters.given:
+        raise click.UsageError(f"{', '.join(filters.given)} cannot be used with job ids", ctx=ctx)
+    if not job_ids and not filters.given:
+        raise click.UsageError(
+            f"give job ids, or filters (--name, --term, --status) to {action} every job "
+            "that matches",
+            ctx=ctx,
+        )
+    if job_ids:
+        return
+    if not filters.selects:
+        raise click.UsageError(
+            f"{', '.join(filters.given)} also need --name, --term or --status: "
+            f"hq {action} never acts on every job",
+            ctx=ctx,
+        )
+    if yes:
+        return
+    runtime = ctx.find_object(CliRuntime) or CliRuntime()
+    question = actions.bulk_question(action, filters)
+    if not runtime.isatty(sys.stdin):
+        raise click.UsageError(
+            f"not confirmed: {question} (stdin is not a terminal to ask on; add --yes)",
+            ctx=ctx,
+        )
+    if not click.confirm(question, default=False, err=True):
+        runtime.output().note(f"nothing {actions.BULK_ACTIONS[action][1]}")
+        ctx.exit(1)
+
+
+@cli.command("delete", short_help="Delete finished jobs, by id or by filter")
+@_address_option
+@_filter_options(_BULK_LIMIT_HELP)
+@_yes_option
+@click.argument("job_ids", metavar="JOB_ID...", nargs=-1)
+@click.pass_context
+def delete(
+    ctx: click.Context,
+    address: str,
+    name: str | None,
+    term: str | None,
+    status: str | None,
+    begin: str | None,
+    reverse: bool,
+    limit: int | None,
+    yes: bool,
+    job_ids: tuple[str, ...],
+) -> None:
+    """
+    Delete each job (it must not be waiting, scheduled or running), printing each id once
+    deleted. Stops at the first error and says which ids were done and which were not
+    tried.
+
+    Without ids, delete every finished job matching the filters (at least one of --name,
+    --term, --status) in one request and print "deleted N jobs". On a terminal you are
+    asked first; elsewhere --yes is required.
+    """
+    filters = actions.Filters(name, term, status, begin, reverse, limit)
+    _bulk_or_ids(ctx, "delete", job_ids, filters, yes)
+    if not job_ids:
+        _run(
+            ctx,
+            address,
+            lambda client, output: actions.act_on_matching(client, "delete", filters, output),
+        )
     _run(
         ctx, address, lambda client, output: actions.act_on_jobs(client, "delete", job_ids, output)
     )
 
 
-@cli.command("stop", short_help="Stop (cancel) waiting or running jobs")
+@cli.command("stop", short_help="Stop (cancel) active jobs, by id or by filter")
 @_address_option
-@click.argument("job_ids", metavar="JOB_ID...", nargs=-1, required=True)
+@_filter_options(_BULK_LIMIT_HELP)
+@_yes_option
+@click.argument("job_ids", metavar="JOB_ID...", nargs=-1)
 @click.pass_context
-def stop(ctx: click.Context, address: str, job_ids: tuple[str, ...]) -> None:
+def stop(
+    ctx: click.Context,
+    address: str,
+    name: str | None,
+    term: str | None,
+    status: str | None,
+    begin: str | None,
+    reverse: bool,
+    limit: int | None,
+    yes: bool,
+    job_ids: tuple[str, ...],
+) -> None:
     """
-    Stop each job: a waiting job is canceled without being sent, a running job's request
-    is aborted. Prints each id once stopped. Stops at the first error and says which ids
-    were done and which were not tried.
+    Stop each job: a waiting or scheduled job is canceled without being sent, a running
+    job's request is aborted. Prints each id once stopped. Stops at the first error and
+    says which ids were done and which were not tried.
+
+    Without ids, stop every active job matching the filters (at least one of --name,
+    --term, --status) in one request and print "stopped N jobs". On a terminal you are
+    asked first; elsewhere --yes is required.
     """
+    filters = actions.Filters(name, term, status, begin, reverse, limit)
+    _bulk_or_ids(ctx, "stop", job_ids, filters, yes)
+    if not job_ids:
+        _run(
+            ctx,
+            address,
+            lambda client, output: actions.act_on_matching(client, "stop", filters, output),
+        )
     _run(ctx, address, lambda client, output: actions.act_on_jobs(client, "stop", job_ids, output))
 
 
-@cli.command("restart", short_help="Run finished jobs again")
+@cli.command("restart", short_help="Run finished jobs again, by id or by filter")
 @_address_option
 @click.option(
     "-c", "--copy", is_flag=True, help="Run each as a new job (new id); keep the original."
 )
-@click.argument("job_ids", metavar="JOB_ID...", nargs=-1, required=True)
+@_filter_options(_BULK_LIMIT_HELP)
+@_yes_option
+@click.argument("job_ids", metavar="JOB_ID...", nargs=-1)
 @click.pass_context
-def restart(ctx: click.Context, address: str, copy: bool, job_ids: tuple[str, ...]) -> None:
+def restart(
+    ctx: click.Context,
+    address: str,
+    copy: bool,
+    name: str | None,
+    term: str | None,
+    status: str | None,
+    begin: str | None,
+    reverse: bool,
+    limit: int | None,
+    yes: bool,
+    job_ids: tuple[str, ...],
+) -> None:
     """
     Run each finished job again, in place (same id, outcome cleared), or with --copy as a
     new job. Prints each id once restarted (with --copy, the new ids). Stops at the first
     error and says which ids were done and which were not tried.
+
+    Without ids, restart in place every finished job matching the filters (at least one
+    of --name, --term, --status) in one request and print "restarted N jobs". On a
+    terminal you are asked first; elsewhere --yes is required.
     """
+    filters = actions.Filters(name, term, status, begin, reverse, limit)
+    if copy and filters.given:
+        raise click.UsageError(
+            "--copy cannot be used with filters: matching jobs are restarted in place", ctx=ctx
+        )
+    _bulk_or_ids(ctx, "restart", job_ids, filters, yes)
+    if not job_ids:
+        _run(
+            ctx,
+            address,
+            lambda client, output: actions.act_on_matching(client, "restart", filters, output),
+        )
     _run(
         ctx,
         address,

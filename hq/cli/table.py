@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import click
 
-from hq.client import RemoteJob
+from hq.client import Attempt, RemoteJob
 
 _SECOND = timedelta(seconds=1)
 _MINUTE = timedelta(minutes=1)
@@ -45,11 +45,13 @@ _MAGNITUDES: tuple[tuple[timedelta | None, str, timedelta | None], ...] = (
     (None, "a long while {label}", None),
 )
 
-#: Colour of each status on a terminal, as the Go tool (waiting stays plain).
+#: Colour of each status on a terminal, as the Go tool (waiting stays plain; scheduled is
+#: ours).
 STATUS_STYLES: dict[str, dict[str, object]] = {
     "failure": {"fg": "red"},
     "success": {"fg": "green"},
     "running": {"fg": "cyan"},
+    "scheduled": {"fg": "blue"},
     "canceled": {"fg": "bright_black"},
     "canceling": {"fg": "bright_black"},
     "unfinished": {"dim": True},
@@ -63,11 +65,15 @@ DETAIL_HEADER = (
     "COMMENT",
     "URL",
     "CREATED",
+    "RUN AT",
     "STARTED",
     "FINISHED",
     "DURATION",
     "STATUS",
 )
+
+#: The columns of ``hq attempts``; STATUS is the worker's HTTP status.
+ATTEMPT_HEADER = ("ATTEMPT", "STARTED", "DURATION", "STATUS", "ERR")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -143,6 +149,7 @@ def job_row(job: RemoteJob, now: datetime, detail: bool = False) -> list[str]:
             job.comment,
             job.url,
             relative_time(job.created_at, now),
+            relative_time(job.run_at, now),
             relative_time(job.started_at, now),
             relative_time(job.finished_at, now),
             go_duration(job.duration),
@@ -156,6 +163,20 @@ def job_row(job: RemoteJob, now: datetime, detail: bool = False) -> list[str]:
             go_duration(job.duration),
             job.status,
         ]
+    return [_cell(c) for c in cells]
+
+
+def attempt_row(attempt: Attempt, now: datetime) -> list[str]:
+    """
+    Return the cells of ``attempt``'s row, for :data:`ATTEMPT_HEADER`.
+    """
+    cells = [
+        str(attempt.attempt),
+        relative_time(attempt.started_at, now),
+        go_duration(attempt.duration),
+        "" if attempt.status_code is None else str(attempt.status_code),
+        attempt.err,
+    ]
     return [_cell(c) for c in cells]
 
 
