@@ -26,6 +26,7 @@ from klein import Klein, KleinRenderable
 from klein.resource import KleinResource
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -33,7 +34,18 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from hq import __version__
-from hq.binding import APIError, bind_list, bind_push, bind_restart, parse_job_id
+from hq.binding import (
+    APIError,
+    PushRequest,
+    bind_batch_job,
+    bind_bulk,
+    bind_list,
+    bind_push,
+    bind_restart,
+    parse_job_id,
+    read_batch,
+)
+from hq.bulk import BulkActions
 from hq.config import Config
 from hq.health import HealthCheck
 from hq.history import BUCKET_MS, HistoryBucket
@@ -41,12 +53,22 @@ from hq.ids import IdGenerator, first_id_at, now_ms
 from hq.metrics import ServerMetrics
 from hq.model import Job, format_time, job_json
 from hq.site import error_body, json_body
-from hq.store import IJobStore, JobConflict, JobNotFound, StoreUnavailable
+from hq.store import (
+    IdempotencyConflict,
+    IJobStore,
+    JobConflict,
+    JobNotFound,
+    Pushed,
+    StoreUnavailable,
+)
 
 #: Seconds covered by one bucket of ``GET /stats/history``.
 HISTORY_INTERVAL = BUCKET_MS // 1000
 
 _JSON_TYPE = b"application/json; charset=UTF-8"
+
+#: Jobs of a batch checked (or queued) between two turns of the reactor.
+BATCH_STEP = 500
 
 T = TypeVar("T")
 
@@ -128,6 +150,13 @@ def openapi_text(version: str) -> str:
     return _compact(document)
 
 
+def _conflict_message(error: IdempotencyConflict) -> str:
+    return (
+        f"The idempotency key {error.key!r} belongs to the job {error.job_id}, "
+        "pushed with another url, name or payload"
+    )
+
+
 # -- The application ----------------------------------------------------------
 
 
@@ -168,6 +197,9 @@ class HQApi:
     _metrics: ServerMetrics | None = None
     #: ``GET /health``; ``None`` answers 404.
     _health: HealthCheck | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self._bulk = BulkActions(self._store, self._dispatch, self._clock)
 
     def resource(self) -> IResource:
         """
@@ -288,18 +320,91 @@ class HQApi:
     @app.route("/job", methods=["POST"])
     def push(self, request: IRequest) -> Deferred[bytes]:
         """
-        Store a new job, queue it, and answer with it (``waiting``).
+        Store a new job, queue it, and answer with it (``waiting`` or
+        ``scheduled``); or, for an idempotency key seen before, answer the
+        job stored then, with ``Idempotent-Replayed: true``.
         """
-        job = bind_push(request, self._config.max_body_bytes).job(self._ids.next_id())
-        return self._run_to_end(self._push(request, job))
+        now = self._now_ms()
+        push = bind_push(request, self._config.max_body_bytes, now, self._config.retries)
+        return self._run_to_end(self._push(request, push.job(self._ids.next_id()), now))
 
-    async def _push(self, request: IRequest, job: Job) -> bytes:
-        await self._store.create(job)
+    async def _push(self, request: IRequest, job: Job, now: int) -> bytes:
+        try:
+            (pushed,) = await self._store.push([job], self._keys_since(now))
+        except IdempotencyConflict as e:
+            raise APIError(409, _conflict_message(e)) from None
+        if pushed.replayed:
+            request.setHeader(b"idempotent-replayed", b"true")
+            self.log.debug("Push replayed job {jobID} (idempotency key)", jobID=pushed.job.id)
+        else:
+            self._queue(pushed.job)
+        return write_json(request, job_json(pushed.job, self._now_ms()))
+
+    def _keys_since(self, now: int) -> int:
+        return now - self._config.idempotency_ttl * 1000
+
+    def _queue(self, job: Job) -> None:
         self._dispatch.enqueue(job)
         if self._metrics is not None:
             self._metrics.job_pushed(job)
         self.log.debug("Job {jobID} pushed", jobID=job.id)
-        return write_json(request, job_json(job, self._now_ms()))
+
+    @app.route("/jobs", methods=["POST"])
+    def push_batch(self, request: IRequest) -> Deferred[bytes]:
+        """
+        Store a batch of jobs in one commit, all or none, queue the new
+        ones, and answer ``{"ids": [...]}`` in the order given.
+        """
+        values = read_batch(request, self._config.max_body_bytes, self._config.max_batch_jobs)
+        return self._run_to_end(self._push_batch(request, values))
+
+    async def _push_batch(self, request: IRequest, values: list[Any]) -> bytes:
+        now = self._now_ms()
+        pushes: list[PushRequest] = []
+        for index, value in enumerate(values):
+            if index and index % BATCH_STEP == 0:
+                # Let other requests in between steps of a large batch.
+                await deferLater(self._clock, 0)
+            pushes.append(bind_batch_job(index, value, now, self._config.retries))
+        jobs = [push.job(self._ids.next_id()) for push in pushes]
+        del values, pushes
+        try:
+            stored: list[Pushed] = await self._store.push(jobs, self._keys_since(now))
+        except IdempotencyConflict as e:
+            raise APIError(409, f"job {e.index}: {_conflict_message(e)}") from None
+        for index, pushed in enumerate(stored):
+            if index and index % BATCH_STEP == 0:
+                await deferLater(self._clock, 0)
+            if not pushed.replayed:
+                self._queue(pushed.job)
+        ids = ",".join(f'"{pushed.job.id}"' for pushed in stored)
+        return write_json(request, f'{{"ids":[{ids}]}}')
+
+    @app.route("/jobs/restart", methods=["POST"])
+    def restart_jobs(self, request: IRequest) -> Deferred[bytes]:
+        """
+        Restart in place every finished job matching the filters; ``{"count"}``.
+        """
+        return self._run_to_end(self._counted(request, self._bulk.restart(bind_bulk(request))))
+
+    @app.route("/jobs/stop", methods=["POST"])
+    def stop_jobs(self, request: IRequest) -> Deferred[bytes]:
+        """
+        Stop every active job matching the filters; ``{"count"}``.
+        """
+        return self._run_to_end(self._counted(request, self._bulk.stop(bind_bulk(request))))
+
+    @app.route("/jobs/delete", methods=["POST"])
+    def delete_jobs(self, request: IRequest) -> Deferred[bytes]:
+        """
+        Delete every finished job matching the filters; ``{"count"}``.
+        """
+        return self._run_to_end(self._counted(request, self._bulk.delete(bind_bulk(request))))
+
+    async def _counted(self, request: IRequest, action: Coroutine[Any, Any, int]) -> bytes:
+        count = await action
+        self.log.info("Bulk {path}: {count} jobs", path=request.path.decode("latin-1"), count=count)
+        return write_json(request, _compact({"count": count}))
 
     @app.route("/job", methods=["GET"])
     async def list_jobs(self, request: IRequest) -> bytes:
@@ -318,6 +423,14 @@ class HQApi:
         """
         job = await self._store.get(parse_job_id(raw_id))
         return write_json(request, job_json(job, self._now_ms()))
+
+    @app.route("/job/<raw_id>/attempts", methods=["GET"])
+    async def get_attempts(self, request: IRequest, raw_id: str) -> bytes:
+        """
+        The job's attempt history, oldest first.
+        """
+        attempts = await self._store.attempts(parse_job_id(raw_id))
+        return write_json(request, '{"attempts":[' + ",".join(a.to_json() for a in attempts) + "]}")
 
     @app.route("/job/<raw_id>", methods=["DELETE"])
     def delete_job(self, request: IRequest, raw_id: str) -> Deferred[bytes]:

@@ -21,6 +21,7 @@ import enum
 import json
 import math
 import re
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
 from typing import Any
@@ -29,6 +30,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import attrs
 from twisted.web.iweb import IRequest
 
+from hq.ids import id_to_ms
 from hq.model import STATUSES, Job, ListQuery, check_regexp, json_type_name
 from hq.store import JobNotFound
 
@@ -41,6 +43,7 @@ _GO_TRUE = frozenset(("1", "t", "T", "TRUE", "true", "True"))
 _GO_FALSE = frozenset(("0", "f", "F", "FALSE", "false", "False"))
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _UINT_RE = re.compile(r"[0-9]+\Z")
+_NUMBER_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 # RFC 9110 token characters, for header names.
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE_RE = re.compile(r"[\x00\r\n]")
@@ -68,6 +71,8 @@ class Kind(enum.Enum):
 
     STR = "a string"
     INT = "an integer"
+    #: A JSON number (integer or fraction); in a form, decimal digits with an optional fraction.
+    NUMBER = "a number"
     UINT = "a job id (a whole number, 0 or more)"
     BOOL = "true or false"
     HEADERS = "an object of strings"
@@ -82,6 +87,10 @@ _PUSH_FIELDS = {
     "payload": Kind.JSON,
     "headers": Kind.HEADERS,
     "timeout": Kind.INT,
+    "retries": Kind.INT,
+    "runAt": Kind.STR,
+    "delay": Kind.NUMBER,
+    "idempotencyKey": Kind.STR,
 }
 _RESTART_FIELDS = {"copy": Kind.BOOL}
 _LIST_FIELDS = {
@@ -98,7 +107,8 @@ def bind(
     request: IRequest, fields: dict[str, Kind], max_body_bytes: int, *, body: bool = True
 ) -> dict[str, Any]:
     """
-    Return the request's values for ``fields`` (name -> kind), checked.
+    Return the request's values for ``fields`` (name -> kind), checked,
+    keyed by the names in ``fields``.
 
     The values come from, in this order: a ``payload`` query or form
     parameter holding the whole request as a JSON object (the Go server's
@@ -241,8 +251,9 @@ def _lookup(pairs: list[tuple[str, str]], key: str) -> str | None:
     for name, value in pairs:
         if name == key:
             return value
+    lowered = key.lower()
     for name, value in pairs:
-        if name.lower() == key:
+        if name.lower() == lowered:
             return value
     return None
 
@@ -258,9 +269,9 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def _parse_json_object(text: str, where: str) -> dict[str, Any]:
+def _parse_json(text: str, where: str) -> Any:
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
     except json.JSONDecodeError as e:
         raise APIError(
             400,
@@ -272,6 +283,10 @@ def _parse_json_object(text: str, where: str) -> dict[str, Any]:
     except ValueError as e:
         # For example an integer with more digits than Python converts.
         raise APIError(400, f"Malformed JSON in {where}: {e}") from None
+
+
+def _parse_json_object(text: str, where: str) -> dict[str, Any]:
+    value = _parse_json(text, where)
     if not isinstance(value, dict):
         raise APIError(
             400, f"{_sentence(where)} must be a JSON object, not {json_type_name(value)}"
@@ -302,10 +317,11 @@ def _given(value: Any) -> str:
 
 def _json_fields(document: dict[str, Any], fields: dict[str, Kind]) -> dict[str, Any]:
     # Go matches keys case-insensitively, and a later key wins.
+    names = {field.lower(): field for field in fields}
     values: dict[str, Any] = {}
     for key, value in document.items():
-        field = key.lower()
-        if field in fields and value is not None:
+        field = names.get(key.lower())
+        if field is not None and value is not None:
             values[field] = _json_value(field, fields[field], value)
     return values
 
@@ -322,6 +338,10 @@ def _json_value(field: str, kind: Kind, value: Any) -> Any:
             return int(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise APIError(400, f"'{field}' must be an integer, not {_given(value)}")
+        return value
+    if kind is Kind.NUMBER:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise APIError(400, f"'{field}' must be a number, not {_given(value)}")
         return value
     if kind is Kind.UINT:
         if isinstance(value, str) and _UINT_RE.match(value):
@@ -377,6 +397,12 @@ def _string_fields(pairs: list[tuple[str, str]], fields: dict[str, Kind]) -> dic
             if not (_INT_RE if kind is Kind.INT else _UINT_RE).match(text):
                 raise APIError(400, f"'{field}' must be {kind.value}, not '{text}'")
             values[field] = _to_int(text)
+        elif kind is Kind.NUMBER:
+            if text == "":
+                continue
+            if not _NUMBER_RE.match(text):
+                raise APIError(400, f"'{field}' must be a number, not '{text[:40]}'")
+            values[field] = _parse_float(text)
         else:
             raise APIError(400, f"'{field}' can only be given in a JSON body")
     return values
@@ -391,10 +417,24 @@ def _to_int(text: str) -> int:
     return int(text[0] + (digits or "0")) if text[0] in "+-" else int(digits or "0")
 
 
+#: The most extra attempts a job may ask for.
+MAX_RETRIES = 1000
+#: The longest ``delay``, seconds (100 years): beyond any real use, and far
+#: inside the 64-bit milliseconds the stores keep.
+MAX_DELAY = 3_155_760_000
+#: The longest idempotency key, characters.
+MAX_KEY_LENGTH = 255
+_RFC3339_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))\Z"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 @attrs.frozen
 class PushRequest:
     """
-    A checked ``POST /job`` request: the new job's fields.
+    A checked push (``POST /job``, or one job of ``POST /jobs``): the new job's fields.
     """
 
     url: str
@@ -403,11 +443,22 @@ class PushRequest:
     payload: str | None
     headers: dict[str, str] | None
     timeout: int
+    retries: int = 0
+    #: When the job is due, ms; ``None``: at once.
+    run_at: int | None = None
+    idempotency_key: str | None = None
 
     def job(self, job_id: int) -> Job:
         """
         Return the new waiting job with id ``job_id``.
+
+        A due time not after the job's creation counts as none: the job is
+        due at once, in its place in line (a past ``runAt`` does not jump
+        ahead of jobs pushed before it).
         """
+        run_at = self.run_at
+        if run_at is not None and run_at <= id_to_ms(job_id):
+            run_at = None
         return Job(
             id=job_id,
             url=self.url,
@@ -416,17 +467,65 @@ class PushRequest:
             payload=self.payload,
             headers=self.headers,
             timeout=self.timeout,
+            retries=self.retries,
+            run_at=run_at,
+            idempotency_key=self.idempotency_key,
         )
 
 
-def bind_push(request: IRequest, max_body_bytes: int) -> PushRequest:
+def bind_push(
+    request: IRequest, max_body_bytes: int, now: int, default_retries: int = 0
+) -> PushRequest:
     """
-    Return the checked fields of a push.
+    Return the checked fields of a push received at ``now`` (ms).
+
+    The idempotency key may also come in the ``Idempotency-Key`` header.
 
     :raises APIError: as :func:`bind`; 422 for a missing or non-http(s)
-        ``url``, a negative or too large ``timeout`` or a bad header.
+        ``url``, a negative or too large ``timeout``, a bad header, ``retries``
+        out of 0-1000, a bad ``runAt`` or ``delay`` or both, an empty or too
+        long idempotency key, or a header key that differs from the body's.
     """
     values = bind(request, _PUSH_FIELDS, max_body_bytes)
+    header = _idempotency_header(request)
+    if header is not None:
+        key = values.get("idempotencyKey")
+        if key is not None and key != header:
+            raise APIError(
+                422,
+                "The Idempotency-Key header and 'idempotencyKey' differ: give one, or the same",
+            )
+        values["idempotencyKey"] = header
+    return push_request(values, now, default_retries)
+
+
+def _idempotency_header(request: IRequest) -> str | None:
+    raw = request.getHeader(b"idempotency-key")
+    if raw is None:
+        return None
+    value = _decode_utf8(raw, "the Idempotency-Key header").strip(" \t")
+    _check_key(value, "the Idempotency-Key header")
+    return value
+
+
+def _check_key(key: str, where: str) -> None:
+    if not key:
+        raise APIError(
+            422, f"{_sentence(where)} must be 1 to {MAX_KEY_LENGTH} characters, not empty"
+        )
+    if len(key) > MAX_KEY_LENGTH:
+        raise APIError(
+            422, f"{_sentence(where)} must be 1 to {MAX_KEY_LENGTH} characters, not {len(key)}"
+        )
+
+
+def push_request(values: dict[str, Any], now: int, default_retries: int) -> PushRequest:
+    """
+    Return the push that the bound ``values`` (of :func:`bind` with the push
+    fields) ask for at ``now`` (ms).
+
+    :raises APIError: 422 for a value out of its range, as :func:`bind_push`.
+    """
     url = values.get("url", "")
     if not url:
         raise APIError(422, "'url' is required")
@@ -447,6 +546,12 @@ def bind_push(request: IRequest, max_body_bytes: int) -> PushRequest:
                 )
             if _BAD_VALUE_RE.search(value):
                 raise APIError(422, f"'headers' value for '{name}' must not contain CR, LF or NUL")
+    retries = values.get("retries", default_retries)
+    if not 0 <= retries <= MAX_RETRIES:
+        raise APIError(422, f"'retries' must be 0 to {MAX_RETRIES}, not {_given(retries)}")
+    key = values.get("idempotencyKey")
+    if key is not None:
+        _check_key(key, "'idempotencyKey'")
     return PushRequest(
         url=url,
         name=values.get("name") or "default",
@@ -454,7 +559,64 @@ def bind_push(request: IRequest, max_body_bytes: int) -> PushRequest:
         payload=values.get("payload"),
         headers=headers,
         timeout=timeout,
+        retries=retries,
+        run_at=_due_time(values, now),
+        idempotency_key=key,
     )
+
+
+def _due_time(values: dict[str, Any], now: int) -> int | None:
+    text = values.get("runAt")
+    delay = values.get("delay")
+    if text is not None and delay is not None:
+        raise APIError(422, "'runAt' and 'delay' cannot be given together: give one")
+    if text is not None:
+        return parse_time(text, "runAt")
+    if delay is not None:
+        if delay < 0:
+            raise APIError(422, f"'delay' must be 0 or more seconds, not {_given(delay)}")
+        if delay > MAX_DELAY:
+            raise APIError(422, f"'delay' must be at most {MAX_DELAY} seconds (100 years)")
+        return now + math.ceil(delay * 1000)
+    return None
+
+
+def parse_time(text: str, field: str) -> int:
+    """
+    Return the RFC 3339 time ``text`` (with an offset or ``Z``) in ms since
+    the Unix epoch, rounded up to the millisecond.
+
+    :raises APIError: 422 naming ``field`` when ``text`` is not such a time.
+    """
+    problem = APIError(
+        422,
+        f"'{field}' must be an RFC 3339 time with an offset or Z "
+        f"(2024-05-01T09:30:00Z), not {text[:60]!r}",
+    )
+    match = _RFC3339_RE.match(text)
+    if match is None:
+        raise problem
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    fraction, zulu, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10, 11)
+    if zulu is None and (int(offset_hours) > 23 or int(offset_minutes) > 59):
+        raise problem
+    if hour > 23 or minute > 59 or second > 60:
+        raise problem
+    try:
+        # Year 0 (a leap year) is read as year 4, then moved back 4 years;
+        # a leap second (:60) is the first instant of the next minute.
+        start = datetime(year or 4, month, day, hour, minute, tzinfo=UTC)
+    except ValueError:
+        raise problem from None
+    ms = (start - _EPOCH) // timedelta(milliseconds=1) + second * 1000
+    if year == 0:
+        ms -= 1461 * 86_400_000
+    if fraction:
+        ms += math.ceil(int(fraction[1:10].ljust(9, "0")) / 1_000_000)
+    if zulu is None:
+        offset = (int(offset_hours) * 60 + int(offset_minutes)) * 60_000
+        ms += -offset if sign == "+" else offset
+    return ms
 
 
 def _check_url(url: str) -> None:
@@ -468,6 +630,70 @@ def _check_url(url: str) -> None:
         raise problem from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise problem
+
+
+NDJSON = "application/x-ndjson"
+
+
+def read_batch(request: IRequest, max_body_bytes: int, max_jobs: int) -> list[Any]:
+    """
+    Return the jobs of a batch push (``POST /jobs``) as decoded JSON values,
+    not checked yet (:func:`bind_batch_job` checks each): a JSON array, or
+    with the media type ``application/x-ndjson`` one JSON value a line
+    (blank lines ignored).
+
+    :raises APIError: 413 for a body over ``max_body_bytes`` or more than
+        ``max_jobs`` jobs, 415 for another media type, 400 for malformed JSON
+        (naming the job's index in NDJSON) or a body that is not an array,
+        422 for an empty batch.
+    """
+    content = _read_body(request, max_body_bytes)
+    media_type = _media_type(request)
+    if media_type not in ("application/json", NDJSON):
+        named = f" '{media_type}'" if media_type else ": the request body has no Content-Type"
+        raise APIError(415, f"Unsupported Media Type{named}; send application/json or {NDJSON}")
+    text = _decode_utf8(content, "the request body")
+    empty = APIError(422, "The batch is empty: send at least one job")
+    too_many = APIError(
+        413, f"The batch has more than {max_jobs} jobs (the limit is max_batch_jobs)"
+    )
+    if media_type == NDJSON:
+        lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+        if len(lines) > max_jobs:
+            raise too_many
+        jobs = [
+            _parse_json(line, f"job {index} (line {n})") for index, (n, line) in enumerate(lines)
+        ]
+    else:
+        if not text.strip():
+            raise empty
+        value = _parse_json(text, "the request body")
+        if not isinstance(value, list):
+            raise APIError(
+                400,
+                "The request body must be a JSON array of jobs, not " + json_type_name(value),
+            )
+        jobs = value
+        if len(jobs) > max_jobs:
+            raise too_many
+    if not jobs:
+        raise empty
+    return jobs
+
+
+def bind_batch_job(index: int, value: Any, now: int, default_retries: int) -> PushRequest:
+    """
+    Return the checked push of the job at ``index`` of a batch, received at ``now``.
+
+    :raises APIError: what :func:`bind_push` raises for the same job (400 for
+        a wrong type, 422 for a bad value), its message starting with ``job <index>: ``.
+    """
+    try:
+        if not isinstance(value, dict):
+            raise APIError(400, f"must be a JSON object, not {json_type_name(value)}")
+        return push_request(_json_fields(value, _PUSH_FIELDS), now, default_retries)
+    except APIError as e:
+        raise APIError(e.status, f"job {index}: {e.message}") from None
 
 
 def bind_restart(request: IRequest, max_body_bytes: int) -> bool:
@@ -511,6 +737,24 @@ def bind_list(request: IRequest, default_limit: int) -> ListQuery:
         reverse=values.get("reverse", False),
         limit=limit,
     )
+
+
+def bind_bulk(request: IRequest) -> ListQuery:
+    """
+    Return the filters of a bulk action (``POST /jobs/restart``, ``/stop``,
+    ``/delete``): those of ``GET /job``, every match when ``limit`` is absent.
+
+    :raises APIError: as :func:`bind_list`; 400 when none of ``name``,
+        ``term``, ``status`` is given.
+    """
+    query = bind_list(request, 0)
+    if query.name is None and query.term is None and query.status is None:
+        raise APIError(
+            400,
+            "Give at least one of 'name', 'term' or 'status' in the query string: "
+            "a bulk action never acts on every job unasked",
+        )
+    return query
 
 
 def parse_job_id(raw: str) -> int:

@@ -22,8 +22,8 @@ from hq.api import HISTORY_INTERVAL, HQApi
 from hq.config import Config
 from hq.history import HistoryBucket
 from hq.ids import IdGenerator, id_to_ms
-from hq.model import Job, JobState, Outcome
-from hq.store import StoreUnavailable
+from hq.model import Attempt, Job, JobState, ListQuery, Outcome
+from hq.store import Pushed, StoreUnavailable
 from hq.store.memory import MemoryStore
 from hq.testing import RecordingDispatch
 
@@ -120,10 +120,36 @@ class APITestCase(SynchronousTestCase):
         if content_type is not None:
             sent["Content-Type"] = content_type
         d = self.client.request(method, "http://hq.test" + path, data=body, headers=sent)
-        self.client.flush()
+        self.pump(d)
         response = self.successResultOf(d)
         content = self.successResultOf(response.content())
         return Reply(response.code, response.headers, content)
+
+    def reconfigure(self, **changes: Any) -> None:
+        """
+        Serve the same store with a changed config (ids go on from the stored ones).
+        """
+        self.client = self.client_for(self.store, attrs.evolve(self.config, **changes))
+        self.api._ids.observe(self.successResultOf(self.store.max_id()))
+
+    def pump(self, d: Deferred[Any]) -> None:
+        """
+        Deliver the client's bytes, giving the clock's turns (large batches
+        and bulk actions yield to the reactor) until ``d`` has fired.
+        """
+        fired: list[bool] = []
+
+        def note(result: object) -> object:
+            fired.append(True)
+            return result
+
+        d.addBoth(note)
+        self.client.flush()
+        for _ in range(100_000):
+            if fired:
+                return
+            self.clock.advance(0)
+            self.client.flush()
 
     def post_json(self, path: str, value: Any) -> Reply:
         return self.call("POST", path, json.dumps(value).encode("utf-8"), JSON)
@@ -606,9 +632,9 @@ class PushTests(APITestCase):
         created: Deferred[None] = Deferred()
 
         class SlowStore(MemoryStore):
-            def create(self, job: Job) -> Deferred[None]:
-                super().create(job)
-                return created
+            def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+                stored = super().push(jobs, keys_since)
+                return created.addCallback(lambda _: stored)
 
         self.client = self.client_for(SlowStore(), self.config)
         d = self.client.post(
@@ -1189,3 +1215,429 @@ class RoutingAndFailureTests(APITestCase):
         self.assertError(reply, 500, "Internal Server Error")
         self.assertNotIn(b"secret", reply.body)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+NOW_MS = T0 * 1000
+
+
+class PushOptionTests(APITestCase):
+    """
+    POST /job with retries, runAt, delay and an idempotency key (SPEC §11).
+    """
+
+    def test_retries_default_to_the_config(self) -> None:
+        """Without 'retries' the job gets the configured number; with it, its own."""
+        self.assertEqual(self.push()["retries"], 0)
+        self.reconfigure(retries=4)
+        self.assertEqual(self.push()["retries"], 4)
+        self.assertEqual(self.push(retries=0)["retries"], 0)
+        job = self.push(retries=1000)
+        self.assertEqual((job["retries"], self.stored(job["id"]).retries), (1000, 1000))
+
+    def test_retries_out_of_range_are_422(self) -> None:
+        """retries -1 and 1001 are refused naming the field and the range."""
+        for value in (-1, 1001):
+            reply = self.post_json("/job", {"url": "http://w.test/", "retries": value})
+            self.assertError(reply, 422, f"'retries' must be 0 to 1000, not {value}")
+
+    def test_retries_of_a_wrong_type_is_400(self) -> None:
+        """retries "3" in JSON is a type error; in a form it is the number."""
+        reply = self.post_json("/job", {"url": "http://w.test/", "retries": "3"})
+        self.assertError(reply, 400, "'retries' must be an integer, not a string")
+        reply = self.call("POST", "/job", b"url=http://w.test/&retries=3", FORM)
+        self.assertEqual((reply.status, reply.json["retries"]), (200, 3))
+
+    def test_delay_makes_the_job_scheduled_with_run_at(self) -> None:
+        """delay 90 gives status scheduled, waiting true and runAt 90 s after now."""
+        job = self.push(delay=90)
+        self.assertEqual(
+            (job["status"], job["waiting"], job["runAt"]),
+            ("scheduled", True, "2023-11-14T22:14:50.000Z"),
+        )
+        self.assertEqual(self.stored(job["id"]).run_at, NOW_MS + 90_000)
+        self.assertEqual(self.dispatch.enqueued[-1].id, int(job["id"]))
+
+    def test_fractional_delay_is_rounded_up_to_the_millisecond(self) -> None:
+        """delay 0.0015 is 2 ms."""
+        job = self.push(delay=0.0015)
+        self.assertEqual(self.stored(job["id"]).run_at, NOW_MS + 2)
+
+    def test_zero_delay_and_past_run_at_are_due_now(self) -> None:
+        """delay 0 and a runAt in the past leave the job due at once, in its place in line."""
+        for fields in ({"delay": 0}, {"runAt": "2001-01-01T00:00:00Z"}):
+            job = self.push(**fields)
+            self.assertEqual((job["status"], job["runAt"]), ("waiting", None), fields)
+            self.assertIsNone(self.stored(job["id"]).run_at)
+
+    def test_run_at_with_offset_or_z(self) -> None:
+        """runAt takes Z or an offset, and fractions of a second."""
+        cases = {
+            "2023-11-15T00:00:00Z": "2023-11-15T00:00:00.000Z",
+            "2023-11-15T09:00:00+09:00": "2023-11-15T00:00:00.000Z",
+            "2023-11-14t23:30:00.25-00:30z": None,
+            "2023-11-14T23:30:00.25-00:30": "2023-11-15T00:00:00.250Z",
+            "2023-11-15t00:00:00.0001z": "2023-11-15T00:00:00.001Z",
+        }
+        for text, shown in cases.items():
+            reply = self.post_json("/job", {"url": "http://w.test/", "runAt": text})
+            if shown is None:
+                self.assertEqual(reply.status, 422, text)
+                continue
+            self.assertEqual(reply.status, 200, (text, reply.body))
+            self.assertEqual((reply.json["status"], reply.json["runAt"]), ("scheduled", shown))
+
+    def test_bad_run_at_is_422(self) -> None:
+        """runAt that is not RFC 3339 with an offset is refused naming the field and value."""
+        for text in (
+            "tomorrow",
+            "2023-11-15T00:00:00",
+            "2023-11-15 00:00:00Z",
+            "2023-02-30T00:00:00Z",
+            "2023-11-15T24:00:00Z",
+            "2023-11-15T00:00:00+24:00",
+            "",
+        ):
+            reply = self.post_json("/job", {"url": "http://w.test/", "runAt": text})
+            self.assertError(
+                reply,
+                422,
+                "'runAt' must be an RFC 3339 time with an offset or Z "
+                f"(2024-05-01T09:30:00Z), not {text!r}",
+            )
+
+    def test_bad_delay_is_refused(self) -> None:
+        """delay -5 is 422, "x" is 400, a delay beyond 100 years is 422."""
+        reply = self.post_json("/job", {"url": "http://w.test/", "delay": -5})
+        self.assertError(reply, 422, "'delay' must be 0 or more seconds, not -5")
+        reply = self.post_json("/job", {"url": "http://w.test/", "delay": "x"})
+        self.assertError(reply, 400, "'delay' must be a number, not a string")
+        reply = self.call("POST", "/job", b"url=http://w.test/&delay=x", FORM)
+        self.assertError(reply, 400, "'delay' must be a number, not 'x'")
+        reply = self.post_json("/job", {"url": "http://w.test/", "delay": 1e10})
+        self.assertError(reply, 422, "'delay' must be at most 3155760000 seconds (100 years)")
+
+    def test_form_delay_is_read(self) -> None:
+        """delay=1.5 in a form is 1.5 seconds."""
+        reply = self.call("POST", "/job", b"url=http://w.test/&delay=1.5", FORM)
+        self.assertEqual(reply.status, 200, reply.body)
+        self.assertEqual(self.stored(reply.json["id"]).run_at, NOW_MS + 1500)
+
+    def test_run_at_and_delay_together_are_422(self) -> None:
+        """Both runAt and delay: 422 naming both."""
+        reply = self.post_json(
+            "/job", {"url": "http://w.test/", "delay": 1, "runAt": "2030-01-01T00:00:00Z"}
+        )
+        self.assertError(reply, 422, "'runAt' and 'delay' cannot be given together: give one")
+
+    def test_idempotency_key_is_kept_and_shown(self) -> None:
+        """The key from the body or the header is on the job."""
+        self.assertEqual(self.push(idempotencyKey="k1")["idempotencyKey"], "k1")
+        reply = self.call(
+            "POST", "/job", b'{"url":"http://w.test/"}', JSON, {"Idempotency-Key": "k2"}
+        )
+        self.assertEqual(reply.json["idempotencyKey"], "k2")
+        self.assertIsNone(reply.header("Idempotent-Replayed"))
+        self.assertIsNone(self.push()["idempotencyKey"])
+
+    def test_empty_or_long_keys_are_422(self) -> None:
+        """An empty key or one of 300 characters is refused, in the body and the header."""
+        for key, shown in (("", "empty"), ("k" * 300, "300")):
+            reply = self.post_json("/job", {"url": "http://w.test/", "idempotencyKey": key})
+            self.assertError(
+                reply, 422, f"'idempotencyKey' must be 1 to 255 characters, not {shown}"
+            )
+            reply = self.call(
+                "POST", "/job", b'{"url":"http://w.test/"}', JSON, {"Idempotency-Key": key}
+            )
+            self.assertError(
+                reply, 422, f"The Idempotency-Key header must be 1 to 255 characters, not {shown}"
+            )
+        self.assertEqual(self.push(idempotencyKey="k" * 255)["idempotencyKey"], "k" * 255)
+
+    def test_header_and_body_keys_that_differ_are_422(self) -> None:
+        """Both keys, different: 422; the same: fine."""
+        body = b'{"url":"http://w.test/","idempotencyKey":"a"}'
+        reply = self.call("POST", "/job", body, JSON, {"Idempotency-Key": "b"})
+        self.assertError(
+            reply,
+            422,
+            "The Idempotency-Key header and 'idempotencyKey' differ: give one, or the same",
+        )
+        reply = self.call("POST", "/job", body, JSON, {"Idempotency-Key": "a"})
+        self.assertEqual(reply.status, 200)
+
+    def test_replay_answers_the_stored_job_with_the_header(self) -> None:
+        """The same key again: 200, the same job, Idempotent-Replayed: true, not queued again."""
+        first = self.push(idempotencyKey="order-1", payload={"n": 1}, comment="a")
+        reply = self.post_json(
+            "/job",
+            {"url": "http://worker.test/run", "idempotencyKey": "order-1", "payload": {"n": 1.0}},
+        )
+        self.assertEqual((reply.status, reply.header("Idempotent-Replayed")), (200, "true"))
+        self.assertEqual(reply.json, first)
+        self.assertEqual(len(self.dispatch.enqueued), 1)
+        self.assertEqual(len(self.successResultOf(self.store.list_jobs(ListQuery())).jobs), 1)
+
+    def test_key_older_than_the_ttl_makes_a_new_job(self) -> None:
+        """After idempotency_ttl seconds the key is taken by a new job."""
+        first = self.push(idempotencyKey="k")
+        self.clock.advance(self.config.idempotency_ttl + 1)
+        second = self.push(idempotencyKey="k")
+        self.assertNotEqual(first["id"], second["id"])
+
+    def test_conflicting_replay_is_409_naming_the_key(self) -> None:
+        """The same key with another url, name or payload: 409, nothing stored."""
+        first = self.push(idempotencyKey="k")
+        for change in ({"url": "http://other.test/"}, {"name": "n"}, {"payload": 1}):
+            fields = {"url": "http://worker.test/run", "idempotencyKey": "k", **change}
+            reply = self.post_json("/job", fields)
+            self.assertError(
+                reply,
+                409,
+                f"The idempotency key 'k' belongs to the job {first['id']}, "
+                "pushed with another url, name or payload",
+            )
+        self.assertEqual(len(self.successResultOf(self.store.list_jobs(ListQuery())).jobs), 1)
+
+    def test_concurrent_pushes_with_one_key_make_one_job(self) -> None:
+        """20 pushes with one key, all in flight at once: one job, 19 replays."""
+        gate: Deferred[None] = Deferred()
+
+        class GatedStore(MemoryStore):
+            def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+                waited: Deferred[None] = Deferred()
+                gate.addCallback(lambda _: waited.callback(None))
+                return waited.addCallback(lambda _: super(GatedStore, self).push(jobs, keys_since))
+
+        store = GatedStore()
+        self.client = self.client_for(store, self.config)
+        body = b'{"url":"http://w.test/","idempotencyKey":"once"}'
+        sent = [
+            self.client.post("http://hq.test/job", data=body, headers={"Content-Type": JSON})
+            for _ in range(20)
+        ]
+        self.client.flush()
+        for d in sent:
+            self.assertNoResult(d)
+        gate.callback(None)
+        self.client.flush()
+        responses = [self.successResultOf(d) for d in sent]
+        bodies = [json.loads(self.successResultOf(r.content())) for r in responses]
+        self.assertEqual({r.code for r in responses}, {200})
+        self.assertEqual(len({b["id"] for b in bodies}), 1)
+        replayed = [r.headers.getRawHeaders(b"idempotent-replayed") for r in responses]
+        self.assertEqual(replayed.count([b"true"]), 19)
+        self.assertEqual(len(self.successResultOf(store.list_jobs(ListQuery())).jobs), 1)
+        self.assertEqual(len(self.dispatch.enqueued), 1)
+
+    def test_restart_copy_does_not_carry_the_key(self) -> None:
+        """A copy made by restart has no idempotency key."""
+        job = self.push(idempotencyKey="k")
+        self.finish_job(job["id"])
+        reply = self.post_json(f"/job/{job['id']}/restart", {"copy": True})
+        self.assertIsNone(reply.json["idempotencyKey"])
+
+
+class BatchTests(APITestCase):
+    """
+    POST /jobs (SPEC §15).
+    """
+
+    def jobs(self) -> list[Job]:
+        return self.successResultOf(self.store.list_jobs(ListQuery())).jobs
+
+    def test_json_array_stores_every_job_in_order(self) -> None:
+        """A JSON array: {"ids"} in input order, each job stored and queued."""
+        batch = [{"url": f"http://w.test/{i}", "name": f"n{i}", "delay": i} for i in range(3)]
+        reply = self.post_json("/jobs", batch)
+        self.assertEqual(reply.status, 200, reply.body)
+        ids = reply.json["ids"]
+        self.assertEqual(list(reply.json), ["ids"])
+        self.assertEqual(
+            [self.stored(i).url for i in ids], [f"http://w.test/{i}" for i in range(3)]
+        )
+        self.assertEqual([str(job.id) for job in self.dispatch.enqueued], ids)
+        self.assertEqual(self.stored(ids[2]).run_at, NOW_MS + 2000)
+
+    def test_ndjson_one_job_a_line_blank_lines_ignored(self) -> None:
+        """NDJSON: one job per line, blank lines and CRLF fine."""
+        body = b'{"url":"http://w.test/a"}\r\n\n  \n{"url":"http://w.test/b","retries":2}\n'
+        reply = self.call("POST", "/jobs", body, "application/x-ndjson")
+        self.assertEqual(reply.status, 200, reply.body)
+        jobs = [self.stored(i) for i in reply.json["ids"]]
+        self.assertEqual(
+            [(j.url, j.retries) for j in jobs], [("http://w.test/a", 0), ("http://w.test/b", 2)]
+        )
+
+    def test_invalid_job_is_422_naming_its_index_and_nothing_is_stored(self) -> None:
+        """One bad job: 422 'job 3: ...', no job stored, none queued."""
+        batch = [{"url": "http://w.test/"}] * 3 + [{"name": "x"}] + [{"url": "http://w.test/"}]
+        reply = self.post_json("/jobs", batch)
+        self.assertError(reply, 422, "job 3: 'url' is required")
+        self.assertEqual((self.jobs(), self.dispatch.enqueued), ([], []))
+
+    def test_wrong_types_in_a_job_are_400_naming_its_index(self) -> None:
+        """A job that is not an object, or a field of the wrong type: 400 with its index."""
+        reply = self.post_json("/jobs", [{"url": "http://w.test/"}, "http://w.test/"])
+        self.assertError(reply, 400, "job 1: must be a JSON object, not a string")
+        reply = self.post_json("/jobs", [{"url": "http://w.test/", "timeout": "x"}])
+        self.assertError(reply, 400, "job 0: 'timeout' must be an integer, not a string")
+
+    def test_ndjson_line_that_is_not_json_is_400_naming_its_index(self) -> None:
+        """A broken NDJSON line: 400 naming the job's index and its line."""
+        body = b'{"url":"http://w.test/"}\n\n{"url": nope}\n'
+        reply = self.call("POST", "/jobs", body, "application/x-ndjson")
+        self.assertErrorStartsWith(reply, 400, "Malformed JSON in job 1 (line 3) at line 1")
+        self.assertEqual(self.jobs(), [])
+
+    def test_empty_batches_are_422(self) -> None:
+        """[], an empty body and blank NDJSON: 422."""
+        for body, media in ((b"[]", JSON), (b"", JSON), (b"\n \n", "application/x-ndjson")):
+            reply = self.call("POST", "/jobs", body, media)
+            self.assertError(reply, 422, "The batch is empty: send at least one job")
+
+    def test_body_that_is_not_an_array_is_400(self) -> None:
+        """A JSON object instead of an array: 400."""
+        reply = self.post_json("/jobs", {"url": "http://w.test/"})
+        self.assertError(reply, 400, "The request body must be a JSON array of jobs, not an object")
+
+    def test_other_media_type_is_415(self) -> None:
+        """Form data or no Content-Type: 415."""
+        reply = self.call("POST", "/jobs", b"url=x", FORM)
+        self.assertError(
+            reply,
+            415,
+            "Unsupported Media Type 'application/x-www-form-urlencoded'; "
+            "send application/json or application/x-ndjson",
+        )
+        reply = self.call("POST", "/jobs", b"[]")
+        self.assertEqual(reply.status, 415)
+
+    def test_more_than_max_batch_jobs_is_413(self) -> None:
+        """max_batch_jobs + 1 jobs: 413, nothing stored; exactly the limit is fine."""
+        self.reconfigure(max_batch_jobs=3)
+        reply = self.post_json("/jobs", [{"url": "http://w.test/"}] * 4)
+        self.assertError(reply, 413, "The batch has more than 3 jobs (the limit is max_batch_jobs)")
+        reply = self.call(
+            "POST", "/jobs", b'{"url":"http://w.test/"}\n' * 4, "application/x-ndjson"
+        )
+        self.assertEqual(reply.status, 413)
+        self.assertEqual(self.jobs(), [])
+        self.assertEqual(self.post_json("/jobs", [{"url": "http://w.test/"}] * 3).status, 200)
+
+    def test_keys_replay_job_by_job(self) -> None:
+        """A job whose key is known gets the existing id and is not queued again."""
+        first = self.push(idempotencyKey="k")
+        batch = [
+            {"url": "http://w.test/new"},
+            {"url": "http://worker.test/run", "idempotencyKey": "k"},
+        ]
+        ids = self.post_json("/jobs", batch).json["ids"]
+        self.assertEqual(ids[1], first["id"])
+        self.assertEqual(len(self.dispatch.enqueued), 2)
+
+    def test_key_conflict_is_409_naming_the_index(self) -> None:
+        """A key used with another url: 409 with the index; nothing stored."""
+        first = self.push(idempotencyKey="k")
+        batch = [{"url": "http://w.test/new"}, {"url": "http://w.test/x", "idempotencyKey": "k"}]
+        reply = self.post_json("/jobs", batch)
+        self.assertError(
+            reply,
+            409,
+            f"job 1: The idempotency key 'k' belongs to the job {first['id']}, "
+            "pushed with another url, name or payload",
+        )
+        self.assertEqual(len(self.jobs()), 1)
+
+    def test_large_batch_yields_to_the_reactor(self) -> None:
+        """A batch of 1,200 jobs is checked in steps, each a turn of the reactor."""
+        self.reconfigure(max_body_bytes=1 << 20)
+        d = self.client.post(
+            "http://hq.test/jobs",
+            data=json.dumps([{"url": "http://w.test/"}] * 1200).encode(),
+            headers={"Content-Type": JSON},
+        )
+        self.client.flush()
+        self.assertNoResult(d)
+        self.assertEqual(self.jobs(), [])
+        self.pump(d)
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual(len(self.jobs()), 1200)
+
+
+class AttemptsTests(APITestCase):
+    """
+    GET /job/{id}/attempts.
+    """
+
+    def test_attempts_oldest_first(self) -> None:
+        """Each recorded attempt, oldest first, in Attempt.to_json's shape."""
+        job_id = int(self.push(retries=1)["id"])
+        for n, (code, err) in enumerate(((500, "Internal Server Error"), (200, "")), 1):
+            started = self.successResultOf(self.store.start(job_id, NOW_MS + n))
+            assert started is not None
+            outcome = Outcome(
+                finished_at=NOW_MS + 10 + n,
+                success=code == 200,
+                failure=code != 200,
+                status_code=code,
+                err=err,
+            )
+            attempt = Attempt.of(started, outcome)
+            if code == 200:
+                self.successResultOf(self.store.finish(job_id, outcome, attempt))
+            else:
+                self.successResultOf(self.store.retry(job_id, NOW_MS, outcome, attempt))
+        reply = self.call("GET", f"/job/{job_id}/attempts")
+        self.assertEqual(reply.status, 200, reply.body)
+        self.assertEqual(
+            reply.json,
+            {
+                "attempts": [
+                    {
+                        "attempt": 1,
+                        "startedAt": "2023-11-14T22:13:20.001Z",
+                        "finishedAt": "2023-11-14T22:13:20.011Z",
+                        "statusCode": 500,
+                        "err": "Internal Server Error",
+                        "output": "",
+                    },
+                    {
+                        "attempt": 2,
+                        "startedAt": "2023-11-14T22:13:20.002Z",
+                        "finishedAt": "2023-11-14T22:13:20.012Z",
+                        "statusCode": 200,
+                        "err": "",
+                        "output": "",
+                    },
+                ]
+            },
+        )
+
+    def test_no_attempts_is_an_empty_list(self) -> None:
+        """A job never started has no attempts."""
+        job_id = self.push()["id"]
+        self.assertEqual(self.call("GET", f"/job/{job_id}/attempts").json, {"attempts": []})
+
+    def test_unknown_or_bad_id_is_404(self) -> None:
+        """Unknown and non-numeric ids: 404."""
+        self.assertError(self.call("GET", "/job/42/attempts"), 404, "The job '42' is not found")
+        self.assertEqual(self.call("GET", "/job/x/attempts").status, 404)
+
+
+class ScheduledListTests(APITestCase):
+    """
+    status=scheduled and status=waiting in GET /job tell due from later jobs.
+    """
+
+    def test_status_scheduled_lists_the_delayed_jobs(self) -> None:
+        """A delayed job is listed under scheduled until due, then under waiting."""
+        now = self.push()["id"]
+        later = self.push(delay=60)["id"]
+
+        def listed(status: str) -> list[str]:
+            return [j["id"] for j in self.call("GET", f"/job?status={status}").json["jobs"]]
+
+        self.assertEqual((listed("scheduled"), listed("waiting")), ([later], [now]))
+        self.clock.advance(60)
+        self.assertEqual((listed("scheduled"), listed("waiting")), ([], [now, later]))
