@@ -36,7 +36,6 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from hq import __version__
 from hq.binding import (
     APIError,
-    PushRequest,
     bind_batch_job,
     bind_bulk,
     bind_list,
@@ -360,14 +359,14 @@ class HQApi:
 
     async def _push_batch(self, request: IRequest, values: list[Any]) -> bytes:
         now = self._now_ms()
-        pushes: list[PushRequest] = []
+        jobs: list[Job] = []
         for index, value in enumerate(values):
             if index and index % BATCH_STEP == 0:
                 # Let other requests in between steps of a large batch.
                 await deferLater(self._clock, 0)
-            pushes.append(bind_batch_job(index, value, now, self._config.retries))
-        jobs = [push.job(self._ids.next_id()) for push in pushes]
-        del values, pushes
+            push = bind_batch_job(index, value, now, self._config.retries)
+            jobs.append(push.job(self._ids.next_id()))
+        del values
         try:
             stored: list[Pushed] = await self._store.push(jobs, self._keys_since(now))
         except IdempotencyConflict as e:

@@ -18,6 +18,7 @@ never touches a response.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import re
@@ -48,6 +49,9 @@ _NUMBER_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z"
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE_RE = re.compile(r"[\x00\r\n]")
 _BAD_URL_RE = re.compile(r"[\x00-\x20\x7f]")
+
+
+_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class APIError(Exception):
@@ -315,9 +319,20 @@ def _given(value: Any) -> str:
     return json_type_name(value)
 
 
+_NAMES: dict[int, dict[str, str]] = {}
+
+
+def _lowered_names(fields: dict[str, Kind]) -> dict[str, str]:
+    # The field tables are module constants: their lowered names are made once.
+    names = _NAMES.get(id(fields))
+    if names is None:
+        names = _NAMES[id(fields)] = {field.lower(): field for field in fields}
+    return names
+
+
 def _json_fields(document: dict[str, Any], fields: dict[str, Kind]) -> dict[str, Any]:
     # Go matches keys case-insensitively, and a later key wins.
-    names = {field.lower(): field for field in fields}
+    names = _lowered_names(fields)
     values: dict[str, Any] = {}
     for key, value in document.items():
         field = names.get(key.lower())
@@ -369,7 +384,7 @@ def _json_value(field: str, kind: Kind, value: Any) -> Any:
             _check_text(field, text)
         return value
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        text = _compact_json(value)
     except RecursionError:
         raise APIError(400, f"'{field}' is nested too deeply") from None
     return _check_text(field, text)
@@ -620,16 +635,21 @@ def parse_time(text: str, field: str) -> int:
 
 
 def _check_url(url: str) -> None:
-    problem = APIError(422, f"'url' must be an absolute http or https URL, not {url!r}")
+    if not _url_ok(url):
+        raise APIError(422, f"'url' must be an absolute http or https URL, not {url!r}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _url_ok(url: str) -> bool:
+    # Cached: the jobs of a batch mostly share a few URLs.
     if _BAD_URL_RE.search(url):
-        raise problem
+        return False
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError for a bad port
     except ValueError:
-        raise problem from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise problem
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 NDJSON = "application/x-ndjson"

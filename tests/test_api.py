@@ -11,12 +11,16 @@ from typing import Any
 from urllib.parse import quote
 
 import attrs
+from treq.client import HTTPClient
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
+from twisted.web.server import Site
 
 from hq.api import HISTORY_INTERVAL, HQApi
 from hq.config import Config
@@ -25,6 +29,7 @@ from hq.ids import IdGenerator, id_to_ms
 from hq.model import Attempt, Job, JobState, ListQuery, Outcome
 from hq.store import Pushed, StoreUnavailable
 from hq.store.memory import MemoryStore
+from hq.store.sqlite import SQLiteStore
 from hq.testing import RecordingDispatch
 
 #: The fake clock's start, seconds since the Unix epoch.
@@ -1641,3 +1646,46 @@ class ScheduledListTests(APITestCase):
         self.assertEqual((listed("scheduled"), listed("waiting")), ([later], [now]))
         self.clock.advance(60)
         self.assertEqual((listed("scheduled"), listed("waiting")), ([], [now, later]))
+
+
+class SQLiteIdempotencyTests(TestCase):
+    """
+    Idempotent pushes over the real SQLite store and its writer thread, on a
+    real loopback socket.
+    """
+
+    async def _serve(self) -> tuple[str, SQLiteStore]:
+        store = SQLiteStore(self.mktemp(), reactor)
+        await store.open()
+        self.addCleanup(store.close)
+        api = HQApi(
+            store=store,
+            dispatch=RecordingDispatch(),
+            ids=IdGenerator(0, reactor),
+            clock=reactor,
+            config=Config(),
+        )
+        port = reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}", store
+
+    def test_concurrent_pushes_with_one_key_store_one_job(self) -> Deferred[None]:
+        """20 concurrent pushes with one key: one job stored, every answer its id."""
+
+        async def run() -> None:
+            base, store = await self._serve()
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            self.addCleanup(pool.closeCachedConnections)
+            client = HTTPClient(Agent(reactor, pool=pool))
+            body = {"url": "http://w.test/", "idempotencyKey": "one"}
+            responses = await gatherResults(
+                [client.post(base + "/job", json=body) for _ in range(20)]
+            )
+            bodies = await gatherResults([r.json() for r in responses])
+            self.assertEqual({r.code for r in responses}, {200})
+            self.assertEqual(len({b["id"] for b in bodies}), 1)
+            replayed = [r.headers.getRawHeaders(b"idempotent-replayed") for r in responses]
+            self.assertEqual(replayed.count([b"true"]), 19)
+            self.assertEqual(len((await store.list_jobs(ListQuery())).jobs), 1)
+
+        return Deferred.fromCoroutine(run())

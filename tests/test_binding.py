@@ -11,7 +11,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from hq.binding import APIError, Kind, bind
+from hq.binding import APIError, Kind, bind, parse_time
 
 
 class BindTests(SynchronousTestCase):
@@ -46,3 +46,44 @@ class BindTests(SynchronousTestCase):
         )
         error = self.assertRaises(APIError, bind, request, {"url": Kind.STR}, 50)
         self.assertEqual(error.status, 413)
+
+
+class ParseTimeTests(SynchronousTestCase):
+    """
+    parse_time: RFC 3339 with an offset or Z, to ms since the Unix epoch.
+    """
+
+    def test_times(self) -> None:
+        """Z, offsets, fractions (rounded up), a leap second, the years 0 and 9999."""
+        cases = {
+            "1970-01-01T00:00:00Z": 0,
+            "1970-01-01T01:00:00+01:00": 0,
+            "1969-12-31T23:30:00-00:30": 0,
+            "1970-01-01t00:00:00.0005z": 1,
+            "1970-01-01T00:00:00.123456789123Z": 124,
+            "1970-01-01T00:00:60Z": 60_000,
+            "2024-02-29T12:00:00Z": 1_709_208_000_000,
+            "0000-01-01T00:00:00Z": -62_167_219_200_000,
+            "9999-12-31T23:59:59.999Z": 253_402_300_799_999,
+        }
+        for text, ms in cases.items():
+            self.assertEqual(parse_time(text, "runAt"), ms, text)
+
+    def test_not_rfc3339_is_422_naming_the_field(self) -> None:
+        """No offset, a space, a bad date or field: 422 naming the field."""
+        for text in (
+            "2024-01-01T00:00:00",
+            "2024-01-01 00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "2024-01-01T00:60:00Z",
+            "2024-01-01T00:00:61Z",
+            "2024-01-01T00:00:00+01:60",
+            "2024-01-01T00:00:00.Z",
+            "+2024-01-01T00:00:00Z",
+            "2024-01-01T00:00:00Z\n",
+            "\uff12\uff10\uff12\uff14-01-01T00:00:00Z",
+        ):
+            error = self.assertRaises(APIError, parse_time, text, "runAt")
+            self.assertEqual(error.status, 422, text)
+            self.assertIn("'runAt' must be an RFC 3339 time", error.message)
