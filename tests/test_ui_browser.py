@@ -762,6 +762,8 @@ def save_screenshot(path: str, waves: int = 8) -> None:
         wait_for(lambda: worker.holding == 2, 20, "two running jobs")
         canceled = server.push(worker.url + "/hold/export", name="export-archive")
         server.request("POST", f"/job/{canceled}/stop")
+        for delay in (900, 3600):
+            server.push(worker.url + "/work", name="nightly-report", delay=delay)
         page = browser.page(viewport={"width": 1280, "height": 1000}, color_scheme="light")
         page.goto(server.base + "/ui/")
         page.locator("tbody tr").nth(9).wait_for()
