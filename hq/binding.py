@@ -319,20 +319,15 @@ def _given(value: Any) -> str:
     return json_type_name(value)
 
 
-_NAMES: dict[int, dict[str, str]] = {}
-
-
-def _lowered_names(fields: dict[str, Kind]) -> dict[str, str]:
-    # The field tables are module constants: their lowered names are made once.
-    names = _NAMES.get(id(fields))
-    if names is None:
-        names = _NAMES[id(fields)] = {field.lower(): field for field in fields}
-    return names
+@functools.lru_cache(maxsize=64)
+def _lowered_names(fields: tuple[str, ...]) -> dict[str, str]:
+    # Made once per field table, not once per job of a batch.
+    return {field.lower(): field for field in fields}
 
 
 def _json_fields(document: dict[str, Any], fields: dict[str, Kind]) -> dict[str, Any]:
     # Go matches keys case-insensitively, and a later key wins.
-    names = _lowered_names(fields)
+    names = _lowered_names(tuple(fields))
     values: dict[str, Any] = {}
     for key, value in document.items():
         field = names.get(key.lower())

@@ -16,6 +16,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from hq.config import Config
+from hq.model import STATUSES
 from hq.ui import (
     IMMUTABLE,
     NO_CACHE,
@@ -235,6 +236,8 @@ class AssetTests(UITestCase):
         base = self.static_base(treq, "/admin/hq")
         expected = {
             "app.js": "text/javascript; charset=utf-8",
+            "attempts.js": "text/javascript; charset=utf-8",
+            "bulk.js": "text/javascript; charset=utf-8",
             "dom.js": "text/javascript; charset=utf-8",
             "theme.js": "text/javascript; charset=utf-8",
             "style.css": "text/css; charset=utf-8",
@@ -310,6 +313,23 @@ class AssetTests(UITestCase):
                 continue
             for target in re.findall(r'from\s+"\./([^"]+)"', asset.body.decode()):
                 self.assertIn(target, files.assets, f"{name} imports {target}")
+
+    def test_status_filter_offers_every_status(self) -> None:
+        """The UI's status list (filter and colours) is the server's, ``scheduled`` included."""
+        text = (UI_DIR / "format.js").read_text()
+        match = re.search(r"export const STATUSES = \[(.*?)\];", text, re.S)
+        assert match is not None
+        self.assertEqual(tuple(re.findall(r'"(\w+)"', match.group(1))), STATUSES)
+
+    def test_scripts_call_the_part_two_endpoints(self) -> None:
+        """The attempt history and the bulk actions use the paths of SPEC §11."""
+        text = (UI_DIR / "api.js").read_text()
+        self.assertIn('jobPath(id) + "/attempts"', text)
+        self.assertIn('call("POST", "/jobs/" + kind, { query: filter })', text)
+        bulk = (UI_DIR / "bulk.js").read_text()
+        self.assertEqual(
+            re.findall(r'kind: "(\w+)"', bulk), ["stop", "restart", "delete"], "bulk actions"
+        )
 
     def test_scripts_never_insert_html(self) -> None:
         """No script uses innerHTML, outerHTML, insertAdjacentHTML or document.write."""

@@ -12,16 +12,20 @@ dashboard screenshot used by the docs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.serverprocess import RecordingWorker, ServerProcess, wait_for
+from tests.serverprocess import RecordingWorker, ServerProcess, _QuietHTTPServer, wait_for
 
 CHROMIUM = os.environ.get("HQ_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -102,10 +106,80 @@ class Browser:
         self._playwright.stop()
 
 
-class BrowserTests(SynchronousTestCase):
+class FlakyWorker:
     """
-    What an operator does in the browser.
+    A worker on 127.0.0.1 that fails as each job's payload asks.
+
+    The payload (a JSON object) may hold ``fail`` (how many of the job's requests
+    fail, default 0), ``status`` (their status, default 500), ``error_output`` (their
+    body), ``output`` (the body of the requests after them, default ``{"ok":true}``)
+    and ``hold`` (those wait for :meth:`release`). Requests are counted by the job
+    id HQ sends, so a restarted job goes on counting.
     """
+
+    def __init__(self) -> None:
+        self.received: Counter[str] = Counter()
+        self.gate = threading.Event()
+        self._lock = threading.Lock()
+        worker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    payload = json.loads(body) if body else {}
+                except ValueError:
+                    payload = {}
+                if not isinstance(payload, dict):
+                    payload = {}
+                with worker._lock:
+                    job_id = self.headers.get("X-Hq-Job-Id", "")
+                    worker.received[job_id] += 1
+                    number = worker.received[job_id]
+                if number <= int(payload.get("fail", 0)):
+                    status = int(payload.get("status", 500))
+                    answer = str(payload.get("error_output", "failed")).encode()
+                else:
+                    if payload.get("hold"):
+                        worker.gate.wait(30)
+                    status = 200
+                    answer = str(payload.get("output", '{"ok":true}')).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/plain; charset=utf-8")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                except OSError:
+                    pass
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = _QuietHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class BrowserTestCase(SynchronousTestCase):
+    """
+    A real server process (with ``server_config``), a worker and a browser per test.
+    """
+
+    #: Config keys of the server, beside the basename and the worker limits.
+    server_config: dict[str, Any] = {}
 
     def setUp(self) -> None:
         reason = skip_reason()
@@ -118,7 +192,11 @@ class BrowserTests(SynchronousTestCase):
         self.worker = RecordingWorker()
         self.addCleanup(self.worker.close)
         self.server = ServerProcess(
-            os.path.abspath(self.mktemp()), ui_basename=BASENAME, max_workers=4, shutdown_timeout=0
+            os.path.abspath(self.mktemp()),
+            ui_basename=BASENAME,
+            max_workers=4,
+            shutdown_timeout=0,
+            **self.server_config,
         )
         self.addCleanup(self.server.stop)
         self.server.start()
@@ -162,6 +240,12 @@ class BrowserTests(SynchronousTestCase):
         Assert a visible message of ``kind`` (success or error) containing ``text``.
         """
         self.expect(page.locator(f".toast-{kind}").filter(has_text=text)).to_be_visible()
+
+
+class BrowserTests(BrowserTestCase):
+    """
+    What an operator does in the browser.
+    """
 
     def test_pushed_jobs_appear_live_with_stats_and_chart(self) -> None:
         """A job pushed while the dashboard is open appears and finishes without a reload."""
@@ -426,6 +510,237 @@ class BrowserTests(SynchronousTestCase):
         )
 
 
+#: Retries as SPEC §11 tests them: two more attempts, quickly.
+RETRY_CONFIG = {"retries": 2, "retry_min_backoff": 0.2, "retry_max_backoff": 0.5}
+#: Markup a worker might answer with: it must show as text and run nothing.
+MARKUP = "<img src=x onerror=\"alert('attempt')\"><script>alert('output')</script>"
+
+
+class RetryBrowserTests(BrowserTestCase):
+    """
+    Retries, the attempt timeline and the bulk actions, in the browser.
+    """
+
+    server_config = RETRY_CONFIG
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.flaky = FlakyWorker()
+        self.addCleanup(self.flaky.close)
+
+    def push_flaky(self, **fields: Any) -> str:
+        """
+        Push a job to the flaky worker; ``fields`` beside ``payload`` go to the push.
+        """
+        payload = fields.pop("payload", {})
+        return self.server.push(self.flaky.url + "/work", payload=payload, **fields)
+
+    def attempts(self, page: Any) -> Any:
+        return page.locator(".timeline li.attempt[data-attempt]")
+
+    def test_timeline_shows_each_attempt_live(self) -> None:
+        """A job that fails twice then succeeds shows three attempts, live, with status codes."""
+        long_error = MARKUP + "\n" + "\n".join(f"line {i}" for i in range(40))
+        job_id = self.push_flaky(
+            name="flaky",
+            payload={
+                "fail": 2,
+                "status": 500,
+                "error_output": long_error,
+                "output": '{"ok":true,"attempt":3}',
+                "hold": True,
+            },
+        )
+        page = self.open(f"/jobs/{job_id}")
+        # Two failed attempts are in the history; the third runs (held by the worker).
+        self.expect(self.attempts(page)).to_have_count(2)
+        self.expect(page.locator(".timeline .attempt-running")).to_contain_text("Attempt 3")
+        self.expect(page.locator('dd[data-field="attempts"]')).to_have_text("attempt 3 of 3")
+        self.expect(page.locator('dd[data-field="retries"]')).to_contain_text("2")
+        self.expect(self.attempts(page).locator(".attempt-result")).to_have_text(
+            ["HTTP 500", "HTTP 500"]
+        )
+        first = self.attempts(page).first
+        self.expect(first.locator(".attempt-head time")).to_contain_text("started ")
+        self.expect(first.locator(".attempt-duration")).to_contain_text("took ")
+        # A long output starts collapsed, and its markup is text.
+        output = first.locator("details.attempt-output-long")
+        self.expect(output).not_to_have_attribute("open", "")
+        self.expect(output.locator("summary")).to_contain_text("Output (")
+        output.locator("summary").click()
+        self.expect(output.locator("pre")).to_contain_text(MARKUP)
+
+        self.flaky.release()
+        self.expect(self.attempts(page)).to_have_count(3)
+        self.expect(self.attempts(page).locator(".attempt-result")).to_have_text(
+            ["HTTP 500", "HTTP 500", "HTTP 200"]
+        )
+        self.expect(page.locator(".timeline .attempt-running")).to_have_count(0)
+        self.expect(self.attempts(page).nth(2)).to_have_class(re.compile("attempt-success"))
+        # A short JSON output is shown at once, indented.
+        self.expect(self.attempts(page).nth(2).locator("pre")).to_have_text(
+            '{\n  "ok": true,\n  "attempt": 3\n}'
+        )
+        self.expect(page.locator('dd[data-field="status"]')).to_have_text("success")
+        # The opened output stayed open through the refreshes.
+        self.expect(output).to_have_attribute("open", "")
+        self.expect(page.locator("main img, main script")).to_have_count(0)
+        self.assertEqual(self.browser.alerts, [])
+
+    def test_error_without_answer_is_shown(self) -> None:
+        """An attempt that got no answer shows the error instead of a status code."""
+        job_id = self.server.push(REFUSED_URL, name="refused", retries=0)
+        self.wait_status(job_id, "failure")
+        page = self.open(f"/jobs/{job_id}")
+        self.expect(self.attempts(page)).to_have_count(1)
+        attempt = self.attempts(page).first
+        self.expect(attempt.locator(".attempt-result")).to_have_text("no answer")
+        self.expect(attempt.locator(".attempt-err")).not_to_be_empty()
+        self.expect(page.locator('dd[data-field="attempts"]')).to_have_text("attempt 1 of 1")
+
+    def failed_jobs(self, count: int, **payload: Any) -> list[str]:
+        """
+        Push ``count`` jobs that fail their first request without retries; wait for them.
+        """
+        ids = [
+            self.push_flaky(name=f"bulk-{i}", retries=0, payload={"fail": 1, **payload})
+            for i in range(count)
+        ]
+        for job_id in ids:
+            self.wait_status(job_id, "failure")
+        return ids
+
+    def test_delete_all_matching(self) -> None:
+        """Delete all N matching on status=failure asks with N, and deletes exactly those."""
+        failed = self.failed_jobs(2)
+        kept = self.push_flaky(name="bulk-ok")
+        self.wait_status(kept, "success")
+        page = self.open("/?status=failure")
+        bulk = page.get_by_role("group", name="Actions on every matching job")
+        self.expect(bulk.locator(".bulk-info")).to_have_text("2 matching jobs")
+        # A failure filter can match no active job: no Stop.
+        self.expect(bulk.get_by_role("button")).to_have_text(
+            ["Restart all 2 matching", "Delete all 2 matching"]
+        )
+        bulk.get_by_role("button", name="Delete all 2 matching").click()
+        dialog = page.locator("dialog[open]")
+        self.expect(dialog.get_by_role("heading")).to_have_text("Delete 2 finished jobs")
+        self.expect(dialog).to_contain_text("Delete all 2 finished jobs matching status “failure”?")
+        # Cancel does nothing.
+        self.confirm(page, "Cancel")
+        self.assertEqual([self.job(i)[0] for i in failed], [200, 200])
+
+        bulk.get_by_role("button", name="Delete all 2 matching").click()
+        self.confirm(page, "Delete all")
+        self.message(page, "success", "Deleted 2 jobs matching status “failure”.")
+        self.assertEqual([self.job(i)[0] for i in failed], [404, 404])
+        self.assertEqual(self.job(kept)[0], 200)
+        self.expect(page.locator(".empty")).to_have_text("No jobs match the search.")
+        self.expect(bulk.locator(".bulk-info")).to_have_text("No matching jobs")
+        self.expect(bulk.get_by_role("button")).to_have_count(0)
+
+        # An error shows the server's own text.
+        self.failed_jobs(1)
+        page.route(
+            "**/jobs/delete?*",
+            lambda route: route.fulfill(
+                status=503,
+                content_type="application/json",
+                body='{"error":"The store is not available"}',
+            ),
+        )
+        bulk.get_by_role("button", name="Delete all 1 matching").click()
+        self.expect(page.locator("dialog[open]")).to_contain_text("1 finished job matching")
+        self.confirm(page, "Delete all")
+        self.message(
+            page, "error", "Could not delete the matching jobs: The store is not available (503)"
+        )
+
+    def test_restart_and_stop_all_matching_a_search(self) -> None:
+        """On a search, Restart all restarts the finished matches and Stop all stops the rest."""
+        failed = self.failed_jobs(2)
+        held = self.push_flaky(name="bulk-held", payload={"hold": True})
+        self.wait_status(held, "running")
+        self.push_flaky(name="other")
+        page = self.open("/?term=bulk-")
+        bulk = page.get_by_role("group", name="Actions on every matching job")
+        self.expect(bulk.locator(".bulk-info")).to_have_text("3 matching jobs (1 active)")
+        self.expect(bulk.get_by_role("button")).to_have_text(
+            ["Stop all 1 matching", "Restart all 2 matching", "Delete all 2 matching"]
+        )
+        bulk.get_by_role("button", name="Restart all 2 matching").click()
+        dialog = page.locator("dialog[open]")
+        self.expect(dialog).to_contain_text("Restart all 2 finished jobs matching search “bulk-”?")
+        self.expect(dialog).to_contain_text("The other 1 matching job is left as it is.")
+        self.confirm(page, "Restart all")
+        self.message(page, "success", "Restarted 2 jobs matching search “bulk-”.")
+        # Their second request succeeds; the running job was left alone.
+        for job_id in failed:
+            self.assertEqual(self.wait_status(job_id, "success")["attempts"], 1)
+        self.assertEqual(self.job(held)[1]["status"], "running")
+
+        self.expect(bulk.get_by_role("button", name="Stop all 1 matching")).to_be_visible()
+        bulk.get_by_role("button", name="Stop all 1 matching").click()
+        self.expect(page.locator("dialog[open]")).to_contain_text("1 active job matching")
+        self.confirm(page, "Stop all")
+        self.message(page, "success", "Stopped 1 job matching search “bulk-”.")
+        self.wait_status(held, "canceled")
+
+
+class ScheduledBrowserTests(BrowserTestCase):
+    """
+    Jobs that wait for a later time: a long backoff and a delay.
+    """
+
+    server_config = {"retries": 2, "retry_min_backoff": 600, "retry_max_backoff": 600}
+
+    def test_scheduled_jobs_show_their_due_time(self) -> None:
+        """The scheduled filter lists a retrying job and a delayed one, with their due times."""
+        flaky = FlakyWorker()
+        self.addCleanup(flaky.close)
+        retrying = self.server.push(flaky.url + "/work", name="retrying", payload={"fail": 1})
+        self.wait_status(retrying, "scheduled")
+        delayed = self.server.push(self.worker.url + "/ok", name="delayed", delay=3600)
+        done = self.server.push(self.worker.url + "/ok", name="done")
+        self.wait_status(done, "success")
+
+        page = self.open()
+        card = page.get_by_role("region", name="Jobs scheduled")
+        self.expect(card.locator(".card-value")).to_have_text("2")
+        page.get_by_label("Filter by status").select_option("scheduled")
+        self.expect(page).to_have_url(re.compile(r"\?status=scheduled$"))
+        self.expect(page.locator("tbody tr")).to_have_count(2)
+        row = self.row(page, retrying)
+        self.expect(row.locator(".badge")).to_have_text("scheduled")
+        self.expect(row.locator(".badge")).to_have_class(re.compile("status-scheduled"))
+        # The backoff is jittered to between half and all of 600 s.
+        self.expect(row.locator(".due")).to_have_text(re.compile(r"^in ([5-9]|10) min$"))
+        self.expect(row.locator(".due")).to_have_attribute(
+            "title",
+            re.compile(r"^due \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(.*Z\)\nafter attempt 1 of 3$"),
+        )
+        self.expect(self.row(page, delayed).locator(".due")).to_have_text(
+            re.compile(r"^in (59 min|1 h 00 min)$")
+        )
+        self.expect(row.get_by_role("button")).to_have_text(["Stop"])
+        # A scheduled job can be stopped, neither restarted nor deleted in bulk.
+        bulk = page.get_by_role("group", name="Actions on every matching job")
+        self.expect(bulk.get_by_role("button")).to_have_text(["Stop all 2 matching"])
+
+        row.get_by_role("link", name=retrying).click()
+        self.expect(page.locator('dd[data-field="status"]')).to_have_text("scheduled")
+        self.expect(page.locator('dd[data-field="attempts"]')).to_have_text("attempt 1 of 3")
+        self.expect(page.locator('dd[data-field="runAt"]')).to_have_text(
+            re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(in ([5-9]|10) min\)$")
+        )
+        self.expect(self.attempts_of(page)).to_have_count(1)
+        self.expect(page.locator(".timeline .attempt-scheduled")).to_contain_text("Attempt 2")
+        self.expect(page.locator(".timeline .attempt-scheduled")).to_contain_text("due ")
+
+    def attempts_of(self, page: Any) -> Any:
+        return page.locator(".timeline li.attempt[data-attempt]")
+
+
 def save_screenshot(path: str, waves: int = 8) -> None:
     """
     Start a server, push jobs of mixed status in waves for a while (so the chart has
@@ -447,6 +762,8 @@ def save_screenshot(path: str, waves: int = 8) -> None:
         wait_for(lambda: worker.holding == 2, 20, "two running jobs")
         canceled = server.push(worker.url + "/hold/export", name="export-archive")
         server.request("POST", f"/job/{canceled}/stop")
+        for delay in (900, 3600):
+            server.push(worker.url + "/work", name="nightly-report", delay=delay)
         page = browser.page(viewport={"width": 1280, "height": 1000}, color_scheme="light")
         page.goto(server.base + "/ui/")
         page.locator("tbody tr").nth(9).wait_for()

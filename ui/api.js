@@ -68,4 +68,11 @@ export const api = {
   stopJob: (id) => call("POST", jobPath(id) + "/stop"),
   restartJob: (id, copy) => call("POST", jobPath(id) + "/restart", { body: { copy: !!copy } }),
   deleteJob: (id) => call("DELETE", jobPath(id)),
+  /** {attempts: [{attempt, startedAt, finishedAt, statusCode, err, output}]}, oldest first. */
+  attempts: (id) => call("GET", jobPath(id) + "/attempts"),
+  /**
+   * A bulk action on every job matching filter {name, term, status}:
+   * kind "restart" | "stop" | "delete". Resolves to {count}.
+   */
+  bulk: (kind, filter) => call("POST", "/jobs/" + kind, { query: filter }),
 };

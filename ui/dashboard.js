@@ -2,6 +2,7 @@
 // status filter and paging. The search, filter and page live in the page's URL.
 
 import { api } from "./api.js";
+import { createBulkBar } from "./bulk.js";
 import { createChart } from "./chart.js";
 import { h, setText } from "./dom.js";
 import { STATUSES, percent } from "./format.js";
@@ -40,9 +41,11 @@ export function dashboardView(ctx) {
   // Cards.
   const running = card("Jobs running");
   const queued = card("Jobs in queue");
+  const scheduled = card("Jobs scheduled");
+  scheduled.root.hidden = true;
   const stored = card("Stored jobs");
   const recent = card("New jobs in the last minute");
-  const cards = h("div", { class: "cards" }, running.root, queued.root, stored.root, recent.root);
+  const cards = h("div", { class: "cards" }, running.root, queued.root, scheduled.root, stored.root, recent.root);
 
   const chart = createChart();
 
@@ -69,6 +72,7 @@ export function dashboardView(ctx) {
   const filters = h("form", { class: "filters", role: "search", onsubmit: (e) => e.preventDefault() }, search, statusSelect);
 
   const listError = h("div", { class: "alert alert-error", role: "alert", hidden: true });
+  const bulk = createBulkBar(ctx, () => refresh());
   const table = createJobTable(ctx, {
     onDone: () => refresh(),
     jobLink: (id) => ({ href: ctx.link(`/jobs/${encodeURIComponent(id)}`), text: "Open" }),
@@ -83,6 +87,7 @@ export function dashboardView(ctx) {
     "section",
     { class: "panel" },
     h("div", { class: "panel-head" }, h("h2", { text: "Jobs" }), filters),
+    bulk.root,
     listError,
     tableWrap,
     empty,
@@ -102,6 +107,7 @@ export function dashboardView(ctx) {
   function setParams(changes, { replace = false } = {}) {
     Object.assign(params, changes);
     ctx.setQuery({ term: params.term, status: params.status, begin: params.begin }, { replace });
+    bulk.setFilter(params);
     generation += 1;
     refresh();
   }
@@ -148,6 +154,10 @@ export function dashboardView(ctx) {
     setText(queued.value, stats.numJobsInQueue);
     setText(queued.note, `Queue usage: ${percent(stats.numJobsInQueue, stats.queues)}% (${stats.numJobsInQueue} / ${stats.queues})`);
     setText(queued.extra, stats.numJobsWaiting === undefined ? "" : `Waiting in all: ${stats.numJobsWaiting}`);
+    // A server without retries and delays has no scheduled jobs to show.
+    scheduled.root.hidden = stats.numJobsScheduled === undefined;
+    setText(scheduled.value, stats.numJobsScheduled);
+    setText(scheduled.note, "due later: delayed, or waiting to retry");
     setText(stored.value, stats.numStoredJobs);
     setText(stored.note, "kept in the store");
     setText(recent.value, stats.numJobsInLastMinute);
@@ -159,6 +169,7 @@ export function dashboardView(ctx) {
     tableWrap.hidden = false;
     const now = Date.now();
     table.update(data.jobs, now);
+    bulk.fromPage(data, params.begin);
     shownIds = data.jobs.map((job) => job.id);
     hasNext = !!data.hasNext;
     lastNext = data.next || null;
@@ -198,6 +209,7 @@ export function dashboardView(ctx) {
   }
 
   updatePager();
+  bulk.setFilter(params);
   const poller = ctx.every(refresh);
   return {
     root,
@@ -205,6 +217,7 @@ export function dashboardView(ctx) {
       alive = false;
       clearTimeout(searchTimer);
       poller.stop();
+      bulk.destroy();
       chart.destroy();
     },
   };

@@ -2,8 +2,17 @@
 
 import { api } from "./api.js";
 import { actionButtons, actionSignature } from "./actions.js";
+import { createTimeline } from "./attempts.js";
 import { h, setAttr, setText } from "./dom.js";
-import { formatDuration, formatTime, jobDuration, prettyText, prettyValue } from "./format.js";
+import {
+  attemptText,
+  formatDuration,
+  formatRelative,
+  formatTime,
+  jobDuration,
+  prettyText,
+  prettyValue,
+} from "./format.js";
 import { statusBadge, updateBadge } from "./jobs.js";
 
 // Shown in this order in the field list; payload, headers and output get blocks.
@@ -13,6 +22,9 @@ const FIELDS = [
   ["comment", "Comment"],
   ["url", "URL"],
   ["status", "Status"],
+  ["attempts", "Attempts"],
+  ["retries", "Retries"],
+  ["runAt", "Due"],
   ["statusCode", "Status code"],
   ["err", "Error"],
   ["createdAt", "Created"],
@@ -26,13 +38,17 @@ const FIELDS = [
   ["failure", "Failure"],
   ["canceled", "Canceled"],
   ["outputTruncated", "Output truncated"],
+  ["idempotencyKey", "Idempotency key"],
 ];
 const BLOCKS = ["payload", "headers", "output"];
-const TIMES = new Set(["createdAt", "startedAt", "finishedAt"]);
+const TIMES = new Set(["createdAt", "startedAt", "finishedAt", "runAt"]);
 
 function fieldText(job, key, now) {
   const value = job[key];
   if (key === "duration") return formatDuration(jobDuration(job, now)) || "–";
+  if (key === "attempts") return typeof value === "number" ? attemptText(job) : "–";
+  if (key === "retries" && typeof value === "number") return `${value} (${value + 1} attempt${value ? "s" : ""} at most)`;
+  if (key === "runAt") return value ? `${formatTime(value)} (${formatRelative(value, now)})` : "–";
   if (TIMES.has(key)) return value ? formatTime(value) : "–";
   if (key === "timeout") return value ? `${value} s` : "none";
   if (typeof value === "boolean") return value ? "yes" : "no";
@@ -68,9 +84,10 @@ export function detailView(ctx, id) {
       h("section", { class: "panel block" }, h("h2", {}, key[0].toUpperCase() + key.slice(1), " ", blockNotes[key]), blocks[key]),
     );
   }
+  const timeline = createTimeline();
   const raw = h("pre", { class: "code", dataset: { block: "raw" } });
   const rawPanel = h("details", { class: "panel raw" }, h("summary", { text: "Raw JSON" }), raw);
-  const body = h("div", { class: "detail-body", hidden: true }, h("section", { class: "panel" }, list), blockSection, rawPanel);
+  const body = h("div", { class: "detail-body", hidden: true }, h("section", { class: "panel" }, list), timeline.root, blockSection, rawPanel);
 
   const root = h(
     "div",
@@ -122,6 +139,37 @@ export function detailView(ctx, id) {
   }
 
   let alive = true;
+  // The attempt history is fetched again only when the job moved on (or it lagged behind).
+  let attempts = null;
+  let attemptsFor = null;
+
+  function attemptsSignature(job) {
+    return [job.attempts, job.status, job.startedAt, job.finishedAt, job.runAt].join("|");
+  }
+
+  function attemptsStale(job) {
+    if (attempts === null || attemptsFor !== attemptsSignature(job)) return true;
+    // An attempt under way is not in the history yet; every earlier one should be.
+    const finished = job.status === "running" || job.status === "canceling" ? job.attempts - 1 : job.attempts;
+    return typeof job.attempts === "number" && attempts.length < finished;
+  }
+
+  async function refreshAttempts(job) {
+    if (!attemptsStale(job)) return;
+    try {
+      const data = await api.attempts(id);
+      attempts = Array.isArray(data.attempts) ? data.attempts : [];
+      attemptsFor = attemptsSignature(job);
+    } catch (e) {
+      if (!alive) return;
+      if (e.status === 404 && typeof job.attempts !== "number") {
+        timeline.showMessage("This server keeps no attempt history.");
+      } else if (e.status > 0) {
+        timeline.showMessage(`No attempt history: ${e.message}`);
+      }
+      attempts = null;
+    }
+  }
 
   async function refresh() {
     let job;
@@ -134,6 +182,8 @@ export function detailView(ctx, id) {
     if (!alive) return;
     show(job);
     ctx.connectionState(null);
+    await refreshAttempts(job);
+    if (alive && attempts !== null) timeline.update(job, attempts, Date.now());
   }
 
   function showError(e) {

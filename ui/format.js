@@ -2,6 +2,7 @@
 
 export const STATUSES = [
   "waiting",
+  "scheduled",
   "running",
   "canceling",
   "success",
@@ -11,10 +12,17 @@ export const STATUSES = [
   "unknown",
 ];
 
-const ACTIVE = new Set(["waiting", "running", "canceling"]);
+/** Statuses of jobs that are not finished: Stop applies to them, Restart and Delete do not. */
+export const ACTIVE_STATUSES = ["waiting", "scheduled", "running", "canceling"];
+/** Statuses Stop applies to (a canceling job is already stopping). */
+export const STOPPABLE_STATUSES = ["waiting", "scheduled", "running"];
+/** Statuses of finished jobs: Restart and Delete apply to them. */
+export const FINISHED_STATUSES = STATUSES.filter((s) => !ACTIVE_STATUSES.includes(s));
 
-/** Stop is offered only for a waiting or running job (a canceling one is already stopping). */
-export const canStop = (job) => job.status === "waiting" || job.status === "running";
+const ACTIVE = new Set(ACTIVE_STATUSES);
+
+/** Stop is offered only for a waiting, scheduled or running job (a canceling one is already stopping). */
+export const canStop = (job) => STOPPABLE_STATUSES.includes(job.status);
 /** Restart is offered only for a job that is not active. */
 export const canRestart = (job) => !ACTIVE.has(job.status);
 /** Delete is offered only for a job that is not active. */
@@ -22,7 +30,7 @@ export const canDelete = (job) => !ACTIVE.has(job.status);
 
 /** The CSS class colouring a status. */
 export function statusClass(status) {
-  const known = ["success", "failure", "running"];
+  const known = ["success", "failure", "running", "scheduled"];
   return "status status-" + (known.includes(status) ? status : "other");
 }
 
@@ -67,6 +75,46 @@ export function jobDuration(job, now) {
   if (job.finishedAt) return Date.parse(job.finishedAt) - start;
   if (job.running) return now - start;
   return null;
+}
+
+/**
+ * How far `iso` is from `now` (ms), short: "in 12 s", "in 4 min", "in 2 h 05 min",
+ * "in 3 d 04 h"; "now" within a second; "12 s ago" and so on for a past time.
+ */
+export function formatRelative(iso, now) {
+  if (!iso) return "";
+  const at = Date.parse(iso);
+  if (Number.isNaN(at)) return String(iso);
+  const diff = at - now;
+  const seconds = Math.round(Math.abs(diff) / 1000);
+  if (seconds < 1) return "now";
+  const minutes = Math.round(seconds / 60);
+  let text;
+  if (seconds < 60) text = `${seconds} s`;
+  else if (minutes < 60) text = `${minutes} min`;
+  else if (minutes < 1440) text = `${Math.floor(minutes / 60)} h ${pad(minutes % 60)} min`;
+  else text = `${Math.floor(minutes / 1440)} d ${pad(Math.floor(minutes / 60) % 24)} h`;
+  return diff > 0 ? `in ${text}` : `${text} ago`;
+}
+
+/** "attempt 2 of 4": attempts started so far, of the most the job may make (retries + 1). */
+export function attemptText(job) {
+  if (typeof job.attempts !== "number") return "";
+  const most = (job.retries || 0) + 1;
+  if (job.attempts === 0) return `no attempt yet (up to ${most})`;
+  return `attempt ${job.attempts} of ${most}`;
+}
+
+/** A count for a label: 1,234 (and "10,000+" when `more` is true). */
+export function formatCount(n, more = false) {
+  return n.toLocaleString("en-US") + (more ? "+" : "");
+}
+
+/** Bytes, short: 512 B, 3.4 KiB, 1.2 MiB. */
+export function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
 }
 
 /** JSON value as indented text ("" for null). */

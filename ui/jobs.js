@@ -3,7 +3,15 @@
 
 import { actionButtons, actionSignature } from "./actions.js";
 import { h, setAttr, setText } from "./dom.js";
-import { formatDuration, formatShortTime, formatTime, jobDuration, statusClass } from "./format.js";
+import {
+  attemptText,
+  formatDuration,
+  formatRelative,
+  formatShortTime,
+  formatTime,
+  jobDuration,
+  statusClass,
+} from "./format.js";
 
 const COLUMNS = [
   ["id", "ID"],
@@ -16,6 +24,20 @@ const COLUMNS = [
   ["status", "Status"],
   ["actions", "Actions"],
 ];
+
+/** A due time: "in 4 min", with the local and UTC time on hover; update it with updateDue. */
+export function dueLabel() {
+  return h("span", { class: "due muted", hidden: true });
+}
+
+/** Show when a scheduled job is due (its runAt) in a label made by dueLabel; hide it otherwise. */
+export function updateDue(label, job, now) {
+  const due = job.status === "scheduled" && job.runAt ? job.runAt : null;
+  label.hidden = !due;
+  setText(label, due ? formatRelative(due, now) : "");
+  const attempts = job.attempts > 0 ? `\nafter ${attemptText(job)}` : "";
+  setAttr(label, "title", due ? `due ${formatTime(due)} (${due})${attempts}` : null);
+}
 
 /** A status badge; update it with updateBadge. */
 export function statusBadge() {
@@ -58,8 +80,9 @@ export function createJobTable(ctx, hooks) {
     const link = h("a", { href: ctx.link(`/jobs/${encodeURIComponent(id)}`), "data-link": "", class: "job-link", text: id });
     cells.id.append(link);
     const badge = statusBadge();
-    cells.status.append(badge);
-    return { tr, cells, link, badge, signature: null };
+    const due = dueLabel();
+    cells.status.append(badge, due);
+    return { tr, cells, link, badge, due, signature: null };
   }
 
   function updateRow(row, job, now) {
@@ -74,6 +97,7 @@ export function createJobTable(ctx, hooks) {
     setTime(cells.finished, job.finishedAt, now);
     setText(cells.duration, formatDuration(jobDuration(job, now)));
     updateBadge(row.badge, job.status);
+    updateDue(row.due, job, now);
     const signature = actionSignature(job);
     if (signature !== row.signature) {
       cells.actions.replaceChildren(actionButtons(job, hooks));
