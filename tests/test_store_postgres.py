@@ -7,6 +7,7 @@ pushes from several connections, a server that goes away and comes back.
 from __future__ import annotations
 
 import random
+import socket
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from hq.config import ConfigError, config_from_dict
 from hq.model import Attempt, Job, JobState, ListQuery, Outcome
 from hq.store import (
     IdempotencyConflict,
@@ -28,6 +30,7 @@ from hq.store import (
     JobNotFound,
     StoreError,
     StoreUnavailable,
+    open_store,
 )
 from hq.store.postgres import SCHEMA_VERSION, PostgresStore, like_prefilter, safe_url
 from hq.store.sqlite import SQLiteStore
@@ -417,3 +420,61 @@ class ServerHelperTests(SynchronousTestCase):
             ).fetchone()
         assert row is not None
         self.assertEqual((row[0].split("/")[0], int(row[1])), ("127.0.0.1", server.port))
+
+
+class StoreConfigTests(SynchronousTestCase):
+    """
+    The ``store`` key and :func:`hq.store.open_store`.
+    """
+
+    def test_sqlite_is_the_default(self) -> None:
+        """Without store, or with "sqlite", the store is SQLite in data_dir."""
+        for values in ({}, {"store": "sqlite"}, {"store": ""}):
+            config = config_from_dict({**values, "data_dir": "/tmp/x"})  # type: ignore[dict-item]
+            self.assertIsNone(config.postgres_url)
+            store = open_store(config, reactor)
+            assert isinstance(store, SQLiteStore)
+            self.assertEqual(store.path, "/tmp/x/hq.sqlite3")
+
+    def test_postgresql_url_picks_postgres(self) -> None:
+        """A postgresql:// URL picks the PostgreSQL store, naming it without its password."""
+        config = config_from_dict({"store": "postgresql://hq:secret@db:5432/hq"})
+        store = open_store(config, reactor)
+        assert isinstance(store, PostgresStore)
+        self.assertEqual(store.where, "postgresql://hq:***@db:5432/hq")
+
+    def test_bad_store_values_name_the_key_and_hide_the_password(self) -> None:
+        """Another scheme, a bad port or a bad parameter stop start-up, naming 'store'."""
+        for value in (
+            "mysql://hq:secret@db/hq",
+            "postgresql://hq:secret@db:port/hq",
+            "postgresql://hq:secret@db/hq?nonsense=1",
+        ):
+            with self.assertRaises(ConfigError) as e:
+                config_from_dict({"store": value})
+            self.assertIn("'store'", str(e.exception))
+            self.assertNotIn("secret", str(e.exception))
+
+
+class UnreachableTests(TestCase):
+    """
+    A database that cannot be reached.
+    """
+
+    skip = SKIP
+
+    async def test_open_fails_at_once_naming_the_database(self) -> None:
+        """Open fails with StoreUnavailable naming the URL (not the password), without a hang."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        store = PostgresStore(f"postgresql://hq:secret@127.0.0.1:{port}/hq", reactor)
+        began = time.monotonic()
+        with self.assertRaises(StoreUnavailable) as e:
+            await store.open()
+        self.assertLess(time.monotonic() - began, 2.0)
+        self.assertIn(
+            f"cannot open the PostgreSQL store postgresql://hq:***@127.0.0.1:{port}/hq",
+            str(e.exception),
+        )
+        self.assertNotIn("secret", str(e.exception))

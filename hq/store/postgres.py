@@ -238,21 +238,6 @@ def safe_url(url: str) -> str:
         return "the PostgreSQL URL"
 
 
-def check_url(url: str) -> None:
-    """
-    Check that ``url`` is a PostgreSQL connection URL.
-
-    :raises ValueError: saying what is wrong (without the password).
-    """
-    scheme = url.partition("://")[0].lower()
-    if scheme not in ("postgresql", "postgres"):
-        raise ValueError("it must start with postgresql://")
-    try:
-        conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError as e:
-        raise ValueError(str(e).replace(url, safe_url(url))) from None
-
-
 def _unavailable(error: BaseException, conn: psycopg.Connection[Any] | None) -> bool:
     if not isinstance(error, psycopg.Error):
         return False
@@ -585,6 +570,12 @@ class PostgresStore:
         self._scan_pool.start()
 
         def failed(reason: Failure) -> Deferred[None]:
+            if reason.check(StoreUnavailable):
+                reason = Failure(
+                    StoreUnavailable(
+                        f"cannot open the PostgreSQL store {self.where}: {reason.getErrorMessage()}"
+                    )
+                )
             return self.close().addCallback(lambda _: reason)  # type: ignore[return-value]
 
         def opened(counts: tuple[int, int, int, int]) -> None:
