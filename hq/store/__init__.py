@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from hq.config import Config
     from hq.model import Attempt, Job, JobPage, ListQuery, Outcome
+    from hq.store.postgres import PostgresStore
+    from hq.store.sqlite import SQLiteStore
 
 
 #: Seconds before a store call that failed is tried again by the delivery engine.
@@ -279,9 +281,9 @@ def open_store(
     reactor: Any,
     data_dir: str | None = None,
     on_commit: Callable[[float, int, bool], None] | None = None,
-) -> IJobStore:
+) -> SQLiteStore | PostgresStore:
     """
-    Return the store ``config`` names, not opened yet: PostgreSQL for a
+    Return the store (an :class:`IJobStore`) ``config`` names, not opened yet: PostgreSQL for a
     ``store`` URL, otherwise SQLite in ``data_dir`` (default: ``config.data_dir``).
 
     ``on_commit`` is told of every transaction on the writer thread (seconds,
