@@ -23,6 +23,9 @@ import tempfile
 #: The user the server runs as when the tests run as root.
 SERVER_USER = "postgres"
 SUPERUSER = "hq"
+#: Temporary directories of test servers, and the file naming the test process.
+_PREFIX = "hq-pg-"
+_OWNER = "owner.pid"
 
 
 def find_bindir() -> str | None:
@@ -99,8 +102,11 @@ class PostgresServer:
             raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
         self.bindir = bindir
         self.user = _server_user()
+        self._remove_orphans()
         # Under /tmp, not the trial directory: the server user must reach it.
-        self.base = tempfile.mkdtemp(prefix="hq-pg-")
+        self.base = tempfile.mkdtemp(prefix=_PREFIX)
+        with open(os.path.join(self.base, _OWNER), "w") as f:
+            f.write(str(os.getpid()))
         self.data = os.path.join(self.base, "data")
         self.log = os.path.join(self.base, "server.log")
         self.port = _free_port()
@@ -119,6 +125,29 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",
         )
+
+    def _remove_orphans(self) -> None:
+        """
+        Stop and delete the servers of test processes that died without
+        cleaning up (killed, or a crashed interpreter).
+        """
+        for base in glob.glob(os.path.join(tempfile.gettempdir(), _PREFIX + "*")):
+            try:
+                with open(os.path.join(base, _OWNER)) as f:
+                    os.kill(int(f.read()), 0)
+                continue  # its process lives
+            except ProcessLookupError:
+                pass
+            except (OSError, ValueError):
+                continue  # not ours to judge
+            data = os.path.join(base, "data")
+            if os.path.exists(os.path.join(data, "postmaster.pid")):
+                command = [os.path.join(self.bindir, "pg_ctl"), "-D", data, "-m", "immediate"]
+                command += ["-w", "stop"]
+                if self.user is not None:
+                    command = ["runuser", "-u", self.user.pw_name, "--", *command]
+                subprocess.run(command, capture_output=True, check=False)
+            shutil.rmtree(base, ignore_errors=True)
 
     def _run(self, program: str, *args: str) -> None:
         command = [os.path.join(self.bindir, program), *args]

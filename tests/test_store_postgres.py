@@ -40,7 +40,7 @@ from tests.test_store import T0, StoreContractMixin, make_job
 SKIP = pgserver.skip_reason()
 
 
-def keyed(n: int, key: str, **kwargs: Any) -> Job:
+def keyed(n: int, key: str | None, **kwargs: Any) -> Job:
     """
     Return ``make_job(n)`` with the idempotency key ``key`` and one url for every ``n``.
     """
@@ -188,7 +188,8 @@ class PostgresOnlyTests(PostgresCase):
             target = rng.choice(ids) if ids else 0
             action = rng.choice(
                 [
-                    *("push", "push", "create", "start", "finish", "retry", "stop", "restart"),
+                    *("push", "push", "create", "start", "start", "finish", "retry", "retry"),
+                    *("stop", "restart"),
                     *("delete", "expire", "waiting", "list", "attempts", "counts", "recover"),
                 ]
             )
@@ -209,7 +210,7 @@ class PostgresOnlyTests(PostgresCase):
         try:
             if action == "push":
                 key = rng.choice([None, "a", "b", "c"])
-                job = attrs.evolve(make_job(step, name=rng.choice("xy")), idempotency_key=key)
+                job = keyed(step, key, name=rng.choice("xxy")) if key else make_job(step)
                 return await store.push([job], keys_since=T0 + step - 30)
             if action == "create":
                 return await store.create(make_job(step, comment=f"c{step}"))
@@ -222,7 +223,8 @@ class PostgresOnlyTests(PostgresCase):
             if action == "retry":
                 last = Outcome(finished_at=T0 + step, failure=True, err="e")
                 attempt = Attempt(job_id=target, attempt=2, started_at=T0, finished_at=T0 + step)
-                return await store.retry(target, T0 + step + 5, last, attempt)
+                started = await store.start(target, T0 + step)
+                return started, await store.retry(target, T0 + step + 5, last, attempt)
             if action == "stop":
                 return await store.stop(target, T0 + step)
             if action == "restart":
