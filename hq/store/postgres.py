@@ -483,8 +483,9 @@ class PostgresStore:
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
-            # Unacknowledged writes to a vanished server fail after this, not minutes.
-            "tcp_user_timeout": timeout_ms,
+            # Data unacknowledged by a vanished host fails the call after 10 s,
+            # not after the kernel's retransmissions (minutes).
+            "tcp_user_timeout": min(timeout_ms, 10_000),
             **given,
             "options": f"{given.get('options') or ''} {options}".strip(),
         }
