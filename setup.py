@@ -33,6 +33,7 @@ setup(
         "zope.interface>=6",
         "click>=8.2",
         "prometheus-client>=0.20",
+        "psycopg[binary]>=3.2",
     ],
     extras_require={
         "test": [

@@ -13,6 +13,7 @@ import os
 import tomllib
 import typing
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -64,6 +65,8 @@ class Config:
     retry_max_backoff: float = 3600.0
     idempotency_ttl: int = 86_400
     max_batch_jobs: int = 10_000
+    # The job store (SPEC §13): "" or "sqlite" (in data_dir), or a PostgreSQL URL.
+    store: str = ""
 
     @property
     def host(self) -> str:
@@ -78,6 +81,13 @@ class Config:
         The port part of ``addr``.
         """
         return _split_addr(self.addr)[1]
+
+    @property
+    def postgres_url(self) -> str | None:
+        """
+        The PostgreSQL URL of ``store``, or ``None`` for the SQLite store in ``data_dir``.
+        """
+        return None if self.store in ("", "sqlite") else self.store
 
     @property
     def workers_per_dispatcher(self) -> int:
@@ -144,6 +154,40 @@ def _check_networks(key: str, values: tuple[str, ...]) -> None:
             ) from None
 
 
+#: What ``store`` may be, for messages.
+_STORE_FORMS = '"sqlite" or a PostgreSQL URL such as "postgresql://hq@db.example:5432/hq"'
+
+
+def _hide_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{hostpart}"
+
+
+def _check_store(value: str) -> None:
+    if value in ("", "sqlite"):
+        return
+    shown = _hide_password(value)
+    scheme = value.partition("://")[0].lower()
+    if scheme not in ("postgresql", "postgres") or "://" not in value:
+        raise ConfigError(f"'store' must be {_STORE_FORMS}, not {shown!r}")
+    try:
+        urlsplit(value).port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError:
+        raise ConfigError(f"'store' has a bad port: {shown!r}") from None
+    # libpq's own parser (through psycopg), imported only when PostgreSQL is asked for.
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(value)
+    except psycopg.Error as e:
+        message = str(e).strip().replace(value, shown)
+        raise ConfigError(f"'store' is not a valid PostgreSQL URL ({message}): {shown!r}") from None
+
+
 def _split_addr(addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -200,6 +244,8 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         )
     if "trusted_proxies" in values:
         _check_networks("trusted_proxies", values["trusted_proxies"])
+    if "store" in values:
+        _check_store(values["store"])
     if "ui_basename" in values and not values["ui_basename"].strip("/"):
         raise ConfigError("'ui_basename' must name a path below /, such as \"/ui\"")
     config = Config(**values)

@@ -6,13 +6,16 @@ a job checks and changes it in one atomic step (so a stop and a finish, or a
 restart and a delete, cannot interleave), and every method returns a
 ``Deferred``; none blocks the reactor thread.
 
-Engines: :mod:`hq.store.sqlite` (the embedded default) and
-:mod:`hq.store.memory` (a fake for tests, with the same behaviour).
+Engines: :mod:`hq.store.sqlite` (the embedded default),
+:mod:`hq.store.postgres` (config ``store = "postgresql://..."``) and
+:mod:`hq.store.memory` (a fake for tests, with the same behaviour);
+:func:`open_store` picks the one the configuration names.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from zope.interface import Interface
@@ -22,7 +25,10 @@ from hq.model import JobRuleError
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from hq.config import Config
     from hq.model import Attempt, Job, JobPage, ListQuery, Outcome
+    from hq.store.postgres import PostgresStore
+    from hq.store.sqlite import SQLiteStore
 
 
 #: Seconds before a store call that failed is tried again by the delivery engine.
@@ -268,3 +274,29 @@ class IJobStore(Interface):
         storage can be written now (the health check). Fails with
         :class:`StoreUnavailable` when it cannot.
         """
+
+
+def open_store(
+    config: Config,
+    reactor: Any,
+    data_dir: str | None = None,
+    on_commit: Callable[[float, int, bool], None] | None = None,
+) -> SQLiteStore | PostgresStore:
+    """
+    Return the store (an :class:`IJobStore`) ``config`` names, not opened yet: PostgreSQL for a
+    ``store`` URL, otherwise SQLite in ``data_dir`` (default: ``config.data_dir``).
+
+    ``on_commit`` is told of every transaction on the writer thread (seconds,
+    writes, committed). Either store has ``lock()`` (SQLite's data_dir lock;
+    nothing for PostgreSQL, whose servers share the database), then ``open()``.
+    """
+    url = config.postgres_url
+    if url is not None:
+        from hq.store.postgres import PostgresStore
+
+        return PostgresStore(url, reactor, on_commit=on_commit)
+    from hq.store.sqlite import SQLiteStore
+
+    return SQLiteStore(
+        config.data_dir if data_dir is None else data_dir, reactor, on_commit=on_commit
+    )

@@ -79,6 +79,16 @@ TAKE_KEY = (
     " ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, created_at = excluded.created_at"
 )
 DELETE_KEYS = "DELETE FROM idempotency_keys WHERE job_id = ?"
+#: Take an idempotency key for a new job unless a job pushed at or after a time
+#: (the last ``?``) holds it. Returns a row when the key was taken; no row: the
+#: holder is recent (:data:`SELECT_KEY` names it). The key is the table's
+#: primary key, so a concurrent claim on another connection waits for the
+#: first one's transaction and then finds the key held: one job per key.
+CLAIM_KEY = (
+    "INSERT INTO idempotency_keys (key, job_id, created_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, created_at = excluded.created_at"
+    " WHERE idempotency_keys.created_at < ? RETURNING job_id"
+)
 #: Ids of one batch of expired jobs, found through the expiry index.
 EXPIRED = "SELECT id FROM jobs WHERE state = 2 AND finished_at < ? LIMIT ?"
 #: Jobs a dead process left running (``hq.model.Job.recovered`` decides what becomes of them).

@@ -1,0 +1,1005 @@
+"""
+The PostgreSQL job store (SPEC §13, phase one): the whole store contract on a
+PostgreSQL database named by a ``postgresql://`` URL.
+
+- Every write runs on one writer thread with its own connection. The writer
+  takes all the writes that are queued, runs them in one transaction (each in
+  a savepoint, so one that fails is undone alone) and commits once, so one
+  commit and one WAL flush serve many jobs; each Deferred fires on the reactor
+  thread after that commit. The writes asked for in one reactor turn reach the
+  writer together.
+- Reads run on a small pool of reader threads, each with its own connection in
+  autocommit mode; listings that may read every row (a regexp filter, no
+  limit) run on their own thread through a server-side cursor.
+- Nothing blocks the reactor thread, and nothing waits long: connections have
+  a connect timeout, statements a statement timeout, the socket keepalives and
+  a TCP user timeout. When PostgreSQL is down, writes and reads fail at once
+  with :class:`StoreUnavailable`; the next write or read after it is back
+  connects again by itself.
+- The schema is created or upgraded at open under a transaction-level advisory
+  lock, so that servers starting together do it once; ``meta.schema_version``
+  says which version the database has.
+- The counters of ``/stats`` are ``count(*)`` queries over partial indexes,
+  right whichever server changed the jobs.
+- Row changes that read, decide in :mod:`hq.model`, then write (stop, restart,
+  delete, retry, recover) lock the row first (``SELECT ... FOR UPDATE``), so
+  another connection cannot change it in between.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import conninfo
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from hq import __version__
+from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome
+from hq.store import (
+    DueKey,
+    IdempotencyConflict,
+    IJobStore,
+    JobExists,
+    JobNotFound,
+    Pushed,
+    Recovery,
+    StoreCounts,
+    StoreError,
+    StoreUnavailable,
+    sql,
+)
+
+T = TypeVar("T")
+
+#: The schema version this code writes (``meta.schema_version``). Each version
+#: is one entry of ``_SCHEMA``; an older database is upgraded at open, in one
+#: transaction. Never edit a released entry: add a version. Version 1 holds
+#: the tables of SQLite's schema version 3.
+SCHEMA_VERSION = 1
+
+#: Key of the advisory lock held while the schema is checked or changed ("HQ" 1).
+SCHEMA_LOCK = 0x4851_0001
+
+_SCHEMA = [
+    # Version 1: the tables of the SQLite store's version 3.
+    [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """
+        CREATE TABLE jobs (
+            id BIGINT PRIMARY KEY,
+            name TEXT NOT NULL,
+            comment TEXT NOT NULL,
+            url TEXT NOT NULL,
+            payload TEXT,
+            headers TEXT,
+            timeout INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            started_at BIGINT,
+            finished_at BIGINT,
+            success INTEGER NOT NULL,
+            failure INTEGER NOT NULL,
+            canceled INTEGER NOT NULL,
+            status_code INTEGER,
+            err TEXT NOT NULL,
+            output TEXT NOT NULL,
+            output_truncated INTEGER NOT NULL,
+            attempts INTEGER NOT NULL,
+            run_after BIGINT NOT NULL,
+            retries INTEGER NOT NULL DEFAULT 0,
+            idempotency_key TEXT
+        )
+        """,
+        "CREATE INDEX jobs_status ON jobs (status, id)",
+        "CREATE INDEX jobs_due ON jobs (run_after, id) WHERE state = 0",
+        "CREATE INDEX jobs_running ON jobs (id) WHERE state = 1",
+        "CREATE INDEX jobs_expiry ON jobs (finished_at) WHERE state = 2",
+        """
+        CREATE TABLE attempts (
+            job_id BIGINT NOT NULL,
+            attempt INTEGER NOT NULL,
+            started_at BIGINT,
+            finished_at BIGINT NOT NULL,
+            status_code INTEGER,
+            err TEXT NOT NULL,
+            output TEXT NOT NULL,
+            PRIMARY KEY (job_id, attempt)
+        )
+        """,
+        """
+        CREATE TABLE idempotency_keys (
+            key TEXT PRIMARY KEY,
+            job_id BIGINT NOT NULL,
+            created_at BIGINT NOT NULL
+        )
+        """,
+        "CREATE INDEX idempotency_keys_job ON idempotency_keys (job_id)",
+    ],
+]
+
+#: How many writes one transaction takes at most.
+_BATCH = 1000
+#: Seconds after a failed connection during which writes fail at once, without
+#: trying again (a server that does not answer costs one connect timeout, not
+#: one per write).
+_DOWN_SECONDS = 0.5
+#: How often a transaction that PostgreSQL rolled back (deadlock, serialization
+#: failure) is run again before its writes fail.
+_ROLLBACK_RETRIES = 3
+#: SQLSTATE classes that mean the database, not the request, is at fault:
+#: connection, invalid transaction state (read-only standby), resources,
+#: operator intervention (shutdown, cancel), system errors.
+_UNAVAILABLE_CLASSES = ("08", "25", "53", "57", "58", "XX")
+
+# Statements of this engine only, with psycopg's ``%s`` placeholders.
+_P = sql.placeholders
+_INSERT = _P(sql.INSERT)
+_UPDATE = _P(sql.UPDATE)
+_SELECT_ONE = _P(f"{sql.SELECT} WHERE id = ?")
+_LOCK_ONE = _P(f"{sql.SELECT} WHERE id = ? FOR UPDATE")
+_RAISE_MAX_ID = _P(sql.RAISE_MAX_ID)
+_START = _P(sql.START)
+_FINISH = _P(sql.FINISH)
+_WAITING = _P(sql.WAITING)
+_NEXT_DUE = _P(sql.NEXT_DUE)
+_INSERT_ATTEMPT = _P(sql.INSERT_ATTEMPT)
+_SELECT_ATTEMPTS = _P(sql.SELECT_ATTEMPTS)
+_DELETE_ATTEMPTS = _P(sql.DELETE_ATTEMPTS)
+_SELECT_KEY = _P(sql.SELECT_KEY)
+_TAKE_KEY = _P(sql.TAKE_KEY)
+_CLAIM_KEY = _P(sql.CLAIM_KEY)
+_EXPIRED = _P(sql.EXPIRED)
+_RUNNING = _P(f"{sql.RUNNING} FOR UPDATE")
+_MAX_ID = (
+    "SELECT greatest(coalesce((SELECT max(id) FROM jobs), 0),"
+    " coalesce((SELECT CAST(value AS BIGINT) FROM meta WHERE key = 'max_id'), 0))"
+)
+_COUNTS = (
+    "SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM jobs WHERE state = 0),"
+    " (SELECT count(*) FROM jobs WHERE state = 1), (SELECT count(*) FROM jobs WHERE id >= %s),"
+    " (SELECT count(*) FROM jobs WHERE state = 0 AND run_after > %s)"
+)
+_PUT_META = (
+    "INSERT INTO meta (key, value) VALUES (%s, %s)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+#: Regexp syntax beyond plain characters and ``.`` (see :func:`like_prefilter`).
+_REGEXP_SYNTAX = frozenset("^$|?*+()[]{}")
+_LIKE_ESCAPES = {"%": "\\%", "_": "\\_", "\\": "\\\\"}
+
+
+def like_prefilter(pattern: str) -> str | None:
+    """
+    Return a ``LIKE`` pattern that every text in which the RE2 regexp
+    ``pattern`` finds a match also matches, or ``None`` when the regexp is more
+    than plain characters, ``.`` (any character) and ``\\`` before punctuation.
+
+    Most searches are plain words, hosts or ids: for them PostgreSQL drops the
+    rows that cannot match before they cross the network.
+    """
+    parts = ["%"]
+    escaped = False
+    for char in pattern:
+        if escaped:
+            if not (char.isascii() and not char.isalnum() and char.isprintable()):
+                return None  # \d, \w, \pL...: a class, not a character
+            parts.append(_LIKE_ESCAPES.get(char, char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ".":
+            parts.append("_")
+        elif char in _REGEXP_SYNTAX or char == "\x00":
+            return None
+        else:
+            parts.append(_LIKE_ESCAPES.get(char, char))
+    if escaped or len(parts) == 1:
+        return None
+    parts.append("%")
+    return "".join(parts)
+
+
+def _text(value: Any) -> Any:
+    # PostgreSQL text cannot hold NUL; SQLite's can. A NUL a worker sent in its
+    # output (or a client in a comment) is stored as U+FFFD, not refused.
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _values(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_text(value) for value in row)
+
+
+def safe_url(url: str) -> str:
+    """
+    Return the database URL ``url`` without its password, for messages.
+    """
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    except ValueError:
+        return "the PostgreSQL URL"
+
+
+def _unavailable(error: BaseException, conn: psycopg.Connection[Any] | None) -> bool:
+    if not isinstance(error, psycopg.Error):
+        return False
+    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return True
+    if conn is not None and conn.broken:
+        return True
+    state = error.sqlstate or ""
+    return state[:2] in _UNAVAILABLE_CLASSES
+
+
+_Op = Callable[[psycopg.Connection[Any]], Any]
+_Batch = list[tuple[_Op, "Deferred[Any]"]]
+_Results = list[tuple["Deferred[Any]", Any]]
+
+
+class _Writer(threading.Thread):
+    """
+    The one thread that writes. Runs queued operations in batched transactions.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        reactor: Any,
+        deliver: Callable[[_Results], None],
+        on_commit: Callable[[float, int, bool], None] | None,
+    ) -> None:
+        super().__init__(name="hq-postgres-writer", daemon=True)
+        self._connect = connect
+        self._reactor = reactor
+        self._deliver = deliver
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._down_until = 0.0
+
+    def submit_many(self, ops: _Batch) -> None:
+        """
+        Queue ``ops`` (each with the Deferred to fire when it is committed).
+        """
+        self._queue.put(ops)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = list(item)
+            while len(batch) < _BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.extend(more)
+            began = time.perf_counter()
+            try:
+                results = self._run_batch(batch)
+            except Exception:
+                # Never let the writer die: fail this batch's writes and go on.
+                failure = Failure()
+                self._reactor.callFromThread(
+                    PostgresStore.log.failure, "The store writer failed a batch", failure
+                )
+                results = [(d, failure) for _, d in batch]
+            self._observe(time.perf_counter() - began, len(batch), results)
+            self._reactor.callFromThread(self._deliver, results)
+        self._drop()
+
+    def _observe(self, seconds: float, writes: int, results: _Results) -> None:
+        if self._on_commit is None:
+            return
+        committed = not any(
+            isinstance(result, Failure) and result.check(StoreUnavailable) for _, result in results
+        )
+        try:
+            self._on_commit(seconds, writes, committed)
+        except Exception:
+            failure = Failure()
+            self._reactor.callFromThread(
+                PostgresStore.log.failure, "The commit observer failed", failure
+            )
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: S110 - a broken connection may fail to close; it is gone
+                pass
+            self._conn = None
+
+    def _run_batch(self, batch: _Batch) -> _Results:
+        rollbacks = 0
+        retried_stale = False
+        while True:
+            if self._conn is None and time.monotonic() < self._down_until:
+                return self._all_failed(batch, "PostgreSQL is unreachable")
+            fresh = self._conn is None
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+            except psycopg.Error as e:
+                self._down_until = time.monotonic() + _DOWN_SECONDS
+                return self._all_failed(batch, str(e))
+            try:
+                return self._transaction(self._conn, batch)
+            except _Ambiguous as e:
+                self._drop()
+                return self._all_failed(batch, f"the commit's outcome is unknown: {e}")
+            except psycopg.errors.TransactionRollback:
+                # Deadlock or serialization failure: nothing was written.
+                self._rollback()
+                rollbacks += 1
+                if rollbacks <= _ROLLBACK_RETRIES:
+                    continue
+                return self._all_failed(batch, "transaction rolled back repeatedly")
+            except psycopg.Error as e:
+                broken = self._conn is not None and self._conn.broken
+                self._drop()
+                # A connection idle since the server restarted fails at its
+                # first statement, and nothing was committed: go again once.
+                if broken and not fresh and not retried_stale:
+                    retried_stale = True
+                    continue
+                self._down_until = time.monotonic() + _DOWN_SECONDS
+                return self._all_failed(batch, str(e))
+
+    def _rollback(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.rollback()
+        except psycopg.Error:
+            self._drop()
+
+    @staticmethod
+    def _all_failed(batch: _Batch, why: str) -> _Results:
+        failure = Failure(StoreUnavailable(f"storage unavailable: {why}"))
+        return [(d, failure) for _, d in batch]
+
+    def _transaction(self, conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
+        # Not in autocommit mode: the first statement opens the transaction.
+        # First try: every write in one pipeline, without savepoints (no round
+        # trip for a statement whose result is not read, no subtransactions).
+        try:
+            with conn.pipeline():
+                results: _Results = [(d, op(conn)) for op, d in batch]
+        except Exception as e:
+            if _unavailable(e, conn):
+                raise
+            # One write failed, but which one a pipeline does not say, nor
+            # what it half did: undo them all and run them one by one.
+            conn.rollback()
+            results = self._one_by_one(conn, batch)
+        try:
+            conn.commit()
+        except psycopg.errors.TransactionRollback:
+            raise
+        except psycopg.Error as e:
+            raise _Ambiguous(str(e)) from e
+        return results
+
+    @staticmethod
+    def _one_by_one(conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
+        results: _Results = []
+        for op, d in batch:
+            # Each write in its own savepoint: one that fails half-way is
+            # undone alone, and the others in the batch still commit.
+            conn.execute("SAVEPOINT op")
+            try:
+                result = op(conn)
+            except Exception as e:
+                if _unavailable(e, conn):
+                    raise
+                conn.execute("ROLLBACK TO SAVEPOINT op")
+                if isinstance(e, psycopg.IntegrityError):
+                    results.append((d, Failure(JobExists("a job with this id exists"))))
+                else:
+                    results.append((d, Failure()))
+            else:
+                conn.execute("RELEASE SAVEPOINT op")
+                results.append((d, result))
+        return results
+
+
+class _Ambiguous(Exception):
+    """
+    The connection failed during COMMIT: the writes may or may not be stored.
+    """
+
+
+@implementer(IJobStore)
+class PostgresStore:
+    """
+    Jobs in a PostgreSQL database.
+
+    :param url: ``postgresql://user[:password]@host[:port]/database[?param=value]``
+        (libpq's parameters, e.g. ``sslmode``, are honoured).
+    :param reactor: provides ``callFromThread``, ``callLater`` and thread pools.
+    :param readers: the size of the reader pool.
+    :param on_commit: told of every transaction on the writer thread, with its
+        duration in seconds, the number of writes and whether it committed.
+    :param connect_timeout: seconds to wait for a connection (libpq's minimum is 2).
+    :param statement_timeout: seconds one statement may take (or wait for a
+        lock) before it is canceled and its call fails with :class:`StoreUnavailable`.
+
+    Parameters in the URL (``connect_timeout``, ``application_name``...) win
+    over these defaults; its ``options`` are kept, with the timeouts added.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        reactor: Any,
+        readers: int = 2,
+        on_commit: Callable[[float, int, bool], None] | None = None,
+        connect_timeout: int = 3,
+        statement_timeout: float = 30.0,
+    ) -> None:
+        self._url = url
+        self._reactor = reactor
+        self._readers = readers
+        self._on_commit = on_commit
+        # HQ's timeouts, unless the URL sets its own; ``options`` are added to.
+        given = conninfo.conninfo_to_dict(url)
+        timeout_ms = int(statement_timeout * 1000)
+        options = (
+            f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
+            f" -c idle_in_transaction_session_timeout={timeout_ms * 2}"
+        )
+        self._params: dict[str, Any] = {
+            "connect_timeout": connect_timeout,
+            "application_name": "hq",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            # Data unacknowledged by a vanished host fails the call after 10 s,
+            # not after the kernel's retransmissions (minutes).
+            "tcp_user_timeout": min(timeout_ms, 10_000),
+            **given,
+            "options": f"{given.get('options') or ''} {options}".strip(),
+        }
+        self._writer: _Writer | None = None
+        self._pool: ThreadPool | None = None
+        self._scan_pool: ThreadPool | None = None
+        self._local = threading.local()
+        self._reader_conns: list[psycopg.Connection[Any]] = []
+        self._conns_lock = threading.Lock()
+        self._probes = 0
+        #: Writes asked for during this turn of the reactor, handed to the
+        #: writer together at its end (one wake-up of the writer thread).
+        self._pending: _Batch = []
+        self._flush_call: Any = None
+
+    @property
+    def where(self) -> str:
+        """
+        The database URL without its password, for messages.
+        """
+        return safe_url(self._url)
+
+    def connect(self, autocommit: bool = True) -> psycopg.Connection[Any]:
+        """
+        Return a new connection to the database with HQ's timeouts (blocking:
+        call it off the reactor thread).
+
+        :raises psycopg.OperationalError: when the database cannot be reached.
+        """
+        return psycopg.connect(autocommit=autocommit, **self._params)
+
+    # Opening and closing.
+
+    def lock(self) -> None:
+        """
+        Nothing to lock: servers share a database (``server_id`` tells them apart).
+        """
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> tuple[int, int, int, int]:
+        # Runs as the first write, in its transaction, under a lock held until
+        # the commit: servers starting together create the schema once.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        version = 0
+        if conn.execute("SELECT to_regclass('meta')").fetchone() != (None,):
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'last_opened_by'").fetchone()
+            by = f" ({row[0]})" if row else ""
+            raise StoreError(
+                f"{self.where} has schema version {version}, written by a newer HQ{by}; "
+                f"this HQ ({__version__}) knows schema versions up to {SCHEMA_VERSION} and will "
+                "not downgrade it: run the newer HQ"
+            )
+        try:
+            for statements in _SCHEMA[version:]:
+                for statement in statements:
+                    conn.execute(cast(Any, statement))
+            opened_by = f"HQ {__version__}"
+            if version == 0:
+                conn.execute(_PUT_META, ("created_by", opened_by))
+            conn.execute(_PUT_META, ("schema_version", str(SCHEMA_VERSION)))
+            conn.execute(_PUT_META, ("last_opened_by", opened_by))
+        except psycopg.Error as e:
+            if _unavailable(e, conn):
+                raise
+            raise StoreError(
+                f"cannot upgrade {self.where} from schema version {version} to "
+                f"{SCHEMA_VERSION}: {e}; the database is unchanged"
+            ) from None
+        row = conn.execute(_COUNTS, (0, 0)).fetchone()
+        assert row is not None
+        return row[0], row[1], row[2], version
+
+    def open(self) -> Deferred[None]:
+        self._writer = _Writer(
+            lambda: self.connect(autocommit=False), self._reactor, self._deliver, self._on_commit
+        )
+        self._writer.start()
+        self._pool = ThreadPool(minthreads=1, maxthreads=self._readers, name="hq-postgres-read")
+        self._pool.start()
+        self._scan_pool = ThreadPool(minthreads=0, maxthreads=1, name="hq-postgres-scan")
+        self._scan_pool.start()
+
+        def failed(reason: Failure) -> Deferred[None]:
+            if reason.check(StoreUnavailable):
+                reason = Failure(
+                    StoreUnavailable(
+                        f"cannot open the PostgreSQL store {self.where}: {reason.getErrorMessage()}"
+                    )
+                )
+            return self.close().addCallback(lambda _: reason)  # type: ignore[return-value]
+
+        def opened(counts: tuple[int, int, int, int]) -> None:
+            if 0 < counts[3] < SCHEMA_VERSION:
+                self.log.info(
+                    "Upgraded {where} from schema version {old} to {new}",
+                    where=self.where,
+                    old=counts[3],
+                    new=SCHEMA_VERSION,
+                )
+            self.log.info(
+                "Opened {where}: {stored} jobs stored, {waiting} waiting, {running} running",
+                where=self.where,
+                stored=counts[0],
+                waiting=counts[1],
+                running=counts[2],
+            )
+
+        d = self._write(self._migrate)
+        self._flush()
+        return d.addCallbacks(opened, failed)
+
+    def close(self) -> Deferred[None]:
+        self._flush()
+        writer, pools = self._writer, [self._pool, self._scan_pool]
+        self._writer = self._pool = self._scan_pool = None
+        if writer is None:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        with self._conns_lock:
+            conns = list(self._reader_conns)
+            self._reader_conns.clear()
+
+        def wait() -> None:
+            # Off the reactor thread: cancelling queries and joining threads block.
+            for conn in conns:
+                try:
+                    conn.cancel_safe(timeout=1)
+                except Exception:  # noqa: S110 - the query ends anyway with its connection
+                    pass
+            for pool in pools:
+                if pool is not None:
+                    pool.stop()
+            for conn in conns:
+                conn.close()
+            writer.stop()
+            writer.join()
+            self._reactor.callFromThread(done.callback, None)
+
+        threading.Thread(target=wait, name="hq-postgres-close", daemon=True).start()
+        return done
+
+    # Plumbing.
+
+    @staticmethod
+    def _deliver(results: _Results) -> None:
+        for d, result in results:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    def _write(self, op: _Op) -> Deferred[Any]:
+        if self._writer is None:
+            return fail(StoreUnavailable("storage unavailable: the store is closed"))
+        d: Deferred[Any] = Deferred()
+        self._pending.append((op, d))
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        """
+        Hand the writes of this reactor turn to the writer thread.
+        """
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        pending, self._pending = self._pending, []
+        if pending and self._writer is not None:
+            self._writer.submit_many(pending)
+
+    def _reader(self, fresh: bool) -> psycopg.Connection[Any]:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is not None and (fresh or conn.closed):
+            self._forget(conn)
+            conn = None
+        if conn is None:
+            conn = self._local.conn = self.connect()
+            with self._conns_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    def _forget(self, conn: psycopg.Connection[Any]) -> None:
+        self._local.conn = None
+        with self._conns_lock:
+            if conn in self._reader_conns:
+                self._reader_conns.remove(conn)
+        try:
+            conn.close()
+        except Exception:  # noqa: S110 - a broken connection may fail to close; it is gone
+            pass
+
+    def _read(
+        self, call: Callable[[psycopg.Connection[Any]], T], scan: bool = False
+    ) -> Deferred[T]:
+        pool = self._scan_pool if scan else self._pool
+        if pool is None:
+            return fail(StoreUnavailable("storage unavailable: the store is closed"))
+
+        def run() -> T:
+            fresh = getattr(self._local, "conn", None) is None
+            for again in (False, True):
+                try:
+                    conn = self._reader(fresh=again)
+                except psycopg.Error as e:
+                    raise StoreUnavailable(f"storage unavailable: {e}") from None
+                try:
+                    return call(conn)
+                except psycopg.Error as e:
+                    if not _unavailable(e, conn):
+                        raise
+                    self._forget(conn)
+                    # A connection idle since the server restarted: once more
+                    # on a new one (reads change nothing).
+                    if again or fresh:
+                        raise StoreUnavailable(f"storage unavailable: {e}") from None
+            raise AssertionError("unreachable")
+
+        return deferToThreadPool(self._reactor, pool, run)
+
+    # Writer-side helpers (run on the writer thread).
+
+    @staticmethod
+    def _fetch(conn: psycopg.Connection[Any], job_id: int, lock: bool = False) -> Job | None:
+        row = conn.execute(_LOCK_ONE if lock else _SELECT_ONE, (job_id,)).fetchone()
+        return None if row is None else sql.row_job(row)
+
+    @classmethod
+    def _fetch_or_fail(cls, conn: psycopg.Connection[Any], job_id: int, lock: bool = False) -> Job:
+        job = cls._fetch(conn, job_id, lock)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    @staticmethod
+    def _save(conn: psycopg.Connection[Any], job: Job) -> Job:
+        conn.execute(_UPDATE, _values(sql.update_args(job)))
+        return job
+
+    @staticmethod
+    def _insert(conn: psycopg.Connection[Any], job: Job, take_key: bool = True) -> None:
+        conn.execute(_INSERT, _values(sql.job_row(job)))
+        conn.execute(_RAISE_MAX_ID, (str(job.id),))
+        if take_key and job.idempotency_key is not None:
+            conn.execute(_TAKE_KEY, (_text(job.idempotency_key), job.id, job.created_at))
+
+    # IJobStore.
+
+    def recover(self, now: int) -> Deferred[Recovery]:
+        def op(conn: psycopg.Connection[Any]) -> Recovery:
+            requeued = canceled = 0
+            for row in conn.execute(_RUNNING).fetchall():
+                recovered = self._save(conn, sql.row_job(row).recovered(now))
+                if recovered.waiting:
+                    requeued += 1
+                else:
+                    canceled += 1
+            return Recovery(requeued=requeued, canceled=canceled)
+
+        return self._write(op)
+
+    def max_id(self) -> Deferred[int]:
+        def call(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(_MAX_ID).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        return self._read(call)
+
+    def create(self, job: Job) -> Deferred[None]:
+        def op(conn: psycopg.Connection[Any]) -> None:
+            self._insert(conn, job)
+
+        return self._write(op)
+
+    def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+        # One write (one savepoint): a conflict undoes the whole push.
+        def op(conn: psycopg.Connection[Any]) -> list[Pushed]:
+            pushed: list[Pushed] = []
+            taken: dict[str, Job] = {}
+            for index, job in enumerate(jobs):
+                key = job.idempotency_key
+                earlier = None if key is None else taken.get(key)
+                if key is not None and earlier is None:
+                    earlier = self._claim_key(conn, job, keys_since)
+                if earlier is None:
+                    self._insert(conn, job, take_key=False)
+                    pushed.append(Pushed(job))
+                    if key is not None:
+                        taken[key] = job
+                elif not earlier.same_request(job):
+                    raise IdempotencyConflict(index, key or "", earlier.id)
+                else:
+                    pushed.append(Pushed(earlier, replayed=True))
+            return pushed
+
+        return self._write(op)
+
+    def _claim_key(self, conn: psycopg.Connection[Any], job: Job, keys_since: int) -> Job | None:
+        """
+        Take ``job``'s idempotency key for it, unless a job pushed since
+        ``keys_since`` holds it: return that job then, ``None`` when taken.
+
+        The claim is one ``INSERT ... ON CONFLICT``: a concurrent claim of the
+        same key on another connection waits for this transaction, then sees
+        the key held and replays, so concurrent pushes store one job.
+        """
+        key = _text(job.idempotency_key)
+        claimed = conn.execute(_CLAIM_KEY, (key, job.id, job.created_at, keys_since)).fetchone()
+        if claimed is not None:
+            return None
+        row = conn.execute(_SELECT_KEY, (key,)).fetchone()
+        holder = None if row is None else self._fetch(conn, row[0])
+        if holder is None:
+            # The key names a job deleted without its key: take it over.
+            conn.execute(_TAKE_KEY, (key, job.id, job.created_at))
+        return holder
+
+    def get(self, job_id: int) -> Deferred[Job]:
+        return self._read(lambda conn: self._fetch_or_fail(conn, job_id))
+
+    def list_jobs(self, query: ListQuery) -> Deferred[JobPage]:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.begin is not None:
+            where.append("id <= %s" if query.reverse else "id >= %s")
+            args.append(query.begin)
+        if query.status == "scheduled" and query.now is not None:
+            where.append("status = 'waiting' AND run_after > %s")
+            args.append(query.now)
+        elif query.status == "waiting" and query.now is not None:
+            where.append("status = 'waiting' AND run_after <= %s")
+            args.append(query.now)
+        elif query.status is not None:
+            where.append("status = %s")
+            args.append(query.status)
+        # A regexp that is a plain string lets PostgreSQL skip the rows that
+        # cannot match; the regexp still decides below.
+        term = None if query.term is None else like_prefilter(query.term)
+        if term is not None:
+            where.append(
+                "(name LIKE %s OR CAST(id AS TEXT) LIKE %s OR comment LIKE %s OR url LIKE %s"
+                " OR status LIKE %s OR (status = 'waiting' AND 'scheduled' LIKE %s))"
+            )
+            args.extend([term] * 6)
+        name = None if query.name is None else like_prefilter(query.name)
+        if name is not None:
+            where.append("name LIKE %s")
+            args.append(name)
+        statement = sql.SELECT
+        if where:
+            statement += " WHERE " + " AND ".join(where)
+        statement += " ORDER BY id DESC" if query.reverse else " ORDER BY id"
+        scan = query.filters_text or query.limit is None
+        if not scan and query.limit is not None:
+            statement += " LIMIT %s"
+            args.append(query.limit + 1)
+
+        def page(rows: Any) -> JobPage:
+            jobs: list[Job] = []
+            for row in rows:
+                job = sql.row_job(row)
+                if not query.matches(job):
+                    continue
+                if query.limit is not None and len(jobs) >= query.limit:
+                    return JobPage(jobs=jobs, next_id=job.id)
+                jobs.append(job)
+            return JobPage(jobs=jobs, next_id=None)
+
+        def call(conn: psycopg.Connection[Any]) -> JobPage:
+            if not scan:
+                return page(conn.execute(cast(Any, statement), args).fetchall())
+            # A server-side cursor: rows arrive as they are read, so a search
+            # over a million jobs never holds them all in memory.
+            with conn.transaction(), conn.cursor(name="hq_scan") as cursor:
+                cursor.itersize = 256
+                cursor.execute(cast(Any, statement), args)
+                return page(cursor)
+
+        return self._read(call, scan=scan)
+
+    def start(self, job_id: int, now: int) -> Deferred[Job | None]:
+        def op(conn: psycopg.Connection[Any]) -> Job | None:
+            row = conn.execute(_START, (now, job_id)).fetchone()
+            return None if row is None else sql.row_job(row)
+
+        return self._write(op)
+
+    def finish(
+        self, job_id: int, outcome: Outcome, attempt: Attempt | None = None
+    ) -> Deferred[Job | None]:
+        values = _values(
+            (
+                outcome.status,
+                outcome.finished_at,
+                int(outcome.success),
+                int(outcome.failure),
+                int(outcome.canceled),
+                outcome.status_code,
+                outcome.err,
+                outcome.output,
+                int(outcome.output_truncated),
+                job_id,
+            )
+        )
+
+        def op(conn: psycopg.Connection[Any]) -> Job | None:
+            for state in (JobState.RUNNING, JobState.WAITING):
+                row = conn.execute(_FINISH, (*values, int(state))).fetchone()
+                if row is not None:
+                    if attempt is not None:
+                        conn.execute(_INSERT_ATTEMPT, _values(sql.attempt_row(attempt)))
+                    return sql.row_job(row)
+            return None
+
+        return self._write(op)
+
+    def retry(self, job_id: int, at: int, last: Outcome, attempt: Attempt) -> Deferred[Job | None]:
+        def op(conn: psycopg.Connection[Any]) -> Job | None:
+            job = self._fetch(conn, job_id, lock=True)
+            if job is None or job.state is not JobState.RUNNING:
+                return None
+            conn.execute(_INSERT_ATTEMPT, _values(sql.attempt_row(attempt)))
+            return self._save(conn, job.retried(at, last))
+
+        return self._write(op)
+
+    def attempts(self, job_id: int) -> Deferred[list[Attempt]]:
+        def call(conn: psycopg.Connection[Any]) -> list[Attempt]:
+            self._fetch_or_fail(conn, job_id)
+            rows = conn.execute(_SELECT_ATTEMPTS, (job_id,)).fetchall()
+            return [sql.row_attempt(row) for row in rows]
+
+        return self._read(call)
+
+    def stop(self, job_id: int, now: int) -> Deferred[Job]:
+        def op(conn: psycopg.Connection[Any]) -> Job:
+            job = self._fetch_or_fail(conn, job_id, lock=True)
+            return self._save(conn, job.stopped(now))
+
+        return self._write(op)
+
+    def restart(self, job_id: int) -> Deferred[Job]:
+        def op(conn: psycopg.Connection[Any]) -> Job:
+            job = self._fetch_or_fail(conn, job_id, lock=True)
+            job.check_settled()
+            conn.execute(_DELETE_ATTEMPTS, (job_id,))
+            return self._save(conn, job.reset())
+
+        return self._write(op)
+
+    def delete(self, job_id: int) -> Deferred[None]:
+        def op(conn: psycopg.Connection[Any]) -> None:
+            job = self._fetch_or_fail(conn, job_id, lock=True)
+            job.check_settled()
+            self._delete_rows(conn, [job_id])
+
+        return self._write(op)
+
+    def waiting_jobs(self, after: DueKey, now: int, limit: int) -> Deferred[list[Job]]:
+        due, job_id = after
+
+        def call(conn: psycopg.Connection[Any]) -> list[Job]:
+            rows = conn.execute(_WAITING, (due, due, job_id, now, limit)).fetchall()
+            return [sql.row_job(row) for row in rows]
+
+        return self._read(call)
+
+    def next_due(self, now: int) -> Deferred[int | None]:
+        def call(conn: psycopg.Connection[Any]) -> int | None:
+            row = conn.execute(_NEXT_DUE, (now,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return self._read(call)
+
+    @staticmethod
+    def _delete_rows(conn: psycopg.Connection[Any], ids: list[int]) -> None:
+        if not ids:
+            return
+        conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids,))
+        conn.execute("DELETE FROM attempts WHERE job_id = ANY(%s)", (ids,))
+        conn.execute("DELETE FROM idempotency_keys WHERE job_id = ANY(%s)", (ids,))
+
+    def delete_finished_before(self, cutoff: int, limit: int) -> Deferred[int]:
+        def op(conn: psycopg.Connection[Any]) -> int:
+            ids = [row[0] for row in conn.execute(_EXPIRED, (cutoff, limit))]
+            self._delete_rows(conn, ids)
+            return len(ids)
+
+        return self._write(op)
+
+    def counts(self, since_id: int, now: int) -> Deferred[StoreCounts]:
+        def call(conn: psycopg.Connection[Any]) -> StoreCounts:
+            row = conn.execute(_COUNTS, (since_id, now)).fetchone()
+            assert row is not None
+            return StoreCounts(
+                stored=row[0],
+                waiting=row[1],
+                running=row[2],
+                created_since=row[3],
+                scheduled=row[4],
+            )
+
+        return self._read(call)
+
+    def probe_write(self) -> Deferred[None]:
+        # A real change, so that the commit writes and flushes WAL.
+        self._probes += 1
+        value = str(self._probes)
+
+        def op(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(_PUT_META, ("health_probe", value))
+
+        return self._write(op)

@@ -1,0 +1,228 @@
+"""
+A throwaway PostgreSQL server for the tests: ``initdb`` and ``pg_ctl`` in a
+temporary directory, listening on a free port of 127.0.0.1, stopped and removed
+when the test process exits.
+
+PostgreSQL refuses to run as root (CI runs as root): then the server runs as
+the ``postgres`` system user (created by Debian's package; created here if
+missing) through ``runuser``, in a directory that user owns. The tests never
+use a PostgreSQL already running on the machine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+
+#: The user the server runs as when the tests run as root.
+SERVER_USER = "postgres"
+SUPERUSER = "hq"
+#: Temporary directories of test servers, and the file naming the test process.
+_PREFIX = "hq-pg-"
+_OWNER = "owner.pid"
+
+
+def find_bindir() -> str | None:
+    """
+    Return the directory of ``initdb`` and ``pg_ctl`` (the newest installed
+    Debian version, else the ``PATH``), or ``None`` when they are missing.
+    """
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda path: int(path.split("/")[4]) if path.split("/")[4].isdigit() else 0,
+    )
+    if found:
+        return os.path.dirname(found[-1])
+    initdb = shutil.which("initdb")
+    if initdb and shutil.which("pg_ctl"):
+        return os.path.dirname(initdb)
+    return None
+
+
+def skip_reason() -> str | None:
+    """
+    Return why the PostgreSQL tests cannot run here, or ``None`` when they can.
+
+    In CI (``CI`` set) missing binaries are not a reason to skip: the tests
+    then fail, since ``scripts/test`` installs PostgreSQL.
+    """
+    if find_bindir() is None and not os.environ.get("CI"):
+        return (
+            "PostgreSQL server binaries (initdb, pg_ctl) are not installed; "
+            "scripts/test installs them (apt-get install postgresql)"
+        )
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """
+    The user to run the server as: ``None`` to run as ourselves (not root).
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVER_USER,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(SERVER_USER)
+
+
+class PostgresServer:
+    """
+    One PostgreSQL server in a temporary directory. :meth:`start` creates and
+    starts it; :meth:`stop` and :meth:`start` again keep its data and port.
+    """
+
+    def __init__(self) -> None:
+        bindir = find_bindir()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+        self.bindir = bindir
+        self.user = _server_user()
+        self._remove_orphans()
+        # Under /tmp, not the trial directory: the server user must reach it.
+        self.base = tempfile.mkdtemp(prefix=_PREFIX)
+        with open(os.path.join(self.base, _OWNER), "w") as f:
+            f.write(str(os.getpid()))
+        self.data = os.path.join(self.base, "data")
+        self.log = os.path.join(self.base, "server.log")
+        self.port = _free_port()
+        self._databases = 0
+        if self.user is not None:
+            os.chown(self.base, self.user.pw_uid, self.user.pw_gid)
+        self._run(
+            "initdb",
+            "-D",
+            self.data,
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+
+    def _remove_orphans(self) -> None:
+        """
+        Stop and delete the servers of test processes that died without
+        cleaning up (killed, or a crashed interpreter).
+        """
+        for base in glob.glob(os.path.join(tempfile.gettempdir(), _PREFIX + "*")):
+            try:
+                with open(os.path.join(base, _OWNER)) as f:
+                    os.kill(int(f.read()), 0)
+                continue  # its process lives
+            except ProcessLookupError:
+                pass
+            except (OSError, ValueError):
+                continue  # not ours to judge
+            data = os.path.join(base, "data")
+            if os.path.exists(os.path.join(data, "postmaster.pid")):
+                command = [os.path.join(self.bindir, "pg_ctl"), "-D", data, "-m", "immediate"]
+                command += ["-w", "stop"]
+                if self.user is not None:
+                    command = ["runuser", "-u", self.user.pw_name, "--", *command]
+                subprocess.run(command, capture_output=True, check=False)
+            shutil.rmtree(base, ignore_errors=True)
+
+    def _run(self, program: str, *args: str) -> None:
+        command = [os.path.join(self.bindir, program), *args]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user.pw_name, "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=self.base)
+        if result.returncode != 0:
+            tail = ""
+            if os.path.exists(self.log):
+                with open(self.log) as f:
+                    tail = f.read()[-2000:]
+            raise RuntimeError(
+                f"{program} failed ({result.returncode}): {result.stderr.strip()}\n{tail}"
+            )
+
+    def start(self, durable: bool = False) -> None:
+        """
+        Start the server and wait until it accepts connections; ``durable``
+        keeps PostgreSQL's crash safety (fsync), which tests do without.
+        """
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
+        options += "-c max_connections=100 -c shared_buffers=32MB"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        """
+        Stop the server (fast shutdown: connections are cut).
+        """
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def dsn(self, database: str = "postgres") -> str:
+        """
+        Return the URL of ``database`` on this server.
+        """
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """
+        Create an empty database; return its URL.
+        """
+        import psycopg
+
+        self._databases += 1
+        name = f"hq_test_{self._databases}"
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            # FILE_COPY (PostgreSQL 15+) skips logging the copy: faster for a test.
+            strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE template0{strategy}")
+        return self.dsn(name)
+
+    def remove(self) -> None:
+        """
+        Stop the server if it runs and delete its directory.
+        """
+        try:
+            self.stop()
+        except RuntimeError:
+            pass
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+_server: PostgresServer | None = None
+
+
+def server() -> PostgresServer:
+    """
+    Return the test process's PostgreSQL server, started on first use and
+    removed when the process exits.
+    """
+    global _server
+    if _server is None:
+        _server = PostgresServer()
+        atexit.register(_server.remove)
+        _server.start()
+    return _server

@@ -1,0 +1,482 @@
+"""
+The job store contract on a real PostgreSQL (started by the tests themselves,
+see tests/pgserver.py), plus what only a shared database can do: concurrent
+pushes from several connections, a server that goes away and comes back.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from typing import Any
+
+import attrs
+import psycopg
+import re2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from hq.config import ConfigError, config_from_dict
+from hq.model import Attempt, Job, JobState, ListQuery, Outcome
+from hq.store import (
+    IdempotencyConflict,
+    JobConflict,
+    JobExists,
+    JobNotFound,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+)
+from hq.store.postgres import SCHEMA_VERSION, PostgresStore, like_prefilter, safe_url
+from hq.store.sqlite import SQLiteStore
+from tests import pgserver
+from tests.test_store import T0, StoreContractMixin, make_job
+
+SKIP = pgserver.skip_reason()
+
+
+def keyed(n: int, key: str | None, **kwargs: Any) -> Job:
+    """
+    Return ``make_job(n)`` with the idempotency key ``key`` and one url for every ``n``.
+    """
+    job = make_job(n, **kwargs)
+    return attrs.evolve(job, url="http://127.0.0.1/same", idempotency_key=key)
+
+
+class PostgresCase(TestCase):
+    """
+    A fresh database on the test server for each test, and an open store on it.
+    """
+
+    skip = SKIP
+
+    def setUp(self) -> Deferred[None]:
+        self.server = pgserver.server()
+        self.url = self.server.new_database()
+        self.store = self.make_store()
+        return self.store.open()
+
+    def make_store(self, **kwargs: Any) -> PostgresStore:
+        """
+        Return a store on this test's database, closed at the end of the test.
+        """
+        store = PostgresStore(self.url, reactor, **kwargs)
+        self.addCleanup(store.close)
+        return store
+
+    def sql(self, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+        """
+        Run ``statement`` on a connection of its own; return its rows.
+        """
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cursor = conn.execute(statement, args or None)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
+
+
+class PostgresStoreTests(StoreContractMixin, PostgresCase):
+    """
+    The contract, on PostgreSQL.
+    """
+
+
+class PostgresOnlyTests(PostgresCase):
+    """
+    What a PostgreSQL store does beyond the contract.
+    """
+
+    async def test_schema_version_and_tables(self) -> None:
+        """Open creates the tables and records the schema version in meta."""
+        rows = self.sql("SELECT value FROM meta WHERE key = 'schema_version'")
+        self.assertEqual(rows, [(str(SCHEMA_VERSION),)])
+        tables = {row[0] for row in self.sql("SELECT tablename FROM pg_tables")}
+        self.assertLessEqual({"jobs", "attempts", "idempotency_keys", "meta"}, tables)
+        indexes = dict(self.sql("SELECT indexname, indexdef FROM pg_indexes"))
+        self.assertIn("(run_after, id) WHERE (state = 0)", indexes["jobs_due"])
+
+    async def test_servers_starting_together_create_the_schema_once(self) -> None:
+        """Five stores opened at once on an empty database all open (advisory lock)."""
+        self.url = self.server.new_database()
+        stores = [self.make_store() for _ in range(5)]
+        await gatherResults([store.open() for store in stores])
+        await stores[0].create(make_job(1))
+        self.assertEqual((await stores[4].get(make_job(1).id)).id, make_job(1).id)
+
+    async def test_newer_schema_refused(self) -> None:
+        """A database of a newer schema version is refused with a clear message."""
+        self.sql("UPDATE meta SET value = %s WHERE key = 'schema_version'", str(SCHEMA_VERSION + 1))
+        store = self.make_store()
+        with self.assertRaises(StoreError) as e:
+            await store.open()
+        self.assertIn("newer HQ", str(e.exception))
+
+    async def test_push_idempotency_keys(self) -> None:
+        """A recent key replays, a different request conflicts, an old key is taken over."""
+        first = keyed(1, "k")
+        [pushed] = await self.store.push([first], keys_since=0)
+        self.assertFalse(pushed.replayed)
+        [again] = await self.store.push([keyed(2, "k")], keys_since=0)
+        self.assertEqual((again.job, again.replayed), (first, True))
+        with self.assertRaises(IdempotencyConflict) as e:
+            await self.store.push([make_job(3), keyed(4, "k", name="other")], keys_since=0)
+        self.assertEqual((e.exception.index, e.exception.job_id), (1, first.id))
+        with self.assertRaises(JobNotFound):
+            await self.store.get(make_job(3).id)  # the whole push was undone
+        newer = keyed(5, "k")
+        [taken] = await self.store.push([newer], keys_since=newer.created_at)
+        self.assertFalse(taken.replayed)
+        both = await self.store.push([keyed(6, "j"), keyed(7, "j")], keys_since=0)
+        self.assertEqual([p.replayed for p in both], [False, True])
+        self.assertEqual(both[1].job.id, make_job(6).id)
+        rows = self.sql("SELECT key, job_id FROM idempotency_keys ORDER BY key")
+        self.assertEqual(rows, [("j", make_job(6).id), ("k", newer.id)])
+
+    async def test_concurrent_pushes_with_one_key_make_one_job(self) -> None:
+        """20 pushes with one key on 20 connections at once store exactly one job."""
+        stores = [self.store] + [self.make_store() for _ in range(19)]
+        await gatherResults([store.open() for store in stores[1:]])
+        pushes = [
+            store.push([keyed(n, "same", payload='{"a":1}')], keys_since=0)
+            for n, store in enumerate(stores)
+        ]
+        results = await gatherResults(pushes)
+        created = [p.job.id for [p] in results if not p.replayed]
+        self.assertEqual(len(created), 1)
+        self.assertEqual({p.job.id for [p] in results}, set(created))
+        self.assertEqual(self.sql("SELECT count(*) FROM jobs"), [(1,)])
+
+    async def test_retry_keeps_attempts_and_schedules(self) -> None:
+        """retry makes a running job scheduled with its history; counts and next_due see it."""
+        job = make_job(1, retries=2)
+        await self.store.create(job)
+        started = await self.store.start(job.id, T0 + 10)
+        assert started is not None
+        last = Outcome(finished_at=T0 + 20, failure=True, status_code=503, err="no", output="x")
+        attempt = Attempt.of(started, last)
+        retried = await self.store.retry(job.id, T0 + 1000, last, attempt)
+        assert retried is not None
+        self.assertEqual(
+            (retried.state, retried.run_at, retried.err), (JobState.WAITING, T0 + 1000, "no")
+        )
+        self.assertEqual(await self.store.attempts(job.id), [attempt])
+        self.assertEqual(await self.store.next_due(T0 + 20), T0 + 1000)
+        self.assertEqual(await self.store.waiting_jobs((0, 0), T0 + 20, 10), [])
+        self.assertEqual(await self.store.waiting_jobs((0, 0), T0 + 1000, 10), [retried])
+        counts = await self.store.counts(0, T0 + 20)
+        self.assertEqual((counts.waiting, counts.scheduled), (1, 1))
+        page = await self.store.list_jobs(ListQuery(status="scheduled", now=T0 + 20))
+        self.assertEqual(page.jobs, [retried])
+        self.assertIsNone(await self.store.retry(job.id, T0, last, attempt))
+        await self.store.stop(job.id, T0 + 30)
+        await self.store.restart(job.id)
+        self.assertEqual(await self.store.attempts(job.id), [])
+        with self.assertRaises(JobNotFound):
+            await self.store.attempts(42)
+
+    async def test_same_behaviour_as_sqlite_after_random_operations(self) -> None:
+        """300 random operations of every kind answer as on SQLite and leave the same jobs."""
+        sqlite = SQLiteStore(self.mktemp(), reactor)
+        self.addCleanup(sqlite.close)
+        await sqlite.open()
+        rng = random.Random(20261129)
+        ids: list[int] = []
+        for step in range(300):
+            target = rng.choice(ids) if ids else 0
+            action = rng.choice(
+                [
+                    *("push", "push", "create", "start", "start", "finish", "retry", "retry"),
+                    *("stop", "restart"),
+                    *("delete", "expire", "waiting", "list", "attempts", "counts", "recover"),
+                ]
+            )
+            answers = []
+            for store in (sqlite, self.store):
+                answers.append(await self._answer(store, action, step, target))
+            self.assertEqual(answers[1], answers[0], f"step {step}: {action}")
+            if action in ("push", "create") and not isinstance(answers[0], tuple):
+                ids.append(make_job(step).id)
+        full = ListQuery()
+        self.assertEqual(await self.store.list_jobs(full), await sqlite.list_jobs(full))
+        self.assertEqual(await self.store.max_id(), await sqlite.max_id())
+
+    @staticmethod
+    async def _answer(store: Any, action: str, step: int, target: int) -> Any:
+        # Both stores get the same arguments: drawn from a generator seeded by the step.
+        rng = random.Random(step)
+        try:
+            if action == "push":
+                key = rng.choice([None, "a", "b", "c"])
+                job = keyed(step, key, name=rng.choice("xxy")) if key else make_job(step)
+                return await store.push([job], keys_since=T0 + step - 30)
+            if action == "create":
+                return await store.create(make_job(step, comment=f"c{step}"))
+            if action == "start":
+                return await store.start(target, T0 + step)
+            if action == "finish":
+                outcome = Outcome(finished_at=T0 + step, success=rng.random() < 0.5, output="o")
+                attempt = Attempt(job_id=target, attempt=1, started_at=None, finished_at=T0 + step)
+                return await store.finish(target, outcome, attempt)
+            if action == "retry":
+                last = Outcome(finished_at=T0 + step, failure=True, err="e")
+                attempt = Attempt(job_id=target, attempt=2, started_at=T0, finished_at=T0 + step)
+                started = await store.start(target, T0 + step)
+                return started, await store.retry(target, T0 + step + 5, last, attempt)
+            if action == "stop":
+                return await store.stop(target, T0 + step)
+            if action == "restart":
+                return await store.restart(target)
+            if action == "delete":
+                return await store.delete(target)
+            if action == "expire":
+                return await store.delete_finished_before(T0 + step - 40, 2)
+            if action == "waiting":
+                return await store.waiting_jobs((T0, 0), T0 + step, 5), await store.next_due(
+                    T0 + step
+                )
+            if action == "list":
+                query = ListQuery(
+                    term=rng.choice([None, "x", "2", "wait", "sched", "c1."]),
+                    status=rng.choice([None, "waiting", "scheduled", "success", "canceled"]),
+                    reverse=rng.random() < 0.5,
+                    limit=rng.choice([None, 1, 3]),
+                    now=T0 + step,
+                )
+                return await store.list_jobs(query)
+            if action == "attempts":
+                return await store.attempts(target)
+            if action == "counts":
+                return await store.counts(target, T0 + step)
+            return await store.recover(T0 + step)
+        except (JobConflict, JobNotFound, JobExists, IdempotencyConflict) as e:
+            return type(e), str(e)
+
+    async def test_duplicate_in_batch_fails_alone(self) -> None:
+        """A duplicate id in one transaction fails that create only; the others commit."""
+        job = make_job(1)
+        results = await DeferredList(
+            [self.store.create(job), self.store.create(job), self.store.create(make_job(2))],
+            consumeErrors=True,
+        )
+        self.assertEqual([ok for ok, _ in results], [True, False, True])
+        self.assertTrue(results[1][1].check(JobExists))
+        self.assertEqual((await self.store.counts(0, 0)).stored, 2)
+
+    async def test_writes_of_one_turn_share_a_commit(self) -> None:
+        """500 creates asked for in one reactor turn commit in a few transactions."""
+        commits: list[tuple[int, bool]] = []
+        store = self.make_store(on_commit=lambda s, writes, ok: commits.append((writes, ok)))
+        await store.open()
+        del commits[:]
+        await gatherResults([store.create(make_job(n)) for n in range(500)])
+        self.assertEqual(sum(writes for writes, _ in commits), 500)
+        self.assertTrue(all(ok for _, ok in commits))
+        self.assertLessEqual(len(commits), 2)
+        self.assertEqual(self.sql("SELECT count(*) FROM jobs"), [(500,)])
+
+    async def test_nul_characters_are_stored_as_replacement_characters(self) -> None:
+        """Text with NUL (which PostgreSQL cannot store) is kept with U+FFFD in its place."""
+        job = make_job(1, comment="a\x00b")
+        await self.store.create(job)
+        await self.store.start(job.id, T0)
+        await self.store.finish(job.id, Outcome(finished_at=T0, failure=True, output="\x00"))
+        stored = await self.store.get(job.id)
+        self.assertEqual((stored.comment, stored.output), ("a\ufffdb", "\ufffd"))
+
+    async def test_unavailable_database_fails_fast_then_reconnects(self) -> None:
+        """With PostgreSQL stopped, writes and reads fail at once; once back, both work again."""
+        await self.store.create(make_job(1))
+        await self.store.get(make_job(1).id)
+        await deferToThread(self.server.stop)
+        self.addCleanup(self._ensure_running)
+        began = time.monotonic()
+        with self.assertRaises(StoreUnavailable):
+            await self.store.create(make_job(2))
+        with self.assertRaises(StoreUnavailable):
+            await self.store.get(make_job(1).id)
+        with self.assertRaises(StoreUnavailable):
+            await self.store.probe_write()
+        self.assertLess(time.monotonic() - began, 2.0)
+        await deferToThread(self.server.start)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await self.store.create(make_job(2))
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await deferToThread(time.sleep, 0.1)
+        self.assertEqual((await self.store.get(make_job(2).id)).id, make_job(2).id)
+        self.assertEqual((await self.store.counts(0, 0)).stored, 2)
+
+    def _ensure_running(self) -> Deferred[None]:
+        def start() -> None:
+            try:
+                self.server.start()
+            except RuntimeError:
+                pass  # it runs already
+
+        return deferToThread(start)
+
+    async def test_connections_have_timeouts_and_keep_url_parameters(self) -> None:
+        """Connections get HQ's statement timeout; the URL's own parameters still apply."""
+        url = self.url + "?application_name=mine&options=-c%20work_mem%3D8MB"
+        store = PostgresStore(url, reactor, statement_timeout=7)
+
+        def settings() -> tuple[Any, ...]:
+            with store.connect() as conn:
+                row = conn.execute(
+                    "SELECT current_setting('statement_timeout'),"
+                    " current_setting('application_name'), current_setting('work_mem')"
+                ).fetchone()
+                assert row is not None
+                return tuple(row)
+
+        self.assertEqual(await deferToThread(settings), ("7s", "mine", "8MB"))
+
+    async def test_closed_store_fails_with_store_unavailable(self) -> None:
+        """After close, reads and writes fail with StoreUnavailable."""
+        await self.store.close()
+        with self.assertRaises(StoreUnavailable):
+            await self.store.create(make_job(1))
+        with self.assertRaises(StoreUnavailable):
+            await self.store.get(1)
+
+    async def test_like_prefilter_never_drops_a_regexp_match(self) -> None:
+        """Whenever the RE2 regexp finds a match, PostgreSQL's LIKE matches too."""
+        cases: list[tuple[str, str]] = []
+
+        @settings(max_examples=300, deadline=None, database=None)
+        @given(
+            pattern=st.text(alphabet="ab.%_\\é\n*", min_size=1, max_size=6),
+            text=st.text(alphabet="ab.%_\\é\n*c", max_size=12),
+        )
+        def collect(pattern: str, text: str) -> None:
+            like = like_prefilter(pattern)
+            options = re2.Options()
+            options.log_errors = False
+            try:
+                regexp = re2.compile(pattern, options)
+            except re2.error:
+                return
+            if like is not None and regexp.search(text):
+                cases.append((text, like))
+
+        collect()
+
+        def check() -> list[tuple[str, str]]:
+            with psycopg.connect(self.url) as conn:
+                return [
+                    (text, like)
+                    for text, like in cases
+                    if not conn.execute("SELECT %s LIKE %s", (text, like)).fetchone()[0]  # type: ignore[index]
+                ]
+
+        self.assertEqual(await deferToThread(check), [])
+        self.assertGreater(len(cases), 20)
+
+
+class LikePrefilterTests(SynchronousTestCase):
+    """
+    The LIKE pattern that lets PostgreSQL skip rows for a plain-string regexp.
+    """
+
+    def test_plain_strings_become_like_patterns(self) -> None:
+        """Characters stay, '.' is any character, escapes and LIKE wildcards are literal."""
+        self.assertEqual(like_prefilter("abc"), "%abc%")
+        self.assertEqual(like_prefilter("a.c"), "%a_c%")
+        self.assertEqual(like_prefilter(r"a\.c"), "%a.c%")
+        self.assertEqual(like_prefilter("a%b_c"), "%a\\%b\\_c%")
+        self.assertEqual(like_prefilter(r"a\\b"), "%a\\\\b%")
+
+    def test_other_regexps_have_none(self) -> None:
+        """Anchors, classes, repeats, groups and alternations are left to the regexp."""
+        for pattern in ("^a", "a$", "a|b", "a*", "a+", "a?", "(a)", "[ab]", "a{2}", r"\d", "a\\"):
+            self.assertIsNone(like_prefilter(pattern), pattern)
+
+    def test_safe_url_hides_the_password(self) -> None:
+        """Messages show the database URL without its password."""
+        self.assertEqual(
+            safe_url("postgresql://hq:secret@db:5432/hq"), "postgresql://hq:***@db:5432/hq"
+        )
+        self.assertEqual(safe_url("postgresql://hq@db/hq"), "postgresql://hq@db/hq")
+
+
+class ServerHelperTests(SynchronousTestCase):
+    """
+    The test PostgreSQL server itself.
+    """
+
+    skip = SKIP
+
+    def test_server_runs_unprivileged_on_loopback(self) -> None:
+        """The test server answers on 127.0.0.1 and does not run as root."""
+        server = pgserver.server()
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT inet_server_addr()::text, current_setting('port')"
+            ).fetchone()
+        assert row is not None
+        self.assertEqual((row[0].split("/")[0], int(row[1])), ("127.0.0.1", server.port))
+
+
+class StoreConfigTests(SynchronousTestCase):
+    """
+    The ``store`` key and :func:`hq.store.open_store`.
+    """
+
+    def test_sqlite_is_the_default(self) -> None:
+        """Without store, or with "sqlite", the store is SQLite in data_dir."""
+        for values in ({}, {"store": "sqlite"}, {"store": ""}):
+            config = config_from_dict({**values, "data_dir": "/tmp/x"})  # type: ignore[dict-item]
+            self.assertIsNone(config.postgres_url)
+            store = open_store(config, reactor)
+            assert isinstance(store, SQLiteStore)
+            self.assertEqual(store.path, "/tmp/x/hq.sqlite3")
+
+    def test_postgresql_url_picks_postgres(self) -> None:
+        """A postgresql:// URL picks the PostgreSQL store, naming it without its password."""
+        config = config_from_dict({"store": "postgresql://hq:secret@db:5432/hq"})
+        store = open_store(config, reactor)
+        assert isinstance(store, PostgresStore)
+        self.assertEqual(store.where, "postgresql://hq:***@db:5432/hq")
+
+    def test_bad_store_values_name_the_key_and_hide_the_password(self) -> None:
+        """Another scheme, a bad port or a bad parameter stop start-up, naming 'store'."""
+        for value in (
+            "mysql://hq:secret@db/hq",
+            "postgresql://hq:secret@db:port/hq",
+            "postgresql://hq:secret@db/hq?nonsense=1",
+        ):
+            with self.assertRaises(ConfigError) as e:
+                config_from_dict({"store": value})
+            self.assertIn("'store'", str(e.exception))
+            self.assertNotIn("secret", str(e.exception))
+
+
+class UnreachableTests(TestCase):
+    """
+    A database that cannot be reached.
+    """
+
+    skip = SKIP
+
+    async def test_open_fails_at_once_naming_the_database(self) -> None:
+        """Open fails with StoreUnavailable naming the URL (not the password), without a hang."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        store = PostgresStore(f"postgresql://hq:secret@127.0.0.1:{port}/hq", reactor)
+        began = time.monotonic()
+        with self.assertRaises(StoreUnavailable) as e:
+            await store.open()
+        self.assertLess(time.monotonic() - began, 2.0)
+        self.assertIn(
+            f"cannot open the PostgreSQL store postgresql://hq:***@127.0.0.1:{port}/hq",
+            str(e.exception),
+        )
+        self.assertNotIn("secret", str(e.exception))
