@@ -35,6 +35,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from hq import __version__
 from hq.binding import APIError, bind_list, bind_push, bind_restart, parse_job_id
 from hq.config import Config
+from hq.guard import NetworkGuard
 from hq.health import HealthCheck
 from hq.history import BUCKET_MS, HistoryBucket
 from hq.ids import IdGenerator, first_id_at, now_ms
@@ -168,6 +169,8 @@ class HQApi:
     _metrics: ServerMetrics | None = None
     #: ``GET /health``; ``None`` answers 404.
     _health: HealthCheck | None = None
+    #: The outbound guard: a push to a literal denied address is refused (422).
+    _guard: NetworkGuard | None = None
 
     def resource(self) -> IResource:
         """
@@ -291,7 +294,17 @@ class HQApi:
         Store a new job, queue it, and answer with it (``waiting``).
         """
         job = bind_push(request, self._config.max_body_bytes).job(self._ids.next_id())
+        self.check_destination(job.url)
         return self._run_to_end(self._push(request, job))
+
+    def check_destination(self, url: str) -> None:
+        """
+        Refuse (422) a job ``url`` whose host is a literal address the outbound
+        guard denies (a host name is checked when connecting, hq.guard).
+        """
+        problem = self._guard.url_problem(url) if self._guard else None
+        if problem is not None:
+            raise APIError(422, problem)
 
     async def _push(self, request: IRequest, job: Job) -> bytes:
         await self._store.create(job)
