@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from typing import Any, cast
 
 import treq
@@ -34,6 +35,7 @@ from hq.auth import (
     required_role,
     token_digest,
 )
+from hq.client import HQClient, HQError
 from hq.config import Config, ConfigError, config_from_dict
 from hq.ids import IdGenerator
 from hq.logs import ReopenableFile
@@ -42,6 +44,7 @@ from hq.store.memory import MemoryStore
 from hq.testing import RecordingDispatch
 from hq.ui import mount, ui_resource
 from tests.test_api import Reply
+from tests.test_cli import CLITestCase, StubRunner
 
 T0 = 1_700_000_000
 READ, PUSH, ADMIN = "read-token-1", "push-token-2", "admin-token-3"
@@ -456,3 +459,78 @@ class _Ok(Resource):
 
     def render(self, request: Any) -> bytes:
         return b"ok"
+
+
+class CLITokenTests(CLITestCase):
+    """
+    ``hq token new``, and ``--token`` / ``HQ_TOKEN`` on the client commands.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        api = HQApi(
+            store=self.store,
+            dispatch=self.dispatch,
+            ids=IdGenerator(0, self.clock),
+            clock=self.clock,
+            config=Config(queues=100, dispatchers=1, tokens=ENTRIES),
+        )
+        self.runner = StubRunner(StubTreq(protect(api.resource(), ENTRIES, self.clock)))
+
+    def test_token_new_prints_token_and_entry_with_its_digest(self) -> None:
+        """The token (32+ random bytes, URL-safe) and a [[tokens]] entry that loads."""
+        import tomllib
+
+        ran = self.hq("token", "new", "--role", "push", "--name", "ci")
+        self.assertEqual((ran.code, ran.err), (0, ""))
+        token = re.search(r"^  (hq_[A-Za-z0-9_-]{43})$", ran.out, re.M)
+        assert token is not None, ran.out
+        entry = ran.out[ran.out.index("[[tokens]]") :]
+        config = config_from_dict(tomllib.loads(entry))
+        self.assertEqual(config.tokens, (TokenEntry("ci", token_digest(token[1]), "push"),))
+
+    def test_token_new_refuses_a_bad_role_or_name(self) -> None:
+        """A role outside read/push/admin, or a name with spaces, is a usage error."""
+        self.assertEqual(self.hq("token", "new", "--role", "root", "--name", "ci").code, 2)
+        ran = self.hq("token", "new", "--role", "read", "--name", "a b")
+        self.assertEqual(ran.code, 2)
+        self.assertIn("error: Invalid value for '--name'", ran.err)
+
+    def test_without_token_the_cli_says_so(self) -> None:
+        """No token: ``error:`` with the server's 401 message, exit 1."""
+        ran = self.hq("list")
+        self.assertEqual(ran.code, 1)
+        self.assertEqual(
+            ran.err,
+            "error: An API token is required: send the header 'Authorization: Bearer <token>'\n",
+        )
+
+    def test_token_option_and_environment(self) -> None:
+        """--token and HQ_TOKEN are sent as the bearer token."""
+        ran = self.hq("push", "--token", PUSH, "-", input=json.dumps({"url": "http://w.test/"}))
+        self.assertEqual((ran.code, ran.err), (0, ""))
+        job_id = ran.out.strip()
+        ran = self.hq("info", job_id, env={"HQ_TOKEN": READ})
+        self.assertEqual(ran.code, 0, ran.err)
+        self.assertEqual(json.loads(ran.out)["id"], job_id)
+
+    def test_role_too_low_is_an_error_naming_the_role(self) -> None:
+        """A read token cannot stop: ``error:`` naming the role needed."""
+        job_id = self.hq("push", "--token", PUSH, "-", input='{"url": "http://w.test/"}').out
+        ran = self.hq("stop", "--token", READ, job_id.strip())
+        self.assertEqual(ran.code, 1)
+        self.assertIn("error: The token 'dash' has the role 'read'", ran.err)
+        self.assertIn("needs the role 'admin'", ran.err)
+        self.assertEqual(self.hq("stop", "--token", ADMIN, job_id.strip()).code, 0)
+
+    def test_client_library_sends_the_token(self) -> None:
+        """HQClient(token=...) authenticates; a wrong token is HQError 401."""
+        good = HQClient("http://hq.test", http=self.runner.http, token=READ)
+        d = good.stats()
+        self.runner.http.flush()
+        self.successResultOf(d)
+        bad = HQClient("http://hq.test", http=self.runner.http, token="nope")
+        d = bad.stats()
+        self.runner.http.flush()
+        error = self.failureResultOf(d, HQError).value
+        self.assertEqual((error.status, error.message), (401, "The API token is not valid"))
