@@ -42,6 +42,7 @@ setup(
             "hypothesis",
             "playwright",
             "schemathesis>=4",
+            "standardwebhooks",
         ],
     },
     entry_points={"console_scripts": ["hq = hq.cli:main"]},
