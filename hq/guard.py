@@ -48,7 +48,8 @@ class DeniedAddress(net_error.ConnectError):
     def __init__(self, host: str, addresses: Sequence[str]) -> None:
         shown = ", ".join(addresses[:4]) + (", ..." if len(addresses) > 4 else "")
         what = "the address" if len(addresses) == 1 else "the addresses"
-        super().__init__(f"{what} {shown} of {host} is denied by 'deny_networks'")
+        verb = "is" if len(addresses) == 1 else "are"
+        super().__init__(string=f"{what} {shown} of {host} {verb} denied by 'deny_networks'")
         self.host = host
         self.addresses = tuple(addresses)
 
