@@ -534,3 +534,28 @@ class CLITokenTests(CLITestCase):
         self.runner.http.flush()
         error = self.failureResultOf(d, HQError).value
         self.assertEqual((error.status, error.message), (401, "The API token is not valid"))
+
+
+class OpenAPITests(SynchronousTestCase):
+    """
+    The OpenAPI document describes the bearer scheme and its answers.
+    """
+
+    def test_bearer_scheme_and_auth_responses(self) -> None:
+        """bearerAuth is declared (optional); every route but /health lists 401 and 429."""
+        from hq.api import openapi_text
+
+        document = json.loads(openapi_text("1.0"))
+        self.assertEqual(
+            document["components"]["securitySchemes"]["bearerAuth"]["scheme"], "bearer"
+        )
+        self.assertEqual(document["security"], [{}, {"bearerAuth": []}])
+        self.assertEqual(document["paths"]["/health"]["get"]["security"], [{}])
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                if path == "/health" or not isinstance(operation, dict):
+                    continue
+                codes = set(operation["responses"])
+                self.assertLessEqual({"401", "429"}, codes, (path, method))
+                if method not in ("get", "head"):
+                    self.assertIn("403", codes, (path, method))
