@@ -56,7 +56,7 @@ def _address_option(f: Callable[..., None]) -> Callable[..., None]:
     """
     Add ``-a/--address`` and ``--token`` (kept in the context, see :mod:`hq.cli.token`).
     """
-    return token_option(_address_only(f))
+    return _address_only(token_option(f))
 
 
 def _run(

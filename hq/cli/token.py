@@ -29,7 +29,7 @@ token_option = click.option(
     envvar="HQ_TOKEN",
     expose_value=False,
     callback=_remember_token,
-    help="API token for a server with [[tokens]] (or the environment variable HQ_TOKEN).",
+    help="API token, for a server with [[tokens]].",
 )
 
 
