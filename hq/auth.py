@@ -370,6 +370,13 @@ class AuthResource:
             method=request.method.decode("latin-1"),
             path=_printable_path(request.path),
         )
+        blocked = self._limiter.retry_after(client)
+        if blocked is not None:
+            log.warn(
+                "Client {client} gets 429 for {seconds} s: too many failed authentications",
+                client=client,
+                seconds=blocked,
+            )
         request.setHeader(b"www-authenticate", b"Bearer")
         if presented:
             message = "The API token is not valid"
