@@ -329,14 +329,14 @@ class AuthResource:
     def render(self, request: Any) -> Any:
         method: bytes = request.method
         path: bytes = request.path
-        if self._is_open(method, path):
-            return self._forward(request)
         token = bearer_token(request)
         entry = self._tokens.find(token) if token is not None else None
+        setattr(request, TOKEN_NAME_ATTRIBUTE, "-" if entry is None else entry.name)
+        if self._is_open(method, path):
+            # Open to all; a token sent along is named in the access log, a bad one not counted.
+            return self._forward(request)
         if entry is None:
-            setattr(request, TOKEN_NAME_ATTRIBUTE, "-")
             return self._unauthenticated(request, token is not None)
-        setattr(request, TOKEN_NAME_ATTRIBUTE, entry.name)
         role = required_role(method, path)
         if not entry.allows(role):
             message = (

@@ -427,6 +427,17 @@ class AccessLogTests(TestCase):
         self.assertRegex(lines.lines()[1], r" 401 \d+ \S+ 0 \d+ token=-$")
         self.assertNotIn(PUSH, lines.text.getvalue())
 
+    async def test_open_routes_are_logged_with_their_token_too(self) -> None:
+        """GET /health: token=- without one, the name with one; never a failure."""
+        base, lines = self.serve()
+        for headers in ({}, {"Authorization": "Bearer " + ADMIN}, {"Authorization": "Bearer x"}):
+            response = await treq.get(base + "/health", headers=headers, persistent=False)
+            self.assertEqual(response.code, 200)
+            await response.content()
+        self.assertEqual(
+            [line.rsplit(" ", 1)[1] for line in lines.lines()], ["token=-", "token=ops", "token=-"]
+        )
+
     async def test_json_access_log_has_a_token_field(self) -> None:
         """The JSON line has ``token``: the entry's name."""
         base, lines = self.serve("json")
