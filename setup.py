@@ -43,6 +43,7 @@ setup(
             "hypothesis",
             "playwright",
             "schemathesis>=4",
+            "standardwebhooks",
         ],
     },
     entry_points={"console_scripts": ["hq = hq.cli:main"]},

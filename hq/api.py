@@ -46,6 +46,7 @@ from hq.binding import (
 )
 from hq.bulk import BulkActions
 from hq.config import Config
+from hq.guard import NetworkGuard
 from hq.health import HealthCheck
 from hq.history import BUCKET_MS, HistoryBucket
 from hq.ids import IdGenerator, first_id_at, now_ms
@@ -196,6 +197,8 @@ class HQApi:
     _metrics: ServerMetrics | None = None
     #: ``GET /health``; ``None`` answers 404.
     _health: HealthCheck | None = None
+    #: The outbound guard: a push to a literal denied address is refused (422).
+    _guard: NetworkGuard | None = None
 
     def __attrs_post_init__(self) -> None:
         self._bulk = BulkActions(self._store, self._dispatch, self._clock)
@@ -325,7 +328,18 @@ class HQApi:
         """
         now = self._now_ms()
         push = bind_push(request, self._config.max_body_bytes, now, self._config.retries)
-        return self._run_to_end(self._push(request, push.job(self._ids.next_id()), now))
+        job = push.job(self._ids.next_id())
+        self.check_destination(job.url)
+        return self._run_to_end(self._push(request, job, now))
+
+    def check_destination(self, url: str) -> None:
+        """
+        Refuse (422) a job ``url`` whose host is a literal address the outbound
+        guard denies (a host name is checked when connecting, hq.guard).
+        """
+        problem = self._guard.url_problem(url) if self._guard else None
+        if problem is not None:
+            raise APIError(422, problem)
 
     async def _push(self, request: IRequest, job: Job, now: int) -> bytes:
         try:
@@ -365,7 +379,12 @@ class HQApi:
                 # Let other requests in between steps of a large batch.
                 await deferLater(self._clock, 0)
             push = bind_batch_job(index, value, now, self._config.retries)
-            jobs.append(push.job(self._ids.next_id()))
+            job = push.job(self._ids.next_id())
+            try:
+                self.check_destination(job.url)
+            except APIError as e:
+                raise APIError(e.status, f"job {index}: {e.message}") from None
+            jobs.append(job)
         del values
         try:
             stored: list[Pushed] = await self._store.push(jobs, self._keys_since(now))

@@ -528,7 +528,9 @@ class HQClient:
     ``None`` too), which :meth:`close` closes.
 
     Every request carries ``User-Agent: HQ-Client/<version>`` and
-    ``Content-Type: application/json``. Every method returns a Deferred; it fails with
+    ``Content-Type: application/json``; with a ``token`` (the server's ``[[tokens]]``),
+    also ``Authorization: Bearer <token>`` (a 401 or 403 is an :class:`HQError` saying
+    why). Every method returns a Deferred; it fails with
     :class:`HQError` on any non-2xx answer (with the server's ``error`` text) and when no
     answer comes (``status`` ``None``). Job ids are strings or ints; an id that is not a
     decimal number is refused without a request, with the 404 and message the server
@@ -542,8 +544,10 @@ class HQClient:
         address: str = DEFAULT_ADDRESS,
         http: HTTPRequester | None = None,
         reactor: IReactorTime | None = None,
+        token: str | None = None,
     ) -> None:
         self._address = check_address(address)
+        self._token: str | None = token
         self._pool: HTTPConnectionPool | None = None
         self._http: HTTPRequester
         if http is None:
@@ -556,6 +560,14 @@ class HQClient:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             http = HTTPClient(Agent(reactor, pool=self._pool))
         self._http = http
+
+    def use_token(self, token: str | None) -> HQClient:
+        """
+        Send ``token`` as ``Authorization: Bearer <token>`` from now on (``None``:
+        none); return this client.
+        """
+        self._token = token or None
+        return self
 
     @property
     def address(self) -> str:
@@ -614,6 +626,8 @@ class HQClient:
             "Content-Type": ["application/json"],
             "Accept": ["application/json"],
         }
+        if self._token is not None:
+            headers["Authorization"] = [f"Bearer {self._token}"]
         if body is not None:
             data = _encode(body)
         try:

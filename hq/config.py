@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from hq.auth import TokenEntry
+
 LOG_LEVELS = ("debug", "info", "warn", "error", "off")
 #: Values of ``log_format``: lines for people, or one JSON object per line.
 LOG_FORMATS = ("text", "json")
@@ -67,6 +69,12 @@ class Config:
     max_batch_jobs: int = 10_000
     # The job store (SPEC §13): "" or "sqlite" (in data_dir), or a PostgreSQL URL.
     store: str = ""
+    # Security (SPEC §12; docs/security.md).
+    tokens: tuple[TokenEntry, ...] = ()
+    listen: str = ""
+    signing_secrets: tuple[str, ...] = ()
+    deny_networks: tuple[str, ...] = ()
+    allow_networks: tuple[str, ...] = ()
 
     @property
     def host(self) -> str:
@@ -196,6 +204,36 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return ("" if host in ("", "0.0.0.0", "*") else host), int(port)
 
 
+#: Keys checked by :func:`_security_keys`, not by the generic type check.
+_SECURITY_KEYS = ("tokens", "signing_secrets")
+
+
+def _security_keys(values: dict[str, Any]) -> None:
+    """
+    Check and convert the keys of SPEC §12 in ``values`` (in place).
+    """
+    from hq.auth import TokenError, parse_tokens
+    from hq.signing import SecretError, parse_secrets
+
+    try:
+        if "tokens" in values:
+            values["tokens"] = parse_tokens(values["tokens"])
+        if "signing_secrets" in values:
+            values["signing_secrets"] = parse_secrets(values["signing_secrets"])
+    except (TokenError, SecretError) as e:
+        raise ConfigError(str(e)) from None
+    if "listen" in values and "addr" in values:
+        raise ConfigError(
+            "'listen' and 'addr' are both set: use 'listen' (a Twisted endpoint "
+            "description) or 'addr', not both"
+        )
+    for key in ("deny_networks", "allow_networks"):
+        if key in values:
+            _check_networks(key, _string_list(key, values[key]))
+    if isinstance(values.get("listen"), str) and not values["listen"].strip():
+        raise ConfigError("'listen' must be a Twisted endpoint description, such as \"tcp:19900\"")
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """
     Return the ``Config`` for ``values`` (a parsed TOML table) over the defaults.
@@ -206,7 +244,10 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     if unknown:
         raise ConfigError(f"unknown configuration key '{unknown[0]}'")
     values = dict(values)
+    _security_keys(values)
     for key, value in values.items():
+        if key in _SECURITY_KEYS:
+            continue
         expected = _TYPES[key]
         if typing.get_origin(expected) is tuple:
             values[key] = _string_list(key, value)

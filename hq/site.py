@@ -390,6 +390,7 @@ class AccessLogSite(Site):
                         "latency_human": _human(latency),
                         "bytes_in": int(bytes_in) if bytes_in.isdigit() else None,
                         "bytes_out": bytes_out,
+                        **_token_field(request),
                     },
                     ensure_ascii=False,
                 )
@@ -400,8 +401,24 @@ class AccessLogSite(Site):
         self._access_log.write(
             f"{stamp} {self.client_address(request)} {host} {_printable(method)} "
             f"{_printable(uri)} {code} {latency} {_human(latency)} {_printable(bytes_in)} "
-            f"{bytes_out}\n"
+            f"{bytes_out}{_token_suffix(request)}\n"
         )
+
+
+def _token_name(request: http.Request) -> str | None:
+    # Set by hq.auth.AuthResource when tokens are configured ("-" for none).
+    name = getattr(request, "hq_token_name", None)
+    return name if isinstance(name, str) else None
+
+
+def _token_field(request: http.Request) -> dict[str, str]:
+    name = _token_name(request)
+    return {} if name is None else {"token": name}
+
+
+def _token_suffix(request: http.Request) -> str:
+    name = _token_name(request)
+    return "" if name is None else f" token={_printable(name)}"
 
 
 def _printable(value: bytes | str) -> str:

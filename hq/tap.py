@@ -54,11 +54,15 @@ from hq.logs import ReopenableFile, app_observer, on_sigusr1, start_logging
 from hq.metrics import ServerMetrics
 from hq.policy import RetryRules
 from hq.site import AccessLogSite
-from hq.store import IJobStore, StoreError
+from hq.store import IJobStore, StoreError, open_store
+from hq.store.postgres import PostgresStore
 from hq.store.sqlite import SQLiteStore
 from hq.systemd import notify_address, sd_notify
 
 log = Logger()
+
+#: The job stores a server can run on (``store`` in the config).
+AnyStore = SQLiteStore | PostgresStore
 
 
 class IServerReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorThreads):
@@ -329,7 +333,7 @@ class StoreService(Stage):
     upgraded; closed last at shutdown. A temporary data_dir is removed then.
     """
 
-    def __init__(self, store: SQLiteStore, data_dir: str, temporary: bool) -> None:
+    def __init__(self, store: AnyStore, data_dir: str, temporary: bool) -> None:
         self.store = store
         self.data_dir = data_dir
         self._temporary = temporary
@@ -414,6 +418,10 @@ class WebListener(Stage):
     def privilegedStartService(self) -> None:
         config = self._config
         self._site = self._make_site()
+        if config.listen:
+            self._port = listen_on_endpoint(self._reactor, config.listen, self._site)
+            self._pause_and_name()
+            return
         try:
             # AccessLogSite's channel class is narrower than ServerFactory's generic says.
             self._port = self._reactor.listenTCP(
@@ -424,15 +432,28 @@ class WebListener(Stage):
         except CannotListenError as e:
             reason = e.socketError.strerror or e.socketError
             raise FatalStartError(f"cannot listen on {config.addr}: {reason}") from None
-        IPushProducer(self._port).pauseProducing()
+        self._pause_and_name()
+
+    def _pause_and_name(self) -> None:
+        assert self._port is not None
+        producer = IPushProducer(self._port, None)
+        if producer is not None:
+            producer.pauseProducing()
         host = self._port.getHost()
-        assert isinstance(host, IPv4Address | IPv6Address)
+        if not isinstance(host, IPv4Address | IPv6Address):
+            self.base = str(host)
+            return
         shown = "127.0.0.1" if host.host in ("0.0.0.0", "::") else host.host
-        self.base = f"http://{shown}:{host.port}"
+        if ":" in shown:
+            shown = f"[{shown}]"
+        scheme = "https" if self._config.listen.startswith(("ssl:", "tls:")) else "http"
+        self.base = f"{scheme}://{shown}:{host.port}"
 
     async def start(self) -> None:
         assert self._port is not None
-        IPushProducer(self._port).resumeProducing()
+        producer = IPushProducer(self._port, None)
+        if producer is not None:
+            producer.resumeProducing()
         log.info(
             "HQ {version} listening on {base} (data_dir {data_dir}, pid {pid})",
             version=__version__,
@@ -450,6 +471,36 @@ class WebListener(Stage):
         stopped = port.stopListening() if port is not None else None
         if stopped is not None:
             await stopped
+
+
+def listen_on_endpoint(reactor: Any, description: str, site: AccessLogSite) -> IListeningPort:
+    """
+    Listen with the server endpoint ``description`` (config ``listen``, e.g.
+    ``tcp:19900:interface=127.0.0.1`` or ``ssl:19443:privateKey=key.pem:certKey=cert.pem``)
+    and return the port.
+
+    :raises FatalStartError: naming ``listen`` when the description is invalid
+        (or its files cannot be read) or the endpoint cannot listen.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        endpoint = serverFromString(reactor, description)
+    except Exception as e:  # a bad description or an unreadable key/certificate
+        raise FatalStartError(f"'listen' {description!r} is not usable: {e}") from None
+    outcome: list[Any] = []
+    endpoint.listen(site).addBoth(outcome.append)  # type: ignore[arg-type]
+    if not outcome:
+        raise FatalStartError(f"'listen' {description!r} did not start listening at once")
+    result = outcome[0]
+    if isinstance(result, Failure):
+        error = result.value
+        if isinstance(error, CannotListenError) and error.socketError is not None:
+            reason = error.socketError.strerror or error.socketError
+        else:
+            reason = result.getErrorMessage()
+        raise FatalStartError(f"cannot listen on {description}: {reason}") from None
+    return cast(IListeningPort, result)
 
 
 class SystemdNotifier(Service):
@@ -497,13 +548,17 @@ def delivery_engine(config: Config, store: IJobStore, reactor: IServerReactor) -
     """
     Return the delivery engine: the service that feeds stored jobs to workers.
     """
+    from hq.guard import NetworkGuard
+    from hq.signing import signer_for
     from hq.worker import WorkerClient, make_http_client
 
+    guard = NetworkGuard.from_config(config.deny_networks, config.allow_networks)
     worker = WorkerClient(
-        make_http_client(reactor, max_output_bytes=config.max_output_bytes),
+        make_http_client(reactor, max_output_bytes=config.max_output_bytes, guard=guard),
         reactor,
         f"HQ/{__version__}",
         config.max_output_bytes,
+        signer=signer_for(config.signing_secrets),
     )
     return Delivery(
         store=store,
@@ -543,7 +598,7 @@ def server_metrics(
 
 def web_resource(
     config: Config,
-    store: SQLiteStore,
+    store: AnyStore,
     delivery: Delivery,
     ids: IdGenerator,
     metrics: ServerMetrics | None,
@@ -553,6 +608,7 @@ def web_resource(
     Return the resource served: the API, with the web UI under ``ui_basename``.
     """
     from hq.api import HQApi
+    from hq.guard import NetworkGuard
     from hq.health import HealthCheck
     from hq.ui import mount, ui_resource
 
@@ -568,9 +624,20 @@ def web_resource(
         commit_hash=commit,
         metrics=metrics,
         health=health,
+        guard=NetworkGuard.from_config(config.deny_networks, config.allow_networks),
     )
     ui = ui_resource(config.ui_path, __version__, commit) if config.ui else None
-    return mount(api.resource(), ui, config.ui_path)
+    return protected(config, mount(api.resource(), ui, config.ui_path), reactor)
+
+
+def protected(config: Config, resource: IResource, reactor: IServerReactor) -> IResource:
+    """
+    Return ``resource`` behind the token check when ``[[tokens]]`` are configured
+    (the UI's files stay open; its API calls need a token), else ``resource``.
+    """
+    from hq.auth import protect
+
+    return protect(resource, config.tokens, reactor, config.ui_path if config.ui else None)
 
 
 def web_site(config: Config, resource: IResource, access_log: ReopenableFile) -> AccessLogSite:
@@ -612,12 +679,13 @@ class HQService(MultiService):
         self._metrics: ServerMetrics | None = None
         self._signals = ExitOnSecondSignal(reactor)
         self._logs = LogService(config, self._console, reactor)
-        data_dir = config.data_dir or tempfile.mkdtemp(prefix="hq_data_")
-        store = SQLiteStore(data_dir, reactor, on_commit=self._commit_observed)
-        self._store = StoreService(store, data_dir, temporary=not config.data_dir)
+        postgres = config.postgres_url is not None
+        data_dir = config.data_dir or ("" if postgres else tempfile.mkdtemp(prefix="hq_data_"))
+        store = open_store(config, reactor, data_dir=data_dir, on_commit=self._commit_observed)
+        self._store = StoreService(store, data_dir, temporary=not (config.data_dir or postgres))
         self._add_children(store)
 
-    def _add_children(self, store: SQLiteStore) -> None:
+    def _add_children(self, store: AnyStore) -> None:
         config, reactor = self.config, self._reactor
         ids = IdGenerator(config.server_id, reactor)
         delivery = delivery_engine(config, store, reactor)

@@ -62,7 +62,9 @@ from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from hq.guard import GuardedEndpoint, NetworkGuard
 from hq.model import Job
+from hq.signing import SIGNATURE_HEADERS, Signer
 
 #: Redirects followed per delivery (as Go's http.Client).
 MAX_REDIRECTS = 10
@@ -249,17 +251,23 @@ class WorkerEndpoints:
     connections allow each response at most ``budget`` bytes.
     """
 
-    def __init__(self, reactor: Any, budget: int) -> None:
+    def __init__(self, reactor: Any, budget: int, guard: NetworkGuard | None = None) -> None:
         self._reactor = reactor
         self._budget = budget
         self._tls = BrowserLikePolicyForHTTPS()
+        #: The outbound guard (hq.guard): checks each address connected to.
+        self._guard = guard
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
         try:
             host = uri.host.decode("ascii")
         except UnicodeDecodeError:
             raise ValueError(f"the host {uri.host!r} is not ASCII") from None
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, host, uri.port)
+        endpoint: IStreamClientEndpoint
+        if self._guard:
+            endpoint = GuardedEndpoint(self._reactor, host, uri.port, self._guard)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
         elif uri.scheme != b"http":
@@ -428,17 +436,19 @@ def make_http_client(
     reactor: Any,
     pool: HTTPConnectionPool | None = None,
     max_output_bytes: int = 1_048_576,
+    guard: NetworkGuard | None = None,
 ) -> HTTPClient:
     """
     Return the production client: one :class:`WorkerConnectionPool` (keep-alive
     to workers while they keep connections open; pass ``pool`` to own it, e.g.
     to close it: a plain ``HTTPConnectionPool`` loses requests to HTTP/1.0
     workers), TLS verified by Twisted's default policy, no cookie jar, and at
-    most ``response_budget(max_output_bytes)`` bytes read per response.
+    most ``response_budget(max_output_bytes)`` bytes read per response; with a
+    ``guard``, only to addresses it allows (:mod:`hq.guard`).
     """
     if pool is None:
         pool = WorkerConnectionPool(reactor)
-    endpoints = WorkerEndpoints(reactor, response_budget(max_output_bytes))
+    endpoints = WorkerEndpoints(reactor, response_budget(max_output_bytes), guard)
     return http_client_for(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 
 
@@ -534,17 +544,25 @@ class WorkerClient:
     :param clock: the clock for the jobs' timeouts.
     :param user_agent: the ``User-Agent`` sent to workers.
     :param max_output_bytes: response body bytes kept (the rest is not read).
+    :param signer: signs each request with the Standard Webhooks headers
+        (:mod:`hq.signing`); ``None`` sends none.
     """
 
     log = Logger()
 
     def __init__(
-        self, http: HTTPClient, clock: IReactorTime, user_agent: str, max_output_bytes: int
+        self,
+        http: HTTPClient,
+        clock: IReactorTime,
+        user_agent: str,
+        max_output_bytes: int,
+        signer: Signer | None = None,
     ) -> None:
         self._http = http
         self._clock = clock
         self._user_agent = user_agent
         self._max_output_bytes = max(0, max_output_bytes)
+        self._signer = signer
 
     def post(self, job: Job) -> Deferred[Exchange]:
         """
@@ -578,10 +596,17 @@ class WorkerClient:
         headers.addRawHeader(b"Content-Type", b"application/json")
         headers.addRawHeader(b"User-Agent", self._user_agent.encode("utf-8"))
         headers.addRawHeader(b"X-Hq-Job-Id", str(job.id).encode("ascii"))
+        if self._signer is not None:
+            body = b"" if job.payload is None else job.payload.encode("utf-8")
+            timestamp = int(self._clock.seconds())
+            for header, signed in self._signer.headers(str(job.id), timestamp, body):
+                headers.addRawHeader(header, signed)
         content_type_replaced = False
         for name, value in (job.headers or {}).items():
             lowered = name.lower()
             if lowered in PROTECTED_HEADERS:
+                continue
+            if self._signer is not None and lowered in SIGNATURE_HEADERS:
                 continue
             if lowered == "content-type" and not content_type_replaced:
                 headers.setRawHeaders(name, [value])

@@ -368,7 +368,11 @@ class SchemaUpgradeFromV2Tests(TestCase):
         indexes = {row[0] for row in self.sql("SELECT name FROM sqlite_master WHERE type='index'")}
         self.assertIn("jobs_due", indexes)
         self.assertNotIn("jobs_waiting", indexes)
-        self.assertEqual(self.sql("SELECT count(*) FROM attempts"), [(0,)])
+        # The job running at the crash: its attempt is recorded as interrupted.
+        self.assertEqual(
+            self.sql("SELECT count(*) FROM attempts WHERE err LIKE 'interrupted%'"), [(1,)]
+        )
+        self.assertEqual(self.sql("SELECT count(*) FROM attempts"), [(1,)])
         self.assertEqual(self.sql("SELECT count(*) FROM idempotency_keys"), [(0,)])
         self.assertEqual(self.sql("PRAGMA integrity_check"), [("ok",)])
 

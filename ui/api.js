@@ -1,5 +1,7 @@
 // The HQ HTTP API, called directly from the page (same origin, API at the root).
 
+import { authHeaders, tokenRequired } from "./auth.js";
+
 const TIMEOUT_MS = 10000;
 
 /** An API call that failed; `status` is the HTTP status, or 0 when no answer came. */
@@ -23,7 +25,7 @@ function queryString(params) {
 async function call(method, path, { query, body } = {}) {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), TIMEOUT_MS);
-  const init = { method, headers: { Accept: "application/json" }, signal: controller.signal };
+  const init = { method, headers: { Accept: "application/json", ...authHeaders() }, signal: controller.signal };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -51,6 +53,7 @@ async function call(method, path, { query, body } = {}) {
       data && typeof data.error === "string" && data.error
         ? data.error
         : `${response.status} ${response.statusText || "error"}`.trim();
+    if (response.status === 401) tokenRequired(message);
     throw new ApiError(response.status, message);
   }
   if (data === null) throw new ApiError(response.status, "The server sent an unreadable answer");

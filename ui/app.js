@@ -1,5 +1,6 @@
 // The HQ web UI: reads the server's settings, routes between views, polls the API.
 
+import { AUTH_EVENT } from "./auth.js";
 import { dashboardView } from "./dashboard.js";
 import { detailView } from "./detail.js";
 import { h, setText } from "./dom.js";
@@ -147,5 +148,6 @@ setText(document.getElementById("hq-version"), config.version);
 document.getElementById("theme-toggle").addEventListener("click", toggleTheme);
 document.addEventListener("click", onClick);
 window.addEventListener("popstate", render);
+window.addEventListener(AUTH_EVENT, render);
 main.replaceChildren(banner, outlet);
 render();

@@ -25,6 +25,7 @@ from hq.cli import actions
 from hq.cli.jobinput import JobInputError, read_jobs
 from hq.cli.runtime import EXIT_INTERRUPTED, CliRuntime
 from hq.cli.terminal import Output
+from hq.cli.token import token_command, token_of, token_option
 from hq.cli.usage import HQCommand, HQGroup
 from hq.client import DEFAULT_ADDRESS, MAX_BATCH_JOBS, HQClient, check_address
 from hq.config import LOG_LEVELS
@@ -43,7 +44,7 @@ def _check_address_option(ctx: click.Context, param: click.Parameter, value: str
         raise click.BadParameter(str(e)) from e
 
 
-_address_option = click.option(
+_address_only = click.option(
     "-a",
     "--address",
     metavar="URL",
@@ -54,6 +55,13 @@ _address_option = click.option(
 )
 
 
+def _address_option(f: Callable[..., None]) -> Callable[..., None]:
+    """
+    Add ``-a/--address`` and ``--token`` (kept in the context, see :mod:`hq.cli.token`).
+    """
+    return _address_only(token_option(f))
+
+
 def _run(
     ctx: click.Context, address: str, command: Callable[[HQClient, Output], Awaitable[int]]
 ) -> NoReturn:
@@ -62,7 +70,8 @@ def _run(
     """
     runtime = ctx.find_object(CliRuntime) or CliRuntime()
     output = runtime.output()
-    ctx.exit(runtime.run(address, lambda client: command(client, output)))
+    token = token_of(ctx)
+    ctx.exit(runtime.run(address, lambda client: command(client.use_token(token), output)))
 
 
 @click.group(
@@ -582,6 +591,9 @@ def stats(ctx: click.Context, address: str) -> None:
     Print the server's counters (GET /stats) as indented JSON.
     """
     _run(ctx, address, lambda client, output: actions.show_stats(client, output))
+
+
+cli.add_command(token_command)
 
 
 @cli.command("help", short_help="Show the commands, or one command's help")

@@ -68,6 +68,8 @@ T = TypeVar("T")
 #: the tables of SQLite's schema version 3.
 SCHEMA_VERSION = 1
 
+#: Key of the session advisory lock a server holds on its database ("HQ" 2).
+SERVER_LOCK = 0x4851_0002
 #: Key of the advisory lock held while the schema is checked or changed ("HQ" 1).
 SCHEMA_LOCK = 0x4851_0001
 
@@ -469,6 +471,8 @@ class PostgresStore:
         self._reactor = reactor
         self._readers = readers
         self._on_commit = on_commit
+        #: The connection that holds this server's lock on the database (:meth:`lock`).
+        self._lock_conn: psycopg.Connection[Any] | None = None
         # HQ's timeouts, unless the URL sets its own; ``options`` are added to.
         given = conninfo.conninfo_to_dict(url)
         timeout_ms = int(statement_timeout * 1000)
@@ -521,8 +525,29 @@ class PostgresStore:
 
     def lock(self) -> None:
         """
-        Nothing to lock: servers share a database (``server_id`` tells them apart).
+        Take the database for this server: a session advisory lock, held on a
+        connection of its own until :meth:`close`. Several servers on one
+        database (a cluster, SPEC §13) need claims and leases that this
+        release does not have yet, so a second server is refused, as a second
+        server on one SQLite data_dir is.
+
+        :raises StoreError: when another server holds it, or the database
+            cannot be reached.
         """
+        if self._lock_conn is not None:
+            return
+        try:
+            conn = self.connect(autocommit=True)
+        except psycopg.Error as e:
+            raise StoreError(f"cannot open the PostgreSQL store {self.where}: {e}") from None
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SERVER_LOCK,)).fetchone()
+        if row != (True,):
+            conn.close()
+            raise StoreError(
+                f"another HQ server is using the PostgreSQL store {self.where}; one database "
+                "serves one HQ server in this release (clustering is not supported yet)"
+            )
+        self._lock_conn = conn
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> tuple[int, int, int, int]:
         # Runs as the first write, in its transaction, under a lock held until
@@ -601,6 +626,9 @@ class PostgresStore:
 
     def close(self) -> Deferred[None]:
         self._flush()
+        lock_conn, self._lock_conn = self._lock_conn, None
+        if lock_conn is not None:
+            lock_conn.close()
         writer, pools = self._writer, [self._pool, self._scan_pool]
         self._writer = self._pool = self._scan_pool = None
         if writer is None:
@@ -741,8 +769,11 @@ class PostgresStore:
         def op(conn: psycopg.Connection[Any]) -> Recovery:
             requeued = canceled = 0
             for row in conn.execute(_RUNNING).fetchall():
-                recovered = self._save(conn, sql.row_job(row).recovered(now))
+                job = sql.row_job(row)
+                recovered = self._save(conn, job.recovered(now))
                 if recovered.waiting:
+                    interrupted = Attempt.interrupted(job, now)
+                    conn.execute(_INSERT_ATTEMPT, _values(sql.attempt_row(interrupted)))
                     requeued += 1
                 else:
                     canceled += 1
