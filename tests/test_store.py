@@ -667,6 +667,16 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertLess(len(commits), 300)
         self.assertEqual((await self.store.counts(0, 0)).stored, 300)
 
+    async def test_scheduled_count_past_the_due_cap_counts_the_scheduled(self) -> None:
+        """With more due jobs than the cap, scheduled is counted directly, still exact."""
+        import hq.store.sqlite as sqlite_store
+
+        self.patch(sqlite_store, "COUNT_CAP", 1)
+        now = T0 + 1000
+        await self.add(make_job(1), make_job(2), make_job(3, run_at=now + 5))
+        counts = await self.store.counts(0, now)
+        self.assertEqual((counts.waiting, counts.scheduled), (3, 1))
+
     async def test_writer_connection_runs_synchronous_full(self) -> None:
         """The writer commits with PRAGMA synchronous = FULL (2): a 200 push is on disk."""
         seen = await self.store._write(

@@ -58,6 +58,10 @@ NEXT_DUE = (
     "SELECT run_after FROM jobs WHERE state = 0 AND run_after > ? AND canceled = 0"
     " ORDER BY run_after LIMIT 1"
 )
+#: Waiting jobs due at a time, counted up to a cap (a LIMIT in a sub-query).
+COUNT_DUE_CAPPED = (
+    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 0 AND run_after <= ? LIMIT ?)"
+)
 #: Waiting jobs due after a time (``numJobsScheduled``).
 COUNT_SCHEDULED = "SELECT count(*) FROM jobs WHERE state = 0 AND run_after > ?"
 #: One attempt into the history (``hq.model.Attempt``).
