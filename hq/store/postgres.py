@@ -842,62 +842,21 @@ class PostgresStore:
         return self._read(lambda conn: self._fetch_or_fail(conn, job_id))
 
     def list_jobs(self, query: ListQuery) -> Deferred[JobPage]:
-        where: list[str] = []
-        args: list[Any] = []
-        if query.begin is not None:
-            where.append("id <= %s" if query.reverse else "id >= %s")
-            args.append(query.begin)
-        if query.status == "scheduled" and query.now is not None:
-            where.append("status = 'waiting' AND run_after > %s")
-            args.append(query.now)
-        elif query.status == "waiting" and query.now is not None:
-            where.append("status = 'waiting' AND run_after <= %s")
-            args.append(query.now)
-        elif query.status is not None:
-            where.append("status = %s")
-            args.append(query.status)
         # A regexp that is a plain string lets PostgreSQL skip the rows that
-        # cannot match; the regexp still decides below.
-        term = None if query.term is None else like_prefilter(query.term)
-        if term is not None:
-            where.append(
-                "(name LIKE %s OR CAST(id AS TEXT) LIKE %s OR comment LIKE %s OR url LIKE %s"
-                " OR status LIKE %s OR (status = 'waiting' AND 'scheduled' LIKE %s))"
-            )
-            args.extend([term] * 6)
-        name = None if query.name is None else like_prefilter(query.name)
-        if name is not None:
-            where.append("name LIKE %s")
-            args.append(name)
-        statement = sql.SELECT
-        if where:
-            statement += " WHERE " + " AND ".join(where)
-        statement += " ORDER BY id DESC" if query.reverse else " ORDER BY id"
+        # cannot match; the regexp still decides.
+        statement, args = sql.list_statement(query, "LIKE", like_prefilter)
+        statement = sql.placeholders(statement)
         scan = query.filters_text or query.limit is None
-        if not scan and query.limit is not None:
-            statement += " LIMIT %s"
-            args.append(query.limit + 1)
-
-        def page(rows: Any) -> JobPage:
-            jobs: list[Job] = []
-            for row in rows:
-                job = sql.row_job(row)
-                if not query.matches(job):
-                    continue
-                if query.limit is not None and len(jobs) >= query.limit:
-                    return JobPage(jobs=jobs, next_id=job.id)
-                jobs.append(job)
-            return JobPage(jobs=jobs, next_id=None)
 
         def call(conn: psycopg.Connection[Any]) -> JobPage:
             if not scan:
-                return page(conn.execute(cast(Any, statement), args).fetchall())
+                return sql.page_of(query, conn.execute(cast(Any, statement), args).fetchall())
             # A server-side cursor: rows arrive as they are read, so a search
             # over a million jobs never holds them all in memory.
             with conn.transaction(), conn.cursor(name="hq_scan") as cursor:
                 cursor.itersize = 256
                 cursor.execute(cast(Any, statement), args)
-                return page(cursor)
+                return sql.page_of(query, cursor)
 
         return self._read(call, scan=scan)
 

@@ -13,10 +13,11 @@ model by the store contract tests (tests/test_store.py).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hq.ids import id_to_ms
-from hq.model import Attempt, Job, JobState
+from hq.model import Attempt, Job, JobPage, JobState, ListQuery
 
 COLUMNS = (
     "id, name, comment, url, payload, headers, timeout, state, status, started_at, "
@@ -203,3 +204,66 @@ def row_attempt(row: tuple[Any, ...] | Any) -> Attempt:
         err=row[5],
         output=row[6],
     )
+
+
+def list_statement(
+    query: ListQuery, match: str, prefilter: Callable[[str], str | None]
+) -> tuple[str, list[Any]]:
+    """
+    Return the statement and arguments that read the rows a listing may
+    show, in id order: ``begin`` and ``status`` are applied in SQL, and a
+    ``term``/``name`` regexp that is a plain string is narrowed by the engine's
+    pattern operator ``match`` (``GLOB``, ``LIKE``) with the pattern
+    ``prefilter`` gives; the regexps themselves are applied by :func:`page_of`.
+    Without a regexp and with a limit, one row more than the page is read.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+    if query.begin is not None:
+        where.append("id <= ?" if query.reverse else "id >= ?")
+        args.append(query.begin)
+    if query.status == "scheduled" and query.now is not None:
+        where.append("status = 'waiting' AND run_after > ?")
+        args.append(query.now)
+    elif query.status == "waiting" and query.now is not None:
+        where.append("status = 'waiting' AND run_after <= ?")
+        args.append(query.now)
+    elif query.status is not None:
+        where.append("status = ?")
+        args.append(query.status)
+    term = None if query.term is None else prefilter(query.term)
+    if term is not None:
+        columns = ("name", "CAST(id AS TEXT)", "comment", "url", "status")
+        tests = [f"{column} {match} ?" for column in columns]
+        # A waiting job shows as scheduled while it waits for a later time.
+        tests.append(f"(status = 'waiting' AND 'scheduled' {match} ?)")
+        where.append("(" + " OR ".join(tests) + ")")
+        args.extend([term] * len(tests))
+    name = None if query.name is None else prefilter(query.name)
+    if name is not None:
+        where.append(f"name {match} ?")
+        args.append(name)
+    statement = SELECT
+    if where:
+        statement += " WHERE " + " AND ".join(where)
+    statement += " ORDER BY id DESC" if query.reverse else " ORDER BY id"
+    if not query.filters_text and query.limit is not None:
+        statement += " LIMIT ?"
+        args.append(query.limit + 1)
+    return statement, args
+
+
+def page_of(query: ListQuery, rows: Iterable[Any]) -> JobPage:
+    """
+    Return the page of ``query`` from the rows of :func:`list_statement`
+    (read lazily: it stops at the first match after the page).
+    """
+    jobs: list[Job] = []
+    for row in rows:
+        job = row_job(row)
+        if not query.matches(job):
+            continue
+        if query.limit is not None and len(jobs) >= query.limit:
+            return JobPage(jobs=jobs, next_id=job.id)
+        jobs.append(job)
+    return JobPage(jobs=jobs, next_id=None)

@@ -238,56 +238,16 @@ class SQLiteStore:
         return self._read(lambda conn: self._fetch_or_fail(conn, job_id))
 
     def list_jobs(self, query: ListQuery) -> Deferred[JobPage]:
-        where: list[str] = []
-        args: list[Any] = []
-        if query.begin is not None:
-            where.append("id <= ?" if query.reverse else "id >= ?")
-            args.append(query.begin)
-        if query.status == "scheduled" and query.now is not None:
-            where.append("status = 'waiting' AND run_after > ?")
-            args.append(query.now)
-        elif query.status == "waiting" and query.now is not None:
-            where.append("status = 'waiting' AND run_after <= ?")
-            args.append(query.now)
-        elif query.status is not None:
-            where.append("status = ?")
-            args.append(query.status)
         # A regexp that is a plain string lets SQLite skip, in C and without
-        # the GIL, the rows that cannot match; the regexp still decides below.
-        term = None if query.term is None else glob_prefilter(query.term)
-        if term is not None:
-            where.append(
-                "(name GLOB ? OR CAST(id AS TEXT) GLOB ? OR comment GLOB ? OR url GLOB ?"
-                " OR status GLOB ? OR (status = 'waiting' AND 'scheduled' GLOB ?))"
-            )
-            args.extend([term] * 6)
-        name = None if query.name is None else glob_prefilter(query.name)
-        if name is not None:
-            where.append("name GLOB ?")
-            args.append(name)
-        statement = sql.SELECT
-        if where:
-            statement += " WHERE " + " AND ".join(where)
-        statement += " ORDER BY id DESC" if query.reverse else " ORDER BY id"
-        if not query.filters_text and query.limit is not None:
-            statement += " LIMIT ?"
-            args.append(query.limit + 1)
+        # the GIL, the rows that cannot match; the regexp still decides.
+        statement, args = sql.list_statement(query, "GLOB", glob_prefilter)
 
         def call(conn: sqlite3.Connection) -> JobPage:
             cursor = conn.execute(statement, args)
-            jobs: list[Job] = []
-            while True:
-                rows = cursor.fetchmany(256)
-                if not rows:
-                    return JobPage(jobs=jobs, next_id=None)
-                for row in rows:
-                    job = sql.row_job(row)
-                    if not query.matches(job):
-                        continue
-                    if query.limit is not None and len(jobs) >= query.limit:
-                        cursor.close()
-                        return JobPage(jobs=jobs, next_id=job.id)
-                    jobs.append(job)
+            try:
+                return sql.page_of(query, cursor)
+            finally:
+                cursor.close()
 
         return self._read(call, scan=query.filters_text or query.limit is None)
 
