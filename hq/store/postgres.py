@@ -28,7 +28,6 @@ PostgreSQL database named by a ``postgresql://`` URL.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +58,7 @@ from hq.store import (
     StoreUnavailable,
     sql,
 )
+from hq.store.writer import BatchWriter
 
 T = TypeVar("T")
 
@@ -130,8 +130,6 @@ _SCHEMA = [
     ],
 ]
 
-#: How many writes one transaction takes at most.
-_BATCH = 1000
 #: Seconds after a failed connection during which writes fail at once, without
 #: trying again (a server that does not answer costs one connect timeout, not
 #: one per write).
@@ -256,9 +254,10 @@ _Batch = list[tuple[_Op, "Deferred[Any]"]]
 _Results = list[tuple["Deferred[Any]", Any]]
 
 
-class _Writer(threading.Thread):
+class _Writer(BatchWriter[_Op]):
     """
-    The one thread that writes. Runs queued operations in batched transactions.
+    The PostgreSQL writer: a batch in one pipelined transaction, with a
+    savepoint per write only when a write of the batch failed.
     """
 
     def __init__(
@@ -268,67 +267,16 @@ class _Writer(threading.Thread):
         deliver: Callable[[_Results], None],
         on_commit: Callable[[float, int, bool], None] | None,
     ) -> None:
-        super().__init__(name="hq-postgres-writer", daemon=True)
+        super().__init__("hq-postgres-writer", reactor, deliver, on_commit)
         self._connect = connect
-        self._reactor = reactor
-        self._deliver = deliver
-        self._on_commit = on_commit
-        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._conn: psycopg.Connection[Any] | None = None
         self._down_until = 0.0
 
-    def submit_many(self, ops: _Batch) -> None:
-        """
-        Queue ``ops`` (each with the Deferred to fire when it is committed).
-        """
-        self._queue.put(ops)
+    def run_batch(self, batch: _Batch) -> list[Any]:
+        return self._run_batch(batch)
 
-    def stop(self) -> None:
-        self._queue.put(None)
-
-    def run(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            if item is None:
-                break
-            batch = list(item)
-            while len(batch) < _BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.extend(more)
-            began = time.perf_counter()
-            try:
-                results = self._run_batch(batch)
-            except Exception:
-                # Never let the writer die: fail this batch's writes and go on.
-                failure = Failure()
-                self._reactor.callFromThread(
-                    PostgresStore.log.failure, "The store writer failed a batch", failure
-                )
-                results = [(d, failure) for _, d in batch]
-            self._observe(time.perf_counter() - began, len(batch), results)
-            self._reactor.callFromThread(self._deliver, results)
+    def finish(self) -> None:
         self._drop()
-
-    def _observe(self, seconds: float, writes: int, results: _Results) -> None:
-        if self._on_commit is None:
-            return
-        committed = not any(
-            isinstance(result, Failure) and result.check(StoreUnavailable) for _, result in results
-        )
-        try:
-            self._on_commit(seconds, writes, committed)
-        except Exception:
-            failure = Failure()
-            self._reactor.callFromThread(
-                PostgresStore.log.failure, "The commit observer failed", failure
-            )
 
     def _drop(self) -> None:
         if self._conn is not None:

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,6 +31,7 @@ from twisted.python.threadpool import ThreadPool
 from hq import __version__
 from hq.model import JobState
 from hq.store import JobExists, StoreError, StoreUnavailable
+from hq.store.writer import BatchWriter
 
 T = TypeVar("T")
 
@@ -115,8 +114,6 @@ _SCHEMA = [
     ],
 ]
 
-#: How many writes one transaction takes at most.
-_BATCH = 1000
 
 #: SQLite error texts that mean the storage, not the request, is at fault.
 _UNAVAILABLE = ("disk", "full", "readonly", "read-only", "unable to open", "i/o", "locked")
@@ -165,85 +162,25 @@ _Op = Callable[[sqlite3.Connection, list[_Change]], Any]
 _Batch = list[tuple[_Op, "Deferred[Any]"]]
 
 
-class _Writer(threading.Thread):
+class _Writer(BatchWriter[_Op]):
     """
-    The one thread that writes. Runs queued operations in batched transactions.
+    The SQLite writer: each write in a savepoint of the batch's transaction.
     """
-
-    #: Called on this thread after each transaction with its duration in
-    #: seconds, the number of writes in it and whether it committed.
-    on_commit: Callable[[float, int, bool], None] | None = None
 
     def __init__(self, path: str, reactor: Any, deliver: Callable[[list[Any]], None]) -> None:
-        super().__init__(name="hq-sqlite-writer", daemon=True)
+        super().__init__("hq-sqlite-writer", reactor, deliver)
         self._path = path
-        self._reactor = reactor
-        self._deliver = deliver
-        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
 
-    def submit(self, op: _Op) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self._queue.put([(op, d)])
-        return d
+    def fail_batch(self, batch: _Batch, failure: Failure) -> list[Any]:
+        return [(d, failure, []) for _, d in batch]
 
-    def submit_many(self, ops: _Batch) -> None:
-        """
-        Queue ``ops`` (each with the Deferred to fire when it is committed).
-        """
-        self._queue.put(ops)
-
-    def stop(self) -> None:
-        self._queue.put(None)
-
-    def run(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            if item is None:
-                break
-            batch = list(item)
-            while len(batch) < _BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.extend(more)
-            began = time.perf_counter()
-            try:
-                results = self._run_batch(batch)
-            except Exception:
-                # Never let the writer die: fail this batch's writes and go on.
-                failure = Failure()
-                self._reactor.callFromThread(
-                    SQLiteFile.log.failure, "The store writer failed a batch", failure
-                )
-                results = [(d, failure, []) for _, d in batch]
-            self._observe(time.perf_counter() - began, len(batch), results)
-            self._reactor.callFromThread(self._deliver, results)
+    def finish(self) -> None:
         if self._conn is not None:
             self._conn.close()
 
-    def _observe(
-        self, seconds: float, writes: int, results: list[tuple[Deferred[Any], Any, list[_Change]]]
-    ) -> None:
-        if self.on_commit is None:
-            return
-        # A failed commit fails every write of the batch with StoreUnavailable.
-        committed = not any(
-            isinstance(result, Failure) and result.check(StoreUnavailable)
-            for _, result, _ in results
-        )
-        try:
-            self.on_commit(seconds, writes, committed)
-        except Exception:
-            failure = Failure()
-            self._reactor.callFromThread(
-                SQLiteFile.log.failure, "The commit observer failed", failure
-            )
+    def run_batch(self, batch: _Batch) -> list[Any]:
+        return self._run_batch(batch)
 
     def _run_batch(self, batch: _Batch) -> list[tuple[Deferred[Any], Any, list[_Change]]]:
         results: list[tuple[Deferred[Any], Any, list[_Change]]] = []
