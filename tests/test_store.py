@@ -622,7 +622,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
             await self.store.open()
         self.assertIn("newer HQ", str(e.exception))
 
-    async def test_concurrent_writes_share_commits(self) -> None:
+    async def test_concurrent_writes_all_land_with_right_counters(self) -> None:
         """Many concurrent creates all land, and the batch keeps every counter right."""
         from twisted.internet.defer import gatherResults
 
