@@ -8,7 +8,7 @@ An HQ worker on FastAPI that checks every delivery's signature and does each job
 ``HQ_SIGNING_SECRETS`` lists the secrets of HQ's ``signing_secrets`` (space-separated;
 all of them while they rotate). Push it a job:
 
-    hq push '{"url": "http://127.0.0.1:8003/jobs", "payload": {"to": "ann@example.com"}}'
+    echo '{"url": "http://127.0.0.1:8003/jobs", "payload": {"to": "ann"}}' | hq push -
 
 Each job's payload is written to the table ``results`` of the SQLite file. The ids of the
 jobs done are kept in memory (:class:`hq.sdk.dedup.MemoryDedupStore`, the most recent

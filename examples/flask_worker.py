@@ -8,7 +8,7 @@ An HQ worker on Flask that checks every delivery's signature and does each job o
 ``HQ_SIGNING_SECRETS`` lists the secrets of HQ's ``signing_secrets`` (space-separated;
 all of them while they rotate). Push it a job:
 
-    hq push '{"url": "http://127.0.0.1:8002/jobs", "payload": {"to": "ann@example.com"}}'
+    echo '{"url": "http://127.0.0.1:8002/jobs", "payload": {"to": "ann"}}' | hq push -
 
 Each job's payload is written to the table ``results`` of the SQLite file; the ids of the
 jobs done are kept in the same file (``hq_jobs_done``, by
