@@ -10,6 +10,7 @@ import asyncio
 import atexit
 import hashlib
 import json
+import shutil
 import socket
 import tempfile
 import uuid
@@ -84,6 +85,7 @@ def _stop_servers() -> None:
     for server, worker in _SERVERS.values():
         server.stop()
         worker.close()
+        shutil.rmtree(server.directory, ignore_errors=True)
 
 
 atexit.register(_stop_servers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +36,7 @@ class ExampleWorkerContract:
 
     def setUp(self) -> None:
         self.directory = tempfile.mkdtemp(prefix="hq-sdk-example-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
         self.secret = new_secret()
         self.database = os.path.join(self.directory, "worker.sqlite3")
         self.worker = self.start_worker([self.secret])
