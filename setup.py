@@ -36,7 +36,14 @@ setup(
         "psycopg[binary]>=3.2",
     ],
     extras_require={
+        # The blocking and asyncio clients of hq.sdk (the Twisted client and the
+        # worker receiver need nothing more).
+        "sdk": ["httpx>=0.27"],
         "test": [
+            "httpx>=0.27",
+            "flask>=3",
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
             "ruff",
             "mypy",
             "mypy-zope",

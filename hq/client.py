@@ -4,9 +4,11 @@ An HTTP client for the HQ API, usable from any Twisted program (the ``hq`` CLI u
 Every method of :class:`HQClient` returns a :class:`~twisted.internet.defer.Deferred`, so it
 can be awaited in ``async def`` code or used with callbacks. Results are frozen attrs values
 (:class:`RemoteJob`, :class:`JobList`, :class:`Attempt`, :class:`Stats`, :class:`ServerInfo`)
-that also keep the JSON object the server sent, as ``raw``. Every failure is one exception type,
-:class:`HQError`: it carries the HTTP status (``None`` when no answer came) and a message for
-a person, the server's own ``error`` text when there is one.
+that also keep the JSON object the server sent, as ``raw``; they and the errors live in
+:mod:`hq.sdk.models`, shared with the blocking and asyncio clients of :mod:`hq.sdk`.
+Every failure is one exception type, :class:`HQError`: it carries the HTTP status (``None``
+when no answer came) and a message for a person, the server's own ``error`` text when there
+is one.
 
 Example::
 
@@ -29,14 +31,10 @@ Example::
 from __future__ import annotations
 
 import functools
-import json
-import re
 from collections.abc import Callable, Coroutine, Iterable
-from datetime import UTC, datetime, timedelta
-from http import HTTPStatus
+from datetime import datetime
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-import attrs
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -49,298 +47,57 @@ from twisted.web.client import (
 )
 from twisted.web.error import SchemeNotSupported
 
-from hq import __version__
+from hq.sdk.models import (
+    DEFAULT_ADDRESS,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_JOBS,
+    USER_AGENT,
+    Attempt,
+    BatchPushError,
+    HQError,
+    JobList,
+    RemoteJob,
+    ServerInfo,
+    Stats,
+    as_bytes,
+    as_object,
+    attempt_list,
+    batch_body,
+    batch_ids,
+    batches,
+    check_address,
+    count_of,
+    decode_answer,
+    encode_json,
+    filter_params,
+    format_time,
+    id_of,
+    job_path,
+    push_body,
+    server_info,
+    with_options,
+)
 
-#: Where ``hq`` and :class:`HQClient` look for the server unless told otherwise.
-DEFAULT_ADDRESS = "http://127.0.0.1:19900"
-
-#: The ``User-Agent`` the client sends.
-USER_AGENT = f"HQ-Client/{__version__}"
-
-#: The most jobs :meth:`HQClient.push_many` sends in one ``POST /jobs`` (the server's
-#: default ``max_batch_jobs``).
-MAX_BATCH_JOBS = 10_000
-
-#: The most bytes :meth:`HQClient.push_many` sends in one ``POST /jobs`` (the server's
-#: default ``max_body_bytes``, 4 MiB).
-MAX_BATCH_BYTES = 4 * 1024 * 1024
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_JOBS",
+    "USER_AGENT",
+    "Attempt",
+    "BatchPushError",
+    "HQClient",
+    "HQError",
+    "JobList",
+    "RemoteJob",
+    "ServerInfo",
+    "Stats",
+    "check_address",
+    "format_time",
+    "with_options",
+]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-
-class HQError(Exception):
-    """
-    A request to HQ failed.
-
-    ``status`` is the HTTP status of the answer, or ``None`` when no answer came (the server
-    could not be reached, the connection was lost). ``message`` is for a person: the server's
-    ``error`` text (``The job '5' is not found``) or what went wrong on the way
-    (``cannot reach HQ at http://127.0.0.1:19900: connection refused``).
-    """
-
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(status, message)
-        self.status = status
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
-
-
-def _str(value: Any, default: str = "") -> str:
-    return value if isinstance(value, str) else default
-
-
-def _encode(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _as_bytes(values: list[Any]) -> list[bytes]:
-    return [v.lower() if isinstance(v, bytes) else str(v).lower().encode() for v in values]
-
-
-def _opt_str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any, default: int = 0) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def _opt_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-@attrs.frozen
-class RemoteJob:
-    """
-    A job as the server reported it.
-
-    Attributes are the wire fields in snake_case. ``id`` is a **string** (as on the wire:
-    ids are 64-bit and must not lose digits anywhere). Times are timezone-aware UTC
-    :class:`~datetime.datetime` values, or ``None``. ``payload`` is the decoded JSON value.
-    ``raw`` is the JSON object exactly as received (key order kept).
-
-    ``attempts`` counts the attempts started so far, ``retries`` the extra attempts allowed
-    after a failed one; ``run_at`` is when a ``scheduled`` job is next due (``None`` when it
-    is due now or finished). ``replayed`` is true when a push with an idempotency key was
-    answered with the job stored before (``Idempotent-Replayed: true``); it is not part of
-    equality.
-    """
-
-    id: str
-    name: str
-    comment: str
-    url: str
-    payload: Any
-    headers: dict[str, str] | None
-    timeout: int
-    created_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    success: bool
-    failure: bool
-    canceled: bool
-    waiting: bool
-    running: bool
-    status_code: int | None
-    err: str
-    output: str
-    output_truncated: bool
-    status: str
-    attempts: int
-    retries: int
-    run_at: datetime | None
-    idempotency_key: str | None
-    raw: dict[str, Any] = attrs.field(eq=False, repr=False)
-    replayed: bool = attrs.field(default=False, eq=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], replayed: bool = False) -> RemoteJob:
-        """
-        Return the job described by the wire object ``data``; missing keys take defaults
-        (a server older than retries says nothing of ``attempts``, ``retries``, ``runAt``
-        and ``idempotencyKey``: 0, 0, ``None``, ``None``). ``replayed`` says the server
-        answered an idempotent push with a job it had already stored.
-        """
-        job_id = data.get("id")
-        headers = data.get("headers")
-        return cls(
-            id=str(job_id) if isinstance(job_id, str | int) else "",
-            name=_str(data.get("name")),
-            comment=_str(data.get("comment")),
-            url=_str(data.get("url")),
-            payload=data.get("payload"),
-            headers=headers if isinstance(headers, dict) else None,
-            timeout=_int(data.get("timeout")),
-            created_at=_parse_time(data.get("createdAt")),
-            started_at=_parse_time(data.get("startedAt")),
-            finished_at=_parse_time(data.get("finishedAt")),
-            success=data.get("success") is True,
-            failure=data.get("failure") is True,
-            canceled=data.get("canceled") is True,
-            waiting=data.get("waiting") is True,
-            running=data.get("running") is True,
-            status_code=_opt_int(data.get("statusCode")),
-            err=_str(data.get("err")),
-            output=_str(data.get("output")),
-            output_truncated=data.get("outputTruncated") is True,
-            status=_str(data.get("status"), "unknown"),
-            attempts=_int(data.get("attempts")),
-            retries=_int(data.get("retries")),
-            run_at=_parse_time(data.get("runAt")),
-            idempotency_key=_opt_str(data.get("idempotencyKey")),
-            raw=data,
-            replayed=replayed,
-        )
-
-    @property
-    def duration(self) -> timedelta | None:
-        """
-        How long the delivery took (``finished_at - started_at``), or ``None`` if unknown.
-        """
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return self.finished_at - self.started_at
-
-
-@attrs.frozen
-class JobList:
-    """
-    One page of ``GET /job``.
-
-    ``next`` is the id (a string) to pass as ``begin`` for the next page; it is ``None``
-    when ``has_next`` is false.
-    """
-
-    jobs: tuple[RemoteJob, ...]
-    has_next: bool
-    next: str | None
-    count: int
-    raw: dict[str, Any] = attrs.field(eq=False, repr=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobList:
-        """
-        Return the page described by the wire object ``data``.
-        """
-        jobs = data.get("jobs")
-        if not isinstance(jobs, list):
-            jobs = []
-        next_id = data.get("next")
-        return cls(
-            jobs=tuple(RemoteJob.from_dict(j) for j in jobs if isinstance(j, dict)),
-            has_next=data.get("hasNext") is True,
-            next=str(next_id) if isinstance(next_id, str | int) else None,
-            count=_int(data.get("count"), len(jobs)),
-            raw=data,
-        )
-
-
-@attrs.frozen
-class Stats:
-    """
-    The server's counters (``GET /stats``); ``raw`` keeps every key, new ones included.
-    """
-
-    queues: int
-    dispatchers: int
-    max_workers: int
-    num_workers: int
-    num_jobs_in_queue: int
-    num_jobs_waiting: int
-    num_jobs_running: int
-    num_stored_jobs: int
-    num_jobs_in_last_minute: int
-    num_jobs_scheduled: int
-    raw: dict[str, Any] = attrs.field(eq=False, repr=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Stats:
-        """
-        Return the counters in the wire object ``data``; missing ones are 0.
-        """
-        return cls(
-            queues=_int(data.get("queues")),
-            dispatchers=_int(data.get("dispatchers")),
-            max_workers=_int(data.get("maxWorkers")),
-            num_workers=_int(data.get("numWorkers")),
-            num_jobs_in_queue=_int(data.get("numJobsInQueue")),
-            num_jobs_waiting=_int(data.get("numJobsWaiting")),
-            num_jobs_running=_int(data.get("numJobsRunning")),
-            num_stored_jobs=_int(data.get("numStoredJobs")),
-            num_jobs_in_last_minute=_int(data.get("numJobsInLastMinute")),
-            num_jobs_scheduled=_int(data.get("numJobsScheduled")),
-            raw=data,
-        )
-
-
-@attrs.frozen
-class Attempt:
-    """
-    One attempt to deliver a job, as ``GET /job/{id}/attempts`` reports it.
-
-    ``attempt`` is numbered from 1; ``status_code`` is the worker's HTTP status (``None``
-    when no answer came); ``err`` says why the attempt failed (``""`` if it did not);
-    ``output`` is the start of the worker's answer (at most 4 KiB). Times are UTC
-    :class:`~datetime.datetime` values or ``None``; ``raw`` is the JSON object as received.
-    """
-
-    attempt: int
-    started_at: datetime | None
-    finished_at: datetime | None
-    status_code: int | None
-    err: str
-    output: str
-    raw: dict[str, Any] = attrs.field(eq=False, repr=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Attempt:
-        """
-        Return the attempt described by the wire object ``data``; missing keys take defaults.
-        """
-        return cls(
-            attempt=_int(data.get("attempt")),
-            started_at=_parse_time(data.get("startedAt")),
-            finished_at=_parse_time(data.get("finishedAt")),
-            status_code=_opt_int(data.get("statusCode")),
-            err=_str(data.get("err")),
-            output=_str(data.get("output")),
-            raw=data,
-        )
-
-    @property
-    def duration(self) -> timedelta | None:
-        """
-        How long the attempt took (``finished_at - started_at``), or ``None`` if unknown.
-        """
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return self.finished_at - self.started_at
-
-
-@attrs.frozen
-class ServerInfo:
-    """
-    What ``GET /`` says about the server.
-    """
-
-    version: str
-    commit_hash: str
-    raw: dict[str, Any] = attrs.field(eq=False, repr=False)
 
 
 class HTTPRequester(Protocol):
@@ -406,117 +163,6 @@ def _transport_message(address: str, exc: BaseException) -> str:
     return f"cannot reach HQ at {address}: {exc}"  # pragma: no cover
 
 
-class BatchPushError(HQError):
-    """
-    A batch of :meth:`HQClient.push_many` was refused or not answered.
-
-    The batches before it are stored: ``ids`` are their jobs' ids, in input order, and
-    ``start`` is the index (in the whole input) of the first job of the refused batch:
-    nothing from there on was stored. When the server named the job at fault
-    (``job 3: 'url' is required``), ``job_index`` is that job's index in the whole input
-    and ``reason`` the message without the ``job N:`` prefix; otherwise ``job_index`` is
-    ``None`` and ``reason`` is ``message``.
-    """
-
-    def __init__(self, error: HQError, ids: list[str], start: int) -> None:
-        super().__init__(error.status, error.message)
-        self.ids = ids
-        self.start = start
-        self.job_index: int | None = None
-        self.reason = error.message
-        match = _JOB_INDEX.match(error.message) if error.status is not None else None
-        if match is not None:
-            self.job_index = start + int(match.group(1))
-            self.reason = error.message[match.end() :]
-
-
-_JOB_INDEX = re.compile(r"job (\d+)(?: \(line \d+\))?: ")
-
-
-def format_time(when: datetime) -> str:
-    """
-    Return the timezone-aware ``when`` as the server writes times: RFC 3339 in UTC with
-    milliseconds (``2024-05-01T09:30:00.000Z``). Raises ``ValueError`` for a naive datetime
-    (its time zone would be a guess).
-    """
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"run_at must be timezone-aware, not the naive {when.isoformat()}")
-    utc = when.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
-def with_options(
-    job: dict[str, Any],
-    *,
-    retries: int | None = None,
-    run_at: datetime | str | None = None,
-    delay: float | None = None,
-    idempotency_key: str | None = None,
-) -> dict[str, Any]:
-    """
-    Return a copy of the push object ``job`` with the options that are not ``None`` set:
-    ``retries``, ``runAt`` (a datetime is written with :func:`format_time`; a string is
-    sent as is and checked by the server), ``delay`` (seconds) and ``idempotencyKey``.
-
-    An option replaces the same key of ``job``; ``run_at`` also drops a ``delay`` of
-    ``job``, and ``delay`` a ``runAt``, since a job has one due time. Raises ``ValueError``
-    when both ``run_at`` and ``delay`` are given, or for a naive ``run_at``.
-    """
-    if run_at is not None and delay is not None:
-        raise ValueError("run_at and delay cannot be given together: give one")
-    out = dict(job)
-    if retries is not None:
-        out["retries"] = retries
-    if run_at is not None:
-        out.pop("delay", None)
-        out["runAt"] = run_at if isinstance(run_at, str) else format_time(run_at)
-    if delay is not None:
-        out.pop("runAt", None)
-        out["delay"] = delay
-    if idempotency_key is not None:
-        out["idempotencyKey"] = idempotency_key
-    return out
-
-
-def _filter_params(
-    name: str | None,
-    term: str | None,
-    status: str | None,
-    begin: str | int | None,
-    reverse: bool,
-    limit: int | None,
-) -> list[tuple[str, str]]:
-    params: list[tuple[str, str]] = []
-    if name is not None:
-        params.append(("name", name))
-    if term is not None:
-        params.append(("term", term))
-    if status is not None:
-        params.append(("status", status))
-    if begin is not None:
-        params.append(("begin", str(begin)))
-    if reverse:
-        params.append(("reverse", "true"))
-    if limit is not None:
-        params.append(("limit", str(limit)))
-    return params
-
-
-def check_address(address: str) -> str:
-    """
-    Return ``address`` without one trailing ``/``; raise ``ValueError`` unless it is an
-    ``http://`` or ``https://`` URL with a host.
-    """
-    base = address[:-1] if address.endswith("/") else address
-    scheme, sep, rest = base.partition("://")
-    if not sep or scheme.lower() not in ("http", "https") or not rest or rest[0] in "/?#":
-        raise ValueError(
-            f"invalid address {address!r}: it must look like http://HOST:PORT, "
-            f"for example {DEFAULT_ADDRESS}"
-        )
-    return base
-
-
 class HQClient:
     """
     A client for one HQ server.
@@ -536,6 +182,9 @@ class HQClient:
     decimal number is refused without a request, with the 404 and message the server
     would give.
 
+    :meth:`push` gives a job without an idempotency key a random one
+    (``auto_idempotency_key``, on by default), as the clients of :mod:`hq.sdk` do.
+
     Raises ``ValueError`` if ``address`` is not an http(s) URL.
     """
 
@@ -545,8 +194,10 @@ class HQClient:
         http: HTTPRequester | None = None,
         reactor: IReactorTime | None = None,
         token: str | None = None,
+        auto_idempotency_key: bool = True,
     ) -> None:
         self._address = check_address(address)
+        self._auto_key = auto_idempotency_key
         self._token: str | None = token
         self._pool: HTTPConnectionPool | None = None
         self._http: HTTPRequester
@@ -585,14 +236,6 @@ class HQClient:
         pool, self._pool = self._pool, None
         return pool.closeCachedConnections()
 
-    def _job_path(self, job_id: str | int, action: str = "") -> str:
-        raw = str(job_id)
-        if not (raw.isascii() and raw.isdigit()):
-            # Refused here with the server's own answer: the server decodes the path
-            # before routing, so "1/stop" would otherwise reach another endpoint.
-            raise HQError(404, f"The job id must be a number but '{raw}'")
-        return "/job/" + raw + action
-
     async def _call(
         self,
         method: str,
@@ -629,7 +272,7 @@ class HQClient:
         if self._token is not None:
             headers["Authorization"] = [f"Bearer {self._token}"]
         if body is not None:
-            data = _encode(body)
+            data = encode_json(body)
         try:
             response = await self._http.request(
                 method, url, params=params, headers=headers, data=data
@@ -637,38 +280,18 @@ class HQClient:
             content: bytes = await response.content()
         except _TRANSPORT_ERRORS as e:
             raise HQError(None, _transport_message(self._address, e)) from e
-        status: int = response.code
-        try:
-            decoded = json.loads(content.decode("utf-8"))
-        except ValueError:
-            decoded = None
-        if not 200 <= status < 300:
-            if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
-                raise HQError(status, decoded["error"])
-            try:
-                phrase = HTTPStatus(status).phrase
-            except ValueError:
-                phrase = "Error"
-            raise HQError(status, f"{status} {phrase} from {url}")
-        if decoded is None:
-            raise HQError(status, f"the answer from {url} is not JSON; is this an HQ server?")
+        decoded = decode_answer(response.code, content, url)
         return decoded, response
 
     async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        decoded = await self._call(method, path, **kwargs)
-        if not isinstance(decoded, dict):
-            raise HQError(None, f"the answer from {self._address}{path} is not a JSON object")
-        return decoded
+        return as_object(await self._call(method, path, **kwargs), self._address + path)
 
     @_deferred
     async def info(self) -> ServerInfo:
         """
         ``GET /``: a Deferred firing with the server's :class:`ServerInfo`; fails with HQError.
         """
-        data = await self._object("GET", "/")
-        return ServerInfo(
-            version=_str(data.get("version")), commit_hash=_str(data.get("commitHash")), raw=data
-        )
+        return server_info(await self._object("GET", "/"))
 
     @_deferred
     async def stats(self) -> Stats:
@@ -700,15 +323,24 @@ class HQClient:
         ValueError for ``run_at`` with ``delay`` or a naive ``run_at``, and with HQError
         (422 ``'url' is required``, 400 for a field of the wrong type, 409 for an
         idempotency key already used with another url, name or payload, ...).
+
+        A job with no idempotency key (neither ``idempotency_key`` nor an
+        ``idempotencyKey`` field) is sent with a new random one (a UUID4) unless the client
+        was made with ``auto_idempotency_key=False``: a push sent again after a lost answer
+        then answers the first job instead of making a second.
         """
-        body = with_options(
-            job, retries=retries, run_at=run_at, delay=delay, idempotency_key=idempotency_key
+        body = push_body(
+            job,
+            retries=retries,
+            run_at=run_at,
+            delay=delay,
+            idempotency_key=idempotency_key,
+            auto_key=self._auto_key,
         )
         data, response = await self._exchange("POST", "/job", body=body)
-        if not isinstance(data, dict):
-            raise HQError(None, f"the answer from {self._address}/job is not a JSON object")
+        data = as_object(data, self._address + "/job")
         replayed = response.headers.getRawHeaders("Idempotent-Replayed", [])
-        return RemoteJob.from_dict(data, replayed=[b"true"] == _as_bytes(replayed))
+        return RemoteJob.from_dict(data, replayed=[b"true"] == as_bytes(replayed))
 
     @_deferred
     async def push_many(
@@ -733,19 +365,8 @@ class HQClient:
         batches were stored; with ValueError for a ``batch_size`` below 1 or a job that is
         not JSON (NaN, for example).
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
         ids: list[str] = []
-        batch: list[bytes] = []
-        size = 2  # the brackets
-        for job in jobs:
-            encoded = _encode(job)
-            if batch and (len(batch) == batch_size or size + len(encoded) + 1 > batch_bytes):
-                await self._push_batch(batch, ids, on_batch)
-                batch, size = [], 2
-            batch.append(encoded)
-            size += len(encoded) + 1
-        if batch:
+        for batch in batches(jobs, batch_size, batch_bytes):
             await self._push_batch(batch, ids, on_batch)
         return ids
 
@@ -755,16 +376,11 @@ class HQClient:
         ids: list[str],
         on_batch: Callable[[list[str]], object] | None,
     ) -> None:
-        body = b"[" + b",".join(batch) + b"]"
         try:
-            data = await self._object("POST", "/jobs", data=body)
+            data = await self._object("POST", "/jobs", data=batch_body(batch))
+            new = batch_ids(data, len(batch), self._address + "/jobs")
         except HQError as e:
             raise BatchPushError(e, list(ids), len(ids)) from e
-        got = data.get("ids")
-        if not isinstance(got, list) or len(got) != len(batch):
-            error = HQError(None, f"the answer from {self._address}/jobs has no list of ids")
-            raise BatchPushError(error, list(ids), len(ids))
-        new = [str(job_id) for job_id in got]
         ids.extend(new)
         if on_batch is not None:
             on_batch(new)
@@ -775,7 +391,7 @@ class HQClient:
         ``GET /job/{id}``: a Deferred firing with the :class:`RemoteJob`; fails with HQError
         (404 when there is no such job).
         """
-        return RemoteJob.from_dict(await self._object("GET", self._job_path(job_id)))
+        return RemoteJob.from_dict(await self._object("GET", job_path(job_id)))
 
     @_deferred
     async def list_jobs(
@@ -797,7 +413,7 @@ class HQClient:
         ``limit`` is the page size (``None`` or 0: the server's default; negative: no limit).
         Arguments left ``None`` are not sent.
         """
-        params = _filter_params(name, term, status, begin, reverse, limit)
+        params = filter_params(name, term, status, begin, reverse, limit)
         return JobList.from_dict(await self._object("GET", "/job", params=params))
 
     @_deferred
@@ -807,15 +423,12 @@ class HQClient:
         (empty before the first attempt); fails with HQError (404 when there is no such
         job).
         """
-        data = await self._object("GET", self._job_path(job_id, "/attempts"))
-        attempts = data.get("attempts")
-        if not isinstance(attempts, list):
-            return []
-        return [Attempt.from_dict(a) for a in attempts if isinstance(a, dict)]
+        data = await self._object("GET", job_path(job_id, "/attempts"))
+        return attempt_list(data)
 
     async def _bulk(self, action: str, params: list[tuple[str, str]]) -> int:
         data = await self._object("POST", "/jobs/" + action, params=params)
-        return _int(data.get("count"))
+        return count_of(data)
 
     @_deferred
     async def restart_matching(
@@ -834,7 +447,7 @@ class HQClient:
         many were restarted; fails with HQError (400 without name, term or status, or for
         an invalid regexp).
         """
-        params = _filter_params(name, term, status, begin, reverse, limit)
+        params = filter_params(name, term, status, begin, reverse, limit)
         return await self._bulk("restart", params)
 
     @_deferred
@@ -852,7 +465,7 @@ class HQClient:
         filters match, as :meth:`restart_matching` takes them. A Deferred firing with how
         many were stopped; fails with HQError as :meth:`restart_matching`.
         """
-        params = _filter_params(name, term, status, begin, reverse, limit)
+        params = filter_params(name, term, status, begin, reverse, limit)
         return await self._bulk("stop", params)
 
     @_deferred
@@ -870,7 +483,7 @@ class HQClient:
         :meth:`restart_matching` takes them. A Deferred firing with how many were deleted;
         fails with HQError as :meth:`restart_matching`.
         """
-        params = _filter_params(name, term, status, begin, reverse, limit)
+        params = filter_params(name, term, status, begin, reverse, limit)
         return await self._bulk("delete", params)
 
     @_deferred
@@ -879,8 +492,8 @@ class HQClient:
         ``DELETE /job/{id}``: a Deferred firing with the deleted job's id (a string); fails
         with HQError (404 unknown, 409 when the job is waiting or running).
         """
-        data = await self._object("DELETE", self._job_path(job_id))
-        return str(data.get("id", job_id))
+        data = await self._object("DELETE", job_path(job_id))
+        return id_of(data, job_id)
 
     @_deferred
     async def stop(self, job_id: str | int) -> str:
@@ -888,8 +501,8 @@ class HQClient:
         ``POST /job/{id}/stop``: cancel a waiting or running job. A Deferred firing with its
         id (a string); fails with HQError (404 unknown, 409 when the job is not active).
         """
-        data = await self._object("POST", self._job_path(job_id, "/stop"))
-        return str(data.get("id", job_id))
+        data = await self._object("POST", job_path(job_id, "/stop"))
+        return id_of(data, job_id)
 
     @_deferred
     async def restart(self, job_id: str | int, copy: bool = False) -> RemoteJob:
@@ -898,5 +511,5 @@ class HQClient:
         ``copy``, as a new job. A Deferred firing with the restarted (or new)
         :class:`RemoteJob`; fails with HQError (404 unknown, 409 when waiting or running).
         """
-        data = await self._object("POST", self._job_path(job_id, "/restart"), body={"copy": copy})
+        data = await self._object("POST", job_path(job_id, "/restart"), body={"copy": copy})
         return RemoteJob.from_dict(data)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -333,7 +334,7 @@ class ClientTestCase(SynchronousTestCase):
         job = self.result(self.client.push({"url": WORKER}, retries=3, delay=90))
         self.assertEqual((job.retries, job.attempts, job.status), (3, 0, "scheduled"))
         self.assertEqual(job.run_at, datetime.fromtimestamp(T0 + 90, UTC))
-        self.assertIsNone(job.idempotency_key)
+        self.assertEqual(uuid.UUID(job.idempotency_key or "").version, 4)
         self.assertFalse(job.replayed)
 
     def test_push_run_at_as_datetime_or_string(self) -> None:
@@ -487,7 +488,7 @@ class WireTests(SynchronousTestCase):
 
     def test_push_sends_the_job_as_json(self) -> None:
         """
-        push() sends the job as a JSON body.
+        push() sends the job as a JSON body, with a new UUID4 idempotency key added.
         """
         resource = RecordingResource(body=b'{"id": "9", "status": "waiting"}')
         job = {"url": WORKER, "payload": {"text": "h\u00e9"}}
@@ -495,7 +496,21 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(result.id, "9")
         _, uri, _, body = resource.requests[0]
         self.assertEqual(uri, b"/job")
-        self.assertEqual(json.loads(body), job)
+        sent = json.loads(body)
+        key = sent.pop("idempotencyKey")
+        self.assertEqual(uuid.UUID(key).version, 4)
+        self.assertEqual(sent, job)
+        self.assertEqual(job, {"url": WORKER, "payload": {"text": "h\u00e9"}})
+
+    def test_push_without_auto_key_sends_the_job_as_is(self) -> None:
+        """
+        With auto_idempotency_key=False, push() sends the job without a key.
+        """
+        resource = RecordingResource(body=b'{"id": "9"}')
+        job = {"url": WORKER}
+        client = HQClient("http://hq.test", http=StubTreq(resource), auto_idempotency_key=False)
+        self.successResultOf(client.push(job))
+        self.assertEqual(json.loads(resource.requests[0][3]), job)
 
     def test_push_options_are_sent_as_fields(self) -> None:
         """
