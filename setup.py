@@ -19,7 +19,7 @@ setup(
     package_dir={"hq_ui": "ui"},
     package_data={
         "twisted": ["plugins/hq_plugin.py"],
-        "hq": ["openapi.json"],
+        "hq": ["openapi.json", "py.typed"],
         "hq_ui": ["*", "**/*"],
     },
     include_package_data=True,
