@@ -98,6 +98,7 @@ def call(
     token: str | None = None,
     body: Any = None,
     headers: dict[str, str] | None = None,
+    timeout: float = 10,
 ) -> tuple[int, Any, Any]:
     """
     Call the API; return the status, the decoded JSON body and the headers.
@@ -110,7 +111,7 @@ def call(
     for name, value in (headers or {}).items():
         request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read()), response.headers
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read()), e.headers
@@ -124,6 +125,21 @@ def add_tokens(server: ServerProcess, **roles: str) -> None:
     with open(server.config_path, "a") as f:
         for role, token in roles.items():
             f.write("\n" + config_entry(role, role, token))
+
+
+class AuthorizedServer(ServerProcess):
+    """
+    A server process whose helper calls (:meth:`request`, ``push``, ``jobs``)
+    send ``Authorization: Bearer`` with :attr:`token`, when set.
+    """
+
+    token: str | None = None
+
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 10
+    ) -> tuple[int, Any]:
+        status, answer, _ = call(self.base, method, path, self.token, body, timeout=timeout)
+        return status, answer
 
 
 class SecurityEndToEndTests(SynchronousTestCase):
