@@ -14,7 +14,10 @@ API tokens, roles and the resource that checks them (SPEC §12).
   every route. ``GET /health`` and the UI's static files stay open.
 
 The token itself is never stored nor logged; the access log and the application
-log name the token's ``name``.
+log name the token's ``name``. A token is only read from ``Authorization``:
+one in the query string (``?token=``, ``?access_token=``, or a valid token
+under any name) never authenticates, is answered 401 naming the problem, and is
+redacted from the logs (:func:`hq.site.redact_uri`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,13 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, getChildForRequest
 from zope.interface import implementer
 
-from hq.site import error_body
+from hq.site import (
+    SECRET_VALUES_ATTRIBUTE,
+    error_body,
+    is_credential_parameter,
+    query_value,
+    redact_uri,
+)
 
 log = Logger()
 
@@ -49,6 +58,9 @@ FAILURE_LIMIT = 20
 FAILURE_WINDOW = 60.0
 #: Addresses tracked by the limiter before expired ones are swept.
 _SWEEP_AT = 10_000
+#: Query values checked against the tokens per request (bounds the work a
+#: query of thousands of parameters can cause).
+_QUERY_VALUES_CHECKED = 64
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,63}$")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -332,11 +344,12 @@ class AuthResource:
         token = bearer_token(request)
         entry = self._tokens.find(token) if token is not None else None
         setattr(request, TOKEN_NAME_ATTRIBUTE, "-" if entry is None else entry.name)
+        in_query = self._query_credential(request)
         if self._is_open(method, path):
             # Open to all; a token sent along is named in the access log, a bad one not counted.
             return self._forward(request)
         if entry is None:
-            return self._unauthenticated(request, token is not None)
+            return self._unauthenticated(request, token is not None, in_query)
         role = required_role(method, path)
         if not entry.allows(role):
             message = (
@@ -349,10 +362,35 @@ class AuthResource:
             self._log_admin_action(request, entry, method, path)
         return self._forward(request)
 
+    def _query_credential(self, request: Any) -> str | None:
+        """
+        Return the name of the first query parameter that carries a credential
+        (by its name, or because its value is a valid token), or ``None``.
+
+        Values that are valid tokens are listed on the request for
+        :func:`hq.site.redact_uri`, so that no log shows them.
+        """
+        query = request.uri.partition(b"?")[2]
+        if not query:
+            return None
+        found: str | None = None
+        secrets: set[bytes] = set()
+        pairs = [p.partition(b"=") for p in re.split(rb"[&;]", query) if p]
+        for raw_name, _, raw_value in pairs[:_QUERY_VALUES_CHECKED]:
+            value = query_value(raw_value)
+            valid = bool(value) and self._tokens.find(value.decode("latin-1")) is not None
+            if valid:
+                secrets.add(value)
+            if found is None and raw_value and (valid or is_credential_parameter(raw_name)):
+                found = query_value(raw_name).decode("latin-1", "replace")
+        if secrets:
+            setattr(request, SECRET_VALUES_ATTRIBUTE, frozenset(secrets))
+        return found
+
     def _forward(self, request: Any) -> Any:
         return getChildForRequest(self._wrapped, request).render(request)
 
-    def _unauthenticated(self, request: Any, presented: bool) -> bytes:
+    def _unauthenticated(self, request: Any, presented: bool, in_query: str | None) -> bytes:
         client = self._client_address(request)
         wait = self._limiter.retry_after(client)
         if wait is not None:
@@ -363,10 +401,16 @@ class AuthResource:
                 f"Too many failed authentications from {client}; try again in {wait} s",
             )
         self._limiter.failed(client)
+        if presented:
+            reason = "unknown token"
+        elif in_query is not None:
+            reason = "a token in the query string"
+        else:
+            reason = "no token"
         log.warn(
             "Failed authentication from {client}: {reason} ({method} {path})",
             client=client,
-            reason="unknown token" if presented else "no token",
+            reason=reason,
             method=request.method.decode("latin-1"),
             path=_printable_path(request.path),
         )
@@ -380,6 +424,13 @@ class AuthResource:
         request.setHeader(b"www-authenticate", b"Bearer")
         if presented:
             message = "The API token is not valid"
+        elif in_query is not None:
+            shown = _printable_path(in_query.encode("latin-1", "replace")[:40])
+            message = (
+                f"A token in the query string ('{shown}') "
+                "is not accepted, as it would be written to logs: send the header "
+                "'Authorization: Bearer <token>'"
+            )
         else:
             message = "An API token is required: send the header 'Authorization: Bearer <token>'"
         return self._error(request, 401, message)
@@ -397,7 +448,9 @@ class AuthResource:
                 "Admin action by token {tokenName}: {method} {uri} -> {status}",
                 tokenName=entry.name,
                 method=method.decode("latin-1"),
-                uri=_printable_path(request.uri),
+                uri=_printable_path(
+                    redact_uri(request.uri, getattr(request, SECRET_VALUES_ATTRIBUTE, ()))
+                ),
                 status=request.code,
             )
 

@@ -8,6 +8,8 @@ public server needs and the access log.
   size is known (413), before Twisted buffers it.
 - :class:`LimitedChannel` gives a client ``request_timeout`` seconds to send a
   whole request (408), so slow clients cannot hold connections open.
+- :func:`redact_uri` keeps credentials a client put in the query string out of
+  the access log (HQ never reads them there: tokens go in ``Authorization``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
@@ -27,6 +31,81 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from hq.logs import ReopenableFile, utc_stamp
+
+#: Query parameter names that carry credentials in other APIs (compared in
+#: lower case, ``-`` read as ``_``). HQ reads none of them: a token is only
+#: accepted in ``Authorization``; their values are never written to a log.
+CREDENTIAL_PARAMETERS = frozenset(
+    {
+        "token",
+        "access_token",
+        "accesstoken",
+        "auth",
+        "auth_token",
+        "authorization",
+        "bearer",
+        "api_key",
+        "apikey",
+        "api_token",
+        "key",
+        "hq_token",
+        "id_token",
+        "refresh_token",
+        "jwt",
+        "password",
+        "passwd",
+        "secret",
+        "client_secret",
+        "session",
+    }
+)
+#: What a redacted value is written as.
+REDACTED = b"REDACTED"
+#: The request attribute listing further query values to redact (raw bytes as
+#: decoded from the query), set by :class:`hq.auth.AuthResource` for values
+#: that are valid tokens under any parameter name.
+SECRET_VALUES_ATTRIBUTE = "hq_secret_values"  # noqa: S105 -- an attribute name
+
+_QUERY_PAIR = re.compile(rb"([^&;=#]*)=([^&;#]*)")
+# The shape of a token made by ``hq token new`` (hq.auth.new_token), anywhere in a URI.
+_HQ_TOKEN = re.compile(rb"hq_[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+
+
+def query_value(raw: bytes) -> bytes:
+    """
+    Return a query string's name or value as Twisted's ``request.args`` holds
+    it: ``+`` read as a space, percent-escapes decoded.
+    """
+    return unquote_to_bytes(raw.replace(b"+", b" "))
+
+
+def is_credential_parameter(raw_name: bytes) -> bool:
+    """
+    Return whether the query parameter ``raw_name`` (as sent) is one of
+    :data:`CREDENTIAL_PARAMETERS`.
+    """
+    name = query_value(raw_name).lower().replace(b"-", b"_")
+    return name.decode("latin-1") in CREDENTIAL_PARAMETERS
+
+
+def redact_uri(uri: bytes, secrets: Collection[bytes] = ()) -> bytes:
+    """
+    Return ``uri`` as a log may show it: the value of each credential parameter
+    (:data:`CREDENTIAL_PARAMETERS`), each value in ``secrets`` (decoded, as
+    :func:`query_value` gives it), and anything shaped like an HQ token
+    replaced by :data:`REDACTED`.
+    """
+    path, mark, query = uri.partition(b"?")
+
+    def pair(match: re.Match[bytes]) -> bytes:
+        name, value = match.group(1), match.group(2)
+        if value and (is_credential_parameter(name) or query_value(value) in secrets):
+            return name + b"=" + REDACTED
+        return match.group(0)
+
+    if mark:
+        query = _QUERY_PAIR.sub(pair, query)
+    return _HQ_TOKEN.sub(b"hq_" + REDACTED, path + mark + query)
 
 
 def _escape(text: str) -> str:
@@ -343,10 +422,11 @@ class AccessLogSite(Site):
     def log(self, request: http.Request) -> None:
         if self._access_log is None:
             return
+        secrets = getattr(request, SECRET_VALUES_ATTRIBUTE, ())
         self._write_line(
             request,
             request.method,
-            request.uri,
+            redact_uri(request.uri, secrets),
             request.code,
             (request.getHeader(b"content-length") or b"0").decode("latin-1"),
             request.sentLength,
@@ -361,6 +441,7 @@ class AccessLogSite(Site):
         if self._access_log is None:
             return
         method, uri = command_and_path
+        uri = redact_uri(uri)
         length = (request.getHeader(b"content-length") or b"-").decode("latin-1")
         self._write_line(request, method, uri, code, length, sent)
 

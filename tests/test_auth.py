@@ -10,12 +10,15 @@ import hashlib
 import io
 import json
 import re
+import socket
+import time
 from typing import Any, cast
 
 import treq
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
@@ -39,7 +42,7 @@ from hq.client import HQClient, HQError
 from hq.config import Config, ConfigError, config_from_dict
 from hq.ids import IdGenerator
 from hq.logs import ReopenableFile
-from hq.site import AccessLogSite
+from hq.site import AccessLogSite, redact_uri
 from hq.store.memory import MemoryStore
 from hq.testing import RecordingDispatch
 from hq.ui import mount, ui_resource
@@ -287,6 +290,86 @@ class AuthenticationTests(AuthTestCase):
         self.assertNotIn("secret-guess", repr(events))
 
 
+class QueryStringTokenTests(AuthTestCase):
+    """
+    A token is read from ``Authorization`` only: one in the query string never
+    authenticates, is answered 401 naming the problem, and no log shows it.
+    """
+
+    def test_token_in_query_never_authenticates(self) -> None:
+        """?token=, ?access_token= and a valid token under any name: 401 naming the parameter."""
+        for query, name in [
+            ("token=" + ADMIN, "token"),
+            ("access_token=" + ADMIN, "access_token"),
+            ("Access-Token=" + ADMIN, "Access-Token"),
+            ("api_key=" + READ, "api_key"),
+            ("limit=5&t=" + ADMIN, "t"),
+            ("access%5Ftoken=" + ADMIN, "access_token"),
+        ]:
+            reply = self.call("GET", "/job?" + query)
+            self.assertEqual(reply.status, 401, query)
+            self.assertEqual(reply.header("WWW-Authenticate"), "Bearer")
+            self.assertEqual(
+                reply.json["error"],
+                f"A token in the query string ('{name}') is not accepted, as it would be "
+                "written to logs: send the header 'Authorization: Bearer <token>'",
+            )
+            self.assertNotIn(ADMIN, reply.body.decode())
+        reply = self.call("POST", "/job?token=" + PUSH, body={"url": "http://worker.test/"})
+        self.assertEqual(reply.status, 401)
+        self.assertEqual(self.dispatch.enqueued, [])
+
+    def test_query_token_failures_count_towards_the_limit(self) -> None:
+        """A token in the query is a failed authentication: the limit applies."""
+        for _ in range(FAILURE_LIMIT):
+            self.assertEqual(self.call("GET", "/stats?token=" + ADMIN).status, 401)
+        self.assertEqual(self.call("GET", "/stats?token=" + ADMIN).status, 429)
+
+    def test_query_token_is_ignored_beside_a_valid_header(self) -> None:
+        """With a valid header the query parameter is ignored: the header's role decides."""
+        job_id = self.push()
+        reply = self.call("DELETE", f"/job/{job_id}?token={ADMIN}", READ)
+        self.assertEqual(reply.status, 403)
+        self.assertEqual(self.call("GET", f"/job/{job_id}?token=x", READ).status, 200)
+
+    def test_logs_never_show_a_query_token(self) -> None:
+        """The failure and admin-action log lines show neither the token nor its value."""
+        job_id = self.push()
+        with capturedLogs() as events:
+            self.call("GET", "/job?access_token=" + ADMIN)
+            self.call("GET", "/job?t=" + ADMIN)
+            reply = self.call("POST", f"/job/{job_id}/stop?t={PUSH}&token=abc", ADMIN)
+        self.assertEqual(reply.status, 200)
+        reasons = [e["reason"] for e in events if "reason" in e]
+        self.assertEqual(reasons, ["a token in the query string"] * 2)
+        [action] = [e for e in events if "tokenName" in e]
+        self.assertEqual(action["uri"], f"/job/{job_id}/stop?t=REDACTED&token=REDACTED")
+        for secret in (ADMIN, PUSH, "abc"):
+            self.assertNotIn(secret, repr(events))
+
+    def test_open_routes_answer_with_a_query_token(self) -> None:
+        """GET /health and the UI's files stay open (the query is ignored, not refused)."""
+        self.assertNotIn(self.call("GET", "/health?token=" + ADMIN).status, (401, 403, 429))
+        self.assertEqual(self.call("GET", "/ui/?token=x").status, 200)
+
+    def test_redact_uri(self) -> None:
+        """Credential parameters, listed secrets and HQ-shaped tokens become REDACTED."""
+        token = new_token()
+        cases = {
+            b"/job?name=a&token=s3&limit=2": b"/job?name=a&token=REDACTED&limit=2",
+            b"/job?API-KEY=s3;password=p&x": b"/job?API-KEY=REDACTED;password=REDACTED&x",
+            b"/job?token=&name=token": b"/job?token=&name=token",
+            b"/job?q=" + token.encode(): b"/job?q=hq_REDACTED",
+            b"/job/" + token.encode() + b"/x": b"/job/hq_REDACTED/x",
+            b"/job?n=a%20b&m=c+d": b"/job?n=REDACTED&m=REDACTED",
+            b"/job?n=x#token=y": b"/job?n=x#token=REDACTED",
+            b"/job": b"/job",
+        }
+        for uri, expected in cases.items():
+            secrets = {b"a b", b"c d"} if b"n=a%20b" in uri else set()
+            self.assertEqual(redact_uri(uri, secrets), expected, uri)
+
+
 class RoleTests(AuthTestCase):
     """
     read < push < admin; a role too low is 403.
@@ -447,6 +530,59 @@ class AccessLogTests(TestCase):
         await response.content()
         self.assertEqual(json.loads(lines.lines()[0])["token"], "ops")
 
+    async def test_access_log_redacts_tokens_in_the_query(self) -> None:
+        """Text and JSON lines show REDACTED for credential parameters and valid tokens."""
+        for log_format in ("text", "json"):
+            base, lines = self.serve(log_format)
+            for query in (f"token={ADMIN}", f"Access_Token={PUSH}&limit=2", f"q={READ}"):
+                response = await treq.get(base + "/x?" + query, persistent=False)
+                self.assertEqual(response.code, 401)
+                await response.content()
+            response = await treq.get(
+                base + f"/x?key={ADMIN}",
+                headers={"Authorization": "Bearer " + ADMIN},
+                persistent=False,
+            )
+            self.assertEqual(response.code, 200)
+            await response.content()
+            text = lines.text.getvalue()
+            for secret in (ADMIN, PUSH, READ):
+                self.assertNotIn(secret, text)
+            uris = [
+                json.loads(line)["uri"] if log_format == "json" else line.split(" ")[4]
+                for line in lines.lines()
+            ]
+            self.assertEqual(
+                uris,
+                [
+                    "/x?token=REDACTED",
+                    "/x?Access_Token=REDACTED&limit=2",
+                    "/x?q=REDACTED",
+                    "/x?key=REDACTED",
+                ],
+            )
+
+    async def test_overlong_authorization_header_is_refused_at_once(self) -> None:
+        """Up to Twisted's 16 KB header limit: 401 at once; over it (100 KB): closed, no 5xx."""
+        base, lines = self.serve()
+        port = int(base.rsplit(":", 1)[1])
+        for size, expected in ((15_000, b"HTTP/1.1 401 "), (100_000, None)):
+            began = time.monotonic()
+            answer = await deferToThread(_raw_get, port, b"Bearer " + b"a" * size)
+            self.assertLess(time.monotonic() - began, 2, size)
+            if expected is None:
+                # Twisted answers 400 and closes; the unread rest of the
+                # header makes that a reset, which the client may see first.
+                self.assertIn(answer[:13], (b"", b"HTTP/1.1 400 "))
+            else:
+                self.assertEqual(answer[:13], expected)
+            self.assertNotIn(b" 500 ", answer[:20])
+        # Only the 401 was a request; the server still answers.
+        self.assertEqual(len(lines.lines()), 1)
+        response = await treq.get(base + "/x", persistent=False)
+        self.assertEqual(response.code, 401)
+        await response.content()
+
     async def test_limit_is_per_client_behind_a_trusted_proxy(self) -> None:
         """Behind a trusted proxy, failures count against X-Forwarded-For's client."""
         base, _ = self.serve(trusted=("127.0.0.1",))
@@ -463,6 +599,25 @@ class AccessLogTests(TestCase):
             self.assertEqual(await status("203.0.113.7"), 401)
         self.assertEqual(await status("203.0.113.7"), 429)
         self.assertEqual(await status("203.0.113.8"), 401)
+
+
+def _raw_get(port: int, authorization: bytes) -> bytes:
+    """
+    Send ``GET /x`` with ``authorization`` over a plain socket; return what
+    came back before the server closed (``b""`` after a reset).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        answer = b""
+        try:
+            sock.sendall(
+                b"GET /x HTTP/1.1\r\nHost: hq.test\r\nConnection: close\r\n"
+                b"Authorization: " + authorization + b"\r\n\r\n"
+            )
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionError:
+            pass
+        return answer
 
 
 class _Ok(Resource):

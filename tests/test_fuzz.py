@@ -1,7 +1,8 @@
 """
-Bad input, found by a machine: the OpenAPI 3 description of the API, and a
-property-based fuzz run (schemathesis) against the real server process that
-must find no 500 and no response outside that description.
+Bad input, found by a machine: the OpenAPI 3 description of the API, and
+property-based fuzz runs (schemathesis) against the real server process with
+API tokens configured: with an admin token, no 500 and no response outside
+the description; without one, nothing but 401 and 429 (and /health).
 """
 
 from __future__ import annotations
@@ -20,18 +21,22 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from hq import __version__
 from hq.api import HQApi
+from hq.auth import config_entry, new_token
 from hq.config import Config
 from hq.ids import IdGenerator
 from hq.store.memory import MemoryStore
 from hq.testing import RecordingDispatch
-from tests.serverprocess import ROOT, HangingWorker, ServerProcess, report, wait_for
+from tests.serverprocess import ROOT, HangingWorker, report, wait_for
+from tests.test_security_e2e import AuthorizedServer
 
 PACKAGED = os.path.join(ROOT, "hq", "openapi.json")
 DOCUMENTED = os.path.join(ROOT, "docs", "openapi.json")
 
 #: Test cases per operation and phase, and the seed: a bounded, repeatable run.
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 25
 SEED = 20240501
+#: Test cases per operation of the run without a token (all answered at once).
+UNAUTHENTICATED_EXAMPLES = 5
 
 #: Checks run on every response. The last two hold the description to what
 #: the server does: a request the schema allows is accepted, one it forbids is
@@ -93,6 +98,15 @@ include-operation-id = "stopJobs"
 enabled = false
 """
 )
+
+
+#: The run without a token: the answers may only be 401 and 429 (and /health's),
+#: so the checks that want valid data accepted are off; the statuses are
+#: checked from the access log.
+UNAUTHENTICATED_TOML = """
+[checks]
+enabled = false
+""" + "".join(f"{check}.enabled = true\n" for check in CHECKS[:5])
 
 
 def fuzzed_description(document: dict[str, Any]) -> dict[str, Any]:
@@ -190,36 +204,54 @@ class OpenAPIDocumentTests(SynchronousTestCase):
                     )
 
 
+def schemathesis() -> str:
+    """
+    Return the path of schemathesis' ``st`` beside this Python.
+
+    :raises SkipTest: if it is not installed.
+    """
+    st = shutil.which("st", path=os.path.dirname(sys.executable))
+    if st is None:
+        raise SkipTest("schemathesis is not installed (pip install -e '.[test]')")
+    return st
+
+
+def token_server(directory: str, **config: Any) -> tuple[AuthorizedServer, str]:
+    """
+    Return a server (not started) with tokens configured: ``fuzz-read``,
+    ``setup`` (admin: the test's own calls send it) and ``fuzz-admin``, whose
+    token is returned for the fuzzer.
+    """
+    admin = new_token()
+    server = AuthorizedServer(directory, **config)
+    server.token = new_token()
+    with open(server.config_path, "a") as f:
+        f.write("\n" + config_entry("fuzz-read", "read", new_token()))
+        f.write("\n" + config_entry("setup", "admin", server.token))
+        f.write("\n" + config_entry("fuzz-admin", "admin", admin))
+    return server, admin
+
+
 class FuzzTests(SynchronousTestCase):
     """
-    schemathesis against the real server process on 127.0.0.1.
+    schemathesis against the real server process on 127.0.0.1, tokens on.
     """
 
-    def test_fuzzing_finds_no_server_error_and_no_schema_violation(self) -> None:
-        """A seeded schemathesis run (all phases): no 500, no off-schema answer, no disagreement."""
-        st = shutil.which("st", path=os.path.dirname(sys.executable))
-        if st is None:
-            raise SkipTest("schemathesis is not installed (pip install -e '.[test]')")
-        directory = os.path.abspath(self.mktemp())
-        # One delivery slot, held by jobs to a worker that never answers: the
-        # jobs the fuzzer pushes (with made-up URLs) queue behind them (FIFO)
-        # and are stored, never sent. The fuzzer may stop a holder job (it
-        # learns ids from answers), so there are several in line.
-        holder = HangingWorker()
-        self.addCleanup(holder.close)
-        server = ServerProcess(directory, dispatchers=1, max_workers=1, shutdown_timeout=0)
-        self.addCleanup(server.stop)
-        server.start()
-        held = [server.push(holder.url + "/hold") for _ in range(HOLDERS)]
-        wait_for(lambda: holder.connections == 1, 10, "the first holder job to run")
+    def run_schemathesis(
+        self, server: AuthorizedServer, toml: str, *options: str
+    ) -> subprocess.CompletedProcess[str]:
+        """
+        Run schemathesis against ``server`` with the config ``toml``; return the run.
+        """
+        directory = server.directory
         description = os.path.join(directory, "openapi.json")
         with open(description, "w") as f:
             json.dump(fuzzed_description(server.request("GET", "/openapi.json")[1]), f)
         config = os.path.join(directory, "schemathesis.toml")
         with open(config, "w") as f:
-            f.write(SCHEMATHESIS_TOML)
+            f.write(toml)
         command = [
-            st,
+            schemathesis(),
             "--config-file",
             config,
             "--no-color",
@@ -227,10 +259,6 @@ class FuzzTests(SynchronousTestCase):
             description,
             "--url",
             server.base,
-            "--phases",
-            "examples,coverage,fuzzing,stateful",
-            "--max-examples",
-            str(MAX_EXAMPLES),
             "--seed",
             str(SEED),
             "--generation-deterministic",
@@ -238,9 +266,36 @@ class FuzzTests(SynchronousTestCase):
             "1",
             "--request-timeout",
             "10",
+            *options,
         ]
-        result = subprocess.run(
+        return subprocess.run(
             command, cwd=directory, capture_output=True, text=True, timeout=240, check=False
+        )
+
+    def test_fuzzing_finds_no_server_error_and_no_schema_violation(self) -> None:
+        """A seeded run (all phases) with an admin token: no 500, no off-schema answer."""
+        schemathesis()
+        directory = os.path.abspath(self.mktemp())
+        # One delivery slot, held by jobs to a worker that never answers: the
+        # jobs the fuzzer pushes (with made-up URLs) queue behind them (FIFO)
+        # and are stored, never sent. The fuzzer may stop a holder job (it
+        # learns ids from answers), so there are several in line.
+        holder = HangingWorker()
+        self.addCleanup(holder.close)
+        server, admin = token_server(directory, dispatchers=1, max_workers=1, shutdown_timeout=0)
+        self.addCleanup(server.stop)
+        server.start()
+        held = [server.push(holder.url + "/hold") for _ in range(HOLDERS)]
+        wait_for(lambda: holder.connections == 1, 10, "the first holder job to run")
+        result = self.run_schemathesis(
+            server,
+            SCHEMATHESIS_TOML,
+            "--header",
+            f"Authorization: Bearer {admin}",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            str(MAX_EXAMPLES),
         )
         output = result.stdout[-8000:] + result.stderr[-4000:]
         self.assertEqual(result.returncode, 0, output)
@@ -256,5 +311,59 @@ class FuzzTests(SynchronousTestCase):
         self.assertEqual(holder.connections, len(started))
         self.assertNotIn("Unexpected error", server.log_text())
         self.assertNotIn("Traceback", server.log_text())
+        # Every fuzzed request carried the token, and none was refused for it.
+        lines = access_log(server)
+        self.assertEqual({line[-1] for line in lines}, {"token=fuzz-admin"})
+        self.assertGreater(len(lines), 100)
+        self.assertEqual({"401", "403", "429"} & {line[5] for line in lines}, set())
+        self.assertNotIn(admin, access_text(server) + server.log_text())
         generated = re.search(r"(\d+) generated", result.stdout)
         report("fuzz", cases=int(generated.group(1)) if generated else None, server_errors=0)
+
+    def test_fuzzing_without_a_token_meets_only_401_and_429(self) -> None:
+        """Without a token every fuzzed request is 401 (429 once over the limit); /health 200."""
+        schemathesis()
+        server, _ = token_server(os.path.abspath(self.mktemp()))
+        self.addCleanup(server.stop)
+        server.start()
+        result = self.run_schemathesis(
+            server,
+            UNAUTHENTICATED_TOML,
+            "--phases",
+            "examples,fuzzing",
+            "--max-examples",
+            str(UNAUTHENTICATED_EXAMPLES),
+        )
+        output = result.stdout[-8000:] + result.stderr[-4000:]
+        self.assertEqual(result.returncode, 0, output)
+        # schemathesis warns (rightly) that it met only 401s and 429s: no failure.
+        self.assertRegex(result.stdout, r"(\d+) generated, \1 passed", output)
+        lines = access_log(server)
+        health = [line for line in lines if line[4].partition("?")[0] == "/health"]
+        others = [line for line in lines if line not in health]
+        self.assertTrue(health)
+        self.assertEqual({line[5] for line in health}, {"200"})
+        self.assertGreater(len(others), 50)
+        self.assertEqual({line[5] for line in others}, {"401", "429"})
+        self.assertTrue(all(line[-1] == "token=-" for line in lines))
+        # No job was pushed, nothing was deleted.
+        self.assertEqual(server.jobs(), [])
+        self.assertNotIn("Traceback", server.log_text())
+
+
+def access_text(server: AuthorizedServer) -> str:
+    """
+    Return the server's access log.
+    """
+    with open(os.path.join(server.directory, "access.log")) as f:
+        return f.read()
+
+
+def access_log(server: AuthorizedServer) -> list[list[str]]:
+    """
+    Return the server's access log lines, split into fields (time, client,
+    host, method, URI, status, ..., token); the lines of the test's own calls
+    (token ``setup``) are left out.
+    """
+    lines = [line.split(" ") for line in access_text(server).splitlines()]
+    return [line for line in lines if line[-1] != "token=setup"]
