@@ -291,6 +291,52 @@ class LimitedChannel(HTTPChannel):
             self._begun = True
         super().dataReceived(data)
 
+    def lineReceived(self, line: bytes) -> None:
+        # Twisted answers a request line plus headers over totalHeadersSize
+        # with a bare "400" and an abrupt close (the client often sees only a
+        # reset); answer the API's JSON 431 instead, readable before the close.
+        # ``_receivedHeaderSize`` is HTTPChannel's own count of those bytes.
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._headers_too_large()
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # One line over LineReceiver's MAX_LENGTH (16 KiB): the request line
+        # (a URI too long) or a single header; Twisted would just close.
+        if self._receivedHeaderSize == 0:
+            self._refuse_raw(414, b"URI Too Long", "The request line is too long")
+        else:
+            self._headers_too_large()
+
+    def _headers_too_large(self) -> None:
+        limit = self.totalHeadersSize
+        message = f"The request's headers are larger than the limit of {limit} bytes"
+        self._refuse_raw(431, b"Request Header Fields Too Large", message)
+
+    def _refuse_raw(self, status: int, phrase: bytes, message: str) -> None:
+        """
+        Answer ``status`` with the API's error body before any request exists,
+        then close as :meth:`refuse` does (the rest the client sends is dropped).
+        """
+        self._answer_and_close(_raw_response(status, phrase, message))
+
+    def _answer_and_close(self, response: bytes) -> None:
+        """
+        Write ``response``, close the sending side, and drop what the client
+        still sends for :data:`LINGER_SECONDS` so that it can read the answer.
+        """
+        self._refused = True
+        self._disarm()
+        self.persistent = False
+        transport: Any = self.transport
+        transport.write(response)
+        if hasattr(transport, "loseWriteConnection"):
+            transport.loseWriteConnection()
+            self._linger = self.callLater(LINGER_SECONDS, transport.abortConnection)
+        else:
+            transport.loseConnection()
+
     def allContentReceived(self) -> None:
         self._disarm()
         super().allContentReceived()
@@ -314,19 +360,10 @@ class LimitedChannel(HTTPChannel):
         Answer ``request`` with the raw ``response`` now, before its body is
         read, and close the connection after a short linger.
         """
-        self._refused = True
-        self._disarm()
-        self.persistent = False
-        transport: Any = self.transport
         site = getattr(self, "site", None)
         if isinstance(site, AccessLogSite):
             site.log_refused(request, self._command_and_path(), 413, len(response))
-        transport.write(response)
-        if hasattr(transport, "loseWriteConnection"):
-            transport.loseWriteConnection()
-            self._linger = self.callLater(LINGER_SECONDS, transport.abortConnection)
-        else:
-            transport.loseConnection()
+        self._answer_and_close(response)
 
     def _command_and_path(self) -> tuple[bytes, bytes]:
         # The request line is parsed, but Request gets it only with the whole body.

@@ -595,14 +595,16 @@ class BadInputTests(EdgeTestCase):
         return Deferred.fromCoroutine(scenario())
 
     def test_malformed_http_gets_a_bare_400_without_details(self) -> None:
-        """Requests Twisted cannot parse get its terse 400 (or a close), nothing more."""
+        """Requests Twisted cannot parse get its terse 400; headers or a line too long a 431/414."""
         requests = [
             (b"NONSENSE\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n", 400),
-            (b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\nY: " + b"b" * 9000 + b"\r\n\r\n", 400),
-            # One line longer than Twisted's 16 KiB line limit: the connection is closed.
-            (b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 0),
+            # Headers over the 16 KiB limit, in all or in one line: the API's JSON 431.
+            (b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\nY: " + b"b" * 9000 + b"\r\n\r\n", 431),
+            (b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431),
+            # A request line over it: 414.
+            (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n", 414),
         ]
 
         async def scenario() -> None:
