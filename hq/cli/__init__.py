@@ -157,6 +157,26 @@ def backup(
     ctx.exit(run_backup(config_file, data_dir, destination, force))
 
 
+@cli.command("migrate", short_help="Create or upgrade the store's schema, then exit")
+@click.option(
+    "-c",
+    "--config-file",
+    metavar="FILE",
+    envvar="HQ_CONFIG",
+    help="TOML configuration file naming the store (default: /etc/hq/hq.toml if it exists).",
+)
+@click.pass_context
+def migrate(ctx: click.Context, config_file: str | None) -> None:
+    """
+    Create or upgrade the schema of the store the config names (store = "postgresql://..."
+    or SQLite in data_dir), then exit. Servers do it at start too (under a lock, so
+    cluster nodes may start together); this runs it alone, e.g. before a rolling upgrade.
+    """
+    from hq.cli.migrate import run_migrate
+
+    ctx.exit(run_migrate(config_file))
+
+
 def _read_stdin() -> bytes:
     return sys.stdin.buffer.read()
 
