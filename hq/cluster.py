@@ -6,7 +6,8 @@ of :class:`hq.tap.HQService`:
   has its ``server_id``), then every third of ``lease_timeout`` renews its
   heartbeat and the leases of the jobs it runs in one write, aborts those whose
   stop was asked on another node (a fallback for lost notifications), and
-  reaps the expired leases of dead nodes; it unregisters at a clean stop;
+  reaps the expired leases of dead nodes; at a clean stop it gives back the
+  jobs it leaves running and unregisters;
 - :class:`NotifyListener` LISTENs on a connection of its own, on a thread, for
   the notifications the store sends at commit: jobs pushed (an idle
   dispatcher claims at once) and stops (the node running the job aborts it).
@@ -74,13 +75,20 @@ class ClusterNode(Stage):
 
     async def stop(self) -> None:
         """
-        Stop renewing and unregister (after the delivery has stopped).
+        Stop renewing, give back the jobs this node leaves running (the
+        shutdown timeout aborted them), and unregister: run after the
+        delivery has stopped, so that other nodes deliver those jobs at once.
         """
         if self._timer.running:
             self._timer.stop()
         if self._registered:
             self._registered = False
             try:
+                given = await self._store.recover(now_ms(self._clock))
+                if given.requeued:
+                    log.info(
+                        "Gave {count} interrupted jobs back to the cluster", count=given.requeued
+                    )
                 await self._store.unregister()
             except Exception:
                 log.failure("Could not unregister this node")

@@ -244,3 +244,41 @@ class ClusterTests(ClusterCase):
         time.sleep(0.5)
         logs = [node.log_text() for node in nodes]
         self.assertEqual(["Deleted 50 expired jobs" in log for log in logs], [True, False])
+
+
+class DatabaseDownTests(ClusterCase):
+    def test_database_down_pushes_answer_503_at_once_and_the_node_recovers_by_itself(self) -> None:
+        """PostgreSQL stopped: pushes 503 at once; back: pushes work, nothing acknowledged lost."""
+        a = self.node(1, lease_timeout=10.0)
+        running = a.push(self.worker.url + "/hold")
+        wait_for(lambda: self.worker.holding == 1, 10, "the job running")
+        self.pg.stop()
+        self.addCleanup(self._ensure_started)
+        answers = []
+        for _ in range(5):
+            began = time.monotonic()
+            status, body = a.request("POST", "/job", {"url": self.worker.url + "/x"})
+            answers.append((status, time.monotonic() - began))
+            self.assertEqual(body["status"], 503, body)
+        self.assertEqual({status for status, _ in answers}, {503})
+        self.assertLess(max(seconds for _, seconds in answers), 1.0)
+        # The worker answers while the database is down: the outcome waits.
+        self.worker.release()
+        time.sleep(0.5)
+        self.pg.start()
+        pushed = wait_for(lambda: self._try_push(a), 15, "pushes accepted again")
+        wait_for(lambda: self.worker.received[pushed] == 1, 10, "the new job delivered")
+        wait_for(lambda: self.job(a, running)["status"] == "success", 15, "the outcome recorded")
+        self.assertEqual(self.worker.received[running], 1)
+        report("cluster_database_down", push_503_max_ms=round(max(s for _, s in answers) * 1000))
+
+    def _try_push(self, node: ServerProcess) -> str | None:
+        status, body = node.request("POST", "/job", {"url": self.worker.url + "/after"})
+        return str(body["id"]) if status == 200 else None
+
+    def _ensure_started(self) -> None:
+        try:
+            with psycopg.connect(self.pg.dsn(), connect_timeout=2):
+                return
+        except psycopg.Error:
+            self.pg.start()
