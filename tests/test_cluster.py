@@ -282,3 +282,26 @@ class DatabaseDownTests(ClusterCase):
                 return
         except psycopg.Error:
             self.pg.start()
+
+
+class MigrateCommandTests(SynchronousTestCase):
+    def migrate(self, config: str) -> subprocess.CompletedProcess[str]:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "hq.toml")
+        with open(path, "w") as f:
+            f.write(config.replace("DIR", directory))
+        command = [sys.executable, "-m", "hq.cli", "migrate", "-c", path]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    def test_migrate_creates_the_sqlite_schema(self) -> None:
+        """hq migrate on a data_dir creates the SQLite file with its schema and exits 0."""
+        result = self.migrate('data_dir = "DIR/data"\n')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("hq.sqlite3: schema version", result.stdout)
+
+    def test_migrate_without_a_store_fails(self) -> None:
+        """hq migrate with neither store nor data_dir says so and exits 1."""
+        result = self.migrate('addr = "127.0.0.1:0"\n')
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("nothing to migrate", result.stderr)
