@@ -129,8 +129,8 @@ class ClaimFeed:
         """
         Stop claiming, and answer the idle dispatchers ``None``. Jobs claimed
         and not handed out stay running in the store under this node's lease:
-        the next start of this node, or another node once the lease expired,
-        delivers them.
+        the node gives them back as it stops (:class:`hq.cluster.ClusterNode`),
+        or, if it dies, another node delivers them once the lease expired.
         """
         self._open = False
         if self._poll.running:
