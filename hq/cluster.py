@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from hq.ids import now_ms
 from hq.store import IClaimingStore, Node
@@ -63,6 +64,7 @@ class ClusterNode(Stage):
         self._timer.clock = clock
         self._registered = False
         self._ticking = False
+        self._failures = 0
 
     async def start(self) -> None:
         """
@@ -101,15 +103,29 @@ class ClusterNode(Stage):
             return succeed(None)
         self._ticking = True
         d = Deferred.fromCoroutine(self._tick())
-        d.addErrback(lambda failure: log.failure("Renewing leases failed", failure))
+
+        def failed(failure: Failure) -> None:
+            self._failures += 1
+            if self._failures == 1:
+                log.failure("Renewing leases failed; trying again at every tick", failure)
+            else:
+                log.warn(
+                    "Renewing leases failed again ({count} in a row): {error}",
+                    count=self._failures,
+                    error=failure.getErrorMessage(),
+                )
 
         def done(_: object) -> None:
             self._ticking = False
 
-        return d.addBoth(done)
+        return d.addErrback(failed).addBoth(done)
 
     async def _tick(self) -> None:
-        for job_id in await self._store.renew(self._delivery.held_ids()):
+        stopped = await self._store.renew(self._delivery.held_ids())
+        if self._failures:
+            log.info("Renewing leases again after {count} failures", count=self._failures)
+            self._failures = 0
+        for job_id in stopped:
             # A stop asked on another node whose notification did not arrive.
             self._delivery.cancel(job_id)
         reaped = await self._store.reap(now_ms(self._clock))

@@ -19,8 +19,12 @@ from collections import Counter
 from typing import Any
 
 import psycopg
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from hq.cluster import ClusterNode
+from hq.store import Recovery, StoreUnavailable
 from tests import pgserver
 from tests.serverprocess import ROOT, RecordingWorker, ServerProcess, report, wait_for
 
@@ -305,3 +309,88 @@ class MigrateCommandTests(SynchronousTestCase):
         result = self.migrate('addr = "127.0.0.1:0"\n')
         self.assertEqual(result.returncode, 1)
         self.assertIn("nothing to migrate", result.stderr)
+
+
+class FakeNodeStore:
+    """
+    The cluster calls of a store, recorded; ``renew`` answers ``stopped``.
+    """
+
+    lease_timeout = 3.0
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.stopped: list[int] = []
+        self.broken = False
+
+    def register(self, address: str, now: int) -> Deferred[None]:
+        self.calls.append(("register", address))
+        return succeed(None)
+
+    def renew(self, job_ids: list[int]) -> Deferred[list[int]]:
+        self.calls.append(("renew", sorted(job_ids)))
+        if self.broken:
+            return fail(StoreUnavailable("storage unavailable: down"))
+        return succeed(self.stopped)
+
+    def reap(self, now: int) -> Deferred[Recovery]:
+        self.calls.append(("reap",))
+        return succeed(Recovery(requeued=0, canceled=0))
+
+    def recover(self, now: int) -> Deferred[Recovery]:
+        self.calls.append(("recover",))
+        return succeed(Recovery(requeued=0, canceled=0))
+
+    def unregister(self) -> Deferred[None]:
+        self.calls.append(("unregister",))
+        return succeed(None)
+
+
+class FakeDelivery:
+    def __init__(self) -> None:
+        self.held = [7, 3]
+        self.canceled: list[int] = []
+
+    def held_ids(self) -> list[int]:
+        return self.held
+
+    def cancel(self, job_id: int) -> None:
+        self.canceled.append(job_id)
+
+
+class ClusterNodeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = FakeNodeStore()
+        self.delivery = FakeDelivery()
+        self.node = ClusterNode(
+            self.store,  # type: ignore[arg-type]
+            lambda: "http://n1",
+            self.delivery,
+            self.clock,
+        )
+        self.successResultOf(Deferred.fromCoroutine(self.node.start()))
+
+    def test_renews_held_jobs_then_reaps_every_third_of_the_lease(self) -> None:
+        """Every lease/3 one renewal of the held jobs, then a reap; stops found are aborted."""
+        self.assertEqual(self.store.calls, [("register", "http://n1")])
+        self.store.stopped = [3]
+        self.clock.advance(1.0)
+        self.assertEqual(self.store.calls[1:], [("renew", [3, 7]), ("reap",)])
+        self.assertEqual(self.delivery.canceled, [3])
+
+    def test_a_failed_renewal_is_logged_and_tried_at_the_next_tick(self) -> None:
+        """A store failure does not end the timer."""
+        self.store.broken = True
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        self.store.broken = False
+        self.clock.advance(1.0)
+        self.assertEqual(self.store.calls[-1], ("reap",))
+
+    def test_stop_gives_jobs_back_and_unregisters(self) -> None:
+        """A clean stop ends the timer, gives back what is left running, and unregisters."""
+        self.successResultOf(Deferred.fromCoroutine(self.node.stop()))
+        self.assertEqual(self.store.calls[-2:], [("recover",), ("unregister",)])
+        self.clock.advance(5.0)
+        self.assertEqual(self.store.calls[-1], ("unregister",))

@@ -77,6 +77,8 @@ class ClaimFeed:
         self._wake: IDelayedCall | None = None
         self._wake_time = 0
         self._open = False
+        #: Claims failed in a row (the store is unavailable): logged once, then seldom.
+        self._failures = 0
 
     @property
     def in_queue(self) -> int:
@@ -222,17 +224,28 @@ class ClaimFeed:
             later = None
             if len(jobs) < room and not self._again:
                 later = await self._store.next_due(now)
-        except Exception:
+        except Exception as e:
             self._claiming = False
-            self.log.failure(
-                "Could not claim jobs from the store; trying again in {delay} s",
-                delay=STORE_RETRY_SECONDS,
-            )
+            self._failures += 1
+            if self._failures == 1:
+                self.log.failure(
+                    "Could not claim jobs from the store; trying again every {delay} s",
+                    delay=STORE_RETRY_SECONDS,
+                )
+            elif self._failures % 60 == 0:
+                self.log.warn(
+                    "Still cannot claim jobs after {count} tries: {error}",
+                    count=self._failures,
+                    error=str(e),
+                )
             if self._open:
                 self._retry = self._clock.callLater(STORE_RETRY_SECONDS, self._claim_again)
             self._on_idle()
             return
         self._claiming = False
+        if self._failures:
+            self.log.info("Claiming jobs again after {count} failed tries", count=self._failures)
+            self._failures = 0
         try:
             for job in jobs:
                 self._held.add(job.id)
