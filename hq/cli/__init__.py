@@ -34,7 +34,7 @@ from hq.model import STATUSES
 #: Exit status of a usage error (unknown command or flag, bad flag value).
 EXIT_USAGE = 2
 
-_CLIENT_COMMANDS = "push, info, list, attempts, delete, stop, restart, stats"
+_CLIENT_COMMANDS = "push, info, list, attempts, delete, stop, restart, stats, nodes"
 
 
 def _check_address_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -611,6 +611,17 @@ def stats(ctx: click.Context, address: str) -> None:
     Print the server's counters (GET /stats) as indented JSON.
     """
     _run(ctx, address, lambda client, output: actions.show_stats(client, output))
+
+
+@cli.command("nodes", short_help="Show the live nodes of the cluster as indented JSON")
+@_address_option
+@click.pass_context
+def nodes(ctx: click.Context, address: str) -> None:
+    """
+    Print the live servers of the cluster (GET /nodes) as indented JSON: with a
+    PostgreSQL store every node with a recent heartbeat, on SQLite the server alone.
+    """
+    _run(ctx, address, lambda client, output: actions.show_nodes(client, output))
 
 
 cli.add_command(token_command)
