@@ -480,6 +480,22 @@ class ClusterStoreTests(PostgresCase):
         self.assertEqual((await me.get(mine.id)).status, "waiting")
         self.assertEqual((await me.get(expired.id)).status, "waiting")
 
+    async def test_a_node_does_not_finish_a_job_another_node_claimed(self) -> None:
+        """finish() and retry() of a running job count only on the node holding it."""
+        await self.store.push([make_job(1)], 0)
+        holder, late = self.node(2), self.node(3)
+        await holder.open()
+        await late.open()
+        (job,) = await holder.claim(T0 + 10, 1)
+        outcome = Outcome(finished_at=T0 + 20, success=True, status_code=200)
+        attempt = Attempt.of(job, outcome)
+        self.assertIsNone(await late.finish(job.id, outcome, attempt))
+        self.assertIsNone(await late.retry(job.id, T0 + 999, outcome, attempt))
+        self.assertEqual((await late.get(job.id)).status, "running")
+        finished = await holder.finish(job.id, outcome, attempt)
+        assert finished is not None
+        self.assertEqual(finished.status, "success")
+
     async def test_second_node_with_a_live_server_id_is_refused(self) -> None:
         """register() refuses a server_id whose node has a fresh heartbeat, naming it."""
         first, second = self.node(5), self.node(5)

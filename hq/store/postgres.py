@@ -178,7 +178,15 @@ _UPDATE = _P(sql.UPDATE)
 _SELECT_ONE = _P(f"{sql.SELECT} WHERE id = ?")
 _LOCK_ONE = _P(f"{sql.SELECT} WHERE id = ? FOR UPDATE")
 _RAISE_MAX_ID = _P(sql.RAISE_MAX_ID)
-_FINISH = _P(sql.FINISH)
+#: ``sql.FINISH``, but a running job only by the node holding it (the last
+#: ``%s``): a node whose lease ran out and was claimed again by another node
+#: does not finish the other node's delivery.
+_FINISH = _P(
+    sql.FINISH.replace(
+        "WHERE id = ? AND state = ?",
+        "WHERE id = ? AND state = ? AND (state <> 1 OR node IS NULL OR node = ?)",
+    )
+)
 _WAITING = _P(sql.WAITING)
 _NEXT_DUE = _P(sql.NEXT_DUE)
 _INSERT_ATTEMPT = _P(sql.INSERT_ATTEMPT)
@@ -1143,7 +1151,7 @@ class PostgresStore:
 
         def op(conn: psycopg.Connection[Any]) -> Job | None:
             for state in (JobState.RUNNING, JobState.WAITING):
-                row = conn.execute(_FINISH, (*values, int(state))).fetchone()
+                row = conn.execute(_FINISH, (*values, int(state), self.server_id)).fetchone()
                 if row is not None:
                     if attempt is not None:
                         conn.execute(_INSERT_ATTEMPT, _values(sql.attempt_row(attempt)))
@@ -1157,6 +1165,9 @@ class PostgresStore:
             job = self._fetch(conn, job_id, lock=True)
             if job is None or job.state is not JobState.RUNNING:
                 return None
+            node = conn.execute("SELECT node FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            if node is not None and node[0] not in (None, self.server_id):
+                return None  # Another node claimed it after this node's lease ran out.
             conn.execute(_INSERT_ATTEMPT, _values(sql.attempt_row(attempt)))
             retried = self._save(conn, job.retried(at, last))
             if retried.waiting:
