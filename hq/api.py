@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote_to_bytes
@@ -58,6 +58,7 @@ from hq.store import (
     IJobStore,
     JobConflict,
     JobNotFound,
+    Node,
     Pushed,
     StoreUnavailable,
 )
@@ -140,6 +141,18 @@ def _compact(value: Any) -> str:
 
 
 @functools.cache
+def node_json(node: Node) -> dict[str, Any]:
+    """
+    Return ``node`` as ``GET /nodes`` shows it.
+    """
+    return {
+        "serverId": node.server_id,
+        "address": node.address,
+        "startedAt": format_time(node.started_at),
+        "heartbeatAt": format_time(node.heartbeat_at),
+    }
+
+
 def openapi_text(version: str) -> str:
     """
     Return the OpenAPI 3 document of the API (``hq/openapi.json``) as compact
@@ -199,6 +212,8 @@ class HQApi:
     _health: HealthCheck | None = None
     #: The outbound guard: a push to a literal denied address is refused (422).
     _guard: NetworkGuard | None = None
+    #: ``GET /nodes``: the servers of the cluster (this one alone on SQLite).
+    _nodes: Callable[[], Deferred[list[Node]]] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._bulk = BulkActions(self._store, self._dispatch, self._clock)
@@ -318,6 +333,17 @@ class HQApi:
             for bucket in self._dispatch.history(self._now_ms())
         ]
         return write_json(request, _compact({"interval": HISTORY_INTERVAL, "buckets": buckets}))
+
+    @app.route("/nodes", methods=["GET"])
+    async def nodes(self, request: IRequest) -> bytes:
+        """
+        The live servers of the cluster: ``{"nodes": [{"serverId", "address",
+        "startedAt", "heartbeatAt"}]}`` in ``serverId`` order.
+        """
+        if self._nodes is None:
+            raise APIError(404, "The node list is not available on this server")
+        nodes = await self._nodes()
+        return write_json(request, _compact({"nodes": [node_json(node) for node in nodes]}))
 
     @app.route("/job", methods=["POST"])
     def push(self, request: IRequest) -> Deferred[bytes]:

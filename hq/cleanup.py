@@ -4,6 +4,8 @@ Deleting finished jobs older than ``job_lifetime``, every minute and at start-up
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import attrs
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
@@ -31,18 +33,24 @@ class Cleanup:
     _store: IJobStore
     _clock: IReactorTime
     _lifetime: int
+    #: In a cluster: whether this node leads the clean-up now (a leader
+    #: lease), so that it runs once per cluster, not once per node.
+    _leader: Callable[[], Awaitable[bool]] | None = None
     _running: bool = False
 
     async def run_once(self) -> int:
         """
         Delete every expired job, a batch per store write; return how many.
 
-        A run that starts while another is still going does nothing.
+        A run that starts while another is still going does nothing, and so
+        does a run on a node of a cluster that is not the clean-up's leader.
         """
         if self._running:
             return 0
         self._running = True
         try:
+            if self._leader is not None and not await self._leader():
+                return 0
             cutoff = now_ms(self._clock) - self._lifetime * 1000
             total = 0
             while True:

@@ -301,6 +301,15 @@ class HQClient:
         return Stats.from_dict(await self._object("GET", "/stats"))
 
     @_deferred
+    async def nodes(self) -> list[dict[str, Any]]:
+        """
+        ``GET /nodes``: a Deferred firing with the live nodes of the cluster
+        (``serverId``, ``address``, ``startedAt``, ``heartbeatAt``); fails with HQError.
+        """
+        nodes = (await self._object("GET", "/nodes")).get("nodes")
+        return [node for node in nodes if isinstance(node, dict)] if isinstance(nodes, list) else []
+
+    @_deferred
     async def push(
         self,
         job: dict[str, Any],

@@ -69,6 +69,8 @@ class Config:
     max_batch_jobs: int = 10_000
     # The job store (SPEC §13): "" or "sqlite" (in data_dir), or a PostgreSQL URL.
     store: str = ""
+    # Seconds a cluster node's claim on a running job lasts without renewal (SPEC §13).
+    lease_timeout: float = 30.0
     # Security (SPEC §12; docs/security.md).
     tokens: tuple[TokenEntry, ...] = ()
     listen: str = ""
@@ -132,7 +134,7 @@ _MINIMUM: dict[str, int] = {
 _MAXIMUM: dict[str, int] = {"retries": 1000}
 
 #: Keys that take a number of seconds, fractions allowed (an integer is taken too).
-_SECONDS = ("retry_min_backoff", "retry_max_backoff")
+_SECONDS = ("retry_min_backoff", "retry_max_backoff", "lease_timeout")
 
 _TYPE_NAMES = {
     int: "an integer",
@@ -267,6 +269,9 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     for key in _SECONDS:
         if key in values and not 0 < values[key] < math.inf:
             raise ConfigError(f"'{key}' must be a number of seconds above 0, not {values[key]}")
+    if values.get("lease_timeout", 30.0) < 1:
+        value = values["lease_timeout"]
+        raise ConfigError(f"'lease_timeout' must be at least 1 second, not {value}")
     if values.get("retry_min_backoff", 1.0) > values.get("retry_max_backoff", 3600.0):
         raise ConfigError("'retry_min_backoff' must not be above 'retry_max_backoff'")
     server_id: int = values.get("server_id", 0)

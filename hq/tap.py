@@ -8,21 +8,27 @@ order and stopped in the reverse one, each waiting for the one before:
 1. :class:`ExitOnSecondSignal`: a second SIGINT/SIGTERM exits at once;
 2. :class:`LogService`: the application and access logs, reopened on SIGUSR1;
 3. :class:`StoreService`: the data_dir lock, then the store opened (schema check);
-4. :class:`Recovery`: interrupted jobs queued again, the id generator advanced;
-5. the delivery engine (:func:`delivery_engine`);
-6. the clean-up timer (:mod:`hq.cleanup`), when ``job_lifetime`` is set;
-7. :class:`WebListener`: the port, bound early, accepting only from here on;
-8. :class:`SystemdNotifier`: ``READY=1`` now, ``STOPPING=1`` first at shutdown.
+4. on PostgreSQL, the cluster (:mod:`hq.cluster`): this node registered (a
+   live node with its server_id stops the start), its leases renewed and
+   expired ones reaped; then the listener of the other nodes' pushes and stops;
+5. :class:`Recovery`: interrupted jobs queued again, the id generator advanced;
+6. the delivery engine (:func:`delivery_engine`);
+7. the clean-up timer (:mod:`hq.cleanup`), when ``job_lifetime`` is set (in
+   a cluster, on the node holding the clean-up's leader lease);
+8. :class:`WebListener`: the port, bound early, accepting only from here on;
+9. :class:`SystemdNotifier`: ``READY=1`` now, ``STOPPING=1`` first at shutdown.
 
 A new moving part (a scheduler, a cluster heartbeat) is one more child.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, MutableMapping
@@ -54,7 +60,7 @@ from hq.logs import ReopenableFile, app_observer, on_sigusr1, start_logging
 from hq.metrics import ServerMetrics
 from hq.policy import RetryRules
 from hq.site import AccessLogSite
-from hq.store import IJobStore, StoreError, open_store
+from hq.store import IJobStore, Node, StoreError, open_store
 from hq.store.postgres import PostgresStore
 from hq.store.sqlite import SQLiteStore
 from hq.systemd import notify_address, sd_notify
@@ -449,6 +455,15 @@ class WebListener(Stage):
         scheme = "https" if self._config.listen.startswith(("ssl:", "tls:")) else "http"
         self.base = f"{scheme}://{shown}:{host.port}"
 
+    def node_address(self) -> str:
+        """
+        The API's address for other nodes of a cluster (``GET /nodes``): the
+        host name in place of a wildcard interface.
+        """
+        if self._config.listen or self._config.host:
+            return self.base
+        return self.base.replace("127.0.0.1", socket.gethostname(), 1)
+
     async def start(self) -> None:
         assert self._port is not None
         producer = IPushProducer(self._port, None)
@@ -603,6 +618,7 @@ def web_resource(
     ids: IdGenerator,
     metrics: ServerMetrics | None,
     reactor: IServerReactor,
+    nodes: Callable[[], Deferred[list[Node]]] | None = None,
 ) -> IResource:
     """
     Return the resource served: the API, with the web UI under ``ui_basename``.
@@ -625,6 +641,7 @@ def web_resource(
         metrics=metrics,
         health=health,
         guard=NetworkGuard.from_config(config.deny_networks, config.allow_networks),
+        nodes=nodes,
     )
     ui = ui_resource(config.ui_path, __version__, commit) if config.ui else None
     return protected(config, mount(api.resource(), ui, config.ui_path), reactor)
@@ -691,7 +708,15 @@ class HQService(MultiService):
         delivery = delivery_engine(config, store, reactor)
         if config.metrics:
             self._metrics = server_metrics(config, store, delivery, reactor)
-        resource = web_resource(config, store, delivery, ids, self._metrics, reactor)
+        from hq.cluster import local_nodes
+
+        if isinstance(store, PostgresStore):
+            nodes = store.nodes
+        else:
+            # ``web`` is bound below, before any request is answered.
+            started = now_ms(reactor)
+            nodes = local_nodes(config.server_id, lambda: web.node_address(), started, reactor)
+        resource = web_resource(config, store, delivery, ids, self._metrics, reactor, nodes)
         web = WebListener(
             config,
             lambda: web_site(config, resource, self._logs.access_log),
@@ -699,14 +724,42 @@ class HQService(MultiService):
             self._store.data_dir,
         )
         children: list[IService] = [self._signals, self._logs, self._store]
+        if isinstance(store, PostgresStore):
+            children += self._cluster(store, delivery, web)
         children += [Recovery(store, ids, reactor), delivery]
         if config.job_lifetime > 0:
-            from hq.cleanup import Cleanup
+            from hq.cleanup import INTERVAL, Cleanup
 
-            children.append(Cleanup(store, reactor, config.job_lifetime).service())
+            leader = None
+            if isinstance(store, PostgresStore):
+                # Held across ticks; a stopped node's lease ends with it.
+                leader = functools.partial(store.lead, "cleanup", INTERVAL * 2.5)
+            cleanup = Cleanup(store, reactor, config.job_lifetime, leader)
+            children.append(cleanup.service())
         children += [web, SystemdNotifier(web)]
         for child in children:
             child.setServiceParent(self)
+
+    def _cluster(
+        self, store: PostgresStore, delivery: Delivery, web: WebListener
+    ) -> list[IService]:
+        """
+        Return the services of this node of a cluster: its registration,
+        heartbeat, lease renewal and reaper, and the listener.
+        """
+        from hq.cluster import ClusterNode, NotifyListener
+        from hq.store.postgres import PUSH_CHANNEL, STOP_CHANNEL
+
+        reactor = self._reactor
+        node = ClusterNode(store, web.node_address, delivery, reactor)
+        listener = NotifyListener(
+            store.connect,
+            reactor,
+            on_push=delivery.poke,
+            on_stop=delivery.cancel,
+            channels=(PUSH_CHANNEL, STOP_CHANNEL),
+        )
+        return [node, listener]
 
     def _commit_observed(self, seconds: float, writes: int, committed: bool) -> None:
         # On the store's writer thread.

@@ -26,7 +26,7 @@ from hq.api import HISTORY_INTERVAL, HQApi
 from hq.config import Config
 from hq.history import HistoryBucket
 from hq.ids import IdGenerator, id_to_ms
-from hq.model import Attempt, Job, JobState, ListQuery, Outcome
+from hq.model import Attempt, Job, JobState, ListQuery, Outcome, format_time
 from hq.store import Pushed, StoreUnavailable
 from hq.store.memory import MemoryStore
 from hq.store.sqlite import SQLiteStore
@@ -1188,6 +1188,41 @@ class StatsTests(APITestCase):
     def test_stats_wrong_method_is_405(self) -> None:
         """POST /stats is a 405."""
         self.assertError(self.call("POST", "/stats"), 405, "Method Not Allowed")
+
+
+class NodesTests(APITestCase):
+    """
+    GET /nodes.
+    """
+
+    def test_nodes_lists_the_servers_with_times(self) -> None:
+        """/nodes answers the nodes given, with RFC 3339 times, in the order given."""
+        from hq.cluster import local_nodes
+
+        nodes = local_nodes(5, lambda: "http://hq.test:19900", T0 * 1000 - 60_000, self.clock)
+        self.api = attrs.evolve(self.api, nodes=nodes)
+        self.client = StubTreq(self.api.resource())
+        reply = self.call("GET", "/nodes")
+        self.assertEqual(reply.status, 200)
+        self.assertEqual(
+            json.loads(reply.body),
+            {
+                "nodes": [
+                    {
+                        "serverId": 5,
+                        "address": "http://hq.test:19900",
+                        "startedAt": format_time(T0 * 1000 - 60_000),
+                        "heartbeatAt": format_time(T0 * 1000),
+                    }
+                ]
+            },
+        )
+
+    def test_nodes_without_a_source_is_404(self) -> None:
+        """A server built without a node list answers 404 with the JSON error."""
+        reply = self.call("GET", "/nodes")
+        self.assertEqual(reply.status, 404)
+        self.assertIn(b"node list", reply.body)
 
 
 class RoutingAndFailureTests(APITestCase):

@@ -986,6 +986,28 @@ class PushOptionTests(CLITestCase):
         )
         self.assertEqual(self.runner.addresses, [])
 
+    def test_nodes_prints_the_cluster(self) -> None:
+        """
+        ``hq nodes`` prints GET /nodes as indented JSON; a server without it exits 1.
+        """
+        from hq.cluster import local_nodes
+
+        api = HQApi(
+            store=self.store,
+            dispatch=self.dispatch,
+            ids=IdGenerator(0, self.clock),
+            clock=self.clock,
+            config=Config(),
+            nodes=local_nodes(4, lambda: "http://hq-4:19900", 0, self.clock),
+        )
+        runner = StubRunner(StubTreq(api.resource()), self.clock)
+        ran = self.hq("nodes", runner=runner)
+        self.assertEqual((ran.code, ran.err), (0, ""))
+        nodes = json.loads(ran.out)["nodes"]
+        self.assertEqual([(n["serverId"], n["address"]) for n in nodes], [(4, "http://hq-4:19900")])
+        self.assertTrue(ran.out.startswith('{\n  "nodes": [\n'))
+        self.assertEqual(self.hq("nodes").code, 1)
+
     def test_batch_too_large_for_the_server(self) -> None:
         """
         A batch over the server's max_batch_jobs is its 413 message and a hint.

@@ -49,11 +49,19 @@ class ConfigTests(SynchronousTestCase):
             "'log_level' must be one of": {"log_level": "loud"},
             "'addr' must be host:port": {"addr": "localhost"},
             "'ui_basename' must name a path": {"ui_basename": "/"},
+            "'lease_timeout' must be at least 1 second": {"lease_timeout": 0.5},
+            "'lease_timeout' must be a number": {"lease_timeout": "30"},
         }
         for message, values in cases.items():
             with self.assertRaises(ConfigError) as e:
                 config_from_dict(values)
             self.assertIn(message, str(e.exception))
+
+    def test_lease_timeout_takes_seconds(self) -> None:
+        """lease_timeout defaults to 30 s and takes integers or fractions."""
+        self.assertEqual(Config().lease_timeout, 30.0)
+        self.assertEqual(config_from_dict({"lease_timeout": 5}).lease_timeout, 5.0)
+        self.assertEqual(config_from_dict({"lease_timeout": 2.5}).lease_timeout, 2.5)
 
     def test_bad_file(self) -> None:
         """A missing file or invalid TOML is a ConfigError naming the file."""

@@ -28,11 +28,18 @@ from hq.store import (
     JobConflict,
     JobExists,
     JobNotFound,
+    NodeInUse,
     StoreError,
     StoreUnavailable,
     open_store,
 )
-from hq.store.postgres import SCHEMA_VERSION, PostgresStore, like_prefilter, safe_url
+from hq.store.postgres import (
+    SCHEMA_VERSION,
+    SERVER_LOCK,
+    PostgresStore,
+    like_prefilter,
+    safe_url,
+)
 from hq.store.sqlite import SQLiteStore
 from tests import pgserver
 from tests.test_store import T0, StoreContractMixin, make_job
@@ -378,6 +385,175 @@ class PostgresOnlyTests(PostgresCase):
 
         self.assertEqual(await deferToThread(check), [])
         self.assertGreater(len(cases), 20)
+
+
+class ClusterStoreTests(PostgresCase):
+    """
+    What nodes sharing one database do through the store (SPEC §13).
+    """
+
+    def node(self, server_id: int, lease_timeout: float = 30.0) -> PostgresStore:
+        """
+        Return another open store on this database, as node ``server_id``.
+        """
+        store = self.make_store(server_id=server_id, lease_timeout=lease_timeout)
+        return store
+
+    async def test_claim_takes_due_jobs_in_due_time_then_id_order_with_a_lease(self) -> None:
+        """A claim marks up to n due jobs running for the node, FIFO by due time; not later ones."""
+        jobs = [make_job(n) for n in range(5)]
+        jobs[1] = attrs.evolve(jobs[1], run_at=T0 + 100)
+        await self.store.push([*jobs, make_job(9, run_at=T0 + 10**9)], 0)
+        node = self.node(4)
+        await node.open()
+        claimed = await node.claim(T0 + 1000, 3)
+        self.assertEqual([job.id for job in claimed], [jobs[n].id for n in (0, 2, 3)])
+        self.assertEqual({job.state for job in claimed}, {JobState.RUNNING})
+        self.assertEqual({job.attempts for job in claimed}, {1})
+        rows = self.sql("SELECT node, lease_until > 0 FROM jobs WHERE state = 1")
+        self.assertEqual(rows, [(4, True)] * 3)
+        again = await node.claim(T0 + 1000, 10)
+        self.assertEqual([job.id for job in again], [jobs[4].id, jobs[1].id])
+
+    async def test_concurrent_claims_never_take_a_job_twice(self) -> None:
+        """Four nodes claiming at once share 400 jobs: each claimed exactly once."""
+        await self.store.push([make_job(n) for n in range(400)], 0)
+        nodes = [self.node(n) for n in range(1, 5)]
+        for node in nodes:
+            await node.open()
+        claimed: list[int] = []
+        while True:
+            batches = await gatherResults([node.claim(T0 + 10**6, 7) for node in nodes])
+            got = [job.id for batch in batches for job in batch]
+            if not got:
+                break
+            claimed += got
+        self.assertEqual(len(claimed), 400)
+        self.assertEqual(len(set(claimed)), 400)
+
+    async def test_renew_extends_leases_and_reports_stops(self) -> None:
+        """renew() pushes the leases of the node's jobs later and names those being stopped."""
+        await self.store.push([make_job(1), make_job(2)], 0)
+        node = self.node(2, lease_timeout=5)
+        await node.open()
+        await node.register("http://n2", T0)
+        first, second = await node.claim(T0 + 10, 2)
+        before = self.sql("SELECT id, lease_until FROM jobs ORDER BY id")
+        await self.store.stop(second.id, T0 + 20)
+        stopped = await node.renew([first.id, second.id])
+        self.assertEqual(stopped, [second.id])
+        after = self.sql("SELECT id, lease_until FROM jobs ORDER BY id")
+        self.assertGreater(after[0][1], before[0][1])
+        # Another node's renewal does not touch them.
+        self.assertEqual(await self.store.renew([first.id]), [])
+
+    async def test_reap_gives_back_expired_leases_only(self) -> None:
+        """Expired leases: the job waits again with an interrupted attempt, or ends canceled."""
+        await self.store.push([make_job(n) for n in range(3)], 0)
+        node = self.node(2, lease_timeout=30)
+        await node.open()
+        a, b, live = await node.claim(T0 + 10, 3)
+        await self.store.stop(b.id, T0 + 11)
+        self.sql("UPDATE jobs SET lease_until = 0 WHERE id = ANY(%s)", [a.id, b.id])
+        reaped = await self.store.reap(T0 + 50)
+        self.assertEqual((reaped.requeued, reaped.canceled), (1, 1))
+        self.assertEqual((await self.store.get(a.id)).status, "waiting")
+        self.assertEqual((await self.store.get(b.id)).status, "canceled")
+        self.assertEqual((await self.store.get(live.id)).status, "running")
+        history = await self.store.attempts(a.id)
+        self.assertEqual([attempt.attempt for attempt in history], [1])
+        self.assertIn("interrupted", history[0].err)
+
+    async def test_recover_leaves_live_nodes_jobs_alone(self) -> None:
+        """recover() at start takes this server_id's jobs and expired ones, not a live node's."""
+        await self.store.push([make_job(n) for n in range(3)], 0)
+        other, me = self.node(2), self.node(3)
+        await other.open()
+        await me.open()
+        (live,) = await other.claim(T0 + 10, 1)
+        (mine,) = await me.claim(T0 + 10, 1)
+        (expired,) = await other.claim(T0 + 10, 1)
+        self.sql("UPDATE jobs SET lease_until = 0 WHERE id = %s", expired.id)
+        recovery = await me.recover(T0 + 20)
+        self.assertEqual(recovery.requeued, 2)
+        self.assertEqual((await me.get(live.id)).status, "running")
+        self.assertEqual((await me.get(mine.id)).status, "waiting")
+        self.assertEqual((await me.get(expired.id)).status, "waiting")
+
+    async def test_a_node_does_not_finish_a_job_another_node_claimed(self) -> None:
+        """finish() and retry() of a running job count only on the node holding it."""
+        await self.store.push([make_job(1)], 0)
+        holder, late = self.node(2), self.node(3)
+        await holder.open()
+        await late.open()
+        (job,) = await holder.claim(T0 + 10, 1)
+        outcome = Outcome(finished_at=T0 + 20, success=True, status_code=200)
+        attempt = Attempt.of(job, outcome)
+        self.assertIsNone(await late.finish(job.id, outcome, attempt))
+        self.assertIsNone(await late.retry(job.id, T0 + 999, outcome, attempt))
+        self.assertEqual((await late.get(job.id)).status, "running")
+        finished = await holder.finish(job.id, outcome, attempt)
+        assert finished is not None
+        self.assertEqual(finished.status, "success")
+
+    async def test_second_node_with_a_live_server_id_is_refused(self) -> None:
+        """register() refuses a server_id whose node has a fresh heartbeat, naming it."""
+        first, second = self.node(5), self.node(5)
+        await first.open()
+        await second.open()
+        await first.register("http://first:19900", T0)
+        with self.assertRaises(NodeInUse) as e:
+            await second.register("http://second:19900", T0)
+        self.assertIn(
+            "server_id 5 is in use by the live HQ node at http://first:19900", str(e.exception)
+        )
+        nodes = await second.nodes()
+        self.assertEqual([(n.server_id, n.address) for n in nodes], [(5, "http://first:19900")])
+        # A stale heartbeat (a dead node) is taken over; a clean stop leaves.
+        self.sql("UPDATE nodes SET heartbeat_at = 0")
+        await second.register("http://second:19900", T0)
+        await second.unregister()
+        self.assertEqual(await first.nodes(), [])
+
+    async def test_one_leader_per_lease(self) -> None:
+        """lead() gives a lease to one node until it expires or its holder unregisters."""
+        a, b = self.node(1), self.node(2)
+        await a.open()
+        await b.open()
+        await a.register("http://a", T0)
+        self.assertEqual([await a.lead("cleanup", 60), await b.lead("cleanup", 60)], [True, False])
+        self.assertTrue(await a.lead("cleanup", 60))
+        await a.unregister()
+        self.assertTrue(await b.lead("cleanup", 60))
+
+    async def test_push_and_stop_notify_the_nodes(self) -> None:
+        """A push notifies hq_push (once per transaction); a stop of a running job hq_stop."""
+        conn = await deferToThread(self.store.connect)
+        self.addCleanup(conn.close)
+        conn.execute("LISTEN hq_push")
+        conn.execute("LISTEN hq_stop")
+        await self.store.push([make_job(n) for n in range(3)], 0)
+        (job,) = await self.store.claim(T0 + 10, 1)
+        await self.store.stop(job.id, T0 + 20)
+
+        def drain() -> list[tuple[str, str]]:
+            return [(n.channel, n.payload) for n in conn.notifies(timeout=0.5)]
+
+        got = await deferToThread(drain)
+        self.assertEqual(got, [("hq_push", ""), ("hq_stop", str(job.id))])
+
+    async def test_nodes_share_the_database_but_not_with_a_one_server_release(self) -> None:
+        """Nodes share the server lock; an exclusive holder (the one-server HQ) refuses them."""
+        a, b = self.node(1), self.node(2)
+        a.lock()
+        b.lock()
+        await a.close()
+        await b.close()
+        with psycopg.connect(self.url, autocommit=True) as old:
+            old.execute("SELECT pg_advisory_lock(%s)", (SERVER_LOCK,))
+            with self.assertRaises(StoreError) as e:
+                self.node(3).lock()
+        self.assertIn("without clustering", str(e.exception))
 
 
 class LikePrefilterTests(SynchronousTestCase):

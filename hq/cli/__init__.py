@@ -34,7 +34,7 @@ from hq.model import STATUSES
 #: Exit status of a usage error (unknown command or flag, bad flag value).
 EXIT_USAGE = 2
 
-_CLIENT_COMMANDS = "push, info, list, attempts, delete, stop, restart, stats"
+_CLIENT_COMMANDS = "push, info, list, attempts, delete, stop, restart, stats, nodes"
 
 
 def _check_address_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -155,6 +155,26 @@ def backup(
     from hq.cli.backup import run_backup
 
     ctx.exit(run_backup(config_file, data_dir, destination, force))
+
+
+@cli.command("migrate", short_help="Create or upgrade the store's schema, then exit")
+@click.option(
+    "-c",
+    "--config-file",
+    metavar="FILE",
+    envvar="HQ_CONFIG",
+    help="TOML configuration file naming the store (default: /etc/hq/hq.toml if it exists).",
+)
+@click.pass_context
+def migrate(ctx: click.Context, config_file: str | None) -> None:
+    """
+    Create or upgrade the schema of the store the config names (store = "postgresql://..."
+    or SQLite in data_dir), then exit. Servers do it at start too (under a lock, so
+    cluster nodes may start together); this runs it alone, e.g. before a rolling upgrade.
+    """
+    from hq.cli.migrate import run_migrate
+
+    ctx.exit(run_migrate(config_file))
 
 
 def _read_stdin() -> bytes:
@@ -591,6 +611,17 @@ def stats(ctx: click.Context, address: str) -> None:
     Print the server's counters (GET /stats) as indented JSON.
     """
     _run(ctx, address, lambda client, output: actions.show_stats(client, output))
+
+
+@cli.command("nodes", short_help="Show the live nodes of the cluster as indented JSON")
+@_address_option
+@click.pass_context
+def nodes(ctx: click.Context, address: str) -> None:
+    """
+    Print the live servers of the cluster (GET /nodes) as indented JSON: with a
+    PostgreSQL store every node with a recent heartbeat, on SQLite the server alone.
+    """
+    _run(ctx, address, lambda client, output: actions.show_nodes(client, output))
 
 
 cli.add_command(token_command)

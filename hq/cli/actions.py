@@ -219,6 +219,19 @@ async def show_stats(client: HQClient, output: Output) -> int:
     return 0
 
 
+async def show_nodes(client: HQClient, output: Output) -> int:
+    """
+    Print the live nodes of the cluster as indented JSON. Returns the exit status.
+    """
+    try:
+        nodes = await client.nodes()
+    except HQError as e:
+        output.error(e.message)
+        return 1
+    output.line(_pretty({"nodes": nodes}))
+    return 0
+
+
 @attrs.frozen
 class ListOptions:
     """

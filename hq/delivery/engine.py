@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from hq.delivery.claims import ClaimFeed
 from hq.delivery.feed import Feed
 from hq.delivery.outcomes import Outcomes
 from hq.delivery.runner import Runner
@@ -20,7 +22,7 @@ from hq.delivery.shutdown import Shutdown
 from hq.history import HistoryBucket
 from hq.model import Attempt, Job, JobState
 from hq.policy import RetryRules
-from hq.store import IJobStore
+from hq.store import IClaimingStore, IJobStore
 from hq.worker import WorkerClient
 
 
@@ -30,7 +32,9 @@ class Delivery(Service):
 
     :param store: the job store, the source of truth: a job the store will
         not start (stopped or deleted meanwhile) is skipped, and a job left
-        running by a dead process is queued again by ``store.recover()``.
+        running by a dead process is queued again by ``store.recover()``. A
+        store shared by a cluster (:class:`hq.store.IClaimingStore`) is fed
+        from by claims (:class:`hq.delivery.claims.ClaimFeed`).
     :param worker: runs the exchanges with workers.
     :param clock: for timeouts, pauses and finish times.
     :param dispatchers: how many dispatch loops.
@@ -56,7 +60,15 @@ class Delivery(Service):
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._dispatchers = max(1, dispatchers)
-        self._feed = Feed(store, clock, queue_size, on_idle=self._check_stopped)
+        self._feed: Feed | ClaimFeed
+        #: Whether jobs are claimed from a store other nodes share.
+        self.claims = IClaimingStore.providedBy(store)
+        if self.claims:
+            capacity = self._dispatchers * max(1, workers_per_dispatcher)
+            claiming = cast(IClaimingStore, store)
+            self._feed = ClaimFeed(claiming, clock, capacity, on_idle=self._check_stopped)
+        else:
+            self._feed = Feed(store, clock, queue_size, on_idle=self._check_stopped)
         self._shutdown = Shutdown(clock, shutdown_timeout, lambda: self._feed.reading, self._abort)
         # A retried job is still held by its run: enqueue() takes it back once the run ends.
         self._outcomes = Outcomes(store, clock, self._shutdown, on_retry=self.enqueue)
@@ -128,6 +140,19 @@ class Delivery(Service):
         except Exception:
             self.log.failure("Could not queue job {jobID}", jobID=job.id)
 
+    def poke(self, due: int | None = None) -> None:
+        """
+        Jobs wait in the store, due at ``due`` (ms) or now: another node said so.
+        """
+        if isinstance(self._feed, ClaimFeed):
+            self._feed.poke(due)
+
+    def held_ids(self) -> list[int]:
+        """
+        The ids of the jobs this node claimed and runs (whose leases it renews).
+        """
+        return self._feed.held_ids() if isinstance(self._feed, ClaimFeed) else []
+
     def cancel(self, job_id: int, stopped: Job | None = None) -> None:
         """
         Forget or abort the delivery of ``job_id``, which the store just stopped:
@@ -152,7 +177,11 @@ class Delivery(Service):
             if stopped.state is JobState.FINISHED:
                 self._outcomes.finished(stopped)
             elif stopped.state is JobState.RUNNING and stopped.canceled and not delivering:
-                self._outcomes.record_orphan(job_id)
+                # In a cluster another node may be running it: that node
+                # aborts it (told by the store); if none is, its lease runs
+                # out and the reaper finishes it canceled.
+                if not self.claims:
+                    self._outcomes.record_orphan(job_id)
         except Exception:
             self.log.failure("Could not cancel job {jobID}", jobID=job_id)
 

@@ -19,11 +19,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hq.delivery.claims import ClaimFeed
 from hq.delivery.feed import Feed
 from hq.delivery.outcomes import Outcomes
 from hq.delivery.shutdown import Pauses, Shutdown
 from hq.ids import now_ms
-from hq.model import Attempt, Job, Outcome
+from hq.model import Attempt, Job, JobState, Outcome
 from hq.policy import AttemptResult, Finish, RetryRules, after_attempt, stopped_outcome
 from hq.store import STORE_RETRY_SECONDS, IJobStore
 from hq.worker import Exchange, WorkerClient
@@ -65,7 +66,7 @@ class Runner:
         store: IJobStore,
         worker: WorkerClient,
         clock: IReactorTime,
-        feed: Feed,
+        feed: Feed | ClaimFeed,
         outcomes: Outcomes,
         shutdown: Shutdown,
         workers_per_dispatcher: int,
@@ -229,6 +230,8 @@ class Runner:
         While the store fails, try again every :data:`STORE_RETRY_SECONDS`,
         keeping this dispatcher slot (so a broken store is not hammered).
         """
+        if job.state is JobState.RUNNING:
+            return job  # Claimed from a shared store: the claim started it.
         attempt = 0
         while not self._shutdown.stopping:
             attempt += 1

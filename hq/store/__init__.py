@@ -126,6 +126,24 @@ class Recovery:
     canceled: int
 
 
+@attrs.frozen
+class Node:
+    """
+    One server of a cluster as the store knows it (``GET /nodes``); times in ms.
+    """
+
+    server_id: int
+    address: str
+    started_at: int
+    heartbeat_at: int
+
+
+class NodeInUse(StoreError):
+    """
+    A live node already uses this ``server_id``: a second one must not start.
+    """
+
+
 class IJobStore(Interface):
     """
     Durable storage of jobs. All methods return Deferreds.
@@ -276,6 +294,63 @@ class IJobStore(Interface):
         """
 
 
+class IClaimingStore(IJobStore):
+    """
+    A store that several servers (nodes) share, each with its ``server_id``
+    (SPEC §13): a node claims due jobs with a lease instead of starting the
+    jobs it read, renews the leases of the jobs it runs, and any node gives
+    the jobs of expired leases back (at-least-once). Times of leases and
+    heartbeats are the store's own clock.
+    """
+
+    lease_timeout: float
+
+    def claim(now: int, limit: int) -> Deferred[list[Job]]:
+        """
+        Mark up to ``limit`` due waiting jobs (due at ``now`` or before, not
+        canceled) running for this node at ``now``, with a lease; return them
+        in due time, then id order. Jobs another node is claiming are skipped,
+        so no job is claimed twice.
+        """
+
+    def renew(job_ids: list[int]) -> Deferred[list[int]]:
+        """
+        Renew this node's heartbeat and the leases of ``job_ids`` (its running
+        jobs) in one write; return the ids among them whose stop was asked.
+        """
+
+    def reap(now: int) -> Deferred[Recovery]:
+        """
+        Give back the running jobs whose lease has expired (their node died):
+        like :meth:`IJobStore.recover`, the attempt counts and is recorded
+        interrupted, and a job whose stop was asked finishes ``canceled``.
+        """
+
+    def register(address: str, now: int) -> Deferred[None]:
+        """
+        Register this node (its ``server_id``) at ``address``, started at ``now``.
+        Fails with :class:`NodeInUse` when a node with this ``server_id`` has
+        a heartbeat younger than the lease timeout.
+        """
+
+    def unregister() -> Deferred[None]:
+        """
+        Remove this node's registration and its leader leases (a clean stop).
+        """
+
+    def nodes() -> Deferred[list[Node]]:
+        """
+        Return the live nodes (a heartbeat younger than the lease timeout),
+        in ``server_id`` order.
+        """
+
+    def lead(name: str, seconds: float) -> Deferred[bool]:
+        """
+        Take or keep the leader lease ``name`` for ``seconds``; return whether
+        this node holds it (work done once per cluster runs where it does).
+        """
+
+
 def open_store(
     config: Config,
     reactor: Any,
@@ -288,13 +363,19 @@ def open_store(
 
     ``on_commit`` is told of every transaction on the writer thread (seconds,
     writes, committed). Either store has ``lock()`` (SQLite's data_dir lock;
-    nothing for PostgreSQL, whose servers share the database), then ``open()``.
+    for PostgreSQL a lock shared by the nodes of a cluster), then ``open()``.
     """
     url = config.postgres_url
     if url is not None:
         from hq.store.postgres import PostgresStore
 
-        return PostgresStore(url, reactor, on_commit=on_commit)
+        return PostgresStore(
+            url,
+            reactor,
+            on_commit=on_commit,
+            server_id=config.server_id,
+            lease_timeout=config.lease_timeout,
+        )
     from hq.store.sqlite import SQLiteStore
 
     return SQLiteStore(

@@ -47,10 +47,13 @@ from hq import __version__
 from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome
 from hq.store import (
     DueKey,
+    IClaimingStore,
     IdempotencyConflict,
     IJobStore,
     JobExists,
     JobNotFound,
+    Node,
+    NodeInUse,
     Pushed,
     Recovery,
     StoreCounts,
@@ -66,9 +69,11 @@ T = TypeVar("T")
 #: is one entry of ``_SCHEMA``; an older database is upgraded at open, in one
 #: transaction. Never edit a released entry: add a version. Version 1 holds
 #: the tables of SQLite's schema version 3.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-#: Key of the session advisory lock a server holds on its database ("HQ" 2).
+#: Key of the session advisory lock on the database ("HQ" 2): the one-server
+#: release of HQ took it exclusively; cluster nodes share it (:meth:`PostgresStore.lock`),
+#: so the two never run on one database together.
 SERVER_LOCK = 0x4851_0002
 #: Key of the advisory lock held while the schema is checked or changed ("HQ" 1).
 SCHEMA_LOCK = 0x4851_0001
@@ -128,6 +133,28 @@ _SCHEMA = [
         """,
         "CREATE INDEX idempotency_keys_job ON idempotency_keys (job_id)",
     ],
+    # Version 2: the cluster (SPEC §13): who runs a job and until when, the
+    # nodes, and the leader leases of once-per-cluster work.
+    [
+        "ALTER TABLE jobs ADD COLUMN node INTEGER",
+        "ALTER TABLE jobs ADD COLUMN lease_until BIGINT",
+        "CREATE INDEX jobs_leases ON jobs (lease_until) WHERE state = 1",
+        """
+        CREATE TABLE nodes (
+            server_id INTEGER PRIMARY KEY,
+            address TEXT NOT NULL,
+            started_at BIGINT NOT NULL,
+            heartbeat_at BIGINT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder INTEGER NOT NULL,
+            until BIGINT NOT NULL
+        )
+        """,
+    ],
 ]
 
 #: Seconds after a failed connection during which writes fail at once, without
@@ -149,8 +176,15 @@ _UPDATE = _P(sql.UPDATE)
 _SELECT_ONE = _P(f"{sql.SELECT} WHERE id = ?")
 _LOCK_ONE = _P(f"{sql.SELECT} WHERE id = ? FOR UPDATE")
 _RAISE_MAX_ID = _P(sql.RAISE_MAX_ID)
-_START = _P(sql.START)
-_FINISH = _P(sql.FINISH)
+#: ``sql.FINISH``, but a running job only by the node holding it (the last
+#: ``%s``): a node whose lease ran out and was claimed again by another node
+#: does not finish the other node's delivery.
+_FINISH = _P(
+    sql.FINISH.replace(
+        "WHERE id = ? AND state = ?",
+        "WHERE id = ? AND state = ? AND (state <> 1 OR node IS NULL OR node = ?)",
+    )
+)
 _WAITING = _P(sql.WAITING)
 _NEXT_DUE = _P(sql.NEXT_DUE)
 _INSERT_ATTEMPT = _P(sql.INSERT_ATTEMPT)
@@ -160,7 +194,67 @@ _SELECT_KEY = _P(sql.SELECT_KEY)
 _TAKE_KEY = _P(sql.TAKE_KEY)
 _CLAIM_KEY = _P(sql.CLAIM_KEY)
 _EXPIRED = _P(sql.EXPIRED)
-_RUNNING = _P(f"{sql.RUNNING} FOR UPDATE")
+#: The database's clock in ms: leases and heartbeats are compared across
+#: nodes, so they are all read on one clock, not on each node's.
+_DB_NOW = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"
+#: ``sql.START``, also taking the lease for this node (node, lease ms).
+_START = (
+    "UPDATE jobs SET state = 1, status = 'running', started_at = %s, attempts = attempts + 1,"
+    f" node = %s, lease_until = {_DB_NOW} + %s"
+    f" WHERE id = %s AND state = 0 AND canceled = 0 RETURNING {sql.COLUMNS}"
+)
+#: Claim up to n due jobs for a node, in due-time then id order, skipping the
+#: rows another node is claiming (started_at, node, lease ms, now, n).
+_CLAIM = (
+    "UPDATE jobs SET state = 1, status = 'running', started_at = %s, attempts = attempts + 1,"
+    f" node = %s, lease_until = {_DB_NOW} + %s"
+    " WHERE id IN (SELECT id FROM jobs WHERE state = 0 AND canceled = 0 AND run_after <= %s"
+    " ORDER BY run_after, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+    f" RETURNING {sql.COLUMNS}"
+)
+#: Renew the leases of a node's running jobs in one statement (lease ms, ids,
+#: node); returns the ids, and whether a stop was asked for each.
+_RENEW = (
+    f"UPDATE jobs SET lease_until = {_DB_NOW} + %s"
+    " WHERE id = ANY(%s) AND state = 1 AND node = %s RETURNING id, canceled"
+)
+#: Running jobs whose lease ran out (or that never had one), locked; those
+#: another node is reaping are skipped.
+_EXPIRED_LEASES = (
+    f"{sql.SELECT} WHERE state = 1 AND (lease_until IS NULL OR lease_until < {_DB_NOW})"
+    " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+#: At start: the running jobs of this server_id's last run, or with no live lease.
+_RECOVERABLE = (
+    f"{sql.SELECT} WHERE state = 1 AND (node = %s OR node IS NULL OR lease_until IS NULL"
+    f" OR lease_until < {_DB_NOW}) FOR UPDATE SKIP LOCKED"
+)
+#: Register a node unless a node with its server_id has a heartbeat younger
+#: than the lease (server_id, address, started_at, lease ms).
+_REGISTER = (
+    "INSERT INTO nodes (server_id, address, started_at, heartbeat_at)"
+    f" VALUES (%s, %s, %s, {_DB_NOW}) ON CONFLICT (server_id) DO UPDATE SET"
+    " address = excluded.address, started_at = excluded.started_at,"
+    " heartbeat_at = excluded.heartbeat_at"
+    f" WHERE nodes.heartbeat_at < {_DB_NOW} - %s RETURNING server_id"
+)
+_HEARTBEAT = (
+    f"UPDATE nodes SET heartbeat_at = {_DB_NOW} WHERE server_id = %s AND started_at = %s"
+    " RETURNING server_id"
+)
+_NODES = (
+    f"SELECT server_id, address, started_at, heartbeat_at, {_DB_NOW} FROM nodes"
+    f" WHERE heartbeat_at >= {_DB_NOW} - %s ORDER BY server_id"
+)
+#: Take or keep a leader lease (name, holder, ms); a row back: this node leads.
+_LEAD = (
+    f"INSERT INTO leases (name, holder, until) VALUES (%s, %s, {_DB_NOW} + %s)"
+    " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until"
+    f" WHERE leases.holder = excluded.holder OR leases.until < {_DB_NOW} RETURNING holder"
+)
+#: Channels of the notifications between nodes (see :class:`hq.cluster.NotifyListener`).
+PUSH_CHANNEL = "hq_push"
+STOP_CHANNEL = "hq_stop"
 _MAX_ID = (
     "SELECT greatest(coalesce((SELECT max(id) FROM jobs), 0),"
     " coalesce((SELECT CAST(value AS BIGINT) FROM meta WHERE key = 'max_id'), 0))"
@@ -385,7 +479,7 @@ class _Ambiguous(Exception):
     """
 
 
-@implementer(IJobStore)
+@implementer(IJobStore, IClaimingStore)
 class PostgresStore:
     """
     Jobs in a PostgreSQL database.
@@ -399,6 +493,8 @@ class PostgresStore:
     :param connect_timeout: seconds to wait for a connection (libpq's minimum is 2).
     :param statement_timeout: seconds one statement may take (or wait for a
         lock) before it is canceled and its call fails with :class:`StoreUnavailable`.
+    :param server_id: this node's ``server_id``: whose leases its claims take.
+    :param lease_timeout: seconds a claim on a running job lasts unrenewed.
 
     Parameters in the URL (``connect_timeout``, ``application_name``...) win
     over these defaults; its ``options`` are kept, with the timeouts added.
@@ -414,8 +510,15 @@ class PostgresStore:
         on_commit: Callable[[float, int, bool], None] | None = None,
         connect_timeout: int = 3,
         statement_timeout: float = 30.0,
+        server_id: int = 0,
+        lease_timeout: float = 30.0,
     ) -> None:
         self._url = url
+        self.server_id = server_id
+        self.lease_timeout = lease_timeout
+        self._lease_ms = int(lease_timeout * 1000)
+        #: When this node registered (ms), None before :meth:`register`.
+        self._started_at: int | None = None
         self._reactor = reactor
         self._readers = readers
         self._on_commit = on_commit
@@ -473,13 +576,13 @@ class PostgresStore:
 
     def lock(self) -> None:
         """
-        Take the database for this server: a session advisory lock, held on a
-        connection of its own until :meth:`close`. Several servers on one
-        database (a cluster, SPEC §13) need claims and leases that this
-        release does not have yet, so a second server is refused, as a second
-        server on one SQLite data_dir is.
+        Share the database with the other nodes of the cluster: a shared
+        session advisory lock, held on a connection of its own until
+        :meth:`close`. The one-server release of HQ took this lock
+        exclusively, so neither starts while the other runs on the database
+        (it would deliver every job and recover the cluster's running ones).
 
-        :raises StoreError: when another server holds it, or the database
+        :raises StoreError: when such a server holds it, or the database
             cannot be reached.
         """
         if self._lock_conn is not None:
@@ -488,12 +591,12 @@ class PostgresStore:
             conn = self.connect(autocommit=True)
         except psycopg.Error as e:
             raise StoreError(f"cannot open the PostgreSQL store {self.where}: {e}") from None
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SERVER_LOCK,)).fetchone()
+        row = conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (SERVER_LOCK,)).fetchone()
         if row != (True,):
             conn.close()
             raise StoreError(
-                f"another HQ server is using the PostgreSQL store {self.where}; one database "
-                "serves one HQ server in this release (clustering is not supported yet)"
+                f"an HQ server of a release without clustering is using the PostgreSQL store "
+                f"{self.where}; stop it (or upgrade it) before starting cluster nodes"
             )
         self._lock_conn = conn
 
@@ -714,18 +817,136 @@ class PostgresStore:
     # IJobStore.
 
     def recover(self, now: int) -> Deferred[Recovery]:
+        # Only the jobs of this server_id's last run (no live node has it: see
+        # register) and those whose lease expired: never a live node's jobs.
         def op(conn: psycopg.Connection[Any]) -> Recovery:
-            requeued = canceled = 0
-            for row in conn.execute(_RUNNING).fetchall():
-                job = sql.row_job(row)
-                recovered = self._save(conn, job.recovered(now))
-                if recovered.waiting:
-                    interrupted = Attempt.interrupted(job, now)
-                    conn.execute(_INSERT_ATTEMPT, _values(sql.attempt_row(interrupted)))
-                    requeued += 1
-                else:
-                    canceled += 1
-            return Recovery(requeued=requeued, canceled=canceled)
+            rows = conn.execute(_RECOVERABLE, (self.server_id,)).fetchall()
+            return self._give_back(conn, rows, now)
+
+        return self._write(op)
+
+    def _give_back(self, conn: psycopg.Connection[Any], rows: list[Any], now: int) -> Recovery:
+        """
+        Make the running jobs of ``rows`` (locked) waiting again, with their
+        attempt recorded interrupted, or finished ``canceled`` if a stop was asked.
+        """
+        requeued = canceled = 0
+        for row in rows:
+            job = sql.row_job(row)
+            recovered = self._save(conn, job.recovered(now))
+            if recovered.waiting:
+                interrupted = Attempt.interrupted(job, now)
+                conn.execute(_INSERT_ATTEMPT, _values(sql.attempt_row(interrupted)))
+                requeued += 1
+            else:
+                canceled += 1
+        if requeued:
+            self._notify_due(conn, None)
+        return Recovery(requeued=requeued, canceled=canceled)
+
+    @staticmethod
+    def _notify_due(conn: psycopg.Connection[Any], due: int | None) -> None:
+        """
+        Tell the nodes (at commit) that jobs are waiting, due at ``due`` (ms)
+        or now (``None``). Notifications alike in one transaction are sent
+        once, so a batch of due pushes costs one.
+        """
+        conn.execute("SELECT pg_notify(%s, %s)", (PUSH_CHANNEL, "" if due is None else str(due)))
+
+    def _notify_jobs(self, conn: psycopg.Connection[Any], jobs: list[Job]) -> None:
+        later = [job.run_at for job in jobs if job.run_at is not None]
+        if len(later) < len(jobs):
+            self._notify_due(conn, None)
+        if later:
+            self._notify_due(conn, min(later))
+
+    # IClaimingStore.
+
+    def claim(self, now: int, limit: int) -> Deferred[list[Job]]:
+        def op(conn: psycopg.Connection[Any]) -> list[Job]:
+            args = (now, self.server_id, self._lease_ms, now, limit)
+            jobs = [sql.row_job(row) for row in conn.execute(_CLAIM, args).fetchall()]
+            jobs.sort(key=lambda job: (job.due_at, job.id))
+            return jobs
+
+        if limit <= 0:
+            return succeed([])
+        return self._write(op)
+
+    def renew(self, job_ids: list[int]) -> Deferred[list[int]]:
+        started_at = self._started_at
+
+        def op(conn: psycopg.Connection[Any]) -> list[int]:
+            if started_at is not None:
+                alive = conn.execute(_HEARTBEAT, (self.server_id, started_at)).fetchone()
+                if alive is None:
+                    self._reactor.callFromThread(
+                        self.log.error,
+                        "This node's registration (server_id {serverID}) is gone or was taken "
+                        "over by another node: is a second node running with this server_id?",
+                        serverID=self.server_id,
+                    )
+            if not job_ids:
+                return []
+            rows = conn.execute(_RENEW, (self._lease_ms, job_ids, self.server_id)).fetchall()
+            return [row[0] for row in rows if row[1]]
+
+        return self._write(op)
+
+    def reap(self, now: int) -> Deferred[Recovery]:
+        def op(conn: psycopg.Connection[Any]) -> Recovery:
+            rows = conn.execute(_EXPIRED_LEASES, (_BATCH,)).fetchall()
+            return self._give_back(conn, rows, now)
+
+        return self._write(op)
+
+    def register(self, address: str, now: int) -> Deferred[None]:
+        def op(conn: psycopg.Connection[Any]) -> None:
+            args = (self.server_id, address, now, self._lease_ms)
+            if conn.execute(_REGISTER, args).fetchone() is not None:
+                return
+            row = conn.execute(
+                f"SELECT address, {_DB_NOW} - heartbeat_at FROM nodes WHERE server_id = %s",
+                (self.server_id,),
+            ).fetchone()
+            where, ago = (row[0], row[1] / 1000) if row else ("an unknown address", 0.0)
+            raise NodeInUse(
+                f"server_id {self.server_id} is in use by the live HQ node at {where} "
+                f"(last heartbeat {ago:.1f} s ago) on {self.where}: give each node its own "
+                f"server_id (a node that died is released after lease_timeout, "
+                f"{self.lease_timeout:g} s)"
+            )
+
+        def registered(_: None) -> None:
+            self._started_at = now
+
+        return self._write(op).addCallback(registered)
+
+    def unregister(self) -> Deferred[None]:
+        started_at, self._started_at = self._started_at, None
+
+        def op(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                "DELETE FROM nodes WHERE server_id = %s AND started_at = %s",
+                (self.server_id, started_at),
+            )
+            conn.execute("DELETE FROM leases WHERE holder = %s", (self.server_id,))
+
+        if started_at is None:
+            return succeed(None)
+        return self._write(op)
+
+    def nodes(self) -> Deferred[list[Node]]:
+        def call(conn: psycopg.Connection[Any]) -> list[Node]:
+            rows = conn.execute(_NODES, (self._lease_ms,)).fetchall()
+            return [Node(row[0], row[1], row[2], row[3]) for row in rows]
+
+        return self._read(call)
+
+    def lead(self, name: str, seconds: float) -> Deferred[bool]:
+        def op(conn: psycopg.Connection[Any]) -> bool:
+            args = (name, self.server_id, int(seconds * 1000))
+            return conn.execute(_LEAD, args).fetchone() is not None
 
         return self._write(op)
 
@@ -740,6 +961,7 @@ class PostgresStore:
     def create(self, job: Job) -> Deferred[None]:
         def op(conn: psycopg.Connection[Any]) -> None:
             self._insert(conn, job)
+            self._notify_jobs(conn, [job])
 
         return self._write(op)
 
@@ -762,6 +984,7 @@ class PostgresStore:
                     raise IdempotencyConflict(index, key or "", earlier.id)
                 else:
                     pushed.append(Pushed(earlier, replayed=True))
+            self._notify_jobs(conn, [each.job for each in pushed if not each.replayed])
             return pushed
 
         return self._write(op)
@@ -810,7 +1033,7 @@ class PostgresStore:
 
     def start(self, job_id: int, now: int) -> Deferred[Job | None]:
         def op(conn: psycopg.Connection[Any]) -> Job | None:
-            row = conn.execute(_START, (now, job_id)).fetchone()
+            row = conn.execute(_START, (now, self.server_id, self._lease_ms, job_id)).fetchone()
             return None if row is None else sql.row_job(row)
 
         return self._write(op)
@@ -835,7 +1058,7 @@ class PostgresStore:
 
         def op(conn: psycopg.Connection[Any]) -> Job | None:
             for state in (JobState.RUNNING, JobState.WAITING):
-                row = conn.execute(_FINISH, (*values, int(state))).fetchone()
+                row = conn.execute(_FINISH, (*values, int(state), self.server_id)).fetchone()
                 if row is not None:
                     if attempt is not None:
                         conn.execute(_INSERT_ATTEMPT, _values(sql.attempt_row(attempt)))
@@ -849,8 +1072,14 @@ class PostgresStore:
             job = self._fetch(conn, job_id, lock=True)
             if job is None or job.state is not JobState.RUNNING:
                 return None
+            node = conn.execute("SELECT node FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            if node is not None and node[0] not in (None, self.server_id):
+                return None  # Another node claimed it after this node's lease ran out.
             conn.execute(_INSERT_ATTEMPT, _values(sql.attempt_row(attempt)))
-            return self._save(conn, job.retried(at, last))
+            retried = self._save(conn, job.retried(at, last))
+            if retried.waiting:
+                self._notify_due(conn, at)
+            return retried
 
         return self._write(op)
 
@@ -865,7 +1094,11 @@ class PostgresStore:
     def stop(self, job_id: int, now: int) -> Deferred[Job]:
         def op(conn: psycopg.Connection[Any]) -> Job:
             job = self._fetch_or_fail(conn, job_id, lock=True)
-            return self._save(conn, job.stopped(now))
+            stopped = self._save(conn, job.stopped(now))
+            if stopped.state is JobState.RUNNING:
+                # The node running it aborts its request (the row is the truth).
+                conn.execute("SELECT pg_notify(%s, %s)", (STOP_CHANNEL, str(job_id)))
+            return stopped
 
         return self._write(op)
 
@@ -874,6 +1107,7 @@ class PostgresStore:
             job = self._fetch_or_fail(conn, job_id, lock=True)
             job.check_settled()
             conn.execute(_DELETE_ATTEMPTS, (job_id,))
+            self._notify_due(conn, None)
             return self._save(conn, job.reset())
 
         return self._write(op)
