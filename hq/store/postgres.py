@@ -61,7 +61,7 @@ from hq.store import (
     StoreUnavailable,
     sql,
 )
-from hq.store.writer import BatchWriter
+from hq.store.writer import BATCH, BatchWriter
 
 T = TypeVar("T")
 
@@ -895,7 +895,7 @@ class PostgresStore:
 
     def reap(self, now: int) -> Deferred[Recovery]:
         def op(conn: psycopg.Connection[Any]) -> Recovery:
-            rows = conn.execute(_EXPIRED_LEASES, (_BATCH,)).fetchall()
+            rows = conn.execute(_EXPIRED_LEASES, (BATCH,)).fetchall()
             return self._give_back(conn, rows, now)
 
         return self._write(op)
