@@ -53,6 +53,7 @@ from hq.ids import IdGenerator, now_ms
 from hq.logs import ReopenableFile, app_observer, on_sigusr1, start_logging
 from hq.metrics import ServerMetrics
 from hq.policy import RetryRules
+from hq.scheduler import Scheduler
 from hq.site import AccessLogSite
 from hq.store import IJobStore, StoreError, open_store
 from hq.store.postgres import PostgresStore
@@ -603,6 +604,7 @@ def web_resource(
     ids: IdGenerator,
     metrics: ServerMetrics | None,
     reactor: IServerReactor,
+    schedules_changed: Callable[[], object] = lambda: None,
 ) -> IResource:
     """
     Return the resource served: the API, with the web UI under ``ui_basename``.
@@ -625,6 +627,7 @@ def web_resource(
         metrics=metrics,
         health=health,
         guard=NetworkGuard.from_config(config.deny_networks, config.allow_networks),
+        schedules_changed=schedules_changed,
     )
     ui = ui_resource(config.ui_path, __version__, commit) if config.ui else None
     return protected(config, mount(api.resource(), ui, config.ui_path), reactor)
@@ -691,7 +694,10 @@ class HQService(MultiService):
         delivery = delivery_engine(config, store, reactor)
         if config.metrics:
             self._metrics = server_metrics(config, store, delivery, reactor)
-        resource = web_resource(config, store, delivery, ids, self._metrics, reactor)
+        scheduler = Scheduler(store, ids, reactor, delivery.enqueue)
+        resource = web_resource(
+            config, store, delivery, ids, self._metrics, reactor, scheduler.wake
+        )
         web = WebListener(
             config,
             lambda: web_site(config, resource, self._logs.access_log),
@@ -704,7 +710,8 @@ class HQService(MultiService):
             from hq.cleanup import Cleanup
 
             children.append(Cleanup(store, reactor, config.job_lifetime).service())
-        children += [web, SystemdNotifier(web)]
+        # After the recovery (ids continue after the stored ones), before the port.
+        children += [scheduler, web, SystemdNotifier(web)]
         for child in children:
             child.setServiceParent(self)
 
