@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
+
+from hq.auth import required_role
 from hq.ids import IdGenerator
 from tests.test_api import JSON, TIME_RE, APITestCase
 
@@ -201,3 +204,21 @@ class ScheduleAPITests(APITestCase):
         reply = self.call("GET", "/schedule?pretty")
         self.assertTrue(reply.body.startswith(b'{\n  "schedules"'))
         self.assertEqual(reply.header("content-type"), JSON + "; charset=UTF-8")
+
+
+class ScheduleRoleTests(SynchronousTestCase):
+    """
+    With tokens configured, reading schedules needs ``read`` and changing them ``admin``.
+    """
+
+    def test_roles(self) -> None:
+        """GET is read; POST /schedule, pause, resume and DELETE are admin."""
+        for method, path in [("GET", b"/schedule"), ("GET", b"/schedule/1")]:
+            self.assertEqual(required_role(method.encode(), path), "read")
+        for method, path in [
+            ("POST", b"/schedule"),
+            ("POST", b"/schedule/1/pause"),
+            ("POST", b"/schedule/1/resume"),
+            ("DELETE", b"/schedule/1"),
+        ]:
+            self.assertEqual(required_role(method.encode(), path), "admin")
