@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -34,8 +34,8 @@ from hq.store import STORE_RETRY_SECONDS, IScheduleStore
 
 #: A fire later than this (ms) is a catch-up: the times missed are skipped.
 LATE_MS = 1000
-#: Schedules fired per store read.
-BATCH = 100
+#: Schedules fired per store read (their fires share a commit).
+BATCH = 500
 #: The longest sleep, seconds, even with no fire due (schedules changed on another node).
 MAX_SLEEP = 60.0
 
@@ -145,10 +145,18 @@ class Scheduler(Service):
         while True:
             now = now_ms(self._clock)
             due = await self._store.due_schedules(now, BATCH)
-            for schedule in due:
-                if not self.running:
-                    return 0.0
-                await self._fire(schedule, now)
+            if not self.running:
+                return 0.0
+            # Together: the store commits the fires of one reactor turn at once.
+            results = await DeferredList(
+                [Deferred.fromCoroutine(self._fire(schedule, now)) for schedule in due],
+                consumeErrors=True,
+            )
+            failed = [result for ok, result in results if not ok]
+            for failure in failed:
+                self.log.failure("A schedule could not fire; trying again shortly", failure)
+            if failed:
+                return STORE_RETRY_SECONDS
             if len(due) < BATCH:
                 break
         next_fire = await self._store.next_fire_at()

@@ -225,3 +225,53 @@ class SchedulerTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(5)
         self.assertEqual(self.queued, [])
+
+
+class FailingFireStore(MemoryStore):
+    """
+    A MemoryStore whose fires fail while ``broken``.
+    """
+
+    broken = True
+
+    def fire(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        if FailingFireStore.broken:
+            return fail(StoreUnavailable("disk full"))
+        return super().fire(*args, **kwargs)
+
+
+class FailingFireTests(SynchronousTestCase):
+    """
+    A fire the store refuses is logged and tried again a second later, not in a busy loop.
+    """
+
+    def test_failed_fire_is_retried_after_a_pause(self) -> None:
+        """While fires fail, one try a second; once they work, the schedule fires."""
+        clock = Clock()
+        clock.advance(seconds(2026, 1, 1))
+        store = FailingFireStore()
+        ids = IdGenerator(0, clock)
+        queued: list[Job] = []
+        scheduler = Scheduler(store, ids, clock, queued.append)
+        now = int(clock.seconds() * 1000)
+        schedule = Schedule(
+            id=ids.next_id(),
+            name="s",
+            cron="* * * * * *",
+            timezone="UTC",
+            job=TEMPLATE,
+            next_run_at=now + 1000,
+        )
+        store.add_schedule(schedule)
+        FailingFireStore.broken = True
+        scheduler.startService()
+        clock.advance(1)
+        (call,) = clock.getDelayedCalls()
+        self.assertAlmostEqual(call.getTime() - clock.seconds(), 1.0)
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        FailingFireStore.broken = False
+        clock.advance(1)
+        # The fire a second late, then the one due now: none lost, none doubled.
+        self.assertEqual(len(queued), 2)
+        moved = self.successResultOf(store.get_schedule(schedule.id))
+        self.assertEqual(moved.last_run_at, now + 2000)
