@@ -18,6 +18,7 @@ Daylight-saving changes follow Vixie/cronie cron (docs/schedules.md):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -87,6 +88,23 @@ def _change_at(tz: ZoneInfo, low: int, high: int) -> int:
     return high
 
 
+@functools.lru_cache(maxsize=4096)
+def _iterator(expression: str) -> croniter:
+    # Parsing an expression costs five times a step: each is parsed once and
+    # its iterator moved to where it is needed (on the reactor thread only).
+    return croniter(expression, datetime(2000, 1, 1), second_at_beginning=True, ret_type=datetime)
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_rule(expression: str, timezone: str) -> CronRule:
+    """
+    Return :meth:`CronRule.parse` of ``expression`` in ``timezone``, parsed once.
+
+    :raises CronError: as :meth:`CronRule.parse` (not cached).
+    """
+    return CronRule.parse(expression, timezone)
+
+
 @attrs.frozen
 class CronRule:
     """
@@ -116,7 +134,7 @@ class CronRule:
         zone(timezone)
         normal = " ".join(fields)
         try:
-            croniter(normal, datetime(2000, 1, 1), second_at_beginning=True)
+            _iterator(normal)
         except (CroniterError, ValueError, KeyError, IndexError) as e:
             message = f"'cron' is not a valid cron expression {normal!r}: {e}"
             raise CronError("cron", message) from None
@@ -152,7 +170,8 @@ class CronRule:
         """
         Yield the wall times the expression matches after ``wall``, in order.
         """
-        it = croniter(self.expression, wall, second_at_beginning=True, ret_type=datetime)
+        it = _iterator(self.expression)
+        it.set_current(wall, force=True)
         try:
             for _ in range(_MAX_CANDIDATES):
                 yield it.get_next(datetime)

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from hq.cron import CronError, CronRule
+from hq.cron import CronError, cached_rule
 from hq.ids import IdGenerator, now_ms
 from hq.model import Job, Schedule
 from hq.store import STORE_RETRY_SECONDS, IScheduleStore
@@ -169,7 +169,7 @@ class Scheduler(Service):
         fire_at = schedule.next_run_at
         assert fire_at is not None
         try:
-            rule = CronRule.parse(schedule.cron, schedule.timezone)
+            rule = cached_rule(schedule.cron, schedule.timezone)
             late = now - fire_at > LATE_MS
             next_run_at = rule.next_after(now if late else fire_at)
         except CronError as e:
