@@ -187,7 +187,7 @@ class ScheduleAPITests(APITestCase):
         schedule = self.add(cron="* * * * * *")
         from hq.scheduler import Scheduler
 
-        scheduler = Scheduler(self.store, IdGenerator(0, self.clock), self.clock, lambda job: None)
+        scheduler = Scheduler(self.store, IdGenerator(1, self.clock), self.clock, lambda job: None)
         self.clock.advance(0.0005)
         scheduler.startService()
         self.clock.advance(1)
@@ -204,6 +204,24 @@ class ScheduleAPITests(APITestCase):
         reply = self.call("GET", "/schedule?pretty")
         self.assertTrue(reply.body.startswith(b'{\n  "schedules"'))
         self.assertEqual(reply.header("content-type"), JSON + "; charset=UTF-8")
+
+    def test_restart_keeps_or_drops_the_schedule_id(self) -> None:
+        """Restart in place keeps scheduleId; restart as a copy makes a job with null."""
+        schedule = self.add(cron="* * * * * *")
+        from hq.scheduler import Scheduler
+
+        scheduler = Scheduler(self.store, IdGenerator(1, self.clock), self.clock, lambda job: None)
+        scheduler.startService()
+        self.clock.advance(1)
+        scheduler.stopService()
+        job_id = self.call("GET", f"/schedule/{schedule['id']}").json["lastJobId"]
+        self.assertEqual(self.call("POST", f"/job/{job_id}/stop").status, 200)
+        in_place = self.post_json(f"/job/{job_id}/restart", {"copy": False}).json
+        self.assertEqual(in_place["scheduleId"], schedule["id"])
+        self.call("POST", f"/job/{job_id}/stop")
+        copy = self.post_json(f"/job/{job_id}/restart", {"copy": True}).json
+        self.assertNotEqual(copy["id"], job_id)
+        self.assertIsNone(copy["scheduleId"])
 
 
 class ScheduleRoleTests(SynchronousTestCase):
