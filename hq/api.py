@@ -46,7 +46,7 @@ from hq.binding import (
 )
 from hq.bulk import BulkActions
 from hq.config import Config
-from hq.cron import CronRule
+from hq.cron import CronError, cached_rule
 from hq.guard import NetworkGuard
 from hq.health import HealthCheck
 from hq.history import BUCKET_MS, HistoryBucket
@@ -588,7 +588,12 @@ class HQApi:
     async def _resume_schedule(self, request: IRequest, schedule_id: int) -> bytes:
         store = self._schedule_store()
         current = await store.get_schedule(schedule_id)
-        next_run_at = CronRule.parse(current.cron, current.timezone).next_after(self._now_ms())
+        try:
+            rule = cached_rule(current.cron, current.timezone)
+        except CronError as e:
+            # A time zone this system no longer has (the schedule was paused for it).
+            raise APIError(422, e.message) from None
+        next_run_at = rule.next_after(self._now_ms())
         schedule = await store.resume_schedule(schedule_id, next_run_at)
         self._schedules_changed()
         return write_json(request, schedule.to_json())
