@@ -20,10 +20,9 @@ the delivery engine.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -83,7 +82,7 @@ class Scheduler(Service):
         self._cancel_timer()
         running = self._pass
         if running is None:
-            return Deferred.fromCoroutine(_nothing())
+            return succeed(None)
         done: Deferred[None] = Deferred()
         running.addBoth(lambda _: done.callback(None))
         return done
@@ -201,7 +200,3 @@ class Scheduler(Service):
                 fireAt=fire_at,
                 jobID=stored.id,
             )
-
-
-async def _nothing(*_: Any) -> None:
-    return None
