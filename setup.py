@@ -34,6 +34,8 @@ setup(
         "click>=8.2",
         "prometheus-client>=0.20",
         "psycopg[binary]>=3.2",
+        "croniter>=6",
+        "tzdata>=2024.1",
     ],
     extras_require={
         # The blocking and asyncio clients of hq.sdk (the Twisted client and the

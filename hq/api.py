@@ -18,7 +18,7 @@ import functools
 import json
 from collections.abc import Callable, Coroutine, Sequence
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import unquote_to_bytes
 
 import attrs
@@ -46,20 +46,24 @@ from hq.binding import (
 )
 from hq.bulk import BulkActions
 from hq.config import Config
+from hq.cron import CronError, cached_rule
 from hq.guard import NetworkGuard
 from hq.health import HealthCheck
 from hq.history import BUCKET_MS, HistoryBucket
 from hq.ids import IdGenerator, first_id_at, now_ms
 from hq.metrics import ServerMetrics
-from hq.model import Job, format_time, job_json
+from hq.model import Job, Schedule, format_time, job_json
+from hq.schedules import bind_schedule, parse_schedule_id
 from hq.site import error_body, json_body
 from hq.store import (
     IdempotencyConflict,
     IJobStore,
+    IScheduleStore,
     JobConflict,
     JobNotFound,
     Node,
     Pushed,
+    ScheduleNotFound,
     StoreUnavailable,
 )
 
@@ -214,6 +218,8 @@ class HQApi:
     _guard: NetworkGuard | None = None
     #: ``GET /nodes``: the servers of the cluster (this one alone on SQLite).
     _nodes: Callable[[], Deferred[list[Node]]] | None = None
+    #: Told when a schedule is added, paused, resumed or deleted (``Scheduler.wake``).
+    _schedules_changed: Callable[[], object] = lambda: None
 
     def __attrs_post_init__(self) -> None:
         self._bulk = BulkActions(self._store, self._dispatch, self._clock)
@@ -514,13 +520,109 @@ class HQApi:
         if copy:
             original = await self._store.get(job_id)
             original.check_settled()
-            job = attrs.evolve(original.reset(), id=self._ids.next_id(), idempotency_key=None)
+            job = attrs.evolve(
+                original.reset(), id=self._ids.next_id(), idempotency_key=None, schedule_id=None
+            )
             await self._store.create(job)
         else:
             job = await self._store.restart(job_id)
         self._dispatch.enqueue(job)
         self.log.debug("Job {jobID} restarted as {newID}", jobID=job_id, newID=job.id)
         return write_json(request, job_json(job, self._now_ms()))
+
+    # -- schedules (SPEC §14)
+
+    def _schedule_store(self) -> IScheduleStore:
+        # Every engine keeps the schedules beside the jobs.
+        return cast(IScheduleStore, self._store)
+
+    @app.route("/schedule", methods=["POST"])
+    def add_schedule(self, request: IRequest) -> Deferred[bytes]:
+        """
+        Store a new schedule and answer with it.
+        """
+        now = self._now_ms()
+        bound = bind_schedule(request, self._config.max_body_bytes, now, self._config.retries)
+        try:
+            self.check_destination(bound.job.url)
+        except APIError as e:
+            raise APIError(e.status, e.message.replace("'url'", "'job.url'", 1)) from None
+        schedule = bound.schedule(self._ids.next_id(), now)
+        return self._run_to_end(self._add_schedule(request, schedule))
+
+    async def _add_schedule(self, request: IRequest, schedule: Schedule) -> bytes:
+        await self._schedule_store().add_schedule(schedule)
+        self._schedules_changed()
+        self.log.info(
+            "Schedule {scheduleID} added: {cron} ({timezone})",
+            scheduleID=schedule.id,
+            cron=schedule.cron,
+            timezone=schedule.timezone,
+        )
+        return write_json(request, schedule.to_json())
+
+    @app.route("/schedule", methods=["GET"])
+    async def list_schedules(self, request: IRequest) -> bytes:
+        """
+        ``{"schedules": [...]}``, in id order.
+        """
+        schedules = await self._schedule_store().list_schedules()
+        return write_json(
+            request, '{"schedules":[' + ",".join(s.to_json() for s in schedules) + "]}"
+        )
+
+    @app.route("/schedule/<raw_id>", methods=["GET"])
+    async def get_schedule(self, request: IRequest, raw_id: str) -> bytes:
+        """
+        One schedule.
+        """
+        schedule = await self._schedule_store().get_schedule(parse_schedule_id(raw_id))
+        return write_json(request, schedule.to_json())
+
+    @app.route("/schedule/<raw_id>", methods=["DELETE"])
+    def delete_schedule(self, request: IRequest, raw_id: str) -> Deferred[bytes]:
+        """
+        Delete a schedule (the jobs it made stay); ``{"id"}``.
+        """
+        return self._run_to_end(self._delete_schedule(request, parse_schedule_id(raw_id)))
+
+    async def _delete_schedule(self, request: IRequest, schedule_id: int) -> bytes:
+        await self._schedule_store().delete_schedule(schedule_id)
+        self._schedules_changed()
+        self.log.info("Schedule {scheduleID} deleted", scheduleID=schedule_id)
+        return write_json(request, _compact({"id": str(schedule_id)}))
+
+    @app.route("/schedule/<raw_id>/pause", methods=["POST"])
+    def pause_schedule(self, request: IRequest, raw_id: str) -> Deferred[bytes]:
+        """
+        Pause a schedule (idempotent); answer with it.
+        """
+        return self._run_to_end(self._pause_schedule(request, parse_schedule_id(raw_id)))
+
+    async def _pause_schedule(self, request: IRequest, schedule_id: int) -> bytes:
+        schedule = await self._schedule_store().pause_schedule(schedule_id)
+        self._schedules_changed()
+        return write_json(request, schedule.to_json())
+
+    @app.route("/schedule/<raw_id>/resume", methods=["POST"])
+    def resume_schedule(self, request: IRequest, raw_id: str) -> Deferred[bytes]:
+        """
+        Resume a paused schedule from now (idempotent); answer with it.
+        """
+        return self._run_to_end(self._resume_schedule(request, parse_schedule_id(raw_id)))
+
+    async def _resume_schedule(self, request: IRequest, schedule_id: int) -> bytes:
+        store = self._schedule_store()
+        current = await store.get_schedule(schedule_id)
+        try:
+            rule = cached_rule(current.cron, current.timezone)
+        except CronError as e:
+            # A time zone this system no longer has (the schedule was paused for it).
+            raise APIError(422, e.message) from None
+        next_run_at = rule.next_after(self._now_ms())
+        schedule = await store.resume_schedule(schedule_id, next_run_at)
+        self._schedules_changed()
+        return write_json(request, schedule.to_json())
 
     # -- the error path, most specific first
 
@@ -530,7 +632,7 @@ class HQApi:
         assert isinstance(error, APIError)
         return write_error(request, error.status, error.message)
 
-    @app.handle_errors(JobNotFound)
+    @app.handle_errors(JobNotFound, ScheduleNotFound)
     def _not_found(self, request: IRequest, failure: Failure) -> bytes:
         return write_error(request, 404, str(failure.value))
 

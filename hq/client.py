@@ -522,3 +522,62 @@ class HQClient:
         """
         data = await self._object("POST", job_path(job_id, "/restart"), body={"copy": copy})
         return RemoteJob.from_dict(data)
+
+    # -- schedules (SPEC §14)
+
+    @staticmethod
+    def _schedule_path(schedule_id: str | int, action: str = "") -> str:
+        raw = str(schedule_id)
+        if not (raw.isascii() and raw.isdigit()):
+            raise HQError(404, f"The schedule '{raw}' is not found")
+        return "/schedule/" + raw + action
+
+    @_deferred
+    async def add_schedule(self, schedule: dict[str, Any]) -> dict[str, Any]:
+        """
+        ``POST /schedule`` with ``schedule`` (``name``, ``cron``, ``timezone``, ``job``,
+        ``paused``): a Deferred firing with the new schedule as the server sent it (a dict,
+        keys as on the wire); fails with HQError (422 naming a bad field).
+        """
+        return await self._object("POST", "/schedule", body=schedule)
+
+    @_deferred
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        """
+        ``GET /schedule``: a Deferred firing with every schedule, in id order.
+        """
+        data = await self._object("GET", "/schedule")
+        schedules = data.get("schedules")
+        if not isinstance(schedules, list):
+            raise HQError(None, f"the answer from {self._address}/schedule has no schedule list")
+        return schedules
+
+    @_deferred
+    async def get_schedule(self, schedule_id: str | int) -> dict[str, Any]:
+        """
+        ``GET /schedule/{id}``: a Deferred firing with the schedule; fails with HQError (404).
+        """
+        return await self._object("GET", self._schedule_path(schedule_id))
+
+    @_deferred
+    async def delete_schedule(self, schedule_id: str | int) -> str:
+        """
+        ``DELETE /schedule/{id}``: a Deferred firing with the deleted schedule's id; fails
+        with HQError (404).
+        """
+        data = await self._object("DELETE", self._schedule_path(schedule_id))
+        return str(data.get("id", schedule_id))
+
+    @_deferred
+    async def pause_schedule(self, schedule_id: str | int) -> dict[str, Any]:
+        """
+        ``POST /schedule/{id}/pause`` (idempotent): a Deferred firing with the schedule.
+        """
+        return await self._object("POST", self._schedule_path(schedule_id, "/pause"))
+
+    @_deferred
+    async def resume_schedule(self, schedule_id: str | int) -> dict[str, Any]:
+        """
+        ``POST /schedule/{id}/resume`` (idempotent): a Deferred firing with the schedule.
+        """
+        return await self._object("POST", self._schedule_path(schedule_id, "/resume"))

@@ -159,6 +159,8 @@ class Job:
     #: When the job is next due, ms; ``None``: due at its creation.
     run_at: int | None = None
     idempotency_key: str | None = None
+    #: The schedule whose fire created the job (SPEC §14), or ``None``.
+    schedule_id: int | None = None
 
     @property
     def created_at(self) -> int:
@@ -458,6 +460,7 @@ JOB_FIELDS: tuple[tuple[str, Callable[[Job, int], str]], ...] = (
     ("retries", lambda job, now: str(job.retries)),
     ("runAt", _run_at_json),
     ("running", lambda job, now: _bool(job.running)),
+    ("scheduleId", lambda job, now: "null" if job.schedule_id is None else f'"{job.schedule_id}"'),
     ("startedAt", lambda job, now: _time_json(job.started_at)),
     ("status", lambda job, now: f'"{job.status_at(now)}"'),
     ("statusCode", lambda job, now: "null" if job.status_code is None else str(job.status_code)),
@@ -606,3 +609,96 @@ def json_type_name(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+# -- Schedules (SPEC §14) -----------------------------------------------------
+
+
+@attrs.frozen
+class JobTemplate:
+    """
+    The job a schedule pushes at each fire: the fields of a push (checked as
+    a push is) with the defaults already applied.
+    """
+
+    url: str
+    name: str
+    comment: str = ""
+    #: Compact JSON text, or ``None`` for no payload.
+    payload: str | None = None
+    headers: dict[str, str] | None = None
+    timeout: int = 0
+    retries: int = 0
+
+    def to_json(self) -> str:
+        """
+        Return the template as the JSON object a client sees.
+        """
+        return (
+            f'{{"url":{_encode(self.url)},"name":{_encode(self.name)},'
+            f'"comment":{_encode(self.comment)},"payload":{_or_null(self.payload)},'
+            f'"headers":{"null" if self.headers is None else _encode(self.headers)},'
+            f'"timeout":{self.timeout},"retries":{self.retries}}}'
+        )
+
+    def to_storage(self) -> str:
+        """
+        Return the template as stored (the payload kept as its JSON text).
+        """
+        return _encode(attrs.asdict(self))
+
+    @classmethod
+    def from_storage(cls, text: str) -> JobTemplate:
+        """
+        Return the template stored as ``text`` (:meth:`to_storage`).
+        """
+        return cls(**json.loads(text))
+
+
+@attrs.frozen
+class Schedule:
+    """
+    A recurring job: a cron expression in a time zone, and the job each fire
+    pushes. Times are ms since the Unix epoch; ``next_run_at`` is ``None``
+    while paused (or when the expression never fires again).
+    """
+
+    id: int
+    name: str
+    cron: str
+    timezone: str
+    job: JobTemplate
+    paused: bool = False
+    next_run_at: int | None = None
+    last_run_at: int | None = None
+    last_job_id: int | None = None
+
+    def job_for(self, job_id: int) -> Job:
+        """
+        Return the waiting job a fire of this schedule creates, with id ``job_id``.
+        """
+        template = self.job
+        return Job(
+            id=job_id,
+            url=template.url,
+            name=template.name,
+            comment=template.comment,
+            payload=template.payload,
+            headers=template.headers,
+            timeout=template.timeout,
+            retries=template.retries,
+            schedule_id=self.id,
+        )
+
+    def to_json(self) -> str:
+        """
+        Return ``{"id", "name", "cron", "timezone", "job", "paused",
+        "nextRunAt", "lastRunAt", "lastJobId"}`` as compact JSON text.
+        """
+        last_job = "null" if self.last_job_id is None else f'"{self.last_job_id}"'
+        return (
+            f'{{"id":"{self.id}","name":{_encode(self.name)},"cron":{_encode(self.cron)},'
+            f'"timezone":{_encode(self.timezone)},"job":{self.job.to_json()},'
+            f'"paused":{_bool(self.paused)},"nextRunAt":{_time_json(self.next_run_at)},'
+            f'"lastRunAt":{_time_json(self.last_run_at)},"lastJobId":{last_job}}}'
+        )

@@ -59,6 +59,7 @@ from hq.ids import IdGenerator, now_ms
 from hq.logs import ReopenableFile, app_observer, on_sigusr1, start_logging
 from hq.metrics import ServerMetrics
 from hq.policy import RetryRules
+from hq.scheduler import Scheduler
 from hq.site import AccessLogSite
 from hq.store import IJobStore, Node, StoreError, open_store
 from hq.store.postgres import PostgresStore
@@ -619,6 +620,7 @@ def web_resource(
     metrics: ServerMetrics | None,
     reactor: IServerReactor,
     nodes: Callable[[], Deferred[list[Node]]] | None = None,
+    schedules_changed: Callable[[], object] = lambda: None,
 ) -> IResource:
     """
     Return the resource served: the API, with the web UI under ``ui_basename``.
@@ -642,6 +644,7 @@ def web_resource(
         health=health,
         guard=NetworkGuard.from_config(config.deny_networks, config.allow_networks),
         nodes=nodes,
+        schedules_changed=schedules_changed,
     )
     ui = ui_resource(config.ui_path, __version__, commit) if config.ui else None
     return protected(config, mount(api.resource(), ui, config.ui_path), reactor)
@@ -716,7 +719,10 @@ class HQService(MultiService):
             # ``web`` is bound below, before any request is answered.
             started = now_ms(reactor)
             nodes = local_nodes(config.server_id, lambda: web.node_address(), started, reactor)
-        resource = web_resource(config, store, delivery, ids, self._metrics, reactor, nodes)
+        scheduler = Scheduler(store, ids, reactor, delivery.enqueue)
+        resource = web_resource(
+            config, store, delivery, ids, self._metrics, reactor, nodes, scheduler.wake
+        )
         web = WebListener(
             config,
             lambda: web_site(config, resource, self._logs.access_log),
@@ -736,7 +742,8 @@ class HQService(MultiService):
                 leader = functools.partial(store.lead, "cleanup", INTERVAL * 2.5)
             cleanup = Cleanup(store, reactor, config.job_lifetime, leader)
             children.append(cleanup.service())
-        children += [web, SystemdNotifier(web)]
+        # After the recovery (ids continue after the stored ones), before the port.
+        children += [scheduler, web, SystemdNotifier(web)]
         for child in children:
             child.setServiceParent(self)
 

@@ -62,9 +62,9 @@ class DocsCommandTests(SynchronousTestCase):
                 self.assertIsNone(re.search(r"/job/[0-9]+", block), (name, block))
 
     def test_hq_help_sample_is_the_real_output(self) -> None:
-        """The `hq help` and `hq help restart` samples of docs/cli.md are what hq prints."""
+        """The `hq help`, `hq help restart` and `hq help schedule` samples are what hq prints."""
         text = read_doc("docs/cli.md")
-        for args in (["help"], ["help", "restart"]):
+        for args in (["help"], ["help", "restart"], ["help", "schedule"]):
             sample = re.search(r"\$ hq " + " ".join(args) + r"\n(.*?)```", text, re.S)
             assert sample is not None, args
             printed = subprocess.run(

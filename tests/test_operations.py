@@ -32,12 +32,15 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from hq import __version__
 from hq.config import load_config
 from hq.logs import JSONLineObserver, ReopenableFile, app_observer
+from hq.model import JobTemplate, Schedule
 from hq.store import StoreError
 from hq.store.sqlite import _SCHEMA, SCHEMA_VERSION, SQLiteStore
 from hq.systemd import notify_address, sd_notify
 from tests.schema_v1 import T0_MS, V1_STATEMENTS, make_v1_data_dir, sample_rows
 from tests.schema_v2 import V2_STATEMENTS, V2_WRITER, make_v2_data_dir
 from tests.schema_v2 import sample_rows as v2_rows
+from tests.schema_v3 import V3_STATEMENTS, make_v3_data_dir
+from tests.schema_v3 import sample_rows as v3_rows
 from tests.serverprocess import ROOT, RecordingWorker, ServerProcess, wait_for
 
 CONTRIB = os.path.join(ROOT, "contrib")
@@ -359,8 +362,7 @@ class SchemaUpgradeFromV2Tests(TestCase):
             self.assertIsNone(await store.next_due(T0_MS + 5))
         finally:
             await store.close()
-        self.assertEqual(self.sql("PRAGMA user_version"), [(3,)])
-        self.assertEqual(SCHEMA_VERSION, 3)
+        self.assertEqual(self.sql("PRAGMA user_version"), [(SCHEMA_VERSION,)])
         meta = dict(self.sql("SELECT key, value FROM meta"))
         self.assertEqual(meta["created_by"], V2_WRITER)
         self.assertEqual(meta["last_opened_by"], f"HQ {__version__}")
@@ -388,7 +390,7 @@ class SchemaUpgradeFromV2Tests(TestCase):
             await store.open()
         self.assertEqual(
             str(e.exception),
-            f"cannot upgrade {self.path} from schema version 2 to 3: "
+            f"cannot upgrade {self.path} from schema version 2 to {SCHEMA_VERSION}: "
             "table attempts already exists; the file is unchanged",
         )
         self.assertEqual(self.sql("PRAGMA user_version"), [(2,)])
@@ -766,7 +768,7 @@ class ProcessTests(SynchronousTestCase):
         server.stop()
         conn = sqlite3.connect(os.path.join(data_dir, "hq.sqlite3"))
         self.addCleanup(conn.close)
-        self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 3)
+        self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
         self.assertEqual(conn.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
 
     def test_server_refuses_a_newer_schema(self) -> None:
@@ -944,3 +946,87 @@ class ContribTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertNotIn("error:", result.stderr + result.stdout)
+
+
+class SchemaUpgradeFromV3Tests(TestCase):
+    """
+    A data_dir of the third schema (retries, keys, attempts), opened by this
+    HQ: upgraded in place to version 4 (schedules).
+    """
+
+    def setUp(self) -> None:
+        self.data_dir = self.mktemp()
+        self.rows = v3_rows("http://127.0.0.1:9")
+        self.path = make_v3_data_dir(self.data_dir, self.rows)
+
+    def sql(self, query: str) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.path)
+        try:
+            return conn.execute(query).fetchall()
+        finally:
+            conn.close()
+
+    def test_version_3_statements_are_frozen(self) -> None:
+        """The store's versions 1 to 3 are still the frozen statements."""
+        self.assertEqual(
+            [_normalised(s) for s in [*_SCHEMA[0], *_SCHEMA[1], *_SCHEMA[2]]],
+            [_normalised(s) for s in V3_STATEMENTS],
+        )
+
+    async def test_upgrade_in_place_keeps_jobs_and_adds_schedules(self) -> None:
+        """
+        Opening a version-3 file upgrades it to version 4: jobs, attempts and
+        keys are kept, jobs have no schedule, and schedules can be stored and fired.
+        """
+        store = SQLiteStore(self.data_dir, reactor)
+        await store.open()
+        try:
+            done, keyed, later = [await store.get(row["id"]) for row in self.rows]
+            self.assertEqual((done.status, done.attempts, done.retries), ("success", 2, 1))
+            self.assertEqual(keyed.idempotency_key, "k-1")
+            self.assertEqual((later.run_at, later.retries), (T0_MS + 3_600_000, 3))
+            self.assertEqual([j.schedule_id for j in (done, keyed, later)], [None] * 3)
+            self.assertEqual(
+                [a.err for a in await store.attempts(done.id)], ["Internal Server Error"]
+            )
+            self.assertEqual(await store.list_schedules(), [])
+            schedule = Schedule(
+                id=self.rows[-1]["id"] + 1,
+                name="s",
+                cron="* * * * *",
+                timezone="UTC",
+                job=JobTemplate(url="http://127.0.0.1:9/tick", name="s"),
+                next_run_at=T0_MS + 60_000,
+            )
+            await store.add_schedule(schedule)
+            job = schedule.job_for(schedule.id + 1)
+            self.assertEqual(
+                await store.fire(schedule.id, T0_MS + 60_000, job, T0_MS + 120_000), job
+            )
+        finally:
+            await store.close()
+        self.assertEqual(self.sql("PRAGMA user_version"), [(SCHEMA_VERSION,)])
+        self.assertEqual(SCHEMA_VERSION, 4)
+        indexes = {row[0] for row in self.sql("SELECT name FROM sqlite_master WHERE type='index'")}
+        self.assertTrue({"jobs_fires", "schedules_due", "jobs_due"} <= indexes)
+        self.assertEqual(self.sql("SELECT count(*) FROM idempotency_keys"), [(1,)])
+        self.assertEqual(self.sql("PRAGMA integrity_check"), [("ok",)])
+
+    async def test_failed_upgrade_keeps_version_3(self) -> None:
+        """A version-4 upgrade that fails half-way rolls back: still version 3."""
+        conn = sqlite3.connect(self.path)
+        # In the way of version 4's CREATE TABLE schedules, after its ALTER TABLEs.
+        conn.execute("CREATE TABLE schedules (x)")
+        conn.commit()
+        conn.close()
+        store = SQLiteStore(self.data_dir, reactor)
+        with self.assertRaises(StoreError) as e:
+            await store.open()
+        self.assertEqual(
+            str(e.exception),
+            f"cannot upgrade {self.path} from schema version 3 to 4: "
+            "table schedules already exists; the file is unchanged",
+        )
+        self.assertEqual(self.sql("PRAGMA user_version"), [(3,)])
+        columns = {row[1] for row in self.sql("PRAGMA table_info(jobs)")}
+        self.assertNotIn("schedule_id", columns)

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hq.config import Config
 from hq.delivery import Delivery
+from hq.scheduler import Scheduler
 from hq.tap import (
     Console,
     ExitOnSecondSignal,
@@ -114,7 +115,7 @@ class HQServiceTests(SynchronousTestCase):
         return hq
 
     def test_children_in_documented_order(self) -> None:
-        """The store, recovery, delivery, clean-up and HTTP children come in that order."""
+        """The store, recovery, delivery, clean-up, scheduler and HTTP children, in that order."""
         kinds = [type(child) for child in self.service()]
         self.assertEqual(
             kinds,
@@ -125,6 +126,7 @@ class HQServiceTests(SynchronousTestCase):
                 Recovery,
                 Delivery,
                 TimerService,
+                Scheduler,
                 WebListener,
                 SystemdNotifier,
             ],

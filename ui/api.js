@@ -61,6 +61,7 @@ async function call(method, path, { query, body } = {}) {
 }
 
 const jobPath = (id) => "/job/" + encodeURIComponent(id);
+const schedulePath = (id) => "/schedule/" + encodeURIComponent(id);
 
 export const api = {
   stats: () => call("GET", "/stats"),
@@ -78,4 +79,11 @@ export const api = {
    * kind "restart" | "stop" | "delete". Resolves to {count}.
    */
   bulk: (kind, filter) => call("POST", "/jobs/" + kind, { query: filter }),
+  /** {schedules: [{id, name, cron, timezone, job, paused, nextRunAt, lastRunAt, lastJobId}]}. */
+  listSchedules: () => call("GET", "/schedule"),
+  /** body: {name, cron, timezone, job: {url, ...}, paused}. Resolves to the schedule. */
+  addSchedule: (body) => call("POST", "/schedule", { body }),
+  deleteSchedule: (id) => call("DELETE", schedulePath(id)),
+  pauseSchedule: (id) => call("POST", schedulePath(id) + "/pause"),
+  resumeSchedule: (id) => call("POST", schedulePath(id) + "/resume"),
 };

@@ -5,6 +5,7 @@ import { dashboardView } from "./dashboard.js";
 import { detailView } from "./detail.js";
 import { h, setText } from "./dom.js";
 import { notify } from "./notify.js";
+import { schedulesView } from "./schedules.js";
 
 /** How often views refresh. */
 export const REFRESH_MS = 2000;
@@ -89,6 +90,7 @@ function route() {
   let path = location.pathname;
   if (path.startsWith(baseUrl)) path = path.slice(baseUrl.length);
   if (path === "" || path === "/") return (ctx) => dashboardView(ctx);
+  if (/^\/schedules\/?$/.test(path)) return (ctx) => schedulesView(ctx);
   const match = /^\/jobs\/([^/]+)\/?$/.exec(path);
   if (match) {
     let id;

@@ -1,6 +1,7 @@
 """
 The ``hq`` command: ``serve`` runs the server; ``push``, ``info``, ``list``, ``attempts``,
-``delete``, ``stop``, ``restart`` and ``stats`` talk to one through :mod:`hq.client`.
+``delete``, ``stop``, ``restart``, ``stats`` and ``schedule`` talk to one through
+:mod:`hq.client`.
 
 Arguments are parsed with click (see docs/cli.md for why); what each client command does
 lives in :mod:`hq.cli.actions`, and how it runs (reactor, clock, terminal) in
@@ -22,6 +23,7 @@ import click
 
 from hq import __version__
 from hq.cli import actions
+from hq.cli import schedule as schedule_cli
 from hq.cli.jobinput import JobInputError, read_jobs
 from hq.cli.runtime import EXIT_INTERRUPTED, CliRuntime
 from hq.cli.terminal import Output
@@ -34,7 +36,7 @@ from hq.model import STATUSES
 #: Exit status of a usage error (unknown command or flag, bad flag value).
 EXIT_USAGE = 2
 
-_CLIENT_COMMANDS = "push, info, list, attempts, delete, stop, restart, stats, nodes"
+_CLIENT_COMMANDS = "push, info, list, attempts, delete, stop, restart, stats, nodes, schedule"
 
 
 def _check_address_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -622,6 +624,148 @@ def nodes(ctx: click.Context, address: str) -> None:
     PostgreSQL store every node with a recent heartbeat, on SQLite the server alone.
     """
     _run(ctx, address, lambda client, output: actions.show_nodes(client, output))
+
+
+class _InOrder(click.Group):
+    """
+    A group listing its commands in the order they were added.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(
+    "schedule", cls=_InOrder, short_help="Add, list, show, pause, resume and delete schedules"
+)
+def schedule_command() -> None:
+    """
+    Recurring jobs: a schedule pushes its job at each time a cron expression names, in a
+    time zone (docs/schedules.md). The subcommands take -a/--address and --token like the
+    other client commands.
+    """
+
+
+@schedule_command.command("add", short_help="Add a schedule; print its id")
+@_address_option
+@click.option("-n", "--name", help="The schedule's name (default 'default'), and its jobs'.")
+@click.option(
+    "-z",
+    "--timezone",
+    metavar="ZONE",
+    default="UTC",
+    show_default=True,
+    help="IANA time zone the cron expression is read in (Europe/Berlin).",
+)
+@click.option("--job-name", metavar="NAME", help="The jobs' name (default: the schedule's).")
+@click.option("--comment", help="The jobs' comment.")
+@click.option("--payload", metavar="JSON", help="The jobs' payload, a JSON value.")
+@click.option(
+    "-H", "--header", "headers", metavar="NAME:VALUE", multiple=True, help="A job header (repeat)."
+)
+@click.option("--timeout", metavar="SECONDS", type=click.IntRange(0), help="The jobs' timeout.")
+@click.option(
+    "--retries", metavar="N", type=click.IntRange(0, 1000), help="The jobs' retries, 0-1000."
+)
+@click.option("--paused", is_flag=True, help="Add it paused.")
+@click.argument("cron", metavar="CRON")
+@click.argument("url", metavar="URL")
+@click.pass_context
+def schedule_add(
+    ctx: click.Context,
+    address: str,
+    name: str | None,
+    timezone: str,
+    job_name: str | None,
+    comment: str | None,
+    payload: str | None,
+    headers: tuple[str, ...],
+    timeout: int | None,
+    retries: int | None,
+    paused: bool,
+    cron: str,
+    url: str,
+) -> None:
+    """
+    Add a schedule that pushes a job to URL at each time CRON names, and print its id.
+    CRON has 5 fields (minute hour day-of-month month day-of-week) or 6 (seconds first);
+    quote it: hq schedule add '30 2 * * *' http://worker/nightly -z Europe/Berlin.
+    """
+    job: dict[str, object] = {"url": url}
+    optional = {
+        "name": job_name,
+        "comment": comment,
+        "payload": schedule_cli.parse_payload(payload),
+        "headers": schedule_cli.parse_headers(headers),
+        "timeout": timeout,
+        "retries": retries,
+    }
+    job.update({key: value for key, value in optional.items() if value is not None})
+    body: dict[str, object] = {"cron": cron, "timezone": timezone, "job": job, "paused": paused}
+    if name is not None:
+        body["name"] = name
+    _run(ctx, address, lambda client, output: schedule_cli.add_schedule(client, body, output))
+
+
+@schedule_command.command("list", short_help="List the schedules as a table")
+@_address_option
+@click.option("-q", "--quiet", is_flag=True, help="Print only the ids, one per line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as the server sends it.")
+@click.pass_context
+def schedule_list(ctx: click.Context, address: str, quiet: bool, as_json: bool) -> None:
+    """
+    Print every schedule: ID NAME CRON TIMEZONE NEXT RUN LAST RUN LAST JOB STATUS
+    (active or paused), in id order.
+    """
+    if quiet and as_json:
+        raise click.UsageError("--quiet and --json cannot be used together", ctx=ctx)
+    runtime = ctx.find_object(CliRuntime) or CliRuntime()
+    _run(
+        ctx,
+        address,
+        lambda client, output: schedule_cli.list_schedules(
+            client, output, runtime.now(), quiet, as_json
+        ),
+    )
+
+
+@schedule_command.command("show", short_help="Show one schedule as indented JSON")
+@_address_option
+@click.argument("schedule_id", metavar="ID")
+@click.pass_context
+def schedule_show(ctx: click.Context, address: str, schedule_id: str) -> None:
+    """
+    Print the schedule ID as indented JSON, as the server sends it.
+    """
+    _run(
+        ctx, address, lambda client, output: schedule_cli.show_schedule(client, schedule_id, output)
+    )
+
+
+def _schedule_action(action: str, text: str) -> None:
+    @schedule_command.command(action, short_help=text)
+    @_address_option
+    @click.argument("schedule_ids", metavar="ID...", nargs=-1, required=True)
+    @click.pass_context
+    def command(ctx: click.Context, address: str, schedule_ids: tuple[str, ...]) -> None:
+        _run(
+            ctx,
+            address,
+            lambda client, output: schedule_cli.act_on_schedules(
+                client, action, schedule_ids, output
+            ),
+        )
+
+    command.help = (
+        f"{text}, printing each id when done. Stops at the first error and says which ids "
+        "were not tried."
+    )
+
+
+_schedule_action("delete", "Delete schedules (the jobs they made stay)")
+_schedule_action("pause", "Pause schedules (idempotent)")
+_schedule_action("resume", "Resume paused schedules from now (idempotent)")
+cli.add_command(schedule_command)
 
 
 cli.add_command(token_command)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from hq.config import Config
-    from hq.model import Attempt, Job, JobPage, ListQuery, Outcome
+    from hq.model import Attempt, Job, JobPage, ListQuery, Outcome, Schedule
     from hq.store.postgres import PostgresStore
     from hq.store.sqlite import SQLiteStore
 
@@ -49,6 +49,16 @@ class JobNotFound(StoreError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"The job '{job_id}' is not found")
         self.job_id = job_id
+
+
+class ScheduleNotFound(StoreError):
+    """
+    No schedule has this id.
+    """
+
+    def __init__(self, schedule_id: int) -> None:
+        super().__init__(f"The schedule '{schedule_id}' is not found")
+        self.schedule_id = schedule_id
 
 
 #: The job is in a state that forbids the operation (delete while running, stop
@@ -348,6 +358,74 @@ class IClaimingStore(IJobStore):
         """
         Take or keep the leader lease ``name`` for ``seconds``; return whether
         this node holds it (work done once per cluster runs where it does).
+        """
+
+
+class IScheduleStore(Interface):
+    """
+    Durable storage of schedules (SPEC §14), kept by the job store's engines
+    beside the jobs, so that a fire is one transaction. All methods return
+    Deferreds.
+    """
+
+    def add_schedule(schedule: Schedule) -> Deferred[None]:
+        """
+        Store a new schedule. Fails with :class:`StoreUnavailable`.
+        """
+
+    def get_schedule(schedule_id: int) -> Deferred[Schedule]:
+        """
+        Return the schedule. Fails with :class:`ScheduleNotFound`.
+        """
+
+    def list_schedules() -> Deferred[list[Schedule]]:
+        """
+        Return every schedule, in id order.
+        """
+
+    def delete_schedule(schedule_id: int) -> Deferred[None]:
+        """
+        Delete the schedule (the jobs it created stay). Fails with
+        :class:`ScheduleNotFound`.
+        """
+
+    def pause_schedule(schedule_id: int) -> Deferred[Schedule]:
+        """
+        Pause the schedule (no next fire until resumed); return it. Pausing a
+        paused schedule changes nothing. Fails with :class:`ScheduleNotFound`.
+        """
+
+    def resume_schedule(schedule_id: int, next_run_at: int | None) -> Deferred[Schedule]:
+        """
+        Resume a paused schedule, next firing at ``next_run_at``; return it.
+        Resuming a running schedule changes nothing (its next fire stays).
+        Fails with :class:`ScheduleNotFound`.
+        """
+
+    def due_schedules(now: int, limit: int) -> Deferred[list[Schedule]]:
+        """
+        Return up to ``limit`` running schedules whose next fire is at ``now``
+        or before, earliest first.
+        """
+
+    def next_fire_at() -> Deferred[int | None]:
+        """
+        Return the earliest next fire of a running schedule, or ``None``.
+        """
+
+    def fire(
+        schedule_id: int, fire_at: int, job: Job, next_run_at: int | None
+    ) -> Deferred[Job | None]:
+        """
+        Fire the schedule once, in one transaction: store ``job`` (a new
+        waiting job of the schedule, marked with the fire time ``fire_at``)
+        and move the schedule on (``next_run_at``, ``last_run_at = fire_at``,
+        ``last_job_id``), only if the schedule runs and its next fire is still
+        ``fire_at``. Return the stored job, or ``None`` when the schedule had
+        moved on, was paused or deleted (another node or call fired it): so
+        each (schedule, fire time) makes at most one job, whatever the races.
+
+        Fails with :class:`StoreUnavailable` (then nothing was stored).
         """
 
 

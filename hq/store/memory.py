@@ -14,15 +14,17 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome
+from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome, Schedule
 from hq.store import (
     DueKey,
     IdempotencyConflict,
     IJobStore,
+    IScheduleStore,
     JobExists,
     JobNotFound,
     Pushed,
     Recovery,
+    ScheduleNotFound,
     StoreCounts,
     StoreUnavailable,
 )
@@ -37,7 +39,7 @@ def _answer(call: Callable[[], T]) -> Deferred[T]:
         return fail()
 
 
-@implementer(IJobStore)
+@implementer(IJobStore, IScheduleStore)
 @attrs.define
 class MemoryStore:
     """
@@ -54,6 +56,11 @@ class MemoryStore:
     _attempts: dict[int, list[Attempt]] = attrs.Factory(dict)
     #: Idempotency key -> (job id, when the key was taken, ms).
     _keys: dict[str, tuple[int, int]] = attrs.Factory(dict)
+    _schedules: dict[int, Schedule] = attrs.Factory(dict)
+    #: (schedule id, fire time) of every stored job a fire created.
+    _fires: set[tuple[int, int]] = attrs.Factory(set)
+    #: Job id -> its (schedule id, fire time).
+    _fire_of: dict[int, tuple[int, int]] = attrs.Factory(dict)
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -86,6 +93,9 @@ class MemoryStore:
         key = job.idempotency_key
         if key is not None and self._keys.get(key, (None,))[0] == job_id:
             del self._keys[key]
+        fire = self._fire_of.pop(job_id, None)
+        if fire is not None:
+            self._fires.discard(fire)
 
     def recover(self, now: int) -> Deferred[Recovery]:
         def call() -> Recovery:
@@ -285,3 +295,84 @@ class MemoryStore:
             )
 
         return _answer(call)
+
+    # IScheduleStore.
+
+    def _schedule(self, schedule_id: int) -> Schedule:
+        try:
+            return self._schedules[schedule_id]
+        except KeyError:
+            raise ScheduleNotFound(schedule_id) from None
+
+    def add_schedule(self, schedule: Schedule) -> Deferred[None]:
+        def call() -> None:
+            self._schedules[schedule.id] = schedule
+
+        return self._write(call)
+
+    def get_schedule(self, schedule_id: int) -> Deferred[Schedule]:
+        return _answer(lambda: self._schedule(schedule_id))
+
+    def list_schedules(self) -> Deferred[list[Schedule]]:
+        return _answer(lambda: [self._schedules[key] for key in sorted(self._schedules)])
+
+    def delete_schedule(self, schedule_id: int) -> Deferred[None]:
+        def call() -> None:
+            self._schedule(schedule_id)
+            del self._schedules[schedule_id]
+
+        return self._write(call)
+
+    def pause_schedule(self, schedule_id: int) -> Deferred[Schedule]:
+        def call() -> Schedule:
+            paused = attrs.evolve(self._schedule(schedule_id), paused=True, next_run_at=None)
+            self._schedules[schedule_id] = paused
+            return paused
+
+        return self._write(call)
+
+    def resume_schedule(self, schedule_id: int, next_run_at: int | None) -> Deferred[Schedule]:
+        def call() -> Schedule:
+            schedule = self._schedule(schedule_id)
+            if schedule.paused:
+                schedule = attrs.evolve(schedule, paused=False, next_run_at=next_run_at)
+                self._schedules[schedule_id] = schedule
+            return schedule
+
+        return self._write(call)
+
+    def _running_schedules(self) -> list[Schedule]:
+        return [s for s in self._schedules.values() if not s.paused and s.next_run_at is not None]
+
+    def due_schedules(self, now: int, limit: int) -> Deferred[list[Schedule]]:
+        def call() -> list[Schedule]:
+            due = [s for s in self._running_schedules() if (s.next_run_at or 0) <= now]
+            return sorted(due, key=lambda s: (s.next_run_at, s.id))[:limit]
+
+        return _answer(call)
+
+    def next_fire_at(self) -> Deferred[int | None]:
+        def call() -> int | None:
+            times = [s.next_run_at for s in self._running_schedules() if s.next_run_at is not None]
+            return min(times) if times else None
+
+        return _answer(call)
+
+    def fire(
+        self, schedule_id: int, fire_at: int, job: Job, next_run_at: int | None
+    ) -> Deferred[Job | None]:
+        def call() -> Job | None:
+            schedule = self._schedules.get(schedule_id)
+            if schedule is None or schedule.paused or schedule.next_run_at != fire_at:
+                return None
+            if (schedule_id, fire_at) in self._fires:
+                return None
+            self._insert(job)
+            self._fires.add((schedule_id, fire_at))
+            self._fire_of[job.id] = (schedule_id, fire_at)
+            self._schedules[schedule_id] = attrs.evolve(
+                schedule, next_run_at=next_run_at, last_run_at=fire_at, last_job_id=job.id
+            )
+            return job
+
+        return self._write(call)

@@ -44,18 +44,20 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from hq import __version__
-from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome
+from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome, Schedule
 from hq.store import (
     DueKey,
     IClaimingStore,
     IdempotencyConflict,
     IJobStore,
+    IScheduleStore,
     JobExists,
     JobNotFound,
     Node,
     NodeInUse,
     Pushed,
     Recovery,
+    ScheduleNotFound,
     StoreCounts,
     StoreError,
     StoreUnavailable,
@@ -69,7 +71,7 @@ T = TypeVar("T")
 #: is one entry of ``_SCHEMA``; an older database is upgraded at open, in one
 #: transaction. Never edit a released entry: add a version. Version 1 holds
 #: the tables of SQLite's schema version 3.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Key of the session advisory lock on the database ("HQ" 2): the one-server
 #: release of HQ took it exclusively; cluster nodes share it (:meth:`PostgresStore.lock`),
@@ -154,6 +156,26 @@ _SCHEMA = [
             until BIGINT NOT NULL
         )
         """,
+    ],
+    # Version 3: schedules (SPEC §14), as the SQLite store's version 4.
+    [
+        "ALTER TABLE jobs ADD COLUMN schedule_id BIGINT",
+        "ALTER TABLE jobs ADD COLUMN fire_at BIGINT",
+        "CREATE UNIQUE INDEX jobs_fires ON jobs (schedule_id, fire_at) WHERE fire_at IS NOT NULL",
+        """
+        CREATE TABLE schedules (
+            id BIGINT PRIMARY KEY,
+            name TEXT NOT NULL,
+            cron TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            job TEXT NOT NULL,
+            paused INTEGER NOT NULL,
+            next_run_at BIGINT,
+            last_run_at BIGINT,
+            last_job_id BIGINT
+        )
+        """,
+        "CREATE INDEX schedules_due ON schedules (next_run_at) WHERE paused = 0",
     ],
 ]
 
@@ -479,7 +501,7 @@ class _Ambiguous(Exception):
     """
 
 
-@implementer(IJobStore, IClaimingStore)
+@implementer(IJobStore, IClaimingStore, IScheduleStore)
 class PostgresStore:
     """
     Jobs in a PostgreSQL database.
@@ -1173,5 +1195,89 @@ class PostgresStore:
 
         def op(conn: psycopg.Connection[Any]) -> None:
             conn.execute(_PUT_META, ("health_probe", value))
+
+        return self._write(op)
+
+    # IScheduleStore.
+
+    def add_schedule(self, schedule: Schedule) -> Deferred[None]:
+        def op(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(_P(sql.INSERT_SCHEDULE), _values(sql.schedule_row(schedule)))
+
+        return self._write(op)
+
+    def get_schedule(self, schedule_id: int) -> Deferred[Schedule]:
+        def call(conn: psycopg.Connection[Any]) -> Schedule:
+            row = conn.execute(_P(sql.SELECT_ONE_SCHEDULE), (schedule_id,)).fetchone()
+            if row is None:
+                raise ScheduleNotFound(schedule_id)
+            return sql.row_schedule(row)
+
+        return self._read(call)
+
+    def list_schedules(self) -> Deferred[list[Schedule]]:
+        def call(conn: psycopg.Connection[Any]) -> list[Schedule]:
+            return [sql.row_schedule(row) for row in conn.execute(sql.ALL_SCHEDULES).fetchall()]
+
+        return self._read(call)
+
+    def delete_schedule(self, schedule_id: int) -> Deferred[None]:
+        def op(conn: psycopg.Connection[Any]) -> None:
+            if not conn.execute(_P(sql.DELETE_SCHEDULE), (schedule_id,)).fetchall():
+                raise ScheduleNotFound(schedule_id)
+
+        return self._write(op)
+
+    def pause_schedule(self, schedule_id: int) -> Deferred[Schedule]:
+        def op(conn: psycopg.Connection[Any]) -> Schedule:
+            rows = conn.execute(_P(sql.PAUSE_SCHEDULE), (schedule_id,)).fetchall()
+            if not rows:
+                raise ScheduleNotFound(schedule_id)
+            return sql.row_schedule(rows[0])
+
+        return self._write(op)
+
+    def resume_schedule(self, schedule_id: int, next_run_at: int | None) -> Deferred[Schedule]:
+        def op(conn: psycopg.Connection[Any]) -> Schedule:
+            rows = conn.execute(_P(sql.RESUME_SCHEDULE), (next_run_at, schedule_id)).fetchall()
+            if not rows:
+                rows = conn.execute(_P(sql.SELECT_ONE_SCHEDULE), (schedule_id,)).fetchall()
+            if not rows:
+                raise ScheduleNotFound(schedule_id)
+            return sql.row_schedule(rows[0])
+
+        return self._write(op)
+
+    def due_schedules(self, now: int, limit: int) -> Deferred[list[Schedule]]:
+        def call(conn: psycopg.Connection[Any]) -> list[Schedule]:
+            rows = conn.execute(_P(sql.DUE_SCHEDULES), (now, limit)).fetchall()
+            return [sql.row_schedule(row) for row in rows]
+
+        return self._read(call)
+
+    def next_fire_at(self) -> Deferred[int | None]:
+        def call(conn: psycopg.Connection[Any]) -> int | None:
+            row = conn.execute(sql.NEXT_FIRE).fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        return self._read(call)
+
+    def fire(
+        self, schedule_id: int, fire_at: int, job: Job, next_run_at: int | None
+    ) -> Deferred[Job | None]:
+        # The conditional UPDATE takes the schedule's row lock: a fire of the
+        # same time on another node waits for this transaction, then finds the
+        # schedule moved on and stores nothing.
+        def op(conn: psycopg.Connection[Any]) -> Job | None:
+            advanced = conn.execute(
+                _P(sql.ADVANCE_SCHEDULE), (next_run_at, fire_at, job.id, schedule_id, fire_at)
+            ).fetchall()
+            if not advanced:
+                return None
+            if conn.execute(_P(sql.FIRED), (schedule_id, fire_at)).fetchone() is not None:
+                return None
+            self._insert(conn, job)
+            conn.execute(_P(sql.MARK_FIRE), (fire_at, job.id))
+            return job
 
         return self._write(op)

@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from hq.ids import id_to_ms
-from hq.model import Attempt, Job, JobPage, JobState, ListQuery
+from hq.model import Attempt, Job, JobPage, JobState, JobTemplate, ListQuery, Schedule
 
 COLUMNS = (
     "id, name, comment, url, payload, headers, timeout, state, status, started_at, "
     "finished_at, success, failure, canceled, status_code, err, output, output_truncated, "
-    "attempts, retries, run_after, idempotency_key"
+    "attempts, retries, run_after, idempotency_key, schedule_id"
 )
 _NAMES = [name.strip() for name in COLUMNS.split(",")]
 
@@ -99,6 +99,40 @@ EXPIRED = "SELECT id FROM jobs WHERE state = 2 AND finished_at < ? LIMIT ?"
 #: Jobs a dead process left running (``hq.model.Job.recovered`` decides what becomes of them).
 RUNNING = f"{SELECT} WHERE state = 1"
 
+# -- Schedules (SPEC §14) ------------------------------------------------------
+
+SCHEDULE_COLUMNS = "id, name, cron, timezone, job, paused, next_run_at, last_run_at, last_job_id"
+INSERT_SCHEDULE = f"INSERT INTO schedules ({SCHEDULE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+SELECT_SCHEDULE = f"SELECT {SCHEDULE_COLUMNS} FROM schedules"
+SELECT_ONE_SCHEDULE = f"{SELECT_SCHEDULE} WHERE id = ?"
+ALL_SCHEDULES = f"{SELECT_SCHEDULE} ORDER BY id"
+#: The schedules due at a time, earliest first.
+DUE_SCHEDULES = (
+    f"{SELECT_SCHEDULE} WHERE paused = 0 AND next_run_at <= ? ORDER BY next_run_at, id LIMIT ?"
+)
+#: The earliest next fire of any schedule that runs.
+NEXT_FIRE = "SELECT min(next_run_at) FROM schedules WHERE paused = 0"
+#: The schedule half of a fire: move a running schedule on from the fire time it
+#: still has (no row: another fire, node or pause came first, so nothing fires).
+#: Under PostgreSQL a concurrent fire waits for the row and then finds it moved on.
+ADVANCE_SCHEDULE = (
+    "UPDATE schedules SET next_run_at = ?, last_run_at = ?, last_job_id = ?"
+    " WHERE id = ? AND paused = 0 AND next_run_at = ? RETURNING id"
+)
+#: Mark the job of a fire with its fire time: ``jobs_fires`` makes (schedule, time) unique.
+MARK_FIRE = "UPDATE jobs SET fire_at = ? WHERE id = ?"
+#: Whether a job of a (schedule, fire time) is stored.
+FIRED = "SELECT id FROM jobs WHERE schedule_id = ? AND fire_at = ?"
+PAUSE_SCHEDULE = (
+    f"UPDATE schedules SET paused = 1, next_run_at = NULL WHERE id = ? RETURNING {SCHEDULE_COLUMNS}"
+)
+#: Resume a paused schedule (no row: it was not paused, or is gone).
+RESUME_SCHEDULE = (
+    f"UPDATE schedules SET paused = 0, next_run_at = ? WHERE id = ? AND paused = 1"
+    f" RETURNING {SCHEDULE_COLUMNS}"
+)
+DELETE_SCHEDULE = "DELETE FROM schedules WHERE id = ? RETURNING id"
+
 
 def placeholders(statement: str, style: str = "%s") -> str:
     """
@@ -135,6 +169,7 @@ def job_row(job: Job) -> tuple[Any, ...]:
         job.retries,
         job.due_at,
         job.idempotency_key,
+        job.schedule_id,
     )
 
 
@@ -173,6 +208,7 @@ def row_job(row: tuple[Any, ...] | Any) -> Job:
         # The due time is stored always; a job due at its creation shows none.
         run_at=row[20] if row[20] > id_to_ms(row[0]) else None,
         idempotency_key=row[21],
+        schedule_id=row[22],
     )
 
 
@@ -267,3 +303,37 @@ def page_of(query: ListQuery, rows: Iterable[Any]) -> JobPage:
             return JobPage(jobs=jobs, next_id=job.id)
         jobs.append(job)
     return JobPage(jobs=jobs, next_id=None)
+
+
+def schedule_row(schedule: Schedule) -> tuple[Any, ...]:
+    """
+    Return ``schedule`` as the values of :data:`SCHEDULE_COLUMNS`.
+    """
+    return (
+        schedule.id,
+        schedule.name,
+        schedule.cron,
+        schedule.timezone,
+        schedule.job.to_storage(),
+        int(schedule.paused),
+        schedule.next_run_at,
+        schedule.last_run_at,
+        schedule.last_job_id,
+    )
+
+
+def row_schedule(row: tuple[Any, ...] | Any) -> Schedule:
+    """
+    Return the schedule of a row of :data:`SCHEDULE_COLUMNS`.
+    """
+    return Schedule(
+        id=row[0],
+        name=row[1],
+        cron=row[2],
+        timezone=row[3],
+        job=JobTemplate.from_storage(row[4]),
+        paused=bool(row[5]),
+        next_run_at=row[6],
+        last_run_at=row[7],
+        last_job_id=row[8],
+    )

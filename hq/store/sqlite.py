@@ -17,14 +17,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome
+from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome, Schedule
 from hq.store import (
     DueKey,
     IdempotencyConflict,
     IJobStore,
+    IScheduleStore,
     JobNotFound,
     Pushed,
     Recovery,
+    ScheduleNotFound,
     StoreCounts,
     sql,
 )
@@ -90,7 +92,7 @@ def glob_prefilter(pattern: str) -> str | None:
     return "".join(parts)
 
 
-@implementer(IJobStore)
+@implementer(IJobStore, IScheduleStore)
 class SQLiteStore:
     """
     Jobs in ``<data_dir>/hq.sqlite3`` (:class:`hq.store.sqlitefile.SQLiteFile`).
@@ -404,5 +406,86 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
             conn.execute("REPLACE INTO meta (key, value) VALUES ('health_probe', ?)", (value,))
+
+        return self._write(op)
+
+    # IScheduleStore.
+
+    def add_schedule(self, schedule: Schedule) -> Deferred[None]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
+            conn.execute(sql.INSERT_SCHEDULE, sql.schedule_row(schedule))
+
+        return self._write(op)
+
+    def get_schedule(self, schedule_id: int) -> Deferred[Schedule]:
+        def call(conn: sqlite3.Connection) -> Schedule:
+            row = conn.execute(sql.SELECT_ONE_SCHEDULE, (schedule_id,)).fetchone()
+            if row is None:
+                raise ScheduleNotFound(schedule_id)
+            return sql.row_schedule(row)
+
+        return self._read(call)
+
+    def list_schedules(self) -> Deferred[list[Schedule]]:
+        return self._read(
+            lambda conn: [sql.row_schedule(row) for row in conn.execute(sql.ALL_SCHEDULES)]
+        )
+
+    def delete_schedule(self, schedule_id: int) -> Deferred[None]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
+            if not conn.execute(sql.DELETE_SCHEDULE, (schedule_id,)).fetchall():
+                raise ScheduleNotFound(schedule_id)
+
+        return self._write(op)
+
+    def pause_schedule(self, schedule_id: int) -> Deferred[Schedule]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> Schedule:
+            rows = conn.execute(sql.PAUSE_SCHEDULE, (schedule_id,)).fetchall()
+            if not rows:
+                raise ScheduleNotFound(schedule_id)
+            return sql.row_schedule(rows[0])
+
+        return self._write(op)
+
+    def resume_schedule(self, schedule_id: int, next_run_at: int | None) -> Deferred[Schedule]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> Schedule:
+            rows = conn.execute(sql.RESUME_SCHEDULE, (next_run_at, schedule_id)).fetchall()
+            if not rows:
+                rows = conn.execute(sql.SELECT_ONE_SCHEDULE, (schedule_id,)).fetchall()
+            if not rows:
+                raise ScheduleNotFound(schedule_id)
+            return sql.row_schedule(rows[0])
+
+        return self._write(op)
+
+    def due_schedules(self, now: int, limit: int) -> Deferred[list[Schedule]]:
+        def call(conn: sqlite3.Connection) -> list[Schedule]:
+            rows = conn.execute(sql.DUE_SCHEDULES, (now, limit)).fetchall()
+            return [sql.row_schedule(row) for row in rows]
+
+        return self._read(call)
+
+    def next_fire_at(self) -> Deferred[int | None]:
+        def call(conn: sqlite3.Connection) -> int | None:
+            return cast("int | None", conn.execute(sql.NEXT_FIRE).fetchone()[0])
+
+        return self._read(call)
+
+    def fire(
+        self, schedule_id: int, fire_at: int, job: Job, next_run_at: int | None
+    ) -> Deferred[Job | None]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
+            advanced = conn.execute(
+                sql.ADVANCE_SCHEDULE, (next_run_at, fire_at, job.id, schedule_id, fire_at)
+            ).fetchall()
+            if not advanced:
+                return None
+            if conn.execute(sql.FIRED, (schedule_id, fire_at)).fetchone() is not None:
+                # Cannot happen while each fire is one transaction; if it did,
+                # the schedule still moves on rather than trying for ever.
+                return None
+            self._insert(conn, changes, job)
+            conn.execute(sql.MARK_FIRE, (fire_at, job.id))
+            return job
 
         return self._write(op)

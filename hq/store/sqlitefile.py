@@ -40,7 +40,7 @@ T = TypeVar("T")
 #: Each version is one entry of ``_SCHEMA``; a file of an older version is
 #: upgraded in place at open, in one transaction. Never edit a released entry:
 #: add a new version (tests/schema_v1.py keeps the first release's statements).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 DATABASE_FILE = "hq.sqlite3"
 LOCK_FILE = "hq.lock"
@@ -111,6 +111,27 @@ _SCHEMA = [
         )
         """,
         "CREATE INDEX idempotency_keys_job ON idempotency_keys (job_id)",
+    ],
+    # Version 4: schedules (SPEC §14). A job a fire created carries its schedule
+    # and fire time; (schedule_id, fire_at) is unique, so a fire is stored once.
+    [
+        "ALTER TABLE jobs ADD COLUMN schedule_id INTEGER",
+        "ALTER TABLE jobs ADD COLUMN fire_at INTEGER",
+        "CREATE UNIQUE INDEX jobs_fires ON jobs (schedule_id, fire_at) WHERE fire_at IS NOT NULL",
+        """
+        CREATE TABLE schedules (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            cron TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            job TEXT NOT NULL,
+            paused INTEGER NOT NULL,
+            next_run_at INTEGER,
+            last_run_at INTEGER,
+            last_job_id INTEGER
+        )
+        """,
+        "CREATE INDEX schedules_due ON schedules (next_run_at) WHERE paused = 0",
     ],
 ]
 
