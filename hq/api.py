@@ -198,6 +198,12 @@ class _APIResource(KleinResource):
 class HQApi:
     """
     The HTTP API of one server. Serve :meth:`resource`.
+
+    Long on purpose: one thin method per route (bind the request, call the
+    store or a helper, write the answer), all sharing one error path. The
+    logic lives in :mod:`hq.binding`, :mod:`hq.bulk`, :mod:`hq.schedules` and
+    the store. Next clean-up: one Klein app per route group (jobs, schedules,
+    server) mounted under this one.
     """
 
     app = Klein()

@@ -165,7 +165,8 @@ def _transport_message(address: str, exc: BaseException) -> str:
 
 class HQClient:
     """
-    A client for one HQ server.
+    A client for one HQ server: one method per API endpoint (hence its length;
+    the request building and the models are in :mod:`hq.sdk.models`).
 
     ``address`` is the server's base URL (``http://HOST:PORT``, optionally with a path
     prefix); one trailing ``/`` is ignored. ``http`` is the ``treq.client.HTTPClient`` (or

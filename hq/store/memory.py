@@ -43,7 +43,8 @@ def _answer(call: Callable[[], T]) -> Deferred[T]:
 @attrs.define
 class MemoryStore:
     """
-    Jobs in a dict, ids in a sorted list.
+    Jobs in a dict, ids in a sorted list: one short method per operation of
+    the store contracts (jobs and schedules), hence its length.
 
     Set ``writable`` to False to make every write fail with
     :class:`StoreUnavailable`, as a full disk would.

@@ -504,7 +504,10 @@ class _Ambiguous(Exception):
 @implementer(IJobStore, IClaimingStore, IScheduleStore)
 class PostgresStore:
     """
-    Jobs in a PostgreSQL database.
+    Jobs in a PostgreSQL database: the operations of the job, schedule and
+    cluster contracts (claims, leases, nodes), one short method each. Next
+    clean-up: move the connections and threads out, as :mod:`hq.store.sqlitefile`
+    does for SQLite.
 
     :param url: ``postgresql://user[:password]@host[:port]/database[?param=value]``
         (libpq's parameters, e.g. ``sslmode``, are honoured).

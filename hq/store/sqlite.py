@@ -95,7 +95,9 @@ def glob_prefilter(pattern: str) -> str | None:
 @implementer(IJobStore, IScheduleStore)
 class SQLiteStore:
     """
-    Jobs in ``<data_dir>/hq.sqlite3`` (:class:`hq.store.sqlitefile.SQLiteFile`).
+    Jobs in ``<data_dir>/hq.sqlite3`` (:class:`hq.store.sqlitefile.SQLiteFile`):
+    one short method per operation of the job and schedule contracts, hence
+    its length; the file, schema and threads are in :mod:`hq.store.sqlitefile`.
 
     :param data_dir: the directory (created if missing).
     :param reactor: provides ``callFromThread`` and thread pools.
