@@ -63,6 +63,7 @@ from hq.store import (
     StoreUnavailable,
     sql,
 )
+from hq.store.sql import like_prefilter
 from hq.store.writer import BATCH, BatchWriter
 
 T = TypeVar("T")
@@ -290,41 +291,6 @@ _PUT_META = (
     "INSERT INTO meta (key, value) VALUES (%s, %s)"
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
-
-#: Regexp syntax beyond plain characters and ``.`` (see :func:`like_prefilter`).
-_REGEXP_SYNTAX = frozenset("^$|?*+()[]{}")
-_LIKE_ESCAPES = {"%": "\\%", "_": "\\_", "\\": "\\\\"}
-
-
-def like_prefilter(pattern: str) -> str | None:
-    """
-    Return a ``LIKE`` pattern that every text in which the RE2 regexp
-    ``pattern`` finds a match also matches, or ``None`` when the regexp is more
-    than plain characters, ``.`` (any character) and ``\\`` before punctuation.
-
-    Most searches are plain words, hosts or ids: for them PostgreSQL drops the
-    rows that cannot match before they cross the network.
-    """
-    parts = ["%"]
-    escaped = False
-    for char in pattern:
-        if escaped:
-            if not (char.isascii() and not char.isalnum() and char.isprintable()):
-                return None  # \d, \w, \pL...: a class, not a character
-            parts.append(_LIKE_ESCAPES.get(char, char))
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ".":
-            parts.append("_")
-        elif char in _REGEXP_SYNTAX or char == "\x00":
-            return None
-        else:
-            parts.append(_LIKE_ESCAPES.get(char, char))
-    if escaped or len(parts) == 1:
-        return None
-    parts.append("%")
-    return "".join(parts)
 
 
 def _text(value: Any) -> Any:

@@ -242,6 +242,61 @@ def row_attempt(row: tuple[Any, ...] | Any) -> Attempt:
     )
 
 
+#: Regexp syntax beyond plain characters and ``.`` (see :func:`plain_pattern`).
+_REGEXP_SYNTAX = frozenset("^$|?*+()[]{}")
+#: GLOB's own wildcards, matched literally inside brackets.
+_GLOB_ESCAPES = {"*": "[*]", "?": "[?]", "[": "[[]"}
+#: LIKE's own wildcards and its escape character (the default ``\``).
+_LIKE_ESCAPES = {"%": "\\%", "_": "\\_", "\\": "\\\\"}
+
+
+def plain_pattern(pattern: str, any_run: str, any_char: str, escapes: dict[str, str]) -> str | None:
+    """
+    Return a pattern of the engine's matching operator (``any_run`` and
+    ``any_char`` its wildcards, ``escapes`` how to write its own wildcards
+    literally) that every text in which the RE2 regexp ``pattern`` finds a
+    match also matches, or ``None`` when the regexp is more than plain
+    characters, ``.`` (any character) and ``\\`` before punctuation.
+
+    Most searches are plain words, hosts or ids: for them the database drops
+    the rows that cannot match before Python sees them; the regexp decides.
+    """
+    parts = [any_run]
+    escaped = False
+    for char in pattern:
+        if escaped:
+            if not (char.isascii() and not char.isalnum() and char.isprintable()):
+                return None  # \d, \w, \pL...: a class, not a character
+            parts.append(escapes.get(char, char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ".":
+            parts.append(any_char)
+        elif char in _REGEXP_SYNTAX or char == "\x00":
+            return None
+        else:
+            parts.append(escapes.get(char, char))
+    if escaped or len(parts) == 1:
+        return None
+    parts.append(any_run)
+    return "".join(parts)
+
+
+def glob_prefilter(pattern: str) -> str | None:
+    """
+    :func:`plain_pattern` for SQLite's ``GLOB``.
+    """
+    return plain_pattern(pattern, "*", "?", _GLOB_ESCAPES)
+
+
+def like_prefilter(pattern: str) -> str | None:
+    """
+    :func:`plain_pattern` for ``LIKE`` (PostgreSQL's, escape character ``\\``).
+    """
+    return plain_pattern(pattern, "%", "_", _LIKE_ESCAPES)
+
+
 def list_statement(
     query: ListQuery, match: str, prefilter: Callable[[str], str | None]
 ) -> tuple[str, list[Any]]:

@@ -30,6 +30,7 @@ from hq.store import (
     StoreCounts,
     sql,
 )
+from hq.store.sql import glob_prefilter
 from hq.store.sqlitefile import (
     _SCHEMA,
     DATABASE_FILE,
@@ -53,43 +54,6 @@ T = TypeVar("T")
 
 #: Due waiting jobs counted at most for ``/stats`` (see ``counts``).
 COUNT_CAP = 10_000
-
-
-#: Regexp syntax beyond plain characters and ``.`` (see :func:`glob_prefilter`).
-_REGEXP_SYNTAX = frozenset("^$|?*+()[]{}")
-#: GLOB's own wildcards, matched literally inside brackets.
-_GLOB_ESCAPES = {"*": "[*]", "?": "[?]", "[": "[[]"}
-
-
-def glob_prefilter(pattern: str) -> str | None:
-    """
-    Return a SQLite GLOB pattern that every text in which the RE2 regexp
-    ``pattern`` finds a match also matches, or ``None`` when the regexp is more
-    than plain characters, ``.`` (any character) and ``\\`` before punctuation.
-
-    Most searches are plain words, hosts or ids: for them SQLite can drop the
-    rows that cannot match without handing each to Python.
-    """
-    parts = ["*"]
-    escaped = False
-    for char in pattern:
-        if escaped:
-            if not (char.isascii() and not char.isalnum() and char.isprintable()):
-                return None  # \d, \w, \pL...: a class, not a character
-            parts.append(_GLOB_ESCAPES.get(char, char))
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ".":
-            parts.append("?")
-        elif char in _REGEXP_SYNTAX or char == "\x00":
-            return None
-        else:
-            parts.append(_GLOB_ESCAPES.get(char, char))
-    if escaped or len(parts) == 1:
-        return None
-    parts.append("*")
-    return "".join(parts)
 
 
 @implementer(IJobStore, IScheduleStore)
