@@ -542,10 +542,6 @@ class PostgresStore:
         self._reader_conns: list[psycopg.Connection[Any]] = []
         self._conns_lock = threading.Lock()
         self._probes = 0
-        #: Writes asked for during this turn of the reactor, handed to the
-        #: writer together at its end (one wake-up of the writer thread).
-        self._pending: _Batch = []
-        self._flush_call: Any = None
 
     @property
     def where(self) -> str:
@@ -712,23 +708,14 @@ class PostgresStore:
     def _write(self, op: _Op) -> Deferred[Any]:
         if self._writer is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
-        d: Deferred[Any] = Deferred()
-        self._pending.append((op, d))
-        if self._flush_call is None:
-            self._flush_call = self._reactor.callLater(0, self._flush)
-        return d
+        return self._writer.write(op)
 
     def _flush(self) -> None:
         """
-        Hand the writes of this reactor turn to the writer thread.
+        Hand the writes of this reactor turn to the writer thread now.
         """
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        pending, self._pending = self._pending, []
-        if pending and self._writer is not None:
-            self._writer.submit_many(pending)
+        if self._writer is not None:
+            self._writer.flush()
 
     def _reader(self, fresh: bool) -> psycopg.Connection[Any]:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)

@@ -282,11 +282,6 @@ class SQLiteFile:
         self._closing = False
         self._local = threading.local()
         self._lock_fd: int | None = None
-        #: Writes asked for during this turn of the reactor, handed to the
-        #: writer together at its end (one wake-up of the writer thread, not one
-        #: per write: each thread hop costs far more than the SQL it carries).
-        self._pending: _Batch = []
-        self._flush_call: Any = None
 
     @property
     def path(self) -> str:
@@ -453,23 +448,14 @@ class SQLiteFile:
         """
         if self._writer is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
-        d: Deferred[Any] = Deferred()
-        self._pending.append((op, d))
-        if self._flush_call is None:
-            self._flush_call = self._reactor.callLater(0, self._flush)
-        return d
+        return self._writer.write(op)
 
     def _flush(self) -> None:
         """
-        Hand the writes of this reactor turn to the writer thread.
+        Hand the writes of this reactor turn to the writer thread now.
         """
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        pending, self._pending = self._pending, []
-        if pending and self._writer is not None:
-            self._writer.submit_many(pending)
+        if self._writer is not None:
+            self._writer.flush()
 
     def read(self, call: Callable[[sqlite3.Connection], T], scan: bool = False) -> Deferred[T]:
         """

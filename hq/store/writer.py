@@ -56,6 +56,34 @@ class BatchWriter(threading.Thread, Generic[OpT]):
         self._deliver = deliver
         self.on_commit = on_commit
         self._queue: queue.SimpleQueue[list[tuple[OpT, Deferred[Any]]] | None] = queue.SimpleQueue()
+        #: Writes asked for during this turn of the reactor, handed to the
+        #: thread together at its end (one wake-up of the thread, not one per
+        #: write: each thread hop costs far more than the SQL it carries).
+        self._pending: list[tuple[OpT, Deferred[Any]]] = []
+        self._flush_call: Any = None
+
+    def write(self, op: OpT) -> Deferred[Any]:
+        """
+        On the reactor thread: queue ``op`` with the other writes of this
+        reactor turn; return the Deferred that fires once it is committed.
+        """
+        d: Deferred[Any] = Deferred()
+        self._pending.append((op, d))
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self.flush)
+        return d
+
+    def flush(self) -> None:
+        """
+        On the reactor thread: hand the writes of this reactor turn to the thread now.
+        """
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        pending, self._pending = self._pending, []
+        if pending:
+            self.submit_many(pending)
 
     def submit(self, op: OpT) -> Deferred[Any]:
         """
