@@ -26,10 +26,16 @@ from typing import Any
 import psycopg
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from hq.cluster import ClusterNode
+from hq.cron import CronRule
+from hq.ids import IdGenerator, now_ms
+from hq.model import Job, JobTemplate, Schedule
+from hq.scheduler import LEADER_CHECK, Scheduler
 from hq.store import Recovery, StoreUnavailable
+from hq.store.memory import MemoryStore
 from tests import pgserver
 from tests.serverprocess import ROOT, RecordingWorker, ServerProcess, report, wait_for
 from tests.test_operations import unit_settings
@@ -548,3 +554,62 @@ class ClusterNodeTests(SynchronousTestCase):
         self.assertEqual(self.store.calls[-2:], [("recover",), ("unregister",)])
         self.clock.advance(5.0)
         self.assertEqual(self.store.calls[-1], ("unregister",))
+
+
+class SchedulerLeaderTests(SynchronousTestCase):
+    """
+    The scheduler of a cluster node fires only while it holds the leader lease.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.store = MemoryStore()
+        self.ids = IdGenerator(1, self.clock)
+        self.queued: list[Job] = []
+        self.leading = False
+        self.asked = 0
+        self.scheduler = Scheduler(
+            self.store, self.ids, self.clock, self.queued.append, leader=self.lead
+        )
+        rule = CronRule.parse("* * * * * *")
+        schedule = Schedule(
+            id=self.ids.next_id(),
+            name="s",
+            cron=rule.expression,
+            timezone="UTC",
+            job=JobTemplate(url="http://worker.test/tick", name="tick"),
+            next_run_at=rule.next_after(now_ms(self.clock)),
+        )
+        self.successResultOf(self.store.add_schedule(schedule))
+
+    async def lead(self) -> bool:
+        self.asked += 1
+        return self.leading
+
+    def test_a_follower_fires_nothing_and_asks_for_the_lease_every_few_seconds(self) -> None:
+        """Not leading: no fire, no read of the schedules; the lease asked for each LEADER_CHECK."""
+        self.scheduler.startService()
+        self.clock.pump([0.5] * 20)
+        self.assertEqual(self.queued, [])
+        self.assertFalse(self.scheduler.leading)
+        self.assertEqual(self.asked, 1 + int(10 // LEADER_CHECK))
+
+    def test_the_leader_fires_each_second_and_a_new_leader_catches_up_once(self) -> None:
+        """Leading: a job a second; a follower that becomes leader makes one catch-up job."""
+        self.leading = True
+        self.scheduler.startService()
+        self.clock.pump([0.1] * 30 + [0.05])
+        self.assertEqual(len(self.queued), 3)
+        self.assertTrue(self.scheduler.leading)
+        self.leading = False
+        self.clock.pump([0.1] * 100)
+        self.assertEqual(len(self.queued), 3)
+        self.leading = True
+        with capturedLogs() as events:
+            self.clock.pump([0.1] * int(LEADER_CHECK * 10))
+        catch_ups = [e for e in events if "catch-up job" in e["log_format"]]
+        self.assertEqual(len(catch_ups), 1)
+        # One catch-up for the 10 s missed, then one a second: not one per missed second.
+        self.assertGreaterEqual(len(self.queued), 3 + 1)
+        self.assertLessEqual(len(self.queued), 3 + 1 + int(LEADER_CHECK))
