@@ -295,10 +295,32 @@ class ExternalServer:
         except psycopg.Error:
             pass
 
-    def start(self, durable: bool = False) -> None:
-        raise RuntimeError(f"an external server ({URL_VARIABLE}) is not started by the tests")
+    @property
+    def port(self) -> int:
+        """
+        The server's port (5432 when the URL names none).
+        """
+        return urllib.parse.urlsplit(self.url).port or 5432
 
-    stop = restart = start
+    def start(self, durable: bool = False) -> None:
+        """
+        Not for an external server: the test calling it skips, saying why.
+        """
+        from unittest import SkipTest
+
+        raise SkipTest(f"{URL_VARIABLE} names a server the tests may not stop or start")
+
+    def stop(self) -> None:
+        """
+        Not for an external server: the test calling it skips, saying why.
+        """
+        self.start()
+
+    def restart(self) -> None:
+        """
+        Not for an external server: the test calling it skips, saying why.
+        """
+        self.start()
 
 
 _server: PostgresServer | ExternalServer | None = None
