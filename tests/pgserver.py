@@ -59,6 +59,13 @@ def find_bindir() -> str | None:
     return None
 
 
+def in_ci() -> bool:
+    """
+    Return whether the tests run in CI (``CI`` set to anything but empty, 0 or false).
+    """
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def skip_reason() -> str | None:
     """
     Return why the PostgreSQL tests cannot run here, or ``None`` when they can.
@@ -68,7 +75,7 @@ def skip_reason() -> str | None:
     """
     if os.environ.get(URL_VARIABLE):
         return None
-    if find_bindir() is None and not os.environ.get("CI"):
+    if find_bindir() is None and not in_ci():
         return (
             "PostgreSQL server binaries (initdb, pg_ctl) are not installed; "
             "scripts/test installs them (apt-get install postgresql)"
