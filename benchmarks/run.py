@@ -12,7 +12,8 @@ Benchmarks: ``throughput`` (push and end-to-end rates, exactly-once),
 memory with a million finished jobs stored), ``cleanup`` (API latency while
 ``job_lifetime`` deletes them), ``backlog`` (100,000 jobs pushed while the
 worker is stopped), ``scheduled`` (start-up and memory with a million jobs
-delayed to tomorrow). Each throughput and latency figure is measured beside a
+delayed to tomorrow), ``postgres`` (one node on SQLite, one and two nodes on a
+throwaway PostgreSQL, see ``postgres.py``). Each throughput and latency figure is measured beside a
 bare baseline in the same invocation (see ``baseline.py``) and reported as a
 ratio to it.
 
@@ -60,8 +61,9 @@ from common import (  # noqa: E402
     median,
     percentiles,
 )
+from postgres import bench_postgres as _bench_postgres  # noqa: E402
 
-BENCHMARKS = ("throughput", "latency", "scale", "cleanup", "backlog", "scheduled")
+BENCHMARKS = ("throughput", "latency", "scale", "cleanup", "backlog", "scheduled", "postgres")
 
 #: Targets from the issue: figure key -> (comparison, value).
 TARGETS: dict[str, tuple[str, float]] = {
@@ -82,6 +84,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "backlog_rss_mb": ("<=", 200),
     "scheduled_startup_s": ("<=", 5),
     "scheduled_idle_rss_mb": ("<=", 150),
+    "pg_e2e_ratio": (">=", 0.7),
 }
 
 
@@ -930,6 +933,16 @@ def bench_scheduled(ctx: Context) -> dict[str, Any]:
         "scheduled_idle_rss_mb", "RSS of the idle server", result["idle_rss_mb"], "MB", note=note
     )
     return result
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+def bench_postgres(ctx: Context) -> dict[str, Any]:
+    """
+    One node on SQLite beside one and two nodes on PostgreSQL (``postgres.py``).
+    """
+    return _bench_postgres(ctx)
 
 
 # -- main --------------------------------------------------------------------------------------

@@ -15,11 +15,17 @@ the delivery engine.
   one job for all the times missed, and the next fire is the first time
   after now. A fire less late keeps the rhythm: the next fire is the first
   time after the one just fired, so a `* * * * * *` schedule does not drift.
+- In a cluster the scheduler fires only on the node holding the
+  ``schedules`` leader lease (``leader``): the conditional fire already makes
+  each fire happen once, the lease spares the other nodes the attempts (one
+  read and one losing write per fire per node). The leader renews it at each
+  pass, at least every :data:`LEADER_CHECK` seconds; the others ask for it as
+  often, and take it over once a dead leader's lease ran out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -37,6 +43,10 @@ LATE_MS = 1000
 BATCH = 500
 #: The longest sleep, seconds, even with no fire due (schedules changed on another node).
 MAX_SLEEP = 60.0
+#: In a cluster: seconds between two looks at the leader lease (a leader
+#: renews it, the others ask for it), and the lease's length.
+LEADER_CHECK = 5.0
+LEADER_SECONDS = 3 * LEADER_CHECK
 
 
 class Scheduler(Service):
@@ -47,6 +57,8 @@ class Scheduler(Service):
     :param ids: makes the ids of the jobs.
     :param clock: the time and the one timer.
     :param enqueue: queues a stored job for delivery (``Delivery.enqueue``).
+    :param leader: in a cluster, answers whether this node leads the
+        schedules now (takes or renews the leader lease); ``None`` alone.
     """
 
     log = Logger()
@@ -58,12 +70,16 @@ class Scheduler(Service):
         clock: IReactorTime,
         enqueue: Callable[[Job], object],
         max_sleep: float = MAX_SLEEP,
+        leader: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._store = store
         self._ids = ids
         self._clock = clock
         self._enqueue = enqueue
         self._max_sleep = max_sleep
+        self._leader = leader
+        #: Whether this node fires the schedules (always true alone).
+        self.leading = leader is None
         self._timer: IDelayedCall | None = None
         self._pass: Deferred[None] | None = None
         self._again = False
@@ -140,7 +156,21 @@ class Scheduler(Service):
     async def _fire_due(self) -> float:
         """
         Fire every due schedule; return the seconds until the next fire.
+
+        In a cluster, a node not holding the leader lease fires nothing and
+        asks again in :data:`LEADER_CHECK` seconds.
         """
+        if self._leader is not None:
+            leading = await self._leader()
+            if leading != self.leading:
+                self.log.info(
+                    "This node {change} the schedules' leader",
+                    change="is now" if leading else "is no longer",
+                )
+            self.leading = leading
+            if not leading:
+                return LEADER_CHECK
+        longest = self._max_sleep if self._leader is None else min(self._max_sleep, LEADER_CHECK)
         while True:
             now = now_ms(self._clock)
             due = await self._store.due_schedules(now, BATCH)
@@ -161,8 +191,8 @@ class Scheduler(Service):
         next_fire = await self._store.next_fire_at()
         now = now_ms(self._clock)
         if next_fire is None:
-            return self._max_sleep
-        return min(self._max_sleep, max(0.0, (next_fire - now) / 1000))
+            return longest
+        return min(longest, max(0.0, (next_fire - now) / 1000))
 
     async def _fire(self, schedule: Schedule, now: int) -> None:
         fire_at = schedule.next_run_at

@@ -14,7 +14,8 @@ order and stopped in the reverse one, each waiting for the one before:
 5. :class:`Recovery`: interrupted jobs queued again, the id generator advanced;
 6. the delivery engine (:func:`delivery_engine`);
 7. the clean-up timer (:mod:`hq.cleanup`), when ``job_lifetime`` is set (in
-   a cluster, on the node holding the clean-up's leader lease);
+   a cluster, on the node holding the clean-up's leader lease); the
+   scheduler likewise fires on the node holding the ``schedules`` lease;
 8. :class:`WebListener`: the port, bound early, accepting only from here on;
 9. :class:`SystemdNotifier`: ``READY=1`` now, ``STOPPING=1`` first at shutdown.
 
@@ -719,7 +720,14 @@ class HQService(MultiService):
             # ``web`` is bound below, before any request is answered.
             started = now_ms(reactor)
             nodes = local_nodes(config.server_id, lambda: web.node_address(), started, reactor)
-        scheduler = Scheduler(store, ids, reactor, delivery.enqueue)
+        schedules_leader = None
+        if isinstance(store, PostgresStore):
+            from hq.scheduler import LEADER_SECONDS
+
+            # Fires happen once anyway (conditional); the lease spares the
+            # other nodes their losing attempts.
+            schedules_leader = functools.partial(store.lead, "schedules", LEADER_SECONDS)
+        scheduler = Scheduler(store, ids, reactor, delivery.enqueue, leader=schedules_leader)
         resource = web_resource(
             config, store, delivery, ids, self._metrics, reactor, nodes, scheduler.wake
         )

@@ -6,7 +6,18 @@ when the test process exits.
 PostgreSQL refuses to run as root (CI runs as root): then the server runs as
 the ``postgres`` system user (created by Debian's package; created here if
 missing) through ``runuser``, in a directory that user owns. The tests never
-use a PostgreSQL already running on the machine.
+use a PostgreSQL already running on the machine unless told to:
+
+``HQ_TEST_POSTGRES_URL``
+    The URL of an existing server to use instead of starting one, e.g.
+    ``postgresql://hq@db.test:5432/postgres`` (a role that may create
+    databases: each test makes its own, ``hq_test_<pid>_<n>``, dropped when
+    the test process exits). The tests that restart the server then skip,
+    saying why.
+
+In CI (``CI`` set) nothing here is a reason to skip: without the binaries, or
+with a server that does not start, the tests fail (``scripts/test`` installs
+the ``postgresql`` package).
 """
 
 from __future__ import annotations
@@ -19,10 +30,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import urllib.parse
 
 #: The user the server runs as when the tests run as root.
 SERVER_USER = "postgres"
 SUPERUSER = "hq"
+#: The environment variable naming an existing server to use instead.
+URL_VARIABLE = "HQ_TEST_POSTGRES_URL"
 #: Temporary directories of test servers, and the file naming the test process.
 _PREFIX = "hq-pg-"
 _OWNER = "owner.pid"
@@ -45,6 +59,13 @@ def find_bindir() -> str | None:
     return None
 
 
+def in_ci() -> bool:
+    """
+    Return whether the tests run in CI (``CI`` set to anything but empty, 0 or false).
+    """
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def skip_reason() -> str | None:
     """
     Return why the PostgreSQL tests cannot run here, or ``None`` when they can.
@@ -52,7 +73,9 @@ def skip_reason() -> str | None:
     In CI (``CI`` set) missing binaries are not a reason to skip: the tests
     then fail, since ``scripts/test`` installs PostgreSQL.
     """
-    if find_bindir() is None and not os.environ.get("CI"):
+    if os.environ.get(URL_VARIABLE):
+        return None
+    if find_bindir() is None and not in_ci():
         return (
             "PostgreSQL server binaries (initdb, pg_ctl) are not installed; "
             "scripts/test installs them (apt-get install postgresql)"
@@ -95,6 +118,9 @@ class PostgresServer:
     One PostgreSQL server in a temporary directory. :meth:`start` creates and
     starts it; :meth:`stop` and :meth:`start` again keep its data and port.
     """
+
+    #: Whether the tests may stop, start and restart it.
+    can_restart = True
 
     def __init__(self) -> None:
         bindir = find_bindir()
@@ -168,11 +194,25 @@ class PostgresServer:
         Start the server and wait until it accepts connections; ``durable``
         keeps PostgreSQL's crash safety (fsync), which tests do without.
         """
+        self._options = self._server_options(durable)
+        self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", self._options, "-w", "start")
+
+    def _server_options(self, durable: bool) -> str:
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
         options += "-c max_connections=100 -c shared_buffers=32MB"
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
+        return options
+
+    def restart(self) -> None:
+        """
+        ``pg_ctl restart`` (fast: connections are cut), with the options of
+        the last start; return once it accepts connections again.
+        """
+        options = getattr(self, "_options", None) or self._server_options(False)
+        self._run(
+            "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-m", "fast", "-w", "restart"
+        )
 
     def stop(self) -> None:
         """
@@ -212,17 +252,101 @@ class PostgresServer:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-_server: PostgresServer | None = None
-
-
-def server() -> PostgresServer:
+class ExternalServer:
     """
-    Return the test process's PostgreSQL server, started on first use and
-    removed when the process exits.
+    An existing PostgreSQL server (``$HQ_TEST_POSTGRES_URL``): databases are
+    made on it and dropped at exit; it is never stopped or restarted.
+    """
+
+    can_restart = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._databases: list[str] = []
+
+    def dsn(self, database: str = "") -> str:
+        """
+        Return the URL of ``database`` on this server (the given URL's own without one).
+        """
+        if not database:
+            return self.url
+        parts = urllib.parse.urlsplit(self.url)
+        return urllib.parse.urlunsplit(parts._replace(path="/" + database))
+
+    def new_database(self) -> str:
+        """
+        Create an empty database named after this process; return its URL.
+        """
+        import psycopg
+
+        name = f"hq_test_{os.getpid()}_{len(self._databases) + 1}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+        self._databases.append(name)
+        return self.dsn(name)
+
+    def remove(self) -> None:
+        """
+        Drop the databases this process made (those still in use are left).
+        """
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                for name in self._databases:
+                    try:
+                        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+                    except psycopg.Error:
+                        pass
+        except psycopg.Error:
+            pass
+
+    @property
+    def port(self) -> int:
+        """
+        The server's port (5432 when the URL names none).
+        """
+        return urllib.parse.urlsplit(self.url).port or 5432
+
+    def start(self, durable: bool = False) -> None:
+        """
+        Not for an external server: the test calling it skips, saying why.
+        """
+        from unittest import SkipTest
+
+        raise SkipTest(f"{URL_VARIABLE} names a server the tests may not stop or start")
+
+    def stop(self) -> None:
+        """
+        Not for an external server: the test calling it skips, saying why.
+        """
+        self.start()
+
+    def restart(self) -> None:
+        """
+        Not for an external server: the test calling it skips, saying why.
+        """
+        self.start()
+
+
+_server: PostgresServer | ExternalServer | None = None
+
+
+def server() -> PostgresServer | ExternalServer:
+    """
+    Return the test process's PostgreSQL server: ``$HQ_TEST_POSTGRES_URL``'s
+    if set, else one started on first use and removed when the process exits.
+    Fails with :class:`RuntimeError` when it cannot start (a test error, never
+    a skip).
     """
     global _server
     if _server is None:
-        _server = PostgresServer()
+        url = os.environ.get(URL_VARIABLE)
+        if url:
+            _server = ExternalServer(url)
+        else:
+            _server = PostgresServer()
+            _server.start()
         atexit.register(_server.remove)
-        _server.start()
     return _server

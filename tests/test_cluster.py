@@ -3,12 +3,17 @@ A cluster of real HQ server processes on one test PostgreSQL (SPEC §13):
 every job delivered once by one node, a killed node's jobs taken over after
 its lease, a stop on one node aborting the request on another, a push on one
 node reaching an idle dispatcher on another, the node list, one clean-up per
-cluster, and a second node with a server_id in use refused.
+cluster, one scheduler per cluster, a second node with a server_id in use
+refused, and PostgreSQL stopped or restarted under the nodes.
+
+``HQ_TEST_POSTGRES_URL`` points them at an existing server (see
+tests/pgserver.py); the tests that stop or restart it then skip.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -21,12 +26,19 @@ from typing import Any
 import psycopg
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from hq.cluster import ClusterNode
+from hq.cron import CronRule
+from hq.ids import IdGenerator, now_ms
+from hq.model import Job, JobTemplate, Schedule
+from hq.scheduler import LEADER_CHECK, Scheduler
 from hq.store import Recovery, StoreUnavailable
+from hq.store.memory import MemoryStore
 from tests import pgserver
 from tests.serverprocess import ROOT, RecordingWorker, ServerProcess, report, wait_for
+from tests.test_operations import unit_settings
 
 SKIP = pgserver.skip_reason()
 
@@ -78,9 +90,9 @@ class ClusterCase(SynchronousTestCase):
 
 class ClusterTests(ClusterCase):
     def test_jobs_pushed_round_robin_are_delivered_exactly_once(self) -> None:
-        """1,000 jobs pushed in turn to three nodes are each delivered once, by all nodes."""
+        """3,000 jobs pushed in turn to three nodes are each delivered once, by all nodes."""
         nodes = [self.node(n) for n in (1, 2, 3)]
-        total = 1000
+        total = 3000
         ids: list[str] = []
         lock = threading.Lock()
 
@@ -97,7 +109,7 @@ class ClusterTests(ClusterCase):
             thread.start()
         for thread in threads:
             thread.join()
-        wait_for(lambda: len(self.worker.received) >= total, 60, "every job delivered")
+        wait_for(lambda: len(self.worker.received) >= total, 120, "every job delivered")
         wait_for(
             lambda: self.sql("SELECT count(*) FROM jobs WHERE status = 'success'")[0][0] == total,
             20,
@@ -250,7 +262,117 @@ class ClusterTests(ClusterCase):
         self.assertEqual(["Deleted 50 expired jobs" in log for log in logs], [True, False])
 
 
+class ScheduleClusterTests(ClusterCase):
+    def test_one_schedule_on_two_nodes_makes_one_job_per_second_from_one_node(self) -> None:
+        """An every-second schedule on two nodes: one job per second, all fired by the leader."""
+        a = self.node(1)
+        b = self.node(2)
+        status, schedule = a.request(
+            "POST",
+            "/schedule",
+            {"name": "tick", "cron": "* * * * * *", "job": {"url": self.worker.url + "/tick"}},
+        )
+        self.assertEqual(status, 200, schedule)
+        time.sleep(5.5)
+        status, _ = b.request("POST", f"/schedule/{schedule['id']}/pause")
+        self.assertEqual(status, 200)
+        rows = self.sql(
+            "SELECT fire_at, id FROM jobs WHERE schedule_id = %s ORDER BY fire_at",
+            int(schedule["id"]),
+        )
+        times = [fire_at for fire_at, _ in rows]
+        self.assertGreaterEqual(len(times), 4)
+        self.assertEqual(times, list(range(times[0], times[0] + 1000 * len(times), 1000)))
+        # The server_id in each job id: one node made them all.
+        makers = {(job_id >> 12) & 1023 for _, job_id in rows}
+        self.assertEqual(len(makers), 1, makers)
+        leader = self.sql("SELECT holder FROM leases WHERE name = 'schedules'")
+        self.assertEqual(leader, [(makers.pop(),)])
+        wait_for(lambda: len(self.worker.received) >= len(rows), 10, "the jobs delivered")
+        self.assertEqual(Counter(self.worker.received.values()), Counter({1: len(rows)}))
+        report("cluster_schedule_every_second", nodes=2, fires=len(rows))
+
+
 class DatabaseDownTests(ClusterCase):
+    def setUp(self) -> None:
+        super().setUp()
+        if not self.pg.can_restart:
+            self.skipTest(f"{pgserver.URL_VARIABLE} names a server the tests may not restart")
+
+    def test_database_restarted_while_pushing_loses_nothing_acknowledged(self) -> None:
+        """pg_ctl restart under three nodes taking pushes: every 200 is delivered, no restart."""
+        nodes = [self.node(n) for n in (1, 2, 3)]
+        acknowledged: list[str] = []
+        refused: Counter[int] = Counter()
+        after_restart: Counter[int] = Counter()
+        restarted = threading.Event()
+        finish = threading.Event()
+        lock = threading.Lock()
+
+        def push(start: int) -> None:
+            n = start
+            deadline = time.monotonic() + 60
+            while not finish.is_set() and time.monotonic() < deadline:
+                node = nodes[n % len(nodes)]
+                n += 1
+                try:
+                    status, body = node.request("POST", "/job", {"url": self.worker.url + "/x"})
+                except OSError:
+                    status, body = 0, {}
+                with lock:
+                    if status == 200:
+                        acknowledged.append(str(body["id"]))
+                        if restarted.is_set():
+                            after_restart[n % len(nodes)] += 1
+                    else:
+                        refused[status] += 1
+
+        threads = [threading.Thread(target=push, args=(start,)) for start in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_for(lambda: len(acknowledged) >= 300, 30, "pushes before the restart")
+            began = time.monotonic()
+            self.pg.restart()
+            down = time.monotonic() - began
+            restarted.set()
+            # Every node takes pushes again by itself.
+            wait_for(
+                lambda: len(after_restart) == 3 and min(after_restart.values()) >= 50,
+                30,
+                "pushes accepted by every node after the restart",
+            )
+        finally:
+            finish.set()
+            for thread in threads:
+                thread.join(30)
+        total = len(acknowledged)
+        wait_for(
+            lambda: all(self.worker.received[i] for i in acknowledged),
+            60,
+            "every acknowledged job delivered",
+        )
+        wait_for(
+            lambda: (
+                self.sql("SELECT count(*) FROM jobs WHERE state = 2")[0][0]
+                >= self.sql("SELECT count(*) FROM jobs")[0][0]
+            ),
+            30,
+            "every stored job finished",
+        )
+        self.assertEqual(set(refused) - {503}, set())
+        self.assertEqual([node.process.poll() for node in nodes], [None] * 3)  # type: ignore[union-attr]
+        statuses = dict(self.sql("SELECT status, count(*) FROM jobs GROUP BY status"))
+        self.assertEqual(set(statuses), {"success"})
+        duplicates = sum(self.worker.received[i] - 1 for i in acknowledged)
+        report(
+            "cluster_database_restart",
+            acknowledged=total,
+            refused_503=refused[503],
+            restart_seconds=round(down, 2),
+            duplicates=duplicates,
+        )
+
     def test_database_down_pushes_answer_503_at_once_and_the_node_recovers_by_itself(self) -> None:
         """PostgreSQL stopped: pushes 503 at once; back: pushes work, nothing acknowledged lost."""
         a = self.node(1, lease_timeout=10.0)
@@ -286,6 +408,44 @@ class DatabaseDownTests(ClusterCase):
                 return
         except psycopg.Error:
             self.pg.start()
+
+
+class TemplateUnitTests(SynchronousTestCase):
+    """
+    contrib/systemd/hq@.service: one instance per server_id.
+    """
+
+    unit = os.path.join(ROOT, "contrib", "systemd", "hq@.service")
+
+    def test_template_and_an_instance_pass_systemd_analyze_verify(self) -> None:
+        """systemd-analyze verify finds nothing wrong in hq@.service nor in hq@1.service."""
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise SkipTest("systemd-analyze is not installed (apt-get install systemd)")
+        hq = shutil.which("hq", path=os.path.dirname(sys.executable))
+        if hq is None:
+            raise SkipTest("the hq console script is not installed beside this Python")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(self.unit) as f:
+            text = f.read().replace("/opt/hq/venv/bin/hq", hq)
+        for name in ("hq@.service", "hq@1.service"):
+            path = os.path.join(directory, name)
+            with open(path, "w") as f:
+                f.write(text)
+            result = subprocess.run(
+                [analyze, "verify", "--man=no", path], capture_output=True, text=True, timeout=60
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertNotIn("hq@", result.stderr + result.stdout)
+
+    def test_each_instance_reads_its_own_config(self) -> None:
+        """ExecStart takes /etc/hq/hq-%i.toml; the rest is hq.service's hardened setup."""
+        settings = unit_settings(self.unit)
+        self.assertEqual(settings["ExecStart"], ["/opt/hq/venv/bin/hq serve -c /etc/hq/hq-%i.toml"])
+        single = unit_settings(os.path.join(ROOT, "contrib", "systemd", "hq.service"))
+        del single["ExecStart"], settings["ExecStart"]
+        self.assertEqual(settings, single)
 
 
 class MigrateCommandTests(SynchronousTestCase):
@@ -394,3 +554,62 @@ class ClusterNodeTests(SynchronousTestCase):
         self.assertEqual(self.store.calls[-2:], [("recover",), ("unregister",)])
         self.clock.advance(5.0)
         self.assertEqual(self.store.calls[-1], ("unregister",))
+
+
+class SchedulerLeaderTests(SynchronousTestCase):
+    """
+    The scheduler of a cluster node fires only while it holds the leader lease.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.store = MemoryStore()
+        self.ids = IdGenerator(1, self.clock)
+        self.queued: list[Job] = []
+        self.leading = False
+        self.asked = 0
+        self.scheduler = Scheduler(
+            self.store, self.ids, self.clock, self.queued.append, leader=self.lead
+        )
+        rule = CronRule.parse("* * * * * *")
+        schedule = Schedule(
+            id=self.ids.next_id(),
+            name="s",
+            cron=rule.expression,
+            timezone="UTC",
+            job=JobTemplate(url="http://worker.test/tick", name="tick"),
+            next_run_at=rule.next_after(now_ms(self.clock)),
+        )
+        self.successResultOf(self.store.add_schedule(schedule))
+
+    async def lead(self) -> bool:
+        self.asked += 1
+        return self.leading
+
+    def test_a_follower_fires_nothing_and_asks_for_the_lease_every_few_seconds(self) -> None:
+        """Not leading: no fire, no read of the schedules; the lease asked for each LEADER_CHECK."""
+        self.scheduler.startService()
+        self.clock.pump([0.5] * 20)
+        self.assertEqual(self.queued, [])
+        self.assertFalse(self.scheduler.leading)
+        self.assertEqual(self.asked, 1 + int(10 // LEADER_CHECK))
+
+    def test_the_leader_fires_each_second_and_a_new_leader_catches_up_once(self) -> None:
+        """Leading: a job a second; a follower that becomes leader makes one catch-up job."""
+        self.leading = True
+        self.scheduler.startService()
+        self.clock.pump([0.1] * 30 + [0.05])
+        self.assertEqual(len(self.queued), 3)
+        self.assertTrue(self.scheduler.leading)
+        self.leading = False
+        self.clock.pump([0.1] * 100)
+        self.assertEqual(len(self.queued), 3)
+        self.leading = True
+        with capturedLogs() as events:
+            self.clock.pump([0.1] * int(LEADER_CHECK * 10))
+        catch_ups = [e for e in events if "catch-up job" in e["log_format"]]
+        self.assertEqual(len(catch_ups), 1)
+        # One catch-up for the 10 s missed, then one a second: not one per missed second.
+        self.assertGreaterEqual(len(self.queued), 3 + 1)
+        self.assertLessEqual(len(self.queued), 3 + 1 + int(LEADER_CHECK))
