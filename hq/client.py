@@ -5,7 +5,7 @@ Every method of :class:`HQClient` returns a :class:`~twisted.internet.defer.Defe
 can be awaited in ``async def`` code or used with callbacks. Results are frozen attrs values
 (:class:`RemoteJob`, :class:`JobList`, :class:`Attempt`, :class:`Stats`, :class:`ServerInfo`)
 that also keep the JSON object the server sent, as ``raw``; they and the errors live in
-:mod:`hq.sdk.models`, shared with the blocking and asyncio clients of :mod:`hq.sdk`.
+:mod:`hq_sdk.models`, shared with the blocking and asyncio clients of :mod:`hq_sdk`.
 Every failure is one exception type, :class:`HQError`: it carries the HTTP status (``None``
 when no answer came) and a message for a person, the server's own ``error`` text when there
 is one.
@@ -47,7 +47,7 @@ from twisted.web.client import (
 )
 from twisted.web.error import SchemeNotSupported
 
-from hq.sdk.models import (
+from hq_sdk.models import (
     DEFAULT_ADDRESS,
     MAX_BATCH_BYTES,
     MAX_BATCH_JOBS,
@@ -183,7 +183,7 @@ class HQClient:
     would give.
 
     :meth:`push` gives a job without an idempotency key a random one
-    (``auto_idempotency_key``, on by default), as the clients of :mod:`hq.sdk` do.
+    (``auto_idempotency_key``, on by default), as the clients of :mod:`hq_sdk` do.
 
     Raises ``ValueError`` if ``address`` is not an http(s) URL.
     """

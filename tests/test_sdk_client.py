@@ -1,5 +1,5 @@
 """
-The blocking and asyncio clients of hq.sdk against a real HQ server process on 127.0.0.1
+The blocking and asyncio clients of hq_sdk against a real HQ server process on 127.0.0.1
 (every method, errors, tokens, idempotency keys), and their resending rules over a
 transport that loses answers or fails on purpose.
 """
@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import httpx
 from twisted.trial.unittest import SynchronousTestCase
 
-from hq.sdk import AsyncClient, BatchPushError, Client, HQError, JobList, RemoteJob
-from hq.sdk.transport import NO_RETRIES, RetryPolicy
+from hq_sdk import AsyncClient, BatchPushError, Client, HQError, JobList, RemoteJob
+from hq_sdk.transport import NO_RETRIES, RetryPolicy
 from tests.serverprocess import RecordingWorker, ServerProcess, wait_for
 
 READ_TOKEN = "read-token-for-sdk-tests"
