@@ -18,6 +18,7 @@ from hq_sdk.models import (
     HQError,
     JobList,
     RemoteJob,
+    Schedule,
     ServerInfo,
     Stats,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "HQError",
     "JobList",
     "RemoteJob",
+    "Schedule",
     "ServerInfo",
     "Stats",
     "__version__",

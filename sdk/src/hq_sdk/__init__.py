@@ -24,6 +24,7 @@ from hq_sdk.models import (
     HQError,
     JobList,
     RemoteJob,
+    Schedule,
     ServerInfo,
     Stats,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "HQError",
     "JobList",
     "RemoteJob",
+    "Schedule",
     "ServerInfo",
     "Stats",
     "__version__",

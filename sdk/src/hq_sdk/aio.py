@@ -36,6 +36,7 @@ from hq_sdk.models import (
     HQError,
     JobList,
     RemoteJob,
+    Schedule,
     ServerInfo,
     Stats,
     batch_ids,
@@ -260,3 +261,41 @@ class AsyncClient:
     async def restart(self, job_id: str | int, copy: bool = False) -> RemoteJob:
         """``POST /job/{id}/restart``: the restarted job (a new one with ``copy``)."""
         return await self._run(calls.restart(job_id, copy))
+
+    # -- schedules (SPEC §14)
+
+    async def add_schedule(
+        self,
+        cron: str,
+        job: dict[str, Any],
+        *,
+        name: str | None = None,
+        timezone: str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """
+        ``POST /schedule``: a schedule pushing ``job`` (the wire object, ``url`` required)
+        at each time ``cron`` names in ``timezone`` (default UTC); see
+        :meth:`hq.client.HQClient.add_schedule`.
+        """
+        return await self._run(calls.add_schedule(cron, job, name, timezone, paused))
+
+    async def schedules(self) -> list[Schedule]:
+        """``GET /schedule``: every schedule, in id order."""
+        return await self._run(calls.schedules())
+
+    async def schedule(self, schedule_id: str | int) -> Schedule:
+        """``GET /schedule/{id}``: one schedule."""
+        return await self._run(calls.schedule(schedule_id))
+
+    async def delete_schedule(self, schedule_id: str | int) -> str:
+        """``DELETE /schedule/{id}``: the deleted schedule's id (its jobs stay)."""
+        return await self._run(calls.delete_schedule(schedule_id))
+
+    async def pause_schedule(self, schedule_id: str | int) -> Schedule:
+        """``POST /schedule/{id}/pause``: the paused schedule (pausing twice is fine)."""
+        return await self._run(calls.pause_schedule(schedule_id))
+
+    async def resume_schedule(self, schedule_id: str | int) -> Schedule:
+        """``POST /schedule/{id}/resume``: the schedule, next fire counted from now."""
+        return await self._run(calls.resume_schedule(schedule_id))

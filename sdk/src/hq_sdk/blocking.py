@@ -37,6 +37,7 @@ from hq_sdk.models import (
     HQError,
     JobList,
     RemoteJob,
+    Schedule,
     ServerInfo,
     Stats,
     batch_ids,
@@ -261,3 +262,41 @@ class Client:
     def restart(self, job_id: str | int, copy: bool = False) -> RemoteJob:
         """``POST /job/{id}/restart``: the restarted job (a new one with ``copy``)."""
         return self._run(calls.restart(job_id, copy))
+
+    # -- schedules (SPEC §14)
+
+    def add_schedule(
+        self,
+        cron: str,
+        job: dict[str, Any],
+        *,
+        name: str | None = None,
+        timezone: str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """
+        ``POST /schedule``: a schedule pushing ``job`` (the wire object, ``url`` required)
+        at each time ``cron`` names in ``timezone`` (default UTC); see
+        :meth:`hq.client.HQClient.add_schedule`.
+        """
+        return self._run(calls.add_schedule(cron, job, name, timezone, paused))
+
+    def schedules(self) -> list[Schedule]:
+        """``GET /schedule``: every schedule, in id order."""
+        return self._run(calls.schedules())
+
+    def schedule(self, schedule_id: str | int) -> Schedule:
+        """``GET /schedule/{id}``: one schedule."""
+        return self._run(calls.schedule(schedule_id))
+
+    def delete_schedule(self, schedule_id: str | int) -> str:
+        """``DELETE /schedule/{id}``: the deleted schedule's id (its jobs stay)."""
+        return self._run(calls.delete_schedule(schedule_id))
+
+    def pause_schedule(self, schedule_id: str | int) -> Schedule:
+        """``POST /schedule/{id}/pause``: the paused schedule (pausing twice is fine)."""
+        return self._run(calls.pause_schedule(schedule_id))
+
+    def resume_schedule(self, schedule_id: str | int) -> Schedule:
+        """``POST /schedule/{id}/resume``: the schedule, next fire counted from now."""
+        return self._run(calls.resume_schedule(schedule_id))

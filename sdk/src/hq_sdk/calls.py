@@ -19,6 +19,7 @@ from hq_sdk.models import (
     Attempt,
     JobList,
     RemoteJob,
+    Schedule,
     ServerInfo,
     Stats,
     as_object,
@@ -31,6 +32,9 @@ from hq_sdk.models import (
     id_of,
     job_path,
     push_body,
+    schedule_body,
+    schedule_list,
+    schedule_path,
     server_info,
 )
 
@@ -174,4 +178,59 @@ def restart(job_id: str | int, copy: bool) -> Call[RemoteJob]:
         job_path(job_id, "/restart"),
         _object(RemoteJob.from_dict),
         content=encode_json({"copy": copy}),
+    )
+
+
+def add_schedule(
+    cron: str,
+    job: dict[str, Any],
+    name: str | None,
+    timezone: str | None,
+    paused: bool,
+) -> Call[Schedule]:
+    """``POST /schedule``: never resent (a second one is a second schedule)."""
+    body = schedule_body(cron, job, name=name, timezone=timezone, paused=paused)
+    return Call("POST", "/schedule", _object(Schedule.from_dict), content=encode_json(body))
+
+
+def _read_schedules(decoded: Any, headers: Mapping[str, str], url: str) -> list[Schedule]:
+    return schedule_list(as_object(decoded, url), url)
+
+
+def schedules() -> Call[list[Schedule]]:
+    """``GET /schedule``."""
+    return Call("GET", "/schedule", _read_schedules, resendable=True)
+
+
+def schedule(schedule_id: str | int) -> Call[Schedule]:
+    """``GET /schedule/{id}``."""
+    return Call("GET", schedule_path(schedule_id), _object(Schedule.from_dict), resendable=True)
+
+
+def delete_schedule(schedule_id: str | int) -> Call[str]:
+    """``DELETE /schedule/{id}``: never resent (a second one answers 404)."""
+    return Call(
+        "DELETE",
+        schedule_path(schedule_id),
+        _object(lambda data: id_of(data, schedule_id)),
+    )
+
+
+def pause_schedule(schedule_id: str | int) -> Call[Schedule]:
+    """``POST /schedule/{id}/pause``: resendable (pausing twice is pausing once)."""
+    return Call(
+        "POST",
+        schedule_path(schedule_id, "/pause"),
+        _object(Schedule.from_dict),
+        resendable=True,
+    )
+
+
+def resume_schedule(schedule_id: str | int) -> Call[Schedule]:
+    """``POST /schedule/{id}/resume``: resendable (resuming twice is resuming once)."""
+    return Call(
+        "POST",
+        schedule_path(schedule_id, "/resume"),
+        _object(Schedule.from_dict),
+        resendable=True,
     )

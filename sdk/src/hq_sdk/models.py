@@ -314,6 +314,52 @@ class ServerInfo:
     raw: dict[str, Any] = attrs.field(eq=False, repr=False)
 
 
+@attrs.frozen
+class Schedule:
+    """
+    A schedule (a recurring job, SPEC §14) as the server reported it.
+
+    ``id`` is a string, like job ids. ``cron`` is the expression (5 fields, or 6 with
+    seconds first) read in ``timezone`` (an IANA name). ``job`` is the job pushed at each
+    fire, as the wire object (``url``, ``name``, ``comment``, ``payload``, ``headers``,
+    ``timeout``, ``retries``). ``next_run_at`` is the next fire (``None`` while paused),
+    ``last_run_at`` and ``last_job_id`` the last fire and the job it pushed (``None``
+    before the first). Times are timezone-aware UTC. ``raw`` is the JSON object as received.
+    """
+
+    id: str
+    name: str
+    cron: str
+    timezone: str
+    job: dict[str, Any]
+    paused: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_job_id: str | None
+    raw: dict[str, Any] = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+        """
+        Return the schedule described by the wire object ``data`` (missing keys: defaults).
+        """
+        schedule_id = data.get("id")
+        job = data.get("job")
+        last_job_id = data.get("lastJobId")
+        return cls(
+            id=str(schedule_id) if isinstance(schedule_id, str | int) else "",
+            name=_str(data.get("name")),
+            cron=_str(data.get("cron")),
+            timezone=_str(data.get("timezone"), "UTC"),
+            job=job if isinstance(job, dict) else {},
+            paused=data.get("paused") is True,
+            next_run_at=_parse_time(data.get("nextRunAt")),
+            last_run_at=_parse_time(data.get("lastRunAt")),
+            last_job_id=str(last_job_id) if isinstance(last_job_id, str | int) else None,
+            raw=data,
+        )
+
+
 class BatchPushError(HQError):
     """
     A batch of :meth:`HQClient.push_many` was refused or not answered.
@@ -468,6 +514,51 @@ def job_path(job_id: str | int, action: str = "") -> str:
     if not (raw.isascii() and raw.isdigit()):
         raise HQError(404, f"The job id must be a number but '{raw}'")
     return "/job/" + raw + action
+
+
+def schedule_path(schedule_id: str | int, action: str = "") -> str:
+    """
+    Return the API path of the schedule ``schedule_id`` (``/schedule/{id}`` + ``action``).
+
+    Raises :class:`HQError` (404, as the server answers) for an id that is not a decimal
+    number, without a request.
+    """
+    raw = str(schedule_id)
+    if not (raw.isascii() and raw.isdigit()):
+        raise HQError(404, f"The schedule '{raw}' is not found")
+    return "/schedule/" + raw + action
+
+
+def schedule_body(
+    cron: str,
+    job: dict[str, Any],
+    *,
+    name: str | None = None,
+    timezone: str | None = None,
+    paused: bool = False,
+) -> dict[str, Any]:
+    """
+    Return the ``POST /schedule`` body: ``cron``, ``job``, ``paused`` and, when given,
+    ``name`` and ``timezone`` (the server's defaults: ``default`` and ``UTC``; the job's
+    ``name`` defaults to the schedule's).
+    """
+    body: dict[str, Any] = {"cron": cron, "job": job, "paused": paused}
+    if name is not None:
+        body["name"] = name
+    if timezone is not None:
+        body["timezone"] = timezone
+    return body
+
+
+def schedule_list(data: dict[str, Any], url: str) -> list[Schedule]:
+    """
+    Return the schedules in the ``GET /schedule`` answer ``data``, in id order; raise
+    :class:`HQError` when it has no list.
+    """
+    schedules = data.get("schedules")
+    if not isinstance(schedules, list):
+        raise HQError(None, f"the answer from {url} has no schedule list")
+    return [Schedule.from_dict(s) for s in schedules if isinstance(s, dict)]
 
 
 def answer_error(status: int, content: bytes, url: str) -> HQError:
