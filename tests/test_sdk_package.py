@@ -134,3 +134,30 @@ class SDKPackageTests(SynchronousTestCase):
             },
         )
         self.assertTrue(result["server"])
+
+
+class ReExportTests(SynchronousTestCase):
+    """
+    ``hq.sdk`` (the SDK's former name) and ``hq.client`` give the objects of ``hq_sdk``.
+    """
+
+    def test_hq_sdk_is_hq_sdk(self) -> None:
+        """Every public name of hq.sdk and its modules is the same object in hq_sdk."""
+        import importlib
+
+        import hq.client
+        import hq.sdk
+        import hq_sdk
+
+        for name in hq_sdk.__all__:
+            self.assertIs(getattr(hq.sdk, name), getattr(hq_sdk, name), name)
+        self.assertEqual(hq.sdk.__all__, hq_sdk.__all__)
+        for module in ("aio", "asgi", "blocking", "calls", "dedup", "models", "receiver"):
+            old = importlib.import_module("hq.sdk." + module)
+            new = importlib.import_module("hq_sdk." + module)
+            public = [n for n in vars(new) if not n.startswith("_")]
+            self.assertTrue(public)
+            for name in public:
+                self.assertIs(getattr(old, name), getattr(new, name), f"{module}.{name}")
+        for name in ("HQError", "RemoteJob", "Schedule", "BatchPushError"):
+            self.assertIs(getattr(hq.client, name), getattr(hq_sdk, name), name)
