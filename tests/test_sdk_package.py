@@ -87,10 +87,17 @@ class SDKPackageTests(SynchronousTestCase):
             raise SkipTest("venv.create made no bin/python")
         return python
 
+    def env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
     def run_in(self, python: str, *args: str, cwd: str, timeout: float = 120) -> str:
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         done = subprocess.run(
-            [python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+            [python, *args],
+            cwd=cwd,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         self.assertEqual(
             done.returncode, 0, f"{args[:3]} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
@@ -111,8 +118,14 @@ class SDKPackageTests(SynchronousTestCase):
         source = os.path.join(work, "sdk")
         shutil.copytree(os.path.join(TOP, "sdk"), source)
         self.run_in(python, "-m", "pip", "install", "-q", source, cwd=work)
-        missing = subprocess.run([python, "-c", "import twisted"], cwd=work, capture_output=True)
-        self.assertNotEqual(missing.returncode, 0, "twisted is importable in the SDK's venv")
+        missing = subprocess.run(
+            [python, "-c", "import sys, twisted; print(twisted.__path__, sys.path)"],
+            cwd=work,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+        )
+        self.assertNotEqual(missing.returncode, 0, f"twisted in the SDK's venv: {missing.stdout}")
         requires = self.run_in(python, "-m", "pip", "show", "hq-sdk", cwd=work)
         self.assertIn("Requires: attrs, httpx", requires)
         output = self.run_in(python, "-c", SCRIPT, server.base, worker.url, cwd=work)
