@@ -1,7 +1,11 @@
 """
 Packaging for HQ: the ``hq`` package, the ``hq`` console script, the twistd plugin
-``hq`` (``twisted/plugins/hq_plugin.py``) and the web UI files (``ui/``, installed
-as the data package ``hq_ui``).
+``hq`` (``twisted/plugins/hq_plugin.py``), the web UI files (``ui/``, installed
+as the data package ``hq_ui``) and the SDK package ``hq_sdk`` (``sdk/src/hq_sdk``, also
+its own distribution ``hq-sdk``: sdk/pyproject.toml), which ``hq.client`` and ``hq.sdk``
+use. In a checkout, the symbolic link ``hq_sdk -> sdk/src/hq_sdk`` makes it importable
+from the top directory, as the compat editable install (``editable_mode=compat``) and the
+tests' server processes need.
 """
 
 from setuptools import find_packages, setup
@@ -12,15 +16,17 @@ setup(
     description="A durable HTTP job queue server on Twisted, compatible with kohkimakimoto/hq",
     python_requires=">=3.11",
     packages=[
-        *find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"]),
+        *find_packages(include=["hq", "hq.*"]),
         "twisted.plugins",
         "hq_ui",
+        "hq_sdk",
     ],
-    package_dir={"hq_ui": "ui"},
+    package_dir={"hq_ui": "ui", "hq_sdk": "sdk/src/hq_sdk"},
     package_data={
         "twisted": ["plugins/hq_plugin.py"],
         "hq": ["openapi.json", "py.typed"],
         "hq_ui": ["*", "**/*"],
+        "hq_sdk": ["py.typed"],
     },
     include_package_data=True,
     install_requires=[
@@ -38,8 +44,8 @@ setup(
         "tzdata>=2024.1",
     ],
     extras_require={
-        # The blocking and asyncio clients of hq.sdk (the Twisted client and the
-        # worker receiver need nothing more).
+        # The blocking and asyncio clients of hq_sdk (hq.sdk); the Twisted client and
+        # the worker receiver need nothing more. Without the server: pip install ./sdk.
         "sdk": ["httpx>=0.27"],
         "test": [
             "httpx>=0.27",

@@ -3,9 +3,10 @@ An HTTP client for the HQ API, usable from any Twisted program (the ``hq`` CLI u
 
 Every method of :class:`HQClient` returns a :class:`~twisted.internet.defer.Deferred`, so it
 can be awaited in ``async def`` code or used with callbacks. Results are frozen attrs values
-(:class:`RemoteJob`, :class:`JobList`, :class:`Attempt`, :class:`Stats`, :class:`ServerInfo`)
+(:class:`RemoteJob`, :class:`JobList`, :class:`Attempt`, :class:`Stats`, :class:`ServerInfo`,
+:class:`Schedule`)
 that also keep the JSON object the server sent, as ``raw``; they and the errors live in
-:mod:`hq.sdk.models`, shared with the blocking and asyncio clients of :mod:`hq.sdk`.
+:mod:`hq_sdk.models`, shared with the blocking and asyncio clients of :mod:`hq_sdk`.
 Every failure is one exception type, :class:`HQError`: it carries the HTTP status (``None``
 when no answer came) and a message for a person, the server's own ``error`` text when there
 is one.
@@ -47,7 +48,7 @@ from twisted.web.client import (
 )
 from twisted.web.error import SchemeNotSupported
 
-from hq.sdk.models import (
+from hq_sdk.models import (
     DEFAULT_ADDRESS,
     MAX_BATCH_BYTES,
     MAX_BATCH_JOBS,
@@ -57,6 +58,7 @@ from hq.sdk.models import (
     HQError,
     JobList,
     RemoteJob,
+    Schedule,
     ServerInfo,
     Stats,
     as_bytes,
@@ -74,6 +76,9 @@ from hq.sdk.models import (
     id_of,
     job_path,
     push_body,
+    schedule_body,
+    schedule_list,
+    schedule_path,
     server_info,
     with_options,
 )
@@ -89,6 +94,7 @@ __all__ = [
     "HQError",
     "JobList",
     "RemoteJob",
+    "Schedule",
     "ServerInfo",
     "Stats",
     "check_address",
@@ -184,7 +190,7 @@ class HQClient:
     would give.
 
     :meth:`push` gives a job without an idempotency key a random one
-    (``auto_idempotency_key``, on by default), as the clients of :mod:`hq.sdk` do.
+    (``auto_idempotency_key``, on by default), as the clients of :mod:`hq_sdk` do.
 
     Raises ``ValueError`` if ``address`` is not an http(s) URL.
     """
@@ -526,59 +532,66 @@ class HQClient:
 
     # -- schedules (SPEC §14)
 
-    @staticmethod
-    def _schedule_path(schedule_id: str | int, action: str = "") -> str:
-        raw = str(schedule_id)
-        if not (raw.isascii() and raw.isdigit()):
-            raise HQError(404, f"The schedule '{raw}' is not found")
-        return "/schedule/" + raw + action
+    @_deferred
+    async def add_schedule(
+        self,
+        cron: str,
+        job: dict[str, Any],
+        *,
+        name: str | None = None,
+        timezone: str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """
+        ``POST /schedule``: a schedule that pushes ``job`` (the wire object: ``url``
+        required; ``name``, default the schedule's, ``comment``, ``payload``, ``headers``,
+        ``timeout``, ``retries``) at each time ``cron`` names (5 fields, or 6 with seconds
+        first) in ``timezone`` (an IANA name; default UTC); ``name`` is the schedule's
+        (default ``default``); ``paused`` adds it paused. A Deferred firing with the new
+        :class:`Schedule`; fails with HQError (422 naming a bad field: ``cron``,
+        ``timezone``, ``job.url``...).
+        """
+        body = schedule_body(cron, job, name=name, timezone=timezone, paused=paused)
+        return Schedule.from_dict(await self._object("POST", "/schedule", body=body))
 
     @_deferred
-    async def add_schedule(self, schedule: dict[str, Any]) -> dict[str, Any]:
+    async def schedules(self) -> list[Schedule]:
         """
-        ``POST /schedule`` with ``schedule`` (``name``, ``cron``, ``timezone``, ``job``,
-        ``paused``): a Deferred firing with the new schedule as the server sent it (a dict,
-        keys as on the wire); fails with HQError (422 naming a bad field).
-        """
-        return await self._object("POST", "/schedule", body=schedule)
-
-    @_deferred
-    async def list_schedules(self) -> list[dict[str, Any]]:
-        """
-        ``GET /schedule``: a Deferred firing with every schedule, in id order.
+        ``GET /schedule``: a Deferred firing with every :class:`Schedule`, in id order.
         """
         data = await self._object("GET", "/schedule")
-        schedules = data.get("schedules")
-        if not isinstance(schedules, list):
-            raise HQError(None, f"the answer from {self._address}/schedule has no schedule list")
-        return schedules
+        return schedule_list(data, self._address + "/schedule")
 
     @_deferred
-    async def get_schedule(self, schedule_id: str | int) -> dict[str, Any]:
+    async def schedule(self, schedule_id: str | int) -> Schedule:
         """
-        ``GET /schedule/{id}``: a Deferred firing with the schedule; fails with HQError (404).
+        ``GET /schedule/{id}``: a Deferred firing with the :class:`Schedule`; fails with
+        HQError (404).
         """
-        return await self._object("GET", self._schedule_path(schedule_id))
+        return Schedule.from_dict(await self._object("GET", schedule_path(schedule_id)))
 
     @_deferred
     async def delete_schedule(self, schedule_id: str | int) -> str:
         """
-        ``DELETE /schedule/{id}``: a Deferred firing with the deleted schedule's id; fails
-        with HQError (404).
+        ``DELETE /schedule/{id}``: a Deferred firing with the deleted schedule's id (the
+        jobs it pushed stay); fails with HQError (404).
         """
-        data = await self._object("DELETE", self._schedule_path(schedule_id))
-        return str(data.get("id", schedule_id))
+        data = await self._object("DELETE", schedule_path(schedule_id))
+        return id_of(data, schedule_id)
 
     @_deferred
-    async def pause_schedule(self, schedule_id: str | int) -> dict[str, Any]:
+    async def pause_schedule(self, schedule_id: str | int) -> Schedule:
         """
-        ``POST /schedule/{id}/pause`` (idempotent): a Deferred firing with the schedule.
+        ``POST /schedule/{id}/pause`` (idempotent): a Deferred firing with the paused
+        :class:`Schedule` (``next_run_at`` ``None``); fails with HQError (404).
         """
-        return await self._object("POST", self._schedule_path(schedule_id, "/pause"))
+        return Schedule.from_dict(await self._object("POST", schedule_path(schedule_id, "/pause")))
 
     @_deferred
-    async def resume_schedule(self, schedule_id: str | int) -> dict[str, Any]:
+    async def resume_schedule(self, schedule_id: str | int) -> Schedule:
         """
-        ``POST /schedule/{id}/resume`` (idempotent): a Deferred firing with the schedule.
+        ``POST /schedule/{id}/resume`` (idempotent): a Deferred firing with the
+        :class:`Schedule`, its next fire counted from now (missed fires are not made up);
+        fails with HQError (404; 422 when its time zone is gone).
         """
-        return await self._object("POST", self._schedule_path(schedule_id, "/resume"))
+        return Schedule.from_dict(await self._object("POST", schedule_path(schedule_id, "/resume")))

@@ -31,6 +31,7 @@ from hq.client import (
     HQError,
     JobList,
     RemoteJob,
+    Schedule,
     ServerInfo,
     Stats,
     format_time,
@@ -289,6 +290,46 @@ class ClientTestCase(SynchronousTestCase):
         job = self.push()
         self.assertEqual(self.result(self.client.stop(job.id)), job.id)
         self.assertEqual(self.dispatch.canceled, [int(job.id)])
+
+    def test_schedules(self) -> None:
+        """
+        add_schedule(), schedule(), schedules(), pause, resume and delete: Schedule values.
+        """
+        job = {"url": WORKER, "payload": {"report": "daily"}}
+        d = self.client.add_schedule("30 2 * * *", job, name="nightly", timezone="Europe/Berlin")
+        added: Schedule = self.result(d)
+        self.assertEqual(
+            (added.name, added.cron, added.timezone, added.paused, added.job["payload"]),
+            ("nightly", "30 2 * * *", "Europe/Berlin", False, {"report": "daily"}),
+        )
+        self.assertEqual(added.job["name"], "nightly")
+        # 02:30 in Berlin (CET, UTC+1) after T0 (2023-11-14 22:13:20 UTC).
+        self.assertEqual(added.next_run_at, datetime(2023, 11, 15, 1, 30, tzinfo=UTC))
+        self.assertEqual((added.last_run_at, added.last_job_id), (None, None))
+        self.assertEqual(self.result(self.client.schedule(added.id)), added)
+        self.assertEqual(self.result(self.client.schedules()), [added])
+        paused: Schedule = self.result(self.client.pause_schedule(int(added.id)))
+        self.assertEqual((paused.paused, paused.next_run_at), (True, None))
+        resumed: Schedule = self.result(self.client.resume_schedule(added.id))
+        self.assertEqual((resumed.paused, resumed.next_run_at), (False, added.next_run_at))
+        self.assertEqual(self.result(self.client.delete_schedule(added.id)), added.id)
+        self.assertEqual(self.result(self.client.schedules()), [])
+        error = self.error(self.client.schedule(added.id))
+        self.assertEqual(
+            (error.status, error.message), (404, f"The schedule '{added.id}' is not found")
+        )
+
+    def test_schedule_errors(self) -> None:
+        """
+        A bad cron or job is a 422 naming the field; a malformed id a 404, unsent.
+        """
+        error = self.error(self.client.add_schedule("61 * * * *", {"url": WORKER}))
+        self.assertEqual(error.status, 422)
+        self.assertIn("cron", error.message)
+        error = self.error(self.client.add_schedule("* * * * *", {}, paused=True))
+        self.assertEqual((error.status, error.message), (422, "'job.url' is required"))
+        error = self.error(self.client.pause_schedule("1/resume"))
+        self.assertEqual(error.status, 404)
 
     def test_restart_in_place_and_as_copy(self) -> None:
         """

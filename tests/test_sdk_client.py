@@ -1,5 +1,5 @@
 """
-The blocking and asyncio clients of hq.sdk against a real HQ server process on 127.0.0.1
+The blocking and asyncio clients of hq_sdk against a real HQ server process on 127.0.0.1
 (every method, errors, tokens, idempotency keys), and their resending rules over a
 transport that loses answers or fails on purpose.
 """
@@ -20,8 +20,16 @@ from typing import Any, ClassVar
 import httpx
 from twisted.trial.unittest import SynchronousTestCase
 
-from hq.sdk import AsyncClient, BatchPushError, Client, HQError, JobList, RemoteJob
-from hq.sdk.transport import NO_RETRIES, RetryPolicy
+from hq_sdk import (
+    AsyncClient,
+    BatchPushError,
+    Client,
+    HQError,
+    JobList,
+    RemoteJob,
+    Schedule,
+)
+from hq_sdk.transport import NO_RETRIES, RetryPolicy
 from tests.serverprocess import RecordingWorker, ServerProcess, wait_for
 
 READ_TOKEN = "read-token-for-sdk-tests"
@@ -130,6 +138,9 @@ class ClientContract(ServerMixin):
     assertFalse: Callable[..., None]
     assertIn: Callable[..., None]
     assertIsNone: Callable[..., None]
+    assertIsNotNone: Callable[..., None]
+    assertIsInstance: Callable[..., None]
+    assertNotIn: Callable[..., None]
     assertRaises: Callable[..., Any]
 
     def hq(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -252,6 +263,79 @@ class ClientContract(ServerMixin):
         self.assertEqual(self.hq("delete_matching", name=name), 2)
         self.assertEqual(self.hq("list_jobs", name=name).count, 0)
         self.assertEqual(self.error("stop_matching").status, 400)
+
+    def test_schedules(self) -> None:
+        """add_schedule(), schedule(), schedules(), pause, resume and delete a schedule."""
+        name = self.unique()
+        job = {"url": self.worker.url + "/", "payload": {"report": "daily"}, "retries": 2}
+        added = self.hq("add_schedule", "30 2 * * *", job, name=name, timezone="Europe/Berlin")
+        self.assertIsInstance(added, Schedule)
+        self.assertTrue(added.id.isdigit())
+        self.assertEqual(
+            (added.name, added.cron, added.timezone, added.paused),
+            (name, "30 2 * * *", "Europe/Berlin", False),
+        )
+        self.assertEqual(added.job["url"], job["url"])
+        self.assertEqual((added.job["payload"], added.job["retries"]), ({"report": "daily"}, 2))
+        self.assertIsNotNone(added.next_run_at)
+        self.assertEqual((added.last_run_at, added.last_job_id), (None, None))
+        self.assertEqual(self.hq("schedule", added.id), added)
+        self.assertIn(added, self.hq("schedules"))
+        paused = self.hq("pause_schedule", added.id)
+        self.assertEqual((paused.paused, paused.next_run_at), (True, None))
+        self.assertEqual(self.hq("pause_schedule", added.id), paused)
+        resumed = self.hq("resume_schedule", added.id)
+        self.assertFalse(resumed.paused)
+        self.assertIsNotNone(resumed.next_run_at)
+        self.assertEqual(self.hq("delete_schedule", added.id), added.id)
+        error = self.error("schedule", added.id)
+        self.assertEqual(
+            (error.status, error.message), (404, f"The schedule '{added.id}' is not found")
+        )
+        self.assertEqual(self.error("delete_schedule", added.id).status, 404)
+        self.assertNotIn(added.id, [s.id for s in self.hq("schedules")])
+
+    def test_schedule_defaults_and_paused(self) -> None:
+        """Without name and timezone: default and UTC; paused=True adds it paused."""
+        added = self.hq("add_schedule", "0 * * * *", {"url": self.worker.url + "/"}, paused=True)
+        self.assertEqual(
+            (added.name, added.timezone, added.paused, added.next_run_at),
+            ("default", "UTC", True, None),
+        )
+        self.assertEqual(added.job["name"], "default")
+        self.hq("delete_schedule", added.id)
+
+    def test_schedule_errors(self) -> None:
+        """A bad cron, time zone or job is a 422 naming the field; a malformed id a 404."""
+        url = self.worker.url + "/"
+        error = self.error("add_schedule", "61 * * * *", {"url": url})
+        self.assertEqual(error.status, 422)
+        self.assertIn("cron", error.message)
+        error = self.error("add_schedule", "* * * * *", {"url": url}, timezone="Mars/Olympus")
+        self.assertEqual(error.status, 422)
+        self.assertIn("Mars/Olympus", error.message)
+        error = self.error("add_schedule", "* * * * *", {"payload": 1})
+        self.assertEqual((error.status, error.message), (422, "'job.url' is required"))
+        for method in ("schedule", "pause_schedule", "resume_schedule", "delete_schedule"):
+            self.assertEqual(self.error(method, "1/pause").status, 404)
+        self.assertEqual(self.error("resume_schedule", "1").status, 404)
+
+    def test_a_schedule_fires(self) -> None:
+        """Each second a 6-field schedule pushes a job named after it; last_job_id says it."""
+        name = self.unique()
+        added = self.hq("add_schedule", "* * * * * *", {"url": self.worker.url + "/"}, name=name)
+        try:
+
+            def fired() -> Schedule | None:
+                now: Schedule = self.hq("schedule", added.id)
+                return now if now.last_job_id is not None else None
+
+            schedule: Schedule = wait_for(fired, 20, "the schedule to fire", 0.1)
+        finally:
+            self.hq("delete_schedule", added.id)
+        self.assertIsNotNone(schedule.last_run_at)
+        job = self.hq("get", schedule.last_job_id)
+        self.assertEqual((job.name, job.raw.get("scheduleId")), (name, added.id))
 
     def test_unreachable_server(self) -> None:
         """No server: HQError without a status, saying it cannot reach HQ."""

@@ -1,5 +1,5 @@
 """
-The worker receiver of hq.sdk: signatures made by the ``standardwebhooks`` package and by
+The worker receiver of hq_sdk: signatures made by the ``standardwebhooks`` package and by
 HQ's own signer, the dedup stores, "try later", and the WSGI and ASGI adapters.
 """
 
@@ -17,9 +17,10 @@ from typing import Any
 import standardwebhooks
 from twisted.trial.unittest import SynchronousTestCase
 
-from hq.sdk.asgi import asgi_app
-from hq.sdk.dedup import Claim, MemoryDedupStore, SQLiteDedupStore
-from hq.sdk.receiver import (
+from hq.signing import Signer, new_secret
+from hq_sdk.asgi import asgi_app
+from hq_sdk.dedup import Claim, MemoryDedupStore, SQLiteDedupStore
+from hq_sdk.receiver import (
     Answer,
     ReceivedJob,
     ReceiveError,
@@ -28,8 +29,7 @@ from hq.sdk.receiver import (
     decode_secret,
     try_later,
 )
-from hq.sdk.wsgi import wsgi_app
-from hq.signing import Signer, new_secret
+from hq_sdk.wsgi import wsgi_app
 
 NOW = 1_700_000_000
 BODY = b'{"n":1}'

@@ -55,11 +55,17 @@ async def add_schedule(client: HQClient, body: dict[str, Any], output: Output) -
     Add the schedule ``body``; print its id. Returns the exit status.
     """
     try:
-        schedule = await client.add_schedule(body)
+        schedule = await client.add_schedule(
+            body["cron"],
+            body["job"],
+            name=body.get("name"),
+            timezone=body.get("timezone"),
+            paused=bool(body.get("paused")),
+        )
     except HQError as e:
         output.error(e.message)
         return 1
-    output.line(str(schedule["id"]))
+    output.line(schedule.id)
     return 0
 
 
@@ -71,7 +77,7 @@ async def list_schedules(
     ``as_json``). Returns the exit status.
     """
     try:
-        schedules = await client.list_schedules()
+        schedules = [s.raw for s in await client.schedules()]
     except HQError as e:
         output.error(e.message)
         return 1
@@ -91,7 +97,7 @@ async def show_schedule(client: HQClient, schedule_id: str, output: Output) -> i
     Print one schedule as indented JSON. Returns the exit status.
     """
     try:
-        schedule = await client.get_schedule(schedule_id)
+        schedule = (await client.schedule(schedule_id)).raw
     except HQError as e:
         output.error(e.message)
         return 1

@@ -1,35 +1,32 @@
 """
-The HQ SDK: clients for applications that push jobs, and a receiver for the workers that
-get them (docs/sdk.md).
+``hq.sdk`` is :mod:`hq_sdk`, the Python SDK (docs/sdk.md), under the name it had before it
+became its own distribution (``hq-sdk``, in sdk/ of this repository). ``hq-server`` ships
+``hq_sdk`` too; each ``hq.sdk.<module>`` re-exports ``hq_sdk.<module>``.
 
-- :class:`Client` (blocking) and :class:`AsyncClient` (asyncio), over ``httpx``
-  (``pip install hq-server[sdk]``), with the methods, results and errors of the Twisted
-  :class:`hq.client.HQClient`;
-- :mod:`hq.sdk.receiver` verifies a delivery's Standard Webhooks signature and gives the
-  job; :mod:`hq.sdk.dedup` does each job once; :mod:`hq.sdk.wsgi` and :mod:`hq.sdk.asgi`
-  serve a worker function (standard library only: no ``httpx``, no framework).
-
-``Client`` and ``AsyncClient`` are imported when first used, so the receiver and the
-models work without ``httpx`` installed.
+``Client`` and ``AsyncClient`` are imported when first used, as in :mod:`hq_sdk`, so the
+models and the receiver work without ``httpx``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hq.sdk.models import (
+import hq_sdk
+from hq_sdk.models import (
     Attempt,
     BatchPushError,
     HQError,
     JobList,
     RemoteJob,
+    Schedule,
     ServerInfo,
     Stats,
 )
+from hq_sdk.version import __version__
 
 if TYPE_CHECKING:
-    from hq.sdk.aio import AsyncClient
-    from hq.sdk.blocking import Client
+    from hq_sdk.aio import AsyncClient
+    from hq_sdk.blocking import Client
 
 __all__ = [
     "AsyncClient",
@@ -39,18 +36,14 @@ __all__ = [
     "HQError",
     "JobList",
     "RemoteJob",
+    "Schedule",
     "ServerInfo",
     "Stats",
+    "__version__",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Client":
-        from hq.sdk.blocking import Client
-
-        return Client
-    if name == "AsyncClient":
-        from hq.sdk.aio import AsyncClient
-
-        return AsyncClient
+    if name in ("Client", "AsyncClient"):
+        return getattr(hq_sdk, name)
     raise AttributeError(f"module 'hq.sdk' has no attribute {name!r}")

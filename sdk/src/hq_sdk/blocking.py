@@ -1,0 +1,302 @@
+"""
+The blocking HQ client, for applications that push jobs from ordinary (threaded) code:
+Flask and Django views, scripts, Celery-free cron jobs.
+
+Same methods, arguments, results and errors as the Twisted :class:`hq.client.HQClient`
+and the asyncio :class:`hq_sdk.aio.AsyncClient` (docs/sdk.md lists them once); the methods
+return their results instead of Deferreds. Over ``httpx`` (``pip install hq-sdk``):
+one connection pool per client, a timeout on every request, and requests sent again only
+when that cannot act twice (see :mod:`hq_sdk.transport`).
+
+Example::
+
+    from hq_sdk import Client, HQError
+
+    with Client("http://127.0.0.1:19900", token="...") as hq:
+        job = hq.push({"url": "http://127.0.0.1:8000/work", "payload": {"n": 1}})
+        print(job.id, job.status)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from hq_sdk import calls
+from hq_sdk.models import (
+    DEFAULT_ADDRESS,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_JOBS,
+    Attempt,
+    BatchPushError,
+    HQError,
+    JobList,
+    RemoteJob,
+    Schedule,
+    ServerInfo,
+    Stats,
+    batch_ids,
+    batches,
+    check_address,
+    decode_answer,
+)
+from hq_sdk.transport import (
+    DEFAULT_TIMEOUT,
+    RetryPolicy,
+    may_resend_after_answer,
+    may_resend_after_error,
+    request_headers,
+    retry_after,
+    transport_message,
+)
+
+_T = TypeVar("_T")
+
+
+class Client:
+    """
+    A blocking client for one HQ server at ``address`` (``http://HOST:PORT``).
+
+    ``token`` is sent as ``Authorization: Bearer``; ``timeout`` (seconds) bounds each
+    connect, send and read; ``retry`` says how often a request that may be sent again is
+    (:class:`~hq_sdk.transport.RetryPolicy`; ``NO_RETRIES`` for none);
+    ``auto_idempotency_key`` gives each push without a key a random one. ``transport`` is
+    an ``httpx`` transport to send through (tests give ``httpx.MockTransport``); ``sleep``
+    waits between sends.
+
+    Use it as a context manager, or call :meth:`close`. Safe to share between threads.
+    Raises ``ValueError`` if ``address`` is not an http(s) URL.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        auto_idempotency_key: bool = True,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._address = check_address(address)
+        self._token = token or None
+        self._retry = retry or RetryPolicy()
+        self._auto_key = auto_idempotency_key
+        self._sleep = sleep
+        self._http = httpx.Client(timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def address(self) -> str:
+        """The server's base URL, without a trailing ``/``."""
+        return self._address
+
+    def use_token(self, token: str | None) -> Client:
+        """Send ``token`` from now on (``None``: none); return this client."""
+        self._token = token or None
+        return self
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._http.close()
+
+    def _run(self, call: calls.Call[_T]) -> _T:
+        """
+        Send ``call`` (again, as :mod:`hq_sdk.transport` allows) and return its result;
+        raise :class:`HQError`.
+        """
+        url = self._address + call.path
+        sent = 0
+        while True:
+            sent += 1
+            last = sent >= self._retry.attempts
+            try:
+                response = self._http.request(
+                    call.method,
+                    url,
+                    params=tuple(call.params) or None,
+                    content=call.content,
+                    headers=request_headers(self._token),
+                )
+            except httpx.TransportError as e:
+                if last or not may_resend_after_error(call, e):
+                    raise HQError(None, transport_message(self._address, e)) from e
+                self._sleep(self._retry.wait(sent))
+                continue
+            if not last and may_resend_after_answer(call, response.status_code):
+                self._sleep(self._retry.wait(sent, retry_after(response.headers)))
+                continue
+            decoded = decode_answer(response.status_code, response.content, url)
+            return call.read(decoded, response.headers, url)
+
+    def info(self) -> ServerInfo:
+        """``GET /``: the server's version."""
+        return self._run(calls.info())
+
+    def stats(self) -> Stats:
+        """``GET /stats``: the server's counters."""
+        return self._run(calls.stats())
+
+    def push(
+        self,
+        job: dict[str, Any],
+        *,
+        retries: int | None = None,
+        run_at: datetime | str | None = None,
+        delay: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> RemoteJob:
+        """``POST /job``: push one job; see :meth:`hq.client.HQClient.push`."""
+        return self._run(
+            calls.push(
+                job,
+                retries=retries,
+                run_at=run_at,
+                delay=delay,
+                idempotency_key=idempotency_key,
+                auto_key=self._auto_key,
+            )
+        )
+
+    def push_many(
+        self,
+        jobs: Iterable[dict[str, Any]],
+        *,
+        batch_size: int = MAX_BATCH_JOBS,
+        batch_bytes: int = MAX_BATCH_BYTES,
+        on_batch: Callable[[list[str]], object] | None = None,
+    ) -> list[str]:
+        """``POST /jobs`` in batches; see :meth:`hq.client.HQClient.push_many`."""
+        ids: list[str] = []
+        for batch in batches(jobs, batch_size, batch_bytes):
+            try:
+                data = self._run(calls.push_batch(batch))
+                new = batch_ids(data, len(batch), self._address + "/jobs")
+            except HQError as e:
+                raise BatchPushError(e, list(ids), len(ids)) from e
+            ids.extend(new)
+            if on_batch is not None:
+                on_batch(new)
+        return ids
+
+    def get(self, job_id: str | int) -> RemoteJob:
+        """``GET /job/{id}``: one job."""
+        return self._run(calls.get(job_id))
+
+    def list_jobs(
+        self,
+        name: str | None = None,
+        term: str | None = None,
+        status: str | None = None,
+        begin: str | int | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> JobList:
+        """``GET /job``: one page; see :meth:`hq.client.HQClient.list_jobs`."""
+        return self._run(calls.list_jobs(name, term, status, begin, reverse, limit))
+
+    def attempts(self, job_id: str | int) -> list[Attempt]:
+        """``GET /job/{id}/attempts``: the job's attempts, oldest first."""
+        return self._run(calls.attempts(job_id))
+
+    def restart_matching(
+        self,
+        name: str | None = None,
+        term: str | None = None,
+        status: str | None = None,
+        begin: str | int | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        """``POST /jobs/restart``: how many finished jobs were restarted in place."""
+        return self._run(calls.bulk("restart", name, term, status, begin, reverse, limit))
+
+    def stop_matching(
+        self,
+        name: str | None = None,
+        term: str | None = None,
+        status: str | None = None,
+        begin: str | int | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        """``POST /jobs/stop``: how many active jobs were stopped."""
+        return self._run(calls.bulk("stop", name, term, status, begin, reverse, limit))
+
+    def delete_matching(
+        self,
+        name: str | None = None,
+        term: str | None = None,
+        status: str | None = None,
+        begin: str | int | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        """``POST /jobs/delete``: how many finished jobs were deleted."""
+        return self._run(calls.bulk("delete", name, term, status, begin, reverse, limit))
+
+    def delete(self, job_id: str | int) -> str:
+        """``DELETE /job/{id}``: the deleted job's id."""
+        return self._run(calls.delete(job_id))
+
+    def stop(self, job_id: str | int) -> str:
+        """``POST /job/{id}/stop``: the stopped job's id."""
+        return self._run(calls.stop(job_id))
+
+    def restart(self, job_id: str | int, copy: bool = False) -> RemoteJob:
+        """``POST /job/{id}/restart``: the restarted job (a new one with ``copy``)."""
+        return self._run(calls.restart(job_id, copy))
+
+    # -- schedules (SPEC §14)
+
+    def add_schedule(
+        self,
+        cron: str,
+        job: dict[str, Any],
+        *,
+        name: str | None = None,
+        timezone: str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """
+        ``POST /schedule``: a schedule pushing ``job`` (the wire object, ``url`` required)
+        at each time ``cron`` names in ``timezone`` (default UTC); see
+        :meth:`hq.client.HQClient.add_schedule`.
+        """
+        return self._run(calls.add_schedule(cron, job, name, timezone, paused))
+
+    def schedules(self) -> list[Schedule]:
+        """``GET /schedule``: every schedule, in id order."""
+        return self._run(calls.schedules())
+
+    def schedule(self, schedule_id: str | int) -> Schedule:
+        """``GET /schedule/{id}``: one schedule."""
+        return self._run(calls.schedule(schedule_id))
+
+    def delete_schedule(self, schedule_id: str | int) -> str:
+        """``DELETE /schedule/{id}``: the deleted schedule's id (its jobs stay)."""
+        return self._run(calls.delete_schedule(schedule_id))
+
+    def pause_schedule(self, schedule_id: str | int) -> Schedule:
+        """``POST /schedule/{id}/pause``: the paused schedule (pausing twice is fine)."""
+        return self._run(calls.pause_schedule(schedule_id))
+
+    def resume_schedule(self, schedule_id: str | int) -> Schedule:
+        """``POST /schedule/{id}/resume``: the schedule, next fire counted from now."""
+        return self._run(calls.resume_schedule(schedule_id))
