@@ -31,8 +31,8 @@ import sys
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from hq.sdk.dedup import MemoryDedupStore
-from hq.sdk.receiver import ReceivedJob, Receiver, TryLater
+from hq_sdk.dedup import MemoryDedupStore
+from hq_sdk.receiver import ReceivedJob, Receiver, TryLater
 
 
 def create_app(secrets: list[str], database: str) -> FastAPI:

@@ -29,8 +29,8 @@ import sys
 from flask import Flask, request
 from werkzeug.serving import make_server
 
-from hq.sdk.dedup import SQLiteDedupStore
-from hq.sdk.receiver import ReceivedJob, Receiver, TryLater
+from hq_sdk.dedup import SQLiteDedupStore
+from hq_sdk.receiver import ReceivedJob, Receiver, TryLater
 
 
 def create_app(secrets: list[str], database: str) -> Flask:
