@@ -16,7 +16,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import psycopg
@@ -189,10 +189,9 @@ def _copy(
             rows: dict[str, int] = {}
             for table, columns in TABLES.items():
                 copied = 0
+                statement = f"COPY {table} ({columns}) FROM STDIN"
                 for batch in _batches(source, table):
-                    with conn.cursor().copy(
-                        f"COPY {table} ({columns}) FROM STDIN"  # type: ignore[arg-type]
-                    ) as copy:
+                    with conn.cursor() as cursor, cursor.copy(cast(Any, statement)) as copy:
                         for row in batch:
                             copy.write_row(_clean(row))
                     before, copied = copied, copied + len(batch)

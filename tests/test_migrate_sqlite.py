@@ -6,7 +6,6 @@ what it refuses; and a server on the copy delivers the copied jobs.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import sqlite3
@@ -19,11 +18,12 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
+from hq import migrate_sqlite
 from hq.cli import run_cli
 from hq.model import Attempt, Job, JobState, JobTemplate, Outcome, Schedule
 from hq.store.postgres import PostgresStore
 from hq.store.sqlite import SQLiteStore
-from hq.store.sqlitefile import DATABASE_FILE, LOCK_FILE, SCHEMA_VERSION
+from hq.store.sqlitefile import DATABASE_FILE, SCHEMA_VERSION
 from tests import pgserver
 from tests.serverprocess import RecordingWorker, ServerProcess, wait_for
 from tests.test_store import T0, make_job
@@ -210,17 +210,49 @@ class MigrateFromSQLiteTests(TestCase):
         self.assertIn("is not empty (8 jobs, 2 schedules)", err)
         self.assertEqual(self.count("jobs"), 8)
 
-    async def test_locked_data_dir_is_refused(self) -> None:
-        """A data_dir whose lock a server holds is refused, exit 1, and nothing is copied."""
-        fd = os.open(os.path.join(self.data_dir, LOCK_FILE), os.O_RDWR)
-        self.addCleanup(os.close, fd)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        code, _, err = self.migrate()
+    async def test_batches_and_progress(self) -> None:
+        """Rows go in batches (here of 3) and a progress line every 6 jobs; all are copied."""
+        self.patch(migrate_sqlite, "BATCH_ROWS", 3)
+        self.patch(migrate_sqlite, "PROGRESS_EVERY", 6)
+        code, out, err = self.migrate()
+        self.assertEqual(code, 0, err)
+        self.assertIn("copied 6 jobs ...\ncopied 8 jobs\n", out)
+        self.assertEqual((self.count("jobs"), self.count("schedules")), (8, 2))
+
+    async def test_data_dir_of_a_running_store_is_refused(self) -> None:
+        """A data_dir whose lock an open store holds is refused, exit 1, and nothing is copied."""
+        sqlite = SQLiteStore(self.data_dir, reactor)
+        await sqlite.open()
+        try:
+            code, _, err = self.migrate()
+        finally:
+            await sqlite.close()
         self.assertEqual(code, 1)
         self.assertIn(f"is using data_dir {self.data_dir}: stop it first", err)
         self.assertTrue(err.startswith("error: "), err)
         with psycopg.connect(self.url, autocommit=True) as conn:
             self.assertEqual(conn.execute("SELECT to_regclass('jobs')").fetchone(), (None,))
+
+    async def test_a_failure_half_way_leaves_the_target_unchanged(self) -> None:
+        """A row PostgreSQL refuses, after the jobs went in, undoes everything (schema too)."""
+        conn = sqlite3.connect(os.path.join(self.data_dir, DATABASE_FILE))
+        conn.execute("INSERT INTO attempts VALUES ('not a number', 1, 0, 0, NULL, '', '')")
+        conn.commit()
+        conn.close()
+        code, _, err = self.migrate()
+        self.assertEqual(code, 1)
+        self.assertIn("failed, nothing was kept", err)
+        with psycopg.connect(self.url, autocommit=True) as pg:
+            self.assertEqual(pg.execute("SELECT to_regclass('jobs')").fetchone(), (None,))
+
+    async def test_target_with_running_nodes_is_refused(self) -> None:
+        """A database a cluster node runs on (its shared lock held) is refused, exit 1."""
+        node = PostgresStore(self.url, reactor)
+        self.addCleanup(node.close)
+        node.lock()
+        code, _, err = self.migrate()
+        self.assertEqual(code, 1)
+        self.assertIn("HQ nodes are running on the PostgreSQL store", err)
 
     async def test_newer_schema_is_refused(self) -> None:
         """A SQLite file of a newer schema is refused, exit 1, naming its version."""
