@@ -197,3 +197,17 @@ class BackupCommandTests(SynchronousTestCase):
         conn.close()
         self.assertEqual(run_cli(["backup", "-d", self.data_dir, self.dest]), 0)
         self.assertIn(f"schema version {SCHEMA_VERSION}", self.out.getvalue())
+
+    def test_postgresql_store_points_to_pg_dump(self) -> None:
+        """A config whose store is PostgreSQL is refused, exit 1, naming pg_dump and PITR."""
+        config = self.mktemp()
+        with open(config, "w") as f:
+            f.write('store = "postgresql://hq:secret@db.example/hq"\n')
+        self.assertEqual(run_cli(["backup", "-c", config, self.dest]), 1)
+        err = self.err.getvalue()
+        self.assertTrue(err.startswith(f"error: the store of {config} is PostgreSQL"), err)
+        self.assertIn("pg_dump", err)
+        self.assertIn("point-in-time recovery", err)
+        self.assertNotIn("secret", err)
+        self.assertEqual(self.out.getvalue(), "")
+        self.assertFalse(os.path.exists(self.dest))

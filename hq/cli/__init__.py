@@ -167,15 +167,24 @@ def backup(
     envvar="HQ_CONFIG",
     help="TOML configuration file naming the store (default: /etc/hq/hq.toml if it exists).",
 )
+@click.option(
+    "--from-sqlite",
+    metavar="DATA_DIR",
+    help="Then copy the (stopped) SQLite store of DATA_DIR into the empty PostgreSQL store.",
+)
 @click.pass_context
-def migrate(ctx: click.Context, config_file: str | None) -> None:
+def migrate(ctx: click.Context, config_file: str | None, from_sqlite: str | None) -> None:
     """
     Create or upgrade the schema of the store the config names (store = "postgresql://..."
     or SQLite in data_dir), then exit. Servers do it at start too (under a lock, so
     cluster nodes may start together); this runs it alone, e.g. before a rolling upgrade.
+    With --from-sqlite, also copy every job, attempt, idempotency key and schedule of a
+    single-node SQLite store into the (empty) PostgreSQL store, in one transaction.
     """
-    from hq.cli.migrate import run_migrate
+    from hq.cli.migrate import run_migrate, run_migrate_from_sqlite
 
+    if from_sqlite is not None:
+        ctx.exit(run_migrate_from_sqlite(config_file, from_sqlite))
     ctx.exit(run_migrate(config_file))
 
 

@@ -26,14 +26,25 @@ def run_backup(
     """
     from hq.backup import BackupError, backup_database, database_path
     from hq.config import ConfigError, config_path, load_config
+    from hq.store.postgres import safe_url
 
     if not data_dir:
         path = config_path(config_file)
         try:
-            data_dir = load_config(path).data_dir
+            config = load_config(path)
         except ConfigError as e:
             sys.stderr.write(f"error: {e}\n")
             return 1
+        if config.postgres_url is not None:
+            sys.stderr.write(
+                f"error: the store of {path} is PostgreSQL ({safe_url(config.postgres_url)}): "
+                "hq backup copies SQLite files only; back it up with PostgreSQL's tools: "
+                "pg_dump for a consistent copy (pg_dump -Fc -f hq.dump URL), or continuous "
+                "archiving and point-in-time recovery (PITR, pg_basebackup + WAL archiving) "
+                "to lose nothing (see docs/operations.md)\n"
+            )
+            return 1
+        data_dir = config.data_dir
         if not data_dir:
             where = f"in {path}" if path else "(no config file found)"
             sys.stderr.write(

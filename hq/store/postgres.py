@@ -623,6 +623,17 @@ class PostgresStore:
         assert row is not None
         return row[0], row[1], row[2], version
 
+    def migrate_schema(self, conn: psycopg.Connection[Any]) -> int:
+        """
+        Create or upgrade the schema on ``conn``, in its open transaction and
+        under the schema lock (blocking: for commands, such as ``hq migrate
+        --from-sqlite``, that want it in their own transaction). Return the
+        schema version the database had.
+
+        :raises StoreError: when the schema is newer or cannot be upgraded.
+        """
+        return self._migrate(conn)[3]
+
     def open(self) -> Deferred[None]:
         self._writer = _Writer(
             lambda: self.connect(autocommit=False), self._reactor, self._deliver, self._on_commit
