@@ -677,6 +677,16 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         counts = await self.store.counts(0, now)
         self.assertEqual((counts.waiting, counts.scheduled), (3, 1))
 
+    async def test_close_releases_a_lock_taken_without_opening(self) -> None:
+        """lock() then close() (a start that failed before open) frees the data_dir."""
+        directory = self.mktemp()
+        other = SQLiteStore(directory, reactor)
+        other.lock()
+        await other.close()
+        again = SQLiteStore(directory, reactor)
+        again.lock()  # raises StoreError if the first lock were still held
+        await again.close()
+
     async def test_writer_connection_runs_synchronous_full(self) -> None:
         """The writer commits with PRAGMA synchronous = FULL (2): a 200 push is on disk."""
         seen = await self.store._write(

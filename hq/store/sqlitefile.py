@@ -411,6 +411,8 @@ class SQLiteFile:
                 each.stop()
         self._reader_conns.clear()
         if writer is None:
+            # Never opened (a start that failed after lock()): the lock goes all the same.
+            self._unlock()
             return succeed(None)
         done: Deferred[None] = Deferred()
 
@@ -420,13 +422,12 @@ class SQLiteFile:
 
         writer.stop()
         threading.Thread(target=wait, name="hq-sqlite-close", daemon=True).start()
+        return done.addCallback(lambda _: self._unlock())
 
-        def unlock(result: None) -> None:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
-
-        return done.addCallback(unlock)
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # Plumbing.
 
