@@ -11,9 +11,9 @@ all of them while they rotate). Push it a job:
     echo '{"url": "http://127.0.0.1:8003/jobs", "payload": {"to": "ann"}}' | hq push -
 
 Each job's payload is written to the table ``results`` of the SQLite file. The ids of the
-jobs done are kept in memory (:class:`hq.sdk.dedup.MemoryDedupStore`, the most recent
+jobs done are kept in memory (:class:`hq_sdk.dedup.MemoryDedupStore`, the most recent
 100,000), so a job delivered again while the worker runs is answered 200 without being
-done twice; use :class:`~hq.sdk.dedup.SQLiteDedupStore` (as examples/flask_worker.py) to
+done twice; use :class:`~hq_sdk.dedup.SQLiteDedupStore` (as examples/flask_worker.py) to
 remember them across restarts. A payload with ``"busy": true`` is answered 429 with
 ``Retry-After: 1``.
 """

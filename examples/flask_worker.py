@@ -12,7 +12,7 @@ all of them while they rotate). Push it a job:
 
 Each job's payload is written to the table ``results`` of the SQLite file; the ids of the
 jobs done are kept in the same file (``hq_jobs_done``, by
-:class:`hq.sdk.dedup.SQLiteDedupStore`), so a job delivered again (``hq restart ID``, a
+:class:`hq_sdk.dedup.SQLiteDedupStore`), so a job delivered again (``hq restart ID``, a
 retry after a lost answer) is answered 200 without being done twice. A payload with
 ``"busy": true`` is answered 429 with ``Retry-After: 1`` (HQ tries again if the job has
 retries left).
