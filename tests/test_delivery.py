@@ -17,7 +17,9 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
 from hq.delivery import FINISH_ATTEMPTS, INTERNAL_ERROR, STORE_RETRY_SECONDS, Delivery
+from hq.delivery.feed import Feed
 from hq.history import BUCKET_MS, BUCKETS, HistoryBucket
+from hq.ids import first_id_at
 from hq.model import Job, JobState
 from hq.policy import RetryRules
 from hq.store import StoreUnavailable
@@ -1189,3 +1191,38 @@ class DueTimeTests(DispatchTestCase):
         fresh = self.push(dispatch)
         self.clock.advance(0.6)
         self.assertEqual(self.delivered_ids(), [fresh.id, delayed.id])
+
+
+class SQLIntegerStore(MemoryStore):
+    """
+    A MemoryStore whose backlog reads bind their key as SQL does: an integer
+    beyond 64 bits fails, as it does in SQLite and PostgreSQL.
+    """
+
+    def waiting_jobs(self, after: Any, now: int, limit: int) -> Deferred[list[Job]]:
+        if not all(-(1 << 63) <= value < (1 << 63) for value in after):
+            return fail(OverflowError("Python int too large to convert to SQLite INTEGER"))
+        return super().waiting_jobs(after, now, limit)
+
+
+class WakeKeyTests(SynchronousTestCase):
+    """
+    The key the feed reads from after a wake-up fits the SQL engines' integers.
+    """
+
+    def test_a_wake_behind_newer_keys_reads_with_64_bit_keys(self) -> None:
+        """A wake at T after keys past T were handed out reads from (T - 1, max id), not beyond."""
+        clock = Clock()
+        clock.advance(T0)
+        store = SQLIntegerStore()
+        feed = Feed(store, clock, 10)
+        feed.open()
+        start = int(T0 * 1000)
+        due = Job(id=first_id_at(start - 10), url=URL, run_at=start)
+        self.successResultOf(store.create(due))
+        # The wake for ``start`` comes late: a key past it was looked at meanwhile.
+        feed._watermark = (start + 500, first_id_at(start + 500))
+        feed._wake_time = start
+        feed._woken()
+        self.assertEqual([j.id for j in [self.successResultOf(feed.take())]], [due.id])
+        self.assertEqual(self.flushLoggedErrors(OverflowError), [])

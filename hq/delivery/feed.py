@@ -27,8 +27,9 @@ from hq.ids import now_ms
 from hq.model import Job
 from hq.store import STORE_RETRY_SECONDS, DueKey, IJobStore
 
-#: Greater than every id: ``(t, _AFTER_ALL)`` comes after every key due at ``t``.
-_AFTER_ALL = 1 << 63
+#: Greater than every id, and still a 64-bit signed integer (the SQL engines' limit):
+#: ``(t, _AFTER_ALL)`` comes after every key due at ``t``.
+_AFTER_ALL = (1 << 63) - 1
 
 
 def feed_key(job: Job) -> DueKey:
