@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hq.delivery.claims import POLL_SECONDS, ClaimFeed
 from hq.model import Job, JobState
-from hq.store import StoreUnavailable
+from hq.store import STORE_RETRY_SECONDS, StoreUnavailable
 from tests.test_store import T0, make_job
 
 
@@ -34,6 +34,7 @@ class FakeClaims:
         self.pending: list[Deferred[list[Job]]] = []
         self.due: int | None = None
         self.broken = False
+        self.due_broken = False
 
     def claim(self, now: int, limit: int) -> Deferred[list[Job]]:
         self.limits.append(limit)
@@ -47,6 +48,8 @@ class FakeClaims:
         self.pending.pop(0).callback(list(jobs))
 
     def next_due(self, now: int) -> Deferred[int | None]:
+        if self.due_broken:
+            return fail(StoreUnavailable("storage unavailable: down"))
         return succeed(self.due)
 
 
@@ -73,6 +76,21 @@ class ClaimFeedTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(waiting).id, claimed(1).id)
         self.assertEqual(self.successResultOf(self.take()).id, claimed(2).id)
         self.assertTrue(self.feed.holds(claimed(1).id))
+
+    def test_claimed_jobs_are_handed_out_even_if_the_next_due_read_fails(self) -> None:
+        """Jobs claimed (running for this node) are never dropped by a later failed read."""
+        self.store.due_broken = True
+        waiting = self.take()
+        self.store.answer(claimed(1))
+        self.assertEqual(self.successResultOf(waiting).id, claimed(1).id)
+        self.assertTrue(self.feed.holds(claimed(1).id))
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        # It tries again soon, and claims once the store answers.
+        self.store.due_broken = False
+        another = self.take()
+        self.clock.advance(STORE_RETRY_SECONDS)
+        self.store.answer(claimed(2))
+        self.assertEqual(self.successResultOf(another).id, claimed(2).id)
 
     def test_claims_no_more_than_the_free_slots(self) -> None:
         """Jobs held count against the capacity; a released one frees its slot."""

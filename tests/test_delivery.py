@@ -5,7 +5,7 @@ recording its outcome (the exchange itself is tested in test_worker).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
@@ -1117,6 +1117,16 @@ class RetryTests(DispatchTestCase):
         self.clock.advance(3600)
         self.assertEqual(len(self.worker.requests), 1)
         self.assertEqual([j.status for j in self.finished], ["canceled"])
+
+    def test_a_bug_in_the_decision_records_a_failure(self) -> None:
+        """If deciding after an attempt raises, the job fails with an internal error, not stuck."""
+        dispatch = self.start(rules=cast(RetryRules, object()))  # no backoff settings: a bug
+        self.worker.reply = Reply(code=500)
+        job = self.push(dispatch, retries=1)
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        stored = self.get(job.id)
+        self.assertEqual((stored.status, stored.err), ("failure", INTERNAL_ERROR))
+        self.assertEqual([j.id for j in self.finished], [job.id])
 
     def test_attempt_observers_hear_each_attempt(self) -> None:
         """Every recorded attempt is told with its retry time, None for the last."""

@@ -143,5 +143,15 @@ class RetryAfterTests(SynchronousTestCase):
 
     def test_garbage_is_none(self) -> None:
         """Garbage, negative numbers and an empty header are ignored, never an error."""
-        for value in ("", "soon", "-5", "1.5", "Tue, 99 Nov 2023 25:61:00 GMT", "\x00", None):
+        for value in (
+            "",
+            "soon",
+            "-5",
+            "1.5",
+            "Tue, 99 Nov 2023 25:61:00 GMT",
+            "\x00",
+            "\xb2",
+            "\u0663",
+            None,
+        ):
             self.assertIsNone(retry_after_seconds(value, NOW), value)

@@ -221,9 +221,6 @@ class ClaimFeed:
         now = now_ms(self._clock)
         try:
             jobs = await self._store.claim(now, room)
-            later = None
-            if len(jobs) < room and not self._again:
-                later = await self._store.next_due(now)
         except Exception as e:
             self._claiming = False
             self._failures += 1
@@ -242,17 +239,29 @@ class ClaimFeed:
                 self._retry = self._clock.callLater(STORE_RETRY_SECONDS, self._claim_again)
             self._on_idle()
             return
-        self._claiming = False
         if self._failures:
             self.log.info("Claiming jobs again after {count} failed tries", count=self._failures)
             self._failures = 0
+        # The claimed jobs are running in the store for this node: hand them
+        # out before anything else can fail, or nobody would send them.
+        for job in jobs:
+            self._held.add(job.id)
+            if self._idle:
+                self._idle.popleft().callback(job)
+            else:
+                self._queue[job.id] = job
+        later = None
+        if len(jobs) < room and not self._again and self._open:
+            try:
+                later = await self._store.next_due(now)
+            except Exception:
+                self.log.failure(
+                    "Could not read the next due time; claiming again in {delay} s",
+                    delay=STORE_RETRY_SECONDS,
+                )
+                later = now + int(STORE_RETRY_SECONDS * 1000)
+        self._claiming = False
         try:
-            for job in jobs:
-                self._held.add(job.id)
-                if self._idle:
-                    self._idle.popleft().callback(job)
-                else:
-                    self._queue[job.id] = job
             if later is not None and self._open:
                 self._wake_at(later, now_ms(self._clock))
         finally:

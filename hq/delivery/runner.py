@@ -207,16 +207,21 @@ class Runner:
         ``exchange`` (``None``: a bug in HQ ended it), and record that.
         """
         now = now_ms(self._clock)
-        if exchange is None:
+        decision = None
+        if exchange is not None:
+            stopped = exchange.error is not None and job.id in self._stop_asked
+            if exchange.error is not None and not stopped and self._shutdown.aborting:
+                return  # Left running in the store: delivered again after the next start.
+            try:
+                result = attempt_result(exchange, stopped)
+                decision = after_attempt(job, result, now, self._rules, self._jitter())
+            except Exception:
+                # A bug, not the worker: never leave the job running with nobody on it.
+                self.log.failure("Job {jobID}: deciding after the attempt failed", jobID=job.id)
+        if decision is None:
             outcome = Outcome(finished_at=now, failure=True, err=INTERNAL_ERROR)
             await self._outcomes.record(job.id, outcome, Attempt.of(job, outcome))
-            return
-        stopped = exchange.error is not None and job.id in self._stop_asked
-        if exchange.error is not None and not stopped and self._shutdown.aborting:
-            return  # Left running in the store: delivered again after the next start.
-        result = attempt_result(exchange, stopped)
-        decision = after_attempt(job, result, now, self._rules, self._jitter())
-        if isinstance(decision, Finish):
+        elif isinstance(decision, Finish):
             attempt = Attempt.of(job, decision.outcome)
             await self._outcomes.record(job.id, decision.outcome, attempt)
         else:
