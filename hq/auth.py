@@ -412,7 +412,9 @@ class AuthResource:
             client=client,
             reason=reason,
             method=request.method.decode("latin-1"),
-            path=_printable_path(request.path),
+            path=_printable_path(
+                redact_uri(request.path, getattr(request, SECRET_VALUES_ATTRIBUTE, ()))
+            ),
         )
         blocked = self._limiter.retry_after(client)
         if blocked is not None:

@@ -14,6 +14,7 @@ refused. A URL whose host is a literal denied address is refused at push
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,8 +61,39 @@ class DeniedAddress(net_error.ConnectError):
 def _normalised(address: IPAddress) -> IPAddress:
     # ::ffff:169.254.169.254 reaches the IPv4 address: judge it as that.
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+        address = address.ipv4_mapped
+    # Connecting to an unspecified address (0.0.0.0/8, ::) reaches this host:
+    # judge it as loopback, so a deny list with loopback covers it.
+    if isinstance(address, ipaddress.IPv4Address) and address in _THIS_NETWORK:
+        return _LOOPBACK_V4
+    if address == _UNSPECIFIED_V6:
+        return _LOOPBACK_V6
     return address
+
+
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+_LOOPBACK_V4 = ipaddress.ip_address("127.0.0.1")
+_UNSPECIFIED_V6 = ipaddress.ip_address("::")
+_LOOPBACK_V6 = ipaddress.ip_address("::1")
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """
+    Return the address a URL's host names literally, or ``None`` for a name:
+    also the IPv4 forms that the resolver takes (``2130706433``, ``0177.0.0.1``,
+    ``0x7f.1``, ``127.1``), so that a push cannot hide a denied address in them.
+    """
+    host = host.strip("[]").partition("%")[0]
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host and all(c in "0123456789abcdefxABCDEFX." for c in host) and host[0].isdigit():
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 @attrs.frozen
@@ -91,10 +123,10 @@ class NetworkGuard:
         """
         Return whether the literal address ``host`` is denied (a name never is).
         """
-        try:
-            address = _normalised(ipaddress.ip_address(host.strip("[]").partition("%")[0]))
-        except ValueError:
+        literal = literal_address(host)
+        if literal is None:
             return False
+        address = _normalised(literal)
         if not any(address in network for network in self.deny):
             return False
         return not any(address in network for network in self.allow)

@@ -347,6 +347,16 @@ class QueryStringTokenTests(AuthTestCase):
         for secret in (ADMIN, PUSH, "abc"):
             self.assertNotIn(secret, repr(events))
 
+    def test_logs_never_show_a_token_in_the_path(self) -> None:
+        """A token (as `hq token new` makes them) pasted into the path is not in the log line."""
+        token = "hq_" + "Ab3-_x" * 7 + "Q"
+        with capturedLogs() as events:
+            reply = self.call("GET", "/stats/" + token)
+        self.assertEqual(reply.status, 401)
+        [failed] = [e for e in events if "reason" in e]
+        self.assertIn("REDACTED", failed["path"])
+        self.assertNotIn(token, repr(events))
+
     def test_open_routes_answer_with_a_query_token(self) -> None:
         """GET /health and the UI's files stay open (the query is ignored, not refused)."""
         self.assertNotIn(self.call("GET", "/health?token=" + ADMIN).status, (401, 403, 429))

@@ -51,6 +51,22 @@ class NetworkGuardTests(SynchronousTestCase):
         self.assertTrue(GUARD.denies("::ffff:169.254.169.254"))
         self.assertTrue(GUARD.denies("[::ffff:a9fe:a9fe]"))
 
+    def test_unspecified_addresses_are_judged_as_loopback(self) -> None:
+        """0.0.0.0/8 and :: reach this host: denied when loopback is."""
+        loopback = NetworkGuard.from_config(["127.0.0.0/8", "::1/128"], [])
+        for host in ("0.0.0.0", "0.1.2.3", "[::]", "::ffff:0.0.0.0"):
+            self.assertTrue(loopback.denies(host), host)
+        self.assertFalse(NetworkGuard.from_config(["10.0.0.0/8"], []).denies("0.0.0.0"))
+
+    def test_every_ipv4_literal_form_is_recognised(self) -> None:
+        """Decimal, octal, hex and short IPv4 forms name 127.0.0.1 or 169.254.169.254 too."""
+        loopback = NetworkGuard.from_config(["127.0.0.0/8", "169.254.0.0/16"], [])
+        for host in ("2130706433", "0177.0.0.1", "0x7f000001", "127.1", "0251.0376.0251.0376"):
+            self.assertTrue(loopback.denies(host), host)
+            self.assertIsNotNone(loopback.url_problem(f"http://{host}:8000/"), host)
+        for host in ("8.8.8.8.8", "1e3", "example.com", "0x", "93.184.216.34"):
+            self.assertFalse(loopback.denies(host), host)
+
     def test_names_are_judged_when_resolved_not_here(self) -> None:
         """A host name is never denied by itself (its addresses are, when connecting)."""
         self.assertFalse(GUARD.denies("metadata.google.internal"))
