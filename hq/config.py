@@ -314,6 +314,10 @@ def load_config(path: str | None) -> Config:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {e.start}); TOML files are UTF-8"
+        ) from None
     return config_from_dict(values)
 
 

@@ -464,6 +464,18 @@ class PushTests(CLITestCase):
         self.assertEqual(self.stored_ids(), [])
         self.assertEqual(self.runner.addresses, [])
 
+    def test_a_number_too_large_for_json_is_refused_before_sending(self) -> None:
+        """
+        1e400 (infinity to Python) is an error naming the file, not a traceback.
+        """
+        path = self.write("big.json", '{"url": "http://w/", "timeout": 1e400}')
+        ran = self.hq("push", path)
+        self.assertEqual(
+            (ran.code, ran.err),
+            (1, f"error: {path}: invalid JSON: the number 1e400 is too large\n"),
+        )
+        self.assertEqual(self.stored_ids(), [])
+
     def test_bad_json_document_names_the_line(self) -> None:
         """
         A job spread over lines with a syntax error is reported at its line.

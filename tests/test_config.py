@@ -74,6 +74,11 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as e:
             load_config(path)
         self.assertIn("not valid TOML", str(e.exception))
+        with open(path, "wb") as f:
+            f.write(b'addr = "\xff"\n')
+        with self.assertRaises(ConfigError) as e:
+            load_config(path)
+        self.assertIn("is not UTF-8 text", str(e.exception))
 
     def test_ui_path_normalised(self) -> None:
         """ui_basename with or without slashes gives one leading, no trailing slash."""

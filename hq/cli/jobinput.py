@@ -8,6 +8,7 @@ some jobs pushed and others not.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,8 +48,23 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _loads(text: str) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    # 1e400 parses as infinity, which JSON cannot carry either.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is too large")
+    return value
+
+
+def loads_json(text: str) -> Any:
+    """
+    Decode JSON as the server would accept it: no NaN or Infinity, no number
+    too large for a float. Raises ValueError naming the problem.
+    """
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+_loads = loads_json
 
 
 def _not_object(origin: str, value: Any) -> JobInputError:

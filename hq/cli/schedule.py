@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from hq.cli.jobinput import loads_json
 from hq.cli.table import relative_time, render_table
 from hq.cli.terminal import Output
 from hq.client import HQClient, HQError
@@ -158,6 +159,6 @@ def parse_payload(value: str | None) -> Any:
     if value is None:
         return None
     try:
-        return json.loads(value)
+        return loads_json(value)
     except ValueError as e:
         raise click.BadParameter(f"not JSON: {e}", param_hint="'--payload'") from None
