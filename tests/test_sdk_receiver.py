@@ -120,6 +120,20 @@ class ReceiveTests(SynchronousTestCase):
         )
         self.assertEqual(self.refused(self.receiver, {**headers, "X-Hq-Job-Id": "41"}).status, 400)
 
+    def test_hostile_headers_and_bodies_are_400_not_a_crash(self) -> None:
+        """Huge timestamps, non-ASCII digits and a deeply nested body are refused with 400."""
+        headers = sign_with_library(self.secret, "42", BODY)
+        for stamp in ("1" + "0" * 400, "9" * 5000, "\u00b2"):
+            self.assertEqual(
+                self.refused(self.receiver, {**headers, "webhook-timestamp": stamp}).status, 400
+            )
+        self.assertEqual(
+            self.refused(self.receiver, {**headers, "x-hq-attempt": "\u00b2"}).status, 400
+        )
+        unsigned = Receiver([], allow_unsigned=True)
+        deep = b"[" * 100_000
+        self.assertEqual(self.refused(unsigned, {"X-Hq-Job-Id": "5"}, deep).status, 400)
+
     def test_headers_in_any_shape(self) -> None:
         """Mixed-case names and ASGI byte pairs are read alike; the attempt header is read."""
         headers = sign_with_library(self.secret, "42", BODY)

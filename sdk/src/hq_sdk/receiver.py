@@ -237,14 +237,14 @@ class Receiver:
         attempt: int | None = None
         if ATTEMPT_HEADER in named:
             raw = named[ATTEMPT_HEADER].strip()
-            if not raw.isdigit():
+            if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
                 raise ReceiveError(400, f"the {ATTEMPT_HEADER} header must be a number")
             attempt = int(raw)
         payload: Any = None
         if body.strip():
             try:
                 payload = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ReceiveError(400, "the body is not JSON") from None
         return ReceivedJob(
             id=job_id,
@@ -265,7 +265,7 @@ class Receiver:
                 "the delivery is not signed: webhook-id, webhook-timestamp and "
                 "webhook-signature are needed",
             )
-        if not stamp.isascii() or not stamp.isdigit():
+        if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
             raise ReceiveError(400, "webhook-timestamp must be Unix seconds")
         timestamp = int(stamp)
         if abs(self._now() - timestamp) > self._tolerance:
