@@ -432,6 +432,30 @@ class WorkerConnectionPool(HTTPConnectionPool):
         return super().getConnection(key, endpoint).addCallback(chosen)
 
 
+class _AsciiURL(EncodedURL):
+    """
+    A URL already in ASCII, sent as it is: treq turns every URL into a URI
+    with hyperlink's ``to_uri()``, whose IDNA step refuses IPv6 literal hosts
+    (``http://[::1]:8000/``); an ASCII URL needs no such step.
+    """
+
+    def to_uri(self, *args: Any, **kwargs: Any) -> EncodedURL:
+        return self
+
+
+def request_url(url: str) -> str | EncodedURL:
+    """
+    Return ``url`` in the form to hand to treq: as it is for an ASCII URL (an
+    IPv6 literal host included), else the text (treq makes it a URI).
+    """
+    if url.isascii():
+        try:
+            return _AsciiURL.from_text(url)
+        except ValueError:
+            return url
+    return url
+
+
 def make_http_client(
     reactor: Any,
     pool: HTTPConnectionPool | None = None,
@@ -627,7 +651,7 @@ class WorkerClient:
             state.url = url
             response = await self._http.request(
                 method,
-                url,
+                request_url(url),
                 headers=headers.copy(),
                 data=body,
                 allow_redirects=False,

@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web._newclient import Request
 from twisted.web.client import RequestNotSent, ResponseFailed, ResponseNeverReceived
 from twisted.web.error import SchemeNotSupported
@@ -181,7 +181,7 @@ class ExchangeTests(WorkerClientTestCase):
         self.assertIsInstance(exchange.error, ConnectionRefusedError)
         self.assertEqual((exchange.reason(), exchange.status_code), ("connection refused", None))
         [(method, url, kwargs)] = http.calls
-        self.assertEqual((method, url, kwargs["allow_redirects"]), ("POST", URL, False))
+        self.assertEqual((method, str(url), kwargs["allow_redirects"]), ("POST", URL, False))
 
     def test_body_over_the_cap_is_cut_and_flagged(self) -> None:
         """A body over max_output_bytes is cut there and marked truncated."""
@@ -631,3 +631,49 @@ class WorkerConnectionPoolTests(SynchronousTestCase):
         self.assertFalse(never_answered(ResponseNeverReceived([Failure(CancelledError())])))
         self.assertFalse(never_answered(ResponseFailed([Failure(ConnectionDone())])))
         self.assertFalse(never_answered(CancelledError()))
+
+
+class IPv6LiteralTests(TestCase):
+    """
+    A worker URL whose host is an IPv6 literal is delivered (treq's IDNA step
+    refused ``[::1]`` before).
+    """
+
+    async def test_ipv6_literal_worker_gets_the_job(self) -> None:
+        """POST to http://[::1]:PORT/ reaches a worker listening on ::1."""
+        import socket
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        seen: list[bytes] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                seen.append(self.rfile.read(int(self.headers.get("content-length", 0))))
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        try:
+            server = Server(("::1", 0), Handler)
+        except OSError as e:
+            raise SkipTest(f"no IPv6 loopback here: {e}") from None
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        pool = WorkerConnectionPool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        worker = WorkerClient(make_http_client(reactor, pool), reactor, "HQ/test", 100)
+        port = server.server_address[1]
+        exchange = await worker.post(Job(id=1, url=f"http://[::1]:{port}/", payload='{"a":1}'))
+        self.assertEqual(
+            (exchange.status_code, exchange.reason(), exchange.output()), (200, "", "ok")
+        )
+        self.assertEqual(seen, [b'{"a":1}'])
