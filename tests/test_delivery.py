@@ -219,7 +219,7 @@ class OutcomeTests(DispatchTestCase):
         self.assertEqual(stored.err, "connection refused")
         self.assertIsNone(stored.status_code)
         [(method, url, kwargs)] = http.calls
-        self.assertEqual((method, url, kwargs["allow_redirects"]), ("POST", URL, False))
+        self.assertEqual((method, str(url), kwargs["allow_redirects"]), ("POST", URL, False))
 
     def test_failure_is_logged_at_info_with_the_job_id(self) -> None:
         """A failed job logs one info event with its id and err."""
