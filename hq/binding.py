@@ -32,7 +32,7 @@ import attrs
 from twisted.web.iweb import IRequest
 
 from hq.ids import id_to_ms
-from hq.model import STATUSES, Job, ListQuery, check_regexp, json_type_name
+from hq.model import MAX_FLOW_KEY_LENGTH, STATUSES, Job, ListQuery, check_regexp, json_type_name
 from hq.store import JobNotFound
 
 #: The largest id (and ``begin``) the stores can hold: a signed 64-bit integer.
@@ -95,6 +95,9 @@ _PUSH_FIELDS = {
     "runAt": Kind.STR,
     "delay": Kind.NUMBER,
     "idempotencyKey": Kind.STR,
+    "flowKey": Kind.STR,
+    "callbackUrl": Kind.STR,
+    "failureCallbackUrl": Kind.STR,
 }
 _RESTART_FIELDS = {"copy": Kind.BOOL}
 _LIST_FIELDS = {
@@ -457,6 +460,10 @@ class PushRequest:
     #: When the job is due, ms; ``None``: at once.
     run_at: int | None = None
     idempotency_key: str | None = None
+    #: The flow key (SPEC §16); empty: the URL's ``host:port``.
+    flow_key: str = ""
+    callback_url: str | None = None
+    failure_callback_url: str | None = None
 
     def job(self, job_id: int) -> Job:
         """
@@ -480,6 +487,9 @@ class PushRequest:
             retries=self.retries,
             run_at=run_at,
             idempotency_key=self.idempotency_key,
+            flow_key=self.flow_key,
+            callback_url=self.callback_url,
+            failure_callback_url=self.failure_callback_url,
         )
 
 
@@ -562,6 +572,15 @@ def push_request(values: dict[str, Any], now: int, default_retries: int) -> Push
     key = values.get("idempotencyKey")
     if key is not None:
         _check_key(key, "'idempotencyKey'")
+    flow_key = values.get("flowKey")
+    if flow_key is not None:
+        check_flow_key(flow_key, "'flowKey'")
+    for field in ("callbackUrl", "failureCallbackUrl"):
+        callback = values.get(field)
+        if callback is not None and not _url_ok(callback):
+            raise APIError(
+                422, f"'{field}' must be an absolute http or https URL, not {callback[:200]!r}"
+            )
     return PushRequest(
         url=url,
         name=values.get("name") or "default",
@@ -572,7 +591,27 @@ def push_request(values: dict[str, Any], now: int, default_retries: int) -> Push
         retries=retries,
         run_at=_due_time(values, now),
         idempotency_key=key,
+        flow_key=flow_key or "",
+        callback_url=values.get("callbackUrl"),
+        failure_callback_url=values.get("failureCallbackUrl"),
     )
+
+
+def check_flow_key(key: str, where: str) -> None:
+    """
+    Check a flow key: 1 to 255 characters.
+
+    :raises APIError: 422 naming ``where``.
+    """
+    if not key:
+        raise APIError(
+            422, f"{_sentence(where)} must be 1 to {MAX_FLOW_KEY_LENGTH} characters, not empty"
+        )
+    if len(key) > MAX_FLOW_KEY_LENGTH:
+        raise APIError(
+            422,
+            f"{_sentence(where)} must be 1 to {MAX_FLOW_KEY_LENGTH} characters, not {len(key)}",
+        )
 
 
 def _due_time(values: dict[str, Any], now: int) -> int | None:

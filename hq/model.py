@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import re2
@@ -161,6 +162,17 @@ class Job:
     idempotency_key: str | None = None
     #: The schedule whose fire created the job (SPEC §14), or ``None``.
     schedule_id: int | None = None
+    #: The flow key its limits are counted under (SPEC §16); empty: the URL's ``host:port``.
+    flow_key: str = ""
+    #: Where a job is pushed when this one succeeds / fails for the last time (SPEC §16).
+    callback_url: str | None = None
+    failure_callback_url: str | None = None
+    #: The callback job this one's end pushed, or ``None``.
+    callback_job_id: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.flow_key:
+            object.__setattr__(self, "flow_key", default_flow_key(self.url))
 
     @property
     def created_at(self) -> int:
@@ -330,6 +342,78 @@ class Job:
             output_truncated=False,
         )
 
+    def callback_for(self, outcome: Outcome) -> str | None:
+        """
+        Return the URL a job is pushed to once this job ends with ``outcome``:
+        ``callback_url`` after a success, ``failure_callback_url`` after a
+        failure (the last attempt's); ``None`` otherwise (a stop, no URL).
+        """
+        if outcome.success:
+            return self.callback_url
+        if outcome.failure:
+            return self.failure_callback_url
+        return None
+
+    def callback_job(self, job_id: int, url: str, now: int) -> Job:
+        """
+        Return the callback job (id ``job_id``) this finished job pushes to
+        ``url`` at ``now``: its payload is this job as ``GET /job/{id}`` shows
+        it, with the header ``X-Hq-Callback-For`` and this job's ``retries``.
+        """
+        return Job(
+            id=job_id,
+            url=url,
+            name=self.name,
+            comment=f"callback for job {self.id} ({self.status})",
+            payload=job_json(self, now),
+            headers={CALLBACK_HEADER: str(self.id)},
+            timeout=self.timeout,
+            retries=self.retries,
+        )
+
+
+#: The header a callback job carries: the id of the job it reports on.
+CALLBACK_HEADER = "X-Hq-Callback-For"
+#: The longest flow key, characters.
+MAX_FLOW_KEY_LENGTH = 255
+
+
+@functools.lru_cache(maxsize=4096)
+def default_flow_key(url: str) -> str:
+    """
+    Return the flow key of a job to ``url`` that gives none: the URL's
+    ``host:port`` (the port the scheme implies when absent; an IPv6 host in
+    brackets), lower case.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return url[:MAX_FLOW_KEY_LENGTH]
+    if port is None:
+        port = 443 if parts.scheme.lower() == "https" else 80
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"[:MAX_FLOW_KEY_LENGTH]
+
+
+@attrs.frozen
+class FlowLimits:
+    """
+    The limits set for one flow key (``PUT /flow/{key}``, SPEC §16).
+
+    ``parallelism``: jobs running at once at most, 0 = no limit. ``rate``:
+    jobs started per ``period`` seconds at most (a sliding window), 0 = no
+    limit. ``paused``: no job of the key starts.
+    """
+
+    key: str
+    parallelism: int = 0
+    rate: int = 0
+    period: float = 1.0
+    paused: bool = False
+
 
 #: The ``err`` of an attempt that the server's stop or crash cut short.
 INTERRUPTED = "interrupted: HQ stopped during the attempt (it is delivered again)"
@@ -434,6 +518,10 @@ def _or_null(text: str | None) -> str:
     return "null" if text is None else text
 
 
+def _id_or_null(job_id: int | None) -> str:
+    return "null" if job_id is None else f'"{job_id}"'
+
+
 def _run_at_json(job: Job, now: int) -> str:
     # Shown only while the job waits for a later time; null when due or finished.
     return _time_json(job.run_at) if job.scheduled(now) else "null"
@@ -443,12 +531,16 @@ def _run_at_json(job: Job, now: int) -> str:
 #: function that writes its value as JSON text from the job and the time now.
 JOB_FIELDS: tuple[tuple[str, Callable[[Job, int], str]], ...] = (
     ("attempts", lambda job, now: str(job.attempts)),
+    ("callbackJobId", lambda job, now: _id_or_null(job.callback_job_id)),
+    ("callbackUrl", lambda job, now: _encode(job.callback_url)),
     ("canceled", lambda job, now: _bool(job.canceled)),
     ("comment", lambda job, now: _encode(job.comment)),
     ("createdAt", lambda job, now: _time_json(job.created_at)),
     ("err", lambda job, now: _encode(job.err)),
     ("failure", lambda job, now: _bool(job.failure)),
+    ("failureCallbackUrl", lambda job, now: _encode(job.failure_callback_url)),
     ("finishedAt", lambda job, now: _time_json(job.finished_at)),
+    ("flowKey", lambda job, now: _encode(job.flow_key)),
     ("headers", lambda job, now: "null" if job.headers is None else _encode(job.headers)),
     ("id", lambda job, now: f'"{job.id}"'),
     ("idempotencyKey", lambda job, now: _encode(job.idempotency_key)),

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from hq.config import Config
-    from hq.model import Attempt, Job, JobPage, ListQuery, Outcome, Schedule
+    from hq.model import Attempt, FlowLimits, Job, JobPage, ListQuery, Outcome, Schedule
     from hq.store.postgres import PostgresStore
     from hq.store.sqlite import SQLiteStore
 
@@ -137,6 +137,30 @@ class Recovery:
 
 
 @attrs.frozen
+class FlowCounts:
+    """
+    A flow key's active jobs in the store (``GET /flow``).
+    """
+
+    waiting: int = 0
+    running: int = 0
+
+
+@attrs.frozen
+class ClaimCaps:
+    """
+    What a node's claim must respect beyond the limits stored for each flow
+    key (SPEC §16): ``default_parallelism`` (config ``host_parallelism``, 0 =
+    none) for keys with no limits of their own, and ``local``: per key, how
+    many more jobs this node may start now (its adaptive limits less what it
+    runs); a key not in ``local`` has no cap of this node's.
+    """
+
+    default_parallelism: int = 0
+    local: dict[str, int] = attrs.Factory(dict)
+
+
+@attrs.frozen
 class Node:
     """
     One server of a cluster as the store knows it (``GET /nodes``); times in ms.
@@ -223,12 +247,22 @@ class IJobStore(Interface):
         """
 
     def finish(
-        job_id: int, outcome: Outcome, attempt: Attempt | None = None
+        job_id: int,
+        outcome: Outcome,
+        attempt: Attempt | None = None,
+        callback_id: int | None = None,
     ) -> Deferred[Job | None]:
         """
         Record the outcome of a job that is not finished yet, and ``attempt``
         (the attempt that ended it, if one ran) in its history; return the
         job, or ``None`` if it was already finished or deleted.
+
+        When ``callback_id`` is given and the finished job has a callback URL
+        for ``outcome`` (:meth:`hq.model.Job.callback_for`), the callback job
+        (:meth:`hq.model.Job.callback_job`, id ``callback_id``, created at
+        ``outcome.finished_at``) is stored waiting, and the finished job's
+        ``callback_job_id`` set, in the same commit (SPEC §16): a crash never
+        loses or doubles a callback.
         """
 
     def stop(job_id: int, now: int) -> Deferred[Job]:
@@ -303,6 +337,36 @@ class IJobStore(Interface):
         :class:`StoreUnavailable` when it cannot.
         """
 
+    # Flow control (SPEC §16).
+
+    def waiting_jobs_of(flow_key: str, after: DueKey, now: int, limit: int) -> Deferred[list[Job]]:
+        """
+        :meth:`waiting_jobs`, of the jobs with ``flow_key`` only (served by an
+        index on ``(flow_key, due time, id)`` of the waiting jobs, so a key's
+        backlog is read without looking at other keys' jobs).
+        """
+
+    def flow_limits() -> Deferred[list[FlowLimits]]:
+        """
+        Return the limits set for flow keys (``PUT /flow/{key}``), by key.
+        """
+
+    def put_flow(limits: FlowLimits) -> Deferred[None]:
+        """
+        Set (insert or replace) the limits of ``limits.key``; durable when it fires.
+        """
+
+    def delete_flow(flow_key: str) -> Deferred[bool]:
+        """
+        Remove the limits of ``flow_key``; return whether it had any.
+        """
+
+    def flow_counts() -> Deferred[dict[str, FlowCounts]]:
+        """
+        Return, per flow key with active jobs, how many wait (not canceled,
+        due now or later) and how many run.
+        """
+
 
 class IClaimingStore(IJobStore):
     """
@@ -315,7 +379,7 @@ class IClaimingStore(IJobStore):
 
     lease_timeout: float
 
-    def claim(now: int, limit: int) -> Deferred[list[Job]]:
+    def claim(now: int, limit: int, caps: ClaimCaps | None = None) -> Deferred[list[Job]]:
         """
         Mark up to ``limit`` due waiting jobs (due at ``now`` or before, not
         canceled) running for this node at ``now``, with a lease; return them
