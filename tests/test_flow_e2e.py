@@ -108,7 +108,6 @@ class FlowEndToEndTests(TestCase):
         self.assertLessEqual(min(history), 2, history)
         self.assertEqual(worker.succeeded, set(ids))
         wait_for(lambda: all(j["status"] == "success" for j in server.jobs()), 10, "recorded")
-        status, text = server.request("GET", "/flow")
         report(
             "adaptive",
             limits=history[:30],
@@ -166,7 +165,9 @@ class FlowEndToEndTests(TestCase):
         payload = json.loads(request["body"])
         self.assertEqual((payload["id"], payload["status"]), (job_id, "success"))
         status, job = server.request("GET", f"/job/{job_id}")
+        self.assertEqual(status, 200)
         self.assertEqual(job["callbackJobId"], request["headers"]["X-Hq-Job-Id"])
         status, callback_job = server.request("GET", f"/job/{job['callbackJobId']}")
+        self.assertEqual(status, 200)
         self.assertEqual(callback_job["url"], worker.url + "/done")
         self.assertEqual(callback_job["headers"], {"X-Hq-Callback-For": job_id})
