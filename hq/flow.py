@@ -249,6 +249,8 @@ class FlowControl:
         """
         name = limits.key if limits is not None else key
         assert name is not None
+        if limits is None and name not in self._keys:
+            return
         state = self._state(name)
         before = self.limit(name)
         state.limits = limits
