@@ -340,6 +340,7 @@ class Job:
             err="",
             output="",
             output_truncated=False,
+            callback_job_id=None,
         )
 
     def callback_for(self, outcome: Outcome) -> str | None:
