@@ -207,7 +207,7 @@ class MigrateFromSQLiteTests(TestCase):
         code, _, err = self.migrate()
         self.assertEqual(code, 1)
         self.assertTrue(err.startswith("error: the PostgreSQL store "), err)
-        self.assertIn("is not empty (8 jobs, 2 schedules)", err)
+        self.assertIn("is not empty (8 jobs, 2 schedules, 0 flow limits)", err)
         self.assertEqual(self.count("jobs"), 8)
 
     async def test_batches_and_progress(self) -> None:
