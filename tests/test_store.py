@@ -599,6 +599,17 @@ class StoreContractMixin:
                 await self.store.get(make_job(n).id)
         self.assertEqual(await self.store.waiting_jobs((0, 0), LATER, 10), [])
 
+    async def test_a_taken_callback_id_fails_the_finish_and_changes_nothing(self) -> None:
+        """finish() with the id of a stored job fails with JobExists; the job still runs."""
+        job, other = make_job(1, callback_url="http://cb/ok"), make_job(2)
+        await self.store.push([job, other], 0)
+        await self.store.start(job.id, T0 + 5)
+        with self.assertRaises(JobExists):
+            await self.store.finish(
+                job.id, Outcome(finished_at=T0 + 9, success=True), None, other.id
+            )
+        self.assertEqual((await self.store.get(job.id)).status, "running")
+
     async def test_restart_keeps_flow_key_and_urls_and_clears_the_callback_job(self) -> None:
         """A restarted job keeps its flow key and callback URLs; its callbackJobId is cleared."""
         job = make_job(1, flow_key="k", callback_url="http://cb/ok")
