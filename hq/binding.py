@@ -620,6 +620,9 @@ def check_flow_key(key: str, where: str) -> None:
             422,
             f"{_sentence(where)} must be 1 to {MAX_FLOW_KEY_LENGTH} characters, not {len(key)}",
         )
+    if key in (".", ".."):
+        # URLs cannot name them: /flow/.. is /.
+        raise APIError(422, f"{_sentence(where)} cannot be {key!r}")
 
 
 def _due_time(values: dict[str, Any], now: int) -> int | None:

@@ -52,6 +52,8 @@ class FlowAPITests(APITestCase):
         reply = self.post_json("/job", {"url": "http://w.test/", "failureCallbackUrl": "/rel"})
         self.assertEqual(reply.status, 422)
         self.assertIn("'failureCallbackUrl'", reply.json["error"])
+        reply = self.post_json("/job", {"url": "http://w.test/", "flowKey": ".."})
+        self.assertError(reply, 422, "'flowKey' cannot be '..'")
         reply = self.post_json("/jobs", [{"url": "http://w.test/", "flowKey": "k" * 300}])
         self.assertEqual(reply.status, 422)
         self.assertIn("flowKey", reply.json["error"])
