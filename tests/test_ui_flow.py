@@ -110,7 +110,9 @@ class FlowPageTests(BrowserTestCase):
         form.get_by_label("Period (seconds)").fill("")
         form.get_by_label("Paused").check()
         form.get_by_role("button", name="Save limits").click()
-        self.message(page, "success", "Limits of new.example:80 saved: parallelism 1, rate none, paused.")
+        self.message(
+            page, "success", "Limits of new.example:80 saved: parallelism 1, rate none, paused."
+        )
         flow = self.flow("new.example:80")
         self.assertEqual((flow["parallelism"], flow["rate"], flow["paused"]), (1, 0, True))
         self.expect(self.flow_row(page, "new.example:80").locator(".col-status")).to_have_text(
@@ -184,7 +186,9 @@ class JobPageFlowTests(BrowserTestCase):
     def test_job_page_links_flow_key_and_callback_job(self) -> None:
         """flowKey links to the Flow page; callbackUrl is shown; callbackJobId links the job."""
         callback_url = self.worker.url + "/callback"
-        job_id = self.server.push(self.worker.url + "/ok", flowKey="reports", callbackUrl=callback_url)
+        job_id = self.server.push(
+            self.worker.url + "/ok", flowKey="reports", callbackUrl=callback_url
+        )
         self.wait_status(job_id, "success")
         callback_id = wait_for(
             lambda: self.job(job_id)[1].get("callbackJobId"), 10, "the callback job"
