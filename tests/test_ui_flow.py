@@ -127,14 +127,18 @@ class FlowPageTests(BrowserTestCase):
         self.expect(form.get_by_label("Parallelism")).to_have_value("2")
         form.get_by_label("Parallelism").fill("-1")
         form.get_by_role("button", name="Save limits").click()
-        self.expect(form.locator(".alert-error")).to_contain_text("parallelism")
+        self.expect(form.locator(".alert-error")).to_contain_text(
+            "'parallelism' must be a whole number from 0 (no limit)"
+        )
         self.message(page, "error", "Could not save the limits of api:443")
         self.message(page, "error", "(422)")
         form.get_by_label("Parallelism").fill("2")
         form.get_by_label("Rate").fill("5")
         form.get_by_label("Period (seconds)").fill("0")
         form.get_by_role("button", name="Save limits").click()
-        self.expect(form.locator(".alert-error")).to_contain_text("period")
+        self.expect(form.locator(".alert-error")).to_contain_text(
+            "'period' must be a number of seconds above 0"
+        )
         flow = self.flow("api:443")
         self.assertEqual((flow["parallelism"], flow["rate"], flow["period"]), (2, 0, 1))
 
