@@ -24,29 +24,24 @@ export function rateText(flow) {
 
 /**
  * The sparkline of a key's limit: a step line through `history` ([{at, limit}], oldest
- * first) up to `now`, ending at the limit in force. Returns an SVG element.
+ * first), one equal step per change (so quick changes stay visible; the title has their
+ * times), ending at the limit in force. Returns an SVG element.
  */
-export function sparkline(history, current, now) {
-  const points = (Array.isArray(history) ? history : [])
-    .map((p) => ({ at: Date.parse(p.at), limit: Number(p.limit) || 0 }))
-    .filter((p) => !Number.isNaN(p.at));
-  const last = points.length ? points[points.length - 1].limit : null;
-  if (last !== (Number(current) || 0)) points.push({ at: now, limit: Number(current) || 0 });
-  const start = points.length ? Math.min(points[0].at, now) : now;
-  const span = Math.max(1, now - start);
-  const peak = Math.max(1, ...points.map((p) => p.limit));
-  const x = (at) => SPARK_PAD + ((at - start) / span) * (SPARK_WIDTH - 2 * SPARK_PAD);
+export function sparkline(history, current) {
+  const changes = Array.isArray(history) ? history : [];
+  const limits = changes.map((p) => Number(p.limit) || 0);
+  const inForce = Number(current) || 0;
+  if (!limits.length || limits[limits.length - 1] !== inForce) limits.push(inForce);
+  const peak = Math.max(1, ...limits);
+  const x = (i) => SPARK_PAD + (i / limits.length) * (SPARK_WIDTH - 2 * SPARK_PAD);
   const y = (limit) => SPARK_HEIGHT - SPARK_PAD - (limit / peak) * (SPARK_HEIGHT - 2 * SPARK_PAD);
   const coords = [];
-  points.forEach((p, i) => {
-    if (i > 0) coords.push([x(p.at), y(points[i - 1].limit)]);
-    coords.push([x(p.at), y(p.limit)]);
+  limits.forEach((limit, i) => {
+    coords.push([x(i), y(limit)], [x(i + 1), y(limit)]);
   });
-  if (points.length) coords.push([x(now), y(points[points.length - 1].limit)]);
-  if (coords.length === 1) coords.unshift([SPARK_PAD, coords[0][1]]);
-  const changes = (Array.isArray(history) ? history : []).map((p) => `${limitText(p.limit)} at ${formatTime(p.at)}`);
-  const label = changes.length
-    ? `Limit history: ${changes.join(", ")}; now ${limitText(current)}`
+  const described = changes.map((p) => `${limitText(p.limit)} at ${formatTime(p.at)}`);
+  const label = described.length
+    ? `Limit history: ${described.join(", ")}; now ${limitText(current)}`
     : `Limit ${limitText(current)}, unchanged`;
   return svg(
     "svg",
@@ -57,12 +52,10 @@ export function sparkline(history, current, now) {
       viewBox: `0 0 ${SPARK_WIDTH} ${SPARK_HEIGHT}`,
       role: "img",
       "aria-label": label,
-      dataset: { points: String((Array.isArray(history) ? history : []).length) },
+      dataset: { changes: String(changes.length) },
     },
     svg("title", { text: label }),
-    coords.length
-      ? svg("polyline", { points: coords.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" ") })
-      : null,
+    svg("polyline", { points: coords.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" ") }),
   );
 }
 
@@ -216,7 +209,7 @@ export function flowView(ctx) {
     await refresh();
   }
 
-  function row(flow, now) {
+  function row(flow) {
     const button = (kind, text, title, style) =>
       h("button", {
         type: "button",
@@ -249,7 +242,7 @@ export function flowView(ctx) {
       cell("running", "Running", String(flow.running)),
       cell("waiting", "Waiting", String(flow.waiting)),
       cell("limit", "Limit", limitText(flow.limit)),
-      h("td", { class: "col-history", "data-label": "History" }, sparkline(flow.limitHistory, flow.limit, now)),
+      h("td", { class: "col-history", "data-label": "History" }, sparkline(flow.limitHistory, flow.limit)),
       cell("parallelism", "Parallelism", limitText(flow.parallelism)),
       cell("rate", "Rate", rateText(flow)),
       h("td", { class: "col-status", "data-label": "Status" },
@@ -280,16 +273,15 @@ export function flowView(ctx) {
     if (!alive) return;
     ctx.connectionState(null);
     listError.hidden = true;
-    const now = Date.now();
     const flows = data.flows || [];
-    // Rebuild only when something changed (or every 10 s, so the sparklines move on).
-    const signature = JSON.stringify(flows) + selected + Math.floor(now / 10000);
+    // Rebuild only when something changed.
+    const signature = JSON.stringify(flows) + selected;
     if (signature === shown) return;
     shown = signature;
     // Keep the focused button focused across the rebuild.
     const focused = document.activeElement;
     const focusKey = focused && tbody.contains(focused) ? [focused.closest("tr").dataset.flowKey, focused.dataset.action] : null;
-    tbody.replaceChildren(...flows.map((f) => row(f, now)));
+    tbody.replaceChildren(...flows.map((f) => row(f)));
     if (focusKey) {
       for (const tr of tbody.children) {
         if (tr.dataset.flowKey !== focusKey[0]) continue;
