@@ -331,6 +331,14 @@ class FlowDeliveryTests(DispatchTestCase):
 
     def test_parked_overflow_stays_in_the_store_and_comes_back_in_order(self) -> None:
         """A key keeps few jobs in memory; the rest are read back by key, in order."""
+        reads: list[str] = []
+        read_key = self.store.waiting_jobs_of
+
+        def counted(key: str, *args: Any) -> Any:
+            reads.append(key)
+            return read_key(key, *args)
+
+        self.store.waiting_jobs_of = counted  # type: ignore[method-assign]
         dispatch = self.start_flow(self.limited(parallelism=1, park=4), queue_size=8)
         jobs = [self.push(dispatch) for _ in range(30)]
         self.assertLessEqual(dispatch.in_queue, 8 + 4)
@@ -339,3 +347,5 @@ class FlowDeliveryTests(DispatchTestCase):
             self.clock.advance(0)
             self.stub.flush()
         self.assertEqual(self.delivered_ids(), [j.id for j in jobs])
+        self.assertGreater(len(reads), 3)
+        self.assertEqual(set(reads), {KEY})
