@@ -62,6 +62,12 @@ async function call(method, path, { query, body } = {}) {
 
 const jobPath = (id) => "/job/" + encodeURIComponent(id);
 const schedulePath = (id) => "/schedule/" + encodeURIComponent(id);
+// A flow key is one path segment: ':' '/' '[' ']' are escaped. The keys "." and ".."
+// cannot be sent: browsers resolve them (even as %2E) as dot segments of the path.
+function flowPath(key) {
+  if (key === "." || key === "..") throw new ApiError(0, `The flow key “${key}” cannot be used in a URL`);
+  return "/flow/" + encodeURIComponent(key);
+}
 
 export const api = {
   stats: () => call("GET", "/stats"),
@@ -86,4 +92,15 @@ export const api = {
   deleteSchedule: (id) => call("DELETE", schedulePath(id)),
   pauseSchedule: (id) => call("POST", schedulePath(id) + "/pause"),
   resumeSchedule: (id) => call("POST", schedulePath(id) + "/resume"),
+  /**
+   * {flows: [{key, parallelism, rate, period, paused, configured, running, waiting, limit,
+   * limitHistory: [{at, limit}]}]}, sorted by key.
+   */
+  listFlows: () => call("GET", "/flow"),
+  getFlow: (key) => call("GET", flowPath(key)),
+  /** body: {parallelism, rate, period, paused}, each optional. Resolves to the flow. */
+  setFlow: (key, body) => call("PUT", flowPath(key), { body }),
+  removeFlow: (key) => call("DELETE", flowPath(key)),
+  pauseFlow: (key) => call("POST", flowPath(key) + "/pause"),
+  resumeFlow: (key) => call("POST", flowPath(key) + "/resume"),
 };

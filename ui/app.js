@@ -4,6 +4,7 @@ import { AUTH_EVENT } from "./auth.js";
 import { dashboardView } from "./dashboard.js";
 import { detailView } from "./detail.js";
 import { h, setText } from "./dom.js";
+import { flowView } from "./flow.js";
 import { notify } from "./notify.js";
 import { schedulesView } from "./schedules.js";
 
@@ -91,6 +92,7 @@ function route() {
   if (path.startsWith(baseUrl)) path = path.slice(baseUrl.length);
   if (path === "" || path === "/") return (ctx) => dashboardView(ctx);
   if (/^\/schedules\/?$/.test(path)) return (ctx) => schedulesView(ctx);
+  if (/^\/flow\/?$/.test(path)) return (ctx) => flowView(ctx);
   const match = /^\/jobs\/([^/]+)\/?$/.exec(path);
   if (match) {
     let id;

@@ -39,7 +39,13 @@ const FIELDS = [
   ["canceled", "Canceled"],
   ["outputTruncated", "Output truncated"],
   ["idempotencyKey", "Idempotency key"],
+  ["flowKey", "Flow key"],
+  ["callbackUrl", "Callback URL"],
+  ["failureCallbackUrl", "Failure callback URL"],
+  ["callbackJobId", "Callback job"],
 ];
+// Shown only when the job has them (the callbacks are optional; older servers have no flow key).
+const OPTIONAL = new Set(["flowKey", "callbackUrl", "failureCallbackUrl", "callbackJobId"]);
 const BLOCKS = ["payload", "headers", "output"];
 const TIMES = new Set(["createdAt", "startedAt", "finishedAt", "runAt"]);
 
@@ -67,10 +73,22 @@ export function detailView(ctx, id) {
   const notFound = h("div", { class: "alert alert-error", role: "alert", hidden: true });
 
   const values = {};
+  const wrappers = {};
   const list = h("dl", { class: "fields" });
   function addField(key, label) {
     values[key] = h("dd", { dataset: { field: key } });
-    list.append(h("div", { class: "field" }, h("dt", { text: label }), values[key]));
+    wrappers[key] = h("div", { class: "field" }, h("dt", { text: label }), values[key]);
+    list.append(wrappers[key]);
+  }
+  // Fields shown as in-app links: the Flow page of the job's key, the callback job's page.
+  const links = {
+    flowKey: (key) => ctx.link(`/flow?key=${encodeURIComponent(key)}`),
+    callbackJobId: (jobId) => ctx.link(`/jobs/${encodeURIComponent(jobId)}`),
+  };
+  function setLink(dd, href, text) {
+    const anchor = dd.firstElementChild;
+    if (anchor && anchor.getAttribute("href") === href && anchor.textContent === text) return;
+    dd.replaceChildren(h("a", { href, "data-link": "", class: "field-link mono", text }));
   }
   for (const [key, label] of FIELDS) addField(key, label);
 
@@ -119,7 +137,11 @@ export function detailView(ctx, id) {
       signature = sig;
     }
     for (const [key] of FIELDS) {
-      setText(values[key], fieldText(job, key, now));
+      const value = job[key];
+      const present = value !== null && value !== undefined && value !== "";
+      if (OPTIONAL.has(key)) wrappers[key].hidden = !present;
+      if (links[key] && present) setLink(values[key], links[key](String(value)), String(value));
+      else setText(values[key], fieldText(job, key, now));
       if (TIMES.has(key)) setAttr(values[key], "title", job[key] || null);
     }
     // Fields a newer server may add are shown too.
