@@ -595,7 +595,7 @@ class ShowTests(CLITestCase):
         self.assertEqual((ran.code, ran.err), (0, ""))
         expected = job_dict(self.successResultOf(self.store.get(int(job_id))), now_ms(self.clock))
         self.assertEqual(ran.out, json.dumps(expected, indent=2) + "\n")
-        self.assertTrue(ran.out.startswith('{\n  "attempts": 0,\n  "canceled": false,\n'))
+        self.assertTrue(ran.out.startswith('{\n  "attempts": 0,\n  "callbackJobId": null,\n'))
 
     def test_info_unknown_job(self) -> None:
         """
