@@ -38,24 +38,28 @@ from hq.binding import (
     APIError,
     bind_batch_job,
     bind_bulk,
+    bind_flow,
     bind_list,
     bind_push,
     bind_restart,
+    parse_flow_key,
     parse_job_id,
     read_batch,
 )
 from hq.bulk import BulkActions
 from hq.config import Config
 from hq.cron import CronError, cached_rule
+from hq.flow import FlowControl, flow_json
 from hq.guard import NetworkGuard
 from hq.health import HealthCheck
 from hq.history import BUCKET_MS, HistoryBucket
 from hq.ids import IdGenerator, first_id_at, now_ms
 from hq.metrics import ServerMetrics
-from hq.model import Job, Schedule, format_time, job_json
+from hq.model import FlowLimits, Job, Schedule, format_time, job_json
 from hq.schedules import bind_schedule, parse_schedule_id
 from hq.site import error_body, json_body
 from hq.store import (
+    FlowCounts,
     IdempotencyConflict,
     IJobStore,
     IScheduleStore,
@@ -226,9 +230,12 @@ class HQApi:
     _nodes: Callable[[], Deferred[list[Node]]] | None = None
     #: Told when a schedule is added, paused, resumed or deleted (``Scheduler.wake``).
     _schedules_changed: Callable[[], object] = lambda: None
+    #: The delivery engine's flow limits (SPEC §16).
+    _flow: FlowControl | None = None
 
     def __attrs_post_init__(self) -> None:
         self._bulk = BulkActions(self._store, self._dispatch, self._clock)
+        self._flows = self._flow or FlowControl(self._clock)
 
     def resource(self) -> IResource:
         """
@@ -629,6 +636,94 @@ class HQApi:
         schedule = await store.resume_schedule(schedule_id, next_run_at)
         self._schedules_changed()
         return write_json(request, schedule.to_json())
+
+    # -- flow control (SPEC §16)
+
+    async def _flow_view(self, keys: list[str] | None = None) -> list[str]:
+        """
+        Return the flow keys as ``GET /flow`` shows them (JSON texts), every
+        known key or those of ``keys``; the stored limits are read first
+        (another node may have changed them).
+        """
+        limits = {item.key: item for item in await self._store.flow_limits()}
+        self._flows.load(limits.values())
+        counts = await self._store.flow_counts()
+        if keys is None:
+            keys = sorted(set(limits) | set(counts) | set(self._flows.keys()))
+        return [
+            flow_json(
+                key,
+                limits.get(key),
+                counts.get(key, FlowCounts()),
+                self._flows.limit(key),
+                self._flows.history(key),
+            )
+            for key in keys
+        ]
+
+    @app.route("/flow", methods=["GET"])
+    async def list_flows(self, request: IRequest) -> bytes:
+        """
+        ``{"flows": [...]}``: keys with limits, active jobs or an adaptive limit, by key.
+        """
+        return write_json(request, '{"flows":[' + ",".join(await self._flow_view()) + "]}")
+
+    @app.route("/flow/<path:raw_key>", methods=["GET"])
+    async def get_flow(self, request: IRequest, raw_key: str) -> bytes:
+        """
+        One flow key (defaults for a key with no limits and no jobs).
+        """
+        (view,) = await self._flow_view([parse_flow_key(raw_key)])
+        return write_json(request, view)
+
+    @app.route("/flow/<path:raw_key>", methods=["PUT"])
+    def put_flow(self, request: IRequest, raw_key: str) -> Deferred[bytes]:
+        """
+        Set a flow key's limits (absent ones: none; ``paused`` absent: as it was).
+        """
+        key = parse_flow_key(raw_key)
+        return self._run_to_end(self._put_flow(request, key))
+
+    async def _put_flow(self, request: IRequest, key: str) -> bytes:
+        current = {item.key: item for item in await self._store.flow_limits()}.get(key)
+        limits = bind_flow(request, key, self._config.max_body_bytes, current)
+        return await self._set_flow(request, key, limits)
+
+    async def _set_flow(self, request: IRequest, key: str, limits: FlowLimits | None) -> bytes:
+        if limits is None:
+            await self._store.delete_flow(key)
+        else:
+            await self._store.put_flow(limits)
+        self._flows.set_limits(limits, key)
+        self.log.info("Flow {key}: limits {limits}", key=key, limits=limits or "removed")
+        (view,) = await self._flow_view([key])
+        return write_json(request, view)
+
+    @app.route("/flow/<path:raw_key>/pause", methods=["POST"])
+    def pause_flow(self, request: IRequest, raw_key: str) -> Deferred[bytes]:
+        """
+        Pause a flow key: none of its jobs starts until it is resumed.
+        """
+        return self._run_to_end(self._pause_flow(request, parse_flow_key(raw_key), True))
+
+    @app.route("/flow/<path:raw_key>/resume", methods=["POST"])
+    def resume_flow(self, request: IRequest, raw_key: str) -> Deferred[bytes]:
+        """
+        Resume a paused flow key.
+        """
+        return self._run_to_end(self._pause_flow(request, parse_flow_key(raw_key), False))
+
+    async def _pause_flow(self, request: IRequest, key: str, paused: bool) -> bytes:
+        current = {item.key: item for item in await self._store.flow_limits()}.get(key)
+        limits = attrs.evolve(current or FlowLimits(key), paused=paused)
+        return await self._set_flow(request, key, limits)
+
+    @app.route("/flow/<path:raw_key>", methods=["DELETE"])
+    def delete_flow(self, request: IRequest, raw_key: str) -> Deferred[bytes]:
+        """
+        Remove a flow key's limits (it is no longer paused either).
+        """
+        return self._run_to_end(self._set_flow(request, parse_flow_key(raw_key), None))
 
     # -- the error path, most specific first
 

@@ -32,7 +32,15 @@ import attrs
 from twisted.web.iweb import IRequest
 
 from hq.ids import id_to_ms
-from hq.model import MAX_FLOW_KEY_LENGTH, STATUSES, Job, ListQuery, check_regexp, json_type_name
+from hq.model import (
+    MAX_FLOW_KEY_LENGTH,
+    STATUSES,
+    FlowLimits,
+    Job,
+    ListQuery,
+    check_regexp,
+    json_type_name,
+)
 from hq.store import JobNotFound
 
 #: The largest id (and ``begin``) the stores can hold: a signed 64-bit integer.
@@ -824,3 +832,63 @@ def parse_job_id(raw: str) -> int:
         # A valid id in the Go server's unsigned range, but above every id we make.
         raise APIError(404, str(JobNotFound(job_id)))
     return job_id
+
+
+_FLOW_FIELDS = {
+    "parallelism": Kind.INT,
+    "rate": Kind.INT,
+    "period": Kind.NUMBER,
+    "paused": Kind.BOOL,
+}
+#: The most a flow limit (parallelism, rate) may be.
+MAX_FLOW_LIMIT = 1_000_000
+#: The longest rate period, seconds (a year).
+MAX_FLOW_PERIOD = 31_536_000
+
+
+def parse_flow_key(raw: str) -> str:
+    """
+    Return the flow key of a ``/flow/{key}`` path (decoded by the router).
+
+    :raises APIError: 422 for an empty or over-long key.
+    """
+    check_flow_key(raw, "the flow key")
+    return raw
+
+
+def bind_flow(
+    request: IRequest, key: str, max_body_bytes: int, current: FlowLimits | None
+) -> FlowLimits:
+    """
+    Return the limits a ``PUT /flow/{key}`` sets: ``parallelism`` and
+    ``rate`` absent are 0 (no limit), ``period`` absent is 1 s, ``paused``
+    absent keeps ``current``'s.
+
+    :raises APIError: as :func:`bind`; 422 for a negative or too large
+        ``parallelism`` or ``rate``, or a ``period`` that is not above 0 (or
+        over a year).
+    """
+    values = bind(request, _FLOW_FIELDS, max_body_bytes)
+    for field in ("parallelism", "rate"):
+        value = values.get(field, 0)
+        if not 0 <= value <= MAX_FLOW_LIMIT:
+            raise APIError(
+                422,
+                f"'{field}' must be a whole number from 0 (no limit) to {MAX_FLOW_LIMIT}, "
+                f"not {_given(value)}",
+            )
+    period = values.get("period", 1)
+    if not math.isfinite(period) or period <= 0:
+        raise APIError(422, f"'period' must be a number of seconds above 0, not {_given(period)}")
+    if period > MAX_FLOW_PERIOD:
+        raise APIError(422, f"'period' must be at most {MAX_FLOW_PERIOD} seconds (a year)")
+    paused = values.get("paused")
+    if paused is None:
+        paused = current.paused if current is not None else False
+    return FlowLimits(
+        key=key,
+        parallelism=values.get("parallelism", 0),
+        rate=values.get("rate", 0),
+        period=float(period),
+        paused=paused,
+    )

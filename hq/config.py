@@ -77,6 +77,9 @@ class Config:
     signing_secrets: tuple[str, ...] = ()
     deny_networks: tuple[str, ...] = ()
     allow_networks: tuple[str, ...] = ()
+    # Flow control (SPEC §16; docs/flow-control.md).
+    host_parallelism: int = 0
+    adaptive_flow: bool = False
 
     @property
     def host(self) -> str:
@@ -129,6 +132,7 @@ _MINIMUM: dict[str, int] = {
     "retries": 0,
     "idempotency_ttl": 1,
     "max_batch_jobs": 1,
+    "host_parallelism": 0,
 }
 
 _MAXIMUM: dict[str, int] = {"retries": 1000}

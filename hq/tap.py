@@ -56,6 +56,7 @@ from twisted.web.resource import IResource
 from hq import __version__, commit_hash
 from hq.config import Config, ConfigError, read_config
 from hq.delivery import Delivery
+from hq.flow import FlowControl
 from hq.ids import IdGenerator, now_ms
 from hq.logs import ReopenableFile, app_observer, on_sigusr1, start_logging
 from hq.metrics import ServerMetrics
@@ -383,10 +384,17 @@ class Recovery(Stage):
     queued again, and new ids continue after the highest stored one.
     """
 
-    def __init__(self, store: IJobStore, ids: IdGenerator, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        store: IJobStore,
+        ids: IdGenerator,
+        clock: IReactorTime,
+        flow: FlowControl | None = None,
+    ) -> None:
         self._store = store
         self._ids = ids
         self._clock = clock
+        self._flow = flow
 
     async def start(self) -> None:
         recovery = await self._store.recover(now_ms(self._clock))
@@ -398,6 +406,9 @@ class Recovery(Stage):
                 canceled=recovery.canceled,
             )
         self._ids.observe(await self._store.max_id())
+        if self._flow is not None:
+            # The limits set with PUT /flow/{key} survive restarts (SPEC §16).
+            self._flow.load(await self._store.flow_limits())
 
 
 class WebListener(Stage):
@@ -561,9 +572,12 @@ class StartFailure(Service):
         raise SystemExit(1)
 
 
-def delivery_engine(config: Config, store: IJobStore, reactor: IServerReactor) -> Delivery:
+def delivery_engine(
+    config: Config, store: IJobStore, reactor: IServerReactor, ids: IdGenerator | None = None
+) -> Delivery:
     """
-    Return the delivery engine: the service that feeds stored jobs to workers.
+    Return the delivery engine: the service that feeds stored jobs to workers
+    (``ids`` makes the callback jobs' ids).
     """
     from hq.guard import NetworkGuard
     from hq.signing import signer_for
@@ -586,6 +600,14 @@ def delivery_engine(config: Config, store: IJobStore, reactor: IServerReactor) -
         queue_size=config.queues,
         shutdown_timeout=config.shutdown_timeout,
         rules=RetryRules(config.retry_min_backoff, config.retry_max_backoff),
+        flow=FlowControl(
+            reactor,
+            host_parallelism=config.host_parallelism,
+            adaptive=config.adaptive_flow,
+            ceiling=config.dispatchers * config.workers_per_dispatcher,
+            park_capacity=max(1, config.queues // 4),
+        ),
+        new_id=None if ids is None else ids.next_id,
     )
 
 
@@ -646,6 +668,7 @@ def web_resource(
         guard=NetworkGuard.from_config(config.deny_networks, config.allow_networks),
         nodes=nodes,
         schedules_changed=schedules_changed,
+        flow=delivery.flow,
     )
     ui = ui_resource(config.ui_path, __version__, commit) if config.ui else None
     return protected(config, mount(api.resource(), ui, config.ui_path), reactor)
@@ -709,7 +732,7 @@ class HQService(MultiService):
     def _add_children(self, store: AnyStore) -> None:
         config, reactor = self.config, self._reactor
         ids = IdGenerator(config.server_id, reactor)
-        delivery = delivery_engine(config, store, reactor)
+        delivery = delivery_engine(config, store, reactor, ids)
         if config.metrics:
             self._metrics = server_metrics(config, store, delivery, reactor)
         from hq.cluster import local_nodes
@@ -740,7 +763,7 @@ class HQService(MultiService):
         children: list[IService] = [self._signals, self._logs, self._store]
         if isinstance(store, PostgresStore):
             children += self._cluster(store, delivery, web)
-        children += [Recovery(store, ids, reactor), delivery]
+        children += [Recovery(store, ids, reactor, delivery.flow), delivery]
         if config.job_lifetime > 0:
             from hq.cleanup import INTERVAL, Cleanup
 

@@ -39,12 +39,16 @@ FORM = "application/x-www-form-urlencoded"
 
 JOB_KEYS = [
     "attempts",
+    "callbackJobId",
+    "callbackUrl",
     "canceled",
     "comment",
     "createdAt",
     "err",
     "failure",
+    "failureCallbackUrl",
     "finishedAt",
+    "flowKey",
     "headers",
     "id",
     "idempotencyKey",

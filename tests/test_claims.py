@@ -36,7 +36,7 @@ class FakeClaims:
         self.broken = False
         self.due_broken = False
 
-    def claim(self, now: int, limit: int) -> Deferred[list[Job]]:
+    def claim(self, now: int, limit: int, caps: object = None) -> Deferred[list[Job]]:
         self.limits.append(limit)
         if self.broken:
             return fail(StoreUnavailable("storage unavailable: down"))

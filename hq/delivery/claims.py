@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from hq.flow import FlowControl
 from hq.ids import now_ms
 from hq.model import Job
 from hq.store import STORE_RETRY_SECONDS, IClaimingStore
@@ -59,8 +60,14 @@ class ClaimFeed:
         capacity: int,
         on_idle: Callable[[], None] = lambda: None,
         poll: float = POLL_SECONDS,
+        flow: FlowControl | None = None,
     ) -> None:
         self._store = store
+        #: The flow limits: the store's claim applies the stored ones across
+        #: the cluster; this node adds its adaptive limits (``claim_caps``).
+        self._flow = flow or FlowControl(clock)
+        #: Claimed job id -> its flow key.
+        self._keys: dict[int, str] = {}
         self._clock = clock
         self._capacity = max(1, capacity)
         self._on_idle = on_idle
@@ -197,6 +204,9 @@ class ClaimFeed:
         dispatcher may already wait for it: the runner frees its slot first).
         """
         self._held.discard(job_id)
+        key = self._keys.pop(job_id, None)
+        if key is not None:
+            self._flow.ended(key)
         self._maybe_claim()
 
     def _forget_idle(self, waiting: Deferred[Job | None]) -> None:
@@ -220,7 +230,7 @@ class ClaimFeed:
     async def _claim(self, room: int) -> None:
         now = now_ms(self._clock)
         try:
-            jobs = await self._store.claim(now, room)
+            jobs = await self._store.claim(now, room, self._flow.claim_caps())
         except Exception as e:
             self._claiming = False
             self._failures += 1
@@ -246,6 +256,8 @@ class ClaimFeed:
         # out before anything else can fail, or nobody would send them.
         for job in jobs:
             self._held.add(job.id)
+            self._keys[job.id] = job.flow_key
+            self._flow.started(job)
             if self._idle:
                 self._idle.popleft().callback(job)
             else:

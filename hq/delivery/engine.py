@@ -19,6 +19,7 @@ from hq.delivery.feed import Feed
 from hq.delivery.outcomes import Outcomes
 from hq.delivery.runner import Runner
 from hq.delivery.shutdown import Shutdown
+from hq.flow import FlowControl
 from hq.history import HistoryBucket
 from hq.model import Attempt, Job, JobState
 from hq.policy import RetryRules
@@ -43,6 +44,8 @@ class Delivery(Service):
     :param shutdown_timeout: seconds :meth:`stopService` waits for running jobs.
     :param rules: the backoff between attempts (SPEC §11).
     :param jitter: returns a number in [0, 1] that spreads each backoff.
+    :param flow: the flow limits (SPEC §16); ``None``: none.
+    :param new_id: makes the ids of callback jobs; ``None``: no callbacks.
     """
 
     log = Logger()
@@ -58,20 +61,27 @@ class Delivery(Service):
         shutdown_timeout: float,
         rules: RetryRules | None = None,
         jitter: Callable[[], float] = random.random,
+        flow: FlowControl | None = None,
+        new_id: Callable[[], int] | None = None,
     ) -> None:
         self._dispatchers = max(1, dispatchers)
+        self.flow = flow or FlowControl(clock)
         self._feed: Feed | ClaimFeed
         #: Whether jobs are claimed from a store other nodes share.
         self.claims = IClaimingStore.providedBy(store)
         if self.claims:
             capacity = self._dispatchers * max(1, workers_per_dispatcher)
             claiming = cast(IClaimingStore, store)
-            self._feed = ClaimFeed(claiming, clock, capacity, on_idle=self._check_stopped)
+            self._feed = ClaimFeed(
+                claiming, clock, capacity, on_idle=self._check_stopped, flow=self.flow
+            )
         else:
-            self._feed = Feed(store, clock, queue_size, on_idle=self._check_stopped)
+            self._feed = Feed(store, clock, queue_size, on_idle=self._check_stopped, flow=self.flow)
         self._shutdown = Shutdown(clock, shutdown_timeout, lambda: self._feed.reading, self._abort)
         # A retried job is still held by its run: enqueue() takes it back once the run ends.
-        self._outcomes = Outcomes(store, clock, self._shutdown, on_retry=self.enqueue)
+        self._outcomes = Outcomes(
+            store, clock, self._shutdown, on_retry=self.enqueue, on_callback=self.enqueue
+        )
         self._runner = Runner(
             store,
             worker,
@@ -82,6 +92,8 @@ class Delivery(Service):
             workers_per_dispatcher,
             rules or RetryRules(),
             jitter,
+            self.flow,
+            new_id,
         )
         #: Jobs queued again (restart) while their previous run was ending.
         self._requeue: dict[int, Job] = {}

@@ -8,6 +8,12 @@ least, so reads come in batches). Jobs are ordered by their :func:`feed_key`,
 at) so a read continues where the last one stopped, and a job offered while
 older ones are still in the store only waits its turn behind them.
 
+Flow control (:mod:`hq.flow`): a job whose flow key has no room is *parked*
+with its key and the feed goes on with the next job, so a key at its limit
+holds back no other key; the key's parked jobs start, in order, as room opens
+(a run ends, the rate window moves, limits change). A key's parked jobs are
+bounded; the rest of its backlog stays in the store and is read back by key.
+
 Jobs due later (a delay, a retry) stay in the store, not in memory: the feed
 keeps one timer for the earliest due time it knows of (asked of the store
 after each read that empties the backlog, and lowered by every offer of a job
@@ -23,6 +29,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from hq.flow import FlowControl
 from hq.ids import now_ms
 from hq.model import Job
 from hq.store import STORE_RETRY_SECONDS, DueKey, IJobStore
@@ -62,8 +69,15 @@ class Feed:
         clock: IReactorTime,
         size: int,
         on_idle: Callable[[], None] = lambda: None,
+        flow: FlowControl | None = None,
     ) -> None:
         self._store = store
+        self._flow = flow or FlowControl(clock)
+        self._flow.on_room = self._room_opened
+        #: Parked job id -> its flow key.
+        self._parked: dict[int, str] = {}
+        #: Handed-out job id -> its flow key (counted running by the flow).
+        self._out: dict[int, str] = {}
         self._clock = clock
         self._size = max(1, size)
         self._on_idle = on_idle
@@ -86,9 +100,9 @@ class Feed:
     @property
     def in_queue(self) -> int:
         """
-        Jobs in memory, not yet handed out.
+        Jobs in memory, not yet handed out (parked ones too).
         """
-        return len(self._queue)
+        return len(self._queue) + len(self._parked)
 
     @property
     def reading(self) -> bool:
@@ -137,6 +151,8 @@ class Feed:
         self._retry = self._wake = None
         self._held.difference_update(self._queue)
         self._queue.clear()
+        self._held.difference_update(self._flow.clear_parked())
+        self._parked.clear()
         idle, self._idle = self._idle, deque()
         for waiting in idle:
             waiting.callback(None)
@@ -157,7 +173,8 @@ class Feed:
         key = feed_key(job)
         if not self._backlog and self._idle:
             self._watermark = max(self._watermark, key)
-            self._hand_out(job)
+            self._held.add(job.id)
+            self._give(job)
         elif not self._backlog and len(self._queue) < self._size:
             self._watermark = max(self._watermark, key)
             self._append(job)
@@ -177,8 +194,8 @@ class Feed:
         """
         if not self._open:
             return succeed(None)
-        if self._queue:
-            _, job = self._queue.popitem(last=False)
+        job = self._next()
+        if job is not None:
             self._maybe_read()
             return succeed(job)
         waiting: Deferred[Job | None] = Deferred(self._forget_idle)
@@ -190,7 +207,10 @@ class Feed:
         """
         Remove ``job_id`` from the queue; return whether it was there.
         """
-        if self._queue.pop(job_id, None) is None:
+        key = self._parked.pop(job_id, None)
+        if key is not None:
+            self._flow.unpark(job_id, key)
+        elif self._queue.pop(job_id, None) is None:
             return False
         self._held.discard(job_id)
         self._maybe_read()
@@ -201,6 +221,9 @@ class Feed:
         Forget ``job_id``, handed out earlier, whose run has ended.
         """
         self._held.discard(job_id)
+        key = self._out.pop(job_id, None)
+        if key is not None:
+            self._flow.ended(key)
 
     def _append(self, job: Job) -> None:
         self._held.add(job.id)
@@ -208,7 +231,113 @@ class Feed:
 
     def _hand_out(self, job: Job) -> None:
         self._held.add(job.id)
+        self._give(job)
+
+    def _give(self, job: Job) -> None:
+        """
+        Hand ``job`` (held) to an idle dispatcher, or park it when its flow
+        key has no room (the dispatcher waits on for another job).
+        """
+        if self._flow.must_wait(job):
+            self._park(job)
+            self._serve_idle()
+            return
+        self._started(job)
         self._idle.popleft().callback(job)
+
+    def _started(self, job: Job) -> None:
+        self._flow.started(job)
+        self._out[job.id] = job.flow_key
+
+    def _next(self) -> Job | None:
+        """
+        Return the next job to start: a parked one whose key has room now,
+        else the first queued one whose key has room (parking the others).
+        """
+        ready = self._flow.next_ready()
+        if ready is not None:
+            self._unparked(ready)
+            return ready
+        while self._queue:
+            _, job = self._queue.popitem(last=False)
+            if not self._flow.must_wait(job):
+                self._started(job)
+                return job
+            self._park(job)
+            ready = self._flow.next_ready()
+            if ready is not None:
+                self._unparked(ready)
+                return ready
+        return None
+
+    def _park(self, job: Job) -> None:
+        self._parked[job.id] = job.flow_key
+        left = self._flow.park(job)
+        if left is not None:
+            # The key holds its most in memory: this one waits in the store.
+            self._parked.pop(left.id, None)
+            self._held.discard(left.id)
+        self._read_keys()
+
+    def _unparked(self, job: Job) -> None:
+        # next_ready() counted it started.
+        self._parked.pop(job.id, None)
+        self._out[job.id] = job.flow_key
+        self._read_keys()
+
+    def _room_opened(self, key: str) -> None:
+        if self._open:
+            self._serve_idle()
+
+    def _serve_idle(self) -> None:
+        while self._idle:
+            ready = self._flow.next_ready()
+            if ready is None:
+                return
+            self._unparked(ready)
+            self._idle.popleft().callback(ready)
+
+    def _read_keys(self) -> None:
+        """
+        Read back the keys whose parked jobs ran low while more wait in the store.
+        """
+        if not self._open:
+            return
+        for key, parked in self._flow.backlogs():
+            parked.reading = True
+            room = parked.capacity - len(parked)
+            after = parked.store_from
+            assert after is not None
+            d = Deferred.fromCoroutine(self._read_key(key, after, room))
+            d.addErrback(lambda failure: self.log.failure("Reading a flow key failed", failure))
+
+    async def _read_key(self, key: str, after: DueKey, room: int) -> None:
+        try:
+            batch = await self._store.waiting_jobs_of(key, after, now_ms(self._clock), room)
+        except Exception:
+            self.log.failure(
+                "Could not read the waiting jobs of flow key {key}; trying again in {delay} s",
+                key=key,
+                delay=STORE_RETRY_SECONDS,
+            )
+            batch = None
+        if batch is None:
+            self._flow.take_in(key, [], after, exhausted=False)
+            if self._open:
+                self._clock.callLater(STORE_RETRY_SECONDS, self._read_keys)
+            return
+        if not self._open:
+            self._flow.take_in(key, [], None, exhausted=True)
+            return
+        fresh = [job for job in batch if job.id not in self._held]
+        for job in fresh:
+            self._held.add(job.id)
+            self._parked[job.id] = key
+        last = feed_key(batch[-1]) if batch else None
+        for job in self._flow.take_in(key, fresh, last, exhausted=len(batch) < room):
+            self._parked.pop(job.id, None)
+            self._held.discard(job.id)
+        self._serve_idle()
 
     def _forget_idle(self, waiting: Deferred[Job | None]) -> None:
         if waiting in self._idle:
@@ -267,6 +396,7 @@ class Feed:
                 self._hand_out(job)
             else:
                 self._append(job)
+        self._serve_idle()
         if exhausted and not self._missed_while_reading:
             self._backlog = False
 

@@ -45,9 +45,11 @@ class Outcomes:
         clock: IReactorTime,
         shutdown: Shutdown,
         on_retry: Callable[[Job], None] = lambda job: None,
+        on_callback: Callable[[Job], None] = lambda job: None,
     ) -> None:
         self._store = store
         self._on_retry = on_retry
+        self._on_callback = on_callback
         self._clock = clock
         self._shutdown = shutdown
         self.pauses = Pauses(clock)
@@ -92,15 +94,37 @@ class Outcomes:
         """
         return job_id in self._orphans
 
-    async def record(self, job_id: int, outcome: Outcome, attempt: Attempt | None = None) -> None:
+    async def record(
+        self,
+        job_id: int,
+        outcome: Outcome,
+        attempt: Attempt | None = None,
+        callback_id: int | None = None,
+    ) -> None:
         """
         Record ``outcome`` and the ``attempt`` that ended with it (see
-        :meth:`_persist`); once recorded, count the job and tell the observers.
+        :meth:`_persist`), and the callback job (id ``callback_id``) in the
+        same store write when the job has a callback URL for ``outcome``;
+        once recorded, count the job, tell the observers and queue the callback.
         """
-        finished = await self._persist(job_id, lambda: self._store.finish(job_id, outcome, attempt))
+        def write() -> Awaitable[Job | None]:
+            if callback_id is None:
+                return self._store.finish(job_id, outcome, attempt)
+            return self._store.finish(job_id, outcome, attempt, callback_id)
+
+        finished = await self._persist(job_id, write)
         if finished is not None:
             self._tell_attempt(attempt, None)
             self.finished(finished)
+            url = finished.callback_for(outcome)
+            if finished.callback_job_id is not None and url is not None:
+                self.log.info(
+                    "Job {jobID}: callback job {callbackID} pushed to {url}",
+                    jobID=job_id,
+                    callbackID=finished.callback_job_id,
+                    url=url,
+                )
+                self._on_callback(Job(id=finished.callback_job_id, url=url))
 
     async def reschedule(self, job_id: int, retry: Retry, attempt: Attempt) -> None:
         """

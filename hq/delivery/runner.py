@@ -23,11 +23,12 @@ from hq.delivery.claims import ClaimFeed
 from hq.delivery.feed import Feed
 from hq.delivery.outcomes import Outcomes
 from hq.delivery.shutdown import Pauses, Shutdown
+from hq.flow import FlowControl, signal_of
 from hq.ids import now_ms
 from hq.model import Attempt, Job, JobState, Outcome
 from hq.policy import AttemptResult, Finish, RetryRules, after_attempt, stopped_outcome
 from hq.store import STORE_RETRY_SECONDS, IJobStore
-from hq.worker import Exchange, WorkerClient
+from hq.worker import Exchange, TimedOut, WorkerClient
 
 #: The ``err`` of a job whose delivery failed on an unexpected error in HQ
 #: (the details are in the server's log).
@@ -72,8 +73,13 @@ class Runner:
         workers_per_dispatcher: int,
         rules: RetryRules,
         jitter: Callable[[], float] = random.random,
+        flow: FlowControl | None = None,
+        new_id: Callable[[], int] | None = None,
     ) -> None:
         self._store = store
+        self._flow = flow
+        #: Makes the id of a callback job (SPEC §16); ``None``: no callbacks.
+        self._new_id = new_id
         self._rules = rules
         self._jitter = jitter
         self._worker = worker
@@ -218,14 +224,33 @@ class Runner:
             except Exception:
                 # A bug, not the worker: never leave the job running with nobody on it.
                 self.log.failure("Job {jobID}: deciding after the attempt failed", jobID=job.id)
+        if exchange is not None and self._flow is not None:
+            # What the worker's answer tells the key's adaptive limit.
+            timed_out = isinstance(exchange.error, TimedOut)
+            if exchange.error is None or timed_out:
+                signal = signal_of(exchange.success, exchange.status_code, timed_out)
+                self._flow.observe(job.flow_key, signal)
         if decision is None:
             outcome = Outcome(finished_at=now, failure=True, err=INTERNAL_ERROR)
-            await self._outcomes.record(job.id, outcome, Attempt.of(job, outcome))
+            await self._outcomes.record(
+                job.id, outcome, Attempt.of(job, outcome), self._callback_id(job, outcome)
+            )
         elif isinstance(decision, Finish):
             attempt = Attempt.of(job, decision.outcome)
-            await self._outcomes.record(job.id, decision.outcome, attempt)
+            await self._outcomes.record(
+                job.id, decision.outcome, attempt, self._callback_id(job, decision.outcome)
+            )
         else:
             await self._outcomes.reschedule(job.id, decision, Attempt.of(job, decision.last))
+
+    def _callback_id(self, job: Job, outcome: Outcome) -> int | None:
+        """
+        Return the id for the callback job that ``job`` ending with
+        ``outcome`` pushes, or ``None`` when it pushes none.
+        """
+        if self._new_id is None or job.callback_for(outcome) is None:
+            return None
+        return self._new_id()
 
     async def _start(self, job: Job) -> Job | None:
         """
