@@ -7,13 +7,20 @@ flow routes (tests/flowfake.py), push against the real API over a memory store.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 
 from treq.testing import StubTreq
 from twisted.internet.error import ConnectionRefusedError
+from twisted.trial.unittest import SynchronousTestCase
 
 from hq.testing import FailingHTTP
 from tests.flowfake import FlowResource, FlowTable
+from tests.serverprocess import ROOT, ServerProcess
 from tests.test_cli import WORKER, CLITestCase, CountingHTTP, OldServer, Ran, StubRunner
 
 KEY = "127.0.0.1:9000"
@@ -188,6 +195,16 @@ class FlowCommandTests(FlowCommandContract, CLITestCase):
             self.assertIn(flags, ran.out)
         self.assertIn("flow", self.hq("help").out)
 
+    def test_group_alone_and_subcommand_hints(self) -> None:
+        """'hq flow' alone prints its help (exit 0); a subcommand's usage error names it."""
+        ran = self.hq("flow")
+        self.assertEqual((ran.code, ran.err), (0, ""))
+        self.assertTrue(ran.out.startswith("Usage: hq flow [OPTIONS] COMMAND"), ran.out)
+        ran = self.hq("flow", "set")
+        self.assertEqual(ran.code, 2)
+        self.assertIn("Try 'hq flow set --help' for help.\n", ran.err)
+        self.assertIn("error: Missing argument 'KEY'.", ran.err)
+
 
 class PushFlowOptionTests(CLITestCase):
     """
@@ -256,3 +273,67 @@ class PushFlowOptionTests(CLITestCase):
         self.assertIn(
             "error: <stdin>: 'callbackUrl' must be an absolute http or https URL", ran.err
         )
+
+
+class RealAPIFlowCommandTests(FlowCommandContract, CLITestCase):
+    """
+    The flow subcommands against the real API over a memory store.
+    """
+
+    def test_list_counts_the_jobs_of_a_key(self) -> None:
+        """Jobs pushed with --flow-key show in the key's WAITING; the key is listed for them."""
+        path = self.write("job.json", json.dumps({"url": WORKER}))
+        for _ in range(2):
+            self.assertEqual(self.hq("push", "--flow-key", "tenant-1", path).code, 0)
+        table = self.flow("list")
+        self.assertEqual([words(line) for line in table[1:]], ["tenant-1 0 2 - - - no"])
+
+
+class RealServerFlowTests(SynchronousTestCase):
+    """
+    The installed ``hq`` against a real server process, on the real reactor.
+    """
+
+    def setUp(self) -> None:
+        directory = tempfile.mkdtemp(prefix="hq-cli-flow-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        self.server = ServerProcess(directory).start()
+        self.addCleanup(self.server.stop)
+
+    def run_hq(self, *args: str) -> Ran:
+        """Run ``hq ARGS`` in a child process against the server."""
+        path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, HQ_ADDRESS=self.server.base, PYTHONPATH=path, NO_COLOR="1")
+        done = subprocess.run(
+            [sys.executable, "-c", "from hq.cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        return Ran(done.returncode, done.stdout, done.stderr)
+
+    def test_set_pause_list_show_delete(self) -> None:
+        """The flow commands change and show the server's limits; a refusal is one line."""
+        key = "tenant/7 [eu]"
+        ran = self.run_hq(
+            "flow", "set", key, "--parallelism", "2", "--rate", "30", "--period", "60"
+        )
+        self.assertEqual((ran.code, ran.err), (0, ""), ran)
+        self.assertEqual(words(ran.out.splitlines()[1]), f"{key} 0 0 2 2 30/60s no")
+        self.assertEqual(self.run_hq("flow", "pause", key).code, 0)
+        ran = self.run_hq("flow", "list")
+        self.assertEqual(
+            [words(line) for line in ran.out.splitlines()],
+            [HEADER, f"{key} 0 0 2 2 30/60s yes"],
+        )
+        shown = json.loads(self.run_hq("flow", "show", key).out)
+        self.assertEqual((shown["key"], shown["paused"], shown["configured"]), (key, True, True))
+        ran = self.run_hq("flow", "delete", key)
+        self.assertEqual(words(ran.out.splitlines()[1]), f"{key} 0 0 - - - no")
+        self.assertEqual(self.run_hq("flow", "list", "-q").out, "")
+        ran = self.run_hq("flow", "set", key, "--rate", "1", "--period", "1e9")
+        self.assertEqual((ran.code, ran.out), (1, ""))
+        self.assertEqual(ran.err.count("\n"), 1)
+        self.assertTrue(ran.err.startswith("error: 'period' must be at most"), ran.err)

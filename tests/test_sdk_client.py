@@ -201,6 +201,7 @@ class ClientContract(ServerMixin):
             (job.flow_key, job.callback_url, job.failure_callback_url, job.callback_job_id),
             ("sdk-tenant", self.worker.url + "/ok", self.worker.url + "/failed", None),
         )
+        self.assertEqual(self.hq("get", job.id), job)
         plain = self.hq("push", {"url": self.worker.url + "/"}, delay=3600)
         self.assertEqual(plain.flow_key, self.worker.url.split("//")[1])
         self.assertEqual((plain.callback_url, plain.failure_callback_url), (None, None))
@@ -209,6 +210,47 @@ class ClientContract(ServerMixin):
         self.assertIn("'callbackUrl'", error.message)
         self.hq("stop", job.id)
         self.hq("stop", plain.id)
+
+    def test_flows(self) -> None:
+        """set_flow, get_flow, list_flows, pause, resume and delete against the server."""
+        key = self.unique() + "/[::1]:8000 %"
+        flow = self.hq("set_flow", key, parallelism=3, rate=10, period=60)
+        self.assertIsInstance(flow, Flow)
+        self.assertEqual(
+            (flow.key, flow.parallelism, flow.rate, flow.period, flow.paused, flow.configured),
+            (key, 3, 10, 60, False, True),
+        )
+        self.assertEqual(self.hq("get_flow", key).parallelism, 3)
+        self.assertIn(key, [f.key for f in self.hq("list_flows")])
+        self.assertTrue(self.hq("pause_flow", key).paused)
+        self.assertFalse(self.hq("resume_flow", key).paused)
+        replaced = self.hq("set_flow", key, rate=5)
+        self.assertEqual((replaced.parallelism, replaced.rate, replaced.period), (0, 5, 1))
+        deleted = self.hq("delete_flow", key)
+        self.assertEqual((deleted.configured, deleted.rate), (False, 0))
+        self.assertNotIn(key, [f.key for f in self.hq("list_flows")])
+        error = self.error("set_flow", key, parallelism=-1)
+        self.assertEqual(error.status, 422)
+        self.assertIn("'parallelism'", error.message)
+        self.assertEqual(self.error("get_flow", "k" * 256).status, 422)
+
+    def test_a_paused_flow_holds_its_jobs(self) -> None:
+        """A job of a paused key waits (counted in the flow); resumed, it runs."""
+        key = self.unique()
+        self.hq("pause_flow", key)
+        try:
+            job = self.hq("push", {"url": self.worker.url + "/"}, flow_key=key)
+
+            def counted() -> Flow | None:
+                flow: Flow = self.hq("get_flow", key)
+                return flow if flow.waiting == 1 else None
+
+            wait_for(counted, 20, "the job to be counted as waiting", 0.1)
+            self.assertEqual(self.hq("get", job.id).status, "waiting")
+        finally:
+            self.hq("resume_flow", key)
+        self.assertEqual(self.finished(job.id).status, "success")
+        self.hq("delete_flow", key)
 
     def test_push_errors_carry_status_and_message(self) -> None:
         """A refused push is an HQError with the server's status and message."""

@@ -1011,8 +1011,12 @@ def _show_usage_error(e: click.UsageError) -> None:
     err = sys.stderr
     if e.ctx is not None:
         err.write(e.ctx.get_usage() + "\n")
-        topic = "" if e.ctx.parent is None else f" {e.ctx.info_name}"
-        err.write(f"Try 'hq help{topic}' for help.\n")
+        if e.ctx.parent is not None and e.ctx.parent.parent is not None:
+            # A subcommand of a group (hq flow set): 'hq help' takes one name only.
+            err.write(f"Try '{e.ctx.command_path} --help' for help.\n")
+        else:
+            topic = "" if e.ctx.parent is None else f" {e.ctx.info_name}"
+            err.write(f"Try 'hq help{topic}' for help.\n")
     err.write(f"error: {e.format_message()}\n")
     err.flush()
 
@@ -1031,6 +1035,10 @@ def run_cli(argv: list[str] | None = None, runtime: CliRuntime | None = None) ->
             standalone_mode=False,
             obj=runtime or CliRuntime(),
         )
+    except click.exceptions.NoArgsIsHelpError as e:
+        # A group alone (hq flow, hq schedule): its help, as 'hq' alone prints the list.
+        click.echo(e.ctx.get_help() if e.ctx is not None else "")
+        return 0
     except click.UsageError as e:
         _show_usage_error(e)
         return EXIT_USAGE
