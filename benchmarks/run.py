@@ -61,9 +61,19 @@ from common import (  # noqa: E402
     median,
     percentiles,
 )
+from flow import run as _flow_run  # noqa: E402
 from postgres import bench_postgres as _bench_postgres  # noqa: E402
 
-BENCHMARKS = ("throughput", "latency", "scale", "cleanup", "backlog", "scheduled", "postgres")
+BENCHMARKS = (
+    "throughput",
+    "latency",
+    "scale",
+    "cleanup",
+    "backlog",
+    "scheduled",
+    "postgres",
+    "flow",
+)
 
 #: Targets from the issue: figure key -> (comparison, value).
 TARGETS: dict[str, tuple[str, float]] = {
@@ -85,6 +95,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "scheduled_startup_s": ("<=", 5),
     "scheduled_idle_rss_mb": ("<=", 150),
     "pg_e2e_ratio": (">=", 0.7),
+    "flow_hol_max_ms": ("<=", 100),
 }
 
 
@@ -943,6 +954,38 @@ def bench_postgres(ctx: Context) -> dict[str, Any]:
     One node on SQLite beside one and two nodes on PostgreSQL (``postgres.py``).
     """
     return _bench_postgres(ctx)
+
+
+def bench_flow(ctx: Context) -> dict[str, Any]:
+    """
+    Flow control (``flow.py``): no head-of-line blocking, and the AIMD limit.
+    """
+    plot = None if ctx.quick else os.path.join(ROOT, "docs", "flow-aimd.png")
+    result = _flow_run(ctx.quick, ctx.work, plot)
+    hol, adaptive = result["hol"], result["aimd"]
+    ctx.figure(
+        "flow_hol_max_ms",
+        f"another key's job, push -> worker, behind {hol['backlog']:,} jobs"
+        " of a key at parallelism 1, max",
+        hol["probe_latency_max_ms"],
+        "ms",
+    )
+    ctx.figure("flow_hol_p50_ms", "... p50", hol["probe_latency_ms"]["p50"], "ms")
+    ctx.figure(
+        "flow_aimd_rate",
+        f"AIMD against a worker of capacity {adaptive['capacity']}: jobs/s",
+        adaptive["jobs_per_second"],
+        "jobs/s",
+    )
+    ctx.figure(
+        "flow_aimd_limit",
+        "AIMD: mean limit after the first third",
+        adaptive["limit_mean_after_first_third"],
+        "",
+    )
+    print(json.dumps({k: v for k, v in adaptive.items() if k != "samples"}), flush=True)
+    print(json.dumps(hol), flush=True)
+    return result
 
 
 # -- main --------------------------------------------------------------------------------------

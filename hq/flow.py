@@ -249,6 +249,8 @@ class FlowControl:
         """
         name = limits.key if limits is not None else key
         assert name is not None
+        if limits is None and name not in self._keys:
+            return
         state = self._state(name)
         before = self.limit(name)
         state.limits = limits
@@ -357,6 +359,28 @@ class FlowControl:
             return
         state.running = max(0, state.running - 1)
         self._room_opened(key)
+        self._maybe_forget(state)
+
+    def _maybe_forget(self, state: KeyState) -> None:
+        """
+        Forget a key that has nothing to remember (no limits, nothing running
+        or parked, its adaptive limit back at its ceiling): memory stays
+        bounded by the keys in use, not by every key ever seen.
+        """
+        if (
+            state.running
+            or state.limits is not None
+            or (
+                state.parked is not None
+                and (state.parked.jobs or state.parked.reading or state.parked.store_from)
+            )
+            or (state.adaptive is not None and state.adaptive < self._ceiling_of(state))
+            or state.key in self._rate_timers
+        ):
+            return
+        del self._keys[state.key]
+        self._maybe_room.discard(state.key)
+        self._store_backlog.discard(state.key)
 
     def observe(self, key: str, signal: str) -> None:
         """

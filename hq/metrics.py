@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from hq.flow import FlowControl
 from hq.ids import first_id_at, now_ms
 from hq.model import STOPPED, Attempt, Job
 from hq.store import IJobStore, StoreCounts
@@ -286,6 +287,26 @@ class ServerMetrics:
         Gauge(
             "hq_queue_capacity", "Jobs the in-memory queue holds at most.", registry=registry
         ).set(queue_size)
+        #: Flow control (SPEC §16): the keys with most traffic, the rest as "other".
+        self.flow: FlowControl | None = None
+        self._flow_running = Gauge(
+            "hq_flow_running", "Jobs of a flow key running.", ["key"], registry=registry
+        )
+        self._flow_waiting = Gauge(
+            "hq_flow_waiting", "Jobs of a flow key waiting.", ["key"], registry=registry
+        )
+        self._flow_limit = Gauge(
+            "hq_flow_limit",
+            "The parallelism in force for a flow key (0: no limit).",
+            ["key"],
+            registry=registry,
+        )
+        self._flow_throttled = Gauge(
+            "hq_flow_throttled_total",
+            "Jobs of a flow key set aside for want of room (parallelism, rate, pause).",
+            ["key"],
+            registry=registry,
+        )
 
     # -- hooks
 
@@ -377,6 +398,21 @@ class ServerMetrics:
         for ok, result in results:
             if not ok:
                 self.log.failure("Metrics: could not read the store", result)
+        if self.flow is not None:
+            await self._refresh_flow(self.flow)
+
+    async def _refresh_flow(self, flow: FlowControl) -> None:
+        try:
+            counts = await self._store.flow_counts()
+        except Exception:
+            self.log.failure("Metrics: could not read the flow counts")
+            return
+        gauges = (self._flow_running, self._flow_waiting, self._flow_limit, self._flow_throttled)
+        for gauge in gauges:
+            gauge.clear()
+        for key, *values in flow.metric_rows(counts):
+            for gauge, value in zip(gauges, values, strict=True):
+                gauge.labels(key=key).set(value)
 
     async def render(self, accept: str) -> tuple[bytes, str]:
         """

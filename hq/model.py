@@ -340,6 +340,7 @@ class Job:
             err="",
             output="",
             output_truncated=False,
+            callback_job_id=None,
         )
 
     def callback_for(self, outcome: Outcome) -> str | None:
@@ -721,6 +722,10 @@ class JobTemplate:
     headers: dict[str, str] | None = None
     timeout: int = 0
     retries: int = 0
+    #: SPEC §16: empty = the URL's ``host:port``.
+    flow_key: str = ""
+    callback_url: str | None = None
+    failure_callback_url: str | None = None
 
     def to_json(self) -> str:
         """
@@ -730,7 +735,10 @@ class JobTemplate:
             f'{{"url":{_encode(self.url)},"name":{_encode(self.name)},'
             f'"comment":{_encode(self.comment)},"payload":{_or_null(self.payload)},'
             f'"headers":{"null" if self.headers is None else _encode(self.headers)},'
-            f'"timeout":{self.timeout},"retries":{self.retries}}}'
+            f'"timeout":{self.timeout},"retries":{self.retries},'
+            f'"flowKey":{_encode(self.flow_key or default_flow_key(self.url))},'
+            f'"callbackUrl":{_encode(self.callback_url)},'
+            f'"failureCallbackUrl":{_encode(self.failure_callback_url)}}}'
         )
 
     def to_storage(self) -> str:
@@ -780,6 +788,9 @@ class Schedule:
             timeout=template.timeout,
             retries=template.retries,
             schedule_id=self.id,
+            flow_key=template.flow_key,
+            callback_url=template.callback_url,
+            failure_callback_url=template.failure_callback_url,
         )
 
     def to_json(self) -> str:

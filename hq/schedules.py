@@ -37,7 +37,18 @@ _SCHEDULE_FIELDS = {
 #: would make no sense on a job pushed again and again).
 _JOB_FIELDS = {
     key: _PUSH_FIELDS[key]
-    for key in ("url", "name", "comment", "payload", "headers", "timeout", "retries")
+    for key in (
+        "url",
+        "name",
+        "comment",
+        "payload",
+        "headers",
+        "timeout",
+        "retries",
+        "flowKey",
+        "callbackUrl",
+        "failureCallbackUrl",
+    )
 }
 #: A push's message starts with the field it is about: ``'url' is required``.
 _FIELD_RE = re.compile(r"'(" + "|".join(_JOB_FIELDS) + r")'")
@@ -100,6 +111,9 @@ def job_template(value: Any, schedule_name: str, now: int, default_retries: int)
         headers=push.headers,
         timeout=push.timeout,
         retries=push.retries,
+        flow_key=push.flow_key,
+        callback_url=push.callback_url,
+        failure_callback_url=push.failure_callback_url,
     )
 
 

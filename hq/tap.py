@@ -632,6 +632,7 @@ def server_metrics(
         commit_hash=commit_hash(),
     )
     metrics.observe(delivery)
+    metrics.flow = delivery.flow
     return metrics
 
 

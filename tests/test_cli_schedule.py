@@ -56,6 +56,9 @@ class ScheduleCommandTests(CLITestCase):
                 "headers": {"X-A": "b"},
                 "timeout": 5,
                 "retries": 2,
+                "flowKey": "worker.test:80",
+                "callbackUrl": None,
+                "failureCallbackUrl": None,
             },
         )
 

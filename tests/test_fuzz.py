@@ -192,7 +192,7 @@ class OpenAPIDocumentTests(SynchronousTestCase):
         }
         routes = set()
         for rule in self.api.app.url_map.iter_rules():
-            path = rule.rule.replace("<raw_id>", "{id}")
+            path = rule.rule.replace("<raw_id>", "{id}").replace("<path:raw_key>", "{key}")
             for method in rule.methods or {"GET"}:
                 if method not in ("HEAD", "OPTIONS"):
                     routes.add((path, method))

@@ -73,6 +73,9 @@ class ScheduleAPITests(APITestCase):
                 "headers": None,
                 "timeout": 0,
                 "retries": 0,
+                "flowKey": "worker.test:80",
+                "callbackUrl": None,
+                "failureCallbackUrl": None,
             },
         )
         self.assertFalse(schedule["paused"])
@@ -81,6 +84,26 @@ class ScheduleAPITests(APITestCase):
         self.assertIsNone(schedule["lastRunAt"])
         self.assertIsNone(schedule["lastJobId"])
         self.assertEqual(self.woken, 1)
+
+    def test_job_flow_fields_reach_the_jobs(self) -> None:
+        """A schedule's job may have flowKey and callback URLs; its jobs get them."""
+        schedule = self.add(
+            job={
+                "url": "http://worker.test/tick",
+                "flowKey": "reports",
+                "callbackUrl": "http://app.test/done",
+            }
+        )
+        self.assertEqual(schedule["job"]["flowKey"], "reports")
+        stored = self.successResultOf(self.store.get_schedule(int(schedule["id"])))
+        job = stored.job_for(1 << 30)
+        self.assertEqual((job.flow_key, job.callback_url), ("reports", "http://app.test/done"))
+        reply = self.post_json(
+            "/schedule",
+            {"cron": "* * * * *", "job": {"url": "http://w.test/", "flowKey": "k" * 256}},
+        )
+        self.assertEqual(reply.status, 422)
+        self.assertIn("'job.flowKey'", reply.json["error"])
 
     def test_defaults(self) -> None:
         """No name or time zone: 'default' and UTC; the job keeps its own name and fields."""

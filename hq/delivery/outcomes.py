@@ -107,6 +107,7 @@ class Outcomes:
         same store write when the job has a callback URL for ``outcome``;
         once recorded, count the job, tell the observers and queue the callback.
         """
+
         def write() -> Awaitable[Job | None]:
             if callback_id is None:
                 return self._store.finish(job_id, outcome, attempt)
