@@ -317,12 +317,12 @@ def push(
     A file holds one job (a JSON object with "url" and optionally "name", "comment",
     "payload", "headers", "timeout", "retries", "runAt", "delay", "idempotencyKey",
     "flowKey", "callbackUrl", "failureCallbackUrl"), or many jobs as JSON lines (one object
-    per line). All input is read and checked first: invalid
-    JSON is an error naming the file and line, and then nothing is sent. One job is sent
-    with POST /job; more go in batches through POST /jobs, each batch stored whole or not
-    at all: if the server refuses a job, the error names its file and line, the batches
-    before it stay pushed (their ids are printed) and the rest is not sent. A progress bar
-    is drawn on stderr for 100 jobs or more when stderr is a terminal.
+    per line). All input is read and checked first: invalid JSON is an error naming the
+    file and line, and then nothing is sent. One job is sent with POST /job; more go in
+    batches through POST /jobs, each batch stored whole or not at all: if the server
+    refuses a job, the error names its file and line, the batches before it stay pushed
+    (their ids are printed) and the rest is not sent. A progress bar is drawn on stderr for
+    100 jobs or more when stderr is a terminal.
 
     --retries, --delay, --run-at, --flow-key, --callback-url and --failure-callback-url
     are set on every job, replacing the job's own field (--delay and --run-at also replace
