@@ -718,6 +718,24 @@ def schedule_command() -> None:
 @click.option(
     "--retries", metavar="N", type=click.IntRange(0, 1000), help="The jobs' retries, 0-1000."
 )
+@click.option(
+    "--flow-key",
+    metavar="KEY",
+    callback=_check_key,
+    help="The jobs' flow key (default: the URL's host:port).",
+)
+@click.option(
+    "--callback-url",
+    metavar="URL",
+    callback=_check_callback_url,
+    help="After a job succeeds, push a job to URL with the finished job as payload.",
+)
+@click.option(
+    "--failure-callback-url",
+    metavar="URL",
+    callback=_check_callback_url,
+    help="After a job fails for the last time, push a job to URL with it as payload.",
+)
 @click.option("--paused", is_flag=True, help="Add it paused.")
 @click.argument("cron", metavar="CRON")
 @click.argument("url", metavar="URL")
@@ -733,6 +751,9 @@ def schedule_add(
     headers: tuple[str, ...],
     timeout: int | None,
     retries: int | None,
+    flow_key: str | None,
+    callback_url: str | None,
+    failure_callback_url: str | None,
     paused: bool,
     cron: str,
     url: str,
@@ -750,6 +771,9 @@ def schedule_add(
         "headers": schedule_cli.parse_headers(headers),
         "timeout": timeout,
         "retries": retries,
+        "flowKey": flow_key,
+        "callbackUrl": callback_url,
+        "failureCallbackUrl": failure_callback_url,
     }
     job.update({key: value for key, value in optional.items() if value is not None})
     body: dict[str, object] = {"cron": cron, "timezone": timezone, "job": job, "paused": paused}
