@@ -38,11 +38,13 @@ TABLES = {
     "jobs": (
         "id, name, comment, url, payload, headers, timeout, state, status, started_at, "
         "finished_at, success, failure, canceled, status_code, err, output, output_truncated, "
-        "attempts, run_after, retries, idempotency_key, schedule_id, fire_at"
+        "attempts, run_after, retries, idempotency_key, schedule_id, fire_at, flow_key, "
+        "callback_url, failure_callback_url, callback_job_id"
     ),
     "attempts": "job_id, attempt, started_at, finished_at, status_code, err, output",
     "idempotency_keys": "key, job_id, created_at",
     "schedules": ("id, name, cron, timezone, job, paused, next_run_at, last_run_at, last_job_id"),
+    "flows": sql.FLOW_COLUMNS,
 }
 
 #: SQLite's ``IJobStore.max_id``: the greatest id ever created, deleted or not.
@@ -131,14 +133,15 @@ def _check_target(conn: psycopg.Connection[Any], store: PostgresStore) -> None:
     store.migrate_schema(conn)
     row = conn.execute(
         "SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM schedules),"
-        " (SELECT count(*) FROM attempts), (SELECT count(*) FROM idempotency_keys)"
+        " (SELECT count(*) FROM attempts), (SELECT count(*) FROM idempotency_keys),"
+        " (SELECT count(*) FROM flows)"
     ).fetchone()
     assert row is not None
     if any(row):
         raise MigrationError(
             f"the PostgreSQL store {store.where} is not empty ({row[0]} jobs, {row[1]} "
-            "schedules): --from-sqlite copies into an empty store only, so that no id is "
-            "used twice; use a new database, or empty this one"
+            f"schedules, {row[4]} flow limits): --from-sqlite copies into an empty store "
+            "only, so that no id is used twice; use a new database, or empty this one"
         )
 
 
@@ -146,8 +149,8 @@ def copy_sqlite(data_dir: str, url: str, progress: Callable[[str], None]) -> Cop
     """
     Copy the SQLite store of ``data_dir`` into the PostgreSQL database of
     ``url``: create or upgrade its schema, then copy every job (ids, fields,
-    outcomes), attempt, idempotency key and schedule, and the greatest id
-    ever issued, in one transaction. Tell ``progress`` how far it got.
+    outcomes), attempt, idempotency key, schedule and flow limit, and the
+    greatest id ever issued, in one transaction. Tell ``progress`` how far it got.
     Return what was copied.
 
     :raises MigrationError: when a server holds ``data_dir``, its schema is

@@ -324,7 +324,8 @@ class Job:
     def reset(self) -> Job:
         """
         Return this job made ready to run again: outcome fields cleared,
-        waiting, due now, no attempts (the history is the store's to clear).
+        waiting, due now, no attempts, no callback job yet (the history is
+        the store's to clear); its flow key and callback URLs stay.
         """
         return attrs.evolve(
             self,

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from hq import migrate_sqlite
 from hq.cli import run_cli
-from hq.model import Attempt, Job, JobState, JobTemplate, Outcome, Schedule
+from hq.model import Attempt, FlowLimits, Job, JobState, JobTemplate, Outcome, Schedule
 from hq.store.postgres import PostgresStore
 from hq.store.sqlite import SQLiteStore
 from hq.store.sqlitefile import DATABASE_FILE, SCHEMA_VERSION
@@ -42,6 +42,7 @@ class Snapshot:
     attempts: dict[int, list[Attempt]]
     schedules: list[Schedule]
     max_id: int
+    flows: list[FlowLimits]
 
 
 async def snapshot(store: Any, ids: list[int]) -> Snapshot:
@@ -51,7 +52,8 @@ async def snapshot(store: Any, ids: list[int]) -> Snapshot:
     jobs = {job_id: await store.get(job_id) for job_id in ids}
     attempts = {job_id: await store.attempts(job_id) for job_id in ids}
     schedules = sorted(await store.list_schedules(), key=lambda s: s.id)
-    return Snapshot(jobs, attempts, schedules, await store.max_id())
+    flows = await store.flow_limits()
+    return Snapshot(jobs, attempts, schedules, await store.max_id(), flows)
 
 
 async def fill(store: SQLiteStore, url: str) -> list[int]:
@@ -63,7 +65,16 @@ async def fill(store: SQLiteStore, url: str) -> list[int]:
     def job(n: int, **kwargs: Any) -> Job:
         return attrs.evolve(make_job(n, **kwargs), url=f"{url}/{n}")
 
-    waiting = job(1, name="waiting", payload='{"a":1}', headers={"X-A": "b"}, timeout=7)
+    waiting = job(
+        1,
+        name="waiting",
+        payload='{"a":1}',
+        headers={"X-A": "b"},
+        timeout=7,
+        flow_key="tenant-1",
+        callback_url=f"{url}/ok",
+        failure_callback_url=f"{url}/ko",
+    )
     keyed = job(2, idempotency_key="key-2", retries=3)
     running = job(3, name="running")
     succeeded = job(4, comment="ok")
@@ -110,6 +121,7 @@ async def fill(store: SQLiteStore, url: str) -> list[int]:
     )
     await store.add_schedule(schedule)
     await store.add_schedule(paused)
+    await store.put_flow(FlowLimits("tenant-1", parallelism=2, rate=10, period=2.5))
     fired = schedule.job_for(make_job(30).id)
     await store.fire(schedule.id, T0 + 60_000, fired, T0 + 120_000)
     return [
@@ -200,6 +212,8 @@ class MigrateFromSQLiteTests(TestCase):
         self.assertGreater(got.max_id, max(self.ids))
         self.assertEqual((self.count("idempotency_keys"), self.count("attempts")), (1, 3))
         self.assertIsNotNone(got.schedules[0].last_job_id)
+        self.assertEqual(got.jobs[self.ids[0]].flow_key, "tenant-1")
+        self.assertEqual(len(got.flows), 1)
 
     async def test_second_run_refuses_a_non_empty_target(self) -> None:
         """Migrating twice is refused, exit 1, and leaves the first copy as it was."""
@@ -207,7 +221,7 @@ class MigrateFromSQLiteTests(TestCase):
         code, _, err = self.migrate()
         self.assertEqual(code, 1)
         self.assertTrue(err.startswith("error: the PostgreSQL store "), err)
-        self.assertIn("is not empty (8 jobs, 2 schedules)", err)
+        self.assertIn("is not empty (8 jobs, 2 schedules, 1 flow limits)", err)
         self.assertEqual(self.count("jobs"), 8)
 
     async def test_batches_and_progress(self) -> None:

@@ -36,7 +36,8 @@ from hq.model import Job
 from hq.policy import RetryRules
 from hq.store import sql
 from hq.store.memory import MemoryStore
-from hq.store.sqlite import _SCHEMA, DATABASE_FILE, SCHEMA_VERSION, SQLiteStore
+from hq.store.sqlite import DATABASE_FILE, SQLiteStore
+from hq.store.sqlitefile import upgrade
 from hq.worker import WorkerClient, WorkerConnectionPool, make_http_client
 from tests.serverprocess import ServerProcess, _QuietHTTPServer, report, wait_for
 
@@ -64,10 +65,7 @@ def seed(data_dir: str, jobs: list[Job]) -> None:
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("BEGIN IMMEDIATE")
-        for statements in _SCHEMA:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        upgrade(conn, 0)
         conn.executemany(sql.INSERT, [sql.job_row(job) for job in jobs])
         conn.execute(sql.RAISE_MAX_ID, (str(max(job.id for job in jobs)),))
         conn.execute("COMMIT")

@@ -4,6 +4,7 @@ The job store contract, run against every engine (SQLite and the in-memory fake)
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
@@ -17,8 +18,19 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from hq.ids import first_id_at
-from hq.model import INTERRUPTED, Attempt, Job, JobState, ListQuery, Outcome
+from hq.model import (
+    CALLBACK_HEADER,
+    INTERRUPTED,
+    Attempt,
+    FlowLimits,
+    Job,
+    JobState,
+    ListQuery,
+    Outcome,
+    job_dict,
+)
 from hq.store import (
+    FlowCounts,
     IdempotencyConflict,
     IJobStore,
     JobConflict,
@@ -500,6 +512,171 @@ class StoreContractMixin:
         started = await self.store.start(job.id, T0 + 60)
         assert started is not None
         self.assertEqual(started.attempts, 2)
+
+    # Flow control and callbacks (SPEC §16).
+
+    async def test_flow_key_and_callback_urls_round_trip(self) -> None:
+        """A job's flow key and callback URLs are stored; without a key it has its URL's."""
+        given = make_job(
+            1,
+            flow_key="tenant-a",
+            callback_url="http://cb.example/ok",
+            failure_callback_url="https://cb.example/ko",
+        )
+        plain = make_job(2)
+        await self.store.push([given, plain], 0)
+        self.assertEqual(await self.store.get(given.id), given)
+        self.assertEqual((await self.store.get(plain.id)).flow_key, "127.0.0.1:80")
+        self.assertIsNone((await self.store.get(given.id)).callback_job_id)
+
+    async def success_with_callback(self, job: Job, callback_id: int) -> Job:
+        await self.store.create(job)
+        await self.store.start(job.id, T0 + 5)
+        outcome = Outcome(finished_at=T0 + 9, success=True, status_code=200, output="ok")
+        finished = await self.store.finish(job.id, outcome, None, callback_id)
+        assert finished is not None
+        return finished
+
+    async def test_success_pushes_a_callback_job_in_the_finishing_commit(self) -> None:
+        """
+        finish() with a callback id stores the callback job to callbackUrl,
+        waiting, with the finished job (as GET /job shows it) as its payload.
+        """
+        job = make_job(1, callback_url="http://cb.example/done", retries=2, timeout=7)
+        callback_id = make_job(50).id
+        finished = await self.success_with_callback(job, callback_id)
+        self.assertEqual((finished.status, finished.callback_job_id), ("success", callback_id))
+        self.assertEqual(await self.store.get(job.id), finished)
+        callback = await self.store.get(callback_id)
+        self.assertEqual(
+            callback, finished.callback_job(callback_id, "http://cb.example/done", T0 + 9)
+        )
+        self.assertEqual(
+            (callback.state, callback.url), (JobState.WAITING, "http://cb.example/done")
+        )
+        self.assertEqual(callback.headers, {CALLBACK_HEADER: str(job.id)})
+        self.assertEqual((callback.retries, callback.timeout), (2, 7))
+        self.assertEqual(callback.flow_key, "cb.example:80")
+        assert callback.payload is not None
+        self.assertEqual(json.loads(callback.payload), job_dict(finished, T0 + 9))
+        self.assertEqual(json.loads(callback.payload)["callbackJobId"], str(callback_id))
+        self.assertEqual(
+            [j.id for j in await self.store.waiting_jobs((0, 0), LATER, 10)], [callback_id]
+        )
+
+    async def test_final_failure_pushes_to_the_failure_callback_url(self) -> None:
+        """A failure finish pushes to failureCallbackUrl, not callbackUrl."""
+        job = make_job(
+            1, callback_url="http://cb.example/ok", failure_callback_url="http://cb.example/ko"
+        )
+        await self.store.create(job)
+        await self.store.start(job.id, T0 + 5)
+        outcome = Outcome(finished_at=T0 + 9, failure=True, status_code=500, err="boom")
+        finished = await self.store.finish(job.id, outcome, None, make_job(50).id)
+        assert finished is not None
+        callback = await self.store.get(make_job(50).id)
+        self.assertEqual(callback.url, "http://cb.example/ko")
+        assert callback.payload is not None
+        self.assertEqual(json.loads(callback.payload)["status"], "failure")
+
+    async def test_no_callback_when_canceled_without_url_or_without_id(self) -> None:
+        """A stop, a success without callbackUrl, or no callback id push nothing."""
+        urls = {"callback_url": "http://cb/ok", "failure_callback_url": "http://cb/ko"}
+        canceled, no_url, no_id = make_job(1, **urls), make_job(2), make_job(3, **urls)
+        await self.store.push([canceled, no_url, no_id], 0)
+        for job in (canceled, no_url, no_id):
+            await self.store.start(job.id, T0 + 5)
+        stop = Outcome(finished_at=T0 + 9, canceled=True, err="stopped")
+        ok = Outcome(finished_at=T0 + 9, success=True)
+        done = [
+            await self.store.finish(canceled.id, stop, None, make_job(50).id),
+            await self.store.finish(no_url.id, ok, None, make_job(51).id),
+            await self.store.finish(no_id.id, ok),
+        ]
+        self.assertEqual([j.callback_job_id for j in done if j is not None], [None] * 3)
+        for n in (50, 51):
+            with self.assertRaises(JobNotFound):
+                await self.store.get(make_job(n).id)
+        self.assertEqual(await self.store.waiting_jobs((0, 0), LATER, 10), [])
+
+    async def test_a_taken_callback_id_fails_the_finish_and_changes_nothing(self) -> None:
+        """finish() with the id of a stored job fails with JobExists; the job still runs."""
+        job, other = make_job(1, callback_url="http://cb/ok"), make_job(2)
+        await self.store.push([job, other], 0)
+        await self.store.start(job.id, T0 + 5)
+        with self.assertRaises(JobExists):
+            await self.store.finish(
+                job.id, Outcome(finished_at=T0 + 9, success=True), None, other.id
+            )
+        self.assertEqual((await self.store.get(job.id)).status, "running")
+
+    async def test_restart_keeps_flow_key_and_urls_and_clears_the_callback_job(self) -> None:
+        """A restarted job keeps its flow key and callback URLs; its callbackJobId is cleared."""
+        job = make_job(1, flow_key="k", callback_url="http://cb/ok")
+        finished = await self.success_with_callback(job, make_job(50).id)
+        self.assertIsNotNone(finished.callback_job_id)
+        restarted = await self.store.restart(job.id)
+        self.assertEqual(
+            (restarted.flow_key, restarted.callback_url, restarted.callback_job_id),
+            ("k", "http://cb/ok", None),
+        )
+        self.assertEqual(await self.store.get(job.id), restarted)
+
+    async def test_waiting_jobs_of_one_key_in_due_time_then_id_order(self) -> None:
+        """waiting_jobs_of reads one key's due jobs only, by due time then id, after a key."""
+        a = [make_job(n, flow_key="a") for n in range(4)]
+        a[0] = attrs.evolve(a[0], run_at=T0 + 100)
+        a[3] = attrs.evolve(a[3], run_at=T0 + 10**6)
+        b = [make_job(n, flow_key="b") for n in range(4, 6)]
+        await self.store.push([*a, *b], 0)
+        await self.store.stop(a[2].id, T0)
+        got = await self.store.waiting_jobs_of("a", (0, 0), T0 + 1000, 10)
+        self.assertEqual([j.id for j in got], [a[1].id, a[0].id])
+        got = await self.store.waiting_jobs_of("a", (a[1].due_at, a[1].id), T0 + 1000, 10)
+        self.assertEqual([j.id for j in got], [a[0].id])
+        got = await self.store.waiting_jobs_of("b", (0, 0), T0 + 1000, 1)
+        self.assertEqual([j.id for j in got], [b[0].id])
+        self.assertEqual(await self.store.waiting_jobs_of("c", (0, 0), LATER, 10), [])
+
+    async def test_flow_limits_are_set_replaced_and_deleted(self) -> None:
+        """put_flow inserts or replaces a key's limits; delete_flow says whether it had any."""
+        self.assertEqual(await self.store.flow_limits(), [])
+        await self.store.put_flow(FlowLimits("b", parallelism=2))
+        await self.store.put_flow(FlowLimits("a", rate=5, period=0.5, paused=True))
+        await self.store.put_flow(FlowLimits("b", parallelism=3, rate=1, period=60.0))
+        self.assertEqual(
+            await self.store.flow_limits(),
+            [
+                FlowLimits("a", rate=5, period=0.5, paused=True),
+                FlowLimits("b", parallelism=3, rate=1, period=60.0),
+            ],
+        )
+        self.assertTrue(await self.store.delete_flow("a"))
+        self.assertFalse(await self.store.delete_flow("a"))
+        self.assertEqual([f.key for f in await self.store.flow_limits()], ["b"])
+
+    async def test_flow_counts_count_waiting_and_running_jobs_per_key(self) -> None:
+        """flow_counts: per key with active jobs, waiting (due or not) and running; not finished."""
+        jobs = [
+            make_job(0, flow_key="a"),
+            make_job(1, flow_key="a", run_at=T0 + 10**6),
+            make_job(2, flow_key="a"),
+            make_job(3, flow_key="b"),
+            make_job(4, flow_key="c"),
+            make_job(5),
+        ]
+        await self.store.push(jobs, 0)
+        await self.store.start(jobs[2].id, T0 + 5)
+        await self.store.start(jobs[3].id, T0 + 5)
+        await self.store.stop(jobs[4].id, T0 + 6)
+        self.assertEqual(
+            await self.store.flow_counts(),
+            {
+                "127.0.0.1:80": FlowCounts(waiting=1),
+                "a": FlowCounts(waiting=2, running=1),
+                "b": FlowCounts(running=1),
+            },
+        )
 
 
 class MemoryStoreTests(StoreContractMixin, TestCase):

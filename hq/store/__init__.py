@@ -262,7 +262,12 @@ class IJobStore(Interface):
         (:meth:`hq.model.Job.callback_job`, id ``callback_id``, created at
         ``outcome.finished_at``) is stored waiting, and the finished job's
         ``callback_job_id`` set, in the same commit (SPEC §16): a crash never
-        loses or doubles a callback.
+        loses or doubles a callback. The callback's payload is the finished
+        job as ``GET /job/{id}`` shows it after that commit, at
+        ``outcome.finished_at``: ``callbackJobId`` is already ``callback_id``
+        (:func:`hq.store.sql.callback_of`). On PostgreSQL the nodes are told,
+        as for a push. Fails with :class:`JobExists` (nothing changed) when
+        ``callback_id`` is taken.
         """
 
     def stop(job_id: int, now: int) -> Deferred[Job]:
@@ -363,8 +368,9 @@ class IJobStore(Interface):
 
     def flow_counts() -> Deferred[dict[str, FlowCounts]]:
         """
-        Return, per flow key with active jobs, how many wait (not canceled,
-        due now or later) and how many run.
+        Return, per flow key with active jobs (in key order), how many wait
+        (not canceled, due now or later) and how many run; read through the
+        state indexes, never the finished jobs.
         """
 
 
@@ -385,6 +391,14 @@ class IClaimingStore(IJobStore):
         canceled) running for this node at ``now``, with a lease; return them
         in due time, then id order. Jobs another node is claiming are skipped,
         so no job is claimed twice.
+
+        The stored flow limits hold across all nodes together, and ``caps``
+        on top (:class:`ClaimCaps`): a paused key starts nothing; a key's
+        room is the least of its parallelism less its running jobs (all
+        nodes), its rate less its starts in the last ``period`` (the
+        database's clock) and ``caps.local``; a key without a stored row has
+        ``caps.default_parallelism``. A key without room holds back no other
+        key's jobs.
         """
 
     def renew(job_ids: list[int]) -> Deferred[list[int]]:

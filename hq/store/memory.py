@@ -14,9 +14,10 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome, Schedule
+from hq.model import Attempt, FlowLimits, Job, JobPage, JobState, ListQuery, Outcome, Schedule
 from hq.store import (
     DueKey,
+    FlowCounts,
     IdempotencyConflict,
     IJobStore,
     IScheduleStore,
@@ -28,6 +29,7 @@ from hq.store import (
     StoreCounts,
     StoreUnavailable,
 )
+from hq.store.sql import callback_of
 
 T = TypeVar("T")
 
@@ -62,6 +64,8 @@ class MemoryStore:
     _fires: set[tuple[int, int]] = attrs.Factory(set)
     #: Job id -> its (schedule id, fire time).
     _fire_of: dict[int, tuple[int, int]] = attrs.Factory(dict)
+    #: Flow key -> its limits (SPEC §16).
+    _flows: dict[str, FlowLimits] = attrs.Factory(dict)
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -199,14 +203,23 @@ class MemoryStore:
             history[:] = [a for a in history if a.attempt != attempt.attempt] + [attempt]
 
     def finish(
-        self, job_id: int, outcome: Outcome, attempt: Attempt | None = None
+        self,
+        job_id: int,
+        outcome: Outcome,
+        attempt: Attempt | None = None,
+        callback_id: int | None = None,
     ) -> Deferred[Job | None]:
         def call() -> Job | None:
             job = self._jobs.get(job_id)
             if job is None or job.state is JobState.FINISHED:
                 return None
+            finished = job.finished(outcome)
+            callback = callback_of(finished, outcome, callback_id)
+            if callback is not None:
+                self._insert(callback)  # first: a JobExists changes nothing
+                finished = attrs.evolve(finished, callback_job_id=callback.id)
             self._record(attempt)
-            return self._put(job.finished(outcome))
+            return self._put(finished)
 
         return self._write(call)
 
@@ -252,11 +265,23 @@ class MemoryStore:
                 yield job
 
     def waiting_jobs(self, after: DueKey, now: int, limit: int) -> Deferred[list[Job]]:
+        return self._waiting(None, after, now, limit)
+
+    def waiting_jobs_of(
+        self, flow_key: str, after: DueKey, now: int, limit: int
+    ) -> Deferred[list[Job]]:
+        return self._waiting(flow_key, after, now, limit)
+
+    def _waiting(
+        self, flow_key: str | None, after: DueKey, now: int, limit: int
+    ) -> Deferred[list[Job]]:
         def call() -> list[Job]:
             found = sorted(
                 (job.due_at, job.id)
                 for job in self._due(now)
-                if job.due_at <= now and (job.due_at, job.id) > tuple(after)
+                if job.due_at <= now
+                and (job.due_at, job.id) > tuple(after)
+                and flow_key in (None, job.flow_key)
             )
             return [self._jobs[job_id] for _, job_id in found[:limit]]
 
@@ -294,6 +319,35 @@ class MemoryStore:
                 created_since=len(self._ids) - bisect.bisect_left(self._ids, since_id),
                 scheduled=sum(1 for job in jobs if job.scheduled(now)),
             )
+
+        return _answer(call)
+
+    # Flow control (SPEC §16).
+
+    def flow_limits(self) -> Deferred[list[FlowLimits]]:
+        return succeed([self._flows[key] for key in sorted(self._flows)])
+
+    def put_flow(self, limits: FlowLimits) -> Deferred[None]:
+        def call() -> None:
+            self._flows[limits.key] = limits
+
+        return self._write(call)
+
+    def delete_flow(self, flow_key: str) -> Deferred[bool]:
+        return self._write(lambda: self._flows.pop(flow_key, None) is not None)
+
+    def flow_counts(self) -> Deferred[dict[str, FlowCounts]]:
+        def call() -> dict[str, FlowCounts]:
+            found: dict[str, FlowCounts] = {}
+            for job in self._jobs.values():
+                waiting = job.state is JobState.WAITING and not job.canceled
+                running = job.state is JobState.RUNNING
+                if waiting or running:
+                    was = found.get(job.flow_key, FlowCounts())
+                    found[job.flow_key] = FlowCounts(
+                        waiting=was.waiting + waiting, running=was.running + running
+                    )
+            return dict(sorted(found.items()))
 
         return _answer(call)
 

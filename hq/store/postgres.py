@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+import attrs
 import psycopg
 from psycopg import conninfo
 from twisted.internet.defer import Deferred, fail, succeed
@@ -44,9 +45,11 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from hq import __version__
-from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome, Schedule
+from hq.model import Attempt, FlowLimits, Job, JobPage, JobState, ListQuery, Outcome, Schedule
 from hq.store import (
+    ClaimCaps,
     DueKey,
+    FlowCounts,
     IClaimingStore,
     IdempotencyConflict,
     IJobStore,
@@ -61,6 +64,7 @@ from hq.store import (
     StoreCounts,
     StoreError,
     StoreUnavailable,
+    pgflow,
     sql,
 )
 from hq.store.sql import like_prefilter
@@ -71,8 +75,9 @@ T = TypeVar("T")
 #: The schema version this code writes (``meta.schema_version``). Each version
 #: is one entry of ``_SCHEMA``; an older database is upgraded at open, in one
 #: transaction. Never edit a released entry: add a version. Version 1 holds
-#: the tables of SQLite's schema version 3.
-SCHEMA_VERSION = 3
+#: the tables of SQLite's schema version 3. A step is a statement or a
+#: function of the connection.
+SCHEMA_VERSION = 4
 
 #: Key of the session advisory lock on the database ("HQ" 2): the one-server
 #: release of HQ took it exclusively; cluster nodes share it (:meth:`PostgresStore.lock`),
@@ -81,7 +86,7 @@ SERVER_LOCK = 0x4851_0002
 #: Key of the advisory lock held while the schema is checked or changed ("HQ" 1).
 SCHEMA_LOCK = 0x4851_0001
 
-_SCHEMA = [
+_SCHEMA: list[list[str | Callable[[psycopg.Connection[Any]], None]]] = [
     # Version 1: the tables of the SQLite store's version 3.
     [
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -178,6 +183,27 @@ _SCHEMA = [
         """,
         "CREATE INDEX schedules_due ON schedules (next_run_at) WHERE paused = 0",
     ],
+    # Version 4: flow control and callbacks (SPEC §16), as the SQLite store's
+    # version 5, plus the recent starts of rated keys, shared by the nodes.
+    [
+        "ALTER TABLE jobs ADD COLUMN flow_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN callback_url TEXT",
+        "ALTER TABLE jobs ADD COLUMN failure_callback_url TEXT",
+        "ALTER TABLE jobs ADD COLUMN callback_job_id BIGINT",
+        pgflow.fill_flow_keys,
+        "CREATE INDEX jobs_flow ON jobs (flow_key, run_after, id) WHERE state = 0",
+        """
+        CREATE TABLE flows (
+            key TEXT PRIMARY KEY,
+            parallelism INTEGER NOT NULL,
+            rate INTEGER NOT NULL,
+            period DOUBLE PRECISION NOT NULL,
+            paused INTEGER NOT NULL
+        )
+        """,
+        "CREATE TABLE flow_starts (flow_key TEXT NOT NULL, at BIGINT NOT NULL)",
+        "CREATE INDEX flow_starts_key ON flow_starts (flow_key, at)",
+    ],
 ]
 
 #: Seconds after a failed connection during which writes fail at once, without
@@ -209,6 +235,8 @@ _FINISH = _P(
     )
 )
 _WAITING = _P(sql.WAITING)
+_WAITING_OF = _P(sql.WAITING_OF)
+_SET_CALLBACK_JOB = _P(sql.SET_CALLBACK_JOB)
 _NEXT_DUE = _P(sql.NEXT_DUE)
 _INSERT_ATTEMPT = _P(sql.INSERT_ATTEMPT)
 _SELECT_ATTEMPTS = _P(sql.SELECT_ATTEMPTS)
@@ -604,9 +632,12 @@ class PostgresStore:
                 "not downgrade it: run the newer HQ"
             )
         try:
-            for statements in _SCHEMA[version:]:
-                for statement in statements:
-                    conn.execute(cast(Any, statement))
+            for steps in _SCHEMA[version:]:
+                for step in steps:
+                    if isinstance(step, str):
+                        conn.execute(cast(Any, step))
+                    else:
+                        step(conn)
             opened_by = f"HQ {__version__}"
             if version == 0:
                 conn.execute(_PUT_META, ("created_by", opened_by))
@@ -851,8 +882,12 @@ class PostgresStore:
 
     # IClaimingStore.
 
-    def claim(self, now: int, limit: int) -> Deferred[list[Job]]:
+    def claim(self, now: int, limit: int, caps: ClaimCaps | None = None) -> Deferred[list[Job]]:
+        # Under flow limits (or this node's caps): hq.store.pgflow.
         def op(conn: psycopg.Connection[Any]) -> list[Job]:
+            limited = pgflow.claim_limited(conn, now, limit, caps, self.server_id, self._lease_ms)
+            if limited is not None:
+                return limited
             args = (now, self.server_id, self._lease_ms, now, limit)
             jobs = [sql.row_job(row) for row in conn.execute(_CLAIM, args).fetchall()]
             jobs.sort(key=lambda job: (job.due_at, job.id))
@@ -1028,7 +1063,11 @@ class PostgresStore:
         return self._write(op)
 
     def finish(
-        self, job_id: int, outcome: Outcome, attempt: Attempt | None = None
+        self,
+        job_id: int,
+        outcome: Outcome,
+        attempt: Attempt | None = None,
+        callback_id: int | None = None,
     ) -> Deferred[Job | None]:
         values = _values(
             (
@@ -1051,10 +1090,29 @@ class PostgresStore:
                 if row is not None:
                     if attempt is not None:
                         conn.execute(_INSERT_ATTEMPT, _values(sql.attempt_row(attempt)))
-                    return sql.row_job(row)
+                    return self._push_callback(conn, sql.row_job(row), outcome, callback_id)
             return None
 
         return self._write(op)
+
+    def _push_callback(
+        self,
+        conn: psycopg.Connection[Any],
+        finished: Job,
+        outcome: Outcome,
+        callback_id: int | None,
+    ) -> Job:
+        """
+        Store the callback job ``finished`` pushes, if any, in the finish's
+        transaction, and tell the nodes; return ``finished`` as stored.
+        """
+        callback = sql.callback_of(finished, outcome, callback_id)
+        if callback is None:
+            return finished
+        self._insert(conn, callback)
+        conn.execute(_SET_CALLBACK_JOB, (callback.id, finished.id))
+        self._notify_jobs(conn, [callback])
+        return attrs.evolve(finished, callback_job_id=callback.id)
 
     def retry(self, job_id: int, at: int, last: Outcome, attempt: Attempt) -> Deferred[Job | None]:
         def op(conn: psycopg.Connection[Any]) -> Job | None:
@@ -1118,6 +1176,17 @@ class PostgresStore:
 
         return self._read(call)
 
+    def waiting_jobs_of(
+        self, flow_key: str, after: DueKey, now: int, limit: int
+    ) -> Deferred[list[Job]]:
+        due, job_id = after
+
+        def call(conn: psycopg.Connection[Any]) -> list[Job]:
+            args = (_text(flow_key), due, due, job_id, now, limit)
+            return [sql.row_job(row) for row in conn.execute(_WAITING_OF, args).fetchall()]
+
+        return self._read(call)
+
     def next_due(self, now: int) -> Deferred[int | None]:
         def call(conn: psycopg.Connection[Any]) -> int | None:
             row = conn.execute(_NEXT_DUE, (now,)).fetchone()
@@ -1164,6 +1233,32 @@ class PostgresStore:
             conn.execute(_PUT_META, ("health_probe", value))
 
         return self._write(op)
+
+    # Flow control (SPEC §16).
+
+    def flow_limits(self) -> Deferred[list[FlowLimits]]:
+        def call(conn: psycopg.Connection[Any]) -> list[FlowLimits]:
+            return [sql.row_flow(row) for row in conn.execute(sql.SELECT_FLOWS).fetchall()]
+
+        return self._read(call)
+
+    def put_flow(self, limits: FlowLimits) -> Deferred[None]:
+        def op(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(_P(sql.PUT_FLOW), _values(sql.flow_row(limits)))
+
+        return self._write(op)
+
+    def delete_flow(self, flow_key: str) -> Deferred[bool]:
+        def op(conn: psycopg.Connection[Any]) -> bool:
+            return bool(conn.execute(_P(sql.DELETE_FLOW), (_text(flow_key),)).fetchall())
+
+        return self._write(op)
+
+    def flow_counts(self) -> Deferred[dict[str, FlowCounts]]:
+        def call(conn: psycopg.Connection[Any]) -> dict[str, FlowCounts]:
+            return sql.flow_counts(conn.execute(sql.FLOW_COUNTS).fetchall())
+
+        return self._read(call)
 
     # IScheduleStore.
 

@@ -13,16 +13,31 @@ model by the store contract tests (tests/test_store.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import attrs
+
 from hq.ids import id_to_ms
-from hq.model import Attempt, Job, JobPage, JobState, JobTemplate, ListQuery, Schedule
+from hq.model import (
+    Attempt,
+    FlowLimits,
+    Job,
+    JobPage,
+    JobState,
+    JobTemplate,
+    ListQuery,
+    Outcome,
+    Schedule,
+    default_flow_key,
+)
+from hq.store import FlowCounts
 
 COLUMNS = (
     "id, name, comment, url, payload, headers, timeout, state, status, started_at, "
     "finished_at, success, failure, canceled, status_code, err, output, output_truncated, "
-    "attempts, retries, run_after, idempotency_key, schedule_id"
+    "attempts, retries, run_after, idempotency_key, schedule_id, flow_key, callback_url, "
+    "failure_callback_url, callback_job_id"
 )
 _NAMES = [name.strip() for name in COLUMNS.split(",")]
 
@@ -54,6 +69,14 @@ WAITING = (
     f"{SELECT} WHERE state = 0 AND canceled = 0 AND run_after >= ? AND (run_after, id) > (?, ?)"
     " AND run_after <= ? ORDER BY run_after, id LIMIT ?"
 )
+#: :data:`WAITING` of one flow key, served by the ``jobs_flow`` index
+#: ``(flow_key, run_after, id) WHERE state = 0`` (key, due, due, id, now, n).
+WAITING_OF = (
+    f"{SELECT} WHERE state = 0 AND canceled = 0 AND flow_key = ? AND run_after >= ?"
+    " AND (run_after, id) > (?, ?) AND run_after <= ? ORDER BY run_after, id LIMIT ?"
+)
+#: Set the callback job a finished job pushed (callback id, job id).
+SET_CALLBACK_JOB = "UPDATE jobs SET callback_job_id = ? WHERE id = ?"
 #: The earliest due time after a time of a waiting job.
 NEXT_DUE = (
     "SELECT run_after FROM jobs WHERE state = 0 AND run_after > ? AND canceled = 0"
@@ -98,6 +121,98 @@ CLAIM_KEY = (
 EXPIRED = "SELECT id FROM jobs WHERE state = 2 AND finished_at < ? LIMIT ?"
 #: Jobs a dead process left running (``hq.model.Job.recovered`` decides what becomes of them).
 RUNNING = f"{SELECT} WHERE state = 1"
+
+# -- Flow control (SPEC §16) -------------------------------------------------
+
+FLOW_COLUMNS = "key, parallelism, rate, period, paused"
+SELECT_FLOWS = f"SELECT {FLOW_COLUMNS} FROM flows ORDER BY key"
+PUT_FLOW = (
+    f"INSERT INTO flows ({FLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+    " parallelism = excluded.parallelism, rate = excluded.rate, period = excluded.period,"
+    " paused = excluded.paused"
+)
+DELETE_FLOW = "DELETE FROM flows WHERE key = ? RETURNING key"
+#: Active jobs per flow key: (key, waiting, running) rows, a key twice when it
+#: has both. Each half reads only its state's partial index and rows, never
+#: the finished jobs.
+FLOW_COUNTS = (
+    "SELECT flow_key, count(*), 0 FROM jobs WHERE state = 0 AND canceled = 0 GROUP BY flow_key"
+    " UNION ALL SELECT flow_key, 0, count(*) FROM jobs WHERE state = 1 GROUP BY flow_key"
+)
+#: Active jobs a schema upgrade gives a flow key, one batch after a ``(due, id)``
+#: of the waiting ones (through ``jobs_due``), and after an id of the running ones.
+WAITING_URLS = (
+    "SELECT run_after, id, url FROM jobs WHERE state = 0 AND (run_after, id) > (?, ?)"
+    " ORDER BY run_after, id LIMIT ?"
+)
+RUNNING_URLS = "SELECT id, id, url FROM jobs WHERE state = 1 AND id > ? ORDER BY id LIMIT ?"
+#: Rows per batch of :func:`flow_key_batches`.
+FILL_BATCH = 5000
+
+
+def flow_key_batches(
+    fetch: Callable[[str, tuple[Any, ...]], list[Any]],
+) -> Iterator[list[tuple[str, int]]]:
+    """
+    Yield the ``(flow key, id)`` pairs of the waiting and running jobs in
+    batches, each the URL's :func:`hq.model.default_flow_key`, for a schema
+    upgrade that adds the column: ``fetch(statement, args)`` runs one of
+    :data:`WAITING_URLS` / :data:`RUNNING_URLS` (``?`` placeholders) and
+    returns its rows. The caller writes each batch before asking for the next.
+    """
+    after: tuple[Any, ...] = (-1, -1)
+    while rows := fetch(WAITING_URLS, (*after, FILL_BATCH)):
+        yield [(default_flow_key(url), job_id) for _, job_id, url in rows]
+        after = (rows[-1][0], rows[-1][1])
+    last = -1
+    while rows := fetch(RUNNING_URLS, (last, FILL_BATCH)):
+        yield [(default_flow_key(url), job_id) for _, job_id, url in rows]
+        last = rows[-1][0]
+
+
+def callback_of(finished: Job, outcome: Outcome, callback_id: int | None) -> Job | None:
+    """
+    Return the callback job that ``finished`` (just finished with
+    ``outcome``) pushes, id ``callback_id``, or ``None`` when there is none
+    (no id given, no URL for the outcome: :meth:`hq.model.Job.callback_for`).
+
+    Its payload is ``finished`` as ``GET /job/{id}`` shows it once the finish
+    is stored: with ``callbackJobId`` set to ``callback_id``.
+    """
+    url = None if callback_id is None else finished.callback_for(outcome)
+    if callback_id is None or url is None:
+        return None
+    shown = attrs.evolve(finished, callback_job_id=callback_id)
+    return shown.callback_job(callback_id, url, outcome.finished_at)
+
+
+def flow_row(limits: FlowLimits) -> tuple[Any, ...]:
+    """
+    Return ``limits`` as the values of :data:`FLOW_COLUMNS`.
+    """
+    return (limits.key, limits.parallelism, limits.rate, limits.period, int(limits.paused))
+
+
+def row_flow(row: tuple[Any, ...] | Any) -> FlowLimits:
+    """
+    Return the limits of a row of :data:`FLOW_COLUMNS`.
+    """
+    return FlowLimits(
+        key=row[0], parallelism=row[1], rate=row[2], period=float(row[3]), paused=bool(row[4])
+    )
+
+
+def flow_counts(rows: Iterable[Any]) -> dict[str, FlowCounts]:
+    """
+    Return the counts per key of the rows of :data:`FLOW_COUNTS`.
+    """
+    found: dict[str, list[int]] = {}
+    for key, waiting, running in rows:
+        counts = found.setdefault(key, [0, 0])
+        counts[0] += waiting
+        counts[1] += running
+    return {key: FlowCounts(waiting=w, running=r) for key, (w, r) in sorted(found.items())}
+
 
 # -- Schedules (SPEC §14) ------------------------------------------------------
 
@@ -170,6 +285,10 @@ def job_row(job: Job) -> tuple[Any, ...]:
         job.due_at,
         job.idempotency_key,
         job.schedule_id,
+        job.flow_key,
+        job.callback_url,
+        job.failure_callback_url,
+        job.callback_job_id,
     )
 
 
@@ -209,6 +328,11 @@ def row_job(row: tuple[Any, ...] | Any) -> Job:
         run_at=row[20] if row[20] > id_to_ms(row[0]) else None,
         idempotency_key=row[21],
         schedule_id=row[22],
+        # NULL in the rows of jobs finished before flow keys: the URL's.
+        flow_key=row[23] or "",
+        callback_url=row[24],
+        failure_callback_url=row[25],
+        callback_job_id=row[26],
     )
 
 

@@ -13,13 +13,15 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from hq.model import Attempt, Job, JobPage, JobState, ListQuery, Outcome, Schedule
+from hq.model import Attempt, FlowLimits, Job, JobPage, JobState, ListQuery, Outcome, Schedule
 from hq.store import (
     DueKey,
+    FlowCounts,
     IdempotencyConflict,
     IJobStore,
     IScheduleStore,
@@ -232,7 +234,11 @@ class SQLiteStore:
         return self._write(op)
 
     def finish(
-        self, job_id: int, outcome: Outcome, attempt: Attempt | None = None
+        self,
+        job_id: int,
+        outcome: Outcome,
+        attempt: Attempt | None = None,
+        callback_id: int | None = None,
     ) -> Deferred[Job | None]:
         values = (
             outcome.status,
@@ -256,7 +262,14 @@ class SQLiteStore:
                     changes.append((state, JobState.FINISHED, 1))
                     if attempt is not None:
                         conn.execute(sql.INSERT_ATTEMPT, sql.attempt_row(attempt))
-                    return sql.row_job(rows[0])
+                    finished = sql.row_job(rows[0])
+                    callback = sql.callback_of(finished, outcome, callback_id)
+                    if callback is None:
+                        return finished
+                    # In the finish's savepoint and commit: both or neither.
+                    self._insert(conn, changes, callback)
+                    conn.execute(sql.SET_CALLBACK_JOB, (callback.id, job_id))
+                    return attrs.evolve(finished, callback_job_id=callback.id)
             return None
 
         return self._write(op)
@@ -309,6 +322,17 @@ class SQLiteStore:
         def call(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(sql.WAITING, (due, due, job_id, now, limit)).fetchall()
             return [sql.row_job(row) for row in rows]
+
+        return self._read(call)
+
+    def waiting_jobs_of(
+        self, flow_key: str, after: DueKey, now: int, limit: int
+    ) -> Deferred[list[Job]]:
+        due, job_id = after
+
+        def call(conn: sqlite3.Connection) -> list[Job]:
+            args = (flow_key, due, due, job_id, now, limit)
+            return [sql.row_job(row) for row in conn.execute(sql.WAITING_OF, args).fetchall()]
 
         return self._read(call)
 
@@ -374,6 +398,28 @@ class SQLiteStore:
             conn.execute("REPLACE INTO meta (key, value) VALUES ('health_probe', ?)", (value,))
 
         return self._write(op)
+
+    # Flow control (SPEC §16).
+
+    def flow_limits(self) -> Deferred[list[FlowLimits]]:
+        return self._read(
+            lambda conn: [sql.row_flow(row) for row in conn.execute(sql.SELECT_FLOWS)]
+        )
+
+    def put_flow(self, limits: FlowLimits) -> Deferred[None]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> None:
+            conn.execute(sql.PUT_FLOW, sql.flow_row(limits))
+
+        return self._write(op)
+
+    def delete_flow(self, flow_key: str) -> Deferred[bool]:
+        def op(conn: sqlite3.Connection, changes: list[_Change]) -> bool:
+            return bool(conn.execute(sql.DELETE_FLOW, (flow_key,)).fetchall())
+
+        return self._write(op)
+
+    def flow_counts(self) -> Deferred[dict[str, FlowCounts]]:
+        return self._read(lambda conn: sql.flow_counts(conn.execute(sql.FLOW_COUNTS)))
 
     # IScheduleStore.
 

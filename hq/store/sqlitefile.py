@@ -30,7 +30,7 @@ from twisted.python.threadpool import ThreadPool
 
 from hq import __version__
 from hq.model import JobState
-from hq.store import JobExists, StoreError, StoreUnavailable
+from hq.store import JobExists, StoreError, StoreUnavailable, sql
 from hq.store.writer import BatchWriter
 
 T = TypeVar("T")
@@ -40,12 +40,24 @@ T = TypeVar("T")
 #: Each version is one entry of ``_SCHEMA``; a file of an older version is
 #: upgraded in place at open, in one transaction. Never edit a released entry:
 #: add a new version (tests/schema_v1.py keeps the first release's statements).
-SCHEMA_VERSION = 4
+#: A step is an SQL statement, or a function of the connection for what SQL
+#: alone cannot do (:func:`upgrade` runs both).
+SCHEMA_VERSION = 5
 
 DATABASE_FILE = "hq.sqlite3"
 LOCK_FILE = "hq.lock"
 
-_SCHEMA = [
+
+def _fill_flow_keys(conn: sqlite3.Connection) -> None:
+    # In batches through the state indexes: never the finished rows, and
+    # never a million rows in memory at once.
+    for batch in sql.flow_key_batches(
+        lambda statement, args: conn.execute(statement, args).fetchall()
+    ):
+        conn.executemany("UPDATE jobs SET flow_key = ? WHERE id = ?", batch)
+
+
+_SCHEMA: list[list[str | Callable[[sqlite3.Connection], None]]] = [
     # Version 1.
     [
         """
@@ -133,7 +145,41 @@ _SCHEMA = [
         """,
         "CREATE INDEX schedules_due ON schedules (next_run_at) WHERE paused = 0",
     ],
+    # Version 5: flow control and callbacks (SPEC §16). The waiting and running
+    # jobs get their URL's flow key (finished ones keep NULL: read as the URL's);
+    # a key's waiting jobs are read through ``jobs_flow`` in due order.
+    [
+        "ALTER TABLE jobs ADD COLUMN flow_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN callback_url TEXT",
+        "ALTER TABLE jobs ADD COLUMN failure_callback_url TEXT",
+        "ALTER TABLE jobs ADD COLUMN callback_job_id INTEGER",
+        _fill_flow_keys,
+        "CREATE INDEX jobs_flow ON jobs (flow_key, run_after, id) WHERE state = 0",
+        """
+        CREATE TABLE flows (
+            key TEXT PRIMARY KEY,
+            parallelism INTEGER NOT NULL,
+            rate INTEGER NOT NULL,
+            period REAL NOT NULL,
+            paused INTEGER NOT NULL
+        )
+        """,
+    ],
 ]
+
+
+def upgrade(conn: sqlite3.Connection, version: int) -> None:
+    """
+    Run the steps of ``_SCHEMA`` after ``version`` on ``conn`` (in the
+    caller's transaction) and set ``user_version``; 0 creates the schema.
+    """
+    for steps in _SCHEMA[version:]:
+        for step in steps:
+            if isinstance(step, str):
+                conn.execute(step)
+            else:
+                step(conn)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 #: SQLite error texts that mean the storage, not the request, is at fault.
@@ -336,10 +382,7 @@ class SQLiteFile:
         # before it to be committed with the batch.
         conn.execute("SAVEPOINT migrate")
         try:
-            for statements in _SCHEMA[version:]:
-                for statement in statements:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            upgrade(conn, version)
             opened_by = f"HQ {__version__}"
             if version == 0:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('created_by', ?)", (opened_by,))
