@@ -10,6 +10,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,6 +18,7 @@ from hq.delivery import Delivery
 from hq.flow import METRIC_KEYS, FlowControl, Signal, signal_of
 from hq.model import CALLBACK_HEADER, FlowLimits, Job
 from hq.store import FlowCounts
+from hq.store.memory import MemoryStore
 from hq.testing import Reply
 from hq.worker import WorkerClient
 from tests.test_delivery import T0, URL, DispatchTestCase
@@ -156,6 +158,22 @@ class RoomTests(SynchronousTestCase):
         self.assertEqual(rows[-1][0], "other")
         self.assertEqual(sum(r[1] for r in rows), METRIC_KEYS + 5)
         self.assertEqual(sum(r[2] for r in rows), sum(c.waiting for c in counts.values()))
+
+
+class KeyReadCountingStore(MemoryStore):
+    """
+    A MemoryStore that records the keys of its per-key backlog reads.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def waiting_jobs_of(
+        self, flow_key: str, after: tuple[int, int], now: int, limit: int
+    ) -> Deferred[list[Job]]:
+        self.reads.append(flow_key)
+        return super().waiting_jobs_of(flow_key, after, now, limit)
 
 
 class FlowDeliveryTests(DispatchTestCase):
@@ -331,11 +349,14 @@ class FlowDeliveryTests(DispatchTestCase):
 
     def test_parked_overflow_stays_in_the_store_and_comes_back_in_order(self) -> None:
         """A key keeps few jobs in memory; the rest are read back by key, in order."""
+        self.store = store = KeyReadCountingStore()
         dispatch = self.start_flow(self.limited(parallelism=1, park=4), queue_size=8)
+        self.worker.reply = Reply(hang=True)
         jobs = [self.push(dispatch) for _ in range(30)]
-        self.assertLessEqual(dispatch.in_queue, 8 + 4)
-        self.stub.flush()
+        self.assertLessEqual(dispatch.in_queue, 4)
         for _ in range(40):
-            self.clock.advance(0)
+            self.worker.release(Reply(), count=1)
             self.stub.flush()
         self.assertEqual(self.delivered_ids(), [j.id for j in jobs])
+        self.assertGreater(len(store.reads), 3)
+        self.assertEqual(set(store.reads), {KEY})

@@ -102,9 +102,8 @@ class FlowAPITests(APITestCase):
             422,
             "'period' must be a number of seconds above 0, not 0",
         )
-        self.assertError(
-            self.put("k", {"parallelism": "2"}), 400, "'parallelism' must be an integer, not '2'"
-        )
+        reply = self.put("k", {"parallelism": "2"})
+        self.assertError(reply, 400, "'parallelism' must be an integer, not a string")
         reply = self.put("k" * 256, {"parallelism": 1})
         self.assertError(reply, 422, "The flow key must be 1 to 255 characters, not 256")
         self.assertEqual(self.successResultOf(self.store.flow_limits()), [])
