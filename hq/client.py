@@ -4,7 +4,7 @@ An HTTP client for the HQ API, usable from any Twisted program (the ``hq`` CLI u
 Every method of :class:`HQClient` returns a :class:`~twisted.internet.defer.Deferred`, so it
 can be awaited in ``async def`` code or used with callbacks. Results are frozen attrs values
 (:class:`RemoteJob`, :class:`JobList`, :class:`Attempt`, :class:`Stats`, :class:`ServerInfo`,
-:class:`Schedule`)
+:class:`Schedule`, :class:`Flow`)
 that also keep the JSON object the server sent, as ``raw``; they and the errors live in
 :mod:`hq_sdk.models`, shared with the blocking and asyncio clients of :mod:`hq_sdk`.
 Every failure is one exception type, :class:`HQError`: it carries the HTTP status (``None``
@@ -55,6 +55,8 @@ from hq_sdk.models import (
     USER_AGENT,
     Attempt,
     BatchPushError,
+    Flow,
+    FlowLimitChange,
     HQError,
     JobList,
     RemoteJob,
@@ -72,6 +74,9 @@ from hq_sdk.models import (
     decode_answer,
     encode_json,
     filter_params,
+    flow_body,
+    flow_list,
+    flow_path,
     format_time,
     id_of,
     job_path,
@@ -90,6 +95,8 @@ __all__ = [
     "USER_AGENT",
     "Attempt",
     "BatchPushError",
+    "Flow",
+    "FlowLimitChange",
     "HQClient",
     "HQError",
     "JobList",
@@ -325,20 +332,29 @@ class HQClient:
         run_at: datetime | str | None = None,
         delay: float | None = None,
         idempotency_key: str | None = None,
+        flow_key: str | None = None,
+        callback_url: str | None = None,
+        failure_callback_url: str | None = None,
     ) -> RemoteJob:
         """
         ``POST /job``: push ``job`` (the wire object: ``url`` required; ``name``,
         ``comment``, ``payload``, ``headers``, ``timeout``, ``retries``, ``runAt``,
-        ``delay``, ``idempotencyKey``). The keyword options, when not ``None``, set those
+        ``delay``, ``idempotencyKey``, ``flowKey``, ``callbackUrl``,
+        ``failureCallbackUrl``). The keyword options, when not ``None``, set those
         keys as :func:`with_options` says: ``retries`` (0-1000 extra attempts after a
         failure), ``run_at`` (not delivered before: an aware datetime or an RFC 3339
         string), ``delay`` (seconds from now), ``idempotency_key`` (a second push with the
-        same key answers the job stored the first time, with ``replayed`` true).
+        same key answers the job stored the first time, with ``replayed`` true),
+        ``flow_key`` (1-255 characters: the key whose flow limits the job counts under;
+        default the URL's ``host:port``), ``callback_url`` and ``failure_callback_url``
+        (absolute http(s) URLs: after the job succeeds, or fails for the last time, HQ
+        pushes a job there whose payload is the finished job).
 
         A Deferred firing with the new (or replayed) :class:`RemoteJob`; fails with
         ValueError for ``run_at`` with ``delay`` or a naive ``run_at``, and with HQError
-        (422 ``'url' is required``, 400 for a field of the wrong type, 409 for an
-        idempotency key already used with another url, name or payload, ...).
+        (422 ``'url' is required`` or naming a bad ``flowKey`` or callback URL, 400 for a
+        field of the wrong type, 409 for an idempotency key already used with another url,
+        name or payload, ...).
 
         A job with no idempotency key (neither ``idempotency_key`` nor an
         ``idempotencyKey`` field) is sent with a new random one (a UUID4) unless the client
@@ -351,6 +367,9 @@ class HQClient:
             run_at=run_at,
             delay=delay,
             idempotency_key=idempotency_key,
+            flow_key=flow_key,
+            callback_url=callback_url,
+            failure_callback_url=failure_callback_url,
             auto_key=self._auto_key,
         )
         data, response = await self._exchange("POST", "/job", body=body)
@@ -595,3 +614,76 @@ class HQClient:
         fails with HQError (404; 422 when its time zone is gone).
         """
         return Schedule.from_dict(await self._object("POST", schedule_path(schedule_id, "/resume")))
+
+    # -- flow control (SPEC §16)
+
+    @_deferred
+    async def list_flows(self) -> list[Flow]:
+        """
+        ``GET /flow``: a Deferred firing with the :class:`Flow` of every key that has
+        limits set, waiting or running jobs, or an adaptive limit in force, in key order;
+        fails with HQError.
+        """
+        data = await self._object("GET", "/flow")
+        return flow_list(data, self._address + "/flow")
+
+    @_deferred
+    async def get_flow(self, key: str) -> Flow:
+        """
+        ``GET /flow/{key}``: a Deferred firing with the key's :class:`Flow` (no limits and
+        no jobs for a key never seen); fails with HQError. The key is percent-encoded
+        whole, so it may hold ``:``, ``/``, ``[`` and ``]``; an empty key raises
+        ValueError without a request.
+        """
+        return Flow.from_dict(await self._object("GET", flow_path(key)))
+
+    @_deferred
+    async def set_flow(
+        self,
+        key: str,
+        *,
+        parallelism: int | None = None,
+        rate: int | None = None,
+        period: float | None = None,
+        paused: bool | None = None,
+    ) -> Flow:
+        """
+        ``PUT /flow/{key}``: replace the limits of ``key``: at most ``parallelism`` of
+        its jobs delivered at once, at most ``rate`` started per ``period`` seconds
+        (a sliding window). Limits left ``None`` are not sent, and the server takes them
+        as none: ``parallelism`` and ``rate`` 0 (no limit), ``period`` 1; ``paused``
+        left ``None`` stays as it was. Limits survive restarts and hold across a cluster.
+
+        A Deferred firing with the key's new :class:`Flow`; fails with HQError (422 naming
+        the field: a negative or non-integer ``parallelism`` or ``rate``, a ``period`` of
+        0 or less, a key over 255 characters), with ValueError for an empty key or a
+        period that is not finite.
+        """
+        body = flow_body(parallelism, rate, period, paused)
+        return Flow.from_dict(await self._object("PUT", flow_path(key), body=body))
+
+    @_deferred
+    async def pause_flow(self, key: str) -> Flow:
+        """
+        ``POST /flow/{key}/pause`` (idempotent): deliver none of the key's jobs until
+        resumed (running ones finish). A Deferred firing with the :class:`Flow`
+        (``paused`` true); fails with HQError.
+        """
+        return Flow.from_dict(await self._object("POST", flow_path(key, "/pause")))
+
+    @_deferred
+    async def resume_flow(self, key: str) -> Flow:
+        """
+        ``POST /flow/{key}/resume`` (idempotent): a Deferred firing with the
+        :class:`Flow` (``paused`` false); fails with HQError.
+        """
+        return Flow.from_dict(await self._object("POST", flow_path(key, "/resume")))
+
+    @_deferred
+    async def delete_flow(self, key: str) -> Flow:
+        """
+        ``DELETE /flow/{key}``: remove the key's limits (and resume it); its jobs are
+        not touched. A Deferred firing with the :class:`Flow` as it is then; fails with
+        HQError.
+        """
+        return Flow.from_dict(await self._object("DELETE", flow_path(key)))

@@ -62,6 +62,26 @@ class ScheduleCommandTests(CLITestCase):
             },
         )
 
+    def test_add_flow_key_and_callbacks(self) -> None:
+        """--flow-key and the callback URLs go in the schedule's job."""
+        schedule_id = self.add(
+            "* * * * *",
+            "http://worker.test/",
+            "--flow-key",
+            "nightly-jobs",
+            "--callback-url",
+            "http://cb.test/ok",
+            "--failure-callback-url",
+            "http://cb.test/failed",
+        )
+        job = json.loads(self.hq("schedule", "show", schedule_id).out)["job"]
+        self.assertEqual(
+            (job["flowKey"], job["callbackUrl"], job["failureCallbackUrl"]),
+            ("nightly-jobs", "http://cb.test/ok", "http://cb.test/failed"),
+        )
+        ran = self.hq("schedule", "add", "* * * * *", "http://w.test/", "--callback-url", "x")
+        self.assertEqual(ran.code, 2)
+
     def test_add_refused_prints_the_server_error(self) -> None:
         """A bad cron: exit 1 with the server's message naming 'cron'."""
         ran = self.hq("schedule", "add", "61 * * * *", "http://worker.test/")

@@ -27,6 +27,8 @@ from hq.client import (
     DEFAULT_ADDRESS,
     Attempt,
     BatchPushError,
+    Flow,
+    FlowLimitChange,
     HQClient,
     HQError,
     JobList,
@@ -43,6 +45,7 @@ from hq.model import Attempt as StoredAttempt
 from hq.model import ListQuery, Outcome
 from hq.store.memory import MemoryStore
 from hq.testing import FailingHTTP, RecordingDispatch
+from tests.flowfake import FlowResource, FlowTable
 
 #: The fake clock's start, seconds since the Unix epoch.
 T0 = 1_700_000_000
@@ -830,3 +833,143 @@ class LoopbackTests(TestCase):
             )
 
         return Deferred.fromCoroutine(scenario())
+
+
+class FlowClientTests(SynchronousTestCase):
+    """
+    The flow methods against an in-memory stand-in for the flow routes (tests/flowfake.py).
+    """
+
+    def setUp(self) -> None:
+        self.table = FlowTable()
+        self.stub = StubTreq(FlowResource(self.table))
+        self.client = HQClient("http://hq.test/", http=self.stub)
+
+    def result(self, d: Deferred[Any]) -> Any:
+        self.stub.flush()
+        return self.successResultOf(d)
+
+    def test_set_get_list_pause_resume_delete(self) -> None:
+        """Each flow method answers the key's Flow, read into its fields."""
+        flow = self.result(self.client.set_flow("api.test:443", parallelism=4, rate=10, period=60))
+        self.assertIsInstance(flow, Flow)
+        self.assertEqual(
+            (flow.key, flow.parallelism, flow.rate, flow.period, flow.paused, flow.configured),
+            ("api.test:443", 4, 10, 60, False, True),
+        )
+        self.assertEqual((flow.running, flow.waiting, flow.limit), (0, 0, 4))
+        self.assertEqual(self.result(self.client.get_flow("api.test:443")), flow)
+        self.assertEqual(self.result(self.client.list_flows()), [flow])
+        self.assertTrue(self.result(self.client.pause_flow("api.test:443")).paused)
+        self.assertFalse(self.result(self.client.resume_flow("api.test:443")).paused)
+        deleted = self.result(self.client.delete_flow("api.test:443"))
+        self.assertEqual((deleted.configured, deleted.parallelism, deleted.rate), (False, 0, 0))
+
+    def test_keys_are_percent_encoded_whole(self) -> None:
+        """':', '/', '[', ']', '%' and spaces of a key are encoded: it stays one segment."""
+        for key in ("[::1]:8000", "a/b c", "100%"):
+            self.assertEqual(self.result(self.client.get_flow(key)).key, key)
+        self.assertEqual(
+            [path for _, path in self.table.requests],
+            ["/flow/%5B%3A%3A1%5D%3A8000", "/flow/a%2Fb%20c", "/flow/100%25"],
+        )
+
+    def test_set_flow_sends_only_what_is_given(self) -> None:
+        """Arguments left None are not sent; the server replaces the limits with the rest."""
+        self.result(self.client.set_flow("k", parallelism=2, paused=True))
+        self.assertEqual(
+            self.table.limits["k"], {"parallelism": 2, "rate": 0, "period": 1, "paused": True}
+        )
+        self.result(self.client.set_flow("k", rate=5))
+        self.assertEqual(
+            self.table.limits["k"], {"parallelism": 0, "rate": 5, "period": 1, "paused": True}
+        )
+
+    def test_errors(self) -> None:
+        """A refusal is an HQError with the server's text; an empty key a ValueError."""
+        d = self.client.set_flow("k", parallelism=-1)
+        self.stub.flush()
+        error = self.failureResultOf(d, HQError).value
+        self.assertEqual(
+            (error.status, error.message), (422, "'parallelism' must be an integer 0 or more")
+        )
+        self.failureResultOf(self.client.get_flow(""), ValueError)
+        self.failureResultOf(self.client.set_flow("k", period=float("inf")), ValueError)
+        self.assertEqual(len(self.table.requests), 1)
+
+    def test_push_sends_the_flow_options_as_fields(self) -> None:
+        """push(flow_key=, callback_url=, failure_callback_url=) become the job's fields."""
+        resource = RecordingResource(body=b'{"id": "9"}')
+        client = HQClient("http://hq.test", http=StubTreq(resource), auto_idempotency_key=False)
+        self.successResultOf(
+            client.push(
+                {"url": WORKER, "flowKey": "old"},
+                flow_key="tenant-1",
+                callback_url="http://cb.test/ok",
+                failure_callback_url="http://cb.test/failed",
+            )
+        )
+        self.assertEqual(
+            json.loads(resource.requests[0][3]),
+            {
+                "url": WORKER,
+                "flowKey": "tenant-1",
+                "callbackUrl": "http://cb.test/ok",
+                "failureCallbackUrl": "http://cb.test/failed",
+            },
+        )
+
+
+class FlowModelTests(SynchronousTestCase):
+    """
+    Reading flows and the flow fields of jobs, from new and old servers.
+    """
+
+    def test_flow_defaults_and_history(self) -> None:
+        """Missing keys take defaults; limitHistory is read into FlowLimitChange values."""
+        flow = Flow.from_dict(
+            {
+                "key": "k",
+                "period": 0.5,
+                "limit": 2,
+                "limitHistory": [
+                    {"at": "2026-11-29T12:00:00.000Z", "limit": 4},
+                    {"at": None, "limit": 2},
+                    "junk",
+                ],
+            }
+        )
+        self.assertEqual((flow.key, flow.period, flow.limit, flow.parallelism), ("k", 0.5, 2, 0))
+        self.assertEqual(
+            flow.limit_history,
+            (
+                FlowLimitChange(datetime(2026, 11, 29, 12, tzinfo=UTC), 4),
+                FlowLimitChange(None, 2),
+            ),
+        )
+        empty = Flow.from_dict({})
+        self.assertEqual(
+            (empty.key, empty.period, empty.paused, empty.configured, empty.limit_history),
+            ("", 1, False, False, ()),
+        )
+
+    def test_job_flow_fields(self) -> None:
+        """A job's flowKey, callback URLs and callbackJobId are read; without them, defaults."""
+        job = RemoteJob.from_dict(
+            {
+                "id": "1",
+                "flowKey": "k",
+                "callbackUrl": "http://cb.test/",
+                "failureCallbackUrl": None,
+                "callbackJobId": "77",
+            }
+        )
+        self.assertEqual(
+            (job.flow_key, job.callback_url, job.failure_callback_url, job.callback_job_id),
+            ("k", "http://cb.test/", None, "77"),
+        )
+        old = RemoteJob.from_dict({"id": "1", "url": WORKER})
+        self.assertEqual(
+            (old.flow_key, old.callback_url, old.failure_callback_url, old.callback_job_id),
+            ("", None, None, None),
+        )

@@ -24,12 +24,14 @@ from hq_sdk import (
     AsyncClient,
     BatchPushError,
     Client,
+    Flow,
     HQError,
     JobList,
     RemoteJob,
     Schedule,
 )
 from hq_sdk.transport import NO_RETRIES, RetryPolicy
+from tests.flowfake import FlowTable
 from tests.serverprocess import RecordingWorker, ServerProcess, wait_for
 
 READ_TOKEN = "read-token-for-sdk-tests"
@@ -184,6 +186,71 @@ class ClientContract(ServerMixin):
         first = self.hq("push", {"url": self.worker.url + "/"}, idempotency_key=key, delay=60)
         again = self.hq("push", {"url": self.worker.url + "/"}, idempotency_key=key, delay=60)
         self.assertEqual((again.id, first.replayed, again.replayed), (first.id, False, True))
+
+    def test_push_flow_key_and_callbacks(self) -> None:
+        """push() sets flowKey and the callback URLs; without them the key is host:port."""
+        job = self.hq(
+            "push",
+            {"url": self.worker.url + "/"},
+            delay=3600,
+            flow_key="sdk-tenant",
+            callback_url=self.worker.url + "/ok",
+            failure_callback_url=self.worker.url + "/failed",
+        )
+        self.assertEqual(
+            (job.flow_key, job.callback_url, job.failure_callback_url, job.callback_job_id),
+            ("sdk-tenant", self.worker.url + "/ok", self.worker.url + "/failed", None),
+        )
+        self.assertEqual(self.hq("get", job.id), job)
+        plain = self.hq("push", {"url": self.worker.url + "/"}, delay=3600)
+        self.assertEqual(plain.flow_key, self.worker.url.split("//")[1])
+        self.assertEqual((plain.callback_url, plain.failure_callback_url), (None, None))
+        error = self.error("push", {"url": self.worker.url + "/"}, callback_url="ftp://x/")
+        self.assertEqual(error.status, 422)
+        self.assertIn("'callbackUrl'", error.message)
+        self.hq("stop", job.id)
+        self.hq("stop", plain.id)
+
+    def test_flows(self) -> None:
+        """set_flow, get_flow, list_flows, pause, resume and delete against the server."""
+        key = self.unique() + "/[::1]:8000 %"
+        flow = self.hq("set_flow", key, parallelism=3, rate=10, period=60)
+        self.assertIsInstance(flow, Flow)
+        self.assertEqual(
+            (flow.key, flow.parallelism, flow.rate, flow.period, flow.paused, flow.configured),
+            (key, 3, 10, 60, False, True),
+        )
+        self.assertEqual(self.hq("get_flow", key).parallelism, 3)
+        self.assertIn(key, [f.key for f in self.hq("list_flows")])
+        self.assertTrue(self.hq("pause_flow", key).paused)
+        self.assertFalse(self.hq("resume_flow", key).paused)
+        replaced = self.hq("set_flow", key, rate=5)
+        self.assertEqual((replaced.parallelism, replaced.rate, replaced.period), (0, 5, 1))
+        deleted = self.hq("delete_flow", key)
+        self.assertEqual((deleted.configured, deleted.rate), (False, 0))
+        self.assertNotIn(key, [f.key for f in self.hq("list_flows")])
+        error = self.error("set_flow", key, parallelism=-1)
+        self.assertEqual(error.status, 422)
+        self.assertIn("'parallelism'", error.message)
+        self.assertEqual(self.error("get_flow", "k" * 256).status, 422)
+
+    def test_a_paused_flow_holds_its_jobs(self) -> None:
+        """A job of a paused key waits (counted in the flow); resumed, it runs."""
+        key = self.unique()
+        self.hq("pause_flow", key)
+        try:
+            job = self.hq("push", {"url": self.worker.url + "/"}, flow_key=key)
+
+            def counted() -> Flow | None:
+                flow: Flow = self.hq("get_flow", key)
+                return flow if flow.waiting == 1 else None
+
+            wait_for(counted, 20, "the job to be counted as waiting", 0.1)
+            self.assertEqual(self.hq("get", job.id).status, "waiting")
+        finally:
+            self.hq("resume_flow", key)
+        self.assertEqual(self.finished(job.id).status, "success")
+        self.hq("delete_flow", key)
 
     def test_push_errors_carry_status_and_message(self) -> None:
         """A refused push is an HQError with the server's status and message."""
@@ -546,6 +613,73 @@ class AsyncResendingTests(ResendingContract, SynchronousTestCase):
     asyncio_flavour = True
 
 
+class FlowContract:
+    """
+    The flow methods of one client flavour, against an in-memory stand-in for the flow
+    routes (tests/flowfake.py) behind an ``httpx.MockTransport``.
+    """
+
+    flavour: ClassVar[type[Flavour]]
+    assertEqual: Callable[..., None]
+    assertIsInstance: Callable[..., None]
+    assertTrue: Callable[..., None]
+    assertFalse: Callable[..., None]
+    assertRaises: Callable[..., Any]
+
+    def setUp(self) -> None:
+        self.table = FlowTable()
+
+    def hq(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        transport = httpx.MockTransport(self.table.httpx_handler)
+        return self.flavour("http://hq.test", transport=transport).call(method, *args, **kwargs)
+
+    def test_set_get_list_pause_resume_delete(self) -> None:
+        """Each flow method answers the key's Flow; the key is percent-encoded whole."""
+        key = "[::1]:8000/a b"
+        flow = self.hq("set_flow", key, parallelism=3, rate=6, period=0.5)
+        self.assertIsInstance(flow, Flow)
+        self.assertEqual(
+            (flow.key, flow.parallelism, flow.rate, flow.period, flow.configured),
+            (key, 3, 6, 0.5, True),
+        )
+        self.assertEqual(self.hq("get_flow", key), flow)
+        self.assertEqual(self.hq("list_flows"), [flow])
+        self.assertTrue(self.hq("pause_flow", key).paused)
+        self.assertFalse(self.hq("resume_flow", key).paused)
+        self.assertFalse(self.hq("delete_flow", key).configured)
+        self.assertEqual(self.table.requests[0], ("PUT", "/flow/%5B%3A%3A1%5D%3A8000%2Fa%20b"))
+
+    def test_set_flow_replaces_the_limits(self) -> None:
+        """Arguments left None are not sent: the server takes them as no limit."""
+        self.hq("set_flow", "k", parallelism=2)
+        flow = self.hq("set_flow", "k", rate=1)
+        self.assertEqual((flow.parallelism, flow.rate, flow.period), (0, 1, 1))
+
+    def test_errors(self) -> None:
+        """A refusal is an HQError with the server's text; an empty key a ValueError."""
+        with self.assertRaises(HQError) as caught:
+            self.hq("set_flow", "k", period=0)
+        self.assertEqual(caught.exception.status, 422)
+        self.assertEqual(
+            caught.exception.message, "'period' must be a number of seconds more than 0"
+        )
+        with self.assertRaises(ValueError):
+            self.hq("get_flow", "")
+        self.assertEqual(len(self.table.requests), 1)
+
+
+class BlockingFlowTests(FlowContract, SynchronousTestCase):
+    """The blocking client's flow methods."""
+
+    flavour = Blocking
+
+
+class AsyncFlowTests(FlowContract, SynchronousTestCase):
+    """The asyncio client's flow methods."""
+
+    flavour = Asyncio
+
+
 class ScriptedTransport(httpx.MockTransport):
     """
     Answers requests from a script: each item is an exception to raise or a status.
@@ -624,6 +758,26 @@ class ResendRuleTests(SynchronousTestCase):
         client = self.client(httpx.MockTransport(lose_once))
         self.assertEqual(client.push_many([{"url": "http://w/", "idempotencyKey": "k"}]), ["7"])
         self.assertEqual(len(sent), 2)
+
+    def test_flow_changes_are_resent_they_replace_state(self) -> None:
+        """set, pause, resume and delete of a flow are sent again after a lost answer."""
+        table = FlowTable()
+        lost: list[str] = []
+
+        def lose_first(request: httpx.Request) -> httpx.Response:
+            if request.method not in lost:
+                lost.append(request.method)
+                raise httpx.ReadTimeout("lost", request=request)
+            return table.httpx_handler(request)
+
+        client = self.client(httpx.MockTransport(lose_first))
+        self.assertEqual(client.set_flow("k", parallelism=1).parallelism, 1)
+        self.assertTrue(client.pause_flow("k").paused)
+        self.assertFalse(client.delete_flow("k").configured)
+        self.assertEqual(
+            table.requests,
+            [("PUT", "/flow/k"), ("POST", "/flow/k/pause"), ("DELETE", "/flow/k")],
+        )
 
     def test_retry_waits_grow_and_honour_retry_after(self) -> None:
         """The waits double up to max_backoff; a Retry-After is waited at least."""

@@ -1,7 +1,7 @@
 """
 The ``hq`` command: ``serve`` runs the server; ``push``, ``info``, ``list``, ``attempts``,
-``delete``, ``stop``, ``restart``, ``stats`` and ``schedule`` talk to one through
-:mod:`hq.client`.
+``delete``, ``stop``, ``restart``, ``stats``, ``nodes``, ``schedule`` and ``flow`` talk to
+one through :mod:`hq.client`.
 
 Arguments are parsed with click (see docs/cli.md for why); what each client command does
 lives in :mod:`hq.cli.actions`, and how it runs (reactor, clock, terminal) in
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -23,6 +24,7 @@ import click
 
 from hq import __version__
 from hq.cli import actions
+from hq.cli import flow as flow_cli
 from hq.cli import schedule as schedule_cli
 from hq.cli.jobinput import JobInputError, read_jobs
 from hq.cli.runtime import EXIT_INTERRUPTED, CliRuntime
@@ -36,7 +38,7 @@ from hq.model import STATUSES
 #: Exit status of a usage error (unknown command or flag, bad flag value).
 EXIT_USAGE = 2
 
-_CLIENT_COMMANDS = "push, info, list, attempts, delete, stop, restart, stats, nodes, schedule"
+_CLIENT_COMMANDS = "push, info, list, attempts, delete, stop, restart, stats, nodes, schedule, flow"
 
 
 def _check_address_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -227,6 +229,20 @@ def _check_key(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return value
 
 
+def _check_callback_url(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    # The server checks it too (422); this only saves sending a batch for a plain typo.
+    if value is None:
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest or rest[0] in "/?#":
+        raise click.BadParameter(
+            f"{value!r} is not an absolute http or https URL (http://HOST:PORT/PATH)"
+        )
+    return value
+
+
 @cli.command("push", short_help="Push jobs from JSON files or stdin; print their ids")
 @_address_option
 @click.option(
@@ -255,6 +271,24 @@ def _check_key(ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="Push the job only if no job was pushed with KEY lately (one job only).",
 )
 @click.option(
+    "--flow-key",
+    metavar="KEY",
+    callback=_check_key,
+    help="Count the jobs under the flow limits of KEY (default: each URL's host:port).",
+)
+@click.option(
+    "--callback-url",
+    metavar="URL",
+    callback=_check_callback_url,
+    help="After a job succeeds, push a job to URL with the finished job as payload.",
+)
+@click.option(
+    "--failure-callback-url",
+    metavar="URL",
+    callback=_check_callback_url,
+    help="After a job fails for the last time, push a job to URL with it as payload.",
+)
+@click.option(
     "--batch-size",
     metavar="N",
     type=click.IntRange(1),
@@ -270,6 +304,9 @@ def push(
     delay: float | None,
     run_at: datetime | None,
     idempotency_key: str | None,
+    flow_key: str | None,
+    callback_url: str | None,
+    failure_callback_url: str | None,
     batch_size: int,
     files: tuple[str, ...],
 ) -> None:
@@ -278,17 +315,19 @@ def push(
     in input order.
 
     A file holds one job (a JSON object with "url" and optionally "name", "comment",
-    "payload", "headers", "timeout", "retries", "runAt", "delay", "idempotencyKey"), or many
-    jobs as JSON lines (one object per line). All input is read and checked first: invalid
-    JSON is an error naming the file and line, and then nothing is sent. One job is sent
-    with POST /job; more go in batches through POST /jobs, each batch stored whole or not
-    at all: if the server refuses a job, the error names its file and line, the batches
-    before it stay pushed (their ids are printed) and the rest is not sent. A progress bar
-    is drawn on stderr for 100 jobs or more when stderr is a terminal.
+    "payload", "headers", "timeout", "retries", "runAt", "delay", "idempotencyKey",
+    "flowKey", "callbackUrl", "failureCallbackUrl"), or many jobs as JSON lines (one object
+    per line). All input is read and checked first: invalid JSON is an error naming the
+    file and line, and then nothing is sent. One job is sent with POST /job; more go in
+    batches through POST /jobs, each batch stored whole or not at all: if the server
+    refuses a job, the error names its file and line, the batches before it stay pushed
+    (their ids are printed) and the rest is not sent. A progress bar is drawn on stderr for
+    100 jobs or more when stderr is a terminal.
 
-    --retries, --delay and --run-at are set on every job, replacing the job's own field
-    (--delay and --run-at also replace the job's "runAt" or "delay"). --idempotency-key
-    needs exactly one job; give each of many jobs its own "idempotencyKey" field.
+    --retries, --delay, --run-at, --flow-key, --callback-url and --failure-callback-url
+    are set on every job, replacing the job's own field (--delay and --run-at also replace
+    the job's "runAt" or "delay"). --idempotency-key needs exactly one job; give each of
+    many jobs its own "idempotencyKey" field.
     """
     if delay is not None and run_at is not None:
         raise click.UsageError("--delay and --run-at cannot be used together", ctx=ctx)
@@ -309,6 +348,9 @@ def push(
         run_at=run_at,
         delay=delay,
         idempotency_key=idempotency_key,
+        flow_key=flow_key,
+        callback_url=callback_url,
+        failure_callback_url=failure_callback_url,
         batch_size=batch_size,
     )
     _run(ctx, address, lambda client, output: actions.push_jobs(client, sources, output, options))
@@ -676,6 +718,24 @@ def schedule_command() -> None:
 @click.option(
     "--retries", metavar="N", type=click.IntRange(0, 1000), help="The jobs' retries, 0-1000."
 )
+@click.option(
+    "--flow-key",
+    metavar="KEY",
+    callback=_check_key,
+    help="The jobs' flow key (default: the URL's host:port).",
+)
+@click.option(
+    "--callback-url",
+    metavar="URL",
+    callback=_check_callback_url,
+    help="After a job succeeds, push a job to URL with the finished job as payload.",
+)
+@click.option(
+    "--failure-callback-url",
+    metavar="URL",
+    callback=_check_callback_url,
+    help="After a job fails for the last time, push a job to URL with it as payload.",
+)
 @click.option("--paused", is_flag=True, help="Add it paused.")
 @click.argument("cron", metavar="CRON")
 @click.argument("url", metavar="URL")
@@ -691,6 +751,9 @@ def schedule_add(
     headers: tuple[str, ...],
     timeout: int | None,
     retries: int | None,
+    flow_key: str | None,
+    callback_url: str | None,
+    failure_callback_url: str | None,
     paused: bool,
     cron: str,
     url: str,
@@ -708,6 +771,9 @@ def schedule_add(
         "headers": schedule_cli.parse_headers(headers),
         "timeout": timeout,
         "retries": retries,
+        "flowKey": flow_key,
+        "callbackUrl": callback_url,
+        "failureCallbackUrl": failure_callback_url,
     }
     job.update({key: value for key, value in optional.items() if value is not None})
     body: dict[str, object] = {"cron": cron, "timezone": timezone, "job": job, "paused": paused}
@@ -777,6 +843,172 @@ _schedule_action("resume", "Resume paused schedules from now (idempotent)")
 cli.add_command(schedule_command)
 
 
+@click.group("flow", cls=_InOrder, short_help="List, show and set the flow limits of flow keys")
+def flow_command() -> None:
+    """
+    Flow control (SPEC §16): each job counts under a flow key (by default its URL's
+    host:port; push --flow-key sets another). A key's limits cap how many of its jobs are
+    delivered at once (parallelism) and how many start per period (rate); a paused key
+    delivers none. Limits survive restarts and hold across a cluster. The subcommands take
+    -a/--address and --token like the other client commands; changing limits needs an
+    admin token.
+    """
+
+
+_flow_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the flow as the server sends it."
+)
+
+
+def _check_flow_key(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not 1 <= len(value) <= 255:
+        raise click.BadParameter(f"a flow key is 1 to 255 characters, not {len(value)}")
+    return value
+
+
+_flow_key_argument = click.argument("key", metavar="KEY", callback=_check_flow_key)
+
+
+@flow_command.command("list", short_help="List the flow keys as a table")
+@_address_option
+@click.option("-q", "--quiet", is_flag=True, help="Print only the keys, one per line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as the server sends it.")
+@click.pass_context
+def flow_list(ctx: click.Context, address: str, quiet: bool, as_json: bool) -> None:
+    """
+    Print the keys that have limits set, jobs waiting or running, or an adaptive limit in
+    force, in key order: KEY RUNNING WAITING LIMIT (the parallelism in force now)
+    PARALLELISM RATE (jobs per period) PAUSED. "-" is no limit.
+    """
+    if quiet and as_json:
+        raise click.UsageError("--quiet and --json cannot be used together", ctx=ctx)
+    _run(ctx, address, lambda client, output: flow_cli.list_flows(client, output, quiet, as_json))
+
+
+@flow_command.command("show", short_help="Show one flow key as indented JSON")
+@_address_option
+@_flow_key_argument
+@click.pass_context
+def flow_show(ctx: click.Context, address: str, key: str) -> None:
+    """
+    Print the limits and load of KEY as indented JSON, as the server sends it, with the
+    recent changes of its limit in force (limitHistory). A key never seen has no limits.
+    """
+    _run(ctx, address, lambda client, output: flow_cli.show_flow(client, key, output))
+
+
+def _check_period(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"it must be more than 0 seconds, not {value:g}")
+    return value
+
+
+@flow_command.command("set", short_help="Replace the limits of a flow key")
+@_address_option
+@click.option(
+    "--parallelism",
+    metavar="N",
+    type=click.IntRange(0),
+    help="At most N jobs of KEY delivered at once (0: no limit).",
+)
+@click.option(
+    "--rate",
+    metavar="N",
+    type=click.IntRange(0),
+    help="At most N jobs of KEY started per period (0: no limit).",
+)
+@click.option(
+    "--period",
+    metavar="SECONDS",
+    type=float,
+    callback=_check_period,
+    help="The period of --rate, a sliding window (fractions allowed; the server's default 1).",
+)
+@click.option(
+    "--paused/--no-paused", default=None, help="Pause or resume KEY too (default: unchanged)."
+)
+@_flow_json_option
+@_flow_key_argument
+@click.pass_context
+def flow_set(
+    ctx: click.Context,
+    address: str,
+    parallelism: int | None,
+    rate: int | None,
+    period: float | None,
+    paused: bool | None,
+    as_json: bool,
+    key: str,
+) -> None:
+    """
+    Replace the limits of KEY with the ones given (PUT /flow/KEY) and print the key's
+    row. A limit not given is removed: --parallelism and --rate default to 0 (no limit),
+    --period to 1 second; only pausing stays as it was unless --paused or --no-paused is
+    given. So hq flow set api.example.com:443 --parallelism 4 --rate 10 --period 60
+    means "4 at once, 10 a minute".
+    """
+    if parallelism is None and rate is None and period is None and paused is None:
+        raise click.UsageError(
+            "give --parallelism, --rate, --period or --paused/--no-paused "
+            f"(to remove the limits of a key: hq flow delete {shlex.quote(key)})",
+            ctx=ctx,
+        )
+
+    def run(client: HQClient, output: Output) -> Awaitable[int]:
+        return flow_cli.change_flow(
+            lambda: client.set_flow(
+                key, parallelism=parallelism, rate=rate, period=period, paused=paused
+            ),
+            output,
+            as_json,
+        )
+
+    _run(ctx, address, run)
+
+
+def _flow_action(
+    action: str,
+    method: Callable[[HQClient, str], Awaitable[flow_cli.Flow]],
+    text: str,
+    help_text: str,
+) -> None:
+    @flow_command.command(action, short_help=text)
+    @_address_option
+    @_flow_json_option
+    @_flow_key_argument
+    @click.pass_context
+    def command(ctx: click.Context, address: str, as_json: bool, key: str) -> None:
+        def run(client: HQClient, output: Output) -> Awaitable[int]:
+            return flow_cli.change_flow(lambda: method(client, key), output, as_json)
+
+        _run(ctx, address, run)
+
+    command.help = help_text
+
+
+_flow_action(
+    "pause",
+    HQClient.pause_flow,
+    "Pause a flow key (idempotent)",
+    "Deliver none of KEY's jobs until it is resumed (those running finish); print the "
+    "key's row. Pausing a paused key is fine.",
+)
+_flow_action(
+    "resume",
+    HQClient.resume_flow,
+    "Resume a paused flow key (idempotent)",
+    "Deliver KEY's jobs again, within its limits; print the key's row.",
+)
+_flow_action(
+    "delete",
+    HQClient.delete_flow,
+    "Remove the limits of a flow key",
+    "Remove the limits of KEY and resume it (its jobs stay; host_parallelism applies to "
+    "it again); print the key's row.",
+)
+cli.add_command(flow_command)
+
+
 cli.add_command(token_command)
 
 
@@ -803,8 +1035,12 @@ def _show_usage_error(e: click.UsageError) -> None:
     err = sys.stderr
     if e.ctx is not None:
         err.write(e.ctx.get_usage() + "\n")
-        topic = "" if e.ctx.parent is None else f" {e.ctx.info_name}"
-        err.write(f"Try 'hq help{topic}' for help.\n")
+        if e.ctx.parent is not None and e.ctx.parent.parent is not None:
+            # A subcommand of a group (hq flow set): 'hq help' takes one name only.
+            err.write(f"Try '{e.ctx.command_path} --help' for help.\n")
+        else:
+            topic = "" if e.ctx.parent is None else f" {e.ctx.info_name}"
+            err.write(f"Try 'hq help{topic}' for help.\n")
     err.write(f"error: {e.format_message()}\n")
     err.flush()
 
@@ -823,6 +1059,10 @@ def run_cli(argv: list[str] | None = None, runtime: CliRuntime | None = None) ->
             standalone_mode=False,
             obj=runtime or CliRuntime(),
         )
+    except click.exceptions.NoArgsIsHelpError as e:
+        # A group alone (hq flow, hq schedule): its help, as 'hq' alone prints the list.
+        click.echo(e.ctx.get_help() if e.ctx is not None else "")
+        return 0
     except click.UsageError as e:
         _show_usage_error(e)
         return EXIT_USAGE

@@ -59,6 +59,9 @@ class PushOptions:
     run_at: datetime | None = None
     delay: float | None = None
     idempotency_key: str | None = None
+    flow_key: str | None = None
+    callback_url: str | None = None
+    failure_callback_url: str | None = None
     batch_size: int = MAX_BATCH_JOBS
 
     def apply(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +74,9 @@ class PushOptions:
             run_at=self.run_at,
             delay=self.delay,
             idempotency_key=self.idempotency_key,
+            flow_key=self.flow_key,
+            callback_url=self.callback_url,
+            failure_callback_url=self.failure_callback_url,
         )
 
 

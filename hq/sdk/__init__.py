@@ -15,6 +15,8 @@ import hq_sdk
 from hq_sdk.models import (
     Attempt,
     BatchPushError,
+    Flow,
+    FlowLimitChange,
     HQError,
     JobList,
     RemoteJob,
@@ -33,6 +35,8 @@ __all__ = [
     "Attempt",
     "BatchPushError",
     "Client",
+    "Flow",
+    "FlowLimitChange",
     "HQError",
     "JobList",
     "RemoteJob",

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from hq_sdk.models import (
     Attempt,
     BatchPushError,
+    Flow,
+    FlowLimitChange,
     HQError,
     JobList,
     RemoteJob,
@@ -39,6 +41,8 @@ __all__ = [
     "Attempt",
     "BatchPushError",
     "Client",
+    "Flow",
+    "FlowLimitChange",
     "HQError",
     "JobList",
     "RemoteJob",

@@ -34,6 +34,7 @@ from hq_sdk.models import (
     MAX_BATCH_JOBS,
     Attempt,
     BatchPushError,
+    Flow,
     HQError,
     JobList,
     RemoteJob,
@@ -161,6 +162,9 @@ class Client:
         run_at: datetime | str | None = None,
         delay: float | None = None,
         idempotency_key: str | None = None,
+        flow_key: str | None = None,
+        callback_url: str | None = None,
+        failure_callback_url: str | None = None,
     ) -> RemoteJob:
         """``POST /job``: push one job; see :meth:`hq.client.HQClient.push`."""
         return self._run(
@@ -170,6 +174,9 @@ class Client:
                 run_at=run_at,
                 delay=delay,
                 idempotency_key=idempotency_key,
+                flow_key=flow_key,
+                callback_url=callback_url,
+                failure_callback_url=failure_callback_url,
                 auto_key=self._auto_key,
             )
         )
@@ -300,3 +307,40 @@ class Client:
     def resume_schedule(self, schedule_id: str | int) -> Schedule:
         """``POST /schedule/{id}/resume``: the schedule, next fire counted from now."""
         return self._run(calls.resume_schedule(schedule_id))
+
+    # -- flow control (SPEC §16)
+
+    def list_flows(self) -> list[Flow]:
+        """``GET /flow``: the keys with limits, jobs or an adaptive limit, in key order."""
+        return self._run(calls.list_flows())
+
+    def get_flow(self, key: str) -> Flow:
+        """``GET /flow/{key}``: one key's limits and load (defaults for a key never seen)."""
+        return self._run(calls.get_flow(key))
+
+    def set_flow(
+        self,
+        key: str,
+        *,
+        parallelism: int | None = None,
+        rate: int | None = None,
+        period: float | None = None,
+        paused: bool | None = None,
+    ) -> Flow:
+        """
+        ``PUT /flow/{key}``: replace the key's limits; see
+        :meth:`hq.client.HQClient.set_flow`.
+        """
+        return self._run(calls.set_flow(key, parallelism, rate, period, paused))
+
+    def pause_flow(self, key: str) -> Flow:
+        """``POST /flow/{key}/pause``: the paused flow (pausing twice is fine)."""
+        return self._run(calls.pause_flow(key))
+
+    def resume_flow(self, key: str) -> Flow:
+        """``POST /flow/{key}/resume``: the resumed flow (resuming twice is fine)."""
+        return self._run(calls.resume_flow(key))
+
+    def delete_flow(self, key: str) -> Flow:
+        """``DELETE /flow/{key}``: the flow with its limits removed (and not paused)."""
+        return self._run(calls.delete_flow(key))

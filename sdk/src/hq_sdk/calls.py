@@ -17,6 +17,7 @@ import attrs
 
 from hq_sdk.models import (
     Attempt,
+    Flow,
     JobList,
     RemoteJob,
     Schedule,
@@ -29,6 +30,9 @@ from hq_sdk.models import (
     count_of,
     encode_json,
     filter_params,
+    flow_body,
+    flow_list,
+    flow_path,
     id_of,
     job_path,
     push_body,
@@ -93,6 +97,9 @@ def push(
     run_at: datetime | str | None = None,
     delay: float | None = None,
     idempotency_key: str | None = None,
+    flow_key: str | None = None,
+    callback_url: str | None = None,
+    failure_callback_url: str | None = None,
     auto_key: bool = True,
 ) -> Call[RemoteJob]:
     """``POST /job``; resendable when the job has an idempotency key (see ``push_body``)."""
@@ -102,6 +109,9 @@ def push(
         run_at=run_at,
         delay=delay,
         idempotency_key=idempotency_key,
+        flow_key=flow_key,
+        callback_url=callback_url,
+        failure_callback_url=failure_callback_url,
         auto_key=auto_key,
     )
     return Call(
@@ -234,3 +244,53 @@ def resume_schedule(schedule_id: str | int) -> Call[Schedule]:
         _object(Schedule.from_dict),
         resendable=True,
     )
+
+
+def _read_flows(decoded: Any, headers: Mapping[str, str], url: str) -> list[Flow]:
+    return flow_list(as_object(decoded, url), url)
+
+
+def list_flows() -> Call[list[Flow]]:
+    """``GET /flow``."""
+    return Call("GET", "/flow", _read_flows, resendable=True)
+
+
+def get_flow(key: str) -> Call[Flow]:
+    """``GET /flow/{key}``."""
+    return Call("GET", flow_path(key), _object(Flow.from_dict), resendable=True)
+
+
+def set_flow(
+    key: str,
+    parallelism: int | None,
+    rate: int | None,
+    period: float | None,
+    paused: bool | None,
+) -> Call[Flow]:
+    """``PUT /flow/{key}``: resendable (it replaces the limits: twice is once)."""
+    body = flow_body(parallelism, rate, period, paused)
+    return Call(
+        "PUT",
+        flow_path(key),
+        _object(Flow.from_dict),
+        content=encode_json(body),
+        resendable=True,
+    )
+
+
+def pause_flow(key: str) -> Call[Flow]:
+    """``POST /flow/{key}/pause``: resendable (pausing twice is pausing once)."""
+    return Call("POST", flow_path(key, "/pause"), _object(Flow.from_dict), resendable=True)
+
+
+def resume_flow(key: str) -> Call[Flow]:
+    """``POST /flow/{key}/resume``: resendable (resuming twice is resuming once)."""
+    return Call("POST", flow_path(key, "/resume"), _object(Flow.from_dict), resendable=True)
+
+
+def delete_flow(key: str) -> Call[Flow]:
+    """
+    ``DELETE /flow/{key}``: resendable (removing the limits twice is once; a key without
+    limits answers 200, not 404).
+    """
+    return Call("DELETE", flow_path(key), _object(Flow.from_dict), resendable=True)

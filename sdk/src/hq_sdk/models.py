@@ -3,10 +3,11 @@ The values and errors every HQ client shares: the Twisted :class:`~hq.client.HQC
 the blocking :class:`~hq_sdk.blocking.Client` and the asyncio :class:`~hq_sdk.aio.AsyncClient`.
 
 Results are frozen attrs values (:class:`RemoteJob`, :class:`JobList`, :class:`Attempt`,
-:class:`Stats`, :class:`ServerInfo`) that also keep the JSON object the server sent, as
-``raw``. Every failure is one exception type, :class:`HQError` (and its
-:class:`BatchPushError`). The helpers below build request bodies and read answers without
-any I/O, so the three clients send the same requests and raise the same errors.
+:class:`Stats`, :class:`ServerInfo`, :class:`Schedule`, :class:`Flow`) that also keep the
+JSON object the server sent, as ``raw``. Every failure is one exception type,
+:class:`HQError` (and its :class:`BatchPushError`). The helpers below build request
+bodies and read answers without any I/O, so the three clients send the same requests and
+raise the same errors.
 
 Pure: no I/O, no network library imported here.
 """
@@ -14,12 +15,14 @@ Pure: no I/O, no network library imported here.
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 
@@ -110,6 +113,12 @@ class RemoteJob:
     is due now or finished). ``replayed`` is true when a push with an idempotency key was
     answered with the job stored before (``Idempotent-Replayed: true``); it is not part of
     equality.
+
+    ``flow_key`` is the key the job's flow limits are counted under (SPEC §16: by default
+    the URL's ``host:port``); ``callback_url`` and ``failure_callback_url`` are where its
+    end is reported (``None``: nowhere), and ``callback_job_id`` the id (a string) of the
+    callback job its end pushed (``None`` until then). A server from before flow control
+    sends none of them: ``""`` and ``None``.
     """
 
     id: str
@@ -138,17 +147,24 @@ class RemoteJob:
     idempotency_key: str | None
     raw: dict[str, Any] = attrs.field(eq=False, repr=False)
     replayed: bool = attrs.field(default=False, eq=False)
+    flow_key: str = ""
+    callback_url: str | None = None
+    failure_callback_url: str | None = None
+    callback_job_id: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], replayed: bool = False) -> RemoteJob:
         """
         Return the job described by the wire object ``data``; missing keys take defaults
         (a server older than retries says nothing of ``attempts``, ``retries``, ``runAt``
-        and ``idempotencyKey``: 0, 0, ``None``, ``None``). ``replayed`` says the server
-        answered an idempotent push with a job it had already stored.
+        and ``idempotencyKey``: 0, 0, ``None``, ``None``; one older than flow control
+        nothing of ``flowKey``, ``callbackUrl``, ``failureCallbackUrl`` and
+        ``callbackJobId``: ``""`` and ``None``). ``replayed`` says the server answered an
+        idempotent push with a job it had already stored.
         """
         job_id = data.get("id")
         headers = data.get("headers")
+        callback_job_id = data.get("callbackJobId")
         return cls(
             id=str(job_id) if isinstance(job_id, str | int) else "",
             name=_str(data.get("name")),
@@ -176,6 +192,12 @@ class RemoteJob:
             idempotency_key=_opt_str(data.get("idempotencyKey")),
             raw=data,
             replayed=replayed,
+            flow_key=_str(data.get("flowKey")),
+            callback_url=_opt_str(data.get("callbackUrl")),
+            failure_callback_url=_opt_str(data.get("failureCallbackUrl")),
+            callback_job_id=(
+                str(callback_job_id) if isinstance(callback_job_id, str | int) else None
+            ),
         )
 
     @property
@@ -360,6 +382,74 @@ class Schedule:
         )
 
 
+@attrs.frozen
+class FlowLimitChange:
+    """
+    One change of a flow key's limit in force: ``at`` (timezone-aware UTC, ``None`` if
+    the server sent no time) it became ``limit`` (0: no limit).
+    """
+
+    at: datetime | None
+    limit: int
+
+
+@attrs.frozen
+class Flow:
+    """
+    The flow limits and load of one flow key (SPEC §16), as the server reported it.
+
+    ``parallelism`` is the configured most jobs of the key delivered at once, ``rate`` the
+    most started per ``period`` seconds (a sliding window); 0 is no limit of its own.
+    ``paused`` keys deliver nothing. ``configured`` is true when limits were set with
+    ``set_flow`` (false: the key is listed for its jobs, or for the server's
+    ``host_parallelism``). ``running`` and ``waiting`` count the key's jobs in the store
+    (every node of a cluster). ``limit`` is the parallelism in force now (adaptive flow
+    control may hold it below ``parallelism``; 0: none), ``limit_history`` its last
+    changes, oldest first. ``raw`` is the JSON object as received.
+    """
+
+    key: str
+    parallelism: int
+    rate: int
+    period: float
+    paused: bool
+    configured: bool
+    running: int
+    waiting: int
+    limit: int
+    limit_history: tuple[FlowLimitChange, ...]
+    raw: dict[str, Any] = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Flow:
+        """
+        Return the flow described by the wire object ``data`` (missing keys: no limits,
+        period 1, not paused, no jobs).
+        """
+        period = data.get("period")
+        history = data.get("limitHistory")
+        changes = tuple(
+            FlowLimitChange(at=_parse_time(item.get("at")), limit=_int(item.get("limit")))
+            for item in (history if isinstance(history, list) else [])
+            if isinstance(item, dict)
+        )
+        return cls(
+            key=_str(data.get("key")),
+            parallelism=_int(data.get("parallelism")),
+            rate=_int(data.get("rate")),
+            period=(
+                period if isinstance(period, int | float) and not isinstance(period, bool) else 1
+            ),
+            paused=data.get("paused") is True,
+            configured=data.get("configured") is True,
+            running=_int(data.get("running")),
+            waiting=_int(data.get("waiting")),
+            limit=_int(data.get("limit")),
+            limit_history=changes,
+            raw=data,
+        )
+
+
 class BatchPushError(HQError):
     """
     A batch of :meth:`HQClient.push_many` was refused or not answered.
@@ -406,11 +496,17 @@ def with_options(
     run_at: datetime | str | None = None,
     delay: float | None = None,
     idempotency_key: str | None = None,
+    flow_key: str | None = None,
+    callback_url: str | None = None,
+    failure_callback_url: str | None = None,
 ) -> dict[str, Any]:
     """
     Return a copy of the push object ``job`` with the options that are not ``None`` set:
     ``retries``, ``runAt`` (a datetime is written with :func:`format_time`; a string is
-    sent as is and checked by the server), ``delay`` (seconds) and ``idempotencyKey``.
+    sent as is and checked by the server), ``delay`` (seconds), ``idempotencyKey``,
+    ``flowKey`` (the key its flow limits count it under; default the URL's
+    ``host:port``), ``callbackUrl`` and ``failureCallbackUrl`` (where HQ pushes the
+    finished job after a success, after the last failure).
 
     An option replaces the same key of ``job``; ``run_at`` also drops a ``delay`` of
     ``job``, and ``delay`` a ``runAt``, since a job has one due time. Raises ``ValueError``
@@ -429,6 +525,12 @@ def with_options(
         out["delay"] = delay
     if idempotency_key is not None:
         out["idempotencyKey"] = idempotency_key
+    if flow_key is not None:
+        out["flowKey"] = flow_key
+    if callback_url is not None:
+        out["callbackUrl"] = callback_url
+    if failure_callback_url is not None:
+        out["failureCallbackUrl"] = failure_callback_url
     return out
 
 
@@ -485,6 +587,9 @@ def push_body(
     run_at: datetime | str | None = None,
     delay: float | None = None,
     idempotency_key: str | None = None,
+    flow_key: str | None = None,
+    callback_url: str | None = None,
+    failure_callback_url: str | None = None,
     auto_key: bool = True,
 ) -> dict[str, Any]:
     """
@@ -495,7 +600,14 @@ def push_body(
     job. Raises ``ValueError`` as :func:`with_options` does.
     """
     body = with_options(
-        job, retries=retries, run_at=run_at, delay=delay, idempotency_key=idempotency_key
+        job,
+        retries=retries,
+        run_at=run_at,
+        delay=delay,
+        idempotency_key=idempotency_key,
+        flow_key=flow_key,
+        callback_url=callback_url,
+        failure_callback_url=failure_callback_url,
     )
     if auto_key and "idempotencyKey" not in body:
         body["idempotencyKey"] = new_idempotency_key()
@@ -559,6 +671,62 @@ def schedule_list(data: dict[str, Any], url: str) -> list[Schedule]:
     if not isinstance(schedules, list):
         raise HQError(None, f"the answer from {url} has no schedule list")
     return [Schedule.from_dict(s) for s in schedules if isinstance(s, dict)]
+
+
+#: The longest flow key, in characters (SPEC §16).
+MAX_FLOW_KEY = 255
+
+
+def flow_path(key: str, action: str = "") -> str:
+    """
+    Return the API path of the flow key ``key`` (``/flow/{key}`` + ``action``), the key
+    percent-encoded whole (``/`` included: a key is one path segment).
+
+    Raises ``ValueError`` for an empty key, without a request (``/flow/`` would be the
+    list).
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError("a flow key must be 1 to 255 characters, not empty")
+    return "/flow/" + quote(key, safe="") + action
+
+
+def flow_body(
+    parallelism: int | None = None,
+    rate: int | None = None,
+    period: float | None = None,
+    paused: bool | None = None,
+) -> dict[str, Any]:
+    """
+    Return the ``PUT /flow/{key}`` body: the arguments that are not ``None``. The server
+    replaces the key's limits with it: an absent ``parallelism`` or ``rate`` is 0 (no
+    limit), an absent ``period`` 1 second, an absent ``paused`` leaves it as it is.
+
+    Raises ``ValueError`` for a period that is not a finite number (JSON cannot carry it);
+    the server checks the rest (422 naming the field).
+    """
+    body: dict[str, Any] = {}
+    if parallelism is not None:
+        body["parallelism"] = parallelism
+    if rate is not None:
+        body["rate"] = rate
+    if period is not None:
+        if isinstance(period, float) and not math.isfinite(period):
+            raise ValueError(f"period must be a finite number of seconds, not {period}")
+        body["period"] = period
+    if paused is not None:
+        body["paused"] = paused
+    return body
+
+
+def flow_list(data: dict[str, Any], url: str) -> list[Flow]:
+    """
+    Return the flows in the ``GET /flow`` answer ``data``, in key order; raise
+    :class:`HQError` when it has no list.
+    """
+    flows = data.get("flows")
+    if not isinstance(flows, list):
+        raise HQError(None, f"the answer from {url} has no flow list")
+    return [Flow.from_dict(f) for f in flows if isinstance(f, dict)]
 
 
 def answer_error(status: int, content: bytes, url: str) -> HQError:
