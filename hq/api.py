@@ -715,7 +715,9 @@ class HQApi:
 
     async def _pause_flow(self, request: IRequest, key: str, paused: bool) -> bytes:
         current = {item.key: item for item in await self._store.flow_limits()}.get(key)
-        limits = attrs.evolve(current or FlowLimits(key), paused=paused)
+        limits: FlowLimits | None = attrs.evolve(current or FlowLimits(key), paused=paused)
+        if limits == FlowLimits(key):
+            limits = None  # Resumed with no limits left: as if it never had any.
         return await self._set_flow(request, key, limits)
 
     @app.route("/flow/<path:raw_key>", methods=["DELETE"])

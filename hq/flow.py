@@ -406,8 +406,15 @@ class FlowControl:
 
     def _note_limit(self, state: KeyState, before: int) -> None:
         after = self.limit(state.key)
-        if after != before or not state.history:
-            state.history.append((now_ms(self._clock), after))
+        now = now_ms(self._clock)
+        if state.history and state.history[-1][0] == now:
+            # Changes in the same instant are one change.
+            state.history.pop()
+            if state.history and state.history[-1][1] == after:
+                return
+            state.history.append((now, after))
+        elif after != before or not state.history:
+            state.history.append((now, after))
         if after != before and self.adaptive:
             self.log.info(
                 "Flow {key}: limit {before} -> {after}", key=state.key, before=before, after=after

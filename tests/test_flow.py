@@ -79,13 +79,14 @@ class AdaptiveTests(SynchronousTestCase):
         self.assertEqual(self.flow.limit(KEY), 3)
 
     def test_history_records_each_change(self) -> None:
-        """limitHistory has one entry per change, with its time."""
+        """limitHistory has one entry per change, with its time; one instant, one entry."""
+        self.flow.started(Job(id=1, url=URL))
         self.clock.advance(10)
         self.flow.observe(KEY, Signal.THROTTLE)
         self.clock.advance(1)
         self.flow.observe(KEY, Signal.THROTTLE)
-        self.assertEqual([limit for _, limit in self.flow.history(KEY)], [16, 8, 4])
-        self.assertEqual(self.flow.history(KEY)[-1][0], 11_000)
+        self.flow.observe(KEY, Signal.THROTTLE)
+        self.assertEqual(self.flow.history(KEY), [(0, 16), (10_000, 8), (11_000, 2)])
 
     def test_off_by_default(self) -> None:
         """Without adaptive_flow, answers change nothing (SPEC §4's concurrency holds)."""
