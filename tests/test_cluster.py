@@ -262,6 +262,33 @@ class ClusterTests(ClusterCase):
         self.assertEqual(["Deleted 50 expired jobs" in log for log in logs], [True, False])
 
 
+class FlowClusterTests(ClusterCase):
+    def test_parallelism_2_holds_across_two_nodes(self) -> None:
+        """
+        A key limited to 2 on one node: with 10 of its jobs pushed to both
+        nodes and the worker holding them, exactly 2 run in the whole
+        cluster; another key's job goes through meanwhile; all end once.
+        """
+        a, b = self.node(1), self.node(2)
+        status, flow = a.request("PUT", "/flow/slow", {"parallelism": 2})
+        self.assertEqual(status, 200, flow)
+        held = [(a, b)[n % 2].push(self.worker.url + "/hold", flowKey="slow") for n in range(10)]
+        wait_for(lambda: self.worker.holding == 2, 10, "two held requests")
+        fast = b.push(self.worker.url + "/fast")
+        wait_for(lambda: self.worker.received[fast] == 1, 10, "the other key's job")
+        time.sleep(1.5)  # the nodes poll for room every second: none may start a third
+        self.assertEqual(self.worker.holding, 2)
+        status, flow = b.request("GET", "/flow/slow")
+        self.assertEqual((flow["running"], flow["waiting"], flow["limit"]), (2, 8, 2))
+        running = self.sql("SELECT count(*) FROM jobs WHERE state = 1 AND flow_key = 'slow'")
+        self.assertEqual(running[0][0], 2)
+        self.worker.release()
+        wait_for(lambda: all(self.worker.received[i] == 1 for i in held), 30, "all held jobs")
+        self.assertEqual(Counter(self.worker.received[i] for i in held), Counter({1: 10}))
+        per_node = dict(self.sql("SELECT node, count(*) FROM jobs GROUP BY node"))
+        report("cluster_flow_limit", jobs=10, limit=2, per_node=per_node)
+
+
 class ScheduleClusterTests(ClusterCase):
     def test_one_schedule_on_two_nodes_makes_one_job_per_second_from_one_node(self) -> None:
         """An every-second schedule on two nodes: one job per second, all fired by the leader."""
