@@ -10,7 +10,7 @@ that throttles:
 - **aimd**: the adaptive limit. ``adaptive_flow = true``; the worker answers
   429 whenever more than ``--capacity`` requests are in flight, else takes
   20 ms and answers 200. ``--jobs`` jobs (with retries) are pushed at once and
-  the key's ``limit`` (``GET /flow/{key}``) is sampled every 50 ms until all
+  the key's ``limit`` (``GET /flow/{key}``) is sampled every 20 ms until all
   succeeded. Prints the figures and, when matplotlib is installed, draws the
   limit over time as a PNG (docs/flow-aimd.png).
 
@@ -201,7 +201,7 @@ def aimd(directory: str, jobs: int, capacity: int, timeout: float) -> dict[str, 
                 )
             flow = client.json("GET", "/flow/" + quote(key, safe=""))
             samples.append((time.monotonic() - began, flow["limit"], flow["running"]))
-            time.sleep(0.05)
+            time.sleep(0.02)
         elapsed = time.monotonic() - began
         limits = [limit for _, limit, _ in samples]
         settled = limits[len(limits) // 3 :] or limits
@@ -234,16 +234,22 @@ def plot(result: dict[str, Any], path: str) -> bool:
     except ImportError:
         return False
     times = [s[0] for s in result["samples"]]
-    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
-    ax.step(times, [s[1] for s in result["samples"]], where="post", label="limit (adaptive)")
-    ax.plot(times, [s[2] for s in result["samples"]], ".", ms=3, alpha=0.5, label="running")
-    ax.axhline(result["capacity"], color="grey", ls="--", lw=1, label="worker capacity")
-    ax.set_xlabel("seconds since the push")
-    ax.set_ylabel("requests")
-    ax.set_title(
+    limits = [s[1] for s in result["samples"]]
+    running = [s[2] for s in result["samples"]]
+    fig, (whole, zoom) = plt.subplots(2, 1, figsize=(8, 5.2), dpi=100)
+    for ax, end in ((whole, None), (zoom, 3.0)):
+        ax.step(times, limits, where="post", label="limit (adaptive)")
+        ax.plot(times, running, ".", ms=3, alpha=0.5, label="running (sampled)")
+        ax.axhline(result["capacity"], color="grey", ls="--", lw=1, label="worker capacity")
+        ax.set_ylabel("requests")
+        if end is not None:
+            ax.set_xlim(0, end)
+            ax.set_title("the first 3 seconds", fontsize=9)
+    whole.set_title(
         f"AIMD: {result['jobs']} jobs, worker answers 429 above {result['capacity']} in flight"
     )
-    ax.legend(loc="upper right", fontsize=8)
+    whole.legend(loc="upper right", fontsize=8)
+    zoom.set_xlabel("seconds since the push")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
