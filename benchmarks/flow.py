@@ -179,13 +179,16 @@ def head_of_line(directory: str, backlog: int, probes: int) -> dict[str, Any]:
         worker.stop()
 
 
-def aimd(directory: str, jobs: int, capacity: int, timeout: float) -> dict[str, Any]:
+def aimd(
+    directory: str, jobs: int, capacity: int, timeout: float, adaptive: bool = True
+) -> dict[str, Any]:
     """
-    The ``aimd`` scenario; return its figures and the sampled limit.
+    The ``aimd`` scenario; return its figures and the sampled limit
+    (``adaptive``: with ``adaptive_flow``; without, for comparison).
     """
     worker = ThrottlingWorker(slow_seconds=0, capacity=capacity).start()
     server = HQServer(
-        directory, adaptive_flow=True, retry_min_backoff=0.05, retry_max_backoff=0.5
+        directory, adaptive_flow=adaptive, retry_min_backoff=0.05, retry_max_backoff=0.5
     ).start()
     client = Client(server.base)
     key = f"127.0.0.1:{worker.port}"
@@ -194,15 +197,18 @@ def aimd(directory: str, jobs: int, capacity: int, timeout: float) -> dict[str, 
         began = time.monotonic()
         push_batch(client, [{"url": worker.url(THROTTLED), "retries": 50}] * jobs)
         deadline = began + timeout
-        while len(worker.succeeded) < jobs:
+        while True:
             if time.monotonic() > deadline:
                 raise BenchmarkError(
                     f"aimd: {len(worker.succeeded)} of {jobs} succeeded in {timeout} s"
                 )
             flow = client.json("GET", "/flow/" + quote(key, safe=""))
             samples.append((time.monotonic() - began, flow["limit"], flow["running"]))
+            if flow["running"] == 0 and flow["waiting"] == 0:
+                break  # every job ended (a success, or a failure: its retries used up)
             time.sleep(0.02)
         elapsed = time.monotonic() - began
+        failed = client.json("GET", "/job?status=failure&limit=-1")["count"]
         limits = [limit for _, limit, _ in samples]
         settled = limits[len(limits) // 3 :] or limits
         return {
@@ -210,6 +216,8 @@ def aimd(directory: str, jobs: int, capacity: int, timeout: float) -> dict[str, 
             "capacity": capacity,
             "seconds": round(elapsed, 2),
             "jobs_per_second": round(jobs / elapsed, 1),
+            "succeeded": len(worker.succeeded),
+            "failed_after_50_retries": failed,
             "throttled_answers": worker.throttled,
             "worker_peak_in_flight": worker.peak,
             "limit_start": limits[0] if limits else None,
@@ -265,6 +273,15 @@ def run(quick: bool, work: str, plot_path: str | None = None) -> dict[str, Any]:
     adaptive = aimd(
         os.path.join(work, "flow-aimd"), jobs=200 if quick else 1_500, capacity=4, timeout=120
     )
+    fixed = aimd(
+        os.path.join(work, "flow-fixed"),
+        jobs=200 if quick else 1_500,
+        capacity=4,
+        timeout=120,
+        adaptive=False,
+    )
+    fixed.pop("samples")
+    adaptive["without_adaptive_flow"] = fixed
     if plot_path:
         adaptive["plot"] = plot_path if plot(adaptive, plot_path) else "matplotlib not installed"
     return {"hol": hol, "aimd": adaptive}
