@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import threading
 
 import attrs
 import re2
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -693,6 +694,98 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
             lambda conn, changes: conn.execute("PRAGMA synchronous").fetchone()[0]
         )
         self.assertEqual(seen, 2)
+
+    def gate_commits(self) -> _GatedCommits:
+        """
+        Put the writer's connection behind a :class:`_GatedCommits` (the
+        connection is made by the first write: the open has made it).
+        """
+        writer = self.store.file._writer
+        assert writer is not None and writer._conn is not None
+        gated = _GatedCommits(writer._conn)
+        writer._conn = gated  # type: ignore[assignment]
+        self.addCleanup(gated.release.set)
+        return gated
+
+    async def test_start_is_answered_before_its_commit(self) -> None:
+        """A start fires once its UPDATE ran, before the commit; a create waits for the commit."""
+        job, other = make_job(1), make_job(2)
+        await self.add(job)
+        gated = self.gate_commits()
+        started = self.store.start(job.id, T0)
+        created = self.store.create(other)
+        job_started = await started
+        assert job_started is not None
+        self.assertEqual(job_started.state, JobState.RUNNING)
+        self.assertFalse(gated.committed.is_set(), "the start fired before the commit")
+        self.assertFalse(created.called, "a create fires only once committed")
+        gated.release.set()
+        await created
+        self.assertTrue(gated.committed.is_set())
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 1, 1))
+        self.assertEqual((await self.store.get(job.id)).state, JobState.RUNNING)
+
+    async def test_a_read_after_an_early_start_waits_for_its_commit(self) -> None:
+        """A read asked once a start fired waits for the start's commit, so it sees the start."""
+        job = make_job(1)
+        await self.add(job)
+        gated = self.gate_commits()
+        await self.store.start(job.id, T0)
+        read = self.store.get(job.id)
+        await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(read.called, "the read waits for the commit")
+        gated.release.set()
+        self.assertEqual((await read).state, JobState.RUNNING)
+
+    async def test_a_failed_commit_after_an_early_start_moves_the_counters_back(self) -> None:
+        """When the start's commit fails, the job stays waiting in the store and in the counters."""
+        job, other = make_job(1), make_job(2)
+        await self.add(job)
+        gated = self.gate_commits()
+        gated.fail = True
+        started = self.store.start(job.id, T0)
+        created = self.store.create(other)
+        self.assertIsNotNone(await started)
+        gated.release.set()
+        with self.assertRaises(StoreUnavailable):
+            await created
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (1, 1, 0))
+        self.assertEqual((await self.store.get(job.id)).state, JobState.WAITING)
+        # The run that was answered can still record its outcome.
+        done = await self.store.finish(job.id, Outcome(finished_at=T0, success=True))
+        assert done is not None
+        self.assertEqual(done.status, "success")
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (1, 0, 0))
+
+
+class _GatedCommits:
+    """
+    The writer's connection, whose next ``COMMIT`` waits for ``release``
+    (and, with ``fail``, then fails as a full disk does).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.release = threading.Event()
+        self.committed = threading.Event()
+        self.fail = False
+
+    def execute(self, statement: str, *args: object) -> sqlite3.Cursor:
+        if statement == "COMMIT" and not self.committed.is_set():
+            self.release.wait(10)
+            if self.fail:
+                self.committed.set()
+                raise sqlite3.OperationalError("database or disk is full")
+            result = self._conn.execute(statement, *args)
+            self.committed.set()
+            return result
+        return self._conn.execute(statement, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
 
 
 class GlobPrefilterTests(SynchronousTestCase):

@@ -14,6 +14,7 @@ the one writer thread and the reader threads.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import os
 import sqlite3
@@ -183,6 +184,33 @@ _Op = Callable[[sqlite3.Connection, list[_Change]], Any]
 _Batch = list[tuple[_Op, "Deferred[Any]"]]
 
 
+@attrs.frozen
+class _BeforeCommit:
+    """
+    A write answered as soon as it has run, before its transaction commits
+    (see :meth:`SQLiteFile.write`).
+    """
+
+    op: _Op
+
+    def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> Any:
+        return self.op(conn, changes)
+
+
+def _undo(change: _Change) -> _Change:
+    before, after, count = change
+    return (after, before, count)
+
+
+#: Markers in the result lists the writer hands to the reactor (with no
+#: Deferred): a batch answered some writes before its commit; that batch's
+#: commit (or rollback) is over.
+_ANSWERED_EARLY = object()
+_SYNCED = object()
+
+_Result = tuple["Deferred[Any] | None", Any, list[_Change]]
+
+
 class _Writer(BatchWriter[_Op]):
     """
     The SQLite writer: each write in a savepoint of the batch's transaction.
@@ -192,19 +220,28 @@ class _Writer(BatchWriter[_Op]):
         super().__init__("hq-sqlite-writer", reactor, deliver)
         self._path = path
         self._conn: sqlite3.Connection | None = None
+        #: Whether the batch being run answered writes before its commit.
+        self._answered_early = False
 
     def fail_batch(self, batch: _Batch, failure: Failure) -> list[Any]:
-        return [(d, failure, []) for _, d in batch]
+        failed: list[_Result] = [(d, failure, []) for _, d in batch]
+        if self._answered_early:
+            # Those already fired are skipped by SQLiteFile._deliver.
+            failed.append((None, _SYNCED, []))
+        return failed
 
     def finish(self) -> None:
         if self._conn is not None:
             self._conn.close()
 
     def run_batch(self, batch: _Batch) -> list[Any]:
+        self._answered_early = False
         return self._run_batch(batch)
 
-    def _run_batch(self, batch: _Batch) -> list[tuple[Deferred[Any], Any, list[_Change]]]:
-        results: list[tuple[Deferred[Any], Any, list[_Change]]] = []
+    def _run_batch(self, batch: _Batch) -> list[_Result]:
+        results: list[_Result] = []
+        #: The writes to answer before the commit (``_BeforeCommit``).
+        early: list[_Result] = []
         try:
             if self._conn is None:
                 self._conn = _connect(self._path)
@@ -231,7 +268,15 @@ class _Writer(BatchWriter[_Op]):
                         results.append((d, Failure(), []))
                 else:
                     conn.execute("RELEASE op")
-                    results.append((d, result, changes))
+                    if isinstance(op, _BeforeCommit):
+                        early.append((d, result, changes))
+                    else:
+                        results.append((d, result, changes))
+            if early:
+                # Answered now: the reactor goes on (posts the job) while the
+                # commit waits for the disk.
+                self._answered_early = True
+                self._reactor.callFromThread(self._deliver, [(None, _ANSWERED_EARLY, []), *early])
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if self._conn is not None and self._conn.in_transaction:
@@ -240,7 +285,20 @@ class _Writer(BatchWriter[_Op]):
                 except sqlite3.Error:
                     pass
             error = StoreUnavailable(f"storage unavailable: {e}")
-            return [(d, Failure(error), []) for _, d in batch]
+            if not self._answered_early:
+                return [(d, Failure(error), []) for _, d in batch]
+            # The early ones fired already: the counters move back, their
+            # callers learn nothing (the store has those rows as before the
+            # batch, which recovery and later writes handle).
+            failed: list[_Result] = [
+                (d, Failure(error), []) for op, d in batch if not isinstance(op, _BeforeCommit)
+            ]
+            for _, _, changes in early:
+                failed.append((None, None, [_undo(change) for change in changes]))
+            failed.append((None, _SYNCED, []))
+            return failed
+        if self._answered_early:
+            results.append((None, _SYNCED, []))
         return results
 
 
@@ -279,6 +337,9 @@ class SQLiteFile:
         #: their own thread, so a slow search never holds up the other reads.
         self._scan_pool: ThreadPool | None = None
         self._reader_conns: list[sqlite3.Connection] = []
+        #: One list per batch that answered writes before its commit, commit
+        #: not yet over: the reads waiting for that commit (see ``read``).
+        self._unsynced: collections.deque[list[Deferred[None]]] = collections.deque()
         self._closing = False
         self._local = threading.local()
         self._lock_fd: int | None = None
@@ -431,25 +492,45 @@ class SQLiteFile:
 
     # Plumbing.
 
-    def _deliver(self, results: list[tuple[Deferred[Any], Any, list[_Change]]]) -> None:
+    def _deliver(self, results: list[_Result]) -> None:
         move = self.counts.move
         for _, _, changes in results:
             for change in changes:
                 move(change)
+        synced: list[Deferred[None]] = []
         for d, result, _ in results:
+            if d is None:
+                if result is _ANSWERED_EARLY:
+                    self._unsynced.append([])
+                elif result is _SYNCED and self._unsynced:
+                    synced = self._unsynced.popleft()
+                continue
+            if d.called:
+                continue  # Answered before its commit (see ``write``).
             if isinstance(result, Failure):
                 d.errback(result)
             else:
                 d.callback(result)
+        for waiting in synced:
+            waiting.callback(None)
 
-    def write(self, op: _Op) -> Deferred[Any]:
+    def write(self, op: _Op, before_commit: bool = False) -> Deferred[Any]:
         """
         Run ``op(conn, changes)`` on the writer thread in the next batch; fire
         with its result once committed. Fails with :class:`StoreUnavailable`.
+
+        ``before_commit``: fire as soon as ``op`` has run, before its
+        transaction commits (and syncs). Only for a write that may be lost in
+        a crash, such as marking a job running (recovery handles a waiting and
+        a running job alike); the write still commits with its batch, before
+        any write asked for later. When that commit fails, the Deferred has
+        fired already: the counters are moved back, and the store keeps the
+        rows as they were before the batch. A read asked for once it has
+        fired waits for its commit, so reads still see every write that fired.
         """
         if self._writer is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
-        return self._writer.write(op)
+        return self._writer.write(_BeforeCommit(op) if before_commit else op)
 
     def _flush(self) -> None:
         """
@@ -463,6 +544,14 @@ class SQLiteFile:
         Run ``call(conn)`` on a reader thread (``scan``: on the one for slow
         full scans); fire with its result. Fails with :class:`StoreUnavailable`.
         """
+        if self._unsynced:
+            # A write answered before its commit: read once that commit is over.
+            synced: Deferred[None] = Deferred()
+            self._unsynced[-1].append(synced)
+            return synced.addCallback(lambda _: self._read_now(call, scan))
+        return self._read_now(call, scan)
+
+    def _read_now(self, call: Callable[[sqlite3.Connection], T], scan: bool) -> Deferred[T]:
         pool = self._scan_pool if scan else self._pool
         if pool is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
