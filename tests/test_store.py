@@ -726,6 +726,24 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 1, 1))
         self.assertEqual((await self.store.get(job.id)).state, JobState.RUNNING)
 
+    async def test_savepoints_only_when_a_write_of_the_batch_fails(self) -> None:
+        """A batch runs without savepoints; with a failing write, again with one per write."""
+        from twisted.internet.defer import DeferredList, gatherResults
+
+        gated = self.gate_commits()
+        gated.release.set()
+        await gatherResults([self.store.create(make_job(n)) for n in range(5)])
+        self.assertNotIn("SAVEPOINT op", gated.statements)
+        self.assertEqual(gated.statements.count("ROLLBACK"), 0)
+        results = await DeferredList(
+            [self.store.create(make_job(10)), self.store.create(make_job(1))],
+            consumeErrors=True,
+        )
+        self.assertEqual([ok for ok, _ in results], [True, False])
+        self.assertEqual(gated.statements.count("ROLLBACK"), 1)
+        self.assertEqual(gated.statements.count("SAVEPOINT op"), 2)
+        self.assertEqual((await self.store.counts(0, 0)).stored, 6)
+
     async def test_a_read_after_an_early_start_waits_for_its_commit(self) -> None:
         """A read asked once a start fired waits for the start's commit, so it sees the start."""
         job = make_job(1)
@@ -772,8 +790,11 @@ class _GatedCommits:
         self.release = threading.Event()
         self.committed = threading.Event()
         self.fail = False
+        #: Every statement run, in order.
+        self.statements: list[str] = []
 
     def execute(self, statement: str, *args: object) -> sqlite3.Cursor:
+        self.statements.append(statement)
         if statement == "COMMIT" and not self.committed.is_set():
             self.release.wait(10)
             if self.fail:

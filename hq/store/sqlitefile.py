@@ -238,9 +238,48 @@ class _Writer(BatchWriter[_Op]):
         self._answered_early = False
         return self._run_batch(batch)
 
-    def _run_batch(self, batch: _Batch) -> list[_Result]:
+    def _run_ops(
+        self, conn: sqlite3.Connection, batch: _Batch, savepoints: bool
+    ) -> tuple[list[_Result], list[_Result]] | None:
+        """
+        Run the writes of ``batch`` in the open transaction; return their
+        results and, apart, those of the writes to answer before the commit.
+
+        Without ``savepoints``, return ``None`` as soon as one fails (the
+        caller rolls the transaction back): a savepoint around each write,
+        which lets one fail alone, costs two more statements per write, and
+        writes almost never fail. Fails as a write does when the storage
+        is unavailable.
+        """
         results: list[_Result] = []
-        #: The writes to answer before the commit (``_BeforeCommit``).
+        early: list[_Result] = []
+        for op, d in batch:
+            changes: list[_Change] = []
+            if savepoints:
+                conn.execute("SAVEPOINT op")
+            try:
+                result = op(conn, changes)
+            except Exception as e:
+                if isinstance(e, sqlite3.Error) and _unavailable(e):
+                    raise
+                if not savepoints:
+                    return None
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                if isinstance(e, sqlite3.IntegrityError):
+                    results.append((d, Failure(JobExists("a job with this id exists")), []))
+                else:
+                    results.append((d, Failure(), []))
+            else:
+                if savepoints:
+                    conn.execute("RELEASE op")
+                if isinstance(op, _BeforeCommit):
+                    early.append((d, result, changes))
+                else:
+                    results.append((d, result, changes))
+        return results, early
+
+    def _run_batch(self, batch: _Batch) -> list[_Result]:
         early: list[_Result] = []
         try:
             if self._conn is None:
@@ -250,28 +289,15 @@ class _Writer(BatchWriter[_Op]):
                 self._conn.execute("PRAGMA synchronous = FULL")
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
-            for op, d in batch:
-                changes: list[_Change] = []
-                # Each write in its own savepoint: one that fails half-way is
-                # undone alone, and the others in the batch still commit.
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(conn, changes)
-                except Exception as e:
-                    if isinstance(e, sqlite3.Error) and _unavailable(e):
-                        raise
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    if isinstance(e, sqlite3.IntegrityError):
-                        results.append((d, Failure(JobExists("a job with this id exists")), []))
-                    else:
-                        results.append((d, Failure(), []))
-                else:
-                    conn.execute("RELEASE op")
-                    if isinstance(op, _BeforeCommit):
-                        early.append((d, result, changes))
-                    else:
-                        results.append((d, result, changes))
+            ran = self._run_ops(conn, batch, savepoints=False)
+            if ran is None:
+                # A write failed: undo the batch and run it again with each
+                # write in its own savepoint, so that it fails alone.
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                ran = self._run_ops(conn, batch, savepoints=True)
+                assert ran is not None
+            results, early = ran
             if early:
                 # Answered now: the reactor goes on (posts the job) while the
                 # commit waits for the disk.
