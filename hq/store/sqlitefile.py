@@ -14,7 +14,6 @@ the one writer thread and the reader threads.
 
 from __future__ import annotations
 
-import collections
 import fcntl
 import os
 import sqlite3
@@ -185,10 +184,9 @@ _Batch = list[tuple[_Op, "Deferred[Any]"]]
 
 
 @attrs.frozen
-class _BeforeCommit:
+class _MayBeLost:
     """
-    A write answered as soon as it has run, before its transaction commits
-    (see :meth:`SQLiteFile.write`).
+    A write that a power cut may lose (see :meth:`SQLiteFile.write`).
     """
 
     op: _Op
@@ -197,53 +195,47 @@ class _BeforeCommit:
         return self.op(conn, changes)
 
 
-def _undo(change: _Change) -> _Change:
-    before, after, count = change
-    return (after, before, count)
-
-
-#: Markers in the result lists the writer hands to the reactor (with no
-#: Deferred): a batch answered some writes before its commit; that batch's
-#: commit (or rollback) is over.
-_ANSWERED_EARLY = object()
-_SYNCED = object()
-
-_Result = tuple["Deferred[Any] | None", Any, list[_Change]]
+_Result = tuple["Deferred[Any]", Any, list[_Change]]
 
 
 class _Writer(BatchWriter[_Op]):
     """
-    The SQLite writer: each write in a savepoint of the batch's transaction.
+    The SQLite writer: a batch's writes in one transaction, but for those that
+    may be lost (:class:`_MayBeLost`), which commit first in one of their own.
     """
 
     def __init__(self, path: str, reactor: Any, deliver: Callable[[list[Any]], None]) -> None:
         super().__init__("hq-sqlite-writer", reactor, deliver)
         self._path = path
         self._conn: sqlite3.Connection | None = None
-        #: Whether the batch being run answered writes before its commit.
-        self._answered_early = False
+        #: Whether commits wait for the disk (``PRAGMA synchronous = FULL``).
+        self._durable = True
 
     def fail_batch(self, batch: _Batch, failure: Failure) -> list[Any]:
-        failed: list[_Result] = [(d, failure, []) for _, d in batch]
-        if self._answered_early:
-            # Those already fired are skipped by SQLiteFile._deliver.
-            failed.append((None, _SYNCED, []))
-        return failed
+        # Writes already answered (the first transaction of the batch) are
+        # skipped by SQLiteFile._deliver.
+        return [(d, failure, []) for _, d in batch]
 
     def finish(self) -> None:
         if self._conn is not None:
             self._conn.close()
 
     def run_batch(self, batch: _Batch) -> list[Any]:
-        self._answered_early = False
-        return self._run_batch(batch)
+        unsynced = [item for item in batch if isinstance(item[0], _MayBeLost)]
+        if not unsynced:
+            return self._transaction(batch, durable=True)
+        # Committed without waiting for the disk, and answered at once: the
+        # reactor goes on (posts the jobs it started) while the durable writes
+        # of the batch, asked for as concurrently, commit and sync.
+        self._reactor.callFromThread(self._deliver, self._transaction(unsynced, durable=False))
+        durable = [item for item in batch if not isinstance(item[0], _MayBeLost)]
+        return self._transaction(durable, durable=True) if durable else []
 
     def _run_ops(
         self, conn: sqlite3.Connection, batch: _Batch, savepoints: bool
-    ) -> tuple[list[_Result], list[_Result]] | None:
+    ) -> list[_Result] | None:
         """
-        Run the writes of ``batch`` in the open transaction; return their
-        results and, apart, those of the writes to answer before the commit.
+        Run the writes of ``batch`` in the open transaction; return their results.
 
         Without ``savepoints``, return ``None`` as soon as one fails (the
         caller rolls the transaction back): a savepoint around each write,
@@ -252,7 +244,6 @@ class _Writer(BatchWriter[_Op]):
         is unavailable.
         """
         results: list[_Result] = []
-        early: list[_Result] = []
         for op, d in batch:
             changes: list[_Change] = []
             if savepoints:
@@ -273,36 +264,39 @@ class _Writer(BatchWriter[_Op]):
             else:
                 if savepoints:
                     conn.execute("RELEASE op")
-                if isinstance(op, _BeforeCommit):
-                    early.append((d, result, changes))
-                else:
-                    results.append((d, result, changes))
-        return results, early
+                results.append((d, result, changes))
+        return results
 
-    def _run_batch(self, batch: _Batch) -> list[_Result]:
-        early: list[_Result] = []
+    def _transaction(self, batch: _Batch, durable: bool) -> list[_Result]:
+        """
+        Run ``batch`` in one transaction and commit it, waiting for the disk
+        when ``durable``; return one result per write (all failed with
+        :class:`StoreUnavailable` when the storage is).
+        """
         try:
             if self._conn is None:
                 self._conn = _connect(self._path)
                 # Outside any transaction: journal_mode cannot change inside one.
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = FULL")
+                self._durable = True
             conn = self._conn
+            if durable is not self._durable:
+                # Outside a transaction, where the setting may change. Without
+                # a sync the commit is still written to the log file (a killed
+                # process loses nothing), and the next synced commit syncs it
+                # too (the log is replayed in order up to the last synced commit).
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             conn.execute("BEGIN IMMEDIATE")
-            ran = self._run_ops(conn, batch, savepoints=False)
-            if ran is None:
+            results = self._run_ops(conn, batch, savepoints=False)
+            if results is None:
                 # A write failed: undo the batch and run it again with each
                 # write in its own savepoint, so that it fails alone.
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
-                ran = self._run_ops(conn, batch, savepoints=True)
-                assert ran is not None
-            results, early = ran
-            if early:
-                # Answered now: the reactor goes on (posts the job) while the
-                # commit waits for the disk.
-                self._answered_early = True
-                self._reactor.callFromThread(self._deliver, [(None, _ANSWERED_EARLY, []), *early])
+                results = self._run_ops(conn, batch, savepoints=True)
+                assert results is not None
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if self._conn is not None and self._conn.in_transaction:
@@ -311,20 +305,7 @@ class _Writer(BatchWriter[_Op]):
                 except sqlite3.Error:
                     pass
             error = StoreUnavailable(f"storage unavailable: {e}")
-            if not self._answered_early:
-                return [(d, Failure(error), []) for _, d in batch]
-            # The early ones fired already: the counters move back, their
-            # callers learn nothing (the store has those rows as before the
-            # batch, which recovery and later writes handle).
-            failed: list[_Result] = [
-                (d, Failure(error), []) for op, d in batch if not isinstance(op, _BeforeCommit)
-            ]
-            for _, _, changes in early:
-                failed.append((None, None, [_undo(change) for change in changes]))
-            failed.append((None, _SYNCED, []))
-            return failed
-        if self._answered_early:
-            results.append((None, _SYNCED, []))
+            return [(d, Failure(error), []) for _, d in batch]
         return results
 
 
@@ -363,9 +344,6 @@ class SQLiteFile:
         #: their own thread, so a slow search never holds up the other reads.
         self._scan_pool: ThreadPool | None = None
         self._reader_conns: list[sqlite3.Connection] = []
-        #: One list per batch that answered writes before its commit, commit
-        #: not yet over: the reads waiting for that commit (see ``read``).
-        self._unsynced: collections.deque[list[Deferred[None]]] = collections.deque()
         self._closing = False
         self._local = threading.local()
         self._lock_fd: int | None = None
@@ -523,40 +501,29 @@ class SQLiteFile:
         for _, _, changes in results:
             for change in changes:
                 move(change)
-        synced: list[Deferred[None]] = []
         for d, result, _ in results:
-            if d is None:
-                if result is _ANSWERED_EARLY:
-                    self._unsynced.append([])
-                elif result is _SYNCED and self._unsynced:
-                    synced = self._unsynced.popleft()
-                continue
             if d.called:
-                continue  # Answered before its commit (see ``write``).
+                continue  # Answered with the first transaction of its batch.
             if isinstance(result, Failure):
                 d.errback(result)
             else:
                 d.callback(result)
-        for waiting in synced:
-            waiting.callback(None)
 
-    def write(self, op: _Op, before_commit: bool = False) -> Deferred[Any]:
+    def write(self, op: _Op, durable: bool = True) -> Deferred[Any]:
         """
         Run ``op(conn, changes)`` on the writer thread in the next batch; fire
         with its result once committed. Fails with :class:`StoreUnavailable`.
 
-        ``before_commit``: fire as soon as ``op`` has run, before its
-        transaction commits (and syncs). Only for a write that may be lost in
-        a crash, such as marking a job running (recovery handles a waiting and
-        a running job alike); the write still commits with its batch, before
-        any write asked for later. When that commit fails, the Deferred has
-        fired already: the counters are moved back, and the store keeps the
-        rows as they were before the batch. A read asked for once it has
-        fired waits for its commit, so reads still see every write that fired.
+        ``durable=False``: a write that a power cut may lose, such as marking
+        a job running (recovery handles a waiting and a running job alike).
+        Such writes of a batch commit first, in a transaction of their own,
+        without waiting for the disk (``synchronous = NORMAL``), and fire at
+        once. A killed process does not lose them (they are in the log file),
+        and the next durable commit syncs them too.
         """
         if self._writer is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
-        return self._writer.write(_BeforeCommit(op) if before_commit else op)
+        return self._writer.write(op if durable else _MayBeLost(op))
 
     def _flush(self) -> None:
         """
@@ -570,14 +537,6 @@ class SQLiteFile:
         Run ``call(conn)`` on a reader thread (``scan``: on the one for slow
         full scans); fire with its result. Fails with :class:`StoreUnavailable`.
         """
-        if self._unsynced:
-            # A write answered before its commit: read once that commit is over.
-            synced: Deferred[None] = Deferred()
-            self._unsynced[-1].append(synced)
-            return synced.addCallback(lambda _: self._read_now(call, scan))
-        return self._read_now(call, scan)
-
-    def _read_now(self, call: Callable[[sqlite3.Connection], T], scan: bool) -> Deferred[T]:
         pool = self._scan_pool if scan else self._pool
         if pool is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
