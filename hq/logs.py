@@ -21,7 +21,6 @@ from twisted.logger import (
     ILogFilterPredicate,
     ILogObserver,
     LogLevel,
-    LogLevelFilterPredicate,
     PredicateResult,
     formatEvent,
     globalLogBeginner,
@@ -130,7 +129,7 @@ def app_observer(level: str, out: ReopenableFile, log_format: str = "text") -> I
         writer = textFileLogObserver(cast(IO[str], out))
     if level == "off":
         return FilteringLogObserver(writer, [_Nothing()])
-    return FilteringLogObserver(writer, [LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])])
+    return FilteringLogObserver(writer, [_AtLeast(LEVELS[level])])
 
 
 #: Keys of legacy (``twisted.python.log``) events that are not structured fields.
@@ -189,6 +188,27 @@ class JSONLineObserver:
                 ensure_ascii=False,
             )
         self._out.write(line + "\n")
+
+
+@implementer(ILogFilterPredicate)
+class _AtLeast:
+    """
+    Lets through the events at ``level`` or above.
+
+    Twisted's ``LogLevelFilterPredicate`` does this too, but looks up each
+    event's namespace (dot by dot) for a level of its own, which HQ never
+    sets; that was a visible part of the cost of the ``debug`` events on the
+    delivery path, dropped at the default level.
+    """
+
+    def __init__(self, level: LogLevel) -> None:
+        ordered = list(LogLevel.iterconstants())
+        self._levels = frozenset(ordered[ordered.index(level) :])
+
+    def __call__(self, event: Any) -> PredicateResult:
+        if event.get("log_level") in self._levels and event.get("log_namespace") is not None:
+            return PredicateResult.maybe
+        return PredicateResult.no
 
 
 @implementer(ILogFilterPredicate)

@@ -515,7 +515,7 @@ class AccessLogSite(Site):
                 + "\n"
             )
             return
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        stamp = _local_stamp()
         self._access_log.write(
             f"{stamp} {self.client_address(request)} {host} {_printable(method)} "
             f"{_printable(uri)} {code} {latency} {_human(latency)} {_printable(bytes_in)} "
@@ -539,6 +539,10 @@ def _token_suffix(request: http.Request) -> str:
     return "" if name is None else f" token={_printable(name)}"
 
 
+#: Bytes a log line shows as they are: printable ASCII but for ``\\`` (no spaces).
+_PLAIN = re.compile(rb"[\x21-\x5b\x5d-\x7e]*")
+
+
 def _printable(value: bytes | str) -> str:
     """
     Return ``value`` for a log line: bytes outside printable ASCII (spaces and
@@ -547,4 +551,27 @@ def _printable(value: bytes | str) -> str:
     """
     if isinstance(value, str):
         value = value.encode("latin-1", "replace")
+    if _PLAIN.fullmatch(value):
+        return value.decode("ascii")
     return "".join(chr(b) if 0x21 <= b <= 0x7E and b != 0x5C else f"\\x{b:02x}" for b in value)
+
+
+class _LocalStamp:
+    """
+    The access log's local time stamp, formatted once per second.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
+            self._second = second
+        return self._text
+
+
+_local_stamp = _LocalStamp()

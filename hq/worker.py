@@ -27,6 +27,7 @@ reading the request).
 from __future__ import annotations
 
 import codecs
+import functools
 from collections.abc import Callable, Hashable, Sequence
 from http.cookiejar import Cookie
 from typing import Any
@@ -36,7 +37,7 @@ from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
@@ -46,6 +47,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol, Request
 from twisted.web.client import (
+    URI,
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
@@ -54,6 +56,7 @@ from twisted.web.client import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+    _ensureValidURI,
     _HTTP11ClientFactory,
 )
 from twisted.web.error import SchemeNotSupported
@@ -228,19 +231,29 @@ class _BudgetEndpoint:
     """
     An endpoint whose connections count received bytes (:class:`_BudgetProtocol`);
     ``connect`` fires with the wrapped protocol, as the connection pool expects.
+
+    The endpoint that connects is built by ``make_endpoint`` only when a
+    connection is made: the pool asks for an endpoint with every request but
+    uses it only when it has no kept connection, and building a
+    ``HostnameEndpoint`` (its IDNA step) cost more than the rest of the
+    request's routing.
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, budget: int) -> None:
-        self._endpoint = endpoint
+    def __init__(self, make_endpoint: Callable[[], IStreamClientEndpoint], budget: int) -> None:
+        self._make_endpoint = make_endpoint
         self._budget = budget
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         wrapping = _BudgetFactory(protocolFactory, self._budget)
-        connected: Deferred[Any] = self._endpoint.connect(wrapping)
+        try:
+            endpoint = self._make_endpoint()
+        except Exception:
+            return fail()
+        connected: Deferred[Any] = endpoint.connect(wrapping)
         return connected.addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
     def __repr__(self) -> str:
-        return repr(self._endpoint)
+        return repr(self._make_endpoint())
 
 
 @implementer(IAgentEndpointFactory)
@@ -263,16 +276,72 @@ class WorkerEndpoints:
             host = uri.host.decode("ascii")
         except UnicodeDecodeError:
             raise ValueError(f"the host {uri.host!r} is not ASCII") from None
-        endpoint: IStreamClientEndpoint
-        if self._guard:
-            endpoint = GuardedEndpoint(self._reactor, host, uri.port, self._guard)
-        else:
-            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
-        if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
-        elif uri.scheme != b"http":
-            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
-        return _BudgetEndpoint(endpoint, self._budget)
+        scheme, netloc, port = uri.scheme, uri.host, uri.port
+        if scheme not in (b"http", b"https"):
+            raise SchemeNotSupported(f"Unsupported scheme: {scheme!r}")
+
+        def make_endpoint() -> IStreamClientEndpoint:
+            endpoint: IStreamClientEndpoint
+            if self._guard:
+                endpoint = GuardedEndpoint(self._reactor, host, port, self._guard)
+            else:
+                endpoint = HostnameEndpoint(self._reactor, host, port)
+            if scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(netloc, port), endpoint)
+            return endpoint
+
+        return _BudgetEndpoint(make_endpoint, self._budget)
+
+
+#: Parsed request URIs :class:`WorkerAgent` keeps (all are dropped when it is full).
+URI_CACHE_SIZE = 1024
+
+
+class WorkerAgent(Agent):
+    """
+    Twisted's ``Agent`` over an endpoint factory, which keeps the URIs it
+    parsed: jobs go to few URLs, and parsing each request's URI again
+    (``URI.fromBytes``) was a visible part of a delivery's CPU. Parsed URIs
+    are not changed by a request, so one serves many.
+    """
+
+    _uris: dict[bytes, URI]
+
+    @classmethod
+    def for_workers(
+        cls, reactor: Any, endpoints: IAgentEndpointFactory, pool: HTTPConnectionPool
+    ) -> WorkerAgent:
+        """
+        Return an agent connecting through ``endpoints`` with ``pool``.
+        """
+        agent = cls.usingEndpointFactory(reactor, endpoints, pool=pool)
+        agent._uris = {}
+        return agent
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        """
+        As ``Agent.request``, with the parsed ``uri`` taken from the cache.
+        """
+        parsed = self._uris.get(uri)
+        if parsed is None:
+            parsed = URI.fromBytes(_ensureValidURI(uri.strip()))
+            if len(self._uris) >= URI_CACHE_SIZE:
+                self._uris.clear()
+            self._uris[uri] = parsed
+        try:
+            endpoint = self._getEndpoint(parsed)
+        except SchemeNotSupported:
+            return fail()
+        key = (parsed.scheme, parsed.host, parsed.port)
+        return self._requestWithEndpoint(
+            key, endpoint, method, parsed, headers, bodyProducer, parsed.originForm
+        )
 
 
 def keeps_alive(version: tuple[bytes, int, int], connection: Sequence[bytes]) -> bool:
@@ -436,17 +505,29 @@ class _AsciiURL(EncodedURL):
     """
     A URL already in ASCII, sent as it is: treq turns every URL into a URI
     with hyperlink's ``to_uri()``, whose IDNA step refuses IPv6 literal hosts
-    (``http://[::1]:8000/``); an ASCII URL needs no such step.
+    (``http://[::1]:8000/``); an ASCII URL needs no such step. Its text is
+    made once (treq asks for it with every request).
     """
+
+    _text: str | None = None
 
     def to_uri(self, *args: Any, **kwargs: Any) -> EncodedURL:
         return self
 
+    def to_text(self, with_password: bool = False) -> str:
+        if with_password:
+            return super().to_text(with_password)
+        if self._text is None:
+            self._text = super().to_text()
+        return self._text
 
+
+@functools.lru_cache(maxsize=URI_CACHE_SIZE)
 def request_url(url: str) -> str | EncodedURL:
     """
     Return ``url`` in the form to hand to treq: as it is for an ASCII URL (an
-    IPv6 literal host included), else the text (treq makes it a URI).
+    IPv6 literal host included), else the text (treq makes it a URI). The
+    last ones are kept: jobs go to few URLs, and the URL objects do not change.
     """
     if url.isascii():
         try:
@@ -473,7 +554,7 @@ def make_http_client(
     if pool is None:
         pool = WorkerConnectionPool(reactor)
     endpoints = WorkerEndpoints(reactor, response_budget(max_output_bytes), guard)
-    return http_client_for(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
+    return http_client_for(WorkerAgent.for_workers(reactor, endpoints, pool))
 
 
 # -- One exchange with a worker --------------------------------------------------

@@ -9,9 +9,10 @@ import io
 import os
 import sys
 
+from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from hq.logs import ReopenableFile
+from hq.logs import ReopenableFile, app_observer
 from tests.serverprocess import ServerProcess
 
 
@@ -80,3 +81,41 @@ class FullLogDiskTests(SynchronousTestCase):
             response = connection.getresponse()
             self.assertEqual(response.status, 200)
             response.read()
+
+
+class LevelTests(SynchronousTestCase):
+    """
+    The app log's level: what the observer lets through.
+    """
+
+    def written(self, level: str) -> list[str]:
+        """
+        Log one event at each level through ``app_observer(level)``; return the lines written.
+        """
+        out = ReopenableFile(self.mktemp())
+        self.addCleanup(out.close)
+        log = Logger(namespace="hq.test.levels", observer=app_observer(level, out))
+        for name in ("debug", "info", "warn", "error", "critical"):
+            getattr(log, name)("event {name}", name=name)
+        out.flush()
+        assert out.path is not None
+        with open(out.path) as f:
+            return [line.rsplit(" ", 1)[-1].strip() for line in f if line.strip()]
+
+    def test_each_level_lets_through_itself_and_above(self) -> None:
+        """debug lets everything through; warn only warn, error and critical; off nothing."""
+        self.assertEqual(self.written("debug"), ["debug", "info", "warn", "error", "critical"])
+        self.assertEqual(self.written("info"), ["info", "warn", "error", "critical"])
+        self.assertEqual(self.written("warn"), ["warn", "error", "critical"])
+        self.assertEqual(self.written("error"), ["error", "critical"])
+        self.assertEqual(self.written("off"), [])
+
+    def test_an_event_without_a_namespace_is_dropped(self) -> None:
+        """As Twisted's level predicate: an event with no namespace is not written."""
+        out = ReopenableFile(self.mktemp())
+        self.addCleanup(out.close)
+        app_observer("debug", out)({"log_level": LogLevel.error, "log_format": "x", "log_time": 0})
+        out.flush()
+        assert out.path is not None
+        with open(out.path) as f:
+            self.assertEqual(f.read(), "")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 
 import treq
 from twisted.internet import reactor
@@ -15,8 +16,16 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
+import hq.site as site_module
 from hq.api import write_error
-from hq.site import AccessLogSite, _raw_response, error_body, too_large_message
+from hq.site import (
+    AccessLogSite,
+    _LocalStamp,
+    _printable,
+    _raw_response,
+    error_body,
+    too_large_message,
+)
 
 
 class _Hello(Resource):
@@ -92,3 +101,26 @@ class ErrorBodyTests(SynchronousTestCase):
         head, _, body = raw.partition(b"\r\n\r\n")
         self.assertEqual(body, error_body(413, too_large_message(10)))
         self.assertIn(b"Content-Length: %d" % len(body), head)
+
+
+class LogFieldTests(SynchronousTestCase):
+    """
+    The access log's fields: printable text and the local time stamp.
+    """
+
+    def test_printable_keeps_plain_ascii_and_escapes_the_rest(self) -> None:
+        """Printable ASCII passes as it is; spaces, backslashes, controls, non-ASCII are escaped."""
+        self.assertEqual(_printable(b"/job?x=1&y=%20"), "/job?x=1&y=%20")
+        self.assertEqual(_printable(b"a b\\c\r\n\xff"), "a\\x20b\\x5cc\\x0d\\x0a\\xff")
+        self.assertEqual(_printable("caf\u00e9"), "caf\\xe9")
+        self.assertEqual(_printable(b""), "")
+
+    def test_local_stamp_is_formatted_once_per_second(self) -> None:
+        """The stamp is the local time of the current second, in the Go server's layout."""
+        seconds = [1_700_000_000.2, 1_700_000_000.9, 1_700_000_001.1]
+        self.patch(site_module.time, "time", lambda: seconds.pop(0))
+        stamp = _LocalStamp()
+        first, second, third = stamp(), stamp(), stamp()
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(1_700_000_000))
+        self.assertEqual((first, second), (expected, expected))
+        self.assertNotEqual(third, first)

@@ -8,12 +8,14 @@ import json
 import os
 import random
 import sqlite3
+import threading
 
 import attrs
 import re2
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -39,6 +41,7 @@ from hq.store import (
     Pushed,
     StoreError,
     StoreUnavailable,
+    sql,
 )
 from hq.store.memory import MemoryStore
 from hq.store.sqlite import SCHEMA_VERSION, SQLiteStore, glob_prefilter
@@ -870,6 +873,133 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
             lambda conn, changes: conn.execute("PRAGMA synchronous").fetchone()[0]
         )
         self.assertEqual(seen, 2)
+
+    def gate_commits(self) -> _GatedCommits:
+        """
+        Put the writer's connection behind a :class:`_GatedCommits` (the
+        connection is made by the first write: the open has made it).
+        """
+        writer = self.store.file._writer
+        assert writer is not None and writer._conn is not None
+        gated = _GatedCommits(writer._conn)
+        writer._conn = gated  # type: ignore[assignment]
+        self.addCleanup(gated.release.set)
+        return gated
+
+    async def test_starts_commit_first_and_fire_before_the_durable_writes_sync(self) -> None:
+        """In a batch, starts commit first without a sync and fire; the other writes then commit."""
+        job, other = make_job(1), make_job(2)
+        await self.add(job)
+        gated = self.gate_commits()
+        started = self.store.start(job.id, T0)
+        created = self.store.create(other)
+        job_started = await started
+        assert job_started is not None
+        self.assertEqual(job_started.state, JobState.RUNNING)
+        self.assertFalse(created.called, "the create waits for its (gated) commit")
+        self.assertEqual(
+            gated.statements[:4],
+            ["PRAGMA synchronous = NORMAL", "BEGIN IMMEDIATE", sql.START, "COMMIT"],
+        )
+        # Committed already: a read sees the start.
+        self.assertEqual((await self.store.get(job.id)).state, JobState.RUNNING)
+        gated.release.set()
+        await created
+        self.assertEqual(gated.statements[4:6], ["PRAGMA synchronous = FULL", "BEGIN IMMEDIATE"])
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 1, 1))
+
+    async def test_a_start_that_cannot_commit_fails_alone(self) -> None:
+        """When the starts' commit fails, the start fails; the batch's other writes commit."""
+        job, other = make_job(1), make_job(2)
+        await self.add(job)
+        gated = self.gate_commits()
+        gated.fail_unsynced = True
+        gated.release.set()
+        started = self.store.start(job.id, T0)
+        created = self.store.create(other)
+        with self.assertRaises(StoreUnavailable):
+            await started
+        await created
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 2, 0))
+        self.assertEqual((await self.store.get(job.id)).state, JobState.WAITING)
+
+    async def test_savepoints_only_when_a_write_of_the_batch_fails(self) -> None:
+        """A batch runs without savepoints; with a failing write, again with one per write."""
+        from twisted.internet.defer import DeferredList, gatherResults
+
+        gated = self.gate_commits()
+        gated.release.set()
+        await gatherResults([self.store.create(make_job(n)) for n in range(5)])
+        self.assertNotIn("SAVEPOINT op", gated.statements)
+        self.assertEqual(gated.statements.count("ROLLBACK"), 0)
+        results = await DeferredList(
+            [self.store.create(make_job(10)), self.store.create(make_job(1))],
+            consumeErrors=True,
+        )
+        self.assertEqual([ok for ok, _ in results], [True, False])
+        self.assertEqual(gated.statements.count("ROLLBACK"), 1)
+        self.assertEqual(gated.statements.count("SAVEPOINT op"), 2)
+        self.assertEqual((await self.store.counts(0, 0)).stored, 6)
+
+    async def test_a_batch_of_starts_alone_commits_without_waiting_for_the_disk(self) -> None:
+        """Starts commit with synchronous = NORMAL, other writes with FULL (set as it changes)."""
+        from twisted.internet.defer import gatherResults
+
+        jobs = [make_job(1), make_job(2)]
+        await self.add(*jobs)
+        gated = self.gate_commits()
+        gated.release.set()
+
+        async def statements(*writes: Deferred[object]) -> list[str]:
+            del gated.statements[:]
+            await gatherResults(list(writes))
+            await self.store.counts(0, 0)  # a read: once the batch has committed
+            return gated.statements
+
+        self.assertEqual(
+            await statements(self.store.start(jobs[0].id, T0)),
+            ["PRAGMA synchronous = NORMAL", "BEGIN IMMEDIATE", sql.START, "COMMIT"],
+        )
+        both = await statements(self.store.start(jobs[1].id, T0), self.store.create(make_job(3)))
+        self.assertEqual(both[:3], ["BEGIN IMMEDIATE", sql.START, "COMMIT"])
+        self.assertEqual(both[3:5], ["PRAGMA synchronous = FULL", "BEGIN IMMEDIATE"])
+        finish = self.store.finish(jobs[0].id, Outcome(finished_at=T0, success=True))
+        self.assertEqual((await statements(finish))[0], "BEGIN IMMEDIATE")
+        seen = await self.store._write(
+            lambda conn, changes: conn.execute("PRAGMA synchronous").fetchone()[0]
+        )
+        self.assertEqual(seen, 2)
+
+
+class _GatedCommits:
+    """
+    The writer's connection, recording every statement; a ``COMMIT`` that
+    syncs waits for ``release``; with ``fail_unsynced``, a ``COMMIT`` that
+    does not sync fails as a full disk does.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.release = threading.Event()
+        self.fail_unsynced = False
+        self._syncs = True
+        #: Every statement run, in order.
+        self.statements: list[str] = []
+
+    def execute(self, statement: str, *args: object) -> sqlite3.Cursor:
+        self.statements.append(statement)
+        if statement.startswith("PRAGMA synchronous = "):
+            self._syncs = statement.endswith("FULL")
+        elif statement == "COMMIT" and self._syncs:
+            self.release.wait(10)
+        elif statement == "COMMIT" and self.fail_unsynced:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(statement, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
 
 
 class GlobPrefilterTests(SynchronousTestCase):

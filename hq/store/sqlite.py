@@ -112,8 +112,8 @@ class SQLiteStore:
         """
         return self.file.integrity_check()
 
-    def _write(self, op: _Op) -> Deferred[Any]:
-        return self.file.write(op)
+    def _write(self, op: _Op, durable: bool = True) -> Deferred[Any]:
+        return self.file.write(op, durable)
 
     def _read(self, call: Callable[[sqlite3.Connection], T], scan: bool = False) -> Deferred[T]:
         return self.file.read(call, scan)
@@ -224,6 +224,12 @@ class SQLiteStore:
     def start(self, job_id: int, now: int) -> Deferred[Job | None]:
         # One UPDATE, not a read, a Job built twice and a REPLACE (which rewrites
         # every index): this runs once per delivery, on the writer thread.
+        # Committed without waiting for the disk, before the other writes of
+        # its batch, so the job is posted without waiting for an fsync: a
+        # power cut may lose the mark (a killed process does not), and
+        # recovery then finds the job waiting instead of running; either way
+        # it is delivered again (at-least-once), only the interrupted attempt
+        # is not counted.
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
             rows = conn.execute(sql.START, (now, job_id)).fetchall()
             if not rows:
@@ -231,7 +237,7 @@ class SQLiteStore:
             changes.append((JobState.WAITING, JobState.RUNNING, 1))
             return sql.row_job(rows[0])
 
-        return self._write(op)
+        return self._write(op, durable=False)
 
     def finish(
         self,

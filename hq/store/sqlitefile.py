@@ -229,17 +229,37 @@ _Op = Callable[[sqlite3.Connection, list[_Change]], Any]
 _Batch = list[tuple[_Op, "Deferred[Any]"]]
 
 
+@attrs.frozen
+class _MayBeLost:
+    """
+    A write that a power cut may lose (see :meth:`SQLiteFile.write`).
+    """
+
+    op: _Op
+
+    def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> Any:
+        return self.op(conn, changes)
+
+
+_Result = tuple["Deferred[Any]", Any, list[_Change]]
+
+
 class _Writer(BatchWriter[_Op]):
     """
-    The SQLite writer: each write in a savepoint of the batch's transaction.
+    The SQLite writer: a batch's writes in one transaction, but for those that
+    may be lost (:class:`_MayBeLost`), which commit first in one of their own.
     """
 
     def __init__(self, path: str, reactor: Any, deliver: Callable[[list[Any]], None]) -> None:
         super().__init__("hq-sqlite-writer", reactor, deliver)
         self._path = path
         self._conn: sqlite3.Connection | None = None
+        #: Whether commits wait for the disk (``PRAGMA synchronous = FULL``).
+        self._durable = True
 
     def fail_batch(self, batch: _Batch, failure: Failure) -> list[Any]:
+        # Writes already answered (the first transaction of the batch) are
+        # skipped by SQLiteFile._deliver.
         return [(d, failure, []) for _, d in batch]
 
     def finish(self) -> None:
@@ -247,37 +267,82 @@ class _Writer(BatchWriter[_Op]):
             self._conn.close()
 
     def run_batch(self, batch: _Batch) -> list[Any]:
-        return self._run_batch(batch)
+        unsynced = [item for item in batch if isinstance(item[0], _MayBeLost)]
+        if not unsynced:
+            return self._transaction(batch, durable=True)
+        # Committed without waiting for the disk, and answered at once: the
+        # reactor goes on (posts the jobs it started) while the durable writes
+        # of the batch, asked for as concurrently, commit and sync.
+        self._reactor.callFromThread(self._deliver, self._transaction(unsynced, durable=False))
+        durable = [item for item in batch if not isinstance(item[0], _MayBeLost)]
+        return self._transaction(durable, durable=True) if durable else []
 
-    def _run_batch(self, batch: _Batch) -> list[tuple[Deferred[Any], Any, list[_Change]]]:
-        results: list[tuple[Deferred[Any], Any, list[_Change]]] = []
+    def _run_ops(
+        self, conn: sqlite3.Connection, batch: _Batch, savepoints: bool
+    ) -> list[_Result] | None:
+        """
+        Run the writes of ``batch`` in the open transaction; return their results.
+
+        Without ``savepoints``, return ``None`` as soon as one fails (the
+        caller rolls the transaction back): a savepoint around each write,
+        which lets one fail alone, costs two more statements per write, and
+        writes almost never fail. Fails as a write does when the storage
+        is unavailable.
+        """
+        results: list[_Result] = []
+        for op, d in batch:
+            changes: list[_Change] = []
+            if savepoints:
+                conn.execute("SAVEPOINT op")
+            try:
+                result = op(conn, changes)
+            except Exception as e:
+                if isinstance(e, sqlite3.Error) and _unavailable(e):
+                    raise
+                if not savepoints:
+                    return None
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                if isinstance(e, sqlite3.IntegrityError):
+                    results.append((d, Failure(JobExists("a job with this id exists")), []))
+                else:
+                    results.append((d, Failure(), []))
+            else:
+                if savepoints:
+                    conn.execute("RELEASE op")
+                results.append((d, result, changes))
+        return results
+
+    def _transaction(self, batch: _Batch, durable: bool) -> list[_Result]:
+        """
+        Run ``batch`` in one transaction and commit it, waiting for the disk
+        when ``durable``; return one result per write (all failed with
+        :class:`StoreUnavailable` when the storage is).
+        """
         try:
             if self._conn is None:
                 self._conn = _connect(self._path)
                 # Outside any transaction: journal_mode cannot change inside one.
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = FULL")
+                self._durable = True
             conn = self._conn
+            if durable is not self._durable:
+                # Outside a transaction, where the setting may change. Without
+                # a sync the commit is still written to the log file (a killed
+                # process loses nothing), and the next synced commit syncs it
+                # too (the log is replayed in order up to the last synced commit).
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             conn.execute("BEGIN IMMEDIATE")
-            for op, d in batch:
-                changes: list[_Change] = []
-                # Each write in its own savepoint: one that fails half-way is
-                # undone alone, and the others in the batch still commit.
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(conn, changes)
-                except Exception as e:
-                    if isinstance(e, sqlite3.Error) and _unavailable(e):
-                        raise
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    if isinstance(e, sqlite3.IntegrityError):
-                        results.append((d, Failure(JobExists("a job with this id exists")), []))
-                    else:
-                        results.append((d, Failure(), []))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((d, result, changes))
+            results = self._run_ops(conn, batch, savepoints=False)
+            if results is None:
+                # A write failed: undo the batch and run it again with each
+                # write in its own savepoint, so that it fails alone.
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                results = self._run_ops(conn, batch, savepoints=True)
+                assert results is not None
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if self._conn is not None and self._conn.in_transaction:
@@ -474,25 +539,34 @@ class SQLiteFile:
 
     # Plumbing.
 
-    def _deliver(self, results: list[tuple[Deferred[Any], Any, list[_Change]]]) -> None:
+    def _deliver(self, results: list[_Result]) -> None:
         move = self.counts.move
         for _, _, changes in results:
             for change in changes:
                 move(change)
         for d, result, _ in results:
+            if d.called:
+                continue  # Answered with the first transaction of its batch.
             if isinstance(result, Failure):
                 d.errback(result)
             else:
                 d.callback(result)
 
-    def write(self, op: _Op) -> Deferred[Any]:
+    def write(self, op: _Op, durable: bool = True) -> Deferred[Any]:
         """
         Run ``op(conn, changes)`` on the writer thread in the next batch; fire
         with its result once committed. Fails with :class:`StoreUnavailable`.
+
+        ``durable=False``: a write that a power cut may lose, such as marking
+        a job running (recovery handles a waiting and a running job alike).
+        Such writes of a batch commit first, in a transaction of their own,
+        without waiting for the disk (``synchronous = NORMAL``), and fire at
+        once. A killed process does not lose them (they are in the log file),
+        and the next durable commit syncs them too.
         """
         if self._writer is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
-        return self._writer.write(op)
+        return self._writer.write(op if durable else _MayBeLost(op))
 
     def _flush(self) -> None:
         """

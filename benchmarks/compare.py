@@ -1,0 +1,114 @@
+"""
+Compare two HQ trees in one run: the baselines, HQ from ``--base`` (another
+checkout, e.g. ``git worktree add /tmp/hq-base main``) and HQ from this tree
+take turns, so that other work on the machine falls on all of them alike.
+
+    python benchmarks/compare.py --base /tmp/hq-base              # throughput and latency
+    python benchmarks/compare.py --base /tmp/hq-base --what l     # latency only
+
+Prints each round and, at the end, each tree's ratios to the baselines
+(medians of the rounds; latency pooled over all jobs). Not part of ``run.py``:
+a tool for changes to the push and delivery path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+for _path in (HERE, os.path.dirname(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import common  # noqa: E402
+import run  # noqa: E402
+from common import median, percentiles  # noqa: E402
+
+
+def main() -> int:
+    """
+    Run the rounds; return the exit status (1 when a benchmark broke).
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, help="the other tree (its hq/ and ui/)")
+    parser.add_argument("--what", default="tl", help="t: throughput, l: latency (default tl)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=3000, help="throughput jobs per round")
+    parser.add_argument("--latency-jobs", type=int, default=600, help="latency jobs per block")
+    args = parser.parse_args()
+    ctx = run.Context(
+        argparse.Namespace(
+            quick=False,
+            results_dir=os.path.join(HERE, "results"),
+            keep=False,
+            profile=False,
+            jobs=args.jobs,
+            rounds=args.rounds,
+        )
+    )
+    trees = {"base": os.path.abspath(args.base), "this": common.ROOT}
+    throughput: dict[str, list[dict[str, Any]]] = {k: [] for k in ("push", "relay", *trees)}
+    latency: dict[str, list[float]] = {k: [] for k in ("relay", *trees)}
+    try:
+        for index in range(args.rounds):
+            if "t" in args.what:
+                for kind in throughput:
+                    # HQServer runs ``hq`` from common.ROOT (cwd and PYTHONPATH).
+                    common.ROOT = trees.get(kind, trees["this"])
+                    result = run.throughput_round(ctx, "hq" if kind in trees else kind, args.jobs)
+                    throughput[kind].append(result)
+                    print(
+                        f"round {index + 1} {kind:5} CPU {result['cpu_us_per_job']:5d} us/job"
+                        f"  push {result['push_per_s']:7.0f}/s"
+                        f"  end-to-end {result.get('e2e_per_s', 0):7.0f}/s",
+                        flush=True,
+                    )
+            if "l" in args.what:
+                for kind in latency:
+                    common.ROOT = trees.get(kind, trees["this"])
+                    block = run.latency_run(
+                        ctx, "hq" if kind in trees else kind, args.latency_jobs, 100.0
+                    )
+                    latency[kind].extend(block["latencies"])
+                    lat = block["push_to_worker_ms"]
+                    print(
+                        f"round {index + 1} {kind:5} push -> worker p50 {lat['p50']:6.2f} ms"
+                        f"  p99 {lat['p99']:7.2f} ms",
+                        flush=True,
+                    )
+    finally:
+        common.ROOT = trees["this"]
+        ctx.close()
+    if "t" in args.what:
+
+        def med(kind: str, key: str) -> float:
+            return float(median([r[key] for r in throughput[kind]]))
+
+        for tree in trees:
+            print(
+                f"{tree}: push / push baseline"
+                f" {med(tree, 'push_per_s') / med('push', 'push_per_s'):.2f},"
+                f" end-to-end / relay {med(tree, 'e2e_per_s') / med('relay', 'e2e_per_s'):.2f},"
+                f" CPU per job / relay"
+                f" {med(tree, 'cpu_us_per_job') / med('relay', 'cpu_us_per_job'):.2f}"
+            )
+    if "l" in args.what:
+        pooled = {kind: percentiles(values) for kind, values in latency.items()}
+        relay = pooled["relay"]
+        print(f"relay: pooled p50 {relay['p50']:.2f} ms, p99 {relay['p99']:.2f} ms")
+        for tree in trees:
+            lat = pooled[tree]
+            print(
+                f"{tree}: pooled p50 {lat['p50']:.2f} ms ({lat['p50'] / relay['p50']:.2f} x relay),"
+                f" p99 {lat['p99']:.2f} ms ({lat['p99'] / relay['p99']:.2f} x relay)"
+            )
+    for text in ctx.problems:
+        print(f"PROBLEM: {text}")
+    return 1 if ctx.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
