@@ -40,6 +40,7 @@ from hq.store.sqlitefile import (
     _Change,
     _Op,
 )
+from hq.store.sqlitesearch import search_page
 
 __all__ = [
     "DATABASE_FILE",
@@ -211,6 +212,12 @@ class SQLiteStore:
         statement, args = sql.list_statement(query, "GLOB", glob_prefilter)
 
         def call(conn: sqlite3.Connection) -> JobPage:
+            if query.filters_text:
+                # The trigram index and chunked scans (hq/store/sqlitesearch.py);
+                # None: a regexp its analysis is not sure of, read row by row.
+                page = search_page(conn, query)
+                if page is not None:
+                    return page
             cursor = conn.execute(statement, args)
             try:
                 return sql.page_of(query, cursor)

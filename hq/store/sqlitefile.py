@@ -40,7 +40,7 @@ T = TypeVar("T")
 #: Each version is one entry of ``_SCHEMA``; a file of an older version is
 #: upgraded in place at open, in one transaction. Never edit a released entry:
 #: add a new version (tests/schema_v1.py keeps the first release's statements).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 DATABASE_FILE = "hq.sqlite3"
 LOCK_FILE = "hq.lock"
@@ -134,6 +134,48 @@ _SCHEMA = [
         "CREATE INDEX schedules_due ON schedules (next_run_at) WHERE paused = 0",
     ],
 ]
+
+#: The search index step (``GET /job?term=``, hq/store/sqlitesearch.py): a
+#: trigram index of each job's name, comment and url, filled from the jobs
+#: already stored and kept in step with them by triggers, in the transaction
+#: of each write (a delete, clean-up's included, removes a job's entries).
+#: Contentless and without positions (``detail=none``): it answers "which rows
+#: hold all these trigrams", the smallest index that can; the regexp decides.
+#: Self-contained: it may run as any version after 4.
+SEARCH_INDEX_STEP = [
+    """
+    CREATE VIRTUAL TABLE jobs_search USING fts5(
+        name, comment, url, content='', columnsize=0, detail=none, tokenize='trigram'
+    )
+    """,
+    "INSERT INTO jobs_search (rowid, name, comment, url) SELECT id, name, comment, url FROM jobs",
+    """
+    CREATE TRIGGER jobs_search_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO jobs_search (rowid, name, comment, url)
+        VALUES (new.id, new.name, new.comment, new.url);
+    END
+    """,
+    """
+    CREATE TRIGGER jobs_search_delete AFTER DELETE ON jobs BEGIN
+        INSERT INTO jobs_search (jobs_search, rowid, name, comment, url)
+        VALUES ('delete', old.id, old.name, old.comment, old.url);
+    END
+    """,
+    """
+    CREATE TRIGGER jobs_search_update AFTER UPDATE OF id, name, comment, url ON jobs
+    WHEN old.id IS NOT new.id OR old.name IS NOT new.name OR old.comment IS NOT new.comment
+        OR old.url IS NOT new.url
+    BEGIN
+        INSERT INTO jobs_search (jobs_search, rowid, name, comment, url)
+        VALUES ('delete', old.id, old.name, old.comment, old.url);
+        INSERT INTO jobs_search (rowid, name, comment, url)
+        VALUES (new.id, new.name, new.comment, new.url);
+    END
+    """,
+]
+
+# Version 5.
+_SCHEMA.append(SEARCH_INDEX_STEP)
 
 
 #: SQLite error texts that mean the storage, not the request, is at fault.
