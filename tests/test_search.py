@@ -14,6 +14,7 @@ import re2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hq.ids import first_id_at
@@ -29,7 +30,7 @@ from hq.store.search import (
     trigram_query,
 )
 from hq.store.sqlite import SQLiteStore
-from hq.store.sqlitefile import _SCHEMA, DATABASE_FILE, SEARCH_INDEX_STEP
+from hq.store.sqlitefile import _SCHEMA, DATABASE_FILE, INDEX_BATCH, SEARCH_INDEX_STEP, index_some
 from hq.store.sqlitesearch import search_page
 
 T0 = 1_700_000_000_000
@@ -231,10 +232,16 @@ class SearchPageTests(SynchronousTestCase):
     The fast listing on a real SQLite file equals the plain scan.
     """
 
-    def _store_of(self, jobs: list[Job]) -> sqlite3.Connection:
+    def _store_of(self, jobs: list[Job], indexed: int | None = None) -> sqlite3.Connection:
+        """
+        Return a database holding ``jobs``, the first ``indexed`` of them
+        moved into the search index (``None``: all), the others waiting.
+        """
         conn = _schema_file(":memory:")
         conn.executemany(sql.INSERT, [sql.job_row(job) for job in jobs])
         self.addCleanup(conn.close)
+        while (indexed is None or indexed > 0) and index_some(conn, indexed or INDEX_BATCH):
+            indexed = None if indexed is None else 0
         return conn
 
     def assert_same_page(self, conn: sqlite3.Connection, query: ListQuery) -> None:
@@ -258,10 +265,17 @@ class SearchPageTests(SynchronousTestCase):
         reverse=st.booleans(),
         limit=st.sampled_from([None, 1, 2, 5]),
         begin=st.sampled_from([None, 0, 5, 20]),
+        indexed=st.sampled_from([None, 0, 3, 10]),
+        changes=st.lists(
+            st.tuples(st.integers(0, 39), st.sampled_from(["delete", "rename", "index"])),
+            max_size=6,
+        ),
     )
     def test_fast_page_is_the_plain_page(self, **kwargs: Any) -> None:
-        """Random jobs and queries: the same jobs, order, next and hasNext."""
+        """Random jobs, index states, changes and queries: the same jobs, order, next, hasNext."""
         jobs = kwargs.pop("jobs")
+        indexed = kwargs.pop("indexed")
+        changes = kwargs.pop("changes")
         for key in ("term", "name"):
             if kwargs[key] is not None and _compile(kwargs[key]) is None:
                 return
@@ -271,7 +285,17 @@ class SearchPageTests(SynchronousTestCase):
             begin = ids[min(begin, len(ids) - 1)]
         if not (kwargs["term"] or kwargs["name"]):
             return
-        conn = self._store_of(jobs)
+        conn = self._store_of(jobs, indexed)
+        for index, change in changes:
+            if not jobs:
+                break
+            job_id = jobs[index % len(jobs)].id
+            if change == "delete":
+                conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            elif change == "rename":
+                conn.execute("UPDATE jobs SET name = name || 'kb' WHERE id = ?", (job_id,))
+            else:
+                index_some(conn, 2)
         self.assert_same_page(conn, ListQuery(begin=begin, now=T0 + 1, **kwargs))
 
     def test_chunks_and_index_batches_over_many_rows(self) -> None:
@@ -292,7 +316,7 @@ class SearchPageTests(SynchronousTestCase):
             )
             for n in range(1_500)
         ]
-        conn = self._store_of(jobs)
+        conn = self._store_of(jobs, 700)
         for term in ("needle", "need.e", "ne+dle$", "^hay$", "job-3", "zzz", r"\d{4}9", "fail"):
             for reverse in (False, True):
                 for limit in (None, 3, 100):
@@ -308,7 +332,26 @@ class SearchIndexTests(TestCase):
     The index in the store: filled on upgrade, kept in step with writes.
     """
 
-    def index_ids(self, store: SQLiteStore, literal: str) -> Any:
+    async def indexed(self, store: SQLiteStore) -> None:
+        """Wait until the writer has moved every noted change into the index."""
+
+        def backlog(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute(
+                    "SELECT (SELECT count(*) FROM jobs_search_new)"
+                    " + (SELECT count(*) FROM jobs_search_gone)"
+                ).fetchone()[0]
+            )
+
+        for _ in range(200):
+            if not await store._read(backlog):
+                return
+            await deferLater(reactor, 0.02, lambda: None)
+        self.fail("the search index was not filled")
+
+    async def index_ids(self, store: SQLiteStore, literal: str) -> list[int]:
+        await self.indexed(store)
+
         def call(conn: sqlite3.Connection) -> list[int]:
             return [
                 row[0]
@@ -318,10 +361,11 @@ class SearchIndexTests(TestCase):
                 )
             ]
 
-        return store._read(call)
+        return await store._read(call)
 
     async def test_version_4_file_is_upgraded_with_a_filled_index(self) -> None:
-        """A version-4 file opens at the new version with its jobs in the index."""
+        """A version-4 file opens at the new version; its jobs are searchable at once and
+        the writer fills the index with them."""
         data_dir = self.mktemp()
         os.makedirs(data_dir)
         conn = _schema_file(os.path.join(data_dir, DATABASE_FILE), 4)
@@ -336,6 +380,8 @@ class SearchIndexTests(TestCase):
         store = SQLiteStore(data_dir, reactor)
         await store.open()
         self.addCleanup(store.close)
+        page = await store.list_jobs(ListQuery(term="old-3"))
+        self.assertEqual([job.id for job in page.jobs], [jobs[3].id])
         self.assertEqual(await self.index_ids(store, "old-"), [job.id for job in jobs])
         page = await store.list_jobs(ListQuery(term="old-3"))
         self.assertEqual([job.id for job in page.jobs], [jobs[3].id])

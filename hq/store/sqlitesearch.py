@@ -46,6 +46,9 @@ from hq.store.search import (
 CHUNK_ROWS = 4096
 #: Candidate ids read from the index at first; doubled per batch up to ``CHUNK_ROWS``.
 FIRST_BATCH = 256
+#: Rows waiting to be indexed that a search reads beside the index at most;
+#: beyond (just after an upgrade, or a huge batch), the search scans.
+MAX_WAITING = 20_000
 #: Candidates that are at least this share of the rows of their id range: scan instead.
 DENSE = 0.5
 #: The id range a scan looks at first (about a second of ids); it then grows
@@ -208,8 +211,22 @@ class _Search:
     def indexed(self, match: str) -> Iterator[Any]:
         """
         Yield, in listing order, the rows of the listing that the trigram
-        index names for ``match`` and the widened regexps may match.
+        index names for ``match`` or that wait to be indexed, and that the
+        widened regexps may match. With too many rows waiting, a scan.
         """
+        waiting = [
+            row[0]
+            for row in self._conn.execute(
+                "SELECT id FROM jobs_search_new ORDER BY id LIMIT ?", (MAX_WAITING + 1,)
+            )
+        ]
+        if len(waiting) > MAX_WAITING:
+            yield from self.scanned(self._begin, True)
+            return
+        if self._reverse:
+            waiting.reverse()
+        if self._begin is not None:
+            waiting = [i for i in waiting if _after(i, self._begin, self._reverse, True)]
         bound, inclusive = self._begin, True
         size = FIRST_BATCH
         while True:
@@ -221,10 +238,14 @@ class _Search:
                 args.append(bound)
             statement += " ORDER BY rowid DESC" if self._reverse else " ORDER BY rowid"
             ids = [row[0] for row in self._conn.execute(f"{statement} LIMIT ?", [*args, size])]
-            if not ids:
-                return
-            yield from self._verified(f"id IN ({', '.join('?' * len(ids))})", ids)
-            if len(ids) < size:
+            full = len(ids) == size
+            # The rows waiting to be indexed up to where this batch of the index ends.
+            taken = [i for i in waiting if not full or not _after(i, ids[-1], self._reverse)]
+            waiting = waiting[len(taken) :]
+            batch = sorted({*ids, *taken}, reverse=self._reverse)
+            if batch:
+                yield from self._verified(f"id IN ({', '.join('?' * len(batch))})", batch)
+            if not full:
                 return
             (spread,) = self._conn.execute(
                 "SELECT count(*) FROM jobs WHERE id BETWEEN ? AND ?", (min(ids), max(ids))
@@ -235,6 +256,16 @@ class _Search:
                 return
             bound, inclusive = ids[-1], False
             size = min(CHUNK_ROWS, size * 2)
+
+
+def _after(a: int, b: int, reverse: bool, inclusive: bool = False) -> bool:
+    """
+    Return whether id ``a`` comes after ``b`` in listing order (or is ``b``,
+    when ``inclusive``).
+    """
+    if a == b:
+        return inclusive
+    return a < b if reverse else a > b
 
 
 def _next_span(span: int, count: int) -> int:
