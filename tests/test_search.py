@@ -335,16 +335,8 @@ class SearchIndexTests(TestCase):
     async def indexed(self, store: SQLiteStore) -> None:
         """Wait until the writer has moved every noted change into the index."""
 
-        def backlog(conn: sqlite3.Connection) -> int:
-            return int(
-                conn.execute(
-                    "SELECT (SELECT count(*) FROM jobs_search_new)"
-                    " + (SELECT count(*) FROM jobs_search_gone)"
-                ).fetchone()[0]
-            )
-
         for _ in range(200):
-            if not await store._read(backlog):
+            if not await store.search_backlog():
                 return
             await deferLater(reactor, 0.02, lambda: None)
         self.fail("the search index was not filled")

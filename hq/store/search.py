@@ -473,9 +473,9 @@ class ChunkFilter:
     """
 
     def __init__(self, widened: Sequence[Any]) -> None:
-        self._searches: list[Callable[[str], Any]] = [pattern.search for pattern in widened]
+        self._searches: list[Callable[[str | bytes], Any]] = [pattern.search for pattern in widened]
 
-    def may_match(self, text: str) -> bool:
+    def may_match(self, text: str | bytes) -> bool:
         """
         Return whether every pattern finds a match in ``text``.
         """

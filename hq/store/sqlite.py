@@ -371,6 +371,24 @@ class SQLiteStore:
 
         return self._read(call)
 
+    def search_backlog(self) -> Deferred[int]:
+        """
+        Fire with how many job changes wait to be moved into the search index
+        (the writer moves them while it has no writes to do; see
+        ``SEARCH_INDEX_STEP`` in :mod:`hq.store.sqlitefile`).
+        """
+
+        def call(conn: sqlite3.Connection) -> int:
+            return cast(
+                int,
+                conn.execute(
+                    "SELECT (SELECT count(*) FROM jobs_search_new)"
+                    " + (SELECT count(*) FROM jobs_search_gone)"
+                ).fetchone()[0],
+            )
+
+        return self._read(call)
+
     def probe_write(self) -> Deferred[None]:
         # A real change (one row of ``meta``) so that the commit writes and syncs
         # a page: an empty transaction would succeed on a full or failed disk.

@@ -24,7 +24,8 @@ row by row. What is fast is how few rows reach them:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import re2
@@ -57,6 +58,8 @@ FIRST_SPAN = 1 << 32
 _MAX_ID = (1 << 63) - 1
 #: Ids of a chunk read back as a list at most (bound parameters).
 _IN_LIMIT = 2000
+#: A chunk: its rows, their fields joined, their ids when read (see ``_chunk_text``).
+_Chunk = tuple[int, bytes, "str | None"]
 #: A waiting job may show as ``scheduled``: both are searched.
 _STATUS_TEXT = (
     "CASE WHEN status = 'waiting' THEN 'waiting' || char(10) || 'scheduled' ELSE status END"
@@ -129,13 +132,14 @@ class _Search:
     def _condition(self, extra: str) -> str:
         return " WHERE " + " AND ".join([*self._where, extra])
 
-    def _chunk_text(self, extra: str, extra_args: list[Any]) -> tuple[int, str, str | None]:
+    def _chunk_text(self, extra: str, extra_args: list[Any]) -> _Chunk:
         """
-        Return how many rows a chunk holds, its fields joined with ``\n``
-        and, when the listing has filters of its own, its ids (``,``-separated).
+        Return how many rows a chunk holds, its fields joined with newlines
+        (UTF-8: RE2 reads it as it is) and, when the listing has filters of
+        its own, its ids (``,``-separated).
         """
         # The separator as a literal: char(10) would be called once per row.
-        aggregates = [f"group_concat({field}, '\n')" for field in self._fields]
+        aggregates = [f"CAST(group_concat({field}, '\n') AS BLOB)" for field in self._fields]
         if self._where:
             # Reading the rows again by id costs less than filtering the range again.
             aggregates.append(f"CASE WHEN count(*) <= {_IN_LIMIT} THEN group_concat(id) END")
@@ -144,18 +148,19 @@ class _Search:
             [*self._args, *extra_args],
         ).fetchone()
         ids = texts.pop() if self._where else None
-        return count, "\n".join(text for text in texts if text is not None), ids
+        return count, b"\n".join(text for text in texts if text is not None), ids
 
     def _verified(
-        self, extra: str, extra_args: list[Any], chunk: tuple[int, str, str | None] | None = None
+        self, extra: str, extra_args: list[Any], chunk: _Chunk | None = None, matched: bool = False
     ) -> Iterator[Any]:
         """
         Yield, in listing order, the whole rows of a chunk (the rows of the
         listing that ``extra`` selects) the widened regexps may match;
-        ``chunk`` is its :meth:`_chunk_text` when already read.
+        ``chunk`` is its :meth:`_chunk_text` when already read, ``matched``
+        whether the regexps are known to find something in it.
         """
         count, joined, ids_text = chunk or self._chunk_text(extra, extra_args)
-        if not count or not self._chunks.may_match(joined):
+        if not count or not (matched or self._chunks.may_match(joined)):
             return
         text = " || char(10) || ".join(
             f"CAST({field} AS TEXT)" if field == "id" else field for field in self._fields
@@ -188,25 +193,36 @@ class _Search:
         ).fetchone()
         if low is None:
             return
-        span = FIRST_SPAN
-        if not self._reverse:
-            at = low if start is None else (start if inclusive else start + 1)
-            while at <= high:
-                end = min(_MAX_ID, at + span)
-                count = yield from self._range("id >= ? AND id < ?", [at, end])
-                at, span = end, _next_span(span, count)
-        else:
+        if self._reverse:
             at = high if start is None else (start if inclusive else start - 1)
-            while at >= low:
-                end = max(-_MAX_ID, at - span)
-                count = yield from self._range("id > ? AND id <= ?", [end, at])
-                at, span = end, _next_span(span, count)
+        else:
+            at = low if start is None else (start if inclusive else start + 1)
+        span = FIRST_SPAN
+        # One range's regexp search runs on a helper thread while SQLite reads
+        # the next range here: both release the GIL, so they overlap.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hq-search") as searcher:
+            previous: tuple[str, list[Any], _Chunk, Future[bool] | None] | None = None
+            while at >= low if self._reverse else at <= high:
+                if self._reverse:
+                    end = max(-_MAX_ID, at - span)
+                    extra, extra_args = "id > ? AND id <= ?", [end, at]
+                else:
+                    end = min(_MAX_ID, at + span)
+                    extra, extra_args = "id >= ? AND id < ?", [at, end]
+                chunk = self._chunk_text(extra, extra_args)
+                found = searcher.submit(self._chunks.may_match, chunk[1]) if chunk[0] else None
+                if previous is not None:
+                    yield from self._found(*previous)
+                previous = (extra, extra_args, chunk, found)
+                at, span = end, _next_span(span, chunk[0])
+            if previous is not None:
+                yield from self._found(*previous)
 
-    def _range(self, extra: str, extra_args: list[Any]) -> Generator[Any, None, int]:
-        # The rows of the range, and their count back, to size the next range.
-        chunk = self._chunk_text(extra, extra_args)
-        yield from self._verified(extra, extra_args, chunk)
-        return chunk[0]
+    def _found(
+        self, extra: str, extra_args: list[Any], chunk: _Chunk, found: Future[bool] | None
+    ) -> Iterator[Any]:
+        if found is not None and found.result():
+            yield from self._verified(extra, extra_args, chunk, matched=True)
 
     def indexed(self, match: str) -> Iterator[Any]:
         """
