@@ -34,6 +34,8 @@ MIN_LITERAL = 3
 _MAX_EXACT = 16
 #: Literals in one index query at most (beyond: no index query).
 _MAX_LITERALS = 32
+#: Texts a chunk search tries one by one instead of splitting further.
+_FEW = 4
 #: Trigrams of one literal looked up at most.
 _MAX_TRIGRAMS = 12
 _REPEAT = re.compile(r"\{(\d+)(?:(,)(\d*))?\}")
@@ -492,11 +494,9 @@ class ChunkFilter:
         return found
 
     def _split(self, texts: Sequence[str], low: int, high: int, found: list[int]) -> None:
-        if low >= high:
-            return
-        if high - low == 1:
-            if self.may_match(texts[low]):
-                found.append(low)
+        if high - low <= _FEW:
+            # Splitting further would search more text than each one alone.
+            found.extend(index for index in range(low, high) if self.may_match(texts[index]))
             return
         if not self.may_match("\n".join(texts[low:high])):
             return
