@@ -28,7 +28,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from twisted.internet.defer import Deferred  # noqa: E402
-from twisted.internet.task import react  # noqa: E402
+from twisted.internet.task import deferLater, react  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 
 from hq.ids import EPOCH_MS  # noqa: E402
@@ -134,10 +134,26 @@ async def fill(reactor: Any, data_dir: str, jobs: Iterator[Job], count: int) -> 
             if written % 100_000 < _WINDOW:
                 rate = written / max(1e-9, time.monotonic() - began)
                 print(f"  {written:,} jobs stored ({rate:,.0f}/s)", flush=True)
+        await indexed(reactor, store)
     finally:
         await store.close()
     if failures:
         failures[0].raiseException()
+
+
+async def indexed(reactor: Any, store: SQLiteStore) -> None:
+    """
+    Wait until the writer has moved every job into the search index (it does
+    while it has no writes to do), as on a server that has run for a while.
+    """
+    began = time.monotonic()
+    while True:
+        backlog = await store.search_backlog()
+        if not backlog:
+            break
+        print(f"  {backlog:,} jobs still to index", flush=True)
+        await deferLater(reactor, 5, lambda: None)
+    print(f"  indexed in {time.monotonic() - began:.1f} s more", flush=True)
 
 
 def build(

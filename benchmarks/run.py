@@ -92,6 +92,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "list_middle_p99_ms": ("<=", 50),
     "list_failures_p99_ms": ("<=", 100),
     "stats_p99_ms": ("<=", 20),
+    "term_literal_no_match_p99_ms": ("<=", 50),
+    "term_regexp_no_match_p99_ms": ("<=", 1000),
     "startup_s": ("<=", 5),
     "idle_rss_mb": ("<=", 150),
     "cleanup_api_p99_ms": ("<=", 100),
@@ -698,8 +700,22 @@ def bench_scale(ctx: Context) -> dict[str, Any]:
         for _ in range(samples):
             queries["get_job"] += timed(client, f"/job/{newest}", 1)
         queries["list_name"] = timed(client, "/job?name=bench-3&reverse=true&limit=100", samples)
-        # A search that matches nothing reads every row: the worst case of the UI's search box.
-        queries["search_absent"] = timed(client, "/job?term=absent&limit=100", samples // 15)
+        # Searches that match nothing: the worst case of the UI's search box. A
+        # literal (3+ characters) is looked up in the trigram index; a regexp
+        # with no such literal reads every row, a chunk at a time
+        # (docs/performance.md, "Search").
+        queries["search_absent"] = timed(client, "/job?term=absent&limit=100", samples // 3)
+        queries["search_regexp_absent"] = timed(
+            client, "/job?term=%5Bqxz%5D%7B3%7D&limit=100", samples // 15
+        )
+        # Informational: a regexp with a literal (the index, then the regexp) and a
+        # digits-only literal (it may be in an id, which the index does not hold).
+        queries["search_regexp_literal_absent"] = timed(
+            client, "/job?term=abs(e%7Co)nt.%2A&limit=100", samples // 3
+        )
+        queries["search_digits_absent"] = timed(
+            client, "/job?term=0000000000&limit=100", samples // 15
+        )
         client.close()
         time.sleep(2)
         result["idle_rss_mb"] = server.rss()
@@ -712,7 +728,7 @@ def bench_scale(ctx: Context) -> dict[str, Any]:
     q = result["queries_ms"]
     for name, stats in q.items():
         print(
-            f"  {name:22} p50 {stats['p50']:7.2f} ms   p99 {stats['p99']:7.2f} ms"
+            f"  {name:28} p50 {stats['p50']:7.2f} ms   p99 {stats['p99']:7.2f} ms"
             f"   max {stats['max']:7.2f} ms",
             flush=True,
         )
@@ -732,6 +748,12 @@ def bench_scale(ctx: Context) -> dict[str, Any]:
         ("list_middle_p99_ms", "list_middle", "GET /job?begin=<middle>&limit=100 p99"),
         ("list_failures_p99_ms", "list_failures", "GET /job?status=failure&limit=100 p99"),
         ("stats_p99_ms", "stats", "GET /stats p99"),
+        ("term_literal_no_match_p99_ms", "search_absent", "GET /job?term=absent p99 (no match)"),
+        (
+            "term_regexp_no_match_p99_ms",
+            "search_regexp_absent",
+            "GET /job?term=[qxz]{3} p99 (no match)",
+        ),
     ):
         value = q[name]["p99"]
         ctx.figure(key, label, value, "ms", floor, ratio(value), note)

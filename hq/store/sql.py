@@ -432,6 +432,24 @@ def list_statement(
     ``prefilter`` gives; the regexps themselves are applied by :func:`page_of`.
     Without a regexp and with a limit, one row more than the page is read.
     """
+    where, args = list_filters(query, match, prefilter)
+    statement = SELECT
+    if where:
+        statement += " WHERE " + " AND ".join(where)
+    statement += " ORDER BY id DESC" if query.reverse else " ORDER BY id"
+    if not query.filters_text and query.limit is not None:
+        statement += " LIMIT ?"
+        args.append(query.limit + 1)
+    return statement, args
+
+
+def list_filters(
+    query: ListQuery, match: str, prefilter: Callable[[str], str | None]
+) -> tuple[list[str], list[Any]]:
+    """
+    Return the conditions (to be joined with ``AND``) and their arguments
+    that :func:`list_statement` applies in SQL.
+    """
     where: list[str] = []
     args: list[Any] = []
     if query.begin is not None:
@@ -458,14 +476,7 @@ def list_statement(
     if name is not None:
         where.append(f"name {match} ?")
         args.append(name)
-    statement = SELECT
-    if where:
-        statement += " WHERE " + " AND ".join(where)
-    statement += " ORDER BY id DESC" if query.reverse else " ORDER BY id"
-    if not query.filters_text and query.limit is not None:
-        statement += " LIMIT ?"
-        args.append(query.limit + 1)
-    return statement, args
+    return where, args
 
 
 def page_of(query: ListQuery, rows: Iterable[Any]) -> JobPage:

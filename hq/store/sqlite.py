@@ -42,6 +42,7 @@ from hq.store.sqlitefile import (
     _Change,
     _Op,
 )
+from hq.store.sqlitesearch import search_page
 
 __all__ = [
     "DATABASE_FILE",
@@ -213,6 +214,12 @@ class SQLiteStore:
         statement, args = sql.list_statement(query, "GLOB", glob_prefilter)
 
         def call(conn: sqlite3.Connection) -> JobPage:
+            if query.filters_text:
+                # The trigram index and chunked scans (hq/store/sqlitesearch.py);
+                # None: a regexp its analysis is not sure of, read row by row.
+                page = search_page(conn, query)
+                if page is not None:
+                    return page
             cursor = conn.execute(statement, args)
             try:
                 return sql.page_of(query, cursor)
@@ -390,6 +397,24 @@ class SQLiteStore:
                 running=running,
                 created_since=created,
                 scheduled=scheduled,
+            )
+
+        return self._read(call)
+
+    def search_backlog(self) -> Deferred[int]:
+        """
+        Fire with how many job changes wait to be moved into the search index
+        (the writer moves them while it has no writes to do; see
+        ``SEARCH_INDEX_STEP`` in :mod:`hq.store.sqlitefile`).
+        """
+
+        def call(conn: sqlite3.Connection) -> int:
+            return cast(
+                int,
+                conn.execute(
+                    "SELECT (SELECT count(*) FROM jobs_search_new)"
+                    " + (SELECT count(*) FROM jobs_search_gone)"
+                ).fetchone()[0],
             )
 
         return self._read(call)

@@ -108,7 +108,14 @@ class BatchWriter(threading.Thread, Generic[OpT]):
     def run(self) -> None:
         stopping = False
         while not stopping:
-            item = self._queue.get()
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                # Nothing to write: background work, a bounded step at a time,
+                # looking for writes between steps.
+                if self.idle():
+                    continue
+                item = self._queue.get()
             if item is None:
                 break
             batch = list(item)
@@ -148,6 +155,13 @@ class BatchWriter(threading.Thread, Generic[OpT]):
         except Exception:
             failure = Failure()
             self._reactor.callFromThread(self.log.failure, "The commit observer failed", failure)
+
+    def idle(self) -> bool:
+        """
+        Do one short step of background work while no write waits; return
+        whether another step may follow (``False``: wait for writes).
+        """
+        return False
 
     def run_batch(self, batch: list[tuple[OpT, Deferred[Any]]]) -> list[Any]:
         """
