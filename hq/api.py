@@ -93,6 +93,15 @@ class JobDispatch(Protocol):
     def cancel(self, job_id: int, stopped: Job | None = None) -> object:
         """Abort the job's delivery if it is queued or running."""
 
+    def reserve(self, job: Job) -> Any:
+        """A dispatcher for a job about to be stored, if it would start at once, or None."""
+
+    def deliver(self, reservation: Any) -> object:
+        """The reserved job is stored: send it."""
+
+    def unreserve(self, reservation: Any) -> object:
+        """The reserved job was not stored so: give the dispatcher back."""
+
     @property
     def num_workers(self) -> int:
         """Deliveries in flight."""
@@ -387,22 +396,44 @@ class HQApi:
             raise APIError(422, problem)
 
     async def _push(self, request: IRequest, job: Job, now: int) -> bytes:
+        # When a dispatcher is idle and nothing waits before this job, it is
+        # stored already running and sent at once: one store write, not two.
+        reservation = self._dispatch.reserve(job)
+        stored = job if reservation is None else reservation.job
         try:
-            (pushed,) = await self._store.push([job], self._keys_since(now))
+            (pushed,) = await self._store.push([stored], self._keys_since(now))
         except IdempotencyConflict as e:
+            if reservation is not None:
+                self._dispatch.unreserve(reservation)
             raise APIError(409, _conflict_message(e)) from None
+        except BaseException:
+            if reservation is not None:
+                self._dispatch.unreserve(reservation)
+            raise
         if pushed.replayed:
+            if reservation is not None:
+                self._dispatch.unreserve(reservation)
             request.setHeader(b"idempotent-replayed", b"true")
             self.log.debug("Push replayed job {jobID} (idempotency key)", jobID=pushed.job.id)
+            return write_json(request, job_json(pushed.job, self._now_ms()))
+        if reservation is not None:
+            self._dispatch.deliver(reservation)
+            self._pushed(job)
         else:
             self._queue(pushed.job)
-        return write_json(request, job_json(pushed.job, self._now_ms()))
+        # The answer shows the job as pushed (waiting), even when its
+        # delivery has begun already.
+        shown = job if reservation is not None else pushed.job
+        return write_json(request, job_json(shown, self._now_ms()))
 
     def _keys_since(self, now: int) -> int:
         return now - self._config.idempotency_ttl * 1000
 
     def _queue(self, job: Job) -> None:
         self._dispatch.enqueue(job)
+        self._pushed(job)
+
+    def _pushed(self, job: Job) -> None:
         if self._metrics is not None:
             self._metrics.job_pushed(job)
         self.log.debug("Job {jobID} pushed", jobID=job.id)

@@ -244,6 +244,18 @@ class RecordingDispatch:
         """
         self.canceled.append(job_id)
 
+    def reserve(self, job: Job) -> None:
+        """
+        Take no dispatcher: every push is stored waiting and enqueued.
+        """
+        return None
+
+    def deliver(self, reservation: object) -> None:
+        raise AssertionError("nothing was reserved")
+
+    def unreserve(self, reservation: object) -> None:
+        raise AssertionError("nothing was reserved")
+
     def history(self, now_ms: int) -> list[HistoryBucket]:
         """
         Record the time asked for and return :attr:`buckets`.

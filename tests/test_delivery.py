@@ -1236,3 +1236,100 @@ class WakeKeyTests(SynchronousTestCase):
         feed._woken()
         self.assertEqual([j.id for j in [self.successResultOf(feed.take())]], [due.id])
         self.assertEqual(self.flushLoggedErrors(OverflowError), [])
+
+
+class CountingStartStore(MemoryStore):
+    """
+    A MemoryStore that counts its ``start`` calls.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts = 0
+
+    def start(self, job_id: int, now: int) -> Deferred[Job | None]:
+        self.starts += 1
+        return super().start(job_id, now)
+
+
+class ReserveTests(DispatchTestCase):
+    """
+    A push that would start at once is stored running, its dispatcher taken
+    before the store write (Delivery.reserve): one write instead of two.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store = CountingStartStore()
+
+    def push_reserved(self, dispatch: Delivery) -> Job | None:
+        """
+        Push as the API does: reserve, store what reserve says, deliver or enqueue.
+        """
+        job = Job(id=self.next_id, url=URL)
+        self.next_id += 1
+        reservation = dispatch.reserve(job)
+        stored = job if reservation is None else reservation.job
+        self.successResultOf(self.store.push([stored], 0))
+        if reservation is None:
+            dispatch.enqueue(job)
+            return None
+        dispatch.deliver(reservation)
+        return reservation.job
+
+    def test_idle_dispatcher_takes_the_job_stored_running(self) -> None:
+        """With a dispatcher idle, the job is stored running and sent without a start write."""
+        dispatch = self.start()
+        reserved = self.push_reserved(dispatch)
+        assert reserved is not None
+        self.assertEqual((reserved.state, reserved.attempts), (JobState.RUNNING, 1))
+        self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [reserved.id])
+        self.assertEqual(self.store.starts, 0)
+        self.assertEqual(self.get(reserved.id).status, "success")
+
+    def test_no_reservation_while_jobs_wait_before_it(self) -> None:
+        """Jobs waiting in the queue go first: the push is stored waiting (FIFO holds)."""
+        dispatch = self.start()
+        self.worker.reply = Reply(hang=True)
+        first = self.push(dispatch)
+        queued = self.push(dispatch)
+        self.assertIsNone(self.push_reserved(dispatch))
+        self.worker.release(Reply(), count=1)
+        self.stub.flush()
+        self.worker.release(Reply(), count=1)
+        self.stub.flush()
+        self.assertEqual(self.delivered_ids()[:3], [first.id, queued.id, queued.id + 1])
+
+    def test_unreserve_gives_the_dispatcher_back(self) -> None:
+        """A reservation not used (a replayed key): the dispatcher takes the next job."""
+        dispatch = self.start()
+        job = Job(id=self.next_id, url=URL)
+        self.next_id += 1
+        reservation = dispatch.reserve(job)
+        assert reservation is not None
+        dispatch.unreserve(reservation)
+        other = self.push(dispatch)
+        self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [other.id])
+
+    def test_a_key_without_room_is_not_reserved(self) -> None:
+        """A flow key at its limit: no reservation (the job waits its turn)."""
+        from hq.flow import FlowControl
+        from hq.model import FlowLimits
+
+        flow = FlowControl(self.clock)
+        flow.set_limits(FlowLimits("worker.test:80", paused=True))
+        dispatch = Delivery(
+            store=self.store,
+            worker=WorkerClient(self.stub.http, self.clock, "HQ/test", 100),
+            clock=self.clock,
+            dispatchers=1,
+            workers_per_dispatcher=2,
+            queue_size=10,
+            shutdown_timeout=1,
+            flow=flow,
+        )
+        dispatch.startService()
+        self.addCleanup(self.stop_quietly, dispatch)
+        self.assertIsNone(dispatch.reserve(Job(id=99, url=URL)))

@@ -485,9 +485,10 @@ class RealServerMetricsTests(SynchronousTestCase):
         self.assertEqual(value(samples, "hq_jobs_stored"), 5)
         self.assertEqual(value(samples, "hq_jobs_waiting"), 0)
         self.assertEqual(value(samples, "hq_oldest_waiting_job_age_seconds"), 0)
-        # 5 creates, 5 starts, 5 finishes and the open: at least a few commits.
+        # 5 creates, 5 finishes and the open (a start is a write of its own
+        # only when its push could not start the job at once): a few commits.
         self.assertGreaterEqual(value(samples, "hq_store_commit_duration_seconds_count"), 3)
-        self.assertGreaterEqual(value(samples, "hq_store_writes_total"), 16)
+        self.assertGreaterEqual(value(samples, "hq_store_writes_total"), 11)
         self.assertEqual(value(samples, "hq_store_commit_failures_total"), 0)
         self.assertGreater(value(samples, "process_resident_memory_bytes"), 0)
         self.assertNotIn(("hq_jobs_pushed_created", frozenset()), samples)

@@ -9,6 +9,7 @@ import random
 from collections.abc import Callable
 from typing import cast
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -21,10 +22,22 @@ from hq.delivery.runner import Runner
 from hq.delivery.shutdown import Shutdown
 from hq.flow import FlowControl
 from hq.history import HistoryBucket
+from hq.ids import now_ms
 from hq.model import Attempt, Job, JobState
 from hq.policy import RetryRules
 from hq.store import IClaimingStore, IJobStore
 from hq.worker import WorkerClient
+
+
+@attrs.frozen
+class Reservation:
+    """
+    A dispatcher taken for a job being pushed (:meth:`Delivery.reserve`):
+    ``job`` is the job to store, already running.
+    """
+
+    job: Job
+    dispatcher: Deferred[Job | None]
 
 
 class Delivery(Service):
@@ -65,6 +78,7 @@ class Delivery(Service):
         new_id: Callable[[], int] | None = None,
     ) -> None:
         self._dispatchers = max(1, dispatchers)
+        self._clock = clock
         self.flow = flow or FlowControl(clock)
         self._feed: Feed | ClaimFeed
         #: Whether jobs are claimed from a store other nodes share.
@@ -151,6 +165,35 @@ class Delivery(Service):
                 self._feed.offer(job)
         except Exception:
             self.log.failure("Could not queue job {jobID}", jobID=job.id)
+
+    def reserve(self, job: Job) -> Reservation | None:
+        """
+        When ``job``, about to be stored, would start at once, take a
+        dispatcher for it and return the job to store: already running
+        (:meth:`hq.model.Job.started`), to hand over with :meth:`deliver`
+        once stored, or back with :meth:`unreserve`. ``None``: store it
+        waiting and :meth:`enqueue` it, as usual.
+        """
+        if not isinstance(self._feed, Feed) or self._shutdown.stopping:
+            return None
+        started = job.started(now_ms(self._clock))
+        if started is None:
+            return None
+        waiting = self._feed.reserve(job)
+        return None if waiting is None else Reservation(started, waiting)
+
+    def deliver(self, reservation: Reservation) -> None:
+        """
+        The reserved job is stored (running): its dispatcher sends it now.
+        """
+        reservation.dispatcher.callback(reservation.job)
+
+    def unreserve(self, reservation: Reservation) -> None:
+        """
+        The reserved job was not stored so: give its dispatcher back.
+        """
+        assert isinstance(self._feed, Feed)
+        self._feed.unreserve(reservation.job, reservation.dispatcher)
 
     def poke(self, due: int | None = None) -> None:
         """

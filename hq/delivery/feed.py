@@ -187,6 +187,45 @@ class Feed:
                 self._watermark = (key[0], key[1] - 1)
             self._maybe_read()
 
+    def reserve(self, job: Job) -> Deferred[Job | None] | None:
+        """
+        Take an idle dispatcher for ``job``, a job about to be stored, when it
+        would start at once anyway: the feed is open, no job waits before it
+        (in memory or in the store), it is due, and its flow key has room.
+        Return the dispatcher's Deferred (to fire with the stored job, or give
+        back with :meth:`unreserve`), or ``None``.
+
+        The job is then stored already running, and the store write that
+        would have started it is saved (with its two thread hand-offs).
+        """
+        if (
+            not self._open
+            or self._backlog
+            or self._queue
+            or not self._idle
+            or job.due_at > now_ms(self._clock)
+            or job.id in self._held
+            or self._flow.must_wait(job)
+        ):
+            return None
+        waiting = self._idle.popleft()
+        self._held.add(job.id)
+        self._started(job)
+        self._watermark = max(self._watermark, feed_key(job))
+        return waiting
+
+    def unreserve(self, job: Job, waiting: Deferred[Job | None]) -> None:
+        """
+        ``job`` was not stored as reserved (a replayed idempotency key, a
+        failed write): give its dispatcher back.
+        """
+        self.release(job.id)
+        if self._open and not waiting.called:
+            self._idle.appendleft(waiting)
+            self._serve_idle()
+        elif not waiting.called:
+            waiting.callback(None)
+
     def take(self) -> Deferred[Job | None]:
         """
         Return the next job to start, waiting until there is one; ``None``
