@@ -58,7 +58,13 @@ from hq.config import Config, ConfigError, read_config
 from hq.delivery import Delivery
 from hq.flow import FlowControl
 from hq.ids import IdGenerator, now_ms
-from hq.logs import ReopenableFile, app_observer, on_sigusr1, start_logging
+from hq.logs import (
+    ReopenableFile,
+    app_observer,
+    on_sigusr1,
+    set_debug_events,
+    start_logging,
+)
 from hq.metrics import ServerMetrics
 from hq.policy import RetryRules
 from hq.scheduler import Scheduler
@@ -319,6 +325,7 @@ class LogService(Service):
         except OSError as e:
             raise FatalStartError(f"cannot open log file {e.filename}: {e.strerror}") from None
         observer = app_observer(config.log_level, self._files[0], config.log_format)
+        set_debug_events(config.log_level == "debug")
         start_logging(observer, replace=self._console.under_twistd)
 
     def startService(self) -> None:

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from hq.delivery.shutdown import Pauses, Shutdown
 from hq.history import History, HistoryBucket
 from hq.ids import now_ms
+from hq.logs import debug_events
 from hq.model import Attempt, Job, Outcome
 from hq.policy import Retry, stopped_outcome
 from hq.store import STORE_RETRY_SECONDS, IJobStore, StoreUnavailable
@@ -164,7 +165,7 @@ class Outcomes:
                 err=job.err,
                 statusCode=job.status_code,
             )
-        else:
+        elif debug_events():
             self.log.debug("Job {jobID} finished: {status}", jobID=job.id, status=job.status)
         for observer in list(self._observers):
             try:

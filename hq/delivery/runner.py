@@ -25,6 +25,7 @@ from hq.delivery.outcomes import Outcomes
 from hq.delivery.shutdown import Pauses, Shutdown
 from hq.flow import FlowControl, signal_of
 from hq.ids import now_ms
+from hq.logs import debug_events
 from hq.model import Attempt, Job, JobState, Outcome
 from hq.policy import AttemptResult, Finish, RetryRules, after_attempt, stopped_outcome
 from hq.store import STORE_RETRY_SECONDS, IJobStore
@@ -288,7 +289,8 @@ class Runner:
         """
         Send ``job`` to its worker; return the exchange.
         """
-        self.log.debug("Job {jobID} started: POST {url}", jobID=job.id, url=job.url)
+        if debug_events():
+            self.log.debug("Job {jobID} started: POST {url}", jobID=job.id, url=job.url)
         running = self._worker.post(job)
         self._exchanges[job.id] = running
         self.num_workers += 1
