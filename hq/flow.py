@@ -29,17 +29,22 @@ claim applies the stored limits across all nodes (:class:`hq.store.ClaimCaps`).
 from __future__ import annotations
 
 import bisect
+import json
 from collections import deque
 from collections.abc import Callable, Iterable
 
 import attrs
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from hq.ids import now_ms
 from hq.model import FlowLimits, Job, format_time
-from hq.store import ClaimCaps, DueKey, FlowCounts
+from hq.store import ClaimCaps, DueKey, FlowCounts, IJobStore
 
+#: Seconds between two reads of the stored limits on a cluster node.
+REFRESH_SECONDS = 5.0
 #: Changes of a key's limit kept for ``limitHistory`` (and the UI's sparkline).
 HISTORY_LENGTH = 120
 #: Keys shown by name in the metrics; the others are summed as ``other``.
@@ -618,8 +623,6 @@ def flow_json(
     """
     Return a flow key as ``GET /flow/{key}`` shows it (compact JSON text).
     """
-    import json
-
     shown = limits or FlowLimits(key)
     period: float | int = shown.period
     if float(period).is_integer():
@@ -640,3 +643,25 @@ def flow_json(
         separators=(",", ":"),
         ensure_ascii=False,
     )
+
+
+def limits_refresher(
+    flow: FlowControl, store: IJobStore, clock: IReactorTime, seconds: float = REFRESH_SECONDS
+) -> TimerService:
+    """
+    Return the service that reads the stored limits into ``flow`` every
+    ``seconds`` on a cluster node: another node's ``PUT /flow`` reaches this
+    one's adaptive ceiling and ``GET /flow`` view within that time (the
+    claims themselves always read the stored limits).
+    """
+
+    def refresh() -> Deferred[None]:
+        d: Deferred[None] = store.flow_limits().addCallback(flow.load)
+        d.addErrback(
+            lambda failure: FlowControl.log.failure("Could not read the flow limits", failure)
+        )
+        return d
+
+    service = TimerService(seconds, refresh)
+    service.clock = clock
+    return service

@@ -805,7 +805,9 @@ class HQService(MultiService):
             on_stop=delivery.cancel,
             channels=(PUSH_CHANNEL, STOP_CHANNEL),
         )
-        return [node, listener]
+        from hq.flow import limits_refresher
+
+        return [node, listener, limits_refresher(delivery.flow, store, reactor)]
 
     def _commit_observed(self, seconds: float, writes: int, committed: bool) -> None:
         # On the store's writer thread.

@@ -361,3 +361,23 @@ class FlowDeliveryTests(DispatchTestCase):
         self.assertEqual(self.delivered_ids(), [j.id for j in jobs])
         self.assertGreater(len(store.reads), 3)
         self.assertEqual(set(store.reads), {KEY})
+
+
+class RefreshTests(SynchronousTestCase):
+    def test_stored_limits_are_read_again_every_few_seconds(self) -> None:
+        """A cluster node takes another node's new limits within REFRESH_SECONDS."""
+        from hq.flow import REFRESH_SECONDS, limits_refresher
+
+        clock = Clock()
+        store = MemoryStore()
+        flow = FlowControl(clock)
+        service = limits_refresher(flow, store, clock)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.successResultOf(store.put_flow(FlowLimits(KEY, parallelism=3)))
+        self.assertEqual(flow.limit(KEY), 0)
+        clock.advance(REFRESH_SECONDS)
+        self.assertEqual(flow.limit(KEY), 3)
+        self.successResultOf(store.delete_flow(KEY))
+        clock.advance(REFRESH_SECONDS)
+        self.assertEqual(flow.limit(KEY), 0)
