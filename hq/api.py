@@ -679,14 +679,24 @@ class HQApi:
 
     # -- flow control (SPEC §16)
 
-    async def _flow_view(self, keys: list[str] | None = None) -> list[str]:
+    async def _stored_flows(self) -> dict[str, FlowLimits]:
         """
-        Return the flow keys as ``GET /flow`` shows them (JSON texts), every
-        known key or those of ``keys``; the stored limits are read first
-        (another node may have changed them).
+        Return the stored limits by key, taken into the engine's flow limits
+        too (on a cluster, another node may have changed them).
         """
         limits = {item.key: item for item in await self._store.flow_limits()}
         self._flows.load(limits.values())
+        return limits
+
+    async def _flow_view(
+        self, keys: list[str] | None = None, limits: dict[str, FlowLimits] | None = None
+    ) -> list[str]:
+        """
+        Return the flow keys as ``GET /flow`` shows them (JSON texts), every
+        known key or those of ``keys``; ``limits``: the stored ones, if just read.
+        """
+        if limits is None:
+            limits = await self._stored_flows()
         counts = await self._store.flow_counts()
         if keys is None:
             keys = sorted(set(limits) | set(counts) | set(self._flows.keys()))
@@ -725,18 +735,28 @@ class HQApi:
         return self._run_to_end(self._put_flow(request, key))
 
     async def _put_flow(self, request: IRequest, key: str) -> bytes:
-        current = {item.key: item for item in await self._store.flow_limits()}.get(key)
-        limits = bind_flow(request, key, self._config.max_body_bytes, current)
-        return await self._set_flow(request, key, limits)
+        stored = await self._stored_flows()
+        limits = bind_flow(request, key, self._config.max_body_bytes, stored.get(key))
+        return await self._set_flow(request, key, limits, stored)
 
-    async def _set_flow(self, request: IRequest, key: str, limits: FlowLimits | None) -> bytes:
+    async def _set_flow(
+        self,
+        request: IRequest,
+        key: str,
+        limits: FlowLimits | None,
+        stored: dict[str, FlowLimits] | None = None,
+    ) -> bytes:
         if limits is None:
             await self._store.delete_flow(key)
         else:
             await self._store.put_flow(limits)
         self._flows.set_limits(limits, key)
         self.log.info("Flow {key}: limits {limits}", key=key, limits=limits or "removed")
-        (view,) = await self._flow_view([key])
+        if stored is not None:
+            stored = {k: v for k, v in stored.items() if k != key}
+            if limits is not None:
+                stored[key] = limits
+        (view,) = await self._flow_view([key], stored)
         return write_json(request, view)
 
     @app.route("/flow/<path:raw_key>/pause", methods=["POST"])
@@ -754,11 +774,11 @@ class HQApi:
         return self._run_to_end(self._pause_flow(request, parse_flow_key(raw_key), False))
 
     async def _pause_flow(self, request: IRequest, key: str, paused: bool) -> bytes:
-        current = {item.key: item for item in await self._store.flow_limits()}.get(key)
-        limits: FlowLimits | None = attrs.evolve(current or FlowLimits(key), paused=paused)
+        stored = await self._stored_flows()
+        limits: FlowLimits | None = attrs.evolve(stored.get(key) or FlowLimits(key), paused=paused)
         if limits == FlowLimits(key):
             limits = None  # Resumed with no limits left: as if it never had any.
-        return await self._set_flow(request, key, limits)
+        return await self._set_flow(request, key, limits, stored)
 
     @app.route("/flow/<path:raw_key>", methods=["DELETE"])
     def delete_flow(self, request: IRequest, raw_key: str) -> Deferred[bytes]:

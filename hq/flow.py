@@ -440,10 +440,10 @@ class FlowControl:
 
     # -- parked jobs (one node)
 
-    def must_wait(self, job: Job) -> bool:
+    def must_wait(self, job: Job, count: bool = True) -> bool:
         """
         Whether ``job`` must wait for room: its key is at its limit, or older
-        jobs of its key wait already.
+        jobs of its key wait already; ``count``: count it held back (metrics).
         """
         if not self._active:
             return False
@@ -456,7 +456,8 @@ class FlowControl:
             return True
         if self.has_room(job.flow_key):
             return False
-        self._state(job.flow_key).throttled_total += 1
+        if count:
+            self._state(job.flow_key).throttled_total += 1
         return True
 
     def park(self, job: Job) -> Job | None:

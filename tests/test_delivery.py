@@ -844,9 +844,11 @@ class SlowFinishStore(MemoryStore):
         super().__init__()
         self.pending: list[tuple[Deferred[Job | None], Job | None]] = []
 
-    def finish(self, job_id: int, outcome: Any, attempt: Any = None) -> Deferred[Job | None]:
+    def finish(
+        self, job_id: int, outcome: Any, attempt: Any = None, callback_id: Any = None
+    ) -> Deferred[Job | None]:
         seen: list[Job | None] = []
-        super().finish(job_id, outcome, attempt).addCallback(seen.append)
+        super().finish(job_id, outcome, attempt, callback_id).addCallback(seen.append)
         d: Deferred[Job | None] = Deferred()
         self.pending.append((d, seen[0]))
         return d
@@ -905,11 +907,13 @@ class FlakyFinishStore(MemoryStore):
         super().__init__()
         self.failures = failures
 
-    def finish(self, job_id: int, outcome: Any, attempt: Any = None) -> Deferred[Job | None]:
+    def finish(
+        self, job_id: int, outcome: Any, attempt: Any = None, callback_id: Any = None
+    ) -> Deferred[Job | None]:
         if self.failures:
             self.failures -= 1
             return fail(StoreUnavailable("disk full"))
-        return super().finish(job_id, outcome, attempt)
+        return super().finish(job_id, outcome, attempt, callback_id)
 
 
 class BrokenFinishStore(MemoryStore):
@@ -925,14 +929,16 @@ class BrokenFinishStore(MemoryStore):
         self.slow = False
         self.pending: list[tuple[Deferred[Job | None], Job | None]] = []
 
-    def finish(self, job_id: int, outcome: Any, attempt: Any = None) -> Deferred[Job | None]:
+    def finish(
+        self, job_id: int, outcome: Any, attempt: Any = None, callback_id: Any = None
+    ) -> Deferred[Job | None]:
         if self.failures:
             self.failures -= 1
             return fail(RuntimeError("store bug"))
         if not self.slow:
-            return super().finish(job_id, outcome, attempt)
+            return super().finish(job_id, outcome, attempt, callback_id)
         seen: list[Job | None] = []
-        super().finish(job_id, outcome, attempt).addCallback(seen.append)
+        super().finish(job_id, outcome, attempt, callback_id).addCallback(seen.append)
         d: Deferred[Job | None] = Deferred()
         self.pending.append((d, seen[0]))
         return d

@@ -207,6 +207,32 @@ class ScrapeTimeGaugeTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
+class FlowMetricsTests(SynchronousTestCase):
+    """
+    The flow gauges per key (SPEC §16): the store's counts and the limit in force.
+    """
+
+    setUp = ScrapeTimeGaugeTests.setUp
+    scrape = ScrapeTimeGaugeTests.scrape
+    add = ScrapeTimeGaugeTests.add
+
+    def test_flow_gauges_per_key(self) -> None:
+        """A key with a waiting and a running job and a limit of 2 shows them."""
+        from hq.flow import FlowControl
+        from hq.model import FlowLimits
+
+        flow = FlowControl(self.clock)
+        flow.set_limits(FlowLimits("w:80", parallelism=2))
+        self.metrics.flow = flow
+        self.add(5)
+        self.add(3, running=True)
+        samples = self.scrape()
+        self.assertEqual(value(samples, "hq_flow_waiting", key="w:80"), 1)
+        self.assertEqual(value(samples, "hq_flow_running", key="w:80"), 1)
+        self.assertEqual(value(samples, "hq_flow_limit", key="w:80"), 2)
+        self.assertEqual(value(samples, "hq_flow_throttled_total", key="w:80"), 0)
+
+
 class DeliveryMetricsTests(SynchronousTestCase):
     """
     Pushes through the API and deliveries through a real Dispatch to a fake

@@ -176,11 +176,14 @@ class Delivery(Service):
         """
         if not isinstance(self._feed, Feed) or self._shutdown.stopping:
             return None
-        started = job.started(now_ms(self._clock))
-        if started is None:
-            return None
         waiting = self._feed.reserve(job)
-        return None if waiting is None else Reservation(started, waiting)
+        if waiting is None:
+            return None
+        started = job.started(now_ms(self._clock))
+        if started is None:  # Not a new waiting job: nothing to start.
+            self._feed.unreserve(job, waiting)
+            return None
+        return Reservation(started, waiting)
 
     def deliver(self, reservation: Reservation) -> None:
         """

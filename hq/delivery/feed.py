@@ -205,7 +205,8 @@ class Feed:
             or not self._idle
             or job.due_at > now_ms(self._clock)
             or job.id in self._held
-            or self._flow.must_wait(job)
+            # Not counted held back: the push then queues it, and the feed counts.
+            or self._flow.must_wait(job, count=False)
         ):
             return None
         waiting = self._idle.popleft()

@@ -109,12 +109,9 @@ class Outcomes:
         once recorded, count the job, tell the observers and queue the callback.
         """
 
-        def write() -> Awaitable[Job | None]:
-            if callback_id is None:
-                return self._store.finish(job_id, outcome, attempt)
-            return self._store.finish(job_id, outcome, attempt, callback_id)
-
-        finished = await self._persist(job_id, write)
+        finished = await self._persist(
+            job_id, lambda: self._store.finish(job_id, outcome, attempt, callback_id)
+        )
         if finished is not None:
             self._tell_attempt(attempt, None)
             self.finished(finished)

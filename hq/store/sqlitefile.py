@@ -267,7 +267,7 @@ def index_some(conn: sqlite3.Connection, limit: int = INDEX_BATCH) -> int:
     return int(row[1])
 
 
-# Version 6 (written as 5 on the branch that made it, before flow control took 5).
+# Version 6: the search index (SEARCH_INDEX_STEP above).
 _SCHEMA.append(list(SEARCH_INDEX_STEP))
 
 
