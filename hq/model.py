@@ -230,6 +230,13 @@ class Job:
             self, state=JobState.RUNNING, started_at=now, attempts=self.attempts + 1
         )
 
+    def marked_running(self, now: int, attempts: int) -> Job:
+        """
+        Return this waiting job as a store marked it running at ``now``, its
+        ``attempts`` counted there (:meth:`started`, done by the store).
+        """
+        return attrs.evolve(self, state=JobState.RUNNING, started_at=now, attempts=attempts)
+
     def stopped(self, now: int) -> Job:
         """
         Return this job after a stop at ``now``: a waiting job finishes

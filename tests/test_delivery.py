@@ -812,7 +812,7 @@ class SlowStartStore(MemoryStore):
         self.pending: list[tuple[Deferred[Job | None], int, int]] = []
         self.results: list[Job | None] = []
 
-    def start(self, job_id: int, now: int) -> Deferred[Job | None]:
+    def start(self, job_id: int, now: int, known: Job | None = None) -> Deferred[Job | None]:
         d: Deferred[Job | None] = Deferred()
         if not self.start_late:
             self.results.append(self.successResultOf(super().start(job_id, now)))
@@ -1253,9 +1253,9 @@ class CountingStartStore(MemoryStore):
         super().__init__()
         self.starts = 0
 
-    def start(self, job_id: int, now: int) -> Deferred[Job | None]:
+    def start(self, job_id: int, now: int, known: Job | None = None) -> Deferred[Job | None]:
         self.starts += 1
-        return super().start(job_id, now)
+        return super().start(job_id, now, known)
 
 
 class ReserveTests(DispatchTestCase):

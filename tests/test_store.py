@@ -43,6 +43,7 @@ from hq.store import (
     StoreError,
     StoreUnavailable,
     sql,
+    sqlitefile,
 )
 from hq.store.memory import MemoryStore
 from hq.store.sqlite import SCHEMA_VERSION, SQLiteStore, glob_prefilter
@@ -887,8 +888,8 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.addCleanup(gated.release.set)
         return gated
 
-    async def test_starts_commit_first_and_fire_before_the_durable_writes_sync(self) -> None:
-        """In a batch, starts commit first without a sync and fire; the other writes then commit."""
+    async def test_starts_fire_before_their_batch_commits(self) -> None:
+        """In a batch, starts run first and fire at once; all commit once, with one sync."""
         job, other = make_job(1), make_job(2)
         await self.add(job)
         gated = self.gate_commits()
@@ -898,33 +899,58 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         assert job_started is not None
         self.assertEqual(job_started.state, JobState.RUNNING)
         self.assertFalse(created.called, "the create waits for its (gated) commit")
-        self.assertEqual(
-            gated.statements[:4],
-            ["PRAGMA synchronous = NORMAL", "BEGIN IMMEDIATE", sql.START, "COMMIT"],
-        )
-        # Committed already: a read sees the start.
-        self.assertEqual((await self.store.get(job.id)).state, JobState.RUNNING)
+        # The counters move only once the batch has committed.
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (1, 1, 0))
         gated.release.set()
         await created
-        self.assertEqual(gated.statements[4:6], ["PRAGMA synchronous = FULL", "BEGIN IMMEDIATE"])
+        self.assertEqual(
+            [s for s in gated.statements if "jobs_search" not in s][:4],
+            ["BEGIN IMMEDIATE", sql.START, sql.INSERT, "COMMIT"],
+        )
+        self.assertEqual(gated.statements.count("COMMIT"), 1)
         counts = await self.store.counts(0, 0)
         self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 1, 1))
+        self.assertEqual((await self.store.get(job.id)).state, JobState.RUNNING)
 
-    async def test_a_start_that_cannot_commit_fails_alone(self) -> None:
-        """When the starts' commit fails, the start fails; the batch's other writes commit."""
+    async def test_a_start_answered_before_a_failed_commit(self) -> None:
+        """
+        When the batch cannot commit, its other writes fail; the start, answered
+        already, is lost as a crash would lose it: the job is still waiting
+        and the counters did not move.
+        """
         job, other = make_job(1), make_job(2)
         await self.add(job)
         gated = self.gate_commits()
-        gated.fail_unsynced = True
+        gated.fail_commits = True
         gated.release.set()
         started = self.store.start(job.id, T0)
         created = self.store.create(other)
+        self.assertIsNotNone(await started)
         with self.assertRaises(StoreUnavailable):
-            await started
-        await created
+            await created
         counts = await self.store.counts(0, 0)
-        self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 2, 0))
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (1, 1, 0))
         self.assertEqual((await self.store.get(job.id)).state, JobState.WAITING)
+        # Its finish still applies (to the waiting job): nothing is left running.
+        gated.fail_commits = False
+        await self.store.finish(job.id, Outcome(finished_at=T0 + 1, success=True))
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (1, 0, 0))
+
+    async def test_a_start_with_the_known_job_reads_back_only_its_attempts(self) -> None:
+        """Given the waiting job, a start returns only the attempt count and builds the rest."""
+        job = make_job(1, headers={"X-A": "b"})
+        await self.add(job)
+        gated = self.gate_commits()
+        gated.release.set()
+        started = await self.store.start(job.id, T0 + 5, job)
+        self.assertIn(sql.START_ATTEMPTS, gated.statements)
+        self.assertEqual(started, await self.store.get(job.id))
+        self.assertEqual(
+            (started.state, started.started_at, started.attempts), (JobState.RUNNING, T0 + 5, 1)
+        )
+        self.assertIsNone(await self.store.start(job.id, T0 + 6, job))
 
     async def test_savepoints_only_when_a_write_of_the_batch_fails(self) -> None:
         """A batch runs without savepoints; with a failing write, again with one per write."""
@@ -945,7 +971,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual((await self.store.counts(0, 0)).stored, 6)
 
     async def test_a_batch_of_starts_alone_commits_without_waiting_for_the_disk(self) -> None:
-        """Starts commit with synchronous = NORMAL, other writes with FULL (set as it changes)."""
+        """Starts alone commit with synchronous = NORMAL, other writes with FULL."""
         from twisted.internet.defer import gatherResults
 
         jobs = [make_job(1), make_job(2)]
@@ -953,25 +979,27 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         # Let the writer index them first: its idle work is other statements.
         while await self.store.search_backlog():
             await deferLater(reactor, 0.005, lambda: None)
+        # No step of the search index meanwhile: it is not the batches'.
+        self.patch(sqlitefile, "INDEX_PAUSE", 3600)
         gated = self.gate_commits()
         gated.release.set()
 
-        async def statements(*writes: Deferred[object]) -> list[str]:
-            del gated.statements[:]
+        async def statements(*writes: Deferred[object]) -> tuple[list[str], list[bool]]:
+            del gated.statements[:], gated.synced[:]
             await gatherResults(list(writes))
             await self.store.counts(0, 0)  # a read: once the batch has committed
-            # The writer's idle look at the search index is not the batch's.
-            return [s for s in gated.statements if "jobs_search" not in s]
+            return [s for s in gated.statements if not s.startswith("PRAGMA")], gated.synced
 
         self.assertEqual(
             await statements(self.store.start(jobs[0].id, T0)),
-            ["PRAGMA synchronous = NORMAL", "BEGIN IMMEDIATE", sql.START, "COMMIT"],
+            (["BEGIN IMMEDIATE", sql.START, "COMMIT"], [False]),
         )
-        both = await statements(self.store.start(jobs[1].id, T0), self.store.create(make_job(3)))
-        self.assertEqual(both[:3], ["BEGIN IMMEDIATE", sql.START, "COMMIT"])
-        self.assertEqual(both[3:5], ["PRAGMA synchronous = FULL", "BEGIN IMMEDIATE"])
+        self.assertEqual(
+            await statements(self.store.start(jobs[1].id, T0), self.store.create(make_job(3))),
+            (["BEGIN IMMEDIATE", sql.START, sql.INSERT, "COMMIT"], [True]),
+        )
         finish = self.store.finish(jobs[0].id, Outcome(finished_at=T0, success=True))
-        self.assertEqual((await statements(finish))[0], "BEGIN IMMEDIATE")
+        self.assertEqual((await statements(finish))[1], [True])
         seen = await self.store._write(
             lambda conn, changes: conn.execute("PRAGMA synchronous").fetchone()[0]
         )
@@ -981,25 +1009,29 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
 class _GatedCommits:
     """
     The writer's connection, recording every statement; a ``COMMIT`` that
-    syncs waits for ``release``; with ``fail_unsynced``, a ``COMMIT`` that
-    does not sync fails as a full disk does.
+    syncs waits for ``release``; with ``fail_commits``, every ``COMMIT``
+    fails as on a full disk.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self.release = threading.Event()
-        self.fail_unsynced = False
-        self._syncs = True
+        self.fail_commits = False
+        self._syncs = conn.execute("PRAGMA synchronous").fetchone()[0] == 2
         #: Every statement run, in order.
         self.statements: list[str] = []
+        #: Whether each ``COMMIT`` waited for the disk, in order.
+        self.synced: list[bool] = []
 
     def execute(self, statement: str, *args: object) -> sqlite3.Cursor:
         self.statements.append(statement)
         if statement.startswith("PRAGMA synchronous = "):
             self._syncs = statement.endswith("FULL")
-        elif statement == "COMMIT" and self._syncs:
-            self.release.wait(10)
-        elif statement == "COMMIT" and self.fail_unsynced:
+        elif statement == "COMMIT":
+            self.synced.append(self._syncs)
+            if self._syncs:
+                self.release.wait(10)
+        if statement == "COMMIT" and self.fail_commits:
             raise sqlite3.OperationalError("database or disk is full")
         return self._conn.execute(statement, *args)
 

@@ -267,7 +267,7 @@ class Runner:
         while not self._shutdown.stopping:
             attempt += 1
             try:
-                return await self._store.start(job.id, now_ms(self._clock))
+                return await self._store.start(job.id, now_ms(self._clock), job)
             except Exception:
                 if attempt == 1:
                     self.log.failure(

@@ -238,12 +238,15 @@ class IJobStore(Interface):
         ``query.limit``; ``next_id`` is the next matching id after the page.
         """
 
-    def start(job_id: int, now: int) -> Deferred[Job | None]:
+    def start(job_id: int, now: int, known: Job | None = None) -> Deferred[Job | None]:
         """
         Mark a waiting job running (``started_at = now``, one more attempt).
 
         Return the running job, or ``None`` when it is no longer waiting (it was
-        stopped or deleted meanwhile) and must not be sent.
+        stopped or deleted meanwhile) and must not be sent. ``known`` is the
+        waiting job as the caller read it from this store (its fields do not
+        change while it waits); a store may build the running job from it
+        rather than read the row back.
         """
 
     def finish(

@@ -189,7 +189,7 @@ class MemoryStore:
 
         return _answer(call)
 
-    def start(self, job_id: int, now: int) -> Deferred[Job | None]:
+    def start(self, job_id: int, now: int, known: Job | None = None) -> Deferred[Job | None]:
         def call() -> Job | None:
             job = self._jobs.get(job_id)
             started = None if job is None else job.started(now)

@@ -1055,7 +1055,7 @@ class PostgresStore:
 
         return self._read(call, scan=scan)
 
-    def start(self, job_id: int, now: int) -> Deferred[Job | None]:
+    def start(self, job_id: int, now: int, known: Job | None = None) -> Deferred[Job | None]:
         def op(conn: psycopg.Connection[Any]) -> Job | None:
             row = conn.execute(_START, (now, self.server_id, self._lease_ms, job_id)).fetchone()
             return None if row is None else sql.row_job(row)

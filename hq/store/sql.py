@@ -57,6 +57,8 @@ START = (
     "UPDATE jobs SET state = 1, status = 'running', started_at = ?, attempts = attempts + 1"
     f" WHERE id = ? AND state = 0 AND canceled = 0 RETURNING {COLUMNS}"
 )
+#: :data:`START` returning only the attempt count (the caller has the rest of the job).
+START_ATTEMPTS = START[: START.index(" RETURNING ")] + " RETURNING attempts"
 #: :meth:`hq.model.Job.finished` on a job in the given state; returns it.
 FINISH = (
     "UPDATE jobs SET state = 2, status = ?, finished_at = ?, success = ?, failure = ?,"

@@ -18,6 +18,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -233,6 +234,9 @@ _SEARCH_PENDING = (
 )
 #: Noted changes moved into the search index per transaction of the writer.
 INDEX_BATCH = 1000
+#: Seconds without writes before the writer moves noted changes into the
+#: search index (sooner once INDEX_BATCH writes came since its last step).
+INDEX_PAUSE = 0.05
 
 
 def index_some(conn: sqlite3.Connection, limit: int = INDEX_BATCH) -> int:
@@ -349,8 +353,9 @@ _Result = tuple["Deferred[Any]", Any, list[_Change]]
 
 class _Writer(BatchWriter[_Op]):
     """
-    The SQLite writer: a batch's writes in one transaction, but for those that
-    may be lost (:class:`_MayBeLost`), which commit first in one of their own.
+    The SQLite writer: a batch's writes in one transaction; those that may be
+    lost (:class:`_MayBeLost`) run first and are answered before the commit.
+    When no write waits, it moves noted changes into the search index.
     """
 
     def __init__(self, path: str, reactor: Any, deliver: Callable[[list[Any]], None]) -> None:
@@ -360,23 +365,38 @@ class _Writer(BatchWriter[_Op]):
         #: Whether commits wait for the disk (``PRAGMA synchronous = FULL``).
         self._durable = True
         self._index_failed = False
+        #: When the last batch ran (``time.monotonic``), and writes since the
+        #: last step of the search index: it waits for a pause in the writes.
+        self._last_batch = 0.0
+        self._since_index = 0
 
     def fail_batch(self, batch: _Batch, failure: Failure) -> list[Any]:
         # Writes already answered (the first transaction of the batch) are
         # skipped by SQLiteFile._deliver.
         return [(d, failure, []) for _, d in batch]
 
-    def idle(self) -> bool:
+    def idle(self) -> float | None:
         # Fill the search index from the changes the triggers noted
-        # (SEARCH_INDEX_STEP), one short transaction at a time.
+        # (SEARCH_INDEX_STEP), one short transaction at a time, once the
+        # writes pause for INDEX_PAUSE seconds (or INDEX_BATCH writes came
+        # since the last step): each step is a transaction and a new FTS5
+        # segment to merge, too dear to pay after every batch of a burst.
+        # Searches read the rows still noted, so nothing is missed meanwhile.
         conn = self._conn
         if conn is None or self._index_failed:
-            return False
+            return None
+        if self._since_index < INDEX_BATCH:
+            wait = self._last_batch + INDEX_PAUSE - time.monotonic()
+            if wait > 0:
+                return wait
+        self._since_index = 0
         try:
-            # One cheap read when nothing is noted (after most batches): no
-            # transaction of its own then.
+            # One cheap read when nothing is noted: no transaction then.
             if not conn.execute(_SEARCH_PENDING).fetchone()[0]:
-                return False
+                return None
+            # The index is derived from the jobs: a step a power cut loses is
+            # done again from the notes it did not clear (no sync needed).
+            conn = self._connection(durable=False)
             conn.execute("BEGIN IMMEDIATE")
             moved = index_some(conn)
             conn.execute("COMMIT")
@@ -391,23 +411,29 @@ class _Writer(BatchWriter[_Op]):
             self._reactor.callFromThread(
                 self.log.warn, "Cannot update the search index: {error}", error=str(e)
             )
-            return False
-        return moved > 0
+            return None
+        return 0.0 if moved > 0 else None
 
     def finish(self) -> None:
         if self._conn is not None:
             self._conn.close()
 
     def run_batch(self, batch: _Batch) -> list[Any]:
+        self._last_batch = time.monotonic()
+        self._since_index += len(batch)
+        # The writes that may be lost (jobs marked running) run first. Alone,
+        # they commit without a sync. With others, they are answered as soon
+        # as they ran, before the commit: the reactor goes on (posts the jobs
+        # it started) while the rest of the batch runs, commits and syncs, all
+        # in one transaction (one commit, one sync). Their counter changes
+        # wait for the commit (``_deliver`` applies them with the batch's).
         unsynced = [item for item in batch if isinstance(item[0], _MayBeLost)]
         if not unsynced:
             return self._transaction(batch, durable=True)
-        # Committed without waiting for the disk, and answered at once: the
-        # reactor goes on (posts the jobs it started) while the durable writes
-        # of the batch, asked for as concurrently, commit and sync.
-        self._reactor.callFromThread(self._deliver, self._transaction(unsynced, durable=False))
+        if len(unsynced) == len(batch):
+            return self._transaction(batch, durable=False)
         durable = [item for item in batch if not isinstance(item[0], _MayBeLost)]
-        return self._transaction(durable, durable=True) if durable else []
+        return self._transaction(unsynced + durable, durable=True, early=len(unsynced))
 
     def _run_ops(
         self, conn: sqlite3.Connection, batch: _Batch, savepoints: bool
@@ -445,29 +471,50 @@ class _Writer(BatchWriter[_Op]):
                 results.append((d, result, changes))
         return results
 
-    def _transaction(self, batch: _Batch, durable: bool) -> list[_Result]:
+    def _connection(self, durable: bool) -> sqlite3.Connection:
+        """
+        Return the connection (opened on first use), its commits waiting for
+        the disk when ``durable``. Outside a transaction.
+        """
+        if self._conn is None:
+            self._conn = _connect(self._path)
+            # Outside any transaction: journal_mode cannot change inside one.
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._durable = True
+        if durable is not self._durable:
+            # Outside a transaction, where the setting may change. Without a
+            # sync the commit is still written to the log file (a killed
+            # process loses nothing), and the next synced commit syncs it too
+            # (the log is replayed in order up to the last synced commit).
+            self._conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
+        return self._conn
+
+    def _transaction(self, batch: _Batch, durable: bool, early: int = 0) -> list[_Result]:
         """
         Run ``batch`` in one transaction and commit it, waiting for the disk
         when ``durable``; return one result per write (all failed with
         :class:`StoreUnavailable` when the storage is).
+
+        The first ``early`` writes are answered as soon as they ran, before
+        the rest and the commit (without their counter changes, which the
+        returned results carry). A write that fails makes the batch run
+        again with each write in a savepoint; the early ones run again then,
+        to the same effect, and are not answered twice.
         """
         try:
-            if self._conn is None:
-                self._conn = _connect(self._path)
-                # Outside any transaction: journal_mode cannot change inside one.
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = FULL")
-                self._durable = True
-            conn = self._conn
-            if durable is not self._durable:
-                # Outside a transaction, where the setting may change. Without
-                # a sync the commit is still written to the log file (a killed
-                # process loses nothing), and the next synced commit syncs it
-                # too (the log is replayed in order up to the last synced commit).
-                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-                self._durable = durable
+            conn = self._connection(durable)
             conn.execute("BEGIN IMMEDIATE")
-            results = self._run_ops(conn, batch, savepoints=False)
+            results: list[_Result] | None = None
+            first = self._run_ops(conn, batch[:early], savepoints=False) if early else []
+            if first is not None:
+                if first:
+                    answers: list[_Result] = [(d, result, []) for d, result, _ in first]
+                    self._reactor.callFromThread(self._deliver, answers)
+                rest = self._run_ops(conn, batch[early:], savepoints=False)
+                if rest is not None:
+                    results = first + rest
             if results is None:
                 # A write failed: undo the batch and run it again with each
                 # write in its own savepoint, so that it fails alone.
@@ -691,10 +738,11 @@ class SQLiteFile:
 
         ``durable=False``: a write that a power cut may lose, such as marking
         a job running (recovery handles a waiting and a running job alike).
-        Such writes of a batch commit first, in a transaction of their own,
-        without waiting for the disk (``synchronous = NORMAL``), and fire at
-        once. A killed process does not lose them (they are in the log file),
-        and the next durable commit syncs them too.
+        Such writes run first in their batch. A batch of them alone commits
+        without waiting for the disk (``synchronous = NORMAL``; a killed
+        process does not lose it, the next synced commit syncs it too); in a
+        batch with other writes they fire as soon as they ran, before the
+        batch commits (and syncs) with them: a crash in that moment loses them.
         """
         if self._writer is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))

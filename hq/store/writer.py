@@ -113,9 +113,13 @@ class BatchWriter(threading.Thread, Generic[OpT]):
             except queue.Empty:
                 # Nothing to write: background work, a bounded step at a time,
                 # looking for writes between steps.
-                if self.idle():
+                wait = self.idle()
+                if wait is not None and wait <= 0:
                     continue
-                item = self._queue.get()
+                try:
+                    item = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    continue
             if item is None:
                 break
             batch = list(item)
@@ -156,12 +160,13 @@ class BatchWriter(threading.Thread, Generic[OpT]):
             failure = Failure()
             self._reactor.callFromThread(self.log.failure, "The commit observer failed", failure)
 
-    def idle(self) -> bool:
+    def idle(self) -> float | None:
         """
         Do one short step of background work while no write waits; return
-        whether another step may follow (``False``: wait for writes).
+        when to call again if no write comes first: ``0`` at once, a number of
+        seconds, or ``None`` (wait for writes).
         """
-        return False
+        return None
 
     def run_batch(self, batch: list[tuple[OpT, Deferred[Any]]]) -> list[Any]:
         """
