@@ -845,10 +845,15 @@ class SlowFinishStore(MemoryStore):
         self.pending: list[tuple[Deferred[Job | None], Job | None]] = []
 
     def finish(
-        self, job_id: int, outcome: Any, attempt: Any = None, callback_id: Any = None
+        self,
+        job_id: int,
+        outcome: Any,
+        attempt: Any = None,
+        callback_id: Any = None,
+        known: Job | None = None,
     ) -> Deferred[Job | None]:
         seen: list[Job | None] = []
-        super().finish(job_id, outcome, attempt, callback_id).addCallback(seen.append)
+        super().finish(job_id, outcome, attempt, callback_id, known).addCallback(seen.append)
         d: Deferred[Job | None] = Deferred()
         self.pending.append((d, seen[0]))
         return d
@@ -908,12 +913,17 @@ class FlakyFinishStore(MemoryStore):
         self.failures = failures
 
     def finish(
-        self, job_id: int, outcome: Any, attempt: Any = None, callback_id: Any = None
+        self,
+        job_id: int,
+        outcome: Any,
+        attempt: Any = None,
+        callback_id: Any = None,
+        known: Job | None = None,
     ) -> Deferred[Job | None]:
         if self.failures:
             self.failures -= 1
             return fail(StoreUnavailable("disk full"))
-        return super().finish(job_id, outcome, attempt, callback_id)
+        return super().finish(job_id, outcome, attempt, callback_id, known)
 
 
 class BrokenFinishStore(MemoryStore):
@@ -930,15 +940,20 @@ class BrokenFinishStore(MemoryStore):
         self.pending: list[tuple[Deferred[Job | None], Job | None]] = []
 
     def finish(
-        self, job_id: int, outcome: Any, attempt: Any = None, callback_id: Any = None
+        self,
+        job_id: int,
+        outcome: Any,
+        attempt: Any = None,
+        callback_id: Any = None,
+        known: Job | None = None,
     ) -> Deferred[Job | None]:
         if self.failures:
             self.failures -= 1
             return fail(RuntimeError("store bug"))
         if not self.slow:
-            return super().finish(job_id, outcome, attempt, callback_id)
+            return super().finish(job_id, outcome, attempt, callback_id, known)
         seen: list[Job | None] = []
-        super().finish(job_id, outcome, attempt, callback_id).addCallback(seen.append)
+        super().finish(job_id, outcome, attempt, callback_id, known).addCallback(seen.append)
         d: Deferred[Job | None] = Deferred()
         self.pending.append((d, seen[0]))
         return d

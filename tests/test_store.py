@@ -938,8 +938,8 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         counts = await self.store.counts(0, 0)
         self.assertEqual((counts.stored, counts.waiting, counts.running), (1, 0, 0))
 
-    async def test_a_start_with_the_known_job_reads_back_only_its_attempts(self) -> None:
-        """Given the waiting job, a start returns only the attempt count and builds the rest."""
+    async def test_a_start_and_finish_with_the_known_job_read_back_little(self) -> None:
+        """Given the job, a start returns only its attempt count, a finish only its id."""
         job = make_job(1, headers={"X-A": "b"})
         await self.add(job)
         gated = self.gate_commits()
@@ -951,6 +951,12 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
             (started.state, started.started_at, started.attempts), (JobState.RUNNING, T0 + 5, 1)
         )
         self.assertIsNone(await self.store.start(job.id, T0 + 6, job))
+        outcome = Outcome(finished_at=T0 + 9, success=True, status_code=200, output="ok")
+        finished = await self.store.finish(job.id, outcome, None, None, started)
+        self.assertIn(sql.FINISH_ID, gated.statements)
+        self.assertEqual(finished, await self.store.get(job.id))
+        self.assertEqual((finished.status, finished.output), ("success", "ok"))
+        self.assertIsNone(await self.store.finish(job.id, outcome, None, None, started))
 
     async def test_savepoints_only_when_a_write_of_the_batch_fails(self) -> None:
         """A batch runs without savepoints; with a failing write, again with one per write."""

@@ -101,16 +101,18 @@ class Outcomes:
         outcome: Outcome,
         attempt: Attempt | None = None,
         callback_id: int | None = None,
+        known: Job | None = None,
     ) -> None:
         """
         Record ``outcome`` and the ``attempt`` that ended with it (see
         :meth:`_persist`), and the callback job (id ``callback_id``) in the
         same store write when the job has a callback URL for ``outcome``;
         once recorded, count the job, tell the observers and queue the callback.
+        ``known``: the running job, as started (``IJobStore.finish``).
         """
 
         finished = await self._persist(
-            job_id, lambda: self._store.finish(job_id, outcome, attempt, callback_id)
+            job_id, lambda: self._store.finish(job_id, outcome, attempt, callback_id, known)
         )
         if finished is not None:
             self._tell_attempt(attempt, None)

@@ -234,12 +234,12 @@ class Runner:
         if decision is None:
             outcome = Outcome(finished_at=now, failure=True, err=INTERNAL_ERROR)
             await self._outcomes.record(
-                job.id, outcome, Attempt.of(job, outcome), self._callback_id(job, outcome)
+                job.id, outcome, Attempt.of(job, outcome), self._callback_id(job, outcome), job
             )
         elif isinstance(decision, Finish):
             attempt = Attempt.of(job, decision.outcome)
             await self._outcomes.record(
-                job.id, decision.outcome, attempt, self._callback_id(job, decision.outcome)
+                job.id, decision.outcome, attempt, self._callback_id(job, decision.outcome), job
             )
         else:
             await self._outcomes.reschedule(job.id, decision, Attempt.of(job, decision.last))

@@ -254,6 +254,7 @@ class IJobStore(Interface):
         outcome: Outcome,
         attempt: Attempt | None = None,
         callback_id: int | None = None,
+        known: Job | None = None,
     ) -> Deferred[Job | None]:
         """
         Record the outcome of a job that is not finished yet, and ``attempt``
@@ -271,6 +272,11 @@ class IJobStore(Interface):
         (:func:`hq.store.sql.callback_of`). On PostgreSQL the nodes are told,
         as for a push. Fails with :class:`JobExists` (nothing changed) when
         ``callback_id`` is taken.
+
+        ``known`` is the running job as the caller had it from :meth:`start`
+        (its fields do not change while it runs but for a stop, which the
+        outcome overrides); a store may build the finished job from it rather
+        than read the row back.
         """
 
     def stop(job_id: int, now: int) -> Deferred[Job]:

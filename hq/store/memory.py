@@ -208,6 +208,7 @@ class MemoryStore:
         outcome: Outcome,
         attempt: Attempt | None = None,
         callback_id: int | None = None,
+        known: Job | None = None,
     ) -> Deferred[Job | None]:
         def call() -> Job | None:
             job = self._jobs.get(job_id)

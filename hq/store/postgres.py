@@ -1068,6 +1068,7 @@ class PostgresStore:
         outcome: Outcome,
         attempt: Attempt | None = None,
         callback_id: int | None = None,
+        known: Job | None = None,
     ) -> Deferred[Job | None]:
         values = _values(
             (

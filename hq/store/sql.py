@@ -65,6 +65,8 @@ FINISH = (
     " canceled = ?, status_code = ?, err = ?, output = ?, output_truncated = ?"
     f" WHERE id = ? AND state = ? RETURNING {COLUMNS}"
 )
+#: :data:`FINISH` returning only the id (the caller has the running job).
+FINISH_ID = FINISH[: FINISH.index(" RETURNING ")] + " RETURNING id"
 #: The due waiting jobs the feed may load after a ``(due, id)`` key, in that
 #: order (``run_after`` is the due time: ``hq.model.Job.due_at``).
 WAITING = (

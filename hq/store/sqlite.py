@@ -268,6 +268,7 @@ class SQLiteStore:
         outcome: Outcome,
         attempt: Attempt | None = None,
         callback_id: int | None = None,
+        known: Job | None = None,
     ) -> Deferred[Job | None]:
         values = (
             outcome.status,
@@ -282,16 +283,25 @@ class SQLiteStore:
             job_id,
         )
 
+        running = known if known is not None and known.id == job_id and known.running else None
+
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
             # Almost always running; the state is in the WHERE clause so that the
-            # counters learn the state before the change without a read.
+            # counters learn the state before the change without a read. A
+            # known running job is not read back (~30 µs less per delivery).
             for state in (JobState.RUNNING, JobState.WAITING):
-                rows = conn.execute(sql.FINISH, (*values, int(state))).fetchall()
+                if running is not None and state is JobState.RUNNING:
+                    found = conn.execute(sql.FINISH_ID, (*values, int(state))).fetchall()
+                    rows = [running.finished(outcome)] if found else []
+                else:
+                    rows = [
+                        sql.row_job(row) for row in conn.execute(sql.FINISH, (*values, int(state)))
+                    ]
                 if rows:
                     changes.append((state, JobState.FINISHED, 1))
                     if attempt is not None:
                         conn.execute(sql.INSERT_ATTEMPT, sql.attempt_row(attempt))
-                    finished = sql.row_job(rows[0])
+                    finished = rows[0]
                     callback = sql.callback_of(finished, outcome, callback_id)
                     if callback is None:
                         return finished
