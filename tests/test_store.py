@@ -976,6 +976,70 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual(gated.statements.count("SAVEPOINT op"), 2)
         self.assertEqual((await self.store.counts(0, 0)).stored, 6)
 
+    async def test_starts_and_finishes_of_a_batch_run_as_one_statement_each(self) -> None:
+        """
+        The starts (and the finishes) of known jobs asked for together run as
+        one statement, with the results each would have alone: a job no
+        longer waiting does not start, a job no longer running finishes alone.
+        """
+        from twisted.internet.defer import gatherResults
+
+        jobs = [make_job(n) for n in range(1, 6)]
+        await self.add(*jobs)
+        await self.store.stop(jobs[4].id, T0)  # no longer waiting
+        gated = self.gate_commits()
+        gated.release.set()
+        started = await gatherResults([self.store.start(job.id, T0 + 7, job) for job in jobs])
+        self.assertEqual(gated.statements.count(sql.start_many(5)), 1)
+        self.assertNotIn(sql.START_ATTEMPTS, gated.statements)
+        self.assertIsNone(started[4])
+        for job, running in zip(jobs[:4], started[:4], strict=True):
+            assert running is not None
+            self.assertEqual(running, await self.store.get(job.id))
+            self.assertEqual(
+                (running.state, running.started_at, running.attempts), (JobState.RUNNING, T0 + 7, 1)
+            )
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.waiting, counts.running), (0, 4))
+
+        await self.store.stop(jobs[3].id, T0 + 8)  # marked canceled, still running
+        await self.store.finish(jobs[2].id, Outcome(finished_at=T0 + 8, failure=True, err="x"))
+        del gated.statements[:]
+        outcome = Outcome(finished_at=T0 + 9, success=True, status_code=200, output="ok")
+        finished = await gatherResults(
+            [
+                self.store.finish(job.id, outcome, Attempt.of(job, outcome), None, job)
+                for job in started[:4]
+                if job is not None
+            ]
+        )
+        self.assertEqual(gated.statements.count(sql.finish_many(4)), 1)
+        self.assertEqual(gated.statements.count(sql.insert_attempts_many(3)), 1)
+        # Finished already: alone, and not finished again.
+        self.assertIsNone(finished[2])
+        for job, done in zip(jobs[:2] + jobs[3:4], finished[:2] + finished[3:], strict=True):
+            self.assertEqual(done, await self.store.get(job.id))
+            self.assertEqual((done.status, done.output), ("success", "ok"))
+            self.assertEqual(
+                [(a.attempt, a.status_code) for a in await self.store.attempts(job.id)], [(1, 200)]
+            )
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (5, 0, 0))
+
+    async def test_a_grouped_write_that_fails_runs_again_alone(self) -> None:
+        """When a grouped statement fails, the batch runs again write by write."""
+        from twisted.internet.defer import gatherResults
+
+        jobs = [make_job(n) for n in range(1, 4)]
+        await self.add(*jobs)
+        gated = self.gate_commits()
+        gated.release.set()
+        gated.fail_statement = sql.start_many(3)
+        started = await gatherResults([self.store.start(job.id, T0, job) for job in jobs])
+        self.assertEqual([job.state for job in started], [JobState.RUNNING] * 3)
+        self.assertEqual(gated.statements.count(sql.START_ATTEMPTS), 3)
+        self.assertEqual(gated.statements.count("SAVEPOINT op"), 3)
+
     async def test_a_batch_of_starts_alone_commits_without_waiting_for_the_disk(self) -> None:
         """Starts alone commit with synchronous = NORMAL, other writes with FULL."""
         from twisted.internet.defer import gatherResults
@@ -1023,6 +1087,8 @@ class _GatedCommits:
         self._conn = conn
         self.release = threading.Event()
         self.fail_commits = False
+        #: A statement that fails (as a bug would make it).
+        self.fail_statement: str | None = None
         self._syncs = conn.execute("PRAGMA synchronous").fetchone()[0] == 2
         #: Every statement run, in order.
         self.statements: list[str] = []
@@ -1037,6 +1103,8 @@ class _GatedCommits:
             self.synced.append(self._syncs)
             if self._syncs:
                 self.release.wait(10)
+        if statement == self.fail_statement:
+            raise sqlite3.OperationalError("no such thing")
         if statement == "COMMIT" and self.fail_commits:
             raise sqlite3.OperationalError("database or disk is full")
         return self._conn.execute(statement, *args)

@@ -57,6 +57,52 @@ START = (
     "UPDATE jobs SET state = 1, status = 'running', started_at = ?, attempts = attempts + 1"
     f" WHERE id = ? AND state = 0 AND canceled = 0 RETURNING {COLUMNS}"
 )
+
+
+def start_many(rows: int) -> str:
+    """
+    Return :data:`START_ATTEMPTS` for ``rows`` jobs at once, each row
+    ``(id, now)`` (given flat); returns ``(id, attempts)`` of those started.
+    """
+    return (
+        "UPDATE jobs SET state = 1, status = 'running', started_at = v.column2,"
+        f" attempts = attempts + 1 FROM (VALUES {values_rows(rows, 2)}) AS v"
+        " WHERE jobs.id = v.column1 AND jobs.state = 0 AND jobs.canceled = 0"
+        " RETURNING id, attempts"
+    )
+
+
+def finish_many(rows: int) -> str:
+    """
+    Return the statement that finishes ``rows`` running jobs (:data:`FINISH`
+    on state 1), each row ``(id, status, finished_at, success, failure,
+    canceled, status_code, err, output, output_truncated)``; returns the ids.
+    """
+    return (
+        "UPDATE jobs SET state = 2, status = v.column2, finished_at = v.column3,"
+        " success = v.column4, failure = v.column5, canceled = v.column6,"
+        " status_code = v.column7, err = v.column8, output = v.column9,"
+        f" output_truncated = v.column10 FROM (VALUES {values_rows(rows, 10)}) AS v"
+        " WHERE jobs.id = v.column1 AND jobs.state = 1 RETURNING id"
+    )
+
+
+def insert_attempts_many(rows: int) -> str:
+    """
+    Return :data:`INSERT_ATTEMPT` for ``rows`` attempts (of different jobs).
+    """
+    head, _, tail = INSERT_ATTEMPT.partition(" VALUES (?, ?, ?, ?, ?, ?, ?)")
+    return f"{head} VALUES {values_rows(rows, 7)}{tail}"
+
+
+def values_rows(rows: int, width: int) -> str:
+    """
+    Return ``rows`` placeholder rows of ``width`` values for a ``VALUES`` list.
+    """
+    row = "(" + ", ".join("?" * width) + ")"
+    return ", ".join([row] * rows)
+
+
 #: :data:`START` returning only the attempt count (the caller has the rest of the job).
 START_ATTEMPTS = START[: START.index(" RETURNING ")] + " RETURNING attempts"
 #: :meth:`hq.model.Job.finished` on a job in the given state; returns it.

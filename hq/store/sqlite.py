@@ -38,6 +38,7 @@ from hq.store.sqlitefile import (
     DATABASE_FILE,
     LOCK_FILE,
     SCHEMA_VERSION,
+    GroupedOp,
     SQLiteFile,
     _Change,
     _Op,
@@ -242,16 +243,7 @@ class SQLiteStore:
         # delivered again (at-least-once), only the interrupted attempt is
         # not counted.
         if known is not None and known.id == job_id:
-            waiting = known
-
-            def start_known(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
-                rows = conn.execute(sql.START_ATTEMPTS, (now, job_id)).fetchall()
-                if not rows:
-                    return None
-                changes.append((JobState.WAITING, JobState.RUNNING, 1))
-                return waiting.marked_running(now, rows[0][0])
-
-            return self._write(start_known, durable=False)
+            return self._write(_Start(known, now), durable=False)
 
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
             rows = conn.execute(sql.START, (now, job_id)).fetchall()
@@ -311,6 +303,8 @@ class SQLiteStore:
                     return attrs.evolve(finished, callback_job_id=callback.id)
             return None
 
+        if running is not None and (callback_id is None or running.callback_for(outcome) is None):
+            return self._write(_Finish(running, outcome, values, attempt, op))
         return self._write(op)
 
     def retry(self, job_id: int, at: int, last: Outcome, attempt: Attempt) -> Deferred[Job | None]:
@@ -563,3 +557,104 @@ class SQLiteStore:
             return job
 
         return self._write(op)
+
+
+class _Start(GroupedOp):
+    """
+    Mark a waiting job the caller has running (``SQLiteStore.start`` with
+    ``known``): only its attempt count is read back; the starts of one batch
+    run as one statement.
+    """
+
+    def __init__(self, job: Job, now: int) -> None:
+        self.job = job
+        self.now = now
+
+    def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
+        rows = conn.execute(sql.START_ATTEMPTS, (self.now, self.job.id)).fetchall()
+        return self._started(rows[0][0] if rows else None, changes)
+
+    def _started(self, attempts: int | None, changes: list[_Change]) -> Job | None:
+        if attempts is None:
+            return None
+        changes.append((JobState.WAITING, JobState.RUNNING, 1))
+        return self.job.marked_running(self.now, attempts)
+
+    @classmethod
+    def run_group(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
+        if len({op.job.id for op in ops}) < len(ops):
+            return _one_by_one(conn, ops)
+        attempts: dict[int, int] = {}
+        for chunk in _chunks(ops):
+            args = [value for op in chunk for value in (op.job.id, op.now)]
+            attempts.update(conn.execute(sql.start_many(len(chunk)), args).fetchall())
+        results: list[tuple[Any, list[_Change]]] = []
+        for op in ops:
+            changes: list[_Change] = []
+            results.append((op._started(attempts.get(op.job.id), changes), changes))
+        return results
+
+
+class _Finish(GroupedOp):
+    """
+    Record the outcome of a running job the caller has, that pushes no
+    callback (``SQLiteStore.finish`` with ``known``): the finishes of one
+    batch run as one statement, their attempts as another; a job found not
+    running finishes alone (``alone``, the whole finish).
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        outcome: Outcome,
+        values: tuple[Any, ...],
+        attempt: Attempt | None,
+        alone: Callable[[sqlite3.Connection, list[_Change]], Job | None],
+    ) -> None:
+        self.job = job
+        self.outcome = outcome
+        self.values = values
+        self.attempt = attempt
+        self.alone = alone
+
+    def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
+        return self.alone(conn, changes)
+
+    @classmethod
+    def run_group(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
+        if len({op.job.id for op in ops}) < len(ops):
+            return _one_by_one(conn, ops)
+        finished: set[int] = set()
+        for chunk in _chunks(ops):
+            # values: status ... output_truncated, then the id (sql.FINISH's order).
+            args = [value for op in chunk for value in (op.values[-1], *op.values[:-1])]
+            finished.update(row[0] for row in conn.execute(sql.finish_many(len(chunk)), args))
+        attempts = [op.attempt for op in ops if op.job.id in finished and op.attempt is not None]
+        for chunk in _chunks(attempts):
+            args = [value for attempt in chunk for value in sql.attempt_row(attempt)]
+            conn.execute(sql.insert_attempts_many(len(chunk)), args)
+        results: list[tuple[Any, list[_Change]]] = []
+        for op in ops:
+            changes: list[_Change] = []
+            if op.job.id in finished:
+                changes.append((JobState.RUNNING, JobState.FINISHED, 1))
+                results.append((op.job.finished(op.outcome), changes))
+            else:
+                results.append((op.alone(conn, changes), changes))
+        return results
+
+
+#: Rows per statement of a grouped write (well under SQLite's 32,766 variables).
+GROUP_ROWS = 500
+
+
+def _chunks(items: list[T]) -> list[list[T]]:
+    return [items[start : start + GROUP_ROWS] for start in range(0, len(items), GROUP_ROWS)]
+
+
+def _one_by_one(conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
+    results: list[tuple[Any, list[_Change]]] = []
+    for op in ops:
+        changes: list[_Change] = []
+        results.append((op(conn, changes), changes))
+    return results

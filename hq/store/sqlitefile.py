@@ -333,6 +333,28 @@ class _Counts:
 _Change = tuple[JobState | None, JobState | None, int]
 
 _Op = Callable[[sqlite3.Connection, list[_Change]], Any]
+
+
+class GroupedOp:
+    """
+    A write that the writer may run together with the others of its class in
+    the same batch (:meth:`_Writer._run_groups`): a subclass is a write
+    (``__call__(conn, changes)``, run alone when its batch runs with
+    savepoints) and says how to run several at once.
+    """
+
+    def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def run_group(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
+        """
+        Run ``ops`` (instances of this class) in the open transaction; return
+        each one's result and changes, in order, as if each had run alone.
+        """
+        raise NotImplementedError
+
+
 _Batch = list[tuple[_Op, "Deferred[Any]"]]
 
 
@@ -448,8 +470,15 @@ class _Writer(BatchWriter[_Op]):
         is unavailable.
         """
         results: list[_Result] = []
-        for op, d in batch:
-            changes: list[_Change] = []
+        grouped = {} if savepoints else self._run_groups(conn, batch)
+        if grouped is None:
+            return None
+        for index, (op, d) in enumerate(batch):
+            if index in grouped:
+                result, changes = grouped[index]
+                results.append((d, result, changes))
+                continue
+            changes = []
             if savepoints:
                 conn.execute("SAVEPOINT op")
             try:
@@ -490,6 +519,39 @@ class _Writer(BatchWriter[_Op]):
             self._conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self._durable = durable
         return self._conn
+
+    @staticmethod
+    def _run_groups(
+        conn: sqlite3.Connection, batch: _Batch
+    ) -> dict[int, tuple[Any, list[_Change]]] | None:
+        """
+        Run together the writes of ``batch`` that are :class:`GroupedOp` of
+        one kind (when there are several): one statement for them all rather
+        than one each, each a round of the GIL between this thread and the
+        reactor's. Return their results and changes by index in ``batch``
+        (``None`` when one failed: the caller runs the batch again, each write
+        alone in a savepoint). The writes of one batch were asked for
+        concurrently, so running a kind's together is one of their orders.
+        """
+        kinds: dict[type[GroupedOp], list[int]] = {}
+        for index, (op, _) in enumerate(batch):
+            inner = op.op if isinstance(op, _MayBeLost) else op
+            if isinstance(inner, GroupedOp):
+                kinds.setdefault(type(inner), []).append(index)
+        done: dict[int, tuple[Any, list[_Change]]] = {}
+        for kind, indexes in kinds.items():
+            if len(indexes) < 2:
+                continue
+            ops = [batch[index][0] for index in indexes]
+            inner_ops = [op.op if isinstance(op, _MayBeLost) else op for op in ops]
+            try:
+                outcomes = kind.run_group(conn, inner_ops)
+            except Exception as e:
+                if isinstance(e, sqlite3.Error) and _unavailable(e):
+                    raise
+                return None
+            done.update(zip(indexes, outcomes, strict=True))
+        return done
 
     def _transaction(self, batch: _Batch, durable: bool, early: int = 0) -> list[_Result]:
         """
