@@ -888,8 +888,8 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.addCleanup(gated.release.set)
         return gated
 
-    async def test_starts_fire_before_their_batch_commits(self) -> None:
-        """In a batch, starts run first and fire at once; all commit once, with one sync."""
+    async def test_starts_commit_first_and_fire_before_the_durable_writes_sync(self) -> None:
+        """In a batch, starts commit first without a sync and fire; the other writes then commit."""
         job, other = make_job(1), make_job(2)
         await self.add(job)
         gated = self.gate_commits()
@@ -899,44 +899,34 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         assert job_started is not None
         self.assertEqual(job_started.state, JobState.RUNNING)
         self.assertFalse(created.called, "the create waits for its (gated) commit")
-        # The counters move only once the batch has committed.
-        counts = await self.store.counts(0, 0)
-        self.assertEqual((counts.stored, counts.waiting, counts.running), (1, 1, 0))
+        self.assertEqual(
+            [t for t in gated.statements if not t.startswith("PRAGMA")][:3],
+            ["BEGIN IMMEDIATE", sql.START, "COMMIT"],
+        )
+        self.assertFalse(gated.synced[0])
+        # Committed already: a read sees the start.
+        self.assertEqual((await self.store.get(job.id)).state, JobState.RUNNING)
         gated.release.set()
         await created
-        self.assertEqual(
-            [s for s in gated.statements if "jobs_search" not in s][:4],
-            ["BEGIN IMMEDIATE", sql.START, sql.INSERT, "COMMIT"],
-        )
-        self.assertEqual(gated.statements.count("COMMIT"), 1)
+        self.assertEqual(gated.synced, [False, True])
         counts = await self.store.counts(0, 0)
         self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 1, 1))
-        self.assertEqual((await self.store.get(job.id)).state, JobState.RUNNING)
 
-    async def test_a_start_answered_before_a_failed_commit(self) -> None:
-        """
-        When the batch cannot commit, its other writes fail; the start, answered
-        already, is lost as a crash would lose it: the job is still waiting
-        and the counters did not move.
-        """
+    async def test_a_start_that_cannot_commit_fails_alone(self) -> None:
+        """When the starts' commit fails, the start fails; the batch's other writes commit."""
         job, other = make_job(1), make_job(2)
         await self.add(job)
         gated = self.gate_commits()
-        gated.fail_commits = True
+        gated.fail_unsynced = True
         gated.release.set()
         started = self.store.start(job.id, T0)
         created = self.store.create(other)
-        self.assertIsNotNone(await started)
         with self.assertRaises(StoreUnavailable):
-            await created
+            await started
+        await created
         counts = await self.store.counts(0, 0)
-        self.assertEqual((counts.stored, counts.waiting, counts.running), (1, 1, 0))
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 2, 0))
         self.assertEqual((await self.store.get(job.id)).state, JobState.WAITING)
-        # Its finish still applies (to the waiting job): nothing is left running.
-        gated.fail_commits = False
-        await self.store.finish(job.id, Outcome(finished_at=T0 + 1, success=True))
-        counts = await self.store.counts(0, 0)
-        self.assertEqual((counts.stored, counts.waiting, counts.running), (1, 0, 0))
 
     async def test_a_start_and_finish_with_the_known_job_read_back_little(self) -> None:
         """Given the job, a start returns only its attempt count, a finish only its id."""
@@ -1041,7 +1031,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual(gated.statements.count("SAVEPOINT op"), 3)
 
     async def test_a_batch_of_starts_alone_commits_without_waiting_for_the_disk(self) -> None:
-        """Starts alone commit with synchronous = NORMAL, other writes with FULL."""
+        """Starts commit first with synchronous = NORMAL, other writes with FULL."""
         from twisted.internet.defer import gatherResults
 
         jobs = [make_job(1), make_job(2)]
@@ -1066,7 +1056,10 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         )
         self.assertEqual(
             await statements(self.store.start(jobs[1].id, T0), self.store.create(make_job(3))),
-            (["BEGIN IMMEDIATE", sql.START, sql.INSERT, "COMMIT"], [True]),
+            (
+                ["BEGIN IMMEDIATE", sql.START, "COMMIT", "BEGIN IMMEDIATE", sql.INSERT, "COMMIT"],
+                [False, True],
+            ),
         )
         finish = self.store.finish(jobs[0].id, Outcome(finished_at=T0, success=True))
         self.assertEqual((await statements(finish))[1], [True])
@@ -1079,14 +1072,14 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
 class _GatedCommits:
     """
     The writer's connection, recording every statement; a ``COMMIT`` that
-    syncs waits for ``release``; with ``fail_commits``, every ``COMMIT``
-    fails as on a full disk.
+    syncs waits for ``release``; with ``fail_unsynced``, a ``COMMIT`` that
+    does not sync fails as a full disk does; ``fail_statement`` fails.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self.release = threading.Event()
-        self.fail_commits = False
+        self.fail_unsynced = False
         #: A statement that fails (as a bug would make it).
         self.fail_statement: str | None = None
         self._syncs = conn.execute("PRAGMA synchronous").fetchone()[0] == 2
@@ -1105,7 +1098,7 @@ class _GatedCommits:
                 self.release.wait(10)
         if statement == self.fail_statement:
             raise sqlite3.OperationalError("no such thing")
-        if statement == "COMMIT" and self.fail_commits:
+        if statement == "COMMIT" and self.fail_unsynced and not self._syncs:
             raise sqlite3.OperationalError("database or disk is full")
         return self._conn.execute(statement, *args)
 

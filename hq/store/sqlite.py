@@ -235,13 +235,12 @@ class SQLiteStore:
         # every index): this runs once per delivery, on the writer thread. With
         # ``known`` it returns only the attempt count (the whole row costs
         # ~30 µs more to return and turn into a Job).
-        # A write that may be lost (SQLiteFile.write): answered without
-        # waiting for an fsync, before its batch commits when the batch has
-        # other writes, so the job is posted at once. A power cut, or a kill
-        # in the moment before the commit, may lose the mark; recovery then
-        # finds the job waiting instead of running; either way it is
-        # delivered again (at-least-once), only the interrupted attempt is
-        # not counted.
+        # Committed without waiting for the disk, before the other writes of
+        # its batch, so the job is posted without waiting for an fsync: a
+        # power cut may lose the mark (a killed process does not), and
+        # recovery then finds the job waiting instead of running; either way
+        # it is delivered again (at-least-once), only the interrupted attempt
+        # is not counted.
         if known is not None and known.id == job_id:
             return self._write(_Start(known, now), durable=False)
 

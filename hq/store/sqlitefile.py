@@ -375,8 +375,8 @@ _Result = tuple["Deferred[Any]", Any, list[_Change]]
 
 class _Writer(BatchWriter[_Op]):
     """
-    The SQLite writer: a batch's writes in one transaction; those that may be
-    lost (:class:`_MayBeLost`) run first and are answered before the commit.
+    The SQLite writer: a batch's writes in one transaction, but for those that
+    may be lost (:class:`_MayBeLost`), which commit first in one of their own.
     When no write waits, it moves noted changes into the search index.
     """
 
@@ -443,19 +443,17 @@ class _Writer(BatchWriter[_Op]):
     def run_batch(self, batch: _Batch) -> list[Any]:
         self._last_batch = time.monotonic()
         self._since_index += len(batch)
-        # The writes that may be lost (jobs marked running) run first. Alone,
-        # they commit without a sync. With others, they are answered as soon
-        # as they ran, before the commit: the reactor goes on (posts the jobs
-        # it started) while the rest of the batch runs, commits and syncs, all
-        # in one transaction (one commit, one sync). Their counter changes
-        # wait for the commit (``_deliver`` applies them with the batch's).
         unsynced = [item for item in batch if isinstance(item[0], _MayBeLost)]
         if not unsynced:
             return self._transaction(batch, durable=True)
-        if len(unsynced) == len(batch):
-            return self._transaction(batch, durable=False)
+        # Committed without waiting for the disk, and answered at once: the
+        # reactor goes on (posts the jobs it started) while the durable writes
+        # of the batch, asked for as concurrently, commit and sync. Answered
+        # only once committed: a killed process then loses no start, so the
+        # jobs delivered again after a crash are those found running.
+        self._reactor.callFromThread(self._deliver, self._transaction(unsynced, durable=False))
         durable = [item for item in batch if not isinstance(item[0], _MayBeLost)]
-        return self._transaction(unsynced + durable, durable=True, early=len(unsynced))
+        return self._transaction(durable, durable=True) if durable else []
 
     def _run_ops(
         self, conn: sqlite3.Connection, batch: _Batch, savepoints: bool
@@ -553,30 +551,16 @@ class _Writer(BatchWriter[_Op]):
             done.update(zip(indexes, outcomes, strict=True))
         return done
 
-    def _transaction(self, batch: _Batch, durable: bool, early: int = 0) -> list[_Result]:
+    def _transaction(self, batch: _Batch, durable: bool) -> list[_Result]:
         """
         Run ``batch`` in one transaction and commit it, waiting for the disk
         when ``durable``; return one result per write (all failed with
         :class:`StoreUnavailable` when the storage is).
-
-        The first ``early`` writes are answered as soon as they ran, before
-        the rest and the commit (without their counter changes, which the
-        returned results carry). A write that fails makes the batch run
-        again with each write in a savepoint; the early ones run again then,
-        to the same effect, and are not answered twice.
         """
         try:
             conn = self._connection(durable)
             conn.execute("BEGIN IMMEDIATE")
-            results: list[_Result] | None = None
-            first = self._run_ops(conn, batch[:early], savepoints=False) if early else []
-            if first is not None:
-                if first:
-                    answers: list[_Result] = [(d, result, []) for d, result, _ in first]
-                    self._reactor.callFromThread(self._deliver, answers)
-                rest = self._run_ops(conn, batch[early:], savepoints=False)
-                if rest is not None:
-                    results = first + rest
+            results = self._run_ops(conn, batch, savepoints=False)
             if results is None:
                 # A write failed: undo the batch and run it again with each
                 # write in its own savepoint, so that it fails alone.
@@ -800,11 +784,10 @@ class SQLiteFile:
 
         ``durable=False``: a write that a power cut may lose, such as marking
         a job running (recovery handles a waiting and a running job alike).
-        Such writes run first in their batch. A batch of them alone commits
-        without waiting for the disk (``synchronous = NORMAL``; a killed
-        process does not lose it, the next synced commit syncs it too); in a
-        batch with other writes they fire as soon as they ran, before the
-        batch commits (and syncs) with them: a crash in that moment loses them.
+        Such writes of a batch commit first, in a transaction of their own,
+        without waiting for the disk (``synchronous = NORMAL``), and fire at
+        once. A killed process does not lose them (they are in the log file),
+        and the next durable commit syncs them too.
         """
         if self._writer is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
