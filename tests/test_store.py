@@ -1016,6 +1016,34 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         counts = await self.store.counts(0, 0)
         self.assertEqual((counts.stored, counts.waiting, counts.running), (5, 0, 0))
 
+    async def test_pushes_of_a_batch_insert_together_and_a_taken_id_fails_alone(self) -> None:
+        """
+        Pushes without idempotency keys asked for together insert their jobs
+        in one statement; a push whose id is taken fails alone (JobExists).
+        """
+        from twisted.internet.defer import DeferredList
+
+        await self.add(make_job(1))
+        gated = self.gate_commits()
+        gated.release.set()
+        first = await DeferredList(
+            [self.store.push([make_job(2), make_job(3)], 0), self.store.push([make_job(4)], 0)],
+            consumeErrors=True,
+        )
+        self.assertEqual([ok for ok, _ in first], [True, True])
+        self.assertEqual(gated.statements.count(sql.insert_many(3)), 1)
+        self.assertEqual([p.job.id for p in first[0][1]], [make_job(2).id, make_job(3).id])
+        results = await DeferredList(
+            [self.store.push([make_job(5)], 0), self.store.push([make_job(6), make_job(1)], 0)],
+            consumeErrors=True,
+        )
+        self.assertEqual([ok for ok, _ in results], [True, False])
+        results[1][1].trap(JobExists)
+        self.assertEqual(gated.statements.count("SAVEPOINT op"), 2)
+        stored = [job.id for job in (await self.store.list_jobs(ListQuery())).jobs]
+        self.assertEqual(sorted(stored), [make_job(n).id for n in (1, 2, 3, 4, 5)])
+        self.assertEqual((await self.store.counts(0, 0)).stored, 5)
+
     async def test_a_grouped_write_that_fails_runs_again_alone(self) -> None:
         """When a grouped statement fails, the batch runs again write by write."""
         from twisted.internet.defer import gatherResults

@@ -125,7 +125,10 @@ class Outcomes:
                     callbackID=finished.callback_job_id,
                     url=url,
                 )
-                self._on_callback(Job(id=finished.callback_job_id, url=url))
+                # The callback job as the store wrote it (sql.callback_of): the
+                # dispatcher sends the job it is given.
+                callback = finished.callback_job(finished.callback_job_id, url, outcome.finished_at)
+                self._on_callback(callback)
 
     async def reschedule(self, job_id: int, retry: Retry, attempt: Attempt) -> None:
         """

@@ -193,7 +193,13 @@ class MemoryStore:
         def call() -> Job | None:
             job = self._jobs.get(job_id)
             started = None if job is None else job.started(now)
-            return None if started is None else self._put(started)
+            if started is None:
+                return None
+            stored = self._put(started)
+            if known is not None and known.id == job_id:
+                # As the SQLite store: the running job is built from the one given.
+                return known.marked_running(now, stored.attempts)
+            return stored
 
         return self._write(call)
 

@@ -95,6 +95,13 @@ def insert_attempts_many(rows: int) -> str:
     return f"{head} VALUES {values_rows(rows, 7)}{tail}"
 
 
+def insert_many(rows: int) -> str:
+    """
+    Return :data:`INSERT` for ``rows`` jobs, their :func:`job_row` values given flat.
+    """
+    return f"INSERT INTO jobs ({COLUMNS}) VALUES {values_rows(rows, len(_NAMES))}"
+
+
 def values_rows(rows: int, width: int) -> str:
     """
     Return ``rows`` placeholder rows of ``width`` values for a ``VALUES`` list.

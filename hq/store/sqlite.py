@@ -183,6 +183,11 @@ class SQLiteStore:
         return self._write(op)
 
     def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+        if all(job.idempotency_key is None for job in jobs):
+            # Nothing to look up: inserted as they are, many rows a statement,
+            # with the other such pushes of the batch.
+            return self._write(_Push(jobs))
+
         # One write (one savepoint): a conflict undoes the whole push.
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> list[Pushed]:
             pushed: list[Pushed] = []
@@ -641,6 +646,39 @@ class _Finish(GroupedOp):
             else:
                 results.append((op.alone(conn, changes), changes))
         return results
+
+
+class _Push(GroupedOp):
+    """
+    Store new jobs without idempotency keys (``SQLiteStore.push``): a few
+    hundred rows per ``INSERT``, the pushes of one batch together. A job
+    whose id exists fails the statement; the batch then runs again write by
+    write, and only that push fails (:class:`JobExists`).
+    """
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+
+    def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> list[Pushed]:
+        _insert_jobs(conn, self.jobs)
+        changes.extend((None, job.state, 1) for job in self.jobs)
+        return [Pushed(job) for job in self.jobs]
+
+    @classmethod
+    def run_group(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
+        _insert_jobs(conn, [job for op in ops for job in op.jobs])
+        return [
+            ([Pushed(job) for job in op.jobs], [(None, job.state, 1) for job in op.jobs])
+            for op in ops
+        ]
+
+
+def _insert_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> None:
+    if len(jobs) == 1:
+        conn.execute(sql.INSERT, sql.job_row(jobs[0]))
+        return
+    for chunk in _chunks(jobs):
+        conn.execute(sql.insert_many(len(chunk)), [v for job in chunk for v in sql.job_row(job)])
 
 
 #: Rows per statement of a grouped write (well under SQLite's 32,766 variables).
