@@ -29,8 +29,11 @@ from hq.store import IJobStore, JobConflict, JobNotFound
 if TYPE_CHECKING:
     from hq.api import JobDispatch
 
-#: Jobs read and acted on per step.
-PAGE_SIZE = 500
+#: Jobs read and acted on per step: as many as a search reads per chunk
+#: (``hq.store.sqlitesearch.CHUNK_ROWS``), so that a regexp filter matching
+#: most jobs reads each row once, not once per page of its chunk (500 a page:
+#: a bulk action over 20,000 waiting jobs took 9 s instead of 1.5 s).
+PAGE_SIZE = 4096
 
 
 @attrs.define
