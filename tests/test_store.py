@@ -1044,6 +1044,29 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual(sorted(stored), [make_job(n).id for n in (1, 2, 3, 4, 5)])
         self.assertEqual((await self.store.counts(0, 0)).stored, 5)
 
+    async def test_the_search_index_waits_for_a_pause_in_the_writes(self) -> None:
+        """
+        Noted jobs are moved into the search index only once the writes pause
+        (INDEX_PAUSE), or after INDEX_BATCH writes; searches find them meanwhile.
+        """
+        while await self.store.search_backlog():
+            await deferLater(reactor, 0.005, lambda: None)
+        self.patch(sqlitefile, "INDEX_PAUSE", 3600)
+        await self.add(make_job(1, name="needle"), make_job(2))
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(await self.store.search_backlog(), 2)
+        page = await self.store.list_jobs(ListQuery(term="needle"))
+        self.assertEqual([job.id for job in page.jobs], [make_job(1).id])
+        self.patch(sqlitefile, "INDEX_BATCH", 3)
+        await self.add(make_job(3))
+        for _ in range(200):
+            if not await self.store.search_backlog():
+                break
+            await deferLater(reactor, 0.005, lambda: None)
+        self.assertEqual(await self.store.search_backlog(), 0)
+        page = await self.store.list_jobs(ListQuery(term="needle"))
+        self.assertEqual([job.id for job in page.jobs], [make_job(1).id])
+
     async def test_a_grouped_write_that_fails_runs_again_alone(self) -> None:
         """When a grouped statement fails, the batch runs again write by write."""
         from twisted.internet.defer import gatherResults

@@ -531,24 +531,22 @@ class _Writer(BatchWriter[_Op]):
         alone in a savepoint). The writes of one batch were asked for
         concurrently, so running a kind's together is one of their orders.
         """
-        kinds: dict[type[GroupedOp], list[int]] = {}
+        kinds: dict[type[GroupedOp], dict[int, GroupedOp]] = {}
         for index, (op, _) in enumerate(batch):
             inner = op.op if isinstance(op, _MayBeLost) else op
             if isinstance(inner, GroupedOp):
-                kinds.setdefault(type(inner), []).append(index)
+                kinds.setdefault(type(inner), {})[index] = inner
         done: dict[int, tuple[Any, list[_Change]]] = {}
-        for kind, indexes in kinds.items():
-            if len(indexes) < 2:
+        for kind, ops in kinds.items():
+            if len(ops) < 2:
                 continue
-            ops = [batch[index][0] for index in indexes]
-            inner_ops = [op.op if isinstance(op, _MayBeLost) else op for op in ops]
             try:
-                outcomes = kind.run_group(conn, inner_ops)
+                outcomes = kind.run_group(conn, list(ops.values()))
             except Exception as e:
                 if isinstance(e, sqlite3.Error) and _unavailable(e):
                     raise
                 return None
-            done.update(zip(indexes, outcomes, strict=True))
+            done.update(zip(ops, outcomes, strict=True))
         return done
 
     def _transaction(self, batch: _Batch, durable: bool) -> list[_Result]:
