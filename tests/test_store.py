@@ -928,14 +928,18 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 2, 0))
         self.assertEqual((await self.store.get(job.id)).state, JobState.WAITING)
 
-    async def test_a_start_and_finish_with_the_known_job_read_back_little(self) -> None:
-        """Given the job, a start returns only its attempt count, a finish only its id."""
+    async def test_a_start_and_finish_with_the_known_job_read_back_nothing(self) -> None:
+        """
+        Given the job, a start and a finish return no row (the rows changed
+        are counted); a start whose attempt count differs reads it back.
+        """
         job = make_job(1, headers={"X-A": "b"})
         await self.add(job)
         gated = self.gate_commits()
         gated.release.set()
         started = await self.store.start(job.id, T0 + 5, job)
-        self.assertIn(sql.START_ATTEMPTS, gated.statements)
+        self.assertIn(sql.START_KNOWN, gated.statements)
+        self.assertNotIn(sql.START_ATTEMPTS, gated.statements)
         self.assertEqual(started, await self.store.get(job.id))
         self.assertEqual(
             (started.state, started.started_at, started.attempts), (JobState.RUNNING, T0 + 5, 1)
@@ -943,10 +947,20 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertIsNone(await self.store.start(job.id, T0 + 6, job))
         outcome = Outcome(finished_at=T0 + 9, success=True, status_code=200, output="ok")
         finished = await self.store.finish(job.id, outcome, None, None, started)
-        self.assertIn(sql.FINISH_ID, gated.statements)
+        self.assertIn(sql.FINISH_KNOWN, gated.statements)
         self.assertEqual(finished, await self.store.get(job.id))
         self.assertEqual((finished.status, finished.output), ("success", "ok"))
         self.assertIsNone(await self.store.finish(job.id, outcome, None, None, started))
+
+        # The caller's attempt count is stale: the store's is used.
+        other = make_job(2)
+        await self.add(other)
+        stale = attrs.evolve(other, attempts=3)
+        again = await self.store.start(other.id, T0 + 10, stale)
+        self.assertIn(sql.START_ATTEMPTS, gated.statements)
+        self.assertEqual(again, await self.store.get(other.id))
+        assert again is not None
+        self.assertEqual(again.attempts, 1)
 
     async def test_savepoints_only_when_a_write_of_the_batch_fails(self) -> None:
         """A batch runs without savepoints; with a failing write, again with one per write."""
@@ -969,8 +983,9 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
     async def test_starts_and_finishes_of_a_batch_run_as_one_statement_each(self) -> None:
         """
         The starts (and the finishes) of known jobs asked for together run as
-        one statement, with the results each would have alone: a job no
-        longer waiting does not start, a job no longer running finishes alone.
+        one statement, with the results each would have alone. When a job is
+        no longer waiting (or running), the batch runs again write by write:
+        that one does not start (or finishes alone), the others do.
         """
         from twisted.internet.defer import gatherResults
 
@@ -979,10 +994,11 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         await self.store.stop(jobs[4].id, T0)  # no longer waiting
         gated = self.gate_commits()
         gated.release.set()
-        started = await gatherResults([self.store.start(job.id, T0 + 7, job) for job in jobs])
-        self.assertEqual(gated.statements.count(sql.start_many(5)), 1)
+        started = await gatherResults([self.store.start(job.id, T0 + 7, job) for job in jobs[:4]])
+        self.assertEqual(gated.statements.count(sql.start_many(4)), 1)
         self.assertNotIn(sql.START_ATTEMPTS, gated.statements)
-        self.assertIsNone(started[4])
+        self.assertNotIn("ROLLBACK", gated.statements)
+        self.assertIsNone(await self.store.start(jobs[4].id, T0 + 7, jobs[4]))
         for job, running in zip(jobs[:4], started[:4], strict=True):
             assert running is not None
             self.assertEqual(running, await self.store.get(job.id))
@@ -1003,9 +1019,11 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
                 if job is not None
             ]
         )
+        # One statement changed 3 rows of 4: the batch ran again, each alone.
         self.assertEqual(gated.statements.count(sql.finish_many(4)), 1)
-        self.assertEqual(gated.statements.count(sql.insert_attempts_many(3)), 1)
-        # Finished already: alone, and not finished again.
+        self.assertEqual(gated.statements.count("ROLLBACK"), 1)
+        self.assertEqual(gated.statements.count("SAVEPOINT op"), 4)
+        # Finished already: not finished again.
         self.assertIsNone(finished[2])
         for job, done in zip(jobs[:2] + jobs[3:4], finished[:2] + finished[3:], strict=True):
             self.assertEqual(done, await self.store.get(job.id))
@@ -1015,6 +1033,22 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
             )
         counts = await self.store.counts(0, 0)
         self.assertEqual((counts.stored, counts.waiting, counts.running), (5, 0, 0))
+
+        # All found running: one statement each for the finishes and their attempts.
+        more = [make_job(n) for n in range(6, 9)]
+        await self.add(*more)
+        running = await gatherResults([self.store.start(job.id, T0 + 10, job) for job in more])
+        del gated.statements[:]
+        done = await gatherResults(
+            [self.store.finish(j.id, outcome, Attempt.of(j, outcome), None, j) for j in running]
+        )
+        self.assertEqual(gated.statements.count(sql.finish_many(3)), 1)
+        self.assertEqual(gated.statements.count(sql.insert_attempts_many(3)), 1)
+        self.assertNotIn("ROLLBACK", gated.statements)
+        for job in done:
+            self.assertEqual(job, await self.store.get(job.id))
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (8, 0, 0))
 
     async def test_pushes_of_a_batch_insert_together_and_a_taken_id_fails_alone(self) -> None:
         """
@@ -1078,7 +1112,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         gated.fail_statement = sql.start_many(3)
         started = await gatherResults([self.store.start(job.id, T0, job) for job in jobs])
         self.assertEqual([job.state for job in started], [JobState.RUNNING] * 3)
-        self.assertEqual(gated.statements.count(sql.START_ATTEMPTS), 3)
+        self.assertEqual(gated.statements.count(sql.START_KNOWN), 3)
         self.assertEqual(gated.statements.count("SAVEPOINT op"), 3)
 
     async def test_a_batch_of_starts_alone_commits_without_waiting_for_the_disk(self) -> None:

@@ -61,14 +61,15 @@ START = (
 
 def start_many(rows: int) -> str:
     """
-    Return :data:`START_ATTEMPTS` for ``rows`` jobs at once, each row
-    ``(id, now)`` (given flat); returns ``(id, attempts)`` of those started.
+    Return :data:`START_KNOWN` for ``rows`` jobs at once, each row ``(id,
+    now, attempts)`` (given flat). Returns nothing: the caller compares the
+    rows changed (``rowcount``) with ``rows``.
     """
     return (
         "UPDATE jobs SET state = 1, status = 'running', started_at = v.column2,"
-        f" attempts = attempts + 1 FROM (VALUES {values_rows(rows, 2)}) AS v"
+        f" attempts = attempts + 1 FROM (VALUES {values_rows(rows, 3)}) AS v"
         " WHERE jobs.id = v.column1 AND jobs.state = 0 AND jobs.canceled = 0"
-        " RETURNING id, attempts"
+        " AND jobs.attempts = v.column3"
     )
 
 
@@ -76,14 +77,15 @@ def finish_many(rows: int) -> str:
     """
     Return the statement that finishes ``rows`` running jobs (:data:`FINISH`
     on state 1), each row ``(id, status, finished_at, success, failure,
-    canceled, status_code, err, output, output_truncated)``; returns the ids.
+    canceled, status_code, err, output, output_truncated)``. Returns nothing:
+    the caller compares the rows changed (``rowcount``) with ``rows``.
     """
     return (
         "UPDATE jobs SET state = 2, status = v.column2, finished_at = v.column3,"
         " success = v.column4, failure = v.column5, canceled = v.column6,"
         " status_code = v.column7, err = v.column8, output = v.column9,"
         f" output_truncated = v.column10 FROM (VALUES {values_rows(rows, 10)}) AS v"
-        " WHERE jobs.id = v.column1 AND jobs.state = 1 RETURNING id"
+        " WHERE jobs.id = v.column1 AND jobs.state = 1"
     )
 
 
@@ -112,14 +114,20 @@ def values_rows(rows: int, width: int) -> str:
 
 #: :data:`START` returning only the attempt count (the caller has the rest of the job).
 START_ATTEMPTS = START[: START.index(" RETURNING ")] + " RETURNING attempts"
+#: :data:`START` of a job whose attempt count the caller knows (the last
+#: parameter): returns nothing, the caller reads ``rowcount``. A statement
+#: that returns rows costs one more step per row, and every step of the
+#: ``sqlite3`` module lets the reactor thread take the interpreter lock.
+START_KNOWN = START[: START.index(" RETURNING ")] + " AND attempts = ?"
 #: :meth:`hq.model.Job.finished` on a job in the given state; returns it.
 FINISH = (
     "UPDATE jobs SET state = 2, status = ?, finished_at = ?, success = ?, failure = ?,"
     " canceled = ?, status_code = ?, err = ?, output = ?, output_truncated = ?"
     f" WHERE id = ? AND state = ? RETURNING {COLUMNS}"
 )
-#: :data:`FINISH` returning only the id (the caller has the running job).
-FINISH_ID = FINISH[: FINISH.index(" RETURNING ")] + " RETURNING id"
+#: :data:`FINISH` returning nothing (the caller has the running job, and
+#: reads ``rowcount``; see :data:`START_KNOWN`).
+FINISH_KNOWN = FINISH[: FINISH.index(" RETURNING ")]
 #: The due waiting jobs the feed may load after a ``(due, id)`` key, in that
 #: order (``run_after`` is the due time: ``hq.model.Job.due_at``).
 WAITING = (

@@ -287,8 +287,8 @@ class SQLiteStore:
             # known running job is not read back (~30 µs less per delivery).
             for state in (JobState.RUNNING, JobState.WAITING):
                 if running is not None and state is JobState.RUNNING:
-                    found = conn.execute(sql.FINISH_ID, (*values, int(state))).fetchall()
-                    rows = [running.finished(outcome)] if found else []
+                    done = conn.execute(sql.FINISH_KNOWN, (*values, int(state))).rowcount
+                    rows = [running.finished(outcome)] if done else []
                 else:
                     rows = [
                         sql.row_job(row) for row in conn.execute(sql.FINISH, (*values, int(state)))
@@ -566,8 +566,9 @@ class SQLiteStore:
 class _Start(GroupedOp):
     """
     Mark a waiting job the caller has running (``SQLiteStore.start`` with
-    ``known``): only its attempt count is read back; the starts of one batch
-    run as one statement.
+    ``known``): nothing is read back when its attempt count is the one the
+    caller has (:data:`sql.START_KNOWN`); the starts of one batch run as one
+    statement.
     """
 
     def __init__(self, job: Job, now: int) -> None:
@@ -575,7 +576,11 @@ class _Start(GroupedOp):
         self.now = now
 
     def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
-        rows = conn.execute(sql.START_ATTEMPTS, (self.now, self.job.id)).fetchall()
+        job = self.job
+        if conn.execute(sql.START_KNOWN, (self.now, job.id, job.attempts)).rowcount:
+            return self._started(job.attempts + 1, changes)
+        # No longer waiting, or its attempts are not those the caller has.
+        rows = conn.execute(sql.START_ATTEMPTS, (self.now, job.id)).fetchall()
         return self._started(rows[0][0] if rows else None, changes)
 
     def _started(self, attempts: int | None, changes: list[_Change]) -> Job | None:
@@ -588,14 +593,13 @@ class _Start(GroupedOp):
     def run_group(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
         if len({op.job.id for op in ops}) < len(ops):
             return _one_by_one(conn, ops)
-        attempts: dict[int, int] = {}
         for chunk in _chunks(ops):
-            args = [value for op in chunk for value in (op.job.id, op.now)]
-            attempts.update(conn.execute(sql.start_many(len(chunk)), args).fetchall())
+            args = [value for op in chunk for value in (op.job.id, op.now, op.job.attempts)]
+            _all_changed(conn.execute(sql.start_many(len(chunk)), args), chunk)
         results: list[tuple[Any, list[_Change]]] = []
         for op in ops:
             changes: list[_Change] = []
-            results.append((op._started(attempts.get(op.job.id), changes), changes))
+            results.append((op._started(op.job.attempts + 1, changes), changes))
         return results
 
 
@@ -603,8 +607,8 @@ class _Finish(GroupedOp):
     """
     Record the outcome of a running job the caller has, that pushes no
     callback (``SQLiteStore.finish`` with ``known``): the finishes of one
-    batch run as one statement, their attempts as another; a job found not
-    running finishes alone (``alone``, the whole finish).
+    batch run as one statement, their attempts as another; alone, it is
+    ``alone`` (the whole finish, which also handles a job found not running).
     """
 
     def __init__(
@@ -628,24 +632,34 @@ class _Finish(GroupedOp):
     def run_group(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
         if len({op.job.id for op in ops}) < len(ops):
             return _one_by_one(conn, ops)
-        finished: set[int] = set()
         for chunk in _chunks(ops):
             # values: status ... output_truncated, then the id (sql.FINISH's order).
             args = [value for op in chunk for value in (op.values[-1], *op.values[:-1])]
-            finished.update(row[0] for row in conn.execute(sql.finish_many(len(chunk)), args))
-        attempts = [op.attempt for op in ops if op.job.id in finished and op.attempt is not None]
+            _all_changed(conn.execute(sql.finish_many(len(chunk)), args), chunk)
+        attempts = [op.attempt for op in ops if op.attempt is not None]
         for chunk in _chunks(attempts):
             args = [value for attempt in chunk for value in sql.attempt_row(attempt)]
             conn.execute(sql.insert_attempts_many(len(chunk)), args)
-        results: list[tuple[Any, list[_Change]]] = []
-        for op in ops:
-            changes: list[_Change] = []
-            if op.job.id in finished:
-                changes.append((JobState.RUNNING, JobState.FINISHED, 1))
-                results.append((op.job.finished(op.outcome), changes))
-            else:
-                results.append((op.alone(conn, changes), changes))
-        return results
+        return [
+            (op.job.finished(op.outcome), [(JobState.RUNNING, JobState.FINISHED, 1)])
+            for op in ops
+        ]
+
+
+class GroupMismatch(Exception):
+    """
+    A grouped statement changed fewer rows than it had writes: a job was no
+    longer in the state its write expected (stopped or deleted meanwhile).
+    The writer then runs the batch again write by write, where each write
+    finds out alone (:meth:`hq.store.sqlitefile._Writer._run_groups`).
+    """
+
+
+def _all_changed(cursor: sqlite3.Cursor, ops: list[Any]) -> None:
+    # Counting the rows changed, rather than returning them, saves a step of
+    # the statement per row (see sql.START_KNOWN).
+    if cursor.rowcount != len(ops):
+        raise GroupMismatch(f"{cursor.rowcount} of {len(ops)} rows changed")
 
 
 class _Push(GroupedOp):
