@@ -330,6 +330,46 @@ class SearchPageTests(SynchronousTestCase):
         self.assert_same_page(conn, ListQuery(name="job-3", status="failure", limit=5))
 
 
+    def test_a_status_word_is_looked_for_only_where_the_status_has_it(self) -> None:
+        """
+        The chunk text holds each row's status as the query's time shows it:
+        a term found only in ``scheduled`` skips chunks of jobs that are
+        merely waiting without looking at their rows one by one.
+        """
+        self.patch(sqlitesearch, "CHUNK_ROWS", 64)
+        self.patch(sqlitesearch, "FIRST_SPAN", 1 << 20)
+        jobs = [
+            Job(
+                id=first_id_at(T0 + n) + n,
+                name="job",
+                url="http://127.0.0.1/w",
+                run_at=T0 + (10_000 if n % 200 == 0 else 0),
+            )
+            for n in range(500)
+        ]
+        conn = self._store_of(jobs)
+        looked_at: list[int] = []
+        candidates = ChunkFilter.candidates
+
+        def counted(chunks: ChunkFilter, texts: Any) -> list[int]:
+            looked_at.append(len(texts))
+            return candidates(chunks, texts)
+
+        self.patch(ChunkFilter, "candidates", counted)
+        for now in (T0 + 20_000, None):
+            for term in ("sched", "e", "uled$"):
+                query = ListQuery(term=term, now=now)
+                page = search_page(conn, query)
+                assert page is not None
+                self.assertEqual(page.jobs, [])
+                self.assert_same_page(conn, query)
+        self.assertEqual(looked_at, [])
+        page = search_page(conn, ListQuery(term="sched", now=T0 + 500))
+        assert page is not None
+        self.assertEqual([job.id for job in page.jobs], [job.id for job in jobs[::200]])
+        self.assertLess(sum(looked_at), 500)
+
+
 class SearchIndexTests(TestCase):
     """
     The index in the store: filled on upgrade, kept in step with writes.

@@ -60,10 +60,17 @@ _MAX_ID = (1 << 63) - 1
 _IN_LIMIT = 2000
 #: A chunk: its rows, their fields joined, their ids when read (see ``_chunk_text``).
 _Chunk = tuple[int, bytes, "str | None"]
-#: A waiting job may show as ``scheduled``: both are searched.
-_STATUS_TEXT = (
-    "CASE WHEN status = 'waiting' THEN 'waiting' || char(10) || 'scheduled' ELSE status END"
-)
+
+
+def _status_text(now: int | None) -> str:
+    """
+    Return the SQL of a row's status as :meth:`hq.model.ListQuery.matches`
+    sees it: ``scheduled`` for a waiting job due after ``now`` (``run_after``
+    is its due time), when the query has a time.
+    """
+    if now is None:
+        return "status"
+    return f"CASE WHEN status = 'waiting' AND run_after > {int(now)} THEN 'scheduled' ELSE status END"
 
 
 def search_page(conn: sqlite3.Connection, query: ListQuery) -> JobPage | None:
@@ -92,7 +99,7 @@ def search_page(conn: sqlite3.Connection, query: ListQuery) -> JobPage | None:
         if in_id:
             fields.append("id")
         if in_status:
-            fields.append(_STATUS_TEXT)
+            fields.append(_status_text(query.now))
     needs: Needs = None
     if term is not None and not in_id and not in_status:
         needs = term.needs
