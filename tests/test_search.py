@@ -329,7 +329,6 @@ class SearchPageTests(SynchronousTestCase):
         self.assert_same_page(conn, ListQuery(name="job-[36]", term="need", limit=2))
         self.assert_same_page(conn, ListQuery(name="job-3", status="failure", limit=5))
 
-
     def test_a_status_word_is_looked_for_only_where_the_status_has_it(self) -> None:
         """
         The chunk text holds each row's status as the query's time shows it:

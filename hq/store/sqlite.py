@@ -624,6 +624,8 @@ class _Finish(GroupedOp):
         self.values = values
         self.attempt = attempt
         self.alone = alone
+        # The output is written twice: in the job and in its attempt.
+        self.size = 2 * (len(outcome.output) + len(outcome.err))
 
     def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
         return self.alone(conn, changes)
@@ -641,8 +643,7 @@ class _Finish(GroupedOp):
             args = [value for attempt in chunk for value in sql.attempt_row(attempt)]
             conn.execute(sql.insert_attempts_many(len(chunk)), args)
         return [
-            (op.job.finished(op.outcome), [(JobState.RUNNING, JobState.FINISHED, 1)])
-            for op in ops
+            (op.job.finished(op.outcome), [(JobState.RUNNING, JobState.FINISHED, 1)]) for op in ops
         ]
 
 
@@ -672,6 +673,8 @@ class _Push(GroupedOp):
 
     def __init__(self, jobs: list[Job]) -> None:
         self.jobs = jobs
+        self.rows = len(jobs)
+        self.size = sum(len(job.payload or "") for job in jobs)
 
     def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> list[Pushed]:
         _insert_jobs(conn, self.jobs)

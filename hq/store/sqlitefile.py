@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -289,13 +289,22 @@ def upgrade(conn: sqlite3.Connection, version: int) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
+#: Rows and bytes of a batch's writes whose statements may run on the
+#: reactor thread (:meth:`_Writer.flush`): about a millisecond of work at most.
+INLINE_ROWS = 128
+INLINE_BYTES = 256 * 1024
+
 #: SQLite error texts that mean the storage, not the request, is at fault.
 _UNAVAILABLE = ("disk", "full", "readonly", "read-only", "unable to open", "i/o", "locked")
 
 
+#: How long a statement waits for a lock another process holds, ms.
+BUSY_TIMEOUT_MS = 10_000
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA cache_size = -16000")
     return conn
 
@@ -341,7 +350,16 @@ class GroupedOp:
     the same batch (:meth:`_Writer._run_groups`): a subclass is a write
     (``__call__(conn, changes)``, run alone when its batch runs with
     savepoints) and says how to run several at once.
+
+    Such writes touch only the newest pages of the file (a new job, the
+    start or the finish of a job being delivered), which SQLite's page cache
+    holds: their statements may run on the reactor thread
+    (:meth:`_Writer.flush`). ``rows`` is how many rows the write changes
+    and ``size`` about how many bytes it writes, which bound that.
     """
+
+    rows = 1
+    size = 0
 
     def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> Any:
         raise NotImplementedError
@@ -373,17 +391,65 @@ class _MayBeLost:
 _Result = tuple["Deferred[Any]", Any, list[_Change]]
 
 
+def _writes(batch: _Batch) -> _Batch:
+    """
+    Return the writes of ``batch``, those of continuations in it included.
+    """
+    writes: _Batch = []
+    for op, d in batch:
+        writes.extend(op.batch if isinstance(op, _Continuation) else [(op, d)])
+    return writes
+
+
+@attrs.frozen
+class _Continuation:
+    """
+    A batch whose transaction the reactor thread began and whose writes it
+    ran in part (:meth:`_Writer.flush`), handed to the writer thread with
+    the connection: ``done`` holds the results of the writes run, by index
+    in ``batch``; the thread runs the others and commits.
+    """
+
+    batch: _Batch
+    done: dict[int, tuple[Any, list[_Change]]]
+    durable: bool
+    #: ``False``: a write failed there; nothing is open, the connection was
+    #: not handed over, and the writer thread runs each write alone.
+    begun: bool = True
+
+
 class _Writer(BatchWriter[_Op]):
     """
     The SQLite writer: a batch's writes in one transaction, but for those that
     may be lost (:class:`_MayBeLost`), which commit first in one of their own.
     When no write waits, it moves noted changes into the search index.
+
+    One batch at a time is with the thread; the writes asked for meanwhile
+    wait on the reactor thread and make the next batch. When that batch holds
+    writes of the delivery path (:class:`GroupedOp`: pushes, starts and
+    finishes of the jobs being delivered, a few hundred rows at most), the
+    reactor thread begins its transaction and runs their statements itself;
+    the writer thread runs the other writes in the same transaction and
+    commits. The statements of those writes take microseconds (the pages
+    they change are in the page cache) where handing each one to the thread
+    would cost far more: the two threads take the interpreter lock from each
+    other at every statement. The ``BEGIN`` does not wait for a lock held by
+    another process (the writer thread then runs the whole batch), and every
+    commit, ``fsync`` and checkpoint runs on the writer thread.
     """
 
     def __init__(self, path: str, reactor: Any, deliver: Callable[[list[Any]], None]) -> None:
-        super().__init__("hq-sqlite-writer", reactor, deliver)
+        super().__init__("hq-sqlite-writer", reactor, self._batch_delivered)
+        self._deliver_results = deliver
         self._path = path
         self._conn: sqlite3.Connection | None = None
+        #: Held by whichever thread uses the connection: the writer thread for
+        #: a batch or a step of the search index; the reactor thread while it
+        #: runs statements, then the writer thread it hands the transaction to.
+        self._conn_lock = threading.Lock()
+        #: On the reactor thread: batches handed to the writer thread whose
+        #: results have not come back.
+        self._in_flight = 0
         #: Whether commits wait for the disk (``PRAGMA synchronous = FULL``).
         self._durable = True
         self._index_failed = False
@@ -395,7 +461,114 @@ class _Writer(BatchWriter[_Op]):
     def fail_batch(self, batch: _Batch, failure: Failure) -> list[Any]:
         # Writes already answered (the first transaction of the batch) are
         # skipped by SQLiteFile._deliver.
-        return [(d, failure, []) for _, d in batch]
+        return [(d, failure, []) for _, d in _writes(batch)]
+
+    # On the reactor thread.
+
+    def submit_many(self, ops: list[tuple[_Op, Deferred[Any]]]) -> None:
+        self._in_flight += 1
+        super().submit_many(ops)
+
+    def _batch_delivered(self, results: list[_Result]) -> None:
+        self._in_flight -= 1
+        self._deliver_results(results)
+        if not self._in_flight and self._pending:
+            self.flush()
+
+    def flush(self) -> None:
+        """
+        Hand the writes asked for to the writer thread, unless a batch is
+        with it already: they then go when its results come back. Run the
+        statements of the delivery path's writes first (see the class).
+        """
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if self._in_flight or not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        begun = self._begin(pending)
+        if begun is None:
+            self.submit_many(pending)
+        else:
+            # The writer thread tells a continuation from a write (run_batch).
+            self.submit_many([(cast(_Op, begun), Deferred())])
+
+    def flush_all(self) -> None:
+        """
+        Hand every write asked for to the writer thread now, behind the
+        batch it has (the store closes).
+        """
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        pending, self._pending = self._pending, []
+        if pending:
+            self.submit_many(pending)
+
+    def _begin(self, batch: _Batch) -> _Continuation | None:
+        """
+        Begin ``batch``'s transaction and run its writes of the delivery
+        path, here on the reactor thread; return what the writer thread is
+        to finish, or ``None`` (nothing run, no transaction open) when the
+        batch has none, is too big, or the connection is not free now.
+        """
+        inline: dict[type[GroupedOp], dict[int, GroupedOp]] = {}
+        rows = size = 0
+        for index, (op, _) in enumerate(batch):
+            inner = op.op if isinstance(op, _MayBeLost) else op
+            if isinstance(inner, GroupedOp):
+                rows += inner.rows
+                size += inner.size
+                inline.setdefault(type(inner), {})[index] = inner
+        if not inline or rows > INLINE_ROWS or size > INLINE_BYTES:
+            return None
+        conn = self._conn
+        if conn is None or not self._conn_lock.acquire(blocking=False):
+            return None
+        handed = False
+        try:
+            durable = not all(isinstance(op, _MayBeLost) for op, _ in batch)
+            conn = self._connection(durable)
+            # Never wait here for another process's lock: the writer thread
+            # will, with the whole batch.
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            done: dict[int, tuple[Any, list[_Change]]] = {}
+            for kind, ops in inline.items():
+                if len(ops) > 1:
+                    done.update(zip(ops, kind.run_group(conn, list(ops.values())), strict=True))
+                    continue
+                for index, op in ops.items():
+                    changes: list[_Change] = []
+                    done[index] = (op(conn, changes), changes)
+            self._last_batch = time.monotonic()
+            self._since_index += len(batch)
+            handed = True
+            return _Continuation(batch, done, durable)
+        except Exception as e:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(e, sqlite3.Error) and _unavailable(e):
+                # A busy or failing file: the writer thread runs the batch
+                # as any other (and waits for the lock).
+                return None
+            # A write that fails (a job no longer running, a taken id): the
+            # writer thread runs each write alone, so that it fails alone.
+            return _Continuation(batch, {}, durable, begun=False)
+        finally:
+            if not handed:
+                self._conn_lock.release()
+
+    # On the writer thread.
 
     def idle(self) -> float | None:
         # Fill the search index from the changes the triggers noted
@@ -411,6 +584,14 @@ class _Writer(BatchWriter[_Op]):
             wait = self._last_batch + INDEX_PAUSE - time.monotonic()
             if wait > 0:
                 return wait
+        if not self._conn_lock.acquire(blocking=False):
+            return INDEX_PAUSE  # The reactor thread runs a batch's statements.
+        try:
+            return self._index_step(conn)
+        finally:
+            self._conn_lock.release()
+
+    def _index_step(self, conn: sqlite3.Connection) -> float | None:
         self._since_index = 0
         try:
             # One cheap read when nothing is noted: no transaction then.
@@ -441,6 +622,32 @@ class _Writer(BatchWriter[_Op]):
             self._conn.close()
 
     def run_batch(self, batch: _Batch) -> list[Any]:
+        results: list[_Result] = []
+        plain: _Batch = []
+        for op, d in batch:
+            if not isinstance(op, _Continuation):
+                plain.append((op, d))
+                continue
+            if plain:
+                with self._conn_lock:
+                    results += self._run_batch(plain)
+                plain = []
+            if not op.begun:
+                with self._conn_lock:
+                    results += self._transaction(op.batch, op.durable, alone=True)
+                continue
+            # Begun on the reactor thread, which handed the connection over
+            # (and which begins none while a batch is here).
+            try:
+                results += self._transaction(op.batch, op.durable, op.done)
+            finally:
+                self._conn_lock.release()
+        if plain:
+            with self._conn_lock:
+                results += self._run_batch(plain)
+        return results
+
+    def _run_batch(self, batch: _Batch) -> list[Any]:
         self._last_batch = time.monotonic()
         self._since_index += len(batch)
         unsynced = [item for item in batch if isinstance(item[0], _MayBeLost)]
@@ -451,12 +658,18 @@ class _Writer(BatchWriter[_Op]):
         # of the batch, asked for as concurrently, commit and sync. Answered
         # only once committed: a killed process then loses no start, so the
         # jobs delivered again after a crash are those found running.
-        self._reactor.callFromThread(self._deliver, self._transaction(unsynced, durable=False))
+        self._reactor.callFromThread(
+            self._deliver_results, self._transaction(unsynced, durable=False)
+        )
         durable = [item for item in batch if not isinstance(item[0], _MayBeLost)]
         return self._transaction(durable, durable=True) if durable else []
 
     def _run_ops(
-        self, conn: sqlite3.Connection, batch: _Batch, savepoints: bool
+        self,
+        conn: sqlite3.Connection,
+        batch: _Batch,
+        savepoints: bool,
+        done: dict[int, tuple[Any, list[_Change]]] | None = None,
     ) -> list[_Result] | None:
         """
         Run the writes of ``batch`` in the open transaction; return their results.
@@ -468,7 +681,10 @@ class _Writer(BatchWriter[_Op]):
         is unavailable.
         """
         results: list[_Result] = []
-        grouped = {} if savepoints else self._run_groups(conn, batch)
+        grouped: dict[int, tuple[Any, list[_Change]]] | None = {}
+        if not savepoints:
+            # ``done``: the writes the reactor thread ran already.
+            grouped = self._run_groups(conn, batch, done or {})
         if grouped is None:
             return None
         for index, (op, d) in enumerate(batch):
@@ -520,7 +736,7 @@ class _Writer(BatchWriter[_Op]):
 
     @staticmethod
     def _run_groups(
-        conn: sqlite3.Connection, batch: _Batch
+        conn: sqlite3.Connection, batch: _Batch, done: dict[int, tuple[Any, list[_Change]]]
     ) -> dict[int, tuple[Any, list[_Change]]] | None:
         """
         Run together the writes of ``batch`` that are :class:`GroupedOp` of
@@ -528,15 +744,16 @@ class _Writer(BatchWriter[_Op]):
         than one each, each a round of the GIL between this thread and the
         reactor's. Return their results and changes by index in ``batch``
         (``None`` when one failed: the caller runs the batch again, each write
-        alone in a savepoint). The writes of one batch were asked for
-        concurrently, so running a kind's together is one of their orders.
+        alone in a savepoint), with those of ``done`` (run already). The
+        writes of one batch were asked for concurrently, so running a kind's
+        together is one of their orders.
         """
         kinds: dict[type[GroupedOp], dict[int, GroupedOp]] = {}
         for index, (op, _) in enumerate(batch):
             inner = op.op if isinstance(op, _MayBeLost) else op
-            if isinstance(inner, GroupedOp):
+            if isinstance(inner, GroupedOp) and index not in done:
                 kinds.setdefault(type(inner), {})[index] = inner
-        done: dict[int, tuple[Any, list[_Change]]] = {}
+        done = dict(done)
         for kind, ops in kinds.items():
             if len(ops) < 2:
                 continue
@@ -549,21 +766,34 @@ class _Writer(BatchWriter[_Op]):
             done.update(zip(ops, outcomes, strict=True))
         return done
 
-    def _transaction(self, batch: _Batch, durable: bool) -> list[_Result]:
+    def _transaction(
+        self,
+        batch: _Batch,
+        durable: bool,
+        done: dict[int, tuple[Any, list[_Change]]] | None = None,
+        alone: bool = False,
+    ) -> list[_Result]:
         """
         Run ``batch`` in one transaction and commit it, waiting for the disk
         when ``durable``; return one result per write (all failed with
-        :class:`StoreUnavailable` when the storage is).
+        :class:`StoreUnavailable` when the storage is). With ``done``, the
+        transaction is open already (:meth:`_begin`), its writes of ``done``
+        run. ``alone``: each write in a savepoint from the start.
         """
         try:
-            conn = self._connection(durable)
-            conn.execute("BEGIN IMMEDIATE")
-            results = self._run_ops(conn, batch, savepoints=False)
+            if done is None:
+                conn = self._connection(durable)
+                conn.execute("BEGIN IMMEDIATE")
+            else:
+                assert self._conn is not None
+                conn = self._conn
+            results = None if alone else self._run_ops(conn, batch, False, done)
             if results is None:
                 # A write failed: undo the batch and run it again with each
                 # write in its own savepoint, so that it fails alone.
-                conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
+                if not alone:
+                    conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
                 results = self._run_ops(conn, batch, savepoints=True)
                 assert results is not None
             conn.execute("COMMIT")
@@ -793,10 +1023,10 @@ class SQLiteFile:
 
     def _flush(self) -> None:
         """
-        Hand the writes of this reactor turn to the writer thread now.
+        Hand every write asked for to the writer thread now.
         """
         if self._writer is not None:
-            self._writer.flush()
+            self._writer.flush_all()
 
     def read(self, call: Callable[[sqlite3.Connection], T], scan: bool = False) -> Deferred[T]:
         """

@@ -70,7 +70,8 @@ def _status_text(now: int | None) -> str:
     """
     if now is None:
         return "status"
-    return f"CASE WHEN status = 'waiting' AND run_after > {int(now)} THEN 'scheduled' ELSE status END"
+    scheduled = f"status = 'waiting' AND run_after > {int(now)}"
+    return f"CASE WHEN {scheduled} THEN 'scheduled' ELSE status END"
 
 
 def search_page(conn: sqlite3.Connection, query: ListQuery) -> JobPage | None:

@@ -90,7 +90,7 @@ class BatchWriter(threading.Thread, Generic[OpT]):
         Queue one operation; return the Deferred that fires once it is committed.
         """
         d: Deferred[Any] = Deferred()
-        self._queue.put([(op, d)])
+        self.submit_many([(op, d)])
         return d
 
     def submit_many(self, ops: list[tuple[OpT, Deferred[Any]]]) -> None:
@@ -142,7 +142,7 @@ class BatchWriter(threading.Thread, Generic[OpT]):
                     self.log.failure, "The store writer failed a batch", failure
                 )
                 results = self.fail_batch(batch, failure)
-            self._observe(time.perf_counter() - began, len(batch), results)
+            self._observe(time.perf_counter() - began, len(results), results)
             self._reactor.callFromThread(self._deliver, results)
         self.finish()
 
