@@ -9,6 +9,7 @@ import os
 import random
 import sqlite3
 import threading
+import time
 
 import attrs
 import re2
@@ -1078,6 +1079,121 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual(sorted(stored), [make_job(n).id for n in (1, 2, 3, 4, 5)])
         self.assertEqual((await self.store.counts(0, 0)).stored, 5)
 
+    async def test_the_reactor_thread_runs_the_delivery_paths_statements(self) -> None:
+        """
+        Pushes, starts and finishes of known jobs asked for together: the
+        reactor thread begins the transaction and runs their statements; the
+        writer thread runs the batch's other writes and commits, once.
+        """
+        from twisted.internet.defer import gatherResults
+
+        waiting, running, other = make_job(1), make_job(2), make_job(3)
+        await self.add(waiting, running, other)
+        started = await self.store.start(running.id, T0, running)
+        assert started is not None
+        gated = self.gate_commits()
+        gated.release.set()
+        outcome = Outcome(finished_at=T0 + 5, success=True, status_code=200, output="ok")
+        new = [make_job(10), make_job(11)]
+        results = await gatherResults(
+            [
+                self.store.push(new, 0),
+                self.store.start(waiting.id, T0 + 5, waiting),
+                self.store.finish(running.id, outcome, Attempt.of(started, outcome), None, started),
+                self.store.stop(other.id, T0 + 5),
+            ]
+        )
+        main = threading.current_thread().name
+        self.assertEqual(gated.on(sql.insert_many(2)), {main})
+        self.assertEqual(gated.on(sql.START_KNOWN), {main})
+        self.assertEqual(gated.on(sql.FINISH_KNOWN), {main})
+        self.assertEqual(gated.on("BEGIN IMMEDIATE"), {main})
+        self.assertEqual(gated.on("COMMIT"), {"hq-sqlite-writer"})
+        self.assertEqual(gated.statements.count("COMMIT"), 1)
+        self.assertEqual(gated.synced, [True])
+        # The stop reads and rewrites its job on the writer thread.
+        stop_statements = {t for t in gated.threads} - {main}
+        self.assertEqual(stop_statements, {"hq-sqlite-writer"})
+        self.assertEqual([p.job.id for p in results[0]], [job.id for job in new])
+        for job in (*new, waiting, running, other):
+            self.assertEqual(
+                (await self.store.get(job.id)).status,
+                {waiting.id: "running", running.id: "success", other.id: "canceled"}.get(
+                    job.id, "waiting"
+                ),
+            )
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (5, 2, 1))
+
+    async def test_a_batch_too_big_for_the_reactor_thread_runs_on_the_writer(self) -> None:
+        """More rows than INLINE_ROWS: every statement runs on the writer thread."""
+        gated = self.gate_commits()
+        gated.release.set()
+        jobs = [make_job(n) for n in range(1, sqlitefile.INLINE_ROWS + 2)]
+        await self.store.push(jobs, 0)
+        self.assertEqual(gated.on(sql.insert_many(len(jobs))), {"hq-sqlite-writer"})
+        self.assertEqual(set(gated.threads), {"hq-sqlite-writer"})
+        self.assertEqual((await self.store.counts(0, 0)).stored, len(jobs))
+
+    async def test_the_reactor_thread_never_waits_for_a_locked_file(self) -> None:
+        """
+        Another process holds the write lock: the reactor thread does not
+        wait for it (the writer thread does, and then commits the batch).
+        """
+        other = sqlite3.connect(self.store.file.path, check_same_thread=False)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        writer = self.store.file._writer
+        assert writer is not None
+        pushed = self.store.push([make_job(1)], 0)
+        began = time.monotonic()
+        writer.flush()
+        self.assertLess(time.monotonic() - began, 1.0)
+        threading.Timer(0.3, other.rollback).start()
+        (result,) = await pushed
+        self.assertEqual(result.job.id, make_job(1).id)
+        self.assertEqual((await self.store.counts(0, 0)).stored, 1)
+
+    async def test_the_reactor_thread_leaves_a_connection_in_use(self) -> None:
+        """
+        While the writer thread uses the connection (a step of the search
+        index), the reactor thread hands the batch over whole.
+        """
+        gated = self.gate_commits()
+        gated.release.set()
+        writer = self.store.file._writer
+        assert writer is not None
+        writer._conn_lock.acquire()
+        pushed = self.store.push([make_job(1)], 0)
+        writer.flush()
+        self.assertEqual(gated.statements, [])
+        writer._conn_lock.release()
+        await pushed
+        self.assertEqual(gated.on(sql.INSERT), {"hq-sqlite-writer"})
+
+    async def test_writes_asked_for_while_a_batch_commits_make_the_next_batch(self) -> None:
+        """
+        One batch at a time is with the writer thread: the writes asked for
+        while it commits wait, then run together.
+        """
+        self.patch(sqlitefile, "INDEX_PAUSE", 3600)  # no index step meanwhile
+        gated = self.gate_commits()
+        first = self.store.push([make_job(1)], 0)
+        for _ in range(100):
+            if gated.statements.count("COMMIT"):
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        more = [self.store.push([make_job(n)], 0) for n in (2, 3, 4)]
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(gated.statements.count("BEGIN IMMEDIATE"), 1)
+        gated.release.set()
+        await first
+        for each in more:
+            await each
+        self.assertEqual(gated.statements.count(sql.insert_many(3)), 1)
+        self.assertEqual(gated.statements.count("COMMIT"), 2)
+        self.assertEqual((await self.store.counts(0, 0)).stored, 4)
+
     async def test_the_search_index_waits_for_a_pause_in_the_writes(self) -> None:
         """
         Noted jobs are moved into the search index only once the writes pause
@@ -1172,9 +1288,16 @@ class _GatedCommits:
         self.statements: list[str] = []
         #: Whether each ``COMMIT`` waited for the disk, in order.
         self.synced: list[bool] = []
+        #: The thread that ran each statement, in order.
+        self.threads: list[str] = []
+
+    def on(self, statement: str) -> set[str]:
+        """Return the threads that ran ``statement``."""
+        return {t for s, t in zip(self.statements, self.threads, strict=True) if s == statement}
 
     def execute(self, statement: str, *args: object) -> sqlite3.Cursor:
         self.statements.append(statement)
+        self.threads.append(threading.current_thread().name)
         if statement.startswith("PRAGMA synchronous = "):
             self._syncs = statement.endswith("FULL")
         elif statement == "COMMIT":
