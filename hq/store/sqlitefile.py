@@ -2,9 +2,12 @@
 The SQLite file under the job store: the lock, the schema and its upgrades,
 the one writer thread and the reader threads.
 
-- Every write runs on one writer thread. The writer takes all the writes that
-  are queued, runs them in one transaction and commits once, so one fsync serves
-  many jobs; each Deferred fires (on the reactor thread) after that commit.
+- Writes go in batches: the writes asked for while the previous batch was
+  committing run in one transaction, committed once, so one fsync serves many
+  jobs; each Deferred fires (on the reactor thread) after that commit. Every
+  commit runs on one writer thread, and so do the writes but for those of the
+  delivery path (pushes, starts, finishes), whose statements the reactor
+  thread runs itself in a transaction it hands over (``_Writer``).
 - Reads run on a small pool of reader threads with their own connections; WAL
   lets them read while the writer writes.
 - The counters for ``/stats`` live in memory, set at open and moved by each
