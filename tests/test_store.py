@@ -1194,6 +1194,28 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual(gated.statements.count("COMMIT"), 2)
         self.assertEqual((await self.store.counts(0, 0)).stored, 4)
 
+    async def test_writes_held_while_a_batch_commits_are_committed_at_close(self) -> None:
+        """
+        Closing while a batch commits and later writes wait for it: they are
+        handed over behind it and committed before the store closes.
+        """
+        gated = self.gate_commits()
+        first = self.store.push([make_job(1)], 0)
+        for _ in range(100):
+            if gated.statements.count("COMMIT"):
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        held = [self.store.push([make_job(n)], 0) for n in (2, 3)]
+        await deferLater(reactor, 0, lambda: None)
+        closed = self.store.close()
+        threading.Timer(0.1, gated.release.set).start()
+        await closed
+        for each in (first, *held):
+            self.assertEqual(len(await each), 1)
+        self.store = SQLiteStore(self.data_dir, reactor)
+        await self.store.open()
+        self.assertEqual((await self.store.counts(0, 0)).stored, 3)
+
     async def test_the_search_index_waits_for_a_pause_in_the_writes(self) -> None:
         """
         Noted jobs are moved into the search index only once the writes pause

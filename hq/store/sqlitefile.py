@@ -421,6 +421,23 @@ class _Continuation:
     begun: bool = True
 
 
+class _Held:
+    """
+    Stands for the call that hands the writes over while a batch is with the
+    writer thread: writes asked for meanwhile schedule none (they go when
+    its results come back).
+    """
+
+    def active(self) -> bool:
+        return False
+
+    def cancel(self) -> None:
+        pass
+
+
+_HELD = _Held()
+
+
 class _Writer(BatchWriter[_Op]):
     """
     The SQLite writer: a batch's writes in one transaction, but for those that
@@ -451,7 +468,8 @@ class _Writer(BatchWriter[_Op]):
         #: runs statements, then the writer thread it hands the transaction to.
         self._conn_lock = threading.Lock()
         #: On the reactor thread: batches handed to the writer thread whose
-        #: results have not come back.
+        #: results have not come back (one ``deliver`` each: the reactor
+        #: thread makes the batches, the writer thread merges none).
         self._in_flight = 0
         #: Whether commits wait for the disk (``PRAGMA synchronous = FULL``).
         self._durable = True
@@ -468,12 +486,16 @@ class _Writer(BatchWriter[_Op]):
 
     # On the reactor thread.
 
+    merge_queued = False
+
     def submit_many(self, ops: list[tuple[_Op, Deferred[Any]]]) -> None:
         self._in_flight += 1
         super().submit_many(ops)
 
     def _batch_delivered(self, results: list[_Result]) -> None:
         self._in_flight -= 1
+        if self._flush_call is _HELD and not self._in_flight:
+            self._flush_call = None
         self._deliver_results(results)
         if not self._in_flight and self._pending:
             self.flush()
@@ -489,6 +511,8 @@ class _Writer(BatchWriter[_Op]):
                 self._flush_call.cancel()
             self._flush_call = None
         if self._in_flight or not self._pending:
+            if self._in_flight:
+                self._flush_call = _HELD
             return
         pending, self._pending = self._pending, []
         begun = self._begin(pending)

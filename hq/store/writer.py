@@ -44,6 +44,10 @@ class BatchWriter(threading.Thread, Generic[OpT]):
 
     log = Logger()
 
+    #: Whether a batch takes every write queued (up to :data:`BATCH`), or one
+    #: queued list of writes only (each list then gets its own ``deliver``).
+    merge_queued = True
+
     def __init__(
         self,
         name: str,
@@ -123,7 +127,7 @@ class BatchWriter(threading.Thread, Generic[OpT]):
             if item is None:
                 break
             batch = list(item)
-            while len(batch) < BATCH:
+            while self.merge_queued and len(batch) < BATCH:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
