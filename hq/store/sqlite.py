@@ -607,8 +607,9 @@ class _Finish(GroupedOp):
     """
     Record the outcome of a running job the caller has, that pushes no
     callback (``SQLiteStore.finish`` with ``known``): the finishes of one
-    batch run as one statement, their attempts as another; alone, it is
-    ``alone`` (the whole finish, which also handles a job found not running).
+    batch run as one statement, their attempts as another. Run by itself,
+    it is ``alone``: the whole finish, which also handles a job found no
+    longer running.
     """
 
     def __init__(
@@ -652,7 +653,8 @@ class GroupMismatch(Exception):
     A grouped statement changed fewer rows than it had writes: a job was no
     longer in the state its write expected (stopped or deleted meanwhile).
     The writer then runs the batch again write by write, where each write
-    finds out alone (:meth:`hq.store.sqlitefile._Writer._run_groups`).
+    finds out alone (``_Writer._run_groups`` and ``_Writer._begin`` in
+    :mod:`hq.store.sqlitefile`).
     """
 
 

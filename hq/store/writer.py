@@ -1,8 +1,9 @@
 """
 The writer thread both SQL engines use: it takes the writes queued since its
-last turn (up to :data:`BATCH` of them), runs them in one transaction and
-commits once, so one commit serves many writes; then it hands the results to
-the reactor thread.
+last turn (up to :data:`BATCH` of them; or, with ``merge_queued`` off, the
+batches the reactor thread makes, one at a time), runs them in one
+transaction and commits once, so one commit serves many writes; then it hands
+the results to the reactor thread.
 
 An engine subclasses :class:`BatchWriter` with how to run a batch
 (``run_batch``), how to fail it whole (``fail_batch``) and what to release at
