@@ -10,6 +10,7 @@ import random
 import sqlite3
 import threading
 import time
+from typing import Any
 
 import attrs
 import re2
@@ -1192,6 +1193,58 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual(gated.statements.count(sql.insert_many(3)), 1)
         self.assertEqual(gated.statements.count("COMMIT"), 2)
         self.assertEqual((await self.store.counts(0, 0)).stored, 4)
+
+    def hold_the_writer(self) -> threading.Event:
+        """
+        Make the writer thread wait, before each batch, until the returned
+        event is set (a batch handed over and not yet taken).
+        """
+        writer = self.store.file._writer
+        assert writer is not None
+        gate = threading.Event()
+        run_batch = writer.run_batch
+
+        def held(batch: Any) -> Any:
+            gate.wait(10)
+            return run_batch(batch)
+
+        writer.run_batch = held  # type: ignore[method-assign]
+        self.addCleanup(gate.set)
+        return gate
+
+    async def test_writes_join_a_batch_the_writer_thread_has_not_taken(self) -> None:
+        """
+        Writes asked for after a batch was handed over, before the writer
+        thread takes it, join its transaction: one commit for all.
+        """
+        from twisted.internet.defer import DeferredList
+
+        self.patch(sqlitefile, "INDEX_PAUSE", 3600)  # no index step meanwhile
+        await self.add(make_job(1))
+        gated = self.gate_commits()
+        gated.release.set()
+        gate = self.hold_the_writer()
+        first = self.store.push([make_job(2)], 0)
+        await deferLater(reactor, 0, lambda: None)
+        more = [self.store.push([make_job(n)], 0) for n in (3, 4)]
+        await deferLater(reactor, 0, lambda: None)
+        taken = self.store.push([make_job(1)], 0)  # its id is taken: it fails alone
+        await deferLater(reactor, 0, lambda: None)
+        main = threading.current_thread().name
+        self.assertEqual(gated.on(sql.insert_many(2)), {main})
+        self.assertEqual(gated.statements.count("SAVEPOINT more"), 2)
+        self.assertEqual(gated.statements.count("ROLLBACK TO more"), 1)
+        self.assertEqual(gated.statements.count("COMMIT"), 0)
+        gate.set()
+        results = await DeferredList([first, *more, taken], consumeErrors=True)
+        self.assertEqual([ok for ok, _ in results], [True, True, True, False])
+        results[3][1].trap(JobExists)
+        # The first three in one commit; the taken id in a batch of its own.
+        self.assertEqual(gated.statements.count("COMMIT"), 2)
+        counts = await self.store.counts(0, 0)
+        self.assertEqual(counts.stored, 4)
+        stored = [job.id for job in (await self.store.list_jobs(ListQuery())).jobs]
+        self.assertEqual(sorted(stored), [make_job(n).id for n in (1, 2, 3, 4)])
 
     async def test_writes_held_while_a_batch_commits_are_committed_at_close(self) -> None:
         """

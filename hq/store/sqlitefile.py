@@ -35,7 +35,7 @@ from twisted.python.threadpool import ThreadPool
 from hq import __version__
 from hq.model import JobState
 from hq.store import JobExists, StoreError, StoreUnavailable, sql
-from hq.store.writer import BatchWriter
+from hq.store.writer import BATCH, BatchWriter
 
 T = TypeVar("T")
 
@@ -404,13 +404,14 @@ def _writes(batch: _Batch) -> _Batch:
     return writes
 
 
-@attrs.frozen
+@attrs.define
 class _Continuation:
     """
     A batch whose transaction the reactor thread began and whose writes it
     ran in part (:meth:`_Writer.flush`), handed to the writer thread with
     the connection: ``done`` holds the results of the writes run, by index
-    in ``batch``; the thread runs the others and commits.
+    in ``batch``; the thread runs the others and commits. Until the thread
+    claims it, the reactor thread may add writes to it (:meth:`_Writer._join`).
     """
 
     batch: _Batch
@@ -419,6 +420,50 @@ class _Continuation:
     #: ``False``: a write failed there; nothing is open, the connection was
     #: not handed over, and the writer thread runs each write alone.
     begun: bool = True
+    #: Set by the writer thread (under ``_Writer._claim``) as it takes it.
+    claimed: bool = False
+
+
+def _inline_writes(
+    batch: _Batch, allow_none: bool = False
+) -> dict[type[GroupedOp], dict[int, GroupedOp]] | None:
+    """
+    Return the writes of ``batch`` whose statements the reactor thread may
+    run (:class:`GroupedOp`), by kind and index; ``None`` when there are
+    none (unless ``allow_none``: the others then run on the writer thread)
+    or too many rows or bytes for it.
+    """
+    inline: dict[type[GroupedOp], dict[int, GroupedOp]] = {}
+    rows = size = 0
+    for index, (op, _) in enumerate(batch):
+        inner = op.op if isinstance(op, _MayBeLost) else op
+        if isinstance(inner, GroupedOp):
+            rows += inner.rows
+            size += inner.size
+            inline.setdefault(type(inner), {})[index] = inner
+    if (not inline and not allow_none) or rows > INLINE_ROWS or size > INLINE_BYTES:
+        return None
+    return inline
+
+
+def _run_here(
+    conn: sqlite3.Connection, inline: dict[type[GroupedOp], dict[int, GroupedOp]], offset: int = 0
+) -> dict[int, tuple[Any, list[_Change]]]:
+    """
+    Run the writes ``inline`` (:func:`_inline_writes`) in the open
+    transaction, each kind's together; return their results and changes by
+    index (plus ``offset``). Raises as a failing write does.
+    """
+    done: dict[int, tuple[Any, list[_Change]]] = {}
+    for kind, ops in inline.items():
+        if len(ops) > 1:
+            outcomes = kind.run_group(conn, list(ops.values()))
+            done.update(zip([index + offset for index in ops], outcomes, strict=True))
+            continue
+        for index, op in ops.items():
+            changes: list[_Change] = []
+            done[index + offset] = (op(conn, changes), changes)
+    return done
 
 
 class _Held:
@@ -471,6 +516,10 @@ class _Writer(BatchWriter[_Op]):
         #: results have not come back (one ``deliver`` each: the reactor
         #: thread makes the batches, the writer thread merges none).
         self._in_flight = 0
+        #: On the reactor thread: the continuation handed over last, which
+        #: writes may join until the writer thread claims it (under ``_claim``).
+        self._open: _Continuation | None = None
+        self._claim = threading.Lock()
         #: Whether commits wait for the disk (``PRAGMA synchronous = FULL``).
         self._durable = True
         self._index_failed = False
@@ -494,6 +543,7 @@ class _Writer(BatchWriter[_Op]):
 
     def _batch_delivered(self, results: list[_Result]) -> None:
         self._in_flight -= 1
+        self._open = None
         if self._flush_call is _HELD and not self._in_flight:
             self._flush_call = None
         self._deliver_results(results)
@@ -510,8 +560,11 @@ class _Writer(BatchWriter[_Op]):
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
-        if self._in_flight or not self._pending:
-            if self._in_flight:
+        if not self._pending:
+            return
+        if self._in_flight:
+            # The writer thread may not have taken the batch yet: join it.
+            if not (self._open is not None and self._join(self._open)):
                 self._flush_call = _HELD
             return
         pending, self._pending = self._pending, []
@@ -521,6 +574,7 @@ class _Writer(BatchWriter[_Op]):
         else:
             # The writer thread tells a continuation from a write (run_batch).
             self.submit_many([(cast(_Op, begun), Deferred())])
+            self._open = begun if begun.begun else None
 
     def flush_all(self) -> None:
         """
@@ -542,15 +596,8 @@ class _Writer(BatchWriter[_Op]):
         to finish, or ``None`` (nothing run, no transaction open) when the
         batch has none, is too big, or the connection is not free now.
         """
-        inline: dict[type[GroupedOp], dict[int, GroupedOp]] = {}
-        rows = size = 0
-        for index, (op, _) in enumerate(batch):
-            inner = op.op if isinstance(op, _MayBeLost) else op
-            if isinstance(inner, GroupedOp):
-                rows += inner.rows
-                size += inner.size
-                inline.setdefault(type(inner), {})[index] = inner
-        if not inline or rows > INLINE_ROWS or size > INLINE_BYTES:
+        inline = _inline_writes(batch)
+        if inline is None:
             return None
         conn = self._conn
         if conn is None or not self._conn_lock.acquire(blocking=False):
@@ -566,14 +613,7 @@ class _Writer(BatchWriter[_Op]):
                 conn.execute("BEGIN IMMEDIATE")
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            done: dict[int, tuple[Any, list[_Change]]] = {}
-            for kind, ops in inline.items():
-                if len(ops) > 1:
-                    done.update(zip(ops, kind.run_group(conn, list(ops.values())), strict=True))
-                    continue
-                for index, op in ops.items():
-                    changes: list[_Change] = []
-                    done[index] = (op(conn, changes), changes)
+            done = _run_here(conn, inline)
             self._last_batch = time.monotonic()
             self._since_index += len(batch)
             handed = True
@@ -594,6 +634,46 @@ class _Writer(BatchWriter[_Op]):
         finally:
             if not handed:
                 self._conn_lock.release()
+
+    def _join(self, begun: _Continuation) -> bool:
+        """
+        Add the writes asked for to ``begun``, handed over but not yet taken
+        by the writer thread: run their statements in its transaction (in a
+        savepoint) and hand them over with it. Return whether they joined
+        (else they wait for its results: it is taken, a write failed, or
+        they would make it too big or change how it commits).
+        """
+        pending = self._pending
+        inline = _inline_writes(pending, allow_none=True)
+        if inline is None or len(begun.batch) + len(pending) > BATCH:
+            return False
+        if not begun.durable and not all(isinstance(op, _MayBeLost) for op, _ in pending):
+            return False
+        conn = self._conn
+        assert conn is not None
+        with self._claim:
+            if begun.claimed:
+                self._open = None
+                return False
+            try:
+                conn.execute("SAVEPOINT more")
+                try:
+                    done = _run_here(conn, inline, offset=len(begun.batch))
+                except BaseException:
+                    conn.execute("ROLLBACK TO more")
+                    raise
+                finally:
+                    conn.execute("RELEASE more")
+            except Exception:
+                # They wait, and then run as a batch of their own.
+                self._open = None
+                return False
+            begun.done.update(done)
+            begun.batch.extend(pending)
+        self._pending = []
+        self._last_batch = time.monotonic()
+        self._since_index += len(pending)
+        return True
 
     # On the writer thread.
 
@@ -664,7 +744,10 @@ class _Writer(BatchWriter[_Op]):
                     results += self._transaction(op.batch, op.durable, alone=True)
                 continue
             # Begun on the reactor thread, which handed the connection over
-            # (and which begins none while a batch is here).
+            # (and which begins none while a batch is here); from now on no
+            # write joins it.
+            with self._claim:
+                op.claimed = True
             try:
                 results += self._transaction(op.batch, op.durable, op.done)
             finally:
