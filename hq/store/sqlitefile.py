@@ -490,7 +490,8 @@ class _Writer(BatchWriter[_Op]):
     When no write waits, it moves noted changes into the search index.
 
     One batch at a time is with the thread; the writes asked for meanwhile
-    wait on the reactor thread and make the next batch. When that batch holds
+    join it while the thread has not taken it yet (:meth:`_join`), or wait
+    on the reactor thread and make the next batch. When a batch holds
     writes of the delivery path (:class:`GroupedOp`: pushes, starts and
     finishes of the jobs being delivered, a few hundred rows at most), the
     reactor thread begins its transaction and runs their statements itself;
