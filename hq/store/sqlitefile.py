@@ -469,8 +469,8 @@ def _run_here(
 class _Held:
     """
     Stands for the call that hands the writes over while a batch is with the
-    writer thread: writes asked for meanwhile schedule none (they go when
-    its results come back).
+    writer thread and writes can no longer join it: writes asked for
+    meanwhile schedule none (they go when its results come back).
     """
 
     def active(self) -> bool:
