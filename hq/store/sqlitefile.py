@@ -554,8 +554,9 @@ class _Writer(BatchWriter[_Op]):
     def flush(self) -> None:
         """
         Hand the writes asked for to the writer thread, unless a batch is
-        with it already: they then go when its results come back. Run the
-        statements of the delivery path's writes first (see the class).
+        with it already: they then join that batch if the thread has not
+        taken it, or go when its results come back. Run the statements of
+        the delivery path's writes first (see the class).
         """
         if self._flush_call is not None:
             if self._flush_call.active():
