@@ -1179,10 +1179,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.patch(sqlitefile, "INDEX_PAUSE", 3600)  # no index step meanwhile
         gated = self.gate_commits()
         first = self.store.push([make_job(1)], 0)
-        for _ in range(100):
-            if gated.statements.count("COMMIT"):
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await self.committing(gated)
         more = [self.store.push([make_job(n)], 0) for n in (2, 3, 4)]
         await deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(gated.statements.count("BEGIN IMMEDIATE"), 1)
@@ -1193,6 +1190,14 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual(gated.statements.count(sql.insert_many(3)), 1)
         self.assertEqual(gated.statements.count("COMMIT"), 2)
         self.assertEqual((await self.store.counts(0, 0)).stored, 4)
+
+    async def committing(self, gated: _GatedCommits) -> None:
+        """Wait until the writer thread is in a ``COMMIT`` of ``gated``."""
+        for _ in range(100):
+            if gated.statements.count("COMMIT"):
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        self.fail("no COMMIT began")
 
     def hold_the_writer(self) -> threading.Event:
         """
@@ -1246,6 +1251,28 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         stored = [job.id for job in (await self.store.list_jobs(ListQuery())).jobs]
         self.assertEqual(sorted(stored), [make_job(n).id for n in (1, 2, 3, 4)])
 
+    async def test_a_write_that_must_sync_does_not_join_a_batch_of_starts(self) -> None:
+        """
+        A batch of starts commits without a sync: a push asked for before
+        the writer thread takes it does not join it, and commits synced.
+        """
+        self.patch(sqlitefile, "INDEX_PAUSE", 3600)  # no index step meanwhile
+        job = make_job(1)
+        await self.add(job)
+        gated = self.gate_commits()
+        gated.release.set()
+        gate = self.hold_the_writer()
+        started = self.store.start(job.id, T0, job)
+        await deferLater(reactor, 0, lambda: None)
+        pushed = self.store.push([make_job(2)], 0)
+        await deferLater(reactor, 0, lambda: None)
+        self.assertNotIn("SAVEPOINT more", gated.statements)
+        gate.set()
+        await started
+        await pushed
+        self.assertEqual(gated.synced, [False, True])
+        self.assertEqual((await self.store.counts(0, 0)).stored, 2)
+
     async def test_writes_held_while_a_batch_commits_are_committed_at_close(self) -> None:
         """
         Closing while a batch commits and later writes wait for it: they are
@@ -1253,10 +1280,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         """
         gated = self.gate_commits()
         first = self.store.push([make_job(1)], 0)
-        for _ in range(100):
-            if gated.statements.count("COMMIT"):
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await self.committing(gated)
         held = [self.store.push([make_job(n)], 0) for n in (2, 3)]
         await deferLater(reactor, 0, lambda: None)
         closed = self.store.close()

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -433,17 +433,26 @@ def _inline_writes(
     none (unless ``allow_none``: the others then run on the writer thread)
     or too many rows or bytes for it.
     """
-    inline: dict[type[GroupedOp], dict[int, GroupedOp]] = {}
-    rows = size = 0
-    for index, (op, _) in enumerate(batch):
-        inner = op.op if isinstance(op, _MayBeLost) else op
-        if isinstance(inner, GroupedOp):
-            rows += inner.rows
-            size += inner.size
-            inline.setdefault(type(inner), {})[index] = inner
+    inline = _kinds(batch)
+    ops = [op for each in inline.values() for op in each.values()]
+    rows = sum(op.rows for op in ops)
+    size = sum(op.size for op in ops)
     if (not inline and not allow_none) or rows > INLINE_ROWS or size > INLINE_BYTES:
         return None
     return inline
+
+
+def _kinds(batch: _Batch, skip: Container[int] = ()) -> dict[type[GroupedOp], dict[int, GroupedOp]]:
+    """
+    Return the :class:`GroupedOp` writes of ``batch`` (but those at the
+    indexes of ``skip``), by kind and index.
+    """
+    kinds: dict[type[GroupedOp], dict[int, GroupedOp]] = {}
+    for index, (op, _) in enumerate(batch):
+        inner = op.op if isinstance(op, _MayBeLost) else op
+        if isinstance(inner, GroupedOp) and index not in skip:
+            kinds.setdefault(type(inner), {})[index] = inner
+    return kinds
 
 
 def _run_here(
@@ -558,10 +567,7 @@ class _Writer(BatchWriter[_Op]):
         taken it, or go when its results come back. Run the statements of
         the delivery path's writes first (see the class).
         """
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
+        self._cancel_flush()
         if not self._pending:
             return
         if self._in_flight:
@@ -583,13 +589,7 @@ class _Writer(BatchWriter[_Op]):
         Hand every write asked for to the writer thread now, behind the
         batch it has (the store closes).
         """
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        pending, self._pending = self._pending, []
-        if pending:
-            self.submit_many(pending)
+        super().flush()
 
     def _begin(self, batch: _Batch) -> _Continuation | None:
         """
@@ -860,23 +860,13 @@ class _Writer(BatchWriter[_Op]):
         writes of one batch were asked for concurrently, so running a kind's
         together is one of their orders.
         """
-        kinds: dict[type[GroupedOp], dict[int, GroupedOp]] = {}
-        for index, (op, _) in enumerate(batch):
-            inner = op.op if isinstance(op, _MayBeLost) else op
-            if isinstance(inner, GroupedOp) and index not in done:
-                kinds.setdefault(type(inner), {})[index] = inner
-        done = dict(done)
-        for kind, ops in kinds.items():
-            if len(ops) < 2:
-                continue
-            try:
-                outcomes = kind.run_group(conn, list(ops.values()))
-            except Exception as e:
-                if isinstance(e, sqlite3.Error) and _unavailable(e):
-                    raise
-                return None
-            done.update(zip(ops, outcomes, strict=True))
-        return done
+        several = {kind: ops for kind, ops in _kinds(batch, done).items() if len(ops) > 1}
+        try:
+            return {**done, **_run_here(conn, several)}
+        except Exception as e:
+            if isinstance(e, sqlite3.Error) and _unavailable(e):
+                raise
+            return None
 
     def _transaction(
         self,

@@ -82,13 +82,19 @@ class BatchWriter(threading.Thread, Generic[OpT]):
         """
         On the reactor thread: hand the writes of this reactor turn to the thread now.
         """
+        self._cancel_flush()
+        pending, self._pending = self._pending, []
+        if pending:
+            self.submit_many(pending)
+
+    def _cancel_flush(self) -> None:
+        """
+        Cancel the hand-over scheduled for the end of this reactor turn.
+        """
         if self._flush_call is not None:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
-        pending, self._pending = self._pending, []
-        if pending:
-            self.submit_many(pending)
 
     def submit(self, op: OpT) -> Deferred[Any]:
         """
