@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import operator
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -226,16 +227,14 @@ class Job:
         """
         if self.state is not JobState.WAITING or self.canceled:
             return None
-        return attrs.evolve(
-            self, state=JobState.RUNNING, started_at=now, attempts=self.attempts + 1
-        )
+        return _evolve_job(self, state=JobState.RUNNING, started_at=now, attempts=self.attempts + 1)
 
     def marked_running(self, now: int, attempts: int) -> Job:
         """
         Return this waiting job as a store marked it running at ``now``, its
         ``attempts`` counted there (:meth:`started`, done by the store).
         """
-        return attrs.evolve(self, state=JobState.RUNNING, started_at=now, attempts=attempts)
+        return _evolve_job(self, state=JobState.RUNNING, started_at=now, attempts=attempts)
 
     def stopped(self, now: int) -> Job:
         """
@@ -248,7 +247,7 @@ class Job:
         if self.state is JobState.WAITING:
             return self.finished(Outcome(finished_at=now, canceled=True))
         if self.state is JobState.RUNNING:
-            return attrs.evolve(self, canceled=True)
+            return _evolve_job(self, canceled=True)
         raise JobInactive(self.id)
 
     def recovered(self, now: int) -> Job:
@@ -261,7 +260,7 @@ class Job:
             return self
         if self.canceled:
             return self.finished(Outcome(finished_at=now, canceled=True))
-        return attrs.evolve(self, state=JobState.WAITING, started_at=None)
+        return _evolve_job(self, state=JobState.WAITING, started_at=None)
 
     def check_settled(self) -> None:
         """
@@ -278,7 +277,7 @@ class Job:
         """
         Return this job with ``outcome`` applied.
         """
-        return attrs.evolve(
+        return _evolve_job(
             self,
             state=JobState.FINISHED,
             finished_at=outcome.finished_at,
@@ -301,7 +300,7 @@ class Job:
             return self.finished(
                 attrs.evolve(last, success=False, failure=False, canceled=True, err=STOPPED)
             )
-        return attrs.evolve(
+        return _evolve_job(
             self,
             state=JobState.WAITING,
             run_at=at,
@@ -334,7 +333,7 @@ class Job:
         waiting, due now, no attempts, no callback job yet (the history is
         the store's to clear); its flow key and callback URLs stay.
         """
-        return attrs.evolve(
+        return _evolve_job(
             self,
             state=JobState.WAITING,
             attempts=0,
@@ -379,6 +378,41 @@ class Job:
             timeout=self.timeout,
             retries=self.retries,
         )
+
+
+def _copier(cls: Any) -> Callable[..., Any]:
+    """
+    Return ``copy(instance, **changes)`` for the attrs class ``cls``: what
+    ``attrs.evolve(instance, **changes)`` returns, in about half the time.
+    ``evolve`` walks the fields and passes each by keyword on every copy;
+    this reads them all at once (``operator.attrgetter``) and passes them
+    by position. So every field must be an ``__init__`` argument that may be
+    given by position. An unknown field name raises ``TypeError``, as with
+    ``evolve``.
+    """
+    fields = attrs.fields(cls)
+    for field in fields:
+        if not field.init or field.kw_only:
+            raise TypeError(f"{cls.__name__}.{field.name} is no positional argument")
+    names = [field.name for field in fields]
+    positions = {name: position for position, name in enumerate(names)}
+    read_all = operator.attrgetter(*names)
+
+    def copy(instance: Any, **changes: Any) -> Any:
+        values = list(read_all(instance))
+        for name, value in changes.items():
+            try:
+                values[positions[name]] = value
+            except KeyError:
+                raise TypeError(f"{cls.__name__} has no field {name!r}") from None
+        return cls(*values)
+
+    return copy
+
+
+#: ``attrs.evolve`` for a :class:`Job` (see :func:`_copier`): a delivered job
+#: is copied twice on its way through the store (started, finished).
+_evolve_job: Callable[..., Job] = _copier(Job)
 
 
 #: The header a callback job carries: the id of the job it reports on.

@@ -18,6 +18,8 @@ from hq.model import (
     JobState,
     ListQuery,
     Outcome,
+    _copier,
+    _evolve_job,
     check_regexp,
     format_time,
     job_dict,
@@ -192,3 +194,87 @@ class DueTimeTests(SynchronousTestCase):
             ("waiting", T + 900, 503, "e", "o"),
         )
         self.assertFalse(retried.failure)
+
+
+class CopyTests(SynchronousTestCase):
+    """
+    The job copies the model makes (started, finished, retried...) are
+    written once from the fields (``hq.model._copier``), not by ``attrs.evolve``.
+    """
+
+    def _every_field_set(self) -> Job:
+        values: dict[str, object] = {}
+        for field in attrs.fields(Job):
+            if field.name == "id":
+                values["id"] = first_id_at(T) + 7
+            elif field.name == "state":
+                values["state"] = JobState.RUNNING
+            elif field.name == "headers":
+                values["headers"] = {"X-A": "1"}
+            elif field.type in ("bool",):
+                values[field.name] = True
+            elif "int" in str(field.type):
+                values[field.name] = len(field.name)
+            else:
+                values[field.name] = f"{field.name}-value"
+        return Job(**values)  # type: ignore[arg-type]
+
+    def test_a_copy_is_what_evolve_gives(self) -> None:
+        """Every field is kept but those changed, as attrs.evolve does."""
+        job = self._every_field_set()
+        for field in attrs.fields(Job):
+            self.assertNotEqual(getattr(job, field.name), field.default, field.name)
+        self.assertEqual(_evolve_job(job), attrs.evolve(job))
+        changed = _evolve_job(job, state=JobState.FINISHED, err="boom", started_at=None)
+        self.assertEqual(
+            changed, attrs.evolve(job, state=JobState.FINISHED, err="boom", started_at=None)
+        )
+        self.assertEqual(
+            (changed.state, changed.err, changed.started_at), (JobState.FINISHED, "boom", None)
+        )
+        self.assertIsNot(changed, job)
+        self.assertEqual(job.state, JobState.RUNNING)
+
+    def test_the_model_rules_copy_every_field(self) -> None:
+        """finished() and marked_running() keep the fields they do not change."""
+        job = self._every_field_set()
+        outcome = Outcome(finished_at=T + 5, success=True, status_code=200, output="ok")
+        self.assertEqual(
+            job.finished(outcome),
+            attrs.evolve(
+                job,
+                state=JobState.FINISHED,
+                finished_at=T + 5,
+                success=True,
+                failure=False,
+                canceled=False,
+                status_code=200,
+                err="",
+                output="ok",
+                output_truncated=False,
+            ),
+        )
+        self.assertEqual(
+            job.marked_running(T + 9, 4),
+            attrs.evolve(job, state=JobState.RUNNING, started_at=T + 9, attempts=4),
+        )
+
+    def test_an_unknown_field_is_refused(self) -> None:
+        """A name that is no field raises TypeError, as with evolve."""
+        job = Job(id=1, url="u")
+        self.assertRaises(TypeError, _evolve_job, job, nope=1)
+        self.assertRaises(TypeError, _evolve_job, job, JobState.RUNNING)
+
+    def test_a_class_with_a_keyword_only_field_is_refused(self) -> None:
+        """Every field must be an __init__ argument given by position."""
+
+        @attrs.frozen
+        class KeywordOnly:
+            value: int = attrs.field(kw_only=True)
+
+        @attrs.frozen
+        class NotInInit:
+            value: int = attrs.field(init=False, default=0)
+
+        self.assertRaises(TypeError, _copier, KeywordOnly)
+        self.assertRaises(TypeError, _copier, NotInInit)
