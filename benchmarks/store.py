@@ -11,6 +11,14 @@ shared machine, so a change to the store can be told apart from noise.
 Prints, per operation, the CPU per job of the reactor thread and of the
 writer thread (from ``/proc``), and the wall time per job. Compare trees in
 one invocation each, taking turns (``--rounds``).
+
+    python benchmarks/store.py --instructions --group 16   # needs valgrind
+
+``--instructions`` counts instead the machine instructions per job of the
+whole process under ``valgrind --tool=callgrind`` (both threads; one run of
+``--jobs`` jobs and one of three times as many, so that start-up cancels
+out). The count repeats to within 0.1% from run to run whatever else the
+machine does, so a change of a few percent to the store's CPU shows.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import argparse
 import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -124,6 +133,53 @@ def measure(jobs_count: int, group: int) -> dict[str, Any]:
     return figures
 
 
+def instructions(args: argparse.Namespace, env: dict[str, str], jobs: int) -> int:
+    """
+    Return the instructions a child run of ``jobs`` jobs executes under callgrind.
+    """
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--child",
+            "--jobs",
+            str(jobs),
+            "--group",
+            str(args.group),
+        ],
+        env=env,
+        cwd=os.path.abspath(args.tree),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    ).stderr
+    match = re.search(r"Collected : (\d+)", out)
+    if match is None:
+        raise RuntimeError(f"no instruction count in valgrind's output: {out[-500:]}")
+    return int(match.group(1))
+
+
+def count_instructions(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """
+    Print the instructions per job: (count for 3 x jobs - count for jobs) / (2 x jobs).
+    """
+    if shutil.which("valgrind") is None:
+        print("--instructions needs valgrind (apt-get install valgrind)")
+        return 1
+    few = instructions(args, env, args.jobs)
+    many = instructions(args, env, 3 * args.jobs)
+    per_job = (many - few) / (2 * args.jobs)
+    print(
+        f"instructions per job: {per_job:,.0f} (push, start and finish in groups of"
+        f" {args.group}; {args.tree})"
+    )
+    return 0
+
+
 def main() -> int:
     """
     Run the rounds (each in a new process, with ``--tree``'s ``hq``); print them.
@@ -133,6 +189,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--group", type=int, default=32, help="concurrent writes (32)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per job under valgrind (callgrind) instead of CPU time",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -140,6 +201,8 @@ def main() -> int:
         return 0
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.path.abspath(args.tree))
+    if args.instructions:
+        return count_instructions(args, env)
     totals: list[int] = []
     for index in range(args.rounds):
         out = subprocess.run(
