@@ -541,12 +541,14 @@ class Baseline(Process):
         self.mode = mode
         self.workers = workers
 
-    def start(self) -> Baseline:
+    def start(self, prefix: list[str] | None = None, timeout: float = 30) -> Baseline:
         """
-        Start the baseline and wait until it listens.
+        Start the baseline (its command after ``prefix``, such as valgrind's)
+        and wait until it listens.
         """
         out = os.path.join(self.directory, f"baseline-{self.mode}.out")
         command = [
+            *(prefix or []),
             PYTHON,
             os.path.join(HERE, "baseline.py"),
             self.mode,
@@ -554,7 +556,7 @@ class Baseline(Process):
             str(self.workers),
         ]
         self._spawn(command, out)
-        self._wait_listening(out, 30)
+        self._wait_listening(out, timeout)
         return self
 
 

@@ -1,0 +1,279 @@
+"""
+Where a burst's CPU goes, thread by thread: HQ beside the relay baseline.
+
+    python benchmarks/breakdown.py                 # 3 rounds of 3,000 jobs, 32 clients
+    python benchmarks/breakdown.py --rounds 6 --jobs 3000
+    python benchmarks/breakdown.py --instructions  # user-space instructions per job (valgrind)
+
+The ``throughput`` burst of ``run.py`` (a worker, the load generator, 32
+keep-alive clients), taking turns between the relay and HQ. For each, read
+from ``/proc`` before and after the burst, per job:
+
+- the CPU of the reactor (main) thread and of all other threads (HQ's store
+  writer and readers), user and system;
+- their voluntary context switches (a thread that waits: for the interpreter
+  lock, a lock, the disk, work) and the time they spent runnable but waiting
+  for a core (``schedstat``);
+- the reactor thread's busy share: its CPU over the burst's wall time (what it
+  has left over waits for the store or for the other processes);
+- for HQ, commits per job and their mean wall time (``/metrics``).
+
+``--instructions`` runs each server under ``valgrind --tool=callgrind`` (a
+burst of ``--jobs`` jobs and one of three times as many, so that start-up
+cancels out) and prints the user-space instructions per job and their ratio.
+The count does not move with the machine's load, but the servers run about
+50 times slower there, so batches are bigger than in a real burst, and the
+kernel's work (system calls, ``fsync``, thread switches) is not counted.
+
+Prints the figures; exits 1 when a burst lost or failed a job. Every process
+listens on 127.0.0.1, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+for _path in (HERE, os.path.dirname(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from common import (  # noqa: E402
+    SERVE,
+    Baseline,
+    BenchmarkError,
+    Client,
+    HQServer,
+    Worker,
+    loadgen,
+    median,
+)
+
+TICKS = os.sysconf("SC_CLK_TCK")
+VALGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+
+
+def threads(pid: int) -> dict[str, list[float]]:
+    """
+    Return ``{"main": [...], "others": [...]}``: user s, system s, voluntary
+    context switches, s waiting for a core, summed over the threads of each.
+    """
+    totals = {"main": [0.0, 0.0, 0.0, 0.0], "others": [0.0, 0.0, 0.0, 0.0]}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            with open(f"{base}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            with open(f"{base}/status") as f:
+                switches = next(
+                    int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt")
+                )
+            with open(f"{base}/schedstat") as f:
+                waited_ns = int(f.read().split()[1])
+        except (OSError, StopIteration):
+            continue  # The thread ended meanwhile.
+        row = totals["main" if int(tid) == pid else "others"]
+        row[0] += int(fields[11]) / TICKS
+        row[1] += int(fields[12]) / TICKS
+        row[2] += switches
+        row[3] += waited_ns / 1e9
+    return totals
+
+
+def commit_metrics(base: str) -> tuple[float, float]:
+    """
+    Return HQ's commit count and their summed seconds so far (``/metrics``).
+    """
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = dict(re.findall(r"^hq_store_commit_duration_seconds_(count|sum) (\S+)$", text, re.M))
+    return float(found.get("count", 0)), float(found.get("sum", 0))
+
+
+def wait_settled(server: HQServer, timeout: float = 30) -> None:
+    """
+    Wait until HQ has no job waiting or running (all finishes recorded).
+    """
+    client = Client(server.base, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            stats = client.json("GET", "/stats")
+            if stats["numJobsWaiting"] == 0 and stats["numJobsRunning"] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"HQ still has jobs waiting or running: {stats}")
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def burst(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any]:
+    """
+    Run one burst of ``jobs`` against a new ``kind`` server (``hq`` or
+    ``relay``); return its per-job figures.
+    """
+    os.makedirs(directory)
+    worker.reset()
+    server: Any = HQServer(directory) if kind == "hq" else Baseline(directory, "relay")
+    server.start()
+    try:
+        before = threads(server.pid)
+        commits_before = commit_metrics(server.base) if kind == "hq" else (0.0, 0.0)
+        began = time.monotonic()
+        result = loadgen(
+            "burst",
+            server.base,
+            worker.base + "/job",
+            os.path.join(directory, "loadgen.json"),
+            jobs=jobs,
+            concurrency=32,
+            deadline=300,
+        )
+        received = worker.wait_received(result["ok"], timeout=120)
+        wall = time.monotonic() - began
+        busy = threads(server.pid)["main"]
+        if kind == "hq":
+            wait_settled(server)
+        after = threads(server.pid)
+        commits_after = commit_metrics(server.base) if kind == "hq" else (0.0, 0.0)
+    finally:
+        server.stop()
+    if result["errors"] or received["unique"] != jobs or received["duplicates"]:
+        raise BenchmarkError(f"{kind}: {result['errors']} failed pushes, worker saw {received}")
+    figures: dict[str, Any] = {
+        "busy": (busy[0] + busy[1] - before["main"][0] - before["main"][1]) / wall,
+        "e2e_per_s": jobs / wall,
+    }
+    for name in ("main", "others"):
+        a, b = after[name], before[name]
+        figures[name] = {
+            "cpu_us": (a[0] + a[1] - b[0] - b[1]) / jobs * 1e6,
+            "sys_us": (a[1] - b[1]) / jobs * 1e6,
+            "switches": (a[2] - b[2]) / jobs,
+            "runnable_us": (a[3] - b[3]) / jobs * 1e6,
+        }
+    figures["cpu_us"] = figures["main"]["cpu_us"] + figures["others"]["cpu_us"]
+    commits = commits_after[0] - commits_before[0]
+    figures["commits_per_job"] = commits / jobs
+    figures["commit_ms"] = (commits_after[1] - commits_before[1]) / commits * 1e3 if commits else 0
+    return figures
+
+
+def print_burst(kind: str, f: dict[str, Any]) -> None:
+    """
+    Print one burst's figures on one line.
+    """
+    parts = [f"{kind:5}  CPU {f['cpu_us']:4.0f} us/job"]
+    for name in ("main", "others"):
+        t = f[name]
+        parts.append(
+            f"{name} {t['cpu_us']:3.0f} (sys {t['sys_us']:3.0f}, {t['switches']:.2f} waits,"
+            f" {t['runnable_us']:3.0f} us runnable)"
+        )
+    parts.append(f"reactor busy {f['busy']:.2f}  end-to-end {f['e2e_per_s']:5.0f}/s")
+    if kind == "hq":
+        parts.append(f"commits {f['commits_per_job']:.3f}/job, {f['commit_ms']:.2f} ms each")
+    print("  ".join(parts), flush=True)
+
+
+def instructions(kind: str, directory: str, jobs: int) -> int:
+    """
+    Return the instructions a ``kind`` server executes under callgrind from
+    its start to its stop, through one burst of ``jobs`` jobs.
+    """
+    os.makedirs(directory)
+    worker = Worker(os.path.join(directory)).start()
+    try:
+        if kind == "hq":
+            server: Any = HQServer(directory)
+            server.start(timeout=300, command=VALGRIND + SERVE)
+            output = os.path.join(directory, "out")
+        else:
+            server = Baseline(directory, "relay").start(prefix=VALGRIND, timeout=300)
+            output = os.path.join(directory, "baseline-relay.out")
+        try:
+            result = loadgen(
+                "burst",
+                server.base,
+                worker.base + "/job",
+                os.path.join(directory, "loadgen.json"),
+                jobs=jobs,
+                concurrency=32,
+                deadline=900,
+            )
+            worker.wait_received(result["ok"], timeout=900)
+            if kind == "hq":
+                wait_settled(server, timeout=300)
+        finally:
+            server.stop(timeout=300)
+    finally:
+        worker.stop()
+    with open(output) as f:
+        counts = re.findall(r"Collected : (\d+)", f.read())
+    if not counts:
+        raise BenchmarkError(f"{kind}: no instruction count in {output}")
+    return int(counts[-1])
+
+
+def main() -> int:
+    """
+    Run the rounds; print them and the medians.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, help="jobs per burst (3,000; --instructions: 200)")
+    parser.add_argument("--instructions", action="store_true", help="count under valgrind")
+    args = parser.parse_args()
+    directory = tempfile.mkdtemp(prefix="hq-breakdown-")
+    try:
+        if args.instructions:
+            if shutil.which("valgrind") is None:
+                print("--instructions needs valgrind (apt-get install valgrind)")
+                return 1
+            jobs = args.jobs or 200
+            per_job = {}
+            for kind in ("relay", "hq"):
+                few = instructions(kind, os.path.join(directory, f"{kind}-few"), jobs)
+                many = instructions(kind, os.path.join(directory, f"{kind}-many"), 3 * jobs)
+                per_job[kind] = (many - few) / (2 * jobs)
+                print(f"{kind:5}  {per_job[kind]:,.0f} instructions per job", flush=True)
+            print(f"HQ / relay: {per_job['hq'] / per_job['relay']:.3f}")
+            return 0
+        jobs = args.jobs or 3000
+        os.makedirs(os.path.join(directory, "worker"))
+        worker = Worker(os.path.join(directory, "worker")).start()
+        runs: dict[str, list[dict[str, Any]]] = {"relay": [], "hq": []}
+        try:
+            for index in range(args.rounds):
+                for kind in ("relay", "hq"):
+                    figures = burst(kind, worker, os.path.join(directory, f"{kind}-{index}"), jobs)
+                    runs[kind].append(figures)
+                    print_burst(kind, figures)
+        finally:
+            worker.stop()
+        cpu = {kind: median([run["cpu_us"] for run in runs[kind]]) for kind in runs}
+        busy = {kind: median([run["busy"] for run in runs[kind]]) for kind in runs}
+        print(
+            f"median CPU per job: relay {cpu['relay']:.0f} us, HQ {cpu['hq']:.0f} us"
+            f" ({cpu['hq'] / cpu['relay']:.2f} x); reactor busy: relay {busy['relay']:.2f},"
+            f" HQ {busy['hq']:.2f}"
+        )
+        return 0
+    except BenchmarkError as e:
+        print(f"broke: {e}")
+        return 1
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
