@@ -898,7 +898,7 @@ class _Writer(BatchWriter[_Op]):
                     conn.execute("BEGIN IMMEDIATE")
                 results = self._run_ops(conn, batch, savepoints=True)
                 assert results is not None
-            conn.execute("COMMIT")
+            conn.commit()
         except sqlite3.Error as e:
             if self._conn is not None and self._conn.in_transaction:
                 try:
