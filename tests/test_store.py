@@ -1394,6 +1394,15 @@ class _GatedCommits:
         return {t for s, t in zip(self.statements, self.threads, strict=True) if s == statement}
 
     def execute(self, statement: str, *args: object) -> sqlite3.Cursor:
+        self._run(statement)
+        return self._conn.execute(statement, *args)
+
+    def commit(self) -> None:
+        """The writer thread commits with ``Connection.commit()``: a ``COMMIT`` here."""
+        self._run("COMMIT")
+        self._conn.commit()
+
+    def _run(self, statement: str) -> None:
         self.statements.append(statement)
         self.threads.append(threading.current_thread().name)
         if statement.startswith("PRAGMA synchronous = "):
@@ -1406,10 +1415,68 @@ class _GatedCommits:
             raise sqlite3.OperationalError("no such thing")
         if statement == "COMMIT" and self.fail_unsynced and not self._syncs:
             raise sqlite3.OperationalError("database or disk is full")
-        return self._conn.execute(statement, *args)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._conn, name)
+
+
+class WhenFreeTests(SynchronousTestCase):
+    """
+    The writer's connection has no busy timeout (the reactor thread must
+    never wait on it); the writer thread waits for another process's lock in
+    ``sqlitefile._when_free``.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.join(self.mktemp() + ".sqlite3")
+        self.conn = sqlitefile._connect(self.path, busy_timeout_ms=0)
+        self.addCleanup(self.conn.close)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("CREATE TABLE t (x)")
+        self.other = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.addCleanup(self.other.close)
+
+    def test_the_connection_does_not_wait(self) -> None:
+        """A BEGIN on a file another connection writes fails at once."""
+        self.assertEqual(self.conn.execute("PRAGMA busy_timeout").fetchone()[0], 0)
+        self.other.execute("BEGIN IMMEDIATE")
+        began = time.monotonic()
+        with self.assertRaises(sqlite3.OperationalError) as raised:
+            self.conn.execute("BEGIN IMMEDIATE")
+        self.assertLess(time.monotonic() - began, 0.5)
+        self.assertTrue(sqlitefile._busy(raised.exception))
+
+    def test_it_waits_until_the_lock_goes(self) -> None:
+        """The statement runs once the other connection commits."""
+        self.other.execute("BEGIN IMMEDIATE")
+        self.other.execute("INSERT INTO t VALUES (1)")
+        timer = threading.Timer(0.2, self.other.commit)
+        timer.start()
+        self.addCleanup(timer.cancel)
+        began = time.monotonic()
+        sqlitefile._when_free(self.conn, "BEGIN IMMEDIATE")
+        self.assertGreaterEqual(time.monotonic() - began, 0.15)
+        self.assertEqual(self.conn.execute("SELECT x FROM t").fetchall(), [(1,)])
+        self.conn.execute("ROLLBACK")
+
+    def test_it_gives_up_after_the_busy_timeout(self) -> None:
+        """Past BUSY_TIMEOUT_MS it raises the busy error."""
+        self.patch(sqlitefile, "BUSY_TIMEOUT_MS", 100)
+        self.other.execute("BEGIN IMMEDIATE")
+        began = time.monotonic()
+        with self.assertRaises(sqlite3.OperationalError) as raised:
+            sqlitefile._when_free(self.conn, "BEGIN IMMEDIATE")
+        self.assertTrue(sqlitefile._busy(raised.exception))
+        self.assertLess(time.monotonic() - began, 1.0)
+        self.assertTrue(sqlitefile._unavailable(raised.exception))
+
+    def test_other_errors_are_not_tried_again(self) -> None:
+        """An error that is not a lock raises at once."""
+        began = time.monotonic()
+        with self.assertRaises(sqlite3.OperationalError) as raised:
+            sqlitefile._when_free(self.conn, "SELECT * FROM nowhere")
+        self.assertFalse(sqlitefile._busy(raised.exception))
+        self.assertLess(time.monotonic() - began, 0.5)
 
 
 class GlobPrefilterTests(SynchronousTestCase):

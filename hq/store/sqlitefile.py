@@ -18,6 +18,7 @@ the one writer thread and the reader threads.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import sqlite3
 import threading
@@ -304,12 +305,44 @@ _UNAVAILABLE = ("disk", "full", "readonly", "read-only", "unable to open", "i/o"
 #: How long a statement waits for a lock another process holds, ms.
 BUSY_TIMEOUT_MS = 10_000
 
+#: The writer thread's pauses between tries of a statement that found the
+#: file locked by another process, s: the steps of SQLite's own busy handler
+#: (the last one repeats), which the writer's connection does not use.
+_BUSY_WAITS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+def _connect(path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+    )
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     conn.execute("PRAGMA cache_size = -16000")
     return conn
+
+
+def _busy(error: sqlite3.Error) -> bool:
+    """
+    Whether ``error`` says that another connection holds the lock asked for.
+    """
+    return (getattr(error, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
+def _when_free(conn: sqlite3.Connection, statement: str) -> sqlite3.Cursor:
+    """
+    Execute ``statement`` on the writer's connection, which never waits for a
+    lock (the reactor thread uses it too, see :class:`_Writer`): here, on the
+    writer thread, try it again while another process holds the lock, for up
+    to :data:`BUSY_TIMEOUT_MS`, as SQLite's busy handler would.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    for wait in itertools.chain(_BUSY_WAITS, itertools.repeat(_BUSY_WAITS[-1])):
+        try:
+            return conn.execute(statement)
+        except sqlite3.OperationalError as e:
+            if not _busy(e) or time.monotonic() + wait > deadline:
+                raise
+        time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _unavailable(error: sqlite3.Error) -> bool:
@@ -509,8 +542,9 @@ class _Writer(BatchWriter[_Op]):
     they change are in the page cache) where handing each one to the thread
     would cost far more: the two threads take the interpreter lock from each
     other at every statement. The ``BEGIN`` does not wait for a lock held by
-    another process (the writer thread then runs the whole batch), and every
-    commit, ``fsync`` and checkpoint runs on the writer thread.
+    another process (the writer thread then runs the whole batch, and waits
+    for it: the connection has no busy timeout, :func:`_when_free`), and
+    every commit, ``fsync`` and checkpoint runs on the writer thread.
     """
 
     def __init__(self, path: str, reactor: Any, deliver: Callable[[list[Any]], None]) -> None:
@@ -608,13 +642,9 @@ class _Writer(BatchWriter[_Op]):
         try:
             durable = not all(isinstance(op, _MayBeLost) for op, _ in batch)
             conn = self._connection(durable)
-            # Never wait here for another process's lock: the writer thread
-            # will, with the whole batch.
-            conn.execute("PRAGMA busy_timeout = 0")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Never waits here for another process's lock (the connection has
+            # no busy timeout): the writer thread will, with the whole batch.
+            conn.execute("BEGIN IMMEDIATE")
             done = _run_here(conn, inline)
             self._last_batch = time.monotonic()
             self._since_index += len(batch)
@@ -704,12 +734,12 @@ class _Writer(BatchWriter[_Op]):
         self._since_index = 0
         try:
             # One cheap read when nothing is noted: no transaction then.
-            if not conn.execute(_SEARCH_PENDING).fetchone()[0]:
+            if not _when_free(conn, _SEARCH_PENDING).fetchone()[0]:
                 return None
             # The index is derived from the jobs: a step a power cut loses is
             # done again from the notes it did not clear (no sync needed).
             conn = self._connection(durable=False)
-            conn.execute("BEGIN IMMEDIATE")
+            _when_free(conn, "BEGIN IMMEDIATE")
             moved = index_some(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
@@ -832,9 +862,11 @@ class _Writer(BatchWriter[_Op]):
         the disk when ``durable``. Outside a transaction.
         """
         if self._conn is None:
-            self._conn = _connect(self._path)
+            # No busy timeout: the reactor thread must never wait on it for a
+            # lock; the writer thread waits in _when_free.
+            self._conn = _connect(self._path, busy_timeout_ms=0)
             # Outside any transaction: journal_mode cannot change inside one.
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            _when_free(self._conn, "PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
             self._durable = True
         if durable is not self._durable:
@@ -885,7 +917,7 @@ class _Writer(BatchWriter[_Op]):
         try:
             if done is None:
                 conn = self._connection(durable)
-                conn.execute("BEGIN IMMEDIATE")
+                _when_free(conn, "BEGIN IMMEDIATE")
             else:
                 assert self._conn is not None
                 conn = self._conn
@@ -895,7 +927,7 @@ class _Writer(BatchWriter[_Op]):
                 # write in its own savepoint, so that it fails alone.
                 if not alone:
                     conn.execute("ROLLBACK")
-                    conn.execute("BEGIN IMMEDIATE")
+                    _when_free(conn, "BEGIN IMMEDIATE")
                 results = self._run_ops(conn, batch, savepoints=True)
                 assert results is not None
             conn.commit()
