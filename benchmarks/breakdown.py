@@ -38,7 +38,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,6 +55,7 @@ from common import (  # noqa: E402
     loadgen,
     median,
 )
+from run import settle  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 VALGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
@@ -92,28 +92,32 @@ def commit_metrics(base: str) -> tuple[float, float]:
     """
     Return HQ's commit count and their summed seconds so far (``/metrics``).
     """
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+    client = Client(base, timeout=10)
+    try:
+        _, body, _ = client.request("GET", "/metrics")
+    finally:
+        client.close()
+    text = body.decode()
     found = dict(re.findall(r"^hq_store_commit_duration_seconds_(count|sum) (\S+)$", text, re.M))
     return float(found.get("count", 0)), float(found.get("sum", 0))
 
 
-def wait_settled(server: HQServer, timeout: float = 30) -> None:
+def push_burst(
+    server: Any, worker: Worker, directory: str, jobs: int, deadline: float
+) -> dict[str, Any]:
     """
-    Wait until HQ has no job waiting or running (all finishes recorded).
+    Push ``jobs`` jobs for ``worker`` to ``server`` from 32 clients (``run.py``'s
+    throughput burst); return the load generator's result.
     """
-    client = Client(server.base, timeout=timeout)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            stats = client.json("GET", "/stats")
-            if stats["numJobsWaiting"] == 0 and stats["numJobsRunning"] == 0:
-                return
-            if time.monotonic() > deadline:
-                raise BenchmarkError(f"HQ still has jobs waiting or running: {stats}")
-            time.sleep(0.02)
-    finally:
-        client.close()
+    return loadgen(
+        "burst",
+        server.base,
+        worker.base + "/job",
+        os.path.join(directory, "loadgen.json"),
+        jobs=jobs,
+        concurrency=32,
+        deadline=deadline,
+    )
 
 
 def burst(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any]:
@@ -129,20 +133,12 @@ def burst(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
         before = threads(server.pid)
         commits_before = commit_metrics(server.base) if kind == "hq" else (0.0, 0.0)
         began = time.monotonic()
-        result = loadgen(
-            "burst",
-            server.base,
-            worker.base + "/job",
-            os.path.join(directory, "loadgen.json"),
-            jobs=jobs,
-            concurrency=32,
-            deadline=300,
-        )
+        result = push_burst(server, worker, directory, jobs, deadline=300)
         received = worker.wait_received(result["ok"], timeout=120)
         wall = time.monotonic() - began
         busy = threads(server.pid)["main"]
         if kind == "hq":
-            wait_settled(server)
+            settle(server, timeout=30)
         after = threads(server.pid)
         commits_after = commit_metrics(server.base) if kind == "hq" else (0.0, 0.0)
     finally:
@@ -201,18 +197,10 @@ def instructions(kind: str, directory: str, jobs: int) -> int:
             server = Baseline(directory, "relay").start(prefix=VALGRIND, timeout=300)
             output = os.path.join(directory, "baseline-relay.out")
         try:
-            result = loadgen(
-                "burst",
-                server.base,
-                worker.base + "/job",
-                os.path.join(directory, "loadgen.json"),
-                jobs=jobs,
-                concurrency=32,
-                deadline=900,
-            )
+            result = push_burst(server, worker, directory, jobs, deadline=900)
             worker.wait_received(result["ok"], timeout=900)
             if kind == "hq":
-                wait_settled(server, timeout=300)
+                settle(server, timeout=300)
         finally:
             server.stop(timeout=300)
     finally:

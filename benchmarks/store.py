@@ -133,23 +133,19 @@ def measure(jobs_count: int, group: int) -> dict[str, Any]:
     return figures
 
 
+def child(args: argparse.Namespace, jobs: int) -> list[str]:
+    """
+    Return the command of one measuring run of ``jobs`` jobs (``--child``).
+    """
+    return [sys.executable, __file__, "--child", "--jobs", str(jobs), "--group", str(args.group)]
+
+
 def instructions(args: argparse.Namespace, env: dict[str, str], jobs: int) -> int:
     """
     Return the instructions a child run of ``jobs`` jobs executes under callgrind.
     """
     out = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            __file__,
-            "--child",
-            "--jobs",
-            str(jobs),
-            "--group",
-            str(args.group),
-        ],
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *child(args, jobs)],
         env=env,
         cwd=os.path.abspath(args.tree),
         check=True,
@@ -206,15 +202,7 @@ def main() -> int:
     totals: list[int] = []
     for index in range(args.rounds):
         out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                "--jobs",
-                str(args.jobs),
-                "--group",
-                str(args.group),
-            ],
+            child(args, args.jobs),
             env=env,
             cwd=os.path.abspath(args.tree),
             check=True,

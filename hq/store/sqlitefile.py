@@ -741,7 +741,7 @@ class _Writer(BatchWriter[_Op]):
             conn = self._connection(durable=False)
             _when_free(conn, "BEGIN IMMEDIATE")
             moved = index_some(conn)
-            conn.execute("COMMIT")
+            conn.commit()
         except sqlite3.Error as e:
             if conn.in_transaction:
                 try:
