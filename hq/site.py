@@ -23,7 +23,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -246,6 +246,7 @@ class LimitedChannel(HTTPChannel):
 
     _deadline: IDelayedCall | None = None
     _linger: IDelayedCall | None = None
+    _host: IAddress | None = None
     _begun = False
     _refused = False
 
@@ -348,6 +349,15 @@ class LimitedChannel(HTTPChannel):
         if self.persistent:
             self._arm()
         super().requestDone(request)
+
+    def getHost(self) -> IAddress:
+        # Every Request asks for it (Request.__init__); a TCP transport answers
+        # with a getsockname() system call each time. The local address of a
+        # connection does not change, so the first answer is kept.
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()

@@ -11,15 +11,22 @@ import time
 
 import treq
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
 import hq.site as site_module
 from hq.api import write_error
 from hq.site import (
     AccessLogSite,
+    LimitedChannel,
     _LocalStamp,
     _printable,
     _raw_response,
@@ -124,3 +131,46 @@ class LogFieldTests(SynchronousTestCase):
         expected = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(1_700_000_000))
         self.assertEqual((first, second), (expected, expected))
         self.assertNotEqual(third, first)
+
+
+class _Hosts(Resource):
+    """Answers every GET with ``hello``, noting each request's local address."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[object] = []
+
+    def render_GET(self, request: Request) -> bytes:
+        self.seen.append(request.getHost())
+        return b"hello"
+
+
+class LocalAddressTests(SynchronousTestCase):
+    """
+    A connection's local address is read from its transport once.
+    """
+
+    def test_local_address_is_read_once_per_connection(self) -> None:
+        """Requests on one connection share the first getHost() answer (a getsockname call)."""
+        resource = _Hosts()
+        site = AccessLogSite(resource, None, timeout=None)
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert isinstance(channel, LimitedChannel)
+        channel.callLater = Clock().callLater  # type: ignore[method-assign]
+        local = IPv4Address("TCP", "127.0.0.1", 19900)
+        transport = StringTransport(hostAddress=local)
+        asked = []
+
+        def get_host() -> IPv4Address:
+            asked.append(local)
+            return local
+
+        transport.getHost = get_host  # type: ignore[method-assign]
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: hq.test\r\n\r\n" * 3)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
+        self.assertEqual(resource.seen, [local, local, local])
+        self.assertEqual(len(asked), 1)
+        channel.connectionLost(Failure(ConnectionDone()))
