@@ -178,16 +178,17 @@ class Console:
     def under_twistd(self) -> bool:
         return self._twistd is not None
 
-    def log_file(self, path: str) -> ReopenableFile:
+    def log_file(self, path: str, turns: IReactorTime | None = None) -> ReopenableFile:
         """
         Open the log file ``path``; the empty path means this console's log.
+        ``turns``: see :class:`ReopenableFile`.
 
         :raises FatalStartError: for the empty path under ``twistd --syslog``
             (or ``--logger``), whose destination HQ cannot write its lines to.
         :raises OSError: when the file cannot be opened.
         """
         if path or self.log_path is not None:
-            return ReopenableFile(path or self.log_path or "", self.out)
+            return ReopenableFile(path or self.log_path or "", self.out, turns)
         raise FatalStartError("with twistd --syslog or --logger, set log_file and access_log_file")
 
     def starting(self) -> None:
@@ -305,7 +306,7 @@ class LogService(Service):
     destination, before anything else starts; reopened on SIGUSR1.
     """
 
-    def __init__(self, config: Config, console: Console, reactor: IReactorThreads) -> None:
+    def __init__(self, config: Config, console: Console, reactor: IServerReactor) -> None:
         self._config = config
         self._console = console
         self._reactor = reactor
@@ -320,7 +321,8 @@ class LogService(Service):
         try:
             self._files = [
                 self._console.log_file(config.log_file),
-                self._console.log_file(config.access_log_file),
+                # Written by the site, a turn of the reactor at a time.
+                self._console.log_file(config.access_log_file, turns=self._reactor),
             ]
         except OSError as e:
             raise FatalStartError(f"cannot open log file {e.filename}: {e.strerror}") from None

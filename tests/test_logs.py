@@ -8,7 +8,9 @@ import http.client
 import io
 import os
 import sys
+from typing import IO, Any
 
+from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -61,6 +63,86 @@ class ReopenableFileTests(SynchronousTestCase):
         out.close()
         with open(path + ".1") as f:
             self.assertEqual(f.read(), "still here\n")
+
+
+class TurnBatchingTests(SynchronousTestCase):
+    """
+    With a reactor, the lines of one of its turns are written together.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.path = self.mktemp()
+        self.out = ReopenableFile(self.path, turns=self.clock)
+        self.addCleanup(self.out.close)
+
+    def written(self, path: str | None = None) -> str:
+        with open(path or self.path) as f:
+            return f.read()
+
+    def test_lines_of_one_turn_are_written_together_at_the_next(self) -> None:
+        """Nothing is written during the turn; one timed call writes all its lines."""
+        writes: list[str] = []
+        real = self.out._file
+        self.patch(self.out, "_file", _Recording(real, writes))
+        for n in range(3):
+            self.out.write(f"line {n}\n")
+        self.assertEqual(self.written(), "")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.assertEqual(self.written(), "line 0\nline 1\nline 2\n")
+        self.assertEqual(writes, ["line 0\nline 1\nline 2\n"])
+        self.out.write("line 3\n")
+        self.clock.advance(0)
+        self.assertEqual(writes[1:], ["line 3\n"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_flush_and_close_write_what_is_kept(self) -> None:
+        """flush() writes the turn's lines at once and cancels the timed call; so does close()."""
+        self.out.write("one\n")
+        self.out.flush()
+        self.assertEqual(self.written(), "one\n")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.out.write("two\n")
+        self.out.close()
+        self.assertEqual(self.written(), "one\ntwo\n")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_reopen_writes_the_kept_lines_to_the_old_file(self) -> None:
+        """Lines written before a reopen end in the file they were written to."""
+        self.out.write("before\n")
+        os.rename(self.path, self.path + ".1")
+        self.out.reopen()
+        self.out.write("after\n")
+        self.clock.advance(0)
+        self.assertEqual(self.written(self.path + ".1"), "before\n")
+        self.assertEqual(self.written(), "after\n")
+
+    def test_unwritable_log_counts_every_line_of_a_turn(self) -> None:
+        """A turn's write that fails drops and counts each of its lines."""
+        self.patch(sys, "__stderr__", io.StringIO())
+        out = ReopenableFile("/dev/full", turns=self.clock)
+        self.addCleanup(out.close)
+        for _ in range(3):
+            out.write("line\n")
+        self.clock.advance(0)
+        self.assertEqual(out.dropped, 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class _Recording:
+    """A text file that notes each write (the rest goes to ``real``)."""
+
+    def __init__(self, real: IO[str], writes: list[str]) -> None:
+        self._real = real
+        self._writes = writes
+
+    def write(self, text: str) -> int:
+        self._writes.append(text)
+        return self._real.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
 
 
 class FullLogDiskTests(SynchronousTestCase):
