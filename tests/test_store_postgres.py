@@ -32,6 +32,7 @@ from hq.store import (
     StoreError,
     StoreUnavailable,
     open_store,
+    postgres,
 )
 from hq.store.postgres import (
     SCHEMA_VERSION,
@@ -272,6 +273,111 @@ class PostgresOnlyTests(PostgresCase):
         self.assertTrue(results[1][1].check(JobExists))
         self.assertEqual((await self.store.counts(0, 0)).stored, 2)
 
+    def record_statements(self) -> list[str]:
+        """
+        Return the list every statement run on a connection of this process
+        (the writer's included) is added to from now on.
+        """
+        statements: list[str] = []
+        execute = psycopg.Connection.execute
+
+        def recording(conn: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
+            statements.append(str(query))
+            return execute(conn, query, *args, **kw)
+
+        self.patch(psycopg.Connection, "execute", recording)
+        return statements
+
+    async def test_finishes_of_a_batch_run_as_one_statement_each(self) -> None:
+        """
+        Finishes of known running jobs asked for together are one UPDATE and
+        their attempts one INSERT, nothing read back, with the results each
+        would have alone. When a job is no longer running, the batch runs
+        again write by write: that one is not finished again, the others are.
+        """
+        jobs = [make_job(n) for n in range(1, 5)]
+        await self.store.push(jobs, 0)
+        started = await gatherResults([self.store.start(job.id, T0 + 7, job) for job in jobs])
+        await self.store.finish(jobs[2].id, Outcome(finished_at=T0 + 8, failure=True, err="x"))
+        statements = self.record_statements()
+        outcome = Outcome(finished_at=T0 + 9, success=True, status_code=200, output="ok\x00")
+        finished = await gatherResults(
+            [self.store.finish(j.id, outcome, Attempt.of(j, outcome), None, j) for j in started]
+        )
+        self.assertEqual(statements.count(postgres._FINISH_MANY), 1)
+        self.assertEqual(statements.count("SAVEPOINT op"), 4)
+        self.assertIsNone(finished[2])  # finished already: not finished again
+        for done in finished[:2] + finished[3:]:
+            stored = await self.store.get(done.id)
+            self.assertEqual(done, stored)
+            self.assertEqual((stored.status, stored.output), ("success", "ok\ufffd"))
+            attempts = await self.store.attempts(done.id)
+            self.assertEqual(
+                [(a.attempt, a.status_code, a.output) for a in attempts], [(1, 200, "ok\ufffd")]
+            )
+
+        more = [make_job(n) for n in range(5, 8)]
+        await self.store.push(more, 0)
+        running = await gatherResults([self.store.start(job.id, T0 + 10, job) for job in more])
+        del statements[:]
+        done = await gatherResults(
+            [self.store.finish(j.id, outcome, Attempt.of(j, outcome), None, j) for j in running]
+        )
+        self.assertEqual(statements.count(postgres._FINISH_MANY), 1)
+        self.assertEqual(statements.count(postgres._INSERT_ATTEMPTS), 1)
+        self.assertNotIn(postgres._FINISH, statements)
+        self.assertNotIn("SAVEPOINT op", statements)
+        for job in done:
+            self.assertEqual(job, await self.store.get(job.id))
+            self.assertEqual(len(await self.store.attempts(job.id)), 1)
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.waiting, counts.running), (7, 0, 0))
+
+    async def test_a_job_finished_twice_in_one_batch_is_finished_once(self) -> None:
+        """Two finishes of one job asked for together: the first counts, the second finds none."""
+        job = make_job(1)
+        await self.store.push([job], 0)
+        running = await self.store.start(job.id, T0, job)
+        assert running is not None
+        outcome = Outcome(finished_at=T0 + 1, success=True, status_code=200)
+        first, second = await gatherResults(
+            [
+                self.store.finish(job.id, outcome, Attempt.of(running, outcome), None, running)
+                for _ in range(2)
+            ]
+        )
+        self.assertEqual(first, await self.store.get(job.id))
+        self.assertIsNone(second)
+        self.assertEqual(len(await self.store.attempts(job.id)), 1)
+
+    async def test_pushes_of_a_batch_insert_together_and_a_taken_id_fails_alone(self) -> None:
+        """
+        Pushes without idempotency keys asked for together insert their jobs
+        in one statement and notify once; a push whose id is taken fails alone.
+        """
+        await self.store.push([make_job(1)], 0)
+        statements = self.record_statements()
+        first = await DeferredList(
+            [self.store.push([make_job(2), make_job(3)], 0), self.store.push([make_job(4)], 0)],
+            consumeErrors=True,
+        )
+        self.assertEqual([ok for ok, _ in first], [True, True])
+        self.assertEqual(statements.count(postgres._insert_many(3)), 1)
+        self.assertEqual(statements.count(postgres._RAISE_MAX_ID), 1)
+        self.assertEqual(sum("pg_notify" in statement for statement in statements), 1)
+        self.assertEqual([p.job.id for p in first[0][1]], [make_job(2).id, make_job(3).id])
+        results = await DeferredList(
+            [self.store.push([make_job(5)], 0), self.store.push([make_job(6), make_job(1)], 0)],
+            consumeErrors=True,
+        )
+        self.assertEqual([ok for ok, _ in results], [True, False])
+        results[1][1].trap(JobExists)
+        stored = [job.id for job in (await self.store.list_jobs(ListQuery())).jobs]
+        self.assertEqual(sorted(stored), [make_job(n).id for n in (1, 2, 3, 4, 5)])
+        self.assertEqual(
+            self.sql("SELECT value FROM meta WHERE key = 'max_id'"), [(str(make_job(5).id),)]
+        )
+
     async def test_writes_of_one_turn_share_a_commit(self) -> None:
         """500 creates asked for in one reactor turn commit in a few transactions."""
         commits: list[tuple[int, bool]] = []
@@ -490,10 +596,14 @@ class ClusterStoreTests(PostgresCase):
         outcome = Outcome(finished_at=T0 + 20, success=True, status_code=200)
         attempt = Attempt.of(job, outcome)
         self.assertIsNone(await late.finish(job.id, outcome, attempt))
+        # With the job known (the finish grouped, nothing read back) as well.
+        self.assertIsNone(await late.finish(job.id, outcome, attempt, None, job))
         self.assertIsNone(await late.retry(job.id, T0 + 999, outcome, attempt))
         self.assertEqual((await late.get(job.id)).status, "running")
-        finished = await holder.finish(job.id, outcome, attempt)
+        self.assertEqual(await late.attempts(job.id), [])
+        finished = await holder.finish(job.id, outcome, attempt, None, job)
         assert finished is not None
+        self.assertEqual(finished, await holder.get(job.id))
         self.assertEqual(finished.status, "success")
 
     async def test_second_node_with_a_live_server_id_is_refused(self) -> None:

@@ -28,6 +28,7 @@ PostgreSQL database named by a ``postgresql://`` URL.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -363,6 +364,147 @@ _Op = Callable[[psycopg.Connection[Any]], Any]
 _Batch = list[tuple[_Op, "Deferred[Any]"]]
 _Results = list[tuple["Deferred[Any]", Any]]
 
+#: Rows per statement of a grouped write (well under PostgreSQL's 65,535 parameters).
+GROUP_ROWS = 500
+
+#: The finishes of one batch in one statement (the columns of
+#: :data:`sql.FINISH_KNOWN`, an array each; the node holding them last).
+#: Returns nothing: the writer compares the rows changed with the finishes.
+_FINISH_MANY = (
+    "UPDATE jobs SET state = 2, status = v.status, finished_at = v.finished_at,"
+    " success = v.success, failure = v.failure, canceled = v.canceled,"
+    " status_code = v.status_code, err = v.err, output = v.output,"
+    " output_truncated = v.output_truncated"
+    " FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::integer[], %s::integer[],"
+    " %s::integer[], %s::integer[], %s::text[], %s::text[], %s::integer[])"
+    " AS v(id, status, finished_at, success, failure, canceled, status_code, err, output,"
+    " output_truncated)"
+    " WHERE jobs.id = v.id AND jobs.state = 1 AND (jobs.node IS NULL OR jobs.node = %s)"
+)
+#: Their attempts in one statement (:data:`sql.INSERT_ATTEMPT`'s columns, an array each).
+_INSERT_ATTEMPTS = sql.INSERT_ATTEMPT.replace(
+    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+    " SELECT * FROM unnest(%s::bigint[], %s::integer[], %s::bigint[], %s::bigint[],"
+    " %s::integer[], %s::text[], %s::text[])",
+)
+
+
+class _Mismatch(Exception):
+    """
+    A grouped statement changed fewer rows than it had writes (a job was no
+    longer running here: stopped, deleted or claimed by another node); the
+    writer runs the batch again write by write, where each finds out alone.
+    """
+
+
+class _Grouped:
+    """
+    A write of the delivery path that the writer runs with the others of its
+    kind in a batch (:meth:`run_group`): one statement for them all, read
+    nothing back, so that the batch's pipeline needs no round trip to the
+    server for them. Called alone (``op(conn)``), it is the whole write, as
+    when a batch runs write by write.
+    """
+
+    def __call__(self, conn: psycopg.Connection[Any]) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def run_group(
+        cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int
+    ) -> tuple[list[Any], list[tuple[psycopg.Cursor[Any], int]]]:
+        """
+        Queue the statements of ``ops`` on ``conn`` (in a pipeline); return
+        their results and the ``(cursor, rows)`` whose rows changed must be
+        checked once the pipeline has synced.
+        """
+        raise NotImplementedError
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_many(rows: int) -> str:
+    return _P(sql.insert_many(rows))
+
+
+def _chunks(items: list[T]) -> list[list[T]]:
+    return [items[start : start + GROUP_ROWS] for start in range(0, len(items), GROUP_ROWS)]
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """
+    Return ``rows`` as ``width`` columns (the arrays of an ``unnest``), NULs in text replaced.
+    """
+    return [[_text(row[index]) for row in rows] for index in range(width)]
+
+
+class _Finish(_Grouped):
+    """
+    Record the outcome of a running job the caller has, that pushes no
+    callback: the finishes of a batch are one ``UPDATE`` and their attempts
+    one ``INSERT``, and the finished job is made here rather than read back.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        outcome: Outcome,
+        values: tuple[Any, ...],
+        attempt: Attempt | None,
+        alone: _Op,
+    ) -> None:
+        self.job = job
+        self.outcome = outcome
+        self.values = values
+        self.attempt = attempt
+        self.alone = alone
+
+    def __call__(self, conn: psycopg.Connection[Any]) -> Any:
+        return self.alone(conn)
+
+    @classmethod
+    def run_group(
+        cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int
+    ) -> tuple[list[Any], list[tuple[psycopg.Cursor[Any], int]]]:
+        if len({op.job.id for op in ops}) < len(ops):
+            raise _Mismatch("a job finished twice in one batch")
+        checks = []
+        for chunk in _chunks(ops):
+            # values: status ... output_truncated, then the id (sql.FINISH's order).
+            rows = [(op.values[-1], *op.values[:-1]) for op in chunk]
+            cursor = conn.execute(_FINISH_MANY, (*_columns(rows, 10), server_id))
+            checks.append((cursor, len(chunk)))
+        attempts = [sql.attempt_row(op.attempt) for op in ops if op.attempt is not None]
+        for rows in _chunks(attempts):
+            conn.execute(cast(Any, _INSERT_ATTEMPTS), _columns(rows, 7))
+        return [op.job.finished(op.outcome) for op in ops], checks
+
+
+class _Push(_Grouped):
+    """
+    Store new jobs without idempotency keys: the pushes of a batch are
+    ``INSERT`` statements of up to :data:`GROUP_ROWS` rows, one raise of the
+    highest id and the notifications of one push.
+    """
+
+    def __init__(self, jobs: list[Job], alone: _Op) -> None:
+        self.jobs = jobs
+        self.alone = alone
+
+    def __call__(self, conn: psycopg.Connection[Any]) -> Any:
+        return self.alone(conn)
+
+    @classmethod
+    def run_group(
+        cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int
+    ) -> tuple[list[Any], list[tuple[psycopg.Cursor[Any], int]]]:
+        jobs = [job for op in ops for job in op.jobs]
+        for chunk in _chunks(jobs):
+            args = [_text(value) for job in chunk for value in sql.job_row(job)]
+            conn.execute(cast(Any, _insert_many(len(chunk))), args)
+        conn.execute(_RAISE_MAX_ID, (str(max(job.id for job in jobs)),))
+        PostgresStore._notify_jobs(conn, jobs)
+        return [[Pushed(job) for job in op.jobs] for op in ops], []
+
 
 class _Writer(BatchWriter[_Op]):
     """
@@ -376,8 +518,11 @@ class _Writer(BatchWriter[_Op]):
         reactor: Any,
         deliver: Callable[[_Results], None],
         on_commit: Callable[[float, int, bool], None] | None,
+        server_id: int = 0,
     ) -> None:
         super().__init__("hq-postgres-writer", reactor, deliver, on_commit)
+        #: The node's ``server_id``: a grouped finish changes only its jobs.
+        self.server_id = server_id
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
         self._down_until = 0.0
@@ -447,10 +592,14 @@ class _Writer(BatchWriter[_Op]):
     def _transaction(self, conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
         # Not in autocommit mode: the first statement opens the transaction.
         # First try: every write in one pipeline, without savepoints (no round
-        # trip for a statement whose result is not read, no subtransactions).
+        # trip for a statement whose result is not read, no subtransactions),
+        # the grouped writes of one kind together.
         try:
             with conn.pipeline():
-                results: _Results = [(d, op(conn)) for op, d in batch]
+                results, checks = self._run_pipelined(conn, batch)
+            for cursor, rows in checks:
+                if cursor.rowcount != rows:
+                    raise _Mismatch(f"{cursor.rowcount} of {rows} rows changed")
         except Exception as e:
             if _unavailable(e, conn):
                 raise
@@ -465,6 +614,32 @@ class _Writer(BatchWriter[_Op]):
         except psycopg.Error as e:
             raise _Ambiguous(str(e)) from e
         return results
+
+    def _run_pipelined(
+        self, conn: psycopg.Connection[Any], batch: _Batch
+    ) -> tuple[_Results, list[tuple[psycopg.Cursor[Any], int]]]:
+        """
+        Run ``batch`` on ``conn`` in its pipeline: the writes that are not
+        :class:`_Grouped` one after another, then each kind of the others
+        together (the writes of a batch were asked for concurrently, so that
+        is one of their orders). Return the results in ``batch``'s order and
+        the row counts to check once the pipeline has synced.
+        """
+        values: list[Any] = [None] * len(batch)
+        kinds: dict[type[_Grouped], list[int]] = {}
+        for index, (op, _) in enumerate(batch):
+            if isinstance(op, _Grouped):
+                kinds.setdefault(type(op), []).append(index)
+            else:
+                values[index] = op(conn)
+        checks: list[tuple[psycopg.Cursor[Any], int]] = []
+        for kind, indexes in kinds.items():
+            ops = [batch[index][0] for index in indexes]
+            group_values, group_checks = kind.run_group(conn, ops, self.server_id)
+            checks.extend(group_checks)
+            for index, value in zip(indexes, group_values, strict=True):
+                values[index] = value
+        return [(d, value) for (_, d), value in zip(batch, values, strict=True)], checks
 
     @staticmethod
     def _one_by_one(conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
@@ -667,7 +842,11 @@ class PostgresStore:
 
     def open(self) -> Deferred[None]:
         self._writer = _Writer(
-            lambda: self.connect(autocommit=False), self._reactor, self._deliver, self._on_commit
+            lambda: self.connect(autocommit=False),
+            self._reactor,
+            self._deliver,
+            self._on_commit,
+            self.server_id,
         )
         self._writer.start()
         self._pool = ThreadPool(minthreads=1, maxthreads=self._readers, name="hq-postgres-read")
@@ -873,12 +1052,13 @@ class PostgresStore:
         """
         conn.execute("SELECT pg_notify(%s, %s)", (PUSH_CHANNEL, "" if due is None else str(due)))
 
-    def _notify_jobs(self, conn: psycopg.Connection[Any], jobs: list[Job]) -> None:
+    @staticmethod
+    def _notify_jobs(conn: psycopg.Connection[Any], jobs: list[Job]) -> None:
         later = [job.run_at for job in jobs if job.run_at is not None]
         if len(later) < len(jobs):
-            self._notify_due(conn, None)
+            PostgresStore._notify_due(conn, None)
         if later:
-            self._notify_due(conn, min(later))
+            PostgresStore._notify_due(conn, min(later))
 
     # IClaimingStore.
 
@@ -1011,6 +1191,8 @@ class PostgresStore:
             self._notify_jobs(conn, [each.job for each in pushed if not each.replayed])
             return pushed
 
+        if all(job.idempotency_key is None for job in jobs):
+            return self._write(_Push(jobs, op))
         return self._write(op)
 
     def _claim_key(self, conn: psycopg.Connection[Any], job: Job, keys_since: int) -> Job | None:
@@ -1094,6 +1276,15 @@ class PostgresStore:
                     return self._push_callback(conn, sql.row_job(row), outcome, callback_id)
             return None
 
+        # A known running job is not read back: the batch's pipeline then
+        # needs no round trip to the server for it (see _Finish).
+        running = known if known is not None and known.id == job_id and known.running else None
+        if running is not None and (callback_id is None or running.callback_for(outcome) is None):
+            # The job made here must be the one stored: NULs as stored (_text).
+            stored = outcome
+            if values[6] is not outcome.err or values[7] is not outcome.output:
+                stored = attrs.evolve(outcome, err=values[6], output=values[7])
+            return self._write(_Finish(running, stored, values, attempt, op))
         return self._write(op)
 
     def _push_callback(
