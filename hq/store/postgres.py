@@ -264,6 +264,13 @@ _CLAIM = (
     " ORDER BY run_after, id LIMIT %s FOR UPDATE SKIP LOCKED)"
     f" RETURNING {sql.COLUMNS}"
 )
+#: :data:`_CLAIM` when no key has a limit (nor is paused): ``pgflow.ANY_LIMITS``
+#: is false. Otherwise it claims nothing and the claim goes through pgflow.
+_CLAIM_UNLESS_LIMITS = _CLAIM.replace(
+    " ORDER BY run_after, id LIMIT %s FOR UPDATE SKIP LOCKED)",
+    " AND NOT EXISTS (SELECT 1 FROM flows WHERE parallelism > 0 OR rate > 0 OR paused <> 0)"
+    " ORDER BY run_after, id LIMIT %s FOR UPDATE SKIP LOCKED)",
+)
 #: Renew the leases of a node's running jobs in one statement (lease ms, ids,
 #: node); returns the ids, and whether a stop was asked for each.
 _RENEW = (
@@ -1065,6 +1072,18 @@ class PostgresStore:
     def claim(self, now: int, limit: int, caps: ClaimCaps | None = None) -> Deferred[list[Job]]:
         # Under flow limits (or this node's caps): hq.store.pgflow.
         def op(conn: psycopg.Connection[Any]) -> list[Job]:
+            if pgflow.plain(caps):
+                # Whether any key has limits, and the plain claim unless one
+                # has, in one round trip to the server. Each statement has
+                # its own snapshot: jobs claimed are the plain claim's.
+                limits = conn.execute(pgflow.ANY_LIMITS)
+                args = (now, self.server_id, self._lease_ms, now, limit)
+                rows = conn.execute(_CLAIM_UNLESS_LIMITS, args).fetchall()
+                found = limits.fetchone()
+                if rows or not (found and found[0]):
+                    jobs = [sql.row_job(row) for row in rows]
+                    jobs.sort(key=lambda job: (job.due_at, job.id))
+                    return jobs
             limited = pgflow.claim_limited(conn, now, limit, caps, self.server_id, self._lease_ms)
             if limited is not None:
                 return limited
