@@ -211,6 +211,8 @@ _SCHEMA: list[list[str | Callable[[psycopg.Connection[Any]], None]]] = [
 #: trying again (a server that does not answer costs one connect timeout, not
 #: one per write).
 _DOWN_SECONDS = 0.5
+#: Seconds a connection may be idle before a batch checks it is alive first.
+_PROBE_AFTER = 1.0
 #: How often a transaction that PostgreSQL rolled back (deadlock, serialization
 #: failure) is run again before its writes fail.
 _ROLLBACK_RETRIES = 3
@@ -374,11 +376,16 @@ _Results = list[tuple["Deferred[Any]", Any]]
 #: Rows per statement of a grouped write (well under PostgreSQL's 65,535 parameters).
 GROUP_ROWS = 500
 
-#: The finishes of one batch in one statement (the columns of
-#: :data:`sql.FINISH_KNOWN`, an array each; the node holding them last).
-#: Returns nothing: the writer compares the rows changed with the finishes.
+#: The finishes of one batch and their attempts in one statement (the
+#: columns of :data:`sql.FINISH_KNOWN`, an array each; the node holding them;
+#: the columns of :data:`sql.INSERT_ATTEMPT`, an array each; the number of
+#: finishes, twice). Nothing is read back, and the batch's ``COMMIT`` follows
+#: in the same pipeline: when it changes fewer jobs than it has finishes (a
+#: job no longer running here), the statement fails in the server, with a
+#: message that says so, and the ``COMMIT`` is not run. Each statement costs
+#: the writer thread a wait on the socket and the interpreter lock after it.
 _FINISH_MANY = (
-    "UPDATE jobs SET state = 2, status = v.status, finished_at = v.finished_at,"
+    "WITH f AS (UPDATE jobs SET state = 2, status = v.status, finished_at = v.finished_at,"
     " success = v.success, failure = v.failure, canceled = v.canceled,"
     " status_code = v.status_code, err = v.err, output = v.output,"
     " output_truncated = v.output_truncated"
@@ -387,19 +394,32 @@ _FINISH_MANY = (
     " AS v(id, status, finished_at, success, failure, canceled, status_code, err, output,"
     " output_truncated)"
     " WHERE jobs.id = v.id AND jobs.state = 1 AND (jobs.node IS NULL OR jobs.node = %s)"
+    " RETURNING 1),"
+    " a AS ("
+    + sql.INSERT_ATTEMPT.replace(
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        " SELECT * FROM unnest(%s::bigint[], %s::integer[], %s::bigint[], %s::bigint[],"
+        " %s::integer[], %s::text[], %s::text[])",
+    )
+    + ")"
+    " SELECT CAST(CASE WHEN count(*) = %s THEN '0'"
+    " ELSE 'a grouped finish changed ' || count(*) || ' rows of ' || %s END AS integer) FROM f"
 )
-#: Their attempts in one statement (:data:`sql.INSERT_ATTEMPT`'s columns, an array each).
-_INSERT_ATTEMPTS = sql.INSERT_ATTEMPT.replace(
-    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-    " SELECT * FROM unnest(%s::bigint[], %s::integer[], %s::bigint[], %s::bigint[],"
-    " %s::integer[], %s::text[], %s::text[])",
+#: New jobs, the highest id and the notifications of the pushes of one batch
+#: in one statement (the jobs' rows flat; the highest id; the channels and
+#: payloads of the notifications, an array each).
+_PUSH_MANY = (
+    "WITH j AS ({insert}),"
+    " m AS ("
+    + sql.RAISE_MAX_ID.replace("?", "%s")
+    + ") SELECT pg_notify(n.channel, n.payload) FROM unnest(%s::text[], %s::text[])"
+    " AS n(channel, payload)"
 )
 
 
 class _Mismatch(Exception):
     """
-    A grouped statement changed fewer rows than it had writes (a job was no
-    longer running here: stopped, deleted or claimed by another node); the
+    A group of writes that cannot run as one statement (one job twice); the
     writer runs the batch again write by write, where each finds out alone.
     """
 
@@ -417,20 +437,37 @@ class _Grouped:
         raise NotImplementedError
 
     @classmethod
-    def run_group(
-        cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int
-    ) -> tuple[list[Any], list[tuple[psycopg.Cursor[Any], int]]]:
+    def run_group(cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int) -> list[Any]:
         """
         Queue the statements of ``ops`` on ``conn`` (in a pipeline); return
-        their results and the ``(cursor, rows)`` whose rows changed must be
-        checked once the pipeline has synced.
+        their results. A statement fails (in the server) when a write of the
+        group could not be done as asked.
         """
         raise NotImplementedError
 
 
 @functools.lru_cache(maxsize=64)
-def _insert_many(rows: int) -> str:
-    return _P(sql.insert_many(rows))
+def _push_many(rows: int) -> str:
+    """
+    Return :data:`_PUSH_MANY` for ``rows`` jobs with PostgreSQL's own
+    placeholders (``$1``...), for a :class:`psycopg.RawCursor`: psycopg
+    parses a query with ``%s`` placeholders again at every call when it has
+    over 50 parameters, which cost more than the rest of the push.
+    """
+    parts = _PUSH_MANY.format(insert=_P(sql.insert_many(rows))).split("%s")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+
+
+def _notifications(jobs: list[Job]) -> tuple[list[str], list[str]]:
+    """
+    Return the channels and payloads that tell the nodes of ``jobs``
+    (:meth:`PostgresStore._notify_jobs`).
+    """
+    later = [job.run_at for job in jobs if job.run_at is not None]
+    payloads = [""] if len(later) < len(jobs) else []
+    if later:
+        payloads.append(str(min(later)))
+    return [PUSH_CHANNEL] * len(payloads), payloads
 
 
 def _chunks(items: list[T]) -> list[list[T]]:
@@ -469,21 +506,17 @@ class _Finish(_Grouped):
         return self.alone(conn)
 
     @classmethod
-    def run_group(
-        cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int
-    ) -> tuple[list[Any], list[tuple[psycopg.Cursor[Any], int]]]:
+    def run_group(cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int) -> list[Any]:
         if len({op.job.id for op in ops}) < len(ops):
             raise _Mismatch("a job finished twice in one batch")
-        checks = []
         for chunk in _chunks(ops):
             # values: status ... output_truncated, then the id (sql.FINISH's order).
             rows = [(op.values[-1], *op.values[:-1]) for op in chunk]
-            cursor = conn.execute(_FINISH_MANY, (*_columns(rows, 10), server_id))
-            checks.append((cursor, len(chunk)))
-        attempts = [sql.attempt_row(op.attempt) for op in ops if op.attempt is not None]
-        for rows in _chunks(attempts):
-            conn.execute(cast(Any, _INSERT_ATTEMPTS), _columns(rows, 7))
-        return [op.job.finished(op.outcome) for op in ops], checks
+            attempts = [sql.attempt_row(op.attempt) for op in chunk if op.attempt is not None]
+            count = len(chunk)
+            args = (*_columns(rows, 10), server_id, *_columns(attempts, 7), count, count)
+            conn.execute(_FINISH_MANY, args)
+        return [op.job.finished(op.outcome) for op in ops]
 
 
 class _Push(_Grouped):
@@ -501,16 +534,14 @@ class _Push(_Grouped):
         return self.alone(conn)
 
     @classmethod
-    def run_group(
-        cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int
-    ) -> tuple[list[Any], list[tuple[psycopg.Cursor[Any], int]]]:
+    def run_group(cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int) -> list[Any]:
         jobs = [job for op in ops for job in op.jobs]
         for chunk in _chunks(jobs):
-            args = [_text(value) for job in chunk for value in sql.job_row(job)]
-            conn.execute(cast(Any, _insert_many(len(chunk))), args)
-        conn.execute(_RAISE_MAX_ID, (str(max(job.id for job in jobs)),))
-        PostgresStore._notify_jobs(conn, jobs)
-        return [[Pushed(job) for job in op.jobs] for op in ops], []
+            rows = [_text(value) for job in chunk for value in sql.job_row(job)]
+            notes = _notifications(chunk)
+            args = (*rows, str(max(job.id for job in chunk)), *notes)
+            psycopg.RawCursor(conn).execute(cast(Any, _push_many(len(chunk))), args)
+        return [[Pushed(job) for job in op.jobs] for op in ops]
 
 
 class _Writer(BatchWriter[_Op]):
@@ -533,6 +564,8 @@ class _Writer(BatchWriter[_Op]):
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
         self._down_until = 0.0
+        #: When the connection last ran a batch (monotonic seconds).
+        self._used_at = 0.0
 
     def run_batch(self, batch: _Batch) -> list[Any]:
         return self._run_batch(batch)
@@ -562,7 +595,14 @@ class _Writer(BatchWriter[_Op]):
                 self._down_until = time.monotonic() + _DOWN_SECONDS
                 return self._all_failed(batch, str(e))
             try:
-                return self._transaction(self._conn, batch)
+                if not fresh and time.monotonic() - self._used_at > _PROBE_AFTER:
+                    # A connection idle since the server restarted fails here,
+                    # before a write is sent (below, a broken connection may
+                    # have committed: it is not tried again).
+                    self._conn.execute("SELECT 1")
+                results = self._transaction(self._conn, batch)
+                self._used_at = time.monotonic()
+                return results
             except _Ambiguous as e:
                 self._drop()
                 return self._all_failed(batch, f"the commit's outcome is unknown: {e}")
@@ -577,7 +617,8 @@ class _Writer(BatchWriter[_Op]):
                 broken = self._conn is not None and self._conn.broken
                 self._drop()
                 # A connection idle since the server restarted fails at its
-                # first statement, and nothing was committed: go again once.
+                # first statement (the probe), and nothing was committed: go
+                # again once.
                 if broken and not fresh and not retried_stale:
                     retried_stale = True
                     continue
@@ -598,22 +639,27 @@ class _Writer(BatchWriter[_Op]):
 
     def _transaction(self, conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
         # Not in autocommit mode: the first statement opens the transaction.
-        # First try: every write in one pipeline, without savepoints (no round
-        # trip for a statement whose result is not read, no subtransactions),
-        # the grouped writes of one kind together.
+        # First try: every write and the COMMIT in one pipeline, without
+        # savepoints (no round trip for a statement whose result is not read,
+        # no subtransactions), the grouped writes of one kind together. A
+        # statement that fails makes the server skip the rest, COMMIT included.
         try:
             with conn.pipeline():
-                results, checks = self._run_pipelined(conn, batch)
-            for cursor, rows in checks:
-                if cursor.rowcount != rows:
-                    raise _Mismatch(f"{cursor.rowcount} of {rows} rows changed")
+                results = self._run_pipelined(conn, batch)
+                conn.commit()
+            return results
+        except psycopg.errors.TransactionRollback:
+            raise  # deadlock or serialization failure: nothing was written
         except Exception as e:
+            if conn.broken:
+                # The COMMIT may have run before the connection went.
+                raise _Ambiguous(str(e)) from e
             if _unavailable(e, conn):
-                raise
-            # One write failed, but which one a pipeline does not say, nor
-            # what it half did: undo them all and run them one by one.
-            conn.rollback()
-            results = self._one_by_one(conn, batch)
+                raise  # the server refused a statement: nothing was written
+        # One write failed, but which one a pipeline does not say, nor what it
+        # half did: undo them all and run them one by one.
+        conn.rollback()
+        results = self._one_by_one(conn, batch)
         try:
             conn.commit()
         except psycopg.errors.TransactionRollback:
@@ -622,15 +668,12 @@ class _Writer(BatchWriter[_Op]):
             raise _Ambiguous(str(e)) from e
         return results
 
-    def _run_pipelined(
-        self, conn: psycopg.Connection[Any], batch: _Batch
-    ) -> tuple[_Results, list[tuple[psycopg.Cursor[Any], int]]]:
+    def _run_pipelined(self, conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
         """
         Run ``batch`` on ``conn`` in its pipeline: the writes that are not
         :class:`_Grouped` one after another, then each kind of the others
         together (the writes of a batch were asked for concurrently, so that
-        is one of their orders). Return the results in ``batch``'s order and
-        the row counts to check once the pipeline has synced.
+        is one of their orders). Return the results in ``batch``'s order.
         """
         values: list[Any] = [None] * len(batch)
         kinds: dict[type[_Grouped], list[int]] = {}
@@ -639,14 +682,12 @@ class _Writer(BatchWriter[_Op]):
                 kinds.setdefault(type(op), []).append(index)
             else:
                 values[index] = op(conn)
-        checks: list[tuple[psycopg.Cursor[Any], int]] = []
         for kind, indexes in kinds.items():
             ops = [batch[index][0] for index in indexes]
-            group_values, group_checks = kind.run_group(conn, ops, self.server_id)
-            checks.extend(group_checks)
+            group_values = kind.run_group(conn, ops, self.server_id)
             for index, value in zip(indexes, group_values, strict=True):
                 values[index] = value
-        return [(d, value) for (_, d), value in zip(batch, values, strict=True)], checks
+        return [(d, value) for (_, d), value in zip(batch, values, strict=True)]
 
     @staticmethod
     def _one_by_one(conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
