@@ -382,6 +382,46 @@ class PostgresOnlyTests(PostgresCase):
             self.sql("SELECT value FROM meta WHERE key = 'max_id'"), [(str(make_job(5).id),)]
         )
 
+    def terminate_backends(self) -> None:
+        """
+        End every other session on this test's database (the store's), as a
+        restarted server would.
+        """
+        self.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+    async def test_a_write_on_a_connection_the_server_ended_while_idle_succeeds(self) -> None:
+        """
+        A connection idle for a while is checked before a batch is sent: one
+        that the server ended is replaced and the batch goes through.
+        """
+        self.patch(postgres, "_PROBE_AFTER", 0.0)
+        await self.store.push([make_job(1)], 0)
+        self.terminate_backends()
+        [pushed] = await self.store.push([make_job(2)], 0)
+        self.assertEqual(pushed.job.id, make_job(2).id)
+        self.assertEqual(self.sql("SELECT count(*) FROM jobs"), [(2,)])
+
+    async def test_a_connection_lost_in_a_batch_fails_it_as_an_unknown_outcome(self) -> None:
+        """
+        A batch sends its writes and its COMMIT together: when the connection
+        goes meanwhile, whether it committed is unknown, so it is not sent
+        again; its writes fail as storage unavailable, and the next batch
+        opens a new connection.
+        """
+        self.patch(postgres, "_PROBE_AFTER", 3600.0)
+        await self.store.push([make_job(1)], 0)
+        self.terminate_backends()
+        with self.assertRaises(StoreUnavailable) as e:
+            await self.store.push([make_job(2)], 0)
+        self.assertIn("outcome is unknown", str(e.exception))
+        [pushed] = await self.store.push([make_job(3)], 0)
+        self.assertEqual(pushed.job.id, make_job(3).id)
+        stored = self.sql("SELECT count(*) FROM jobs WHERE id = %s", make_job(3).id)
+        self.assertEqual(stored, [(1,)])
+
     async def test_writes_of_one_turn_share_a_commit(self) -> None:
         """500 creates asked for in one reactor turn commit in a few transactions."""
         commits: list[tuple[int, bool]] = []
