@@ -521,9 +521,9 @@ class _Finish(_Grouped):
 
 class _Push(_Grouped):
     """
-    Store new jobs without idempotency keys: the pushes of a batch are
-    ``INSERT`` statements of up to :data:`GROUP_ROWS` rows, one raise of the
-    highest id and the notifications of one push.
+    Store new jobs without idempotency keys: the pushes of a batch are one
+    statement per :data:`GROUP_ROWS` jobs (:data:`_PUSH_MANY`: the rows, the
+    raise of the highest id, the notifications to the nodes).
     """
 
     def __init__(self, jobs: list[Job], alone: _Op) -> None:
@@ -670,23 +670,26 @@ class _Writer(BatchWriter[_Op]):
 
     def _run_pipelined(self, conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
         """
-        Run ``batch`` on ``conn`` in its pipeline: the writes that are not
-        :class:`_Grouped` one after another, then each kind of the others
-        together (the writes of a batch were asked for concurrently, so that
-        is one of their orders). Return the results in ``batch``'s order.
+        Run ``batch`` on ``conn`` in its pipeline, in order, but each kind of
+        :class:`_Grouped` writes together where the first of them is (the
+        writes of a batch were asked for concurrently, so that is one of
+        their orders). Return the results in ``batch``'s order.
         """
-        values: list[Any] = [None] * len(batch)
         kinds: dict[type[_Grouped], list[int]] = {}
         for index, (op, _) in enumerate(batch):
             if isinstance(op, _Grouped):
                 kinds.setdefault(type(op), []).append(index)
-            else:
+        values: list[Any] = [None] * len(batch)
+        for index, (op, _) in enumerate(batch):
+            if not isinstance(op, _Grouped):
                 values[index] = op(conn)
-        for kind, indexes in kinds.items():
-            ops = [batch[index][0] for index in indexes]
-            group_values = kind.run_group(conn, ops, self.server_id)
-            for index, value in zip(indexes, group_values, strict=True):
-                values[index] = value
+                continue
+            indexes = kinds[type(op)]
+            if indexes[0] != index:
+                continue  # run with the first of its kind
+            group = type(op).run_group(conn, [batch[at][0] for at in indexes], self.server_id)
+            for at, value in zip(indexes, group, strict=True):
+                values[at] = value
         return [(d, value) for (_, d), value in zip(batch, values, strict=True)]
 
     @staticmethod
