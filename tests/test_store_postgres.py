@@ -290,9 +290,9 @@ class PostgresOnlyTests(PostgresCase):
 
     async def test_finishes_of_a_batch_run_as_one_statement_each(self) -> None:
         """
-        Finishes of known running jobs asked for together are one UPDATE and
-        their attempts one INSERT, nothing read back, with the results each
-        would have alone. When a job is no longer running, the batch runs
+        Finishes of known running jobs asked for together are one statement
+        with their attempts, nothing read back, with the results each would
+        have alone. When a job is no longer running, the batch runs
         again write by write: that one is not finished again, the others are.
         """
         jobs = [make_job(n) for n in range(1, 5)]
