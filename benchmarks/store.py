@@ -140,19 +140,29 @@ def child(args: argparse.Namespace, jobs: int) -> list[str]:
     return [sys.executable, __file__, "--child", "--jobs", str(jobs), "--group", str(args.group)]
 
 
-def instructions(args: argparse.Namespace, env: dict[str, str], jobs: int) -> int:
+def run_child(
+    args: argparse.Namespace, env: dict[str, str], command: list[str], timeout: float
+) -> subprocess.CompletedProcess[str]:
     """
-    Return the instructions a child run of ``jobs`` jobs executes under callgrind.
+    Run ``command`` (a child run, :func:`child`) in ``--tree``; return it, its output captured.
     """
-    out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *child(args, jobs)],
+    return subprocess.run(
+        command,
         env=env,
         cwd=os.path.abspath(args.tree),
         check=True,
         capture_output=True,
         text=True,
-        timeout=1200,
-    ).stderr
+        timeout=timeout,
+    )
+
+
+def instructions(args: argparse.Namespace, env: dict[str, str], jobs: int) -> int:
+    """
+    Return the instructions a child run of ``jobs`` jobs executes under callgrind.
+    """
+    valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    out = run_child(args, env, [*valgrind, *child(args, jobs)], timeout=1200).stderr
     match = re.search(r"Collected : (\d+)", out)
     if match is None:
         raise RuntimeError(f"no instruction count in valgrind's output: {out[-500:]}")
@@ -201,15 +211,7 @@ def main() -> int:
         return count_instructions(args, env)
     totals: list[int] = []
     for index in range(args.rounds):
-        out = subprocess.run(
-            child(args, args.jobs),
-            env=env,
-            cwd=os.path.abspath(args.tree),
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        ).stdout
+        out = run_child(args, env, child(args, args.jobs), timeout=300).stdout
         figures = json.loads(out.strip().splitlines()[-1])
         if "error" in figures:
             print(f"round {index + 1}: {figures['error']}")

@@ -571,6 +571,33 @@ class StoreContractMixin:
             [j.id for j in await self.store.waiting_jobs((0, 0), LATER, 10)], [callback_id]
         )
 
+    async def test_finishes_with_the_running_job_known_still_push_their_callbacks(self) -> None:
+        """
+        finish() given the running job (as the runner gives it) and a callback
+        id stores the callback job too, also when finishes are asked for
+        together: such a finish is not one that a batch runs grouped, without
+        reading anything back.
+        """
+        from twisted.internet.defer import gatherResults
+
+        jobs = [make_job(n, callback_url=f"http://cb.example/{n}") for n in (1, 2)]
+        await self.add(*jobs)
+        running = [await self.store.start(job.id, T0 + 5) for job in jobs]
+        outcome = Outcome(finished_at=T0 + 9, success=True, status_code=200, output="ok")
+        callback_ids = [make_job(50).id, make_job(51).id]
+        finished = await gatherResults(
+            [
+                self.store.finish(job.id, outcome, Attempt.of(job, outcome), callback_id, job)
+                for job, callback_id in zip(running, callback_ids, strict=True)
+                if job is not None
+            ]
+        )
+        for job, done, callback_id in zip(jobs, finished, callback_ids, strict=True):
+            self.assertEqual((done.status, done.callback_job_id), ("success", callback_id))
+            self.assertEqual(await self.store.get(job.id), done)
+            self.assertEqual((await self.store.get(callback_id)).url, job.callback_url)
+            self.assertEqual([a.attempt for a in await self.store.attempts(job.id)], [1])
+
     async def test_final_failure_pushes_to_the_failure_callback_url(self) -> None:
         """A failure finish pushes to failureCallbackUrl, not callbackUrl."""
         job = make_job(

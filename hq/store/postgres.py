@@ -373,9 +373,6 @@ _Op = Callable[[psycopg.Connection[Any]], Any]
 _Batch = list[tuple[_Op, "Deferred[Any]"]]
 _Results = list[tuple["Deferred[Any]", Any]]
 
-#: Rows per statement of a grouped write (well under PostgreSQL's 65,535 parameters).
-GROUP_ROWS = 500
-
 #: The finishes of one batch and their attempts in one statement (the
 #: columns of :data:`sql.FINISH_KNOWN`, an array each; the node holding them;
 #: the columns of :data:`sql.INSERT_ATTEMPT`, an array each; the number of
@@ -406,14 +403,13 @@ _FINISH_MANY = (
     " ELSE 'a grouped finish changed ' || count(*) || ' rows of ' || %s END AS integer) FROM f"
 )
 #: New jobs, the highest id and the notifications of the pushes of one batch
-#: in one statement (the jobs' rows flat; the highest id; the channels and
-#: payloads of the notifications, an array each).
+#: in one statement (the jobs' rows flat; the highest id; the payloads of the
+#: notifications on :data:`PUSH_CHANNEL`, an array).
 _PUSH_MANY = (
     "WITH j AS ({insert}),"
     " m AS ("
     + sql.RAISE_MAX_ID.replace("?", "%s")
-    + ") SELECT pg_notify(n.channel, n.payload) FROM unnest(%s::text[], %s::text[])"
-    " AS n(channel, payload)"
+    + f") SELECT pg_notify('{PUSH_CHANNEL}', due) FROM unnest(%s::text[]) AS n(due)"
 )
 
 
@@ -458,20 +454,16 @@ def _push_many(rows: int) -> str:
     return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
 
 
-def _notifications(jobs: list[Job]) -> tuple[list[str], list[str]]:
+def _due_payloads(jobs: list[Job]) -> list[str]:
     """
-    Return the channels and payloads that tell the nodes of ``jobs``
-    (:meth:`PostgresStore._notify_jobs`).
+    Return the payloads on :data:`PUSH_CHANNEL` that tell the nodes of new
+    ``jobs``: ``""`` when one is due now, the earliest later due time (ms).
     """
     later = [job.run_at for job in jobs if job.run_at is not None]
     payloads = [""] if len(later) < len(jobs) else []
     if later:
         payloads.append(str(min(later)))
-    return [PUSH_CHANNEL] * len(payloads), payloads
-
-
-def _chunks(items: list[T]) -> list[list[T]]:
-    return [items[start : start + GROUP_ROWS] for start in range(0, len(items), GROUP_ROWS)]
+    return payloads
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -509,7 +501,7 @@ class _Finish(_Grouped):
     def run_group(cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int) -> list[Any]:
         if len({op.job.id for op in ops}) < len(ops):
             raise _Mismatch("a job finished twice in one batch")
-        for chunk in _chunks(ops):
+        for chunk in sql.chunks(ops):
             # values: status ... output_truncated, then the id (sql.FINISH's order).
             rows = [(op.values[-1], *op.values[:-1]) for op in chunk]
             attempts = [sql.attempt_row(op.attempt) for op in chunk if op.attempt is not None]
@@ -522,7 +514,7 @@ class _Finish(_Grouped):
 class _Push(_Grouped):
     """
     Store new jobs without idempotency keys: the pushes of a batch are one
-    statement per :data:`GROUP_ROWS` jobs (:data:`_PUSH_MANY`: the rows, the
+    statement per :data:`sql.GROUP_ROWS` jobs (:data:`_PUSH_MANY`: the rows, the
     raise of the highest id, the notifications to the nodes).
     """
 
@@ -536,10 +528,9 @@ class _Push(_Grouped):
     @classmethod
     def run_group(cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int) -> list[Any]:
         jobs = [job for op in ops for job in op.jobs]
-        for chunk in _chunks(jobs):
+        for chunk in sql.chunks(jobs):
             rows = [_text(value) for job in chunk for value in sql.job_row(job)]
-            notes = _notifications(chunk)
-            args = (*rows, str(max(job.id for job in chunk)), *notes)
+            args = (*rows, str(max(job.id for job in chunk)), _due_payloads(chunk))
             psycopg.RawCursor(conn).execute(cast(Any, _push_many(len(chunk))), args)
         return [[Pushed(job) for job in op.jobs] for op in ops]
 
@@ -1105,11 +1096,8 @@ class PostgresStore:
 
     @staticmethod
     def _notify_jobs(conn: psycopg.Connection[Any], jobs: list[Job]) -> None:
-        later = [job.run_at for job in jobs if job.run_at is not None]
-        if len(later) < len(jobs):
-            PostgresStore._notify_due(conn, None)
-        if later:
-            PostgresStore._notify_due(conn, min(later))
+        for payload in _due_payloads(jobs):
+            conn.execute("SELECT pg_notify(%s, %s)", (PUSH_CHANNEL, payload))
 
     # IClaimingStore.
 
@@ -1315,20 +1303,7 @@ class PostgresStore:
         callback_id: int | None = None,
         known: Job | None = None,
     ) -> Deferred[Job | None]:
-        values = _values(
-            (
-                outcome.status,
-                outcome.finished_at,
-                int(outcome.success),
-                int(outcome.failure),
-                int(outcome.canceled),
-                outcome.status_code,
-                outcome.err,
-                outcome.output,
-                int(outcome.output_truncated),
-                job_id,
-            )
-        )
+        values = _values(sql.finish_values(job_id, outcome))
 
         def op(conn: psycopg.Connection[Any]) -> Job | None:
             for state in (JobState.RUNNING, JobState.WAITING):
@@ -1341,8 +1316,8 @@ class PostgresStore:
 
         # A known running job is not read back: the batch's pipeline then
         # needs no round trip to the server for it (see _Finish).
-        running = known if known is not None and known.id == job_id and known.running else None
-        if running is not None and (callback_id is None or running.callback_for(outcome) is None):
+        running = sql.groupable_finish(job_id, outcome, callback_id, known)
+        if running is not None:
             # The job made here must be the one stored: NULs as stored (_text).
             stored = outcome
             if values[6] is not outcome.err or values[7] is not outcome.output:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -399,6 +399,53 @@ def row_job(row: tuple[Any, ...] | Any) -> Job:
         failure_callback_url=row[25],
         callback_job_id=row[26],
     )
+
+
+#: Rows per statement of a grouped write (well under SQLite's 32,766 variables
+#: and PostgreSQL's 65,535 parameters).
+GROUP_ROWS = 500
+
+T = TypeVar("T")
+
+
+def chunks(items: list[T]) -> list[list[T]]:
+    """
+    Return ``items`` in lists of at most :data:`GROUP_ROWS`.
+    """
+    return [items[start : start + GROUP_ROWS] for start in range(0, len(items), GROUP_ROWS)]
+
+
+def finish_values(job_id: int, outcome: Outcome) -> tuple[Any, ...]:
+    """
+    Return ``outcome`` as the values of :data:`FINISH` (before the state), the id last.
+    """
+    return (
+        outcome.status,
+        outcome.finished_at,
+        int(outcome.success),
+        int(outcome.failure),
+        int(outcome.canceled),
+        outcome.status_code,
+        outcome.err,
+        outcome.output,
+        int(outcome.output_truncated),
+        job_id,
+    )
+
+
+def groupable_finish(
+    job_id: int, outcome: Outcome, callback_id: int | None, known: Job | None
+) -> Job | None:
+    """
+    Return the running job the caller has for a finish of ``job_id`` that
+    may run grouped, nothing read back: ``known`` when it is that job,
+    running, and the finish pushes no callback; else ``None``.
+    """
+    if known is None or known.id != job_id or not known.running:
+        return None
+    if callback_id is not None and known.callback_for(outcome) is not None:
+        return None
+    return known
 
 
 def attempt_row(attempt: Attempt) -> tuple[Any, ...]:

@@ -266,19 +266,7 @@ class SQLiteStore:
         callback_id: int | None = None,
         known: Job | None = None,
     ) -> Deferred[Job | None]:
-        values = (
-            outcome.status,
-            outcome.finished_at,
-            int(outcome.success),
-            int(outcome.failure),
-            int(outcome.canceled),
-            outcome.status_code,
-            outcome.err,
-            outcome.output,
-            int(outcome.output_truncated),
-            job_id,
-        )
-
+        values = sql.finish_values(job_id, outcome)
         running = known if known is not None and known.id == job_id and known.running else None
 
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
@@ -307,8 +295,9 @@ class SQLiteStore:
                     return attrs.evolve(finished, callback_job_id=callback.id)
             return None
 
-        if running is not None and (callback_id is None or running.callback_for(outcome) is None):
-            return self._write(_Finish(running, outcome, values, attempt, op))
+        grouped = sql.groupable_finish(job_id, outcome, callback_id, known)
+        if grouped is not None:
+            return self._write(_Finish(grouped, outcome, values, attempt, op))
         return self._write(op)
 
     def retry(self, job_id: int, at: int, last: Outcome, attempt: Attempt) -> Deferred[Job | None]:
@@ -593,7 +582,7 @@ class _Start(GroupedOp):
     def run_group(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
         if len({op.job.id for op in ops}) < len(ops):
             return _one_by_one(conn, ops)
-        for chunk in _chunks(ops):
+        for chunk in sql.chunks(ops):
             args = [value for op in chunk for value in (op.job.id, op.now, op.job.attempts)]
             _all_changed(conn.execute(sql.start_many(len(chunk)), args), chunk)
         results: list[tuple[Any, list[_Change]]] = []
@@ -635,12 +624,12 @@ class _Finish(GroupedOp):
     def run_group(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
         if len({op.job.id for op in ops}) < len(ops):
             return _one_by_one(conn, ops)
-        for chunk in _chunks(ops):
+        for chunk in sql.chunks(ops):
             # values: status ... output_truncated, then the id (sql.FINISH's order).
             args = [value for op in chunk for value in (op.values[-1], *op.values[:-1])]
             _all_changed(conn.execute(sql.finish_many(len(chunk)), args), chunk)
         attempts = [op.attempt for op in ops if op.attempt is not None]
-        for chunk in _chunks(attempts):
+        for chunk in sql.chunks(attempts):
             args = [value for attempt in chunk for value in sql.attempt_row(attempt)]
             conn.execute(sql.insert_attempts_many(len(chunk)), args)
         return [
@@ -696,16 +685,8 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> None:
     if len(jobs) == 1:
         conn.execute(sql.INSERT, sql.job_row(jobs[0]))
         return
-    for chunk in _chunks(jobs):
+    for chunk in sql.chunks(jobs):
         conn.execute(sql.insert_many(len(chunk)), [v for job in chunk for v in sql.job_row(job)])
-
-
-#: Rows per statement of a grouped write (well under SQLite's 32,766 variables).
-GROUP_ROWS = 500
-
-
-def _chunks(items: list[T]) -> list[list[T]]:
-    return [items[start : start + GROUP_ROWS] for start in range(0, len(items), GROUP_ROWS)]
 
 
 def _one_by_one(conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
