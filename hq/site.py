@@ -31,6 +31,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from hq.logs import ReopenableFile, utc_stamp
+from hq.turnio import settle_per_turn
 
 #: Query parameter names that carry credentials in other APIs (compared in
 #: lower case, ``-`` read as ``_``). HQ reads none of them: a token is only
@@ -283,6 +284,7 @@ class LimitedChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        settle_per_turn(self.transport)
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:

@@ -68,6 +68,7 @@ from zope.interface import implementer
 from hq.guard import GuardedEndpoint, NetworkGuard
 from hq.model import Job
 from hq.signing import SIGNATURE_HEADERS, Signer
+from hq.turnio import settle_per_turn
 
 #: Redirects followed per delivery (as Go's http.Client).
 MAX_REDIRECTS = 10
@@ -380,6 +381,10 @@ class _WorkerConnection(HTTP11ClientProtocol):
         self._to_pool = quiescentCallback
         #: Requests sent so far: more than 0 means the connection is reused.
         self.requests_sent = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        settle_per_turn(self.transport)
 
     def request(self, request: Request) -> Deferred[IResponse]:
         self.requests_sent += 1
