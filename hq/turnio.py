@@ -30,7 +30,6 @@ import weakref
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.abstract import FileDescriptor
 
 #: The reactors' turn settlers.
 _turns: weakref.WeakKeyDictionary[Any, _Turn] = weakref.WeakKeyDictionary()
@@ -74,15 +73,26 @@ def settle_per_turn(transport: Any) -> bool:
 
 class _Settled:
     """
-    What :class:`_Turn` keeps of one transport: whether it is to read,
-    whether the reactor watches it for reading, and whether it waits for
-    the end of the turn.
+    What :class:`_Turn` keeps of one transport: its own (Twisted's) methods,
+    whether it is to read, whether the reactor watches it for reading, and
+    whether it waits for the end of the turn.
     """
 
-    __slots__ = ("queued", "reading", "transport", "watched")
+    __slots__ = (
+        "queued",
+        "reading",
+        "start_reading",
+        "start_writing",
+        "stop_reading",
+        "transport",
+        "watched",
+    )
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
+        self.start_writing = transport.startWriting
+        self.start_reading = transport.startReading
+        self.stop_reading = transport.stopReading
         #: Reading, as the protocol last asked (``startReading``/``stopReading``).
         self.reading = True
         #: Reading, as the reactor watches the socket.
@@ -112,7 +122,7 @@ class _Turn:
         def start_writing() -> None:
             if transport.disconnecting or transport._writeDisconnecting:
                 # Closing: Twisted's path writes what is left, then closes.
-                FileDescriptor.startWriting(transport)
+                state.start_writing()
             else:
                 self._queue(state)
 
@@ -122,7 +132,7 @@ class _Turn:
                 self._queue(state)
             else:
                 state.watched = True
-                FileDescriptor.startReading(transport)
+                state.start_reading()
 
         def stop_reading() -> None:
             state.reading = False
@@ -130,14 +140,14 @@ class _Turn:
                 self._queue(state)
             else:
                 state.watched = False
-                FileDescriptor.stopReading(transport)
+                state.stop_reading()
 
         def do_read() -> Any:
             if not state.reading:
                 # Paused in this turn, after the reactor's poll: read nothing
                 # (the kernel keeps the bytes) and stop watching now.
                 state.watched = False
-                FileDescriptor.stopReading(transport)
+                state.stop_reading()
                 return None
             return real_do_read()
 
@@ -179,13 +189,13 @@ class _Turn:
             if state.reading is not state.watched:
                 state.watched = state.reading
                 if state.reading:
-                    FileDescriptor.startReading(transport)
+                    state.start_reading()
                 else:
-                    FileDescriptor.stopReading(transport)
+                    state.stop_reading()
             if transport.disconnecting or transport._writeDisconnecting:
                 # Closing (``loseConnection`` asks to write before it marks
                 # the transport so): Twisted's path writes what is left and closes.
-                FileDescriptor.startWriting(transport)
+                state.start_writing()
                 continue
             if not transport._tempDataLen and transport.offset >= len(transport.dataBuffer):
                 continue  # Nothing to send.
@@ -199,4 +209,4 @@ class _Turn:
             ):
                 # Not all taken, or the connection failed: the reactor
                 # watches it and its doWrite sends the rest or reports it.
-                FileDescriptor.startWriting(transport)
+                state.start_writing()
