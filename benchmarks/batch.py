@@ -19,6 +19,7 @@ import tempfile
 import time
 from typing import Any
 
+import common  # noqa: F401 (this tree's hq first on the path)
 from treq.client import HTTPClient
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred

@@ -40,12 +40,7 @@ import tempfile
 import time
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-for _path in (HERE, os.path.dirname(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from common import (  # noqa: E402
+from common import (
     SERVE,
     Baseline,
     BenchmarkError,
@@ -55,7 +50,7 @@ from common import (  # noqa: E402
     loadgen,
     median,
 )
-from run import settle  # noqa: E402
+from run import settle
 
 TICKS = os.sysconf("SC_CLK_TCK")
 VALGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]

@@ -17,23 +17,18 @@ Usage: ``python benchmarks/buildstore.py DATA_DIR --jobs 1000000``
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import common  # noqa: F401 (this tree's hq first on the path)
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater, react
+from twisted.python.failure import Failure
 
-from twisted.internet.defer import Deferred  # noqa: E402
-from twisted.internet.task import deferLater, react  # noqa: E402
-from twisted.python.failure import Failure  # noqa: E402
-
-from hq.ids import EPOCH_MS  # noqa: E402
-from hq.model import Job, JobState  # noqa: E402
-from hq.store.sqlite import SQLiteStore  # noqa: E402
+from hq.ids import EPOCH_MS
+from hq.model import Job, JobState
+from hq.store.sqlite import SQLiteStore
 
 DAY_MS = 86_400_000
 #: Pushes in flight at once: the writer takes up to 1,000 per transaction.

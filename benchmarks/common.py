@@ -26,6 +26,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PYTHON = sys.executable
 
+# Every benchmark script imports this module first (its own folder is on the
+# path when it runs), and so imports this tree's ``hq`` before any installed one.
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
 #: ``hq serve -c FILE`` through its Python entry point (no console script needed).
 SERVE = [
     PYTHON,

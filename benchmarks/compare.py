@@ -18,14 +18,9 @@ import os
 import sys
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-for _path in (HERE, os.path.dirname(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import common  # noqa: E402
-import run  # noqa: E402
-from common import median, percentiles  # noqa: E402
+import common
+import run
+from common import HERE, median, percentiles
 
 
 def main() -> int:

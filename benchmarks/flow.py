@@ -34,8 +34,6 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 from common import BenchmarkError, Client, HQServer, percentiles, wait_for
 
 #: Worker paths.

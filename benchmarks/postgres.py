@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 from common import (
-    ROOT,
     BenchmarkError,
     Client,
     HQServer,
@@ -50,10 +49,6 @@ class Database:
     """
 
     def __init__(self) -> None:
-        import sys
-
-        if ROOT not in sys.path:
-            sys.path.insert(0, ROOT)
         from tests import pgserver
 
         url = os.environ.get(URL_VARIABLE)

@@ -40,12 +40,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-for _path in (HERE, os.path.dirname(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from common import (  # noqa: E402
+from common import (
+    HERE,
     PYTHON,
     ROOT,
     Baseline,
@@ -61,8 +57,8 @@ from common import (  # noqa: E402
     median,
     percentiles,
 )
-from flow import run as _flow_run  # noqa: E402
-from postgres import bench_postgres as _bench_postgres  # noqa: E402
+from flow import run as _flow_run
+from postgres import bench_postgres as _bench_postgres
 
 BENCHMARKS = (
     "throughput",

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+import common  # noqa: F401 (this tree's hq first on the path)
+
 from hq.cron import CronRule
 from hq.ids import IdGenerator, id_to_ms
 from hq.model import JobTemplate, Schedule
