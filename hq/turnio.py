@@ -15,7 +15,7 @@ turn are sent with one ``send`` at the end of the turn (the reactor runs it
 before it polls again), and the socket is watched for writing only when the
 kernel did not take everything; a pause of reading is applied at the end of
 the turn only if it still holds then. Until then the connection reads
-nothing (:meth:`_Turn.do_read`), as a paused one would.
+nothing, as a paused one would.
 
 It reaches into ``twisted.internet.abstract.FileDescriptor``'s buffers and
 applies only to ``twisted.internet.tcp.Connection`` transports that have
@@ -30,6 +30,7 @@ import weakref
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.logger import Logger
 
 #: The reactors' turn settlers.
 _turns: weakref.WeakKeyDictionary[Any, _Turn] = weakref.WeakKeyDictionary()
@@ -106,15 +107,19 @@ class _Turn:
     the end of this turn.
     """
 
+    log = Logger()
+
     def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
+        # Weakly: this is the value of the reactor's entry in ``_turns``.
+        self._reactor = weakref.ref(reactor)
         self._queued: list[_Settled] = []
         self._call: Any = None
 
     def adopt(self, transport: Any) -> None:
         """
         Route ``transport``'s ``startWriting``, ``startReading``,
-        ``stopReading`` and ``doRead`` through this turn.
+        ``stopReading`` and ``doRead`` through this turn (from
+        ``connectionMade``: it reads), until its ``connectionLost``.
         """
         state = _Settled(transport)
         real_do_read = transport.doRead
@@ -170,8 +175,9 @@ class _Turn:
         if not state.queued:
             state.queued = True
             self._queued.append(state)
-            if self._call is None:
-                self._call = self._reactor.callLater(0, self._settle)
+            reactor = self._reactor()
+            if self._call is None and reactor is not None:
+                self._call = reactor.callLater(0, self._settle)
 
     def _settle(self) -> None:
         """
@@ -183,30 +189,45 @@ class _Turn:
         queued, self._queued = self._queued, []
         for state in queued:
             state.queued = False
-            transport = state.transport
-            if not transport.connected:
+            if not state.transport.connected:
                 continue  # Lost meanwhile: Twisted has stopped watching it.
-            if state.reading is not state.watched:
-                state.watched = state.reading
-                if state.reading:
-                    state.start_reading()
-                else:
-                    state.stop_reading()
-            if transport.disconnecting or transport._writeDisconnecting:
-                # Closing (``loseConnection`` asks to write before it marks
-                # the transport so): Twisted's path writes what is left and closes.
-                state.start_writing()
-                continue
-            if not transport._tempDataLen and transport.offset >= len(transport.dataBuffer):
-                continue  # Nothing to send.
-            # Twisted's own send: whatever fits, the rest kept in its buffer,
-            # the producer resumed when all is sent.
-            why = transport.doWrite()
-            if (
-                why is not None
-                or transport._tempDataLen
-                or (transport.offset < len(transport.dataBuffer))
-            ):
-                # Not all taken, or the connection failed: the reactor
-                # watches it and its doWrite sends the rest or reports it.
-                state.start_writing()
+            try:
+                self._settle_one(state)
+            except Exception:
+                # As the reactor's doWrite would (it logs and disconnects):
+                # said, and handed to the reactor, which tries again and ends
+                # the connection if it fails again; the others still go.
+                self.log.failure("Sending on {transport} failed", transport=state.transport)
+                if state.transport.connected:
+                    state.start_writing()
+
+    @staticmethod
+    def _settle_one(state: _Settled) -> None:
+        """
+        Settle one transport: its read change, then its writes.
+        """
+        transport = state.transport
+        if state.reading is not state.watched:
+            state.watched = state.reading
+            if state.reading:
+                state.start_reading()
+            else:
+                state.stop_reading()
+        if transport.disconnecting or transport._writeDisconnecting:
+            # Closing (``loseConnection`` asks to write before it marks
+            # the transport so): Twisted's path writes what is left and closes.
+            state.start_writing()
+            return
+        if not transport._tempDataLen and transport.offset >= len(transport.dataBuffer):
+            return  # Nothing to send.
+        # Twisted's own send: whatever fits, the rest kept in its buffer,
+        # the producer resumed when all is sent.
+        why = transport.doWrite()
+        if (
+            why is not None
+            or transport._tempDataLen
+            or (transport.offset < len(transport.dataBuffer))
+        ):
+            # Not all taken, or the connection failed: the reactor
+            # watches it and its doWrite sends the rest or reports it.
+            state.start_writing()

@@ -270,6 +270,34 @@ class SettlePerTurnTests(TestCase):
         self.assertEqual([name for name in vars(transport) if name == "doRead"], [])
 
     @inlineCallbacks
+    def test_a_failing_send_leaves_the_other_connections_alone(self) -> Any:
+        """
+        A send that raises, with another connection's writes in the same
+        turn: the error is logged, the other's data goes, and the failing
+        connection is handed to the reactor, whose next try sends it.
+        """
+        first, first_client = yield self.connect()
+        second, second_client = yield self.connect()
+        real = first.transport.doWrite
+        raised: list[bool] = []
+
+        def fails_once() -> Any:
+            if not raised:
+                raised.append(True)
+                raise ZeroDivisionError("a send that fails")
+            return real()
+
+        first.transport.doWrite = fails_once
+        first.transport.write(b"first")
+        second.transport.write(b"second")
+        received = yield second_client.receive(len(b"second"))
+        self.assertEqual(received, b"second")
+        received = yield first_client.receive(len(b"first"))
+        self.assertEqual(received, b"first")
+        self.assertEqual(raised, [True])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    @inlineCallbacks
     def test_under_a_wrapping_protocol(self) -> Any:
         """
         A protocol under a wrapper (as the worker connections' byte budget,
