@@ -31,6 +31,7 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 #: The reactors' turn settlers.
 _turns: weakref.WeakKeyDictionary[Any, _Turn] = weakref.WeakKeyDictionary()
@@ -42,7 +43,14 @@ _DEPTH = 4
 _HOOKS = ("startWriting", "startReading", "stopReading", "doRead", "connectionLost")
 
 #: The attributes of ``FileDescriptor`` this relies on.
-_NEEDED = ("_tempDataBuffer", "_tempDataLen", "dataBuffer", "offset", "_writeDisconnecting")
+_NEEDED = (
+    "_tempDataBuffer",
+    "_tempDataLen",
+    "dataBuffer",
+    "offset",
+    "_writeDisconnecting",
+    "_writeDisconnected",
+)
 
 
 def settle_per_turn(transport: Any) -> bool:
@@ -87,6 +95,7 @@ class _Settled:
         "stop_reading",
         "transport",
         "watched",
+        "writing",
     )
 
     def __init__(self, transport: Any) -> None:
@@ -98,6 +107,8 @@ class _Settled:
         self.reading = True
         #: Reading, as the reactor watches the socket.
         self.watched = True
+        #: Writes asked for (``startWriting``) since the last settle.
+        self.writing = False
         self.queued = False
 
 
@@ -129,6 +140,7 @@ class _Turn:
                 # Closing: Twisted's path writes what is left, then closes.
                 state.start_writing()
             else:
+                state.writing = True
                 self._queue(state)
 
         def start_reading() -> None:
@@ -176,7 +188,9 @@ class _Turn:
             state.queued = True
             self._queued.append(state)
             reactor = self._reactor()
-            if self._call is None and reactor is not None:
+            # (A call cancelled from outside, as trial's clean-up does, is
+            # replaced.)
+            if (self._call is None or not self._call.active()) and reactor is not None:
                 self._call = reactor.callLater(0, self._settle)
 
     def _settle(self) -> None:
@@ -192,19 +206,32 @@ class _Turn:
             if not state.transport.connected:
                 continue  # Lost meanwhile: Twisted has stopped watching it.
             try:
-                self._settle_one(state)
-            except Exception:
-                # As the reactor's doWrite would (it logs and disconnects):
-                # said, and handed to the reactor, which tries again and ends
-                # the connection if it fails again; the others still go.
+                why = self._settle_one(state)
+            except Exception as e:
+                # As the reactor does with a doWrite that raises: said, and
+                # the connection ends with it; the others still go.
                 self.log.failure("Sending on {transport} failed", transport=state.transport)
-                if state.transport.connected:
-                    state.start_writing()
+                why = e
+            if why is not None and state.transport.connected:
+                self._lost(state.transport, why)
+
+    def _lost(self, transport: Any, why: BaseException) -> None:
+        """
+        End ``transport``'s connection because a send failed with ``why``,
+        as the reactor ends one whose doWrite fails.
+        """
+        reactor = self._reactor()
+        disconnect = getattr(reactor, "_disconnectSelectable", None)
+        if disconnect is not None:
+            disconnect(transport, why, False)
+        else:
+            transport.connectionLost(Failure(why))
 
     @staticmethod
-    def _settle_one(state: _Settled) -> None:
+    def _settle_one(state: _Settled) -> Any:
         """
-        Settle one transport: its read change, then its writes.
+        Settle one transport: its read change, then its writes. Return
+        ``None``, or why its connection failed (as a doWrite does).
         """
         transport = state.transport
         if state.reading is not state.watched:
@@ -213,21 +240,20 @@ class _Turn:
                 state.start_reading()
             else:
                 state.stop_reading()
+        writing, state.writing = state.writing, False
+        if transport._writeDisconnected:
+            return None  # Half-closed: nothing more goes out.
         if transport.disconnecting or transport._writeDisconnecting:
             # Closing (``loseConnection`` asks to write before it marks
             # the transport so): Twisted's path writes what is left and closes.
             state.start_writing()
-            return
-        if not transport._tempDataLen and transport.offset >= len(transport.dataBuffer):
-            return  # Nothing to send.
+            return None
+        if not writing:
+            return None  # Only a read change.
         # Twisted's own send: whatever fits, the rest kept in its buffer,
         # the producer resumed when all is sent.
         why = transport.doWrite()
-        if (
-            why is not None
-            or transport._tempDataLen
-            or (transport.offset < len(transport.dataBuffer))
-        ):
-            # Not all taken, or the connection failed: the reactor
-            # watches it and its doWrite sends the rest or reports it.
+        if why is None and (transport._tempDataLen or transport.offset < len(transport.dataBuffer)):
+            # Not all taken: the reactor watches it and its doWrite sends the rest.
             state.start_writing()
+        return why

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -19,7 +19,7 @@ from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from hq.turnio import settle_per_turn
+from hq.turnio import _turns, settle_per_turn
 
 
 class Peer(Protocol):
@@ -103,6 +103,9 @@ class SettlePerTurnTests(TestCase):
     """
     :func:`settle_per_turn` on real TCP connections.
     """
+
+    #: Each takes well under a second; one that hangs fails soon.
+    timeout = 30
 
     @inlineCallbacks
     def connect(self, wrap: bool = False, client: Peer | None = None) -> Any:
@@ -270,32 +273,99 @@ class SettlePerTurnTests(TestCase):
         self.assertEqual([name for name in vars(transport) if name == "doRead"], [])
 
     @inlineCallbacks
-    def test_a_failing_send_leaves_the_other_connections_alone(self) -> Any:
+    def test_a_failing_send_ends_its_connection_only(self) -> Any:
         """
         A send that raises, with another connection's writes in the same
-        turn: the error is logged, the other's data goes, and the failing
-        connection is handed to the reactor, whose next try sends it.
+        turn: the error is logged and its connection ends (as the reactor
+        ends one whose doWrite raises), and the other's data still goes.
         """
         first, first_client = yield self.connect()
         second, second_client = yield self.connect()
-        real = first.transport.doWrite
-        raised: list[bool] = []
 
-        def fails_once() -> Any:
-            if not raised:
-                raised.append(True)
-                raise ZeroDivisionError("a send that fails")
-            return real()
+        def fails() -> Any:
+            raise ZeroDivisionError("a send that fails")
 
-        first.transport.doWrite = fails_once
+        first.transport.doWrite = fails
         first.transport.write(b"first")
         second.transport.write(b"second")
         received = yield second_client.receive(len(b"second"))
         self.assertEqual(received, b"second")
-        received = yield first_client.receive(len(b"first"))
-        self.assertEqual(received, b"first")
-        self.assertEqual(raised, [True])
+        yield first.lost
+        yield first_client.lost
+        self.assertEqual(first_client.received, b"")
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    @inlineCallbacks
+    def test_a_half_closed_connection_survives_a_pause(self) -> Any:
+        """
+        Reading paused and resumed after the sending side was closed: the
+        connection stays up, and what the peer sends is still read.
+        """
+        server, client = yield self.connect(client=HalfClosingPeer())
+        server.transport.write(b"answer")
+        server.transport.loseWriteConnection()
+        yield client.ended
+        server.transport.pauseProducing()
+        yield deferLater(reactor, 0.02, lambda: None)
+        server.transport.resumeProducing()
+        yield deferLater(reactor, 0.02, lambda: None)
+        client.transport.write(b"still talking")
+        received = yield server.receive(len(b"still talking"))
+        self.assertEqual(received, b"still talking")
+        self.assertTrue(server.transport.connected)
+
+    @inlineCallbacks
+    def test_write_and_half_close_from_a_timed_call(self) -> Any:
+        """
+        A write and a half-close made from a timed call (the reactor polls,
+        and half-closes, before the turn's settling runs): the data goes,
+        and the connection stays up for what the peer still sends.
+        """
+        server, client = yield self.connect(client=HalfClosingPeer())
+
+        def answer() -> None:
+            server.transport.write(b"late answer")
+            server.transport.loseWriteConnection()
+
+        yield deferLater(reactor, 0.01, answer)
+        yield client.ended
+        self.assertEqual(client.received, b"late answer")
+        client.transport.write(b"rest of the body")
+        received = yield server.receive(len(b"rest of the body"))
+        self.assertEqual(received, b"rest of the body")
+        self.assertTrue(server.transport.connected)
+
+    @inlineCallbacks
+    def test_a_cancelled_settling_is_replaced(self) -> Any:
+        """
+        The end-of-turn call cancelled from outside (as trial's clean-up
+        cancels what a test leaves): the next write schedules another, and
+        what waited goes with it.
+        """
+        first, first_client = yield self.connect()
+        second, second_client = yield self.connect()
+        first.transport.write(b"waited")
+        turn = _turns[reactor]
+        assert turn._call is not None
+        turn._call.cancel()
+        second.transport.write(b"next")
+        received = yield second_client.receive(len(b"next"))
+        self.assertEqual(received, b"next")
+        received = yield first_client.receive(len(b"waited"))
+        self.assertEqual(received, b"waited")
+
+    @inlineCallbacks
+    def test_an_empty_write_resumes_a_pull_producer(self) -> Any:
+        """
+        A pull producer that writes nothing (``writeSequence([b""])``) is
+        asked for more once that is "sent", as Twisted's own path does.
+        """
+        server, client = yield self.connect()
+        producer = _PullProducer(server.transport, [[b""], [b"done"]])
+        server.transport.registerProducer(producer, False)
+        received = yield client.receive(len(b"done"))
+        self.assertEqual(received, b"done")
+        self.assertEqual(producer.resumed, 3)
 
     @inlineCallbacks
     def test_under_a_wrapping_protocol(self) -> Any:
@@ -322,6 +392,29 @@ class SettlePerTurnTests(TestCase):
         transport = StringTransport()
         self.assertFalse(settle_per_turn(transport))
         self.assertNotIn("startWriting", vars(transport))
+
+
+@implementer(IPullProducer)
+class _PullProducer:
+    """
+    Writes one sequence of ``chunks`` each time it is asked for more, then
+    unregisters; counts the asks.
+    """
+
+    def __init__(self, transport: Any, chunks: list[list[bytes]]) -> None:
+        self._transport = transport
+        self._chunks = chunks
+        self.resumed = 0
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+        if self._chunks:
+            self._transport.writeSequence(self._chunks.pop(0))
+        else:
+            self._transport.unregisterProducer()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class _Socket:
