@@ -26,6 +26,7 @@ Twisted's own path at once.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any
 
@@ -111,6 +112,16 @@ class _Settled:
         self.writing = False
         self.queued = False
 
+    def watch(self, reading: bool) -> None:
+        """
+        Have the reactor watch the socket for reading, or not, now.
+        """
+        self.watched = reading
+        if reading:
+            self.start_reading()
+        else:
+            self.stop_reading()
+
 
 class _Turn:
     """
@@ -143,28 +154,18 @@ class _Turn:
                 state.writing = True
                 self._queue(state)
 
-        def start_reading() -> None:
-            state.reading = True
+        def set_reading(reading: bool) -> None:
+            state.reading = reading
             if transport.connected and not transport.disconnecting:
                 self._queue(state)
             else:
-                state.watched = True
-                state.start_reading()
-
-        def stop_reading() -> None:
-            state.reading = False
-            if transport.connected and not transport.disconnecting:
-                self._queue(state)
-            else:
-                state.watched = False
-                state.stop_reading()
+                state.watch(reading)
 
         def do_read() -> Any:
             if not state.reading:
                 # Paused in this turn, after the reactor's poll: read nothing
                 # (the kernel keeps the bytes) and stop watching now.
-                state.watched = False
-                state.stop_reading()
+                state.watch(False)
                 return None
             return real_do_read()
 
@@ -178,8 +179,8 @@ class _Turn:
             return real_connection_lost(reason)
 
         transport.startWriting = start_writing
-        transport.startReading = start_reading
-        transport.stopReading = stop_reading
+        transport.startReading = functools.partial(set_reading, True)
+        transport.stopReading = functools.partial(set_reading, False)
         transport.doRead = do_read
         transport.connectionLost = connection_lost
 
@@ -235,11 +236,7 @@ class _Turn:
         """
         transport = state.transport
         if state.reading is not state.watched:
-            state.watched = state.reading
-            if state.reading:
-                state.start_reading()
-            else:
-                state.stop_reading()
+            state.watch(state.reading)
         writing, state.writing = state.writing, False
         if transport._writeDisconnected:
             return None  # Half-closed: nothing more goes out.

@@ -127,6 +127,17 @@ class SettlePerTurnTests(TestCase):
         return server, client
 
     @inlineCallbacks
+    def still_heard(self, server: Peer, client: Peer) -> Any:
+        """
+        Check that ``server``, its sending side closed, is still connected and
+        reads what ``client`` sends.
+        """
+        client.transport.write(b"still heard")
+        received = yield server.receive(len(b"still heard"))
+        self.assertEqual(received, b"still heard")
+        self.assertTrue(server.transport.connected)
+
+    @inlineCallbacks
     def close(self, *peers: Peer) -> Any:
         for peer in peers:
             if peer.transport is not None and getattr(peer.transport, "connected", False):
@@ -200,9 +211,7 @@ class SettlePerTurnTests(TestCase):
         server.transport.loseWriteConnection()
         yield client.ended
         self.assertEqual(client.received, b"answer")
-        client.transport.write(b"still heard")
-        received = yield server.receive(len(b"still heard"))
-        self.assertEqual(received, b"still heard")
+        yield self.still_heard(server, client)
 
     @inlineCallbacks
     def test_pause_and_resume_in_one_turn_changes_nothing(self) -> Any:
@@ -309,10 +318,7 @@ class SettlePerTurnTests(TestCase):
         yield deferLater(reactor, 0.02, lambda: None)
         server.transport.resumeProducing()
         yield deferLater(reactor, 0.02, lambda: None)
-        client.transport.write(b"still talking")
-        received = yield server.receive(len(b"still talking"))
-        self.assertEqual(received, b"still talking")
-        self.assertTrue(server.transport.connected)
+        yield self.still_heard(server, client)
 
     @inlineCallbacks
     def test_write_and_half_close_from_a_timed_call(self) -> Any:
@@ -330,10 +336,7 @@ class SettlePerTurnTests(TestCase):
         yield deferLater(reactor, 0.01, answer)
         yield client.ended
         self.assertEqual(client.received, b"late answer")
-        client.transport.write(b"rest of the body")
-        received = yield server.receive(len(b"rest of the body"))
-        self.assertEqual(received, b"rest of the body")
-        self.assertTrue(server.transport.connected)
+        yield self.still_heard(server, client)
 
     @inlineCallbacks
     def test_a_cancelled_settling_is_replaced(self) -> Any:

@@ -169,7 +169,7 @@ def claim_limited(
     if not ids:
         return []
     taken = conn.execute(_TAKE, (now, server_id, lease_ms, ids)).fetchall()
-    jobs = sorted(map(sql.row_job, taken), key=lambda job: (job.due_at, job.id))
+    jobs = sql.jobs_in_due_order(taken)
     starts = [job.flow_key for job in jobs if job.flow_key in rated]
     if starts:
         conn.execute(_RECORD_STARTS, (starts, db_now))

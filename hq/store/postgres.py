@@ -429,8 +429,11 @@ class _Grouped:
     when a batch runs write by write.
     """
 
+    #: The whole write, run by itself.
+    alone: _Op
+
     def __call__(self, conn: psycopg.Connection[Any]) -> Any:
-        raise NotImplementedError
+        return self.alone(conn)
 
     @classmethod
     def run_group(cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int) -> list[Any]:
@@ -494,9 +497,6 @@ class _Finish(_Grouped):
         self.attempt = attempt
         self.alone = alone
 
-    def __call__(self, conn: psycopg.Connection[Any]) -> Any:
-        return self.alone(conn)
-
     @classmethod
     def run_group(cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int) -> list[Any]:
         if len({op.job.id for op in ops}) < len(ops):
@@ -521,9 +521,6 @@ class _Push(_Grouped):
     def __init__(self, jobs: list[Job], alone: _Op) -> None:
         self.jobs = jobs
         self.alone = alone
-
-    def __call__(self, conn: psycopg.Connection[Any]) -> Any:
-        return self.alone(conn)
 
     @classmethod
     def run_group(cls, conn: psycopg.Connection[Any], ops: list[Any], server_id: int) -> list[Any]:
@@ -1113,16 +1110,12 @@ class PostgresStore:
                 rows = conn.execute(_CLAIM_UNLESS_LIMITS, args).fetchall()
                 found = limits.fetchone()
                 if rows or not (found and found[0]):
-                    jobs = [sql.row_job(row) for row in rows]
-                    jobs.sort(key=lambda job: (job.due_at, job.id))
-                    return jobs
+                    return sql.jobs_in_due_order(rows)
             limited = pgflow.claim_limited(conn, now, limit, caps, self.server_id, self._lease_ms)
             if limited is not None:
                 return limited
             args = (now, self.server_id, self._lease_ms, now, limit)
-            jobs = [sql.row_job(row) for row in conn.execute(_CLAIM, args).fetchall()]
-            jobs.sort(key=lambda job: (job.due_at, job.id))
-            return jobs
+            return sql.jobs_in_due_order(conn.execute(_CLAIM, args).fetchall())
 
         if limit <= 0:
             return succeed([])

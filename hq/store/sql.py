@@ -433,19 +433,37 @@ def finish_values(job_id: int, outcome: Outcome) -> tuple[Any, ...]:
     )
 
 
+def known_running(job_id: int, known: Job | None) -> Job | None:
+    """
+    Return ``known``, the job a finish's caller has, when it is job
+    ``job_id`` and running (a finish then need not read it back); else ``None``.
+    """
+    if known is None or known.id != job_id or not known.running:
+        return None
+    return known
+
+
 def groupable_finish(
     job_id: int, outcome: Outcome, callback_id: int | None, known: Job | None
 ) -> Job | None:
     """
     Return the running job the caller has for a finish of ``job_id`` that
-    may run grouped, nothing read back: ``known`` when it is that job,
-    running, and the finish pushes no callback; else ``None``.
+    may run grouped, nothing read back: :func:`known_running`'s job when the
+    finish pushes no callback; else ``None``.
     """
-    if known is None or known.id != job_id or not known.running:
+    running = known_running(job_id, known)
+    if running is None:
         return None
-    if callback_id is not None and known.callback_for(outcome) is not None:
+    if callback_id is not None and running.callback_for(outcome) is not None:
         return None
-    return known
+    return running
+
+
+def jobs_in_due_order(rows: Iterable[Any]) -> list[Job]:
+    """
+    Return the jobs of ``rows`` (claimed, say) in the order they are due.
+    """
+    return sorted(map(row_job, rows), key=lambda job: (job.due_at, job.id))
 
 
 def attempt_row(attempt: Attempt) -> tuple[Any, ...]:

@@ -267,7 +267,7 @@ class SQLiteStore:
         known: Job | None = None,
     ) -> Deferred[Job | None]:
         values = sql.finish_values(job_id, outcome)
-        running = known if known is not None and known.id == job_id and known.running else None
+        running = sql.known_running(job_id, known)
 
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> Job | None:
             # Almost always running; the state is in the WHERE clause so that the
