@@ -905,6 +905,18 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         )
         self.assertEqual(seen, 2)
 
+    async def test_page_caches_are_big_only_for_the_writer(self) -> None:
+        """
+        The writer keeps 16 MB of pages between batches; readers and the scan
+        thread keep SQLite's default 2 MB, since their caches are emptied by
+        nearly every commit and would only hold the server's memory.
+        """
+        size = "PRAGMA cache_size"
+        writer = await self.store._write(lambda conn, changes: conn.execute(size).fetchone()[0])
+        reader = await self.store._read(lambda conn: conn.execute(size).fetchone()[0])
+        scan = await self.store._read(lambda conn: conn.execute(size).fetchone()[0], scan=True)
+        self.assertEqual((writer, reader, scan), (-16_000, -2_000, -2_000))
+
     def gate_commits(self) -> _GatedCommits:
         """
         Put the writer's connection behind a :class:`_GatedCommits` (the

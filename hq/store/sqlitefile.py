@@ -311,12 +311,27 @@ BUSY_TIMEOUT_MS = 10_000
 _BUSY_WAITS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
 
 
-def _connect(path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+#: The page cache of the writer's connection, KiB: the pages a batch touches
+#: (the newest rows of each table and index) stay in it from batch to batch.
+CACHE_KIB = 16_000
+
+#: The page cache of each reader's connection, KiB (SQLite's default). SQLite
+#: empties a reader's cache whenever another connection committed since its
+#: last read, which on a server that takes jobs is nearly every time, and a
+#: full scan reads each page once: a bigger cache saved no time (1,000,000
+#: jobs, ``benchmarks/run.py scale``) and stayed in the server's memory after
+#: one search or a few pages of the list.
+READ_CACHE_KIB = 2_000
+
+
+def _connect(
+    path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int = CACHE_KIB
+) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
     )
     conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    conn.execute("PRAGMA cache_size = -16000")
+    conn.execute(f"PRAGMA cache_size = -{cache_kib}")
     return conn
 
 
@@ -1174,7 +1189,7 @@ class SQLiteFile:
         def run() -> T:
             conn = getattr(self._local, "conn", None)
             if conn is None:
-                conn = self._local.conn = _connect(self._path)
+                conn = self._local.conn = _connect(self._path, cache_kib=READ_CACHE_KIB)
                 self._reader_conns.append(conn)
             try:
                 return call(conn)
