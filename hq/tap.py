@@ -34,7 +34,7 @@ import sys
 import tempfile
 from collections.abc import Callable, MutableMapping
 from types import FrameType
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -70,14 +70,18 @@ from hq.policy import RetryRules
 from hq.scheduler import Scheduler
 from hq.site import AccessLogSite
 from hq.store import IJobStore, Node, StoreError, open_store
-from hq.store.postgres import PostgresStore
 from hq.store.sqlite import SQLiteStore
 from hq.systemd import notify_address, sd_notify
 
-log = Logger()
+if TYPE_CHECKING:
+    # Imported by open_store, and only for a PostgreSQL store: a server on
+    # SQLite never loads psycopg and libpq (about 10 MB of memory).
+    from hq.store.postgres import PostgresStore
 
-#: The job stores a server can run on (``store`` in the config).
-AnyStore = SQLiteStore | PostgresStore
+    #: The job stores a server can run on (``store`` in the config).
+    AnyStore = SQLiteStore | PostgresStore
+
+log = Logger()
 
 
 class IServerReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorThreads):
@@ -747,19 +751,20 @@ class HQService(MultiService):
             self._metrics = server_metrics(config, store, delivery, reactor)
         from hq.cluster import local_nodes
 
-        if isinstance(store, PostgresStore):
-            nodes = store.nodes
+        postgres = None if isinstance(store, SQLiteStore) else store
+        if postgres is not None:
+            nodes = postgres.nodes
         else:
             # ``web`` is bound below, before any request is answered.
             started = now_ms(reactor)
             nodes = local_nodes(config.server_id, lambda: web.node_address(), started, reactor)
         schedules_leader = None
-        if isinstance(store, PostgresStore):
+        if postgres is not None:
             from hq.scheduler import LEADER_SECONDS
 
             # Fires happen once anyway (conditional); the lease spares the
             # other nodes their losing attempts.
-            schedules_leader = functools.partial(store.lead, "schedules", LEADER_SECONDS)
+            schedules_leader = functools.partial(postgres.lead, "schedules", LEADER_SECONDS)
         scheduler = Scheduler(store, ids, reactor, delivery.enqueue, leader=schedules_leader)
         resource = web_resource(
             config, store, delivery, ids, self._metrics, reactor, nodes, scheduler.wake
@@ -771,16 +776,16 @@ class HQService(MultiService):
             self._store.data_dir,
         )
         children: list[IService] = [self._signals, self._logs, self._store]
-        if isinstance(store, PostgresStore):
-            children += self._cluster(store, delivery, web)
+        if postgres is not None:
+            children += self._cluster(postgres, delivery, web)
         children += [Recovery(store, ids, reactor, delivery.flow), delivery]
         if config.job_lifetime > 0:
             from hq.cleanup import INTERVAL, Cleanup
 
             leader = None
-            if isinstance(store, PostgresStore):
+            if postgres is not None:
                 # Held across ticks; a stopped node's lease ends with it.
-                leader = functools.partial(store.lead, "cleanup", INTERVAL * 2.5)
+                leader = functools.partial(postgres.lead, "cleanup", INTERVAL * 2.5)
             cleanup = Cleanup(store, reactor, config.job_lifetime, leader)
             children.append(cleanup.service())
         # After the recovery (ids continue after the stored ones), before the port.

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import io
+import subprocess
+import sys
 
 from twisted.application.internet import TimerService
 from twisted.application.service import Service
@@ -113,6 +115,28 @@ class HQServiceTests(SynchronousTestCase):
             for child in children:
                 child.setServiceParent(hq)
         return hq
+
+    def test_sqlite_server_does_not_load_postgresql(self) -> None:
+        """
+        A server on SQLite never imports psycopg (and with it libpq, about
+        10 MB of memory): checked in a fresh interpreter, since this one may
+        have imported it for other tests.
+        """
+        script = (
+            "import sys\n"
+            "from twisted.internet.testing import MemoryReactorClock\n"
+            "from hq.config import Config\n"
+            "from hq.tap import HQService\n"
+            "HQService(Config(data_dir=sys.argv[1], metrics=False), MemoryReactorClock())\n"
+            "print(sorted(m for m in sys.modules if m.startswith('psycopg')))\n"
+        )
+        completed = subprocess.run(
+            [sys.executable, "-c", script, self.mktemp()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual((completed.stdout, completed.returncode), ("[]\n", 0), completed.stderr)
 
     def test_children_in_documented_order(self) -> None:
         """The store, recovery, delivery, clean-up, scheduler and HTTP children, in that order."""
