@@ -8,12 +8,16 @@ the figure is the API and the store alone. A 5 ms LoopingCall measures the
 longest stall of the reactor during each batch.
 
     .venv/bin/python benchmarks/batch.py [--jobs 10000] [--rounds 5]
+
+Prints a line per round, then the summary as one line of JSON; exits 1 if a
+batch failed. ``run.py batch`` runs it too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -23,6 +27,7 @@ import common  # noqa: F401 (this tree's hq first on the path)
 from treq.client import HTTPClient
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
@@ -57,6 +62,13 @@ class StallMeter:
 
 async def run(jobs: int, rounds: int) -> dict[str, Any]:
     directory = tempfile.mkdtemp(prefix="hq-batch-")
+    try:
+        return await _run(directory, jobs, rounds)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _run(directory: str, jobs: int, rounds: int) -> dict[str, Any]:
     store = SQLiteStore(directory, reactor)
     await store.open()
     config = Config(max_batch_jobs=jobs, max_body_bytes=64 << 20)
@@ -69,34 +81,20 @@ async def run(jobs: int, rounds: int) -> dict[str, Any]:
     )
     port = reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")
     url = f"http://127.0.0.1:{port.getHost().port}/jobs"
-    client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor)))
+    pool = HTTPConnectionPool(reactor)
+    client = HTTPClient(Agent(reactor, pool=pool))
     meter = StallMeter()
     meter.loop.start(TICK)
     results = []
-    for round_ in range(rounds):
-        body = json.dumps(
-            [
-                {"url": "http://127.0.0.1:8000/", "name": "bench", "payload": {"n": i, "r": round_}}
-                for i in range(jobs)
-            ]
-        ).encode()
-        meter.reset()
-        began = time.perf_counter()
-        response = await client.post(url, data=body, headers={"Content-Type": "application/json"})
-        answer = await response.json()
-        seconds = time.perf_counter() - began
-        if response.code != 200 or len(answer["ids"]) != jobs:
-            raise SystemExit(f"batch failed: {response.code} {str(answer)[:200]}")
-        results.append({"seconds": seconds, "stall": meter.worst})
-        print(
-            f"round {round_ + 1}: {jobs} jobs in {seconds * 1000:.0f} ms = "
-            f"{jobs / seconds:,.0f} jobs/s stored; "
-            f"longest reactor stall {meter.worst * 1000:.0f} ms",
-            flush=True,
-        )
-    meter.loop.stop()
-    await port.stopListening()
-    await store.close()
+    try:
+        for round_ in range(rounds):
+            results.append(await _round(client, url, jobs, round_, meter))
+    finally:
+        # Also after a failure: the store's writer thread would keep the process alive.
+        meter.loop.stop()
+        await pool.closeCachedConnections()
+        await port.stopListening()
+        await store.close()
     best = min(r["seconds"] for r in results)
     median = sorted(r["seconds"] for r in results)[len(results) // 2]
     return {
@@ -107,7 +105,35 @@ async def run(jobs: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> None:
+async def _round(
+    client: HTTPClient, url: str, jobs: int, round_: int, meter: StallMeter
+) -> dict[str, float]:
+    """
+    Push one batch of ``jobs``; return its time and the longest reactor stall.
+    """
+    body = json.dumps(
+        [
+            {"url": "http://127.0.0.1:8000/", "name": "bench", "payload": {"n": i, "r": round_}}
+            for i in range(jobs)
+        ]
+    ).encode()
+    meter.reset()
+    began = time.perf_counter()
+    response = await client.post(url, data=body, headers={"Content-Type": "application/json"})
+    answer = await response.json()
+    seconds = time.perf_counter() - began
+    if response.code != 200 or len(answer["ids"]) != jobs:
+        raise RuntimeError(f"batch failed: {response.code} {str(answer)[:200]}")
+    print(
+        f"round {round_ + 1}: {jobs} jobs in {seconds * 1000:.0f} ms = "
+        f"{jobs / seconds:,.0f} jobs/s stored; "
+        f"longest reactor stall {meter.worst * 1000:.0f} ms",
+        flush=True,
+    )
+    return {"seconds": seconds, "stall": meter.worst}
+
+
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
@@ -117,14 +143,18 @@ def main(argv: list[str]) -> None:
     async def go() -> None:
         summary.update(await run(options.jobs, options.rounds))
 
-    def done(result: object) -> object:
+    def done(result: object) -> None:
+        if isinstance(result, Failure):
+            result.printTraceback(file=sys.stderr)
         reactor.stop()
-        return result
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(go()).addBoth(done))
     reactor.run()
+    if not summary:
+        return 1
     print(json.dumps(summary))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

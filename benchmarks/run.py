@@ -13,9 +13,11 @@ memory with a million finished jobs stored), ``cleanup`` (API latency while
 ``job_lifetime`` deletes them), ``backlog`` (100,000 jobs pushed while the
 worker is stopped), ``scheduled`` (start-up and memory with a million jobs
 delayed to tomorrow), ``postgres`` (one node on SQLite, one and two nodes on a
-throwaway PostgreSQL, see ``postgres.py``). Each throughput and latency figure is measured beside a
-bare baseline in the same invocation (see ``baseline.py``) and reported as a
-ratio to it.
+throwaway PostgreSQL, see ``postgres.py``), ``flow`` (flow control, see
+``flow.py``), ``batch`` (10,000 jobs per ``POST /jobs``, see ``batch.py``) and
+``schedules`` (10,000 schedules firing at once, see ``schedules.py``). Each
+throughput and latency figure is measured beside a bare baseline in the same
+invocation (see ``baseline.py``) and reported as a ratio to it.
 
 Prints the figures and writes them as JSON to ``--out``. Exits 1 only when a
 benchmark breaks (a crash, a timeout, a lost or duplicated job, a failed
@@ -59,6 +61,7 @@ from common import (
 )
 from flow import run as _flow_run
 from postgres import bench_postgres as _bench_postgres
+from schedules import run as _schedules_run
 
 BENCHMARKS = (
     "throughput",
@@ -69,6 +72,8 @@ BENCHMARKS = (
     "scheduled",
     "postgres",
     "flow",
+    "batch",
+    "schedules",
 )
 
 #: Targets from the issue: figure key -> (comparison, value).
@@ -98,6 +103,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "scheduled_idle_rss_mb": ("<=", 150),
     "pg_e2e_ratio": (">=", 0.7),
     "flow_hol_max_ms": ("<=", 100),
+    "batch_jobs_per_s": (">=", 25_000),
 }
 
 
@@ -1043,6 +1049,62 @@ def bench_flow(ctx: Context) -> dict[str, Any]:
     )
     print(json.dumps({k: v for k, v in adaptive.items() if k != "samples"}), flush=True)
     print(json.dumps(hol), flush=True)
+    return result
+
+
+def bench_batch(ctx: Context) -> dict[str, Any]:
+    """
+    Batch push (``batch.py``, in a process of its own: it runs its own reactor).
+    """
+    jobs, rounds = (1_000, 2) if ctx.quick else (10_000, 5)
+    completed = subprocess.run(
+        [PYTHON, os.path.join(HERE, "batch.py"), "--jobs", str(jobs), "--rounds", str(rounds)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    print(completed.stdout, end="", flush=True)
+    if completed.returncode != 0:
+        raise BenchmarkError(f"batch.py exited {completed.returncode}: {completed.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    ctx.figure(
+        "batch_jobs_per_s",
+        f"batch push (POST /jobs, {jobs:,} per request), stored, median of {rounds}",
+        round(result["median_jobs_per_second"]),
+        "jobs/s",
+    )
+    ctx.figure(
+        "batch_stall_ms",
+        "... longest reactor stall during a batch",
+        round(result["worst_stall_ms"], 1),
+        "ms",
+    )
+    return result
+
+
+def bench_schedules(ctx: Context) -> dict[str, Any]:
+    """
+    Schedules at scale (``schedules.py``): memory, and lateness when all fire at once.
+    """
+    count, rounds = (300, 1) if ctx.quick else (10_000, 2)
+    result = _schedules_run(count, rounds)
+    print(f"  {json.dumps(result)}", flush=True)
+    if result["missing_fires"]:
+        ctx.problem(
+            f"schedules: {result['missing_fires']} of {result['expected_fires']} fires missing"
+        )
+    ctx.figure(
+        "schedules_rss_mb",
+        f"RSS with {count:,} schedules (an empty server: {result['rss_empty_kib'] / 1024:.1f} MB)",
+        round(result["rss_with_schedules_kib"] / 1024, 1),
+        "MB",
+    )
+    ctx.figure(
+        "schedules_late_p99_ms",
+        f"{count:,} schedules firing in the same second: job created after its time, p99",
+        result["lateness_ms"]["p99"],
+        "ms",
+    )
     return result
 
 
