@@ -1099,12 +1099,13 @@ def bench_schedules(ctx: Context) -> dict[str, Any]:
         round(result["rss_with_schedules_kib"] / 1024, 1),
         "MB",
     )
-    ctx.figure(
-        "schedules_late_p99_ms",
-        f"{count:,} schedules firing in the same second: job created after its time, p99",
-        result["lateness_ms"]["p99"],
-        "ms",
-    )
+    if result["fires"]:
+        ctx.figure(
+            "schedules_late_p99_ms",
+            f"{count:,} schedules firing in the same second: job created after its time, p99",
+            result["lateness_ms"]["p99"],
+            "ms",
+        )
     return result
 
 

@@ -119,10 +119,12 @@ def _run(directory: str, count: int, rounds: int) -> dict[str, Any]:
     config = {"dispatchers": 2, "max_workers": 8}
 
     empty = ServerProcess(os.path.join(directory, "empty"), **config).start()
-    time.sleep(2)
-    assert empty.process is not None
-    base_rss = rss_kib(empty.process.pid)
-    empty.stop()
+    try:
+        time.sleep(2)
+        assert empty.process is not None
+        base_rss = rss_kib(empty.process.pid)
+    finally:
+        empty.stop()
 
     server = ServerProcess(os.path.join(directory, "full"), **config)
     data_dir = os.path.join(server.directory, "data")
@@ -131,12 +133,14 @@ def _run(directory: str, count: int, rounds: int) -> dict[str, Any]:
     assert first is not None
     seed(data_dir, count, first)
     server.start()
-    assert server.process is not None
-    time.sleep(max(0.5, (first - time.time() * 1000) / 1000 - 1))
-    loaded_rss = rss_kib(server.process.pid)
-    time.sleep(10 * rounds + 1)
-    peak = rss_kib(server.process.pid)
-    server.stop()
+    try:
+        assert server.process is not None
+        time.sleep(max(0.5, (first - time.time() * 1000) / 1000 - 1))
+        loaded_rss = rss_kib(server.process.pid)
+        time.sleep(10 * rounds + 1)
+        peak = rss_kib(server.process.pid)
+    finally:
+        server.stop()
     # The rounds measured: fires due at first, first + 10 s, ... (a later one
     # may have begun as the server stopped).
     late = fires(data_dir, before=first + 10_000 * rounds)

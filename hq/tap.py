@@ -222,13 +222,15 @@ class Console:
                 self._err.flush()
             except (OSError, ValueError):
                 pass
-        self._report(b"1 " + message.encode("ascii", "backslashreplace")[:98])
         if self._twistd is not None and self._twistd.get("pidfile"):
-            # twistd removes it only after a start that did not fail.
+            # twistd removes it only after a start that did not fail. Before
+            # the report: the daemon's parent exits as soon as it has it, and
+            # whoever ran it may look for the pidfile at once.
             try:
                 os.unlink(self._twistd["pidfile"])
             except OSError:
                 pass
+        self._report(b"1 " + message.encode("ascii", "backslashreplace")[:98])
 
     def _report(self, status: bytes) -> None:
         if self._status_pipe is not None:

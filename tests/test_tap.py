@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from hq import tap
 from hq.config import Config
 from hq.delivery import Delivery
 from hq.scheduler import Scheduler
@@ -266,3 +268,37 @@ class MakeServiceTests(SynchronousTestCase):
             with self.assertRaises(SystemExit):
                 service.privilegedStartService()
         self.assertEqual(err.getvalue(), "error: unknown configuration key 'dispatcherz'\n")
+
+
+class ConsoleTests(SynchronousTestCase):
+    """
+    What a daemon's console tells twistd's waiting parent.
+    """
+
+    def test_failed_start_removes_the_pidfile_before_the_parent_hears(self) -> None:
+        """
+        The parent exits as soon as it reads the failure, and whoever ran it
+        may look for the pidfile at once: it is gone before the status is written.
+        """
+        pidfile = self.mktemp()
+        with open(pidfile, "w") as f:
+            f.write("12345\n")
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        pidfile_when_told: list[bool] = []
+        real_write = os.write
+
+        def write(fd: int, data: bytes) -> int:
+            if fd == write_end:
+                pidfile_when_told.append(os.path.exists(pidfile))
+            return real_write(fd, data)
+
+        self.patch(tap.os, "write", write)
+        console = Console(io.StringIO(), io.StringIO(), "", {"pidfile": pidfile})
+        console._twistd["statusPipe"] = write_end  # type: ignore[index]
+        console.starting()
+        console.failed("cannot listen on 127.0.0.1:1: Address already in use")
+        self.assertEqual(pidfile_when_told, [False])
+        self.assertEqual(
+            os.read(read_end, 200), b"1 cannot listen on 127.0.0.1:1: Address already in use"
+        )
