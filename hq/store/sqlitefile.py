@@ -1066,9 +1066,14 @@ class SQLiteFile:
                 f"{SCHEMA_VERSION}: {e}; the file is unchanged"
             ) from None
         conn.execute("RELEASE migrate")
+        # The counts read a whole index once, pages of no use to the writes
+        # after them: with a reader's cache, they do not fill the writer's 16 MB
+        # (14 MB of memory kept from start-up on, with 1,000,000 jobs).
+        conn.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
         stored = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
         waiting = conn.execute("SELECT count(*) FROM jobs WHERE state = 0").fetchone()[0]
         running = conn.execute("SELECT count(*) FROM jobs WHERE state = 1").fetchone()[0]
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         return stored, waiting, running, version
 
     def open(self) -> Deferred[None]:
