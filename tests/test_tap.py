@@ -294,8 +294,8 @@ class ConsoleTests(SynchronousTestCase):
             return real_write(fd, data)
 
         self.patch(tap.os, "write", write)
-        console = Console(io.StringIO(), io.StringIO(), "", {"pidfile": pidfile})
-        console._twistd["statusPipe"] = write_end  # type: ignore[index]
+        twistd = {"pidfile": pidfile, "statusPipe": write_end}
+        console = Console(io.StringIO(), io.StringIO(), "", twistd)
         console.starting()
         console.failed("cannot listen on 127.0.0.1:1: Address already in use")
         self.assertEqual(pidfile_when_told, [False])
