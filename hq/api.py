@@ -22,8 +22,7 @@ from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import unquote_to_bytes
 
 import attrs
-from klein import Klein, KleinRenderable
-from klein.resource import KleinResource
+from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -57,6 +56,7 @@ from hq.ids import IdGenerator, first_id_at, now_ms
 from hq.logs import debug_events
 from hq.metrics import ServerMetrics
 from hq.model import FlowLimits, Job, Schedule, format_time, job_json
+from hq.rendering import CycleFreeKleinResource
 from hq.schedules import bind_schedule, parse_schedule_id
 from hq.site import error_body, json_body
 from hq.store import (
@@ -191,21 +191,15 @@ def _conflict_message(error: IdempotencyConflict) -> str:
 # -- The application ----------------------------------------------------------
 
 
-class _APIResource(KleinResource):
+class _APIResource(CycleFreeKleinResource):
     """
-    The Klein resource, but a URL that is not UTF-8 gets the JSON error body
-    (Klein itself answers it in plain text).
+    The Klein resource (rendered without reference cycles, hq.rendering), but
+    a URL that is not UTF-8 gets the JSON error body (Klein itself answers it
+    in plain text).
     """
 
-    def render(self, request: IRequest) -> KleinRenderable:
-        req: Any = request
-        try:
-            for segment in (*req.prepath, *req.postpath):
-                segment.decode("utf-8")
-            req.getRequestHostname().decode("utf-8")
-        except UnicodeDecodeError:
-            return write_error(request, 400, "The URL is not valid UTF-8")
-        return super().render(request)
+    def url_not_utf8(self, request: IRequest) -> bytes:
+        return write_error(request, 400, "The URL is not valid UTF-8")
 
 
 @attrs.define(slots=False)
