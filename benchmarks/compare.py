@@ -5,6 +5,13 @@ take turns, so that other work on the machine falls on all of them alike.
 
     python benchmarks/compare.py --base /tmp/hq-base              # throughput and latency
     python benchmarks/compare.py --base /tmp/hq-base --what l     # latency only
+    python benchmarks/compare.py --base /tmp/hq-base --what p     # pushes alone
+
+``p`` measures pushes alone: the worker is stopped (SIGSTOP) while the push
+baseline and the two trees each answer ``--jobs`` pushes, so HQ only stores
+and answers them (its dispatchers wait on the stopped worker). It says what a
+change does to the push path itself, apart from the deliveries that share the
+reactor thread in the throughput rounds.
 
 Prints each round and, at the end, each tree's ratios to the baselines
 (medians of the rounds; latency pooled over all jobs). Not part of ``run.py``:
@@ -15,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Any
 
 import common
 import run
-from common import HERE, median, percentiles
+from common import HERE, Baseline, HQServer, loadgen, median, percentiles
 
 
 def main() -> int:
@@ -29,7 +37,9 @@ def main() -> int:
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the other tree (its hq/ and ui/)")
-    parser.add_argument("--what", default="tl", help="t: throughput, l: latency (default tl)")
+    parser.add_argument(
+        "--what", default="tl", help="t: throughput, l: latency, p: pushes alone (default tl)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=3000, help="throughput jobs per round")
     parser.add_argument("--latency-jobs", type=int, default=600, help="latency jobs per block")
@@ -47,6 +57,7 @@ def main() -> int:
     trees = {"base": os.path.abspath(args.base), "this": common.ROOT}
     throughput: dict[str, list[dict[str, Any]]] = {k: [] for k in ("push", "relay", *trees)}
     latency: dict[str, list[float]] = {k: [] for k in ("relay", *trees)}
+    pushes: dict[str, list[dict[str, Any]]] = {k: [] for k in ("push", *trees)}
     try:
         for index in range(args.rounds):
             if "t" in args.what:
@@ -59,6 +70,16 @@ def main() -> int:
                         f"round {index + 1} {kind:5} CPU {result['cpu_us_per_job']:5d} us/job"
                         f"  push {result['push_per_s']:7.0f}/s"
                         f"  end-to-end {result.get('e2e_per_s', 0):7.0f}/s",
+                        flush=True,
+                    )
+            if "p" in args.what:
+                for kind in pushes:
+                    common.ROOT = trees.get(kind, trees["this"])
+                    result = push_only_round(ctx, "hq" if kind in trees else kind, args.jobs)
+                    pushes[kind].append(result)
+                    print(
+                        f"round {index + 1} {kind:5} pushes alone: CPU"
+                        f" {result['cpu_us_per_job']:5d} us/push  {result['push_per_s']:7.0f}/s",
                         flush=True,
                     )
             if "l" in args.what:
@@ -90,6 +111,15 @@ def main() -> int:
                 f" CPU per job / relay"
                 f" {med(tree, 'cpu_us_per_job') / med('relay', 'cpu_us_per_job'):.2f}"
             )
+    if "p" in args.what:
+        bare = {key: median([r[key] for r in pushes["push"]]) for key in pushes["push"][0]}
+        for tree in trees:
+            rate = median([r["push_per_s"] for r in pushes[tree]])
+            cpu = median([r["cpu_us_per_job"] for r in pushes[tree]])
+            print(
+                f"{tree}: pushes alone {rate / bare['push_per_s']:.2f} of the push baseline,"
+                f" CPU per push {cpu:.0f} us ({cpu / bare['cpu_us_per_job']:.2f} x)"
+            )
     if "l" in args.what:
         pooled = {kind: percentiles(values) for kind, values in latency.items()}
         relay = pooled["relay"]
@@ -103,6 +133,38 @@ def main() -> int:
     for text in ctx.problems:
         print(f"PROBLEM: {text}")
     return 1 if ctx.problems else 0
+
+
+def push_only_round(ctx: run.Context, kind: str, jobs: int) -> dict[str, Any]:
+    """
+    Push ``jobs`` with 32 clients to ``kind`` (``hq`` or ``push``) while the
+    worker is stopped; return the push rate and the server's CPU per push.
+    """
+    worker = ctx.worker
+    directory = ctx.directory(f"pushes-{kind}")
+    server: Any = HQServer(directory) if kind == "hq" else Baseline(directory, kind)
+    with run.running(server.start()):
+        worker.signal(signal.SIGSTOP)
+        try:
+            cpu_before = server.cpu()
+            result = loadgen(
+                "burst",
+                server.base,
+                ctx.job_url(worker),
+                os.path.join(directory, "loadgen.json"),
+                jobs=jobs,
+                concurrency=32,
+                deadline=300,
+            )
+            cpu_used = server.cpu() - cpu_before
+        finally:
+            worker.signal(signal.SIGCONT)
+    if result["errors"]:
+        ctx.problem(f"{kind}: {result['errors']} pushes failed: {result['error_samples'][:3]}")
+    return {
+        "push_per_s": result["pushes_per_s"],
+        "cpu_us_per_job": round(cpu_used / jobs * 1e6),
+    }
 
 
 if __name__ == "__main__":
