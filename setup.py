@@ -31,7 +31,9 @@ setup(
     include_package_data=True,
     install_requires=[
         "Twisted>=24.7",
-        "klein>=24.8",
+        # hq.rendering renders Klein routes in Klein's place and reads its error
+        # handlers (Klein._error_handlers): check a new Klein before raising this.
+        "klein>=24.8,<25",
         "treq>=24.9",
         "attrs>=23.1",
         "google-re2>=1.1",
