@@ -24,8 +24,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
-from twisted.protocols.policies import WrappingFactory
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -350,20 +349,6 @@ class Stamp(Resource):
         return b"ok"
 
 
-async def _all_closed(site: WrappingFactory, timeout: float = 5) -> None:
-    """
-    Close the worker's side of its connections and wait until they are
-    gone: the client pool's close fires when the client's side is, and a
-    busy machine may not have told the worker yet when the test ends (its
-    connection timeouts would then be left in the reactor).
-    """
-    for protocol in list(site.protocols):
-        protocol.transport.loseConnection()
-    deadline = reactor.seconds() + timeout
-    while site.protocols and reactor.seconds() < deadline:
-        await deferLater(reactor, 0.01, lambda: None)
-
-
 class DueTimeTests(TestCase):
     """
     Delayed jobs in a SQLite store, the delivery engine on the real reactor,
@@ -378,10 +363,8 @@ class DueTimeTests(TestCase):
         """
         stamp = Stamp()
         stamp.expected = 50
-        site = WrappingFactory(Site(stamp))
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        port = reactor.listenTCP(0, Site(stamp), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        self.addCleanup(_all_closed, site)
         url = f"http://127.0.0.1:{port.getHost().port}/"
         store = SQLiteStore(self.mktemp(), reactor)
         await store.open()
