@@ -15,6 +15,7 @@ from klein import Klein, Response
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -146,7 +147,10 @@ class _Connection:
     """
 
     def __init__(self, resource: Any) -> None:
-        site = Site(resource)
+        # Its own clock: the channel's idle timeout must not be left in the
+        # global reactor, where trial would blame the next test for it.
+        self.clock = Clock()
+        site = Site(resource, reactor=self.clock)
         site.requestFactory = _Recording
         self.protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         self.transport = StringTransport(
