@@ -284,9 +284,16 @@ def _parse_float(text: str) -> float:
     return value
 
 
+#: ``json.loads`` with these arguments builds a decoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
+
+
 def _parse_json(text: str, where: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+        if text.startswith("\ufeff"):
+            # What json.loads says of it (the decoder alone does not look).
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as e:
         raise APIError(
             400,

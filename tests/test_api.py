@@ -557,6 +557,21 @@ class PushTests(APITestCase):
             reply = self.call("POST", "/job", body, JSON)
             self.assertErrorStartsWith(reply, 400, "Malformed JSON in the request body")
 
+    def test_byte_order_marks(self) -> None:
+        """
+        One UTF-8 byte order mark before a body is allowed (and dropped); a
+        second is a 400 that says so.
+        """
+        body = b'{"url":"http://w.test/"}'
+        self.assertEqual(self.call("POST", "/job", b"\xef\xbb\xbf" + body, JSON).status, 200)
+        reply = self.call("POST", "/job", b"\xef\xbb\xbf" * 2 + body, JSON)
+        self.assertError(
+            reply,
+            400,
+            "Malformed JSON in the request body at line 1, column 1 (offset 0): "
+            "Unexpected UTF-8 BOM (decode using utf-8-sig)",
+        )
+
     def test_top_level_must_be_an_object(self) -> None:
         """A JSON array, string or null body is a 400."""
         for body, kind in ((b"[]", "an array"), (b'"x"', "a string"), (b"null", "null")):
