@@ -10,7 +10,7 @@ holds the request: every request Klein renders, with its headers, its body
 and its transport's address, about 40 objects, stays in memory until Python's
 cyclic garbage collector finds it. Around that, each request also paid for a
 new werkzeug ``MapAdapter`` (with an IDNA encoding of the host), Klein's
-request adapter, and five Deferreds.
+request adapter, and two or three Deferreds besides the endpoint's own.
 
 :class:`CycleFreeKleinResource` routes and answers the same way: the same URL
 map, endpoints and error handlers, the same answers to ``Response``,
@@ -25,13 +25,13 @@ goes away. What differs:
   as ``POST /job``) is looked up in a table made from the URL map the first
   time (werkzeug itself decides what goes in it); other requests are matched
   by werkzeug as before.
-- An endpoint that answers at once is written at once; Deferreds are used
-  only for endpoints that return one.
+- An endpoint that answers at once is written at once; besides the
+  endpoint's own, one Deferred per request (the request's ``notifyFinish``).
 - Klein's request adapter (``IKleinRequest``) is not given the URL mapper, so
   ``url_for`` is not available to the handlers (HQ's do not use it).
 
-For HQ this was a third of the CPU of a push (issue #15, docs/performance.md,
-round nine).
+For HQ this was about a quarter of the CPU of a push (issue #15,
+docs/performance.md, round nine).
 """
 
 from __future__ import annotations
