@@ -28,7 +28,7 @@ from typing import Any
 
 import common
 import run
-from common import HERE, Baseline, HQServer, loadgen, median, percentiles
+from common import HERE, median, percentiles
 
 
 def main() -> int:
@@ -142,25 +142,15 @@ def push_only_round(ctx: run.Context, kind: str, jobs: int) -> dict[str, Any]:
     """
     worker = ctx.worker
     directory = ctx.directory(f"pushes-{kind}")
-    server: Any = HQServer(directory) if kind == "hq" else Baseline(directory, kind)
+    server = run.server_for(kind, directory)
     with run.running(server.start()):
         worker.signal(signal.SIGSTOP)
         try:
             cpu_before = server.cpu()
-            result = loadgen(
-                "burst",
-                server.base,
-                ctx.job_url(worker),
-                os.path.join(directory, "loadgen.json"),
-                jobs=jobs,
-                concurrency=32,
-                deadline=300,
-            )
+            result = run.burst(ctx, kind, server, directory, jobs)
             cpu_used = server.cpu() - cpu_before
         finally:
             worker.signal(signal.SIGCONT)
-    if result["errors"]:
-        ctx.problem(f"{kind}: {result['errors']} pushes failed: {result['error_samples'][:3]}")
     return {
         "push_per_s": result["pushes_per_s"],
         "cpu_us_per_job": round(cpu_used / jobs * 1e6),

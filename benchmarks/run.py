@@ -296,6 +296,34 @@ def summarize_profile(path: str, top: int = 25) -> dict[str, Any]:
 # -- throughput -------------------------------------------------------------------------
 
 
+def server_for(kind: str, directory: str) -> Any:
+    """
+    Return the server a round loads: HQ for ``hq``, else the ``push`` or
+    ``relay`` baseline (not started yet).
+    """
+    return HQServer(directory) if kind == "hq" else Baseline(directory, kind)
+
+
+def burst(ctx: Context, kind: str, server: Any, directory: str, jobs: int) -> dict[str, Any]:
+    """
+    Push ``jobs`` to ``server`` from 32 keep-alive clients, each sending its
+    next push when the last is answered; note failed pushes as a problem and
+    return the load generator's result.
+    """
+    result = loadgen(
+        "burst",
+        server.base,
+        ctx.job_url(ctx.worker),
+        os.path.join(directory, "loadgen.json"),
+        jobs=jobs,
+        concurrency=32,
+        deadline=300,
+    )
+    if result["errors"]:
+        ctx.problem(f"{kind}: {result['errors']} pushes failed: {result['error_samples'][:3]}")
+    return result
+
+
 def throughput_round(ctx: Context, kind: str, jobs: int) -> dict[str, Any]:
     """
     Push ``jobs`` with 32 clients to ``kind`` (``hq``, ``push`` or ``relay``);
@@ -304,28 +332,18 @@ def throughput_round(ctx: Context, kind: str, jobs: int) -> dict[str, Any]:
     worker = ctx.worker
     worker.reset()
     directory = ctx.directory(f"throughput-{kind}")
-    server: Any = HQServer(directory) if kind == "hq" else Baseline(directory, kind)
+    server = server_for(kind, directory)
     with running(server.start()):
         sampler = RssSampler(server.pid)
         profiler = Profiler(ctx, server.pid, "throughput") if kind == "hq" else None
         cpu_before = server.cpu()
-        result = loadgen(
-            "burst",
-            server.base,
-            ctx.job_url(worker),
-            os.path.join(directory, "loadgen.json"),
-            jobs=jobs,
-            concurrency=32,
-            deadline=300,
-        )
+        result = burst(ctx, kind, server, directory, jobs)
         figures: dict[str, Any] = {
             "jobs": jobs,
             "push_per_s": result["pushes_per_s"],
             "push_ms": result["push_ms"],
             "errors": result["errors"],
         }
-        if result["errors"]:
-            ctx.problem(f"{kind}: {result['errors']} pushes failed: {result['error_samples'][:3]}")
         # CPU the server used per job: steadier than rates on a shared machine.
         # Read once every job is delivered (and, for HQ, recorded), before the
         # checks below ask HQ to list them all.
@@ -469,7 +487,7 @@ def latency_run(ctx: Context, kind: str, jobs: int, rate: float) -> dict[str, An
     worker = ctx.worker
     worker.reset()
     directory = ctx.directory(f"latency-{kind}")
-    server: Any = HQServer(directory) if kind == "hq" else Baseline(directory, kind)
+    server = server_for(kind, directory)
     with running(server.start()):
         result = loadgen(
             "rate",
