@@ -136,7 +136,6 @@ class CycleFreeKleinResource(KleinResource):
     _routes: dict[tuple[bytes, bytes], str] | None = None
 
     def render(self, request: IRequest) -> KleinRenderable:
-        rendering = _Rendering(self._app, request)
         routes = self._routes
         if routes is None:
             routes = self._routes = static_routes(self._app.url_map)
@@ -148,6 +147,7 @@ class CycleFreeKleinResource(KleinResource):
                 scheme, server_name, path, script_name = url_parts(request)
         except UnicodeDecodeError:
             return self.url_not_utf8(request)
+        rendering = _Rendering(self._app, request)
         if endpoint is not None:
             rendering.call(endpoint, {})
             return NOT_DONE_YET  # type: ignore[return-value]
