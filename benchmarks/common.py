@@ -90,15 +90,39 @@ def rss_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """
-    Return the CPU time (user + system) ``pid`` has used so far, in seconds.
+    Return the CPU time (user + system) ``pid`` and its children have used so
+    far, in seconds: HQ's sender process (``hq.delivery.sender``) is part of
+    the server.
     """
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    # utime, stime, cutime, cstime are fields 14 to 17 of stat(5); [0] here is field 3.
+    ticks = sum(int(f) for f in fields[11:15])
+    for child in _children(pid):
+        child_fields = _stat(child)
+        if child_fields is not None:
+            ticks += int(child_fields[11]) + int(child_fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
+            return f.read().rpartition(")")[2].split()
     except OSError:
-        return 0.0
-    # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            # The parent's id is field 4 of stat(5): [1] here.
+            if fields is not None and fields[1] == str(pid):
+                children.append(int(entry))
+    return children
 
 
 class CpuShare:

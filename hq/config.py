@@ -34,6 +34,10 @@ def _cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+def _several_cpus() -> bool:
+    return _cpu_count() > 1
+
+
 @attrs.frozen
 class Config:
     """
@@ -56,6 +60,8 @@ class Config:
     ui_basename: str = "/ui"
     # Keys added by this project.
     max_output_bytes: int = 1_048_576
+    # Requests to workers made by a child process (hq.delivery.sender).
+    sender_process: bool = attrs.field(factory=_several_cpus)
     max_body_bytes: int = 4_194_304
     request_timeout: int = 30
     trusted_proxies: tuple[str, ...] = ()

@@ -44,6 +44,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IPushProducer,
     IReactorCore,
+    IReactorProcess,
     IReactorTCP,
     IReactorThreads,
     IReactorTime,
@@ -76,7 +77,9 @@ from hq.systemd import notify_address, sd_notify
 if TYPE_CHECKING:
     # Imported by open_store, and only for a PostgreSQL store: a server on
     # SQLite never loads psycopg and libpq (about 10 MB of memory).
+    from hq.delivery.sender import SenderProcess
     from hq.store.postgres import PostgresStore
+    from hq.worker import WorkerClient
 
     #: The job stores a server can run on (``store`` in the config).
     AnyStore = SQLiteStore | PostgresStore
@@ -84,7 +87,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 
-class IServerReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorThreads):
+class IServerReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorThreads, IReactorProcess):
     """
     What HQ needs of its reactor (the global one, in :func:`makeService`).
     """
@@ -588,24 +591,30 @@ class StartFailure(Service):
 
 
 def delivery_engine(
-    config: Config, store: IJobStore, reactor: IServerReactor, ids: IdGenerator | None = None
+    config: Config,
+    store: IJobStore,
+    reactor: IServerReactor,
+    ids: IdGenerator | None = None,
+    sender: SenderService | None = None,
 ) -> Delivery:
     """
     Return the delivery engine: the service that feeds stored jobs to workers
-    (``ids`` makes the callback jobs' ids).
+    (``ids`` makes the callback jobs' ids); with ``sender``, most requests to
+    workers are made by its process (:mod:`hq.delivery.sender`).
     """
     from hq.guard import NetworkGuard
     from hq.signing import signer_for
-    from hq.worker import WorkerClient, make_http_client
+    from hq.worker import Sender, WorkerClient, make_http_client
 
     guard = NetworkGuard.from_config(config.deny_networks, config.allow_networks)
-    worker = WorkerClient(
+    local = WorkerClient(
         make_http_client(reactor, max_output_bytes=config.max_output_bytes, guard=guard),
         reactor,
         f"HQ/{__version__}",
         config.max_output_bytes,
         signer=signer_for(config.signing_secrets),
     )
+    worker: Sender = local if sender is None else sender.sender_for(local)
     return Delivery(
         store=store,
         worker=worker,
@@ -624,6 +633,82 @@ def delivery_engine(
         ),
         new_id=None if ids is None else ids.next_id,
     )
+
+
+#: Seconds the start waits for the sender process (it is usually ready in a
+#: fraction of one); requests are made in-process until it is.
+SENDER_START_TIMEOUT = 10.0
+
+
+class SenderService(Stage):
+    """
+    The sender process (:mod:`hq.delivery.sender`), when ``sender_process``
+    is on: started early, so that it gets ready while the store opens;
+    stopped after the delivery engine, once no request to a worker is in
+    flight. Until it is ready, requests are made by the server's own process.
+    """
+
+    def __init__(self, config: Config, reactor: IServerReactor) -> None:
+        self._config = config
+        self._reactor = reactor
+        self.sender: SenderProcess | None = None
+        self._ready: Deferred[None] | None = None
+
+    def sender_for(self, local: WorkerClient) -> SenderProcess:
+        """
+        Return the sender, with ``local`` as the client of this process.
+        """
+        from hq.delivery.sender import SenderProcess
+
+        config = self._config
+        self.sender = SenderProcess(
+            self._reactor,
+            local,
+            {
+                "user_agent": f"HQ/{__version__}",
+                "max_output_bytes": config.max_output_bytes,
+                "deny": list(config.deny_networks),
+                "allow": list(config.allow_networks),
+                "signing_secrets": list(config.signing_secrets),
+            },
+        )
+        return self.sender
+
+    def startService(self) -> None:
+        super().startService()
+        if self.sender is not None:
+            self._ready = self.sender.start()
+
+    def ready(self) -> Stage:
+        """
+        Return the stage that waits (up to :data:`SENDER_START_TIMEOUT` s)
+        until the process is ready or has failed to start, so that the port
+        accepts connections with the sender ready in the usual case.
+        """
+        return SenderReady(self)
+
+    async def wait(self) -> None:
+        if self._ready is None:
+            return
+        ready = self._ready
+        ready.addTimeout(SENDER_START_TIMEOUT, self._reactor, lambda _, __: None)
+        await ready
+
+    async def stop(self) -> None:
+        if self.sender is not None:
+            await self.sender.stop()
+
+
+class SenderReady(Stage):
+    """
+    Wait until the sender process is ready (see :meth:`SenderService.ready`).
+    """
+
+    def __init__(self, sender: SenderService) -> None:
+        self._sender = sender
+
+    async def start(self) -> None:
+        await self._sender.wait()
 
 
 def server_metrics(
@@ -748,7 +833,8 @@ class HQService(MultiService):
     def _add_children(self, store: AnyStore) -> None:
         config, reactor = self.config, self._reactor
         ids = IdGenerator(config.server_id, reactor)
-        delivery = delivery_engine(config, store, reactor, ids)
+        sender = SenderService(config, reactor) if config.sender_process else None
+        delivery = delivery_engine(config, store, reactor, ids, sender)
         if config.metrics:
             self._metrics = server_metrics(config, store, delivery, reactor)
         from hq.cluster import local_nodes
@@ -777,7 +863,10 @@ class HQService(MultiService):
             reactor,
             self._store.data_dir,
         )
-        children: list[IService] = [self._signals, self._logs, self._store]
+        children: list[IService] = [self._signals, self._logs]
+        if sender is not None:
+            children.append(sender)
+        children.append(self._store)
         if postgres is not None:
             children += self._cluster(postgres, delivery, web)
         children += [Recovery(store, ids, reactor, delivery.flow), delivery]
@@ -791,6 +880,8 @@ class HQService(MultiService):
             cleanup = Cleanup(store, reactor, config.job_lifetime, leader)
             children.append(cleanup.service())
         # After the recovery (ids continue after the stored ones), before the port.
+        if sender is not None:
+            children.append(sender.ready())
         children += [scheduler, web, SystemdNotifier(web)]
         for child in children:
             child.setServiceParent(self)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import typing
 from collections.abc import Callable, Hashable, Sequence
 from http.cookiejar import Cookie
 from typing import Any
@@ -581,6 +582,19 @@ def _on_timeout(result: object, seconds: float) -> object:
     return result
 
 
+class ExchangeFailed(Exception):
+    """
+    An exchange ended early, as another process reported it
+    (:mod:`hq.delivery.sender`): ``reason`` is the job's ``err``, and
+    ``unusual`` says whether it is worth logging (:attr:`Exchange.unusual_error`).
+    """
+
+    def __init__(self, reason: str, unusual: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.unusual = unusual
+
+
 @attrs.define
 class Exchange:
     """
@@ -603,6 +617,8 @@ class Exchange:
     error: Exception | None = None
     #: The last response's ``Retry-After`` header, as sent (:func:`hq.policy.retry_after_seconds`).
     retry_after: str | None = None
+    #: The body as decoded by the process that read it (:mod:`hq.delivery.sender`).
+    reported_output: str | None = None
 
     @property
     def success(self) -> bool:
@@ -618,6 +634,8 @@ class Exchange:
         Whether ``error`` is worth logging in full: not a timeout, nor a
         connection that failed or closed around the response.
         """
+        if isinstance(self.error, ExchangeFailed):
+            return self.error.unusual
         return self.error is not None and not isinstance(
             self.error, TimedOut | ResponseFailed | ResponseNeverReceived
         )
@@ -631,6 +649,8 @@ class Exchange:
         if self.error is not None:
             if isinstance(self.error, TimedOut):
                 return f"timed out after {self.error.seconds} s"
+            if isinstance(self.error, ExchangeFailed):
+                return self.error.reason
             return describe_error(self.error, self.url)
         if self.success or self.err or self.status_code is None:
             return self.err
@@ -640,9 +660,23 @@ class Exchange:
         """
         Return the body read, decoded as UTF-8 (invalid bytes replaced).
         """
+        if self.reported_output is not None:
+            return self.reported_output
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         # A cut body may end inside a character: leave that part out.
         return decoder.decode(b"".join(self.chunks), final=not self.truncated)
+
+
+class Sender(typing.Protocol):
+    """
+    What runs the exchanges with workers: :class:`WorkerClient` in this
+    process, or :class:`hq.delivery.sender.SenderProcess` in a child.
+    """
+
+    def post(self, job: Job) -> Deferred[Exchange]:
+        """
+        POST ``job``; see :meth:`WorkerClient.post`.
+        """
 
 
 class WorkerClient:

@@ -29,6 +29,8 @@ from hq.tap import (
     LogService,
     Options,
     Recovery,
+    SenderReady,
+    SenderService,
     Stage,
     StartFailure,
     StoreService,
@@ -141,22 +143,34 @@ class HQServiceTests(SynchronousTestCase):
         self.assertEqual((completed.stdout, completed.returncode), ("[]\n", 0), completed.stderr)
 
     def test_children_in_documented_order(self) -> None:
-        """The store, recovery, delivery, clean-up, scheduler and HTTP children, in that order."""
-        kinds = [type(child) for child in self.service()]
+        """
+        The sender process, store, recovery, delivery, clean-up, the wait for
+        the sender, the scheduler and HTTP children, in that order.
+        """
+        kinds = [type(child) for child in self.service(sender_process=True)]
         self.assertEqual(
             kinds,
             [
                 ExitOnSecondSignal,
                 LogService,
+                SenderService,
                 StoreService,
                 Recovery,
                 Delivery,
                 TimerService,
+                SenderReady,
                 Scheduler,
                 WebListener,
                 SystemdNotifier,
             ],
         )
+
+    def test_no_sender_children_without_the_process(self) -> None:
+        """With sender_process false, requests to workers are made in-process: no sender child."""
+        kinds = [type(child) for child in self.service(sender_process=False)]
+        self.assertNotIn(SenderService, kinds)
+        self.assertNotIn(SenderReady, kinds)
+        self.assertIn(Delivery, kinds)
 
     def test_no_cleanup_timer_when_jobs_are_kept_forever(self) -> None:
         """With job_lifetime 0 there is no clean-up child."""

@@ -26,7 +26,7 @@ from hq.ids import now_ms
 from hq.model import Attempt, Job, JobState
 from hq.policy import RetryRules
 from hq.store import IClaimingStore, IJobStore
-from hq.worker import WorkerClient
+from hq.worker import Sender
 
 
 @attrs.frozen
@@ -66,7 +66,7 @@ class Delivery(Service):
     def __init__(
         self,
         store: IJobStore,
-        worker: WorkerClient,
+        worker: Sender,
         clock: IReactorTime,
         dispatchers: int,
         workers_per_dispatcher: int,

@@ -29,7 +29,7 @@ from hq.logs import debug_events
 from hq.model import Attempt, Job, JobState, Outcome
 from hq.policy import AttemptResult, Finish, RetryRules, after_attempt, stopped_outcome
 from hq.store import STORE_RETRY_SECONDS, IJobStore
-from hq.worker import Exchange, TimedOut, WorkerClient
+from hq.worker import Exchange, Sender, TimedOut
 
 #: The ``err`` of a job whose delivery failed on an unexpected error in HQ
 #: (the details are in the server's log).
@@ -66,7 +66,7 @@ class Runner:
     def __init__(
         self,
         store: IJobStore,
-        worker: WorkerClient,
+        worker: Sender,
         clock: IReactorTime,
         feed: Feed | ClaimFeed,
         outcomes: Outcomes,

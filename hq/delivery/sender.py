@@ -1,0 +1,490 @@
+"""
+The sender: a second process that makes the requests to workers.
+
+HQ's reactor thread parses, stores and answers pushes, and for each delivery
+claims the job, makes the POST, reads the answer and records the outcome.
+The POST and the answer, Twisted's HTTP client and treq, are a third of that
+thread's time under load, and CPython runs one thread's Python at a time. A
+server on a machine with more than one core therefore hands the exchanges to
+a child process, ``python -m hq.delivery.sender``, which runs the same
+:class:`hq.worker.WorkerClient` (treq, the connection pool, the redirects,
+the response cap, the network guard, the signatures) on a reactor of its own
+and sends back what each exchange learned.
+
+Between the two, over the child's standard input and output, each message is
+a frame: a 4-byte big-endian length, then that many bytes of JSON (a list).
+
+- parent -> child, first: ``{"user_agent", "max_output_bytes", "deny",
+  "allow", "signing_secrets"}``, the settings;
+- ``["post", n, job_id, url, payload, headers, timeout]``: make exchange ``n``;
+- ``["cancel", n]``: abort exchange ``n`` (a stop, or the shutdown's timeout);
+- child -> parent: ``[n, url, status_code, phrase, err, output, truncated,
+  retry_after, error, reason]``: exchange ``n`` ended; ``error`` is ``None``
+  (a response was read), ``"timeout"``, ``"cancelled"``, ``"transport"``
+  (the connection failed or closed around the response) or ``"other"``, and
+  ``reason`` is :meth:`hq.worker.Exchange.reason`.
+
+The child ends when its standard input closes: the parent closes it once no
+exchange is in flight (:meth:`SenderProcess.close`), and the system closes
+it when the parent dies, killed or not; the child then aborts what it still
+runs (those jobs are still ``running`` in the store, and the next start
+delivers them again). When the child dies, the exchanges it ran end with an
+error (``the sender process ended``) and a new child is started.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import struct
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ProcessDone
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hq.model import Job
+from hq.worker import Exchange, ExchangeFailed, Sender, TimedOut
+
+_LENGTH = struct.Struct("!I")
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+#: Exchanges :class:`SenderProcess` runs in the server's own process at a time.
+LOCAL_SLOTS = 1
+
+#: Seconds to wait before starting a new child after one died; doubled after
+#: each child that lived less than ``STABLE_SECONDS``, up to ``MAX_RESTART_DELAY``.
+RESTART_DELAY = 0.5
+STABLE_SECONDS = 10.0
+MAX_RESTART_DELAY = 30.0
+
+#: The child's first message: its client is made.
+READY = ["ready"]
+
+
+#: Seconds :meth:`SenderProcess.stop` waits for the child to exit before killing it.
+EXIT_TIMEOUT = 5.0
+
+
+def frame(message: Any) -> bytes:
+    """
+    Return ``message`` as one frame.
+    """
+    data = _ENCODER.encode(message).encode("utf-8")
+    return _LENGTH.pack(len(data)) + data
+
+
+class Frames:
+    """
+    Cut a byte stream into the messages of its frames.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> Iterator[Any]:
+        """
+        Add ``data``; yield each message it completes.
+        """
+        buffer = self._buffer + data if self._buffer else data
+        start = 0
+        end = len(buffer)
+        while end - start >= 4:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            if end - start - 4 < length:
+                break
+            start += 4
+            yield _DECODER.decode(buffer[start : start + length].decode("utf-8"))
+            start += length
+        self._buffer = buffer[start:]
+
+
+def exchange_message(n: int, exchange: Exchange) -> list[Any]:
+    """
+    Return the child's report of exchange ``n``.
+    """
+    error = exchange.error
+    if error is None:
+        kind = None
+    elif isinstance(error, TimedOut):
+        kind = "timeout"
+    elif isinstance(error, CancelledError):
+        kind = "cancelled"
+    elif exchange.unusual_error:
+        kind = "other"
+    else:
+        kind = "transport"
+    return [
+        n,
+        exchange.url,
+        exchange.status_code,
+        exchange.phrase.decode("latin-1"),
+        exchange.err,
+        exchange.output(),
+        exchange.truncated,
+        exchange.retry_after,
+        kind,
+        exchange.reason(),
+    ]
+
+
+def reported_exchange(message: list[Any], timeout: int) -> Exchange:
+    """
+    Return the :class:`Exchange` the child reported in ``message``, for a job
+    of ``timeout`` seconds.
+    """
+    _, url, status_code, phrase, err, output, truncated, retry_after, kind, reason = message
+    error: Exception | None
+    if kind is None:
+        error = None
+    elif kind == "timeout":
+        error = TimedOut(timeout)
+    elif kind == "cancelled":
+        error = CancelledError()
+    else:
+        error = ExchangeFailed(reason, unusual=kind == "other")
+    return Exchange(
+        url=url,
+        status_code=status_code,
+        phrase=phrase.encode("latin-1"),
+        err=err,
+        truncated=truncated,
+        error=error,
+        retry_after=retry_after,
+        reported_output=output,
+    )
+
+
+class TurnWriter:
+    """
+    Write frames to a pipe: the first of a reactor turn at once (the other
+    process starts on it while this one goes on), the others of the turn
+    together at its end; through Twisted's own writer (``writer``, the
+    pipe's :class:`twisted.internet.abstract.FileDescriptor`) whenever it
+    still holds data or the pipe is full.
+    """
+
+    def __init__(self, reactor: Any, writer: Any) -> None:
+        self._reactor = reactor
+        self._writer = writer
+        #: Whether Twisted's writer exposes the buffers this looks at.
+        self._direct = all(hasattr(writer, name) for name in ("dataBuffer", "_tempDataBuffer"))
+        self._turn: list[bytes] = []
+        self._later: Any = None
+
+    def write(self, data: bytes) -> None:
+        self._turn.append(data)
+        if self._later is None:
+            self._later = self._reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._later = None
+        if self._turn:
+            data = b"".join(self._turn)
+            self._turn.clear()
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        writer = self._writer
+        if self._direct and not writer.dataBuffer and not writer._tempDataBuffer:
+            try:
+                sent = os.write(writer.fileno(), data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                # The other side is gone: Twisted's writer notices and reports it.
+                sent = 0
+            data = data[sent:]
+        if data:
+            writer.write(data)
+
+
+class SenderProcess(ProcessProtocol):
+    """
+    Run exchanges with workers (the same ``post`` as
+    :class:`hq.worker.WorkerClient`): up to ``local_slots`` at a time with
+    ``local`` in this process, the others in the child, whenever it is ready.
+
+    One exchange at a time here keeps a lone job's way to its worker as short
+    as it was (no hop through the pipe); under load, nearly all of them run in
+    the child. Until the child is ready, and while a dead one's successor
+    starts, every exchange runs here.
+
+    :param reactor: spawns the child and times its restarts.
+    :param local: the client of this process.
+    :param settings: the child's settings (see the module's docstring).
+    :param argv: the child's command (tests run another one).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        local: Sender,
+        settings: dict[str, Any],
+        argv: list[str] | None = None,
+        local_slots: int = LOCAL_SLOTS,
+    ) -> None:
+        self._reactor = reactor
+        self._local = local
+        self._local_slots = local_slots
+        self._settings = settings
+        self._argv = argv or [sys.executable, "-m", "hq.delivery.sender"]
+        self._frames = Frames()
+        self._writer: TurnWriter | None = None
+        self._next = 0
+        #: Exchange number -> (its Deferred, the job's timeout).
+        self._pending: dict[int, tuple[Deferred[Exchange], int]] = {}
+        self._closing = False
+        self._exited: list[Deferred[None]] = []
+        self._starting: list[Deferred[None]] = []
+        self._restart: Any = None
+        self._started_at = 0.0
+        self._delay = RESTART_DELAY
+        #: Exchanges running in this process.
+        self.local_running = 0
+        #: Whether the child runs and said it is ready.
+        self.ready = False
+        #: The running child's process id, or ``None``.
+        self.pid: int | None = None
+
+    def start(self) -> Deferred[None]:
+        """
+        Start the child; return a Deferred that fires once it is ready, or
+        has ended without being ready (it is then started again later).
+        """
+        self._closing = False
+        self._delay = RESTART_DELAY
+        started: Deferred[None] = Deferred()
+        self._starting.append(started)
+        if self.pid is None and self._restart is None:
+            self._spawn()
+        elif self.ready:
+            self._started()
+        elif self._restart is not None:
+            # A dead child's successor: start it now.
+            self._restart.cancel()
+            self._spawn()
+        return started
+
+    def _started(self) -> None:
+        starting, self._starting = self._starting, []
+        for started in starting:
+            started.callback(None)
+
+    def _spawn(self) -> None:
+        self._restart = None
+        self._frames = Frames()
+        env = os.environ.copy()
+        # The child imports the same hq as this process, installed or not.
+        env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+        self._started_at = self._reactor.seconds()
+        try:
+            transport = self._reactor.spawnProcess(
+                self, self._argv[0], self._argv, env=env, childFDs={0: "w", 1: "r", 2: 2}
+            )
+        except OSError as e:
+            self.log.error("Cannot start the sender process: {error}", error=e)
+            self._started()
+            self._restart_later()
+            return
+        self.pid = transport.pid
+        self._writer = TurnWriter(self._reactor, transport.pipes[0])
+        self._writer.write(frame(self._settings))
+
+    def post(self, job: Job) -> Deferred[Exchange]:
+        """
+        POST ``job``; return a Deferred of the exchange (see
+        :meth:`hq.worker.WorkerClient.post`).
+        """
+        if not self.ready or (self.local_running < self._local_slots and not self._pending):
+            self.local_running += 1
+            running = self._local.post(job)
+            running.addBoth(self._local_ended)
+            return running
+        assert self._writer is not None
+        self._next += 1
+        n = self._next
+        done: Deferred[Exchange] = Deferred(lambda d: self._cancel(n, job.url))
+        self._pending[n] = (done, job.timeout)
+        self._writer.write(
+            frame(["post", n, job.id, job.url, job.payload, job.headers, job.timeout])
+        )
+        return done
+
+    def _local_ended(self, result: Any) -> Any:
+        self.local_running -= 1
+        return result
+
+    def _cancel(self, n: int, url: str) -> None:
+        # Ends like WorkerClient.post's: an Exchange whose error is the cancellation.
+        pending = self._pending.pop(n, None)
+        if pending is None:
+            return
+        if self._writer is not None:
+            self._writer.write(frame(["cancel", n]))
+        pending[0].callback(Exchange(url=url, error=CancelledError()))
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        for message in self._frames.feed(data):
+            if message == READY:
+                self.ready = True
+                self._started()
+                continue
+            pending = self._pending.pop(message[0], None)
+            if pending is not None:
+                done, timeout = pending
+                done.callback(reported_exchange(message, timeout))
+
+    def processEnded(self, reason: Failure) -> None:
+        self.pid = None
+        self.ready = False
+        self._writer = None
+        if not self._closing or not isinstance(reason.value, ProcessDone):
+            self.log.error(
+                "The sender process ended: {reason}; requests to workers are made "
+                "by the server's own process until it is started again",
+                reason=reason.getErrorMessage(),
+            )
+        if not self._closing:
+            if self._reactor.seconds() - self._started_at > STABLE_SECONDS:
+                self._delay = RESTART_DELAY
+            self._restart_later()
+        # The state is settled: what the callbacks below run may start or stop.
+        pending, self._pending = self._pending, {}
+        exited, self._exited = self._exited, []
+        starting, self._starting = self._starting, []
+        # The worker may have had the request: an outcome like a connection lost.
+        ended = ExchangeFailed("the sender process ended", unusual=False)
+        for done, _ in pending.values():
+            done.callback(Exchange(url="", error=ended))
+        for waiting in [*exited, *starting]:
+            waiting.callback(None)
+
+    def _restart_later(self) -> None:
+        self._restart = self._reactor.callLater(self._delay, self._spawn)
+        self._delay = min(self._delay * 2, MAX_RESTART_DELAY)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Let the child exit (it aborts what it still runs); return a Deferred
+        that fires once it did (it is killed after :data:`EXIT_TIMEOUT` s).
+        """
+        self._closing = True
+        self.ready = False
+        if self._restart is not None and self._restart.active():
+            self._restart.cancel()
+        self._restart = None
+        if self.pid is None or self.transport is None:
+            return succeed(None)
+        exited: Deferred[None] = Deferred()
+        self._exited.append(exited)
+        self.transport.closeStdin()
+        kill = self._reactor.callLater(EXIT_TIMEOUT, self._kill)
+
+        def stop_kill(result: None) -> None:
+            if kill.active():
+                kill.cancel()
+
+        exited.addCallback(stop_kill)
+        return exited
+
+    def _kill(self) -> None:
+        if self.transport is not None and self.pid is not None:
+            self.transport.signalProcess("KILL")
+
+
+# -- the child ------------------------------------------------------------------
+
+
+class _Child:
+    """
+    The child's side: run each exchange asked for, report it when it ends.
+    """
+
+    def __init__(self, reactor: Any, write: Any) -> None:
+        self._reactor = reactor
+        self._write = write
+        self._frames = Frames()
+        self._client: Any = None
+        self._running: dict[int, Deferred[Exchange]] = {}
+
+    def received(self, data: bytes) -> None:
+        for message in self._frames.feed(data):
+            if self._client is None:
+                self._client = self._make_client(message)
+                self._write(frame(READY))
+            elif message[0] == "post":
+                self._post(message)
+            elif message[0] == "cancel":
+                running = self._running.get(message[1])
+                if running is not None:
+                    running.cancel()
+
+    def _make_client(self, settings: dict[str, Any]) -> Any:
+        from hq.guard import NetworkGuard
+        from hq.signing import signer_for
+        from hq.worker import WorkerClient, make_http_client
+
+        guard = NetworkGuard.from_config(settings["deny"], settings["allow"])
+        return WorkerClient(
+            make_http_client(
+                self._reactor, max_output_bytes=settings["max_output_bytes"], guard=guard
+            ),
+            self._reactor,
+            settings["user_agent"],
+            settings["max_output_bytes"],
+            signer=signer_for(settings["signing_secrets"]),
+        )
+
+    def _post(self, message: list[Any]) -> None:
+        _, n, job_id, url, payload, headers, timeout = message
+        job = Job(id=job_id, url=url, payload=payload, headers=headers, timeout=timeout)
+        running = self._client.post(job)
+        self._running[n] = running
+        running.addCallback(self._ended, n)
+
+    def _ended(self, exchange: Exchange, n: int) -> None:
+        self._running.pop(n, None)
+        self._write(frame(exchange_message(n, exchange)))
+
+    def abort_all(self) -> None:
+        for running in list(self._running.values()):
+            running.cancel()
+
+
+def main() -> None:
+    """
+    Run the child until its standard input closes.
+    """
+    from twisted.internet import reactor, stdio
+    from twisted.internet.protocol import Protocol
+
+    class _Pipe(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            child.received(data)
+
+        def connectionLost(self, reason: Failure = Failure(ProcessDone(0))) -> None:
+            child.abort_all()
+            reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
+
+    pipe = _Pipe()
+    io = stdio.StandardIO(pipe)
+    # StandardIO's writer of standard output (a FileDescriptor).
+    writer = TurnWriter(reactor, getattr(io, "_writer", io))
+    child = _Child(reactor, writer.write)
+    # As in the server (hq.tap): what exists now lives as long as the process.
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()

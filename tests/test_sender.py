@@ -1,0 +1,451 @@
+"""
+Tests for :mod:`hq.delivery.sender`: the frames, the reports, the parent's
+side over a real pipe and a fake process, and the real child process against
+a real worker on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web._newclient import ResponseNeverReceived
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from hq.delivery.sender import (
+    EXIT_TIMEOUT,
+    READY,
+    RESTART_DELAY,
+    Frames,
+    SenderProcess,
+    exchange_message,
+    frame,
+    reported_exchange,
+)
+from hq.model import Job
+from hq.worker import Exchange, ExchangeFailed, TimedOut
+
+SETTINGS = {
+    "user_agent": "HQ/test",
+    "max_output_bytes": 1024,
+    "deny": [],
+    "allow": [],
+    "signing_secrets": [],
+}
+
+messages = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4),
+    max_leaves=10,
+)
+
+
+class FramesTests(SynchronousTestCase):
+    """
+    :class:`Frames` cuts a byte stream into the frames' messages.
+    """
+
+    @given(st.lists(messages, min_size=1, max_size=5), st.data())
+    def test_any_cut(self, sent: list[Any], data: st.DataObject) -> None:
+        """However the stream is cut into reads, the messages come out whole and in order."""
+        stream = b"".join(frame(message) for message in sent)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+        frames = Frames()
+        got: list[Any] = []
+        start = 0
+        for cut in [*cuts, len(stream)]:
+            got.extend(frames.feed(stream[start:cut]))
+            start = cut
+        self.assertEqual(got, sent)
+
+    def test_text_is_utf8(self) -> None:
+        """Text is sent as UTF-8, not escaped, and read back as sent."""
+        data = frame(["post", 1, "é☃"])
+        self.assertIn("é☃".encode(), data)
+        self.assertEqual(list(Frames().feed(data)), [["post", 1, "é☃"]])
+
+
+class ReportTests(SynchronousTestCase):
+    """
+    What the child reports of an exchange is, to the parent, the same exchange.
+    """
+
+    def assertSameOutcome(self, sent: Exchange, timeout: int = 5) -> Exchange:
+        got = reported_exchange(exchange_message(7, sent), timeout)
+        self.assertEqual(
+            (got.success, got.status_code, got.reason(), got.output(), got.truncated),
+            (sent.success, sent.status_code, sent.reason(), sent.output(), sent.truncated),
+        )
+        self.assertEqual(
+            (got.url, got.retry_after, got.unusual_error, got.phrase),
+            (sent.url, sent.retry_after, sent.unusual_error, sent.phrase),
+        )
+        return got
+
+    def test_response(self) -> None:
+        """A response read: status, phrase, body (cut), Retry-After."""
+        self.assertSameOutcome(
+            Exchange(
+                url="http://w/job",
+                status_code=503,
+                phrase=b"Busy",
+                chunks=[b"caf", b"\xc3\xa9 \xff"],
+                truncated=True,
+                retry_after="12",
+            )
+        )
+
+    def test_timeout(self) -> None:
+        """A timeout stays a :class:`TimedOut`, which the runner asks for."""
+        got = self.assertSameOutcome(Exchange(url="u", error=TimedOut(5)), timeout=5)
+        self.assertIsInstance(got.error, TimedOut)
+
+    def test_cancelled(self) -> None:
+        """A cancelled exchange is reported as one."""
+        got = self.assertSameOutcome(Exchange(url="u", error=CancelledError()))
+        self.assertIsInstance(got.error, CancelledError)
+
+    def test_connection_errors(self) -> None:
+        """A connection error keeps its text, and is not logged as unusual."""
+        got = self.assertSameOutcome(
+            Exchange(url="http://w/", error=ResponseNeverReceived([Failure(ConnectionError())]))
+        )
+        self.assertIsInstance(got.error, ExchangeFailed)
+
+    def test_unusual_errors(self) -> None:
+        """Any other error keeps its text and is logged."""
+        got = self.assertSameOutcome(Exchange(url="http://w/", error=ValueError("odd")))
+        self.assertTrue(got.unusual_error)
+
+
+class FakeWriter:
+    """
+    The parts of Twisted's pipe writer :class:`hq.delivery.sender.TurnWriter`
+    uses, over a real pipe.
+    """
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe()
+        os.set_blocking(self.read_end, False)
+        self.dataBuffer = b""
+        self._tempDataBuffer: list[bytes] = []
+
+    def fileno(self) -> int:
+        return self.write_end
+
+    def write(self, data: bytes) -> None:
+        self._tempDataBuffer.append(data)
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
+class FakeTransport:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pipes = {0: FakeWriter()}
+        self.stdin_closed = False
+        self.signals: list[str] = []
+
+    def closeStdin(self) -> None:
+        self.stdin_closed = True
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class FakeReactor(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[FakeTransport] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: list[str], **kwargs: Any) -> Any:
+        transport = FakeTransport(100 + len(self.spawned))
+        self.spawned.append(transport)
+        protocol.makeConnection(transport)
+        return transport
+
+
+class LocalClient:
+    """
+    A stand-in for the in-process :class:`hq.worker.WorkerClient`.
+    """
+
+    def __init__(self) -> None:
+        self.posted: list[tuple[int, Deferred[Exchange]]] = []
+
+    def post(self, job: Job) -> Deferred[Exchange]:
+        running: Deferred[Exchange] = Deferred()
+        self.posted.append((job.id, running))
+        return running
+
+
+def job(job_id: int, timeout: int = 0) -> Job:
+    return Job(id=job_id, url=f"http://w/{job_id}", payload='{"n":1}', timeout=timeout)
+
+
+class SenderProcessTests(SynchronousTestCase):
+    """
+    The parent's side: which process makes each request, the frames it
+    writes, the reports it reads, the child's death, restart and stop.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FakeReactor()
+        self.local = LocalClient()
+        self.sender = SenderProcess(self.reactor, self.local, SETTINGS)
+        self.started = self.sender.start()
+        self.addCleanup(self.close_pipes)
+
+    def close_pipes(self) -> None:
+        for transport in self.reactor.spawned:
+            transport.pipes[0].close()
+
+    def written(self, index: int = -1) -> list[Any]:
+        """Send the turn's frames and return the messages the child got so far."""
+        self.reactor.advance(0)
+        writer = self.reactor.spawned[index].pipes[0]
+        try:
+            data = os.read(writer.read_end, 1 << 20)
+        except BlockingIOError:
+            data = b""
+        return list(Frames().feed(data))
+
+    def ready(self) -> None:
+        self.sender.childDataReceived(1, frame(READY))
+
+    def report(self, n: int, status: int = 200, output: str = "ok") -> None:
+        self.sender.childDataReceived(
+            1, frame([n, "http://w/", status, "OK", "", output, False, None, None, ""])
+        )
+
+    def test_settings_first(self) -> None:
+        """The child gets its settings first; start fires once it says it is ready."""
+        self.assertEqual(self.written(), [SETTINGS])
+        self.assertNoResult(self.started)
+        self.ready()
+        self.successResultOf(self.started)
+
+    def test_in_process_until_ready(self) -> None:
+        """Before the child is ready, every request is made in this process."""
+        self.sender.post(job(1))
+        self.sender.post(job(2))
+        self.assertEqual([job_id for job_id, _ in self.local.posted], [1, 2])
+        self.assertEqual(self.written(), [SETTINGS])
+
+    def test_lone_request_here_others_in_the_child(self) -> None:
+        """
+        A request made while none is in flight goes out from this process;
+        while one is, the others go to the child, in one write per turn.
+        """
+        self.written()
+        self.ready()
+        first = self.sender.post(job(1))
+        second = self.sender.post(job(2, timeout=3))
+        third = self.sender.post(job(3))
+        self.assertEqual([job_id for job_id, _ in self.local.posted], [1])
+        self.assertEqual(
+            self.written(),
+            [
+                ["post", 1, 2, "http://w/2", '{"n":1}', None, 3],
+                ["post", 2, 3, "http://w/3", '{"n":1}', None, 0],
+            ],
+        )
+        # The local one ends: the next goes to the child while others are pending.
+        self.local.posted[0][1].callback(Exchange(url="http://w/1", status_code=200))
+        self.assertTrue(self.successResultOf(first).success)
+        self.sender.post(job(4))
+        self.assertEqual(len(self.local.posted), 1)
+        self.report(2, 200, "done")
+        self.report(1, 500)
+        self.assertEqual(self.successResultOf(third).output(), "done")
+        got = self.successResultOf(second)
+        self.assertEqual((got.success, got.status_code), (False, 500))
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling a request in the child tells the child and ends the
+        exchange as cancelled (like the in-process client's); a late report
+        is ignored.
+        """
+        self.written()
+        self.ready()
+        self.sender.post(job(1))
+        running = self.sender.post(job(2))
+        self.written()
+        running.cancel()
+        got = self.successResultOf(running)
+        self.assertIsInstance(got.error, CancelledError)
+        self.assertEqual(self.written(), [["cancel", 1]])
+        self.report(1)
+
+    def test_child_death(self) -> None:
+        """
+        When the child dies, its requests end with an error that says so,
+        requests are made here meanwhile, and a new child starts after
+        :data:`RESTART_DELAY`, then after twice as long if it dies young.
+        """
+        self.written()
+        self.ready()
+        self.sender.post(job(1))
+        running = self.sender.post(job(2))
+        self.sender.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        got = self.successResultOf(running)
+        self.assertEqual(got.reason(), "the sender process ended")
+        self.assertFalse(got.unusual_error)
+        self.sender.post(job(3))
+        self.assertEqual([job_id for job_id, _ in self.local.posted], [1, 3])
+        self.reactor.advance(RESTART_DELAY)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        self.assertEqual(self.written(), [SETTINGS])
+        self.sender.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.reactor.advance(RESTART_DELAY)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        self.reactor.advance(RESTART_DELAY)
+        self.assertEqual(len(self.reactor.spawned), 3)
+
+    def test_stop(self) -> None:
+        """
+        Stopping closes the child's standard input and fires when it exited;
+        it starts no new child.
+        """
+        self.ready()
+        stopped = self.sender.stop()
+        self.assertTrue(self.reactor.spawned[0].stdin_closed)
+        self.assertNoResult(stopped)
+        self.sender.processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(stopped)
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.spawned), 1)
+        self.assertEqual(self.reactor.spawned[0].signals, [])
+
+    def test_stop_kills_a_child_that_stays(self) -> None:
+        """A child still there :data:`EXIT_TIMEOUT` s after the stop is killed."""
+        self.ready()
+        stopped = self.sender.stop()
+        self.reactor.advance(EXIT_TIMEOUT)
+        self.assertEqual(self.reactor.spawned[0].signals, ["KILL"])
+        self.sender.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        self.successResultOf(stopped)
+
+
+# -- the real child -------------------------------------------------------------
+
+
+class Worker(Resource):
+    """
+    A worker on 127.0.0.1: answers ``/ok`` at once (echoing headers it was
+    sent), ``/busy`` with 503 and Retry-After, and never answers ``/hang``.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hanging: list[Any] = []
+
+    def render_POST(self, request: Any) -> Any:
+        if request.path == b"/hang":
+            self.hanging.append(request)
+            return NOT_DONE_YET
+        if request.path == b"/busy":
+            request.setResponseCode(503)
+            request.setHeader(b"Retry-After", b"7")
+            return b"busy"
+        signature = request.getHeader(b"webhook-signature") or b"-"
+        return b"got " + request.content.read() + b" " + signature[:3]
+
+
+class RealChildTests(TestCase):
+    """
+    The real child process (``python -m hq.delivery.sender``), every request
+    sent through it, against a real worker.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> Deferred[None]:
+        self.worker = Worker()
+        port = reactor.listenTCP(0, Site(self.worker), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        self.local = LocalClient()
+        settings = dict(SETTINGS, signing_secrets=["whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+        self.sender = SenderProcess(reactor, self.local, settings, local_slots=0)
+        self.addCleanup(self.stop)
+        return self.sender.start()
+
+    def stop(self) -> Deferred[None]:
+        for request in self.worker.hanging:
+            if not request.finished and not request._disconnected:
+                request.finish()
+        return self.sender.stop()
+
+    async def test_exchanges(self) -> None:
+        """
+        Responses come back whole: the body, the status, Retry-After; the
+        child signs the requests; a timeout ends as one.
+        """
+        self.assertTrue(self.sender.ready)
+        ok = self.sender.post(Job(id=1, url=self.base + "/ok", payload='{"a":"é"}'))
+        busy = self.sender.post(Job(id=2, url=self.base + "/busy", payload="1"))
+        hang = self.sender.post(Job(id=3, url=self.base + "/hang", payload="1", timeout=1))
+        got = await ok
+        self.assertEqual((got.success, got.output()), (True, 'got {"a":"é"} v1,'))
+        got = await busy
+        self.assertEqual((got.status_code, got.retry_after, got.output()), (503, "7", "busy"))
+        got = await hang
+        self.assertIsInstance(got.error, TimedOut)
+        self.assertEqual(got.reason(), "timed out after 1 s")
+        self.assertEqual(self.local.posted, [])
+
+    async def test_cancel(self) -> None:
+        """A cancelled request is aborted in the child: the worker sees the connection go."""
+        hang = self.sender.post(Job(id=1, url=self.base + "/hang", payload="1"))
+        while not self.worker.hanging:
+            await deferLater(reactor, 0.01, lambda: None)
+        gone = self.worker.hanging[0].notifyFinish()
+        hang.cancel()
+        self.assertIsInstance((await hang).error, CancelledError)
+        await gone.addErrback(lambda failure: None)
+        self.assertTrue(self.worker.hanging[0]._disconnected)
+
+    async def test_killed_child(self) -> None:
+        """
+        A child killed mid-request ends that request with an error saying
+        so; a new child starts and works.
+        """
+        hang = self.sender.post(Job(id=1, url=self.base + "/hang", payload="1"))
+        while not self.worker.hanging:
+            await deferLater(reactor, 0.01, lambda: None)
+        assert self.sender.pid is not None
+        first = self.sender.pid
+        os.kill(first, signal.SIGKILL)
+        self.assertEqual((await hang).reason(), "the sender process ended")
+        restarted = self.sender.start()
+        await restarted
+
+        self.assertNotEqual(self.sender.pid, first)
+        got = await self.sender.post(Job(id=2, url=self.base + "/ok", payload="2"))
+        self.assertTrue(got.success)
+
+    async def test_guard(self) -> None:
+        """The child applies the network guard of its settings."""
+        await self.sender.stop()
+        settings = dict(SETTINGS, deny=["127.0.0.0/8"])
+        self.sender = SenderProcess(reactor, self.local, settings, local_slots=0)
+        await self.sender.start()
+        got = await self.sender.post(Job(id=1, url=self.base + "/ok", payload="1"))
+        self.assertFalse(got.success)
+        self.assertIn("127.0.0.1", got.reason())
