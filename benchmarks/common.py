@@ -76,8 +76,14 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.02) 
 
 def rss_mb(pid: int) -> float:
     """
-    Return the resident memory of ``pid`` in MB (VmRSS), 0 if it is gone.
+    Return the resident memory of ``pid`` and its children in MB (VmRSS,
+    added up: pages they share count twice), 0 if it is gone. HQ's sender
+    process (``hq.sender``) is part of the server.
     """
+    return sum(_vm_rss_mb(each) for each in [pid, *_children(pid)])
+
+
+def _vm_rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -91,7 +97,7 @@ def rss_mb(pid: int) -> float:
 def cpu_seconds(pid: int) -> float:
     """
     Return the CPU time (user + system) ``pid`` and its children have used so
-    far, in seconds: HQ's sender process (``hq.delivery.sender``) is part of
+    far, in seconds: HQ's sender process (``hq.sender``) is part of
     the server.
     """
     fields = _stat(pid)

@@ -60,7 +60,7 @@ class Config:
     ui_basename: str = "/ui"
     # Keys added by this project.
     max_output_bytes: int = 1_048_576
-    # Requests to workers made by a child process (hq.delivery.sender).
+    # Requests to workers made by a child process (hq.sender).
     sender_process: bool = attrs.field(factory=_several_cpus)
     max_body_bytes: int = 4_194_304
     request_timeout: int = 30

@@ -77,7 +77,7 @@ from hq.systemd import notify_address, sd_notify
 if TYPE_CHECKING:
     # Imported by open_store, and only for a PostgreSQL store: a server on
     # SQLite never loads psycopg and libpq (about 10 MB of memory).
-    from hq.delivery.sender import SenderProcess
+    from hq.sender import SenderProcess
     from hq.store.postgres import PostgresStore
     from hq.worker import WorkerClient
 
@@ -600,7 +600,7 @@ def delivery_engine(
     """
     Return the delivery engine: the service that feeds stored jobs to workers
     (``ids`` makes the callback jobs' ids); with ``sender``, most requests to
-    workers are made by its process (:mod:`hq.delivery.sender`).
+    workers are made by its process (:mod:`hq.sender`).
     """
     from hq.guard import NetworkGuard
     from hq.signing import signer_for
@@ -642,7 +642,7 @@ SENDER_START_TIMEOUT = 10.0
 
 class SenderService(Stage):
     """
-    The sender process (:mod:`hq.delivery.sender`), when ``sender_process``
+    The sender process (:mod:`hq.sender`), when ``sender_process``
     is on: started early, so that it gets ready while the store opens;
     stopped after the delivery engine, once no request to a worker is in
     flight. Until it is ready, requests are made by the server's own process.
@@ -658,7 +658,7 @@ class SenderService(Stage):
         """
         Return the sender, with ``local`` as the client of this process.
         """
-        from hq.delivery.sender import SenderProcess
+        from hq.sender import SenderProcess
 
         config = self._config
         self.sender = SenderProcess(

@@ -585,7 +585,7 @@ def _on_timeout(result: object, seconds: float) -> object:
 class ExchangeFailed(Exception):
     """
     An exchange ended early, as another process reported it
-    (:mod:`hq.delivery.sender`): ``reason`` is the job's ``err``, and
+    (:mod:`hq.sender`): ``reason`` is the job's ``err``, and
     ``unusual`` says whether it is worth logging (:attr:`Exchange.unusual_error`).
     """
 
@@ -617,7 +617,7 @@ class Exchange:
     error: Exception | None = None
     #: The last response's ``Retry-After`` header, as sent (:func:`hq.policy.retry_after_seconds`).
     retry_after: str | None = None
-    #: The body as decoded by the process that read it (:mod:`hq.delivery.sender`).
+    #: The body as decoded by the process that read it (:mod:`hq.sender`).
     reported_output: str | None = None
 
     @property
@@ -670,7 +670,7 @@ class Exchange:
 class Sender(typing.Protocol):
     """
     What runs the exchanges with workers: :class:`WorkerClient` in this
-    process, or :class:`hq.delivery.sender.SenderProcess` in a child.
+    process, or :class:`hq.sender.SenderProcess` in a child.
     """
 
     def post(self, job: Job) -> Deferred[Exchange]:

@@ -28,6 +28,15 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual((config.job_lifetime, config.job_list_default_limit), (2419200, 0))
         self.assertEqual((config.ui, config.ui_basename), (True, "/ui"))
 
+    def test_sender_process_default(self) -> None:
+        """
+        The sender process is on when the machine has more than one CPU (a
+        second process gains nothing on one), and a boolean turns it off.
+        """
+        self.assertEqual(Config().sender_process, (os.cpu_count() or 1) > 1)
+        self.assertFalse(config_from_dict({"sender_process": False}).sender_process)
+        self.assertTrue(config_from_dict({"sender_process": True}).sender_process)
+
     def test_reads_toml(self) -> None:
         """A TOML file's values override the defaults."""
         path = self.mktemp()
@@ -44,6 +53,7 @@ class ConfigTests(SynchronousTestCase):
             "unknown configuration key 'queue'": {"queue": 1},
             "'queues' must be an integer": {"queues": "8"},
             "'ui' must be a boolean": {"ui": "yes"},
+            "'sender_process' must be a boolean": {"sender_process": 1},
             "'dispatchers' must be at least 1": {"dispatchers": 0},
             "'server_id' must be between 0 and 1023": {"server_id": 1024},
             "'log_level' must be one of": {"log_level": "loud"},

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`hq.delivery.sender`: the frames, the reports, the parent's
+Tests for :mod:`hq.sender`: the frames, the reports, the parent's
 side over a real pipe and a fake process, and the real child process against
 a real worker on 127.0.0.1.
 """
@@ -22,7 +22,8 @@ from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from hq.delivery.sender import (
+from hq.model import Job
+from hq.sender import (
     EXIT_TIMEOUT,
     READY,
     RESTART_DELAY,
@@ -32,8 +33,8 @@ from hq.delivery.sender import (
     frame,
     reported_exchange,
 )
-from hq.model import Job
 from hq.worker import Exchange, ExchangeFailed, TimedOut
+from tests.serverprocess import RecordingWorker, ServerProcess, wait_for
 
 SETTINGS = {
     "user_agent": "HQ/test",
@@ -130,7 +131,7 @@ class ReportTests(SynchronousTestCase):
 
 class FakeWriter:
     """
-    The parts of Twisted's pipe writer :class:`hq.delivery.sender.TurnWriter`
+    The parts of Twisted's pipe writer :class:`hq.sender.TurnWriter`
     uses, over a real pipe.
     """
 
@@ -369,7 +370,7 @@ class Worker(Resource):
 
 class RealChildTests(TestCase):
     """
-    The real child process (``python -m hq.delivery.sender``), every request
+    The real child process (``python -m hq.sender``), every request
     sent through it, against a real worker.
     """
 
@@ -449,3 +450,120 @@ class RealChildTests(TestCase):
         got = await self.sender.post(Job(id=1, url=self.base + "/ok", payload="1"))
         self.assertFalse(got.success)
         self.assertIn("127.0.0.1", got.reason())
+
+
+# -- a real server --------------------------------------------------------------
+
+
+def sender_pids(parent: int) -> list[int]:
+    """
+    Return the ids of ``parent``'s children that run ``hq.sender``.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = f.read().rpartition(")")[2].split()[1]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if ppid == str(parent) and b"hq.sender" in command:
+            found.append(int(entry))
+    return found
+
+
+class SenderServerTests(SynchronousTestCase):
+    """
+    ``hq serve`` with ``sender_process = true``, a real worker, and the
+    sender process killed, signalled, and outlived by nobody.
+    """
+
+    def setUp(self) -> None:
+        self.worker = RecordingWorker()
+        self.addCleanup(self.worker.close)
+        self.server = ServerProcess(
+            self.mktemp(), sender_process=True, dispatchers=1, max_workers=8
+        ).start()
+        self.addCleanup(self.server.stop)
+        assert self.server.process is not None
+        self.pid = self.server.process.pid
+        self.child = wait_for(lambda: sender_pids(self.pid), 20, "the sender process")[0]
+
+    def states(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        return {job["id"]: job for job in self.server.jobs() if job["id"] in ids}
+
+    def test_requests_in_flight_go_through_it_and_end_with_it(self) -> None:
+        """
+        With requests in flight, the others are made by the sender process:
+        killing it ends them with an error saying so (the one made by the
+        server itself goes on); a new one starts and delivers.
+        """
+        held = [self.server.push(self.worker.url + "/hold") for _ in range(6)]
+        wait_for(lambda: self.worker.holding == 6, 20, "the worker to hold 6 requests")
+        os.kill(self.child, signal.SIGKILL)
+
+        def ended() -> list[dict[str, Any]] | None:
+            jobs = self.states(held)
+            failed = [job for job in jobs.values() if job["failure"]]
+            return failed if len(failed) == 5 else None
+
+        for job in wait_for(ended, 20, "5 jobs to fail"):
+            self.assertEqual(job["err"], "the sender process ended")
+        self.worker.release()
+        wait_for(
+            lambda: sum(job["success"] for job in self.states(held).values()) == 1,
+            20,
+            "the job made in-process to succeed",
+        )
+        new = wait_for(lambda: sender_pids(self.pid), 20, "a new sender process")[0]
+        self.assertNotEqual(new, self.child)
+        again = [self.server.push(self.worker.url + "/ok") for _ in range(4)]
+        wait_for(
+            lambda: (
+                all(job["success"] for job in self.states(again).values())
+                and len(self.states(again)) == 4
+            ),
+            20,
+            "the next jobs to succeed",
+        )
+        self.assertIn("The sender process ended", self.server.log_text())
+
+    def test_signals_to_the_group_leave_it_to_the_server(self) -> None:
+        """
+        A Ctrl-C or SIGTERM that reaches the sender process (a terminal
+        signals the whole group) does not end it: requests in flight go on;
+        it ends once the server has stopped.
+        """
+        held = [self.server.push(self.worker.url + "/hold") for _ in range(3)]
+        wait_for(lambda: self.worker.holding == 3, 20, "the worker to hold 3 requests")
+        os.kill(self.child, signal.SIGINT)
+        os.kill(self.child, signal.SIGTERM)
+        self.worker.release()
+        wait_for(
+            lambda: sum(job["success"] for job in self.states(held).values()) == 3,
+            20,
+            "the held jobs to succeed",
+        )
+        self.assertEqual(sender_pids(self.pid), [self.child])
+        self.server.stop()
+        self.assertEqual(self.server.process.returncode if self.server.process else None, 0)
+        wait_for(lambda: not os.path.exists(f"/proc/{self.child}"), 10, "the sender to exit")
+
+    def test_no_orphan_when_the_server_is_killed(self) -> None:
+        """A server killed with SIGKILL leaves no sender process behind."""
+        self.server.kill(signal.SIGKILL)
+        wait_for(lambda: not _alive(self.child), 10, "the sender to exit")
+
+
+def _alive(pid: int) -> bool:
+    """
+    Whether ``pid`` runs (a zombie, dead but not yet reaped by init, does not).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False

@@ -6,7 +6,7 @@ claims the job, makes the POST, reads the answer and records the outcome.
 The POST and the answer, Twisted's HTTP client and treq, are a third of that
 thread's time under load, and CPython runs one thread's Python at a time. A
 server on a machine with more than one core therefore hands the exchanges to
-a child process, ``python -m hq.delivery.sender``, which runs the same
+a child process, ``python -m hq.sender``, which runs the same
 :class:`hq.worker.WorkerClient` (treq, the connection pool, the redirects,
 the response cap, the network guard, the signatures) on a reactor of its own
 and sends back what each exchange learned.
@@ -37,6 +37,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import struct
 import sys
 from collections.abc import Iterator
@@ -236,7 +237,7 @@ class SenderProcess(ProcessProtocol):
         self._local = local
         self._local_slots = local_slots
         self._settings = settings
-        self._argv = argv or [sys.executable, "-m", "hq.delivery.sender"]
+        self._argv = argv or [sys.executable, "-m", "hq.sender"]
         self._frames = Frames()
         self._writer: TurnWriter | None = None
         self._next = 0
@@ -466,6 +467,28 @@ def main() -> None:
     """
     from twisted.internet import reactor, stdio
     from twisted.internet.protocol import Protocol
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    # Its life is the parent's: a Ctrl-C or a SIGTERM to the process group
+    # would end requests the parent is waiting for at its graceful shutdown.
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)
+    # Warnings and errors to standard error (the parent's); nothing kept in memory.
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(sys.stderr),
+                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
+            )
+        ],
+        redirectStandardIO=False,
+    )
 
     class _Pipe(Protocol):
         def dataReceived(self, data: bytes) -> None:
@@ -483,7 +506,7 @@ def main() -> None:
     # As in the server (hq.tap): what exists now lives as long as the process.
     gc.freeze()
     gc.set_threshold(10_000, 20, 100)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
 
 if __name__ == "__main__":
