@@ -10,7 +10,7 @@ keep-alive clients), taking turns between the relay and HQ. For each, read
 from ``/proc`` before and after the burst, per job:
 
 - the CPU of the reactor (main) thread and of all other threads (HQ's store
-  writer and readers), user and system;
+  writer and readers, and the threads of its sender process), user and system;
 - their voluntary context switches (a thread that waits: for the interpreter
   lock, a lock, the disk, work) and the time they spent runnable but waiting
   for a core (``schedstat``);
@@ -47,6 +47,7 @@ from common import (
     Client,
     HQServer,
     Worker,
+    child_pids,
     loadgen,
     median,
 )
@@ -56,14 +57,23 @@ TICKS = os.sysconf("SC_CLK_TCK")
 VALGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
 
 
+def _tasks(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
 def threads(pid: int) -> dict[str, list[float]]:
     """
     Return ``{"main": [...], "others": [...]}``: user s, system s, voluntary
     context switches, s waiting for a core, summed over the threads of each.
     """
     totals = {"main": [0.0, 0.0, 0.0, 0.0], "others": [0.0, 0.0, 0.0, 0.0]}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        base = f"/proc/{pid}/task/{tid}"
+    # The threads of the server's children (HQ's sender process) count as others.
+    tasks = [(each, tid) for each in [pid, *child_pids(pid)] for tid in _tasks(each)]
+    for owner, tid in tasks:
+        base = f"/proc/{owner}/task/{tid}"
         try:
             with open(f"{base}/stat") as f:
                 fields = f.read().rpartition(")")[2].split()

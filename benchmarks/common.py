@@ -80,7 +80,7 @@ def rss_mb(pid: int) -> float:
     added up: pages they share count twice), 0 if it is gone. HQ's sender
     process (``hq.sender``) is part of the server.
     """
-    return sum(_vm_rss_mb(each) for each in [pid, *_children(pid)])
+    return sum(_vm_rss_mb(each) for each in [pid, *child_pids(pid)])
 
 
 def _vm_rss_mb(pid: int) -> float:
@@ -105,7 +105,7 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     # utime, stime, cutime, cstime are fields 14 to 17 of stat(5); [0] here is field 3.
     ticks = sum(int(f) for f in fields[11:15])
-    for child in _children(pid):
+    for child in child_pids(pid):
         child_fields = _stat(child)
         if child_fields is not None:
             ticks += int(child_fields[11]) + int(child_fields[12])
@@ -120,7 +120,7 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     children = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():

@@ -2,34 +2,45 @@
 The sender: a second process that makes the requests to workers.
 
 HQ's reactor thread parses, stores and answers pushes, and for each delivery
-claims the job, makes the POST, reads the answer and records the outcome.
-The POST and the answer, Twisted's HTTP client and treq, are a third of that
-thread's time under load, and CPython runs one thread's Python at a time. A
-server on a machine with more than one core therefore hands the exchanges to
-a child process, ``python -m hq.sender``, which runs the same
-:class:`hq.worker.WorkerClient` (treq, the connection pool, the redirects,
-the response cap, the network guard, the signatures) on a reactor of its own
-and sends back what each exchange learned.
+marks the job running, makes the POST, reads the answer and records the
+outcome. The POST and the answer, treq and Twisted's HTTP client, took a third
+of that thread's time under load, and CPython runs one thread's Python at a
+time. A server on a machine with more than one core (``sender_process``)
+therefore hands most exchanges to a child process, ``python -m hq.sender``,
+which runs the same :class:`hq.worker.WorkerClient` (treq, the connection
+pool, the redirects, the response cap, the network guard, the signatures) on a
+reactor of its own and sends back what each exchange learned.
+
+:class:`SenderProcess` is the parent's side. An exchange that starts while no
+other is in flight runs in the parent, as without the child: a lone job then
+reaches its worker without the hop through the pipe. The others run in the
+child whenever it is ready; until then (at start-up, after a death) in the
+parent.
 
 Between the two, over the child's standard input and output, each message is
-a frame: a 4-byte big-endian length, then that many bytes of JSON (a list).
+a frame: a 4-byte big-endian length, then that many bytes of JSON (a list),
+written by :class:`TurnWriter` once per reactor turn:
 
 - parent -> child, first: ``{"user_agent", "max_output_bytes", "deny",
-  "allow", "signing_secrets"}``, the settings;
+  "allow", "signing_secrets"}``, the settings; the child answers
+  ``["ready"]`` once its client is made;
 - ``["post", n, job_id, url, payload, headers, timeout]``: make exchange ``n``;
 - ``["cancel", n]``: abort exchange ``n`` (a stop, or the shutdown's timeout);
+  the parent ends it at once, as cancelled;
 - child -> parent: ``[n, url, status_code, phrase, err, output, truncated,
   retry_after, error, reason]``: exchange ``n`` ended; ``error`` is ``None``
   (a response was read), ``"timeout"``, ``"cancelled"``, ``"transport"``
   (the connection failed or closed around the response) or ``"other"``, and
   ``reason`` is :meth:`hq.worker.Exchange.reason`.
 
-The child ends when its standard input closes: the parent closes it once no
-exchange is in flight (:meth:`SenderProcess.close`), and the system closes
-it when the parent dies, killed or not; the child then aborts what it still
-runs (those jobs are still ``running`` in the store, and the next start
-delivers them again). When the child dies, the exchanges it ran end with an
-error (``the sender process ended``) and a new child is started.
+The child ends when its standard input closes: the parent closes it after the
+delivery engine stopped (:meth:`SenderProcess.stop`), and the system closes it
+when the parent dies, killed or not; the child then aborts what it still runs
+(those jobs are still ``running`` in the store, and the next start delivers
+them again). It ignores SIGINT, SIGTERM and SIGHUP, which a terminal sends to
+the whole process group: the parent's graceful stop decides. When the child
+dies, the exchanges it ran end with an error (``the sender process ended``)
+and a new child is started.
 """
 
 from __future__ import annotations

@@ -7,17 +7,23 @@ order and stopped in the reverse one, each waiting for the one before:
 
 1. :class:`ExitOnSecondSignal`: a second SIGINT/SIGTERM exits at once;
 2. :class:`LogService`: the application and access logs, reopened on SIGUSR1;
-3. :class:`StoreService`: the data_dir lock, then the store opened (schema check);
-4. on PostgreSQL, the cluster (:mod:`hq.cluster`): this node registered (a
+3. with ``sender_process``, :class:`SenderService`: the sender process
+   (:mod:`hq.sender`) started, ready while the store opens, and stopped only
+   after the delivery engine;
+4. :class:`StoreService`: the data_dir lock, then the store opened (schema check);
+5. on PostgreSQL, the cluster (:mod:`hq.cluster`): this node registered (a
    live node with its server_id stops the start), its leases renewed and
    expired ones reaped; then the listener of the other nodes' pushes and stops;
-5. :class:`Recovery`: interrupted jobs queued again, the id generator advanced;
-6. the delivery engine (:func:`delivery_engine`);
-7. the clean-up timer (:mod:`hq.cleanup`), when ``job_lifetime`` is set (in
-   a cluster, on the node holding the clean-up's leader lease); the
-   scheduler likewise fires on the node holding the ``schedules`` lease;
-8. :class:`WebListener`: the port, bound early, accepting only from here on;
-9. :class:`SystemdNotifier`: ``READY=1`` now, ``STOPPING=1`` first at shutdown.
+6. :class:`Recovery`: interrupted jobs queued again, the id generator advanced;
+7. the delivery engine (:func:`delivery_engine`);
+8. the clean-up timer (:mod:`hq.cleanup`), when ``job_lifetime`` is set (in
+   a cluster, on the node holding the clean-up's leader lease);
+9. with ``sender_process``, :class:`SenderReady`: the sender process ready
+   (or failed: requests are then made in-process until a new one is);
+10. the scheduler, which fires on the node holding the ``schedules`` lease
+    in a cluster;
+11. :class:`WebListener`: the port, bound early, accepting only from here on;
+12. :class:`SystemdNotifier`: ``READY=1`` now, ``STOPPING=1`` first at shutdown.
 
 A new moving part (a scheduler, a cluster heartbeat) is one more child.
 """
