@@ -51,7 +51,6 @@ import os
 import signal
 import struct
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -98,23 +97,36 @@ class Frames:
     """
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._chunks: list[bytes] = []
+        self._size = 0
+        #: Bytes needed before the next frame is whole (its length, once known).
+        self._need = 4
 
-    def feed(self, data: bytes) -> Iterator[Any]:
+    def feed(self, data: bytes) -> list[Any]:
         """
-        Add ``data``; yield each message it completes.
+        Add ``data``; return the messages it completes. A frame read in many
+        pieces is joined once, when whole.
         """
-        buffer = self._buffer + data if self._buffer else data
-        start = 0
-        end = len(buffer)
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size < self._need:
+            return []
+        buffer = b"".join(self._chunks)
+        messages = []
+        start, end = 0, len(buffer)
+        self._need = 4
         while end - start >= 4:
             (length,) = _LENGTH.unpack_from(buffer, start)
             if end - start - 4 < length:
+                self._need = 4 + length
                 break
             start += 4
-            yield _DECODER.decode(buffer[start : start + length].decode("utf-8"))
+            messages.append(_DECODER.decode(buffer[start : start + length].decode("utf-8")))
             start += length
-        self._buffer = buffer[start:]
+        rest = buffer[start:]
+        self._chunks = [rest] if rest else []
+        self._size = len(rest)
+        return messages
 
 
 def exchange_message(n: int, exchange: Exchange) -> list[Any]:
