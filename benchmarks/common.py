@@ -96,14 +96,25 @@ def _vm_rss_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """
-    Return the CPU time (user + system) ``pid`` and its children have used so
-    far, in seconds: HQ's sender process (``hq.sender``) is part of
-    the server.
+    Return the CPU time (user + system) ``pid`` has used so far, in seconds.
     """
     fields = _stat(pid)
     if fields is None:
         return 0.0
-    # utime, stime, cutime, cstime are fields 14 to 17 of stat(5); [0] here is field 3.
+    # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """
+    Return the CPU time ``pid`` and its children have used so far, in
+    seconds: HQ's sender process (``hq.sender``) is part of the server, and so
+    is one that ended (counted once the server reaped it).
+    """
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    # cutime and cstime (fields 16 and 17): the children it reaped.
     ticks = sum(int(f) for f in fields[11:15])
     for child in child_pids(pid):
         child_fields = _stat(child)
@@ -365,9 +376,9 @@ class Process:
 
     def cpu(self) -> float:
         """
-        The CPU seconds it has used so far.
+        The CPU seconds it (and its children) have used so far.
         """
-        return cpu_seconds(self.pid)
+        return server_cpu_seconds(self.pid)
 
     def _spawn(self, command: list[str], output: str) -> None:
         self.started_at = time.monotonic()
