@@ -187,11 +187,11 @@ def reported_exchange(message: list[Any], timeout: int) -> Exchange:
 
 class TurnWriter:
     """
-    Write frames to a pipe: the first of a reactor turn at once (the other
-    process starts on it while this one goes on), the others of the turn
-    together at its end; through Twisted's own writer (``writer``, the
-    pipe's :class:`twisted.internet.abstract.FileDescriptor`) whenever it
-    still holds data or the pipe is full.
+    Write the frames of a reactor turn to a pipe together, at the end of the
+    turn, with one ``write`` where Twisted's own writer (``writer``, the
+    pipe's :class:`twisted.internet.abstract.FileDescriptor`) would wait for
+    the next poll and watch the pipe for writing around it; through that
+    writer whenever it still holds data or the pipe is full.
     """
 
     def __init__(self, reactor: Any, writer: Any) -> None:
@@ -264,8 +264,8 @@ class SenderProcess(ProcessProtocol):
         self._frames = Frames()
         self._writer: TurnWriter | None = None
         self._next = 0
-        #: Exchange number -> (its Deferred, the job's timeout).
-        self._pending: dict[int, tuple[Deferred[Exchange], int]] = {}
+        #: Exchange number -> (its Deferred, the job's timeout, its URL).
+        self._pending: dict[int, tuple[Deferred[Exchange], int, str]] = {}
         self._closing = False
         self._exited: list[Deferred[None]] = []
         self._starting: list[Deferred[None]] = []
@@ -336,8 +336,8 @@ class SenderProcess(ProcessProtocol):
         assert self._writer is not None
         self._next += 1
         n = self._next
-        done: Deferred[Exchange] = Deferred(lambda d: self._cancel(n, job.url))
-        self._pending[n] = (done, job.timeout)
+        done: Deferred[Exchange] = Deferred(lambda d: self._cancel(n))
+        self._pending[n] = (done, job.timeout, job.url)
         self._writer.write(
             frame(["post", n, job.id, job.url, job.payload, job.headers, job.timeout])
         )
@@ -347,14 +347,15 @@ class SenderProcess(ProcessProtocol):
         self.local_running -= 1
         return result
 
-    def _cancel(self, n: int, url: str) -> None:
+    def _cancel(self, n: int) -> None:
         # Ends like WorkerClient.post's: an Exchange whose error is the cancellation.
         pending = self._pending.pop(n, None)
         if pending is None:
             return
         if self._writer is not None:
             self._writer.write(frame(["cancel", n]))
-        pending[0].callback(Exchange(url=url, error=CancelledError()))
+        done, _, url = pending
+        done.callback(Exchange(url=url, error=CancelledError()))
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         for message in self._frames.feed(data):
@@ -364,7 +365,7 @@ class SenderProcess(ProcessProtocol):
                 continue
             pending = self._pending.pop(message[0], None)
             if pending is not None:
-                done, timeout = pending
+                done, timeout, _ = pending
                 done.callback(reported_exchange(message, timeout))
 
     def processEnded(self, reason: Failure) -> None:
@@ -387,8 +388,8 @@ class SenderProcess(ProcessProtocol):
         starting, self._starting = self._starting, []
         # The worker may have had the request: an outcome like a connection lost.
         ended = ExchangeFailed("the sender process ended", unusual=False)
-        for done, _ in pending.values():
-            done.callback(Exchange(url="", error=ended))
+        for done, _, url in pending.values():
+            done.callback(Exchange(url=url, error=ended))
         for waiting in [*exited, *starting]:
             waiting.callback(None)
 
