@@ -232,13 +232,14 @@ class TurnWriter:
 class SenderProcess(ProcessProtocol):
     """
     Run exchanges with workers (the same ``post`` as
-    :class:`hq.worker.WorkerClient`): up to ``local_slots`` at a time with
-    ``local`` in this process, the others in the child, whenever it is ready.
+    :class:`hq.worker.WorkerClient`): with ``local`` in this process when none
+    is in flight in the child and fewer than ``local_slots`` run here, else in
+    the child.
 
-    One exchange at a time here keeps a lone job's way to its worker as short
-    as it was (no hop through the pipe); under load, nearly all of them run in
-    the child. Until the child is ready, and while a dead one's successor
-    starts, every exchange runs here.
+    A lone job's way to its worker thus stays as short as it was (no hop
+    through the pipe); under load nearly all exchanges run in the child. Until
+    the child is ready, and while a dead one's successor starts, every
+    exchange runs here.
 
     :param reactor: spawns the child and times its restarts.
     :param local: the client of this process.
