@@ -27,6 +27,8 @@ written by :class:`TurnWriter` once per reactor turn:
 - ``["post", n, job_id, url, payload, headers, timeout]``: make exchange ``n``;
 - ``["cancel", n]``: abort exchange ``n`` (a stop, or the shutdown's timeout);
   the parent ends it at once, as cancelled;
+- child -> parent: ``["log", level, namespace, text]``, a warning or an
+  error the child logged, which the parent logs;
 - child -> parent: ``[n, url, status_code, phrase, err, output, truncated,
   retry_after, error, reason]``: exchange ``n`` ended; ``error`` is ``None``
   (a response was read), ``"timeout"``, ``"cancelled"``, ``"transport"``
@@ -56,7 +58,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 
 from hq.model import Job
@@ -364,6 +366,15 @@ class SenderProcess(ProcessProtocol):
                 self.ready = True
                 self._started()
                 continue
+            if message[0] == "log":
+                _, level, namespace, text = message
+                self.log.emit(
+                    LogLevel.levelWithName(level),
+                    "Sender process: {namespace}: {text}",
+                    namespace=namespace,
+                    text=text,
+                )
+                continue
             pending = self._pending.pop(message[0], None)
             if pending is not None:
                 done, timeout, _ = pending
@@ -435,6 +446,8 @@ class _Child:
     The child's side: run each exchange asked for, report it when it ends.
     """
 
+    log = Logger()
+
     def __init__(self, reactor: Any, write: Any) -> None:
         self._reactor = reactor
         self._write = write
@@ -453,6 +466,8 @@ class _Child:
                 running = self._running.get(message[1])
                 if running is not None:
                     running.cancel()
+            else:
+                self.log.warn("Unknown message from the server: {kind!r}", kind=message[0])
 
     def _make_client(self, settings: dict[str, Any]) -> Any:
         from hq.guard import NetworkGuard
@@ -486,6 +501,23 @@ class _Child:
             running.cancel()
 
 
+def forwarding_observer(write: Any) -> Any:
+    """
+    Return a log observer that sends each event to the parent as a
+    ``["log", level, namespace, text]`` frame, ``text`` with its traceback.
+    """
+
+    def observe(event: dict[str, Any]) -> None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text = f"{text}\n{failure.getTraceback()}"
+        level = event.get("log_level", LogLevel.error)
+        write(frame(["log", level.name, event.get("log_namespace", "-"), text]))
+
+    return observe
+
+
 def main() -> None:
     """
     Run the child until its standard input closes.
@@ -497,23 +529,12 @@ def main() -> None:
         LogLevel,
         LogLevelFilterPredicate,
         globalLogBeginner,
-        textFileLogObserver,
     )
 
     # Its life is the parent's: a Ctrl-C or a SIGTERM to the process group
     # would end requests the parent is waiting for at its graceful shutdown.
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, signal.SIG_IGN)
-    # Warnings and errors to standard error (the parent's); nothing kept in memory.
-    globalLogBeginner.beginLoggingTo(
-        [
-            FilteringLogObserver(
-                textFileLogObserver(sys.stderr),
-                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
-            )
-        ],
-        redirectStandardIO=False,
-    )
 
     class _Pipe(Protocol):
         def dataReceived(self, data: bytes) -> None:
@@ -528,6 +549,16 @@ def main() -> None:
     # StandardIO's writer of standard output (a FileDescriptor).
     writer = TurnWriter(reactor, getattr(io, "_writer", io))
     child = _Child(reactor, writer.write)
+    # Warnings and errors go to the server's log; nothing is kept in memory.
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                forwarding_observer(writer.write),
+                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
+            )
+        ],
+        redirectStandardIO=False,
+    )
     # As in the server (hq.tap): what exists now lives as long as the process.
     gc.freeze()
     gc.set_threshold(10_000, 20, 100)

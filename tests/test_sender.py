@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web._newclient import ResponseNeverReceived
@@ -30,6 +31,7 @@ from hq.sender import (
     Frames,
     SenderProcess,
     exchange_message,
+    forwarding_observer,
     frame,
     reported_exchange,
 )
@@ -87,6 +89,27 @@ class FramesTests(SynchronousTestCase):
         data = frame(["post", 1, "é☃"])
         self.assertIn("é☃".encode(), data)
         self.assertEqual(Frames().feed(data), [["post", 1, "é☃"]])
+
+
+class ForwardingTests(SynchronousTestCase):
+    """
+    The child sends what it logs to the server.
+    """
+
+    def test_event_and_traceback(self) -> None:
+        """An event becomes a log frame: level, namespace, text and traceback."""
+        sent: list[bytes] = []
+        log = Logger(namespace="hq.test", observer=forwarding_observer(sent.append))
+        log.warn("odd {thing}", thing="value")
+        try:
+            raise ZeroDivisionError("by zero")
+        except ZeroDivisionError:
+            log.failure("broke")
+        messages = Frames().feed(b"".join(sent))
+        self.assertEqual(messages[0], ["log", "warn", "hq.test", "odd value"])
+        self.assertEqual(messages[1][:3], ["log", "critical", "hq.test"])
+        self.assertTrue(messages[1][3].startswith("broke\nTraceback"))
+        self.assertIn("ZeroDivisionError", messages[1][3])
 
 
 class ReportTests(SynchronousTestCase):
@@ -329,6 +352,15 @@ class SenderProcessTests(SynchronousTestCase):
         self.reactor.advance(RESTART_DELAY)
         self.assertEqual(len(self.reactor.spawned), 3)
 
+    def test_child_logs(self) -> None:
+        """What the child logs is logged by the server, at its level."""
+        events: list[dict[str, Any]] = []
+        self.sender.log = Logger(observer=events.append)
+        self.sender.childDataReceived(1, frame(["log", "error", "twisted.x", "it broke\ntb"]))
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["log_level"], LogLevel.error)
+        self.assertEqual(formatEvent(events[0]), "Sender process: twisted.x: it broke\ntb")
+
     def test_stop(self) -> None:
         """
         Stopping closes the child's standard input and fires when it exited;
@@ -453,6 +485,19 @@ class RealChildTests(TestCase):
         self.assertNotEqual(self.sender.pid, first)
         got = await self.sender.post(Job(id=2, url=self.base + "/ok", payload="2"))
         self.assertTrue(got.success)
+
+    async def test_child_warnings_reach_the_server_log(self) -> None:
+        """A warning in the child (here: a message it does not know) is logged by the server."""
+        events: list[dict[str, Any]] = []
+        self.sender.log = Logger(observer=events.append)
+        assert self.sender._writer is not None
+        self.sender._writer.write(frame(["shout"]))
+        got = await self.sender.post(Job(id=1, url=self.base + "/ok", payload="1"))
+        self.assertTrue(got.success)
+        while not events:
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(events[0]["log_level"], LogLevel.warn)
+        self.assertIn("Unknown message from the server: 'shout'", formatEvent(events[0]))
 
     async def test_guard(self) -> None:
         """The child applies the network guard of its settings."""
