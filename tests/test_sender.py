@@ -1,7 +1,8 @@
 """
-Tests for :mod:`hq.sender`: the frames, the reports, the parent's
-side over a real pipe and a fake process, and the real child process against
-a real worker on 127.0.0.1.
+Tests for :mod:`hq.sender`: the frames, the reports, the logs, the parent's
+side over a real pipe and a fake process, the real child process against a
+real worker on 127.0.0.1, and a real ``hq serve`` whose child is killed and
+signalled.
 """
 
 from __future__ import annotations
