@@ -19,7 +19,7 @@ docs/operations.md for every metric and example alerts.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -40,6 +40,9 @@ from hq.flow import FlowControl
 from hq.ids import first_id_at, now_ms
 from hq.model import STOPPED, Attempt, Job
 from hq.store import IJobStore, StoreCounts
+
+if TYPE_CHECKING:
+    from hq.sender import SenderProcess
 
 #: Outcomes of a finished job, the ``outcome`` label.
 OUTCOMES = ("success", "failure", "canceled")
@@ -287,6 +290,8 @@ class ServerMetrics:
         Gauge(
             "hq_queue_capacity", "Jobs the in-memory queue holds at most.", registry=registry
         ).set(queue_size)
+        #: The sender process (``sender_process``), once :meth:`watch_sender` is called.
+        self.sender: SenderProcess | None = None
         #: Flow control (SPEC §16): the keys with most traffic, the rest as "other".
         self.flow: FlowControl | None = None
         self._flow_running = Gauge(
@@ -305,6 +310,29 @@ class ServerMetrics:
             "hq_flow_throttled_total",
             "Jobs of a flow key set aside for want of room (parallelism, rate, pause).",
             ["key"],
+            registry=registry,
+        )
+
+    def watch_sender(self, sender: SenderProcess) -> None:
+        """
+        Export the gauges of the sender process (a server without one has none).
+        """
+        registry = self.registry
+        self.sender = sender
+        self._sender_up = Gauge(
+            "hq_sender_up",
+            "1 while the sender process runs and is ready, else 0.",
+            registry=registry,
+        )
+        self._sender_requests = Gauge(
+            "hq_sender_requests_total",
+            "Requests to workers started, by the process that made them.",
+            ["process"],
+            registry=registry,
+        )
+        self._sender_deaths = Gauge(
+            "hq_sender_deaths_total",
+            "Sender processes that ended unexpectedly (each is started again).",
             registry=registry,
         )
 
@@ -400,6 +428,14 @@ class ServerMetrics:
                 self.log.failure("Metrics: could not read the store", result)
         if self.flow is not None:
             await self._refresh_flow(self.flow)
+        if self.sender is not None:
+            self._refresh_sender(self.sender)
+
+    def _refresh_sender(self, sender: SenderProcess) -> None:
+        self._sender_up.set(1 if sender.ready else 0)
+        self._sender_requests.labels(process="server").set(sender.sent_here)
+        self._sender_requests.labels(process="sender").set(sender.sent_by_child)
+        self._sender_deaths.set(sender.deaths)
 
     async def _refresh_flow(self, flow: FlowControl) -> None:
         try:

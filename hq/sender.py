@@ -277,6 +277,11 @@ class SenderProcess(ProcessProtocol):
         self._delay = RESTART_DELAY
         #: Exchanges running in this process.
         self.local_running = 0
+        #: Exchanges started in this process and in the child, and children
+        #: that ended unexpectedly, since the server started (for the metrics).
+        self.sent_here = 0
+        self.sent_by_child = 0
+        self.deaths = 0
         #: Whether the child runs and said it is ready.
         self.ready = False
         #: The running child's process id, or ``None``.
@@ -333,10 +338,12 @@ class SenderProcess(ProcessProtocol):
         """
         if not self.ready or (self.local_running < self._local_slots and not self._pending):
             self.local_running += 1
+            self.sent_here += 1
             running = self._local.post(job)
             running.addBoth(self._local_ended)
             return running
         assert self._writer is not None
+        self.sent_by_child += 1
         self._next += 1
         n = self._next
         done: Deferred[Exchange] = Deferred(lambda d: self._cancel(n))
@@ -385,6 +392,7 @@ class SenderProcess(ProcessProtocol):
         self.ready = False
         self._writer = None
         if not self._closing or not isinstance(reason.value, ProcessDone):
+            self.deaths += 1
             self.log.error(
                 "The sender process ended: {reason}; requests to workers are made "
                 "by the server's own process until it is started again",

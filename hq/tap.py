@@ -843,6 +843,8 @@ class HQService(MultiService):
         delivery = delivery_engine(config, store, reactor, ids, sender)
         if config.metrics:
             self._metrics = server_metrics(config, store, delivery, reactor)
+            if sender is not None and sender.sender is not None:
+                self._metrics.watch_sender(sender.sender)
         from hq.cluster import local_nodes
 
         postgres = None if isinstance(store, SQLiteStore) else store

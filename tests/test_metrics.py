@@ -233,6 +233,36 @@ class FlowMetricsTests(SynchronousTestCase):
         self.assertEqual(value(samples, "hq_flow_throttled_total", key="w:80"), 0)
 
 
+class SenderMetricsTests(SynchronousTestCase):
+    """
+    The sender process's gauges: only with one, and what it counted.
+    """
+
+    setUp = ScrapeTimeGaugeTests.setUp
+    scrape = ScrapeTimeGaugeTests.scrape
+
+    def test_none_without_the_process(self) -> None:
+        """A server without a sender process exports no hq_sender_* series."""
+        names = {name for name, _ in self.scrape()}
+        self.assertEqual({name for name in names if name.startswith("hq_sender")}, set())
+
+    def test_counts_and_state(self) -> None:
+        """Readiness, the requests made by each process, the deaths."""
+        from types import SimpleNamespace
+
+        sender = SimpleNamespace(ready=True, sent_here=3, sent_by_child=40, deaths=0)
+        self.metrics.watch_sender(sender)  # type: ignore[arg-type]
+        samples = self.scrape()
+        self.assertEqual(value(samples, "hq_sender_up"), 1)
+        self.assertEqual(value(samples, "hq_sender_requests_total", process="server"), 3)
+        self.assertEqual(value(samples, "hq_sender_requests_total", process="sender"), 40)
+        self.assertEqual(value(samples, "hq_sender_deaths_total"), 0)
+        sender.ready, sender.deaths = False, 1
+        samples = self.scrape()
+        self.assertEqual(value(samples, "hq_sender_up"), 0)
+        self.assertEqual(value(samples, "hq_sender_deaths_total"), 1)
+
+
 class DeliveryMetricsTests(SynchronousTestCase):
     """
     Pushes through the API and deliveries through a real Dispatch to a fake
@@ -544,6 +574,11 @@ class AlertRuleTests(SynchronousTestCase):
             commit_hash="x",
             process=False,
         )
+        from types import SimpleNamespace
+
+        # A server with a sender process exports its gauges too.
+        sender = SimpleNamespace(ready=True, sent_here=0, sent_by_child=0, deaths=0)
+        metrics.watch_sender(sender)  # type: ignore[arg-type]
         body, _ = self.successResultOf(Deferred.fromCoroutine(metrics.render("")))
         exported = {name for name, _ in parse(body.decode("utf-8"))}
         for rule in rules:

@@ -8,7 +8,9 @@ signalled.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import urllib.request
 from typing import Any
 
 from hypothesis import given
@@ -589,6 +591,17 @@ class SenderServerTests(SynchronousTestCase):
             "the next jobs to succeed",
         )
         self.assertIn("The sender process ended", self.server.log_text())
+
+        def metrics_once_up() -> str | None:
+            with urllib.request.urlopen(self.server.base + "/metrics", timeout=10) as response:
+                text: str = response.read().decode()
+            return text if "hq_sender_up 1.0" in text else None
+
+        metrics = wait_for(metrics_once_up, 20, "the new sender process to be ready")
+        self.assertIn("hq_sender_deaths_total 1.0", metrics)
+        made = re.search(r'hq_sender_requests_total\{process="sender"\} (\d+)', metrics)
+        assert made is not None, metrics
+        self.assertGreaterEqual(int(made.group(1)), 5)
 
     def test_signals_to_the_group_leave_it_to_the_server(self) -> None:
         """
