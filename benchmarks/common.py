@@ -132,6 +132,9 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def child_pids(pid: int) -> list[int]:
+    """
+    Return the ids of ``pid``'s live children.
+    """
     children = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():

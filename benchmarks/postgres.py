@@ -28,6 +28,7 @@ from common import (
     BenchmarkError,
     Client,
     HQServer,
+    child_pids,
     cpu_seconds,
     delivery,
     loadgen,
@@ -82,6 +83,8 @@ class Database:
         Return the PostgreSQL processes: the postmaster and its children, or
         every process named ``postgres`` for a server not started here.
         """
+        if self.postmaster:
+            return [self.postmaster, *child_pids(self.postmaster)]
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -91,14 +94,8 @@ class Database:
                     text = f.read()
             except OSError:
                 continue
-            name = text[text.index("(") + 1 : text.rindex(")")]
-            ppid = int(text.rpartition(")")[2].split()[1])
-            pid = int(entry)
-            if self.postmaster:
-                if pid == self.postmaster or ppid == self.postmaster:
-                    found.append(pid)
-            elif name == "postgres":
-                found.append(pid)
+            if text[text.index("(") + 1 : text.rindex(")")] == "postgres":
+                found.append(int(entry))
         return found
 
     def cpu(self) -> float:
