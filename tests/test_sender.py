@@ -31,8 +31,10 @@ from hq.sender import (
     EXIT_TIMEOUT,
     READY,
     RESTART_DELAY,
+    STABLE_SECONDS,
     Frames,
     SenderProcess,
+    TurnWriter,
     exchange_message,
     forwarding_observer,
     frame,
@@ -235,6 +237,53 @@ def job(job_id: int, timeout: int = 0) -> Job:
     return Job(id=job_id, url=f"http://w/{job_id}", payload='{"n":1}', timeout=timeout)
 
 
+class TurnWriterTests(SynchronousTestCase):
+    """
+    :class:`hq.sender.TurnWriter` writes a turn's frames together, at its
+    end, and never ahead of what Twisted's writer still holds.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pipe = FakeWriter()
+        self.addCleanup(self.pipe.close)
+        self.writer = TurnWriter(self.clock, self.pipe)
+
+    def read(self) -> bytes:
+        try:
+            return os.read(self.pipe.read_end, 1 << 20)
+        except BlockingIOError:
+            return b""
+
+    def test_one_write_at_the_end_of_the_turn(self) -> None:
+        """Nothing is written during the turn; all of it at its end."""
+        self.writer.write(b"a")
+        self.writer.write(b"b")
+        self.assertEqual(self.read(), b"")
+        self.clock.advance(0)
+        self.assertEqual(self.read(), b"ab")
+
+    def test_behind_twisted_writer(self) -> None:
+        """
+        While Twisted's writer holds data, frames go behind it, not around
+        it; when the pipe is full, what it did not take goes there too.
+        """
+        self.pipe._tempDataBuffer.append(b"held")
+        self.writer.write(b"next")
+        self.clock.advance(0)
+        self.assertEqual((self.read(), self.pipe._tempDataBuffer), (b"", [b"held", b"next"]))
+        self.pipe._tempDataBuffer.clear()
+        os.set_blocking(self.pipe.write_end, False)
+        while True:
+            try:
+                os.write(self.pipe.write_end, b"x" * 65536)
+            except BlockingIOError:
+                break
+        self.writer.write(b"late")
+        self.clock.advance(0)
+        self.assertEqual(self.pipe._tempDataBuffer, [b"late"])
+
+
 class SenderProcessTests(SynchronousTestCase):
     """
     The parent's side: which process makes each request, the frames it
@@ -364,6 +413,21 @@ class SenderProcessTests(SynchronousTestCase):
         self.assertEqual(events[0]["log_level"], LogLevel.error)
         self.assertEqual(formatEvent(events[0]), "Sender process: twisted.x: it broke\ntb")
 
+    def test_restart_delay_resets_after_a_long_life(self) -> None:
+        """
+        A child that lived longer than :data:`STABLE_SECONDS` is followed
+        after :data:`RESTART_DELAY` again, whatever the delay had grown to.
+        """
+        self.sender.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.reactor.advance(RESTART_DELAY)
+        self.sender.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.reactor.advance(RESTART_DELAY * 2)
+        self.assertEqual(len(self.reactor.spawned), 3)
+        self.reactor.advance(STABLE_SECONDS + 1)
+        self.sender.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.reactor.advance(RESTART_DELAY)
+        self.assertEqual(len(self.reactor.spawned), 4)
+
     def test_stop(self) -> None:
         """
         Stopping closes the child's standard input and fires when it exited;
@@ -387,6 +451,48 @@ class SenderProcessTests(SynchronousTestCase):
         self.assertEqual(self.reactor.spawned[0].signals, ["KILL"])
         self.sender.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
         self.successResultOf(stopped)
+
+
+class SenderServiceTests(SynchronousTestCase):
+    """
+    The server's start waits for the sender process, but not for ever.
+    """
+
+    def test_start_waits_at_most_the_timeout(self) -> None:
+        """
+        The stage before the port waits until the child is ready, or
+        :data:`hq.tap.SENDER_START_TIMEOUT` s; requests are made in-process
+        meanwhile.
+        """
+        from hq.config import Config
+        from hq.tap import SENDER_START_TIMEOUT, SenderService
+
+        reactor = FakeReactor()
+        self.addCleanup(lambda: [t.pipes[0].close() for t in reactor.spawned])
+        service = SenderService(Config(), reactor)  # type: ignore[arg-type]
+        local = LocalClient()
+        sender = service.sender_for(local)  # type: ignore[arg-type]
+        service.startService()
+        waited = Deferred.fromCoroutine(service.ready().start())
+        self.assertNoResult(waited)
+        reactor.advance(SENDER_START_TIMEOUT)
+        self.successResultOf(waited)
+        sender.post(job(1))
+        self.assertEqual(len(local.posted), 1)
+
+    def test_start_goes_on_once_ready(self) -> None:
+        """The wait ends as soon as the child says it is ready."""
+        from hq.config import Config
+        from hq.tap import SenderService
+
+        reactor = FakeReactor()
+        self.addCleanup(lambda: [t.pipes[0].close() for t in reactor.spawned])
+        service = SenderService(Config(), reactor)  # type: ignore[arg-type]
+        sender = service.sender_for(LocalClient())  # type: ignore[arg-type]
+        service.startService()
+        waited = Deferred.fromCoroutine(service.ready().start())
+        sender.childDataReceived(1, frame(READY))
+        self.successResultOf(waited)
 
 
 # -- the real child -------------------------------------------------------------
