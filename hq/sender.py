@@ -62,7 +62,7 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 
 from hq.model import Job
-from hq.worker import Exchange, ExchangeFailed, Sender, TimedOut
+from hq.worker import Exchange, ExchangeFailed, Sender, TimedOut, worker_client
 
 _LENGTH = struct.Struct("!I")
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -466,7 +466,7 @@ class _Child:
     def received(self, data: bytes) -> None:
         for message in self._frames.feed(data):
             if self._client is None:
-                self._client = self._make_client(message)
+                self._client = worker_client(self._reactor, **message)
                 self._write(frame(READY))
             elif message[0] == "post":
                 self._post(message)
@@ -476,22 +476,6 @@ class _Child:
                     running.cancel()
             else:
                 self.log.warn("Unknown message from the server: {kind!r}", kind=message[0])
-
-    def _make_client(self, settings: dict[str, Any]) -> Any:
-        from hq.guard import NetworkGuard
-        from hq.signing import signer_for
-        from hq.worker import WorkerClient, make_http_client
-
-        guard = NetworkGuard.from_config(settings["deny"], settings["allow"])
-        return WorkerClient(
-            make_http_client(
-                self._reactor, max_output_bytes=settings["max_output_bytes"], guard=guard
-            ),
-            self._reactor,
-            settings["user_agent"],
-            settings["max_output_bytes"],
-            signer=signer_for(settings["signing_secrets"]),
-        )
 
     def _post(self, message: list[Any]) -> None:
         _, n, job_id, url, payload, headers, timeout = message

@@ -608,18 +608,9 @@ def delivery_engine(
     (``ids`` makes the callback jobs' ids); with ``sender``, most requests to
     workers are made by its process (:mod:`hq.sender`).
     """
-    from hq.guard import NetworkGuard
-    from hq.signing import signer_for
-    from hq.worker import Sender, WorkerClient, make_http_client
+    from hq.worker import Sender, worker_client
 
-    guard = NetworkGuard.from_config(config.deny_networks, config.allow_networks)
-    local = WorkerClient(
-        make_http_client(reactor, max_output_bytes=config.max_output_bytes, guard=guard),
-        reactor,
-        f"HQ/{__version__}",
-        config.max_output_bytes,
-        signer=signer_for(config.signing_secrets),
-    )
+    local = worker_client(reactor, **client_settings(config))
     worker: Sender = local if sender is None else sender.sender_for(local)
     return Delivery(
         store=store,
@@ -639,6 +630,21 @@ def delivery_engine(
         ),
         new_id=None if ids is None else ids.next_id,
     )
+
+
+def client_settings(config: Config) -> dict[str, Any]:
+    """
+    Return the settings of the server's client to workers
+    (:func:`hq.worker.worker_client`'s arguments), as the sender process gets
+    them too.
+    """
+    return {
+        "user_agent": f"HQ/{__version__}",
+        "max_output_bytes": config.max_output_bytes,
+        "deny": list(config.deny_networks),
+        "allow": list(config.allow_networks),
+        "signing_secrets": list(config.signing_secrets),
+    }
 
 
 #: Seconds the start waits for the sender process (it is usually ready in a
@@ -666,18 +672,7 @@ class SenderService(Stage):
         """
         from hq.sender import SenderProcess
 
-        config = self._config
-        self.sender = SenderProcess(
-            self._reactor,
-            local,
-            {
-                "user_agent": f"HQ/{__version__}",
-                "max_output_bytes": config.max_output_bytes,
-                "deny": list(config.deny_networks),
-                "allow": list(config.allow_networks),
-                "signing_secrets": list(config.signing_secrets),
-            },
-        )
+        self.sender = SenderProcess(self._reactor, local, client_settings(self._config))
         return self.sender
 
     def startService(self) -> None:

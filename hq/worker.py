@@ -68,7 +68,7 @@ from zope.interface import implementer
 
 from hq.guard import GuardedEndpoint, NetworkGuard
 from hq.model import Job
-from hq.signing import SIGNATURE_HEADERS, Signer
+from hq.signing import SIGNATURE_HEADERS, Signer, signer_for
 from hq.turnio import settle_per_turn
 
 #: Redirects followed per delivery (as Go's http.Client).
@@ -561,6 +561,30 @@ def make_http_client(
         pool = WorkerConnectionPool(reactor)
     endpoints = WorkerEndpoints(reactor, response_budget(max_output_bytes), guard)
     return http_client_for(WorkerAgent.for_workers(reactor, endpoints, pool))
+
+
+def worker_client(
+    reactor: Any,
+    user_agent: str,
+    max_output_bytes: int,
+    deny: Sequence[str],
+    allow: Sequence[str],
+    signing_secrets: Sequence[str],
+) -> WorkerClient:
+    """
+    Return the production :class:`WorkerClient` for the server's settings
+    (:func:`hq.tap.client_settings`, which the sender process gets as they are):
+    :func:`make_http_client` behind the outbound guard of ``deny`` and
+    ``allow``, signing with ``signing_secrets`` when there are any.
+    """
+    guard = NetworkGuard.from_config(deny, allow)
+    return WorkerClient(
+        make_http_client(reactor, max_output_bytes=max_output_bytes, guard=guard),
+        reactor,
+        user_agent,
+        max_output_bytes,
+        signer=signer_for(signing_secrets),
+    )
 
 
 # -- One exchange with a worker --------------------------------------------------
