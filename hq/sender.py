@@ -12,8 +12,9 @@ pool, the redirects, the response cap, the network guard, the signatures) on a
 reactor of its own and sends back what each exchange learned.
 
 :class:`SenderProcess` is the parent's side. An exchange that starts while no
-other is in flight runs in the parent, as without the child: a lone job then
-reaches its worker without the hop through the pipe. The others run in the
+other job is being delivered (in flight, or waiting for its outcome to be
+stored) runs in the parent, as without the child: a lone job then reaches its
+worker without the hop through the pipe. The others run in the
 child whenever it is ready; until then (at start-up, after a death) in the
 parent.
 
@@ -53,6 +54,7 @@ import os
 import signal
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -235,7 +237,8 @@ class SenderProcess(ProcessProtocol):
     """
     Run exchanges with workers (the same ``post`` as
     :class:`hq.worker.WorkerClient`): with ``local`` in this process when none
-    is in flight in the child and fewer than ``local_slots`` run here, else in
+    is in flight in the child, fewer than ``local_slots`` run here and the
+    delivery engine has no other run in progress (``runs``, when set), else in
     the child.
 
     A lone job's way to its worker thus stays as short as it was (no hop
@@ -247,6 +250,9 @@ class SenderProcess(ProcessProtocol):
     :param local: the client of this process.
     :param settings: the child's settings (see the module's docstring).
     :param argv: the child's command (tests run another one).
+    :param runs: how many runs the delivery engine has in progress, the
+        asking one included (:attr:`hq.delivery.engine.Delivery.runs`); may be
+        set later, as the engine is made after its sender.
     """
 
     log = Logger()
@@ -258,10 +264,13 @@ class SenderProcess(ProcessProtocol):
         settings: dict[str, Any],
         argv: list[str] | None = None,
         local_slots: int = LOCAL_SLOTS,
+        runs: Callable[[], int] | None = None,
     ) -> None:
         self._reactor = reactor
         self._local = local
         self._local_slots = local_slots
+        #: How many runs the delivery engine has in progress, this one included.
+        self.runs = runs
         self._settings = settings
         self._argv = argv or [sys.executable, "-m", "hq.sender"]
         self._frames = Frames()
@@ -336,7 +345,9 @@ class SenderProcess(ProcessProtocol):
         POST ``job``; return a Deferred of the exchange (see
         :meth:`hq.worker.WorkerClient.post`).
         """
-        if not self.ready or (self.local_running < self._local_slots and not self._pending):
+        if not self.ready or (
+            self.local_running < self._local_slots and not self._pending and self._alone()
+        ):
             self.local_running += 1
             self.sent_here += 1
             running = self._local.post(job)
@@ -352,6 +363,12 @@ class SenderProcess(ProcessProtocol):
             frame(["post", n, job.id, job.url, job.payload, job.headers, job.timeout])
         )
         return done
+
+    def _alone(self) -> bool:
+        # In a burst the child is sometimes left with nothing in flight while
+        # the other runs wait for their outcomes to be committed: their next
+        # jobs come at once, so this one is not alone.
+        return self.runs is None or self.runs() <= 1
 
     def _local_ended(self, result: Any) -> Any:
         self.local_running -= 1

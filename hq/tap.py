@@ -612,7 +612,7 @@ def delivery_engine(
 
     local = worker_client(reactor, **client_settings(config))
     worker: Sender = local if sender is None else sender.sender_for(local)
-    return Delivery(
+    delivery = Delivery(
         store=store,
         worker=worker,
         clock=reactor,
@@ -630,6 +630,10 @@ def delivery_engine(
         ),
         new_id=None if ids is None else ids.next_id,
     )
+    if sender is not None and sender.sender is not None:
+        # A run that is alone goes out from this process (hq.sender).
+        sender.sender.runs = lambda: delivery.runs
+    return delivery
 
 
 def client_settings(config: Config) -> dict[str, Any]:

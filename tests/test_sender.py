@@ -362,6 +362,26 @@ class SenderProcessTests(SynchronousTestCase):
         got = self.successResultOf(second)
         self.assertEqual((got.success, got.status_code), (False, 500))
 
+    def test_not_alone_while_other_runs_go_on(self) -> None:
+        """
+        With the engine's count of runs, a request goes out from this
+        process only when its run is the only one: in a burst, the child may
+        have nothing in flight while other runs record their outcomes, and
+        their next jobs follow at once.
+        """
+        runs = [3]
+        self.sender.runs = lambda: runs[0]
+        self.written()
+        self.ready()
+        self.sender.post(job(1))
+        self.assertEqual(self.local.posted, [])
+        self.assertEqual(self.written(), [["post", 1, 1, "http://w/1", '{"n":1}', None, 0]])
+        self.report(1)
+        runs[0] = 1
+        self.sender.post(job(2))
+        self.assertEqual([job_id for job_id, _ in self.local.posted], [2])
+        self.assertEqual(self.written(), [])
+
     def test_cancel(self) -> None:
         """
         Cancelling a request in the child tells the child and ends the

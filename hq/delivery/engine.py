@@ -120,6 +120,13 @@ class Delivery(Service):
         return self._runner.num_workers
 
     @property
+    def runs(self) -> int:
+        """
+        Runs in progress: jobs being started, sent or recorded.
+        """
+        return self._shutdown.runs
+
+    @property
     def in_queue(self) -> int:
         """
         Jobs in the in-memory queue (not yet handed to a dispatcher).
