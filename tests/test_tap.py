@@ -165,6 +165,20 @@ class HQServiceTests(SynchronousTestCase):
             ],
         )
 
+    def test_sender_counts_the_engines_runs(self) -> None:
+        """
+        The sender process is told how many runs the delivery engine has in
+        progress (a request goes out in-process only when its run is alone).
+        """
+        children = list(self.service(sender_process=True))
+        sender = next(child for child in children if isinstance(child, SenderService))
+        delivery = next(child for child in children if isinstance(child, Delivery))
+        assert sender.sender is not None and sender.sender.runs is not None
+        self.assertEqual(sender.sender.runs(), 0)
+        delivery._shutdown.run_began()
+        delivery._shutdown.run_began()
+        self.assertEqual((delivery.runs, sender.sender.runs()), (2, 2))
+
     def test_no_sender_children_without_the_process(self) -> None:
         """With sender_process false, requests to workers are made in-process: no sender child."""
         kinds = [type(child) for child in self.service(sender_process=False)]
