@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -38,6 +39,8 @@ from hq.store.postgres import (
     SCHEMA_VERSION,
     SERVER_LOCK,
     PostgresStore,
+    _AfterCommit,
+    _Writer,
     like_prefilter,
     safe_url,
 )
@@ -564,6 +567,71 @@ class ClusterStoreTests(PostgresCase):
         self.assertEqual(rows, [(4, True)] * 3)
         again = await node.claim(T0 + 1000, 10)
         self.assertEqual([job.id for job in again], [jobs[4].id, jobs[1].id])
+
+    async def syncs(self, *writes: Callable[[], Deferred[Any]]) -> tuple[int, list[Any]]:
+        """
+        Ask for ``writes`` in one reactor turn (one batch of the writer); return
+        how many times the writer's connection made the server answer
+        (client ``Sync`` and ``Flush`` messages in libpq's protocol trace) and
+        their results.
+        """
+        writer = self.store._writer
+        assert writer is not None and writer._conn is not None
+        trace = self.mktemp()
+        with open(trace, "w") as f:
+            writer._conn.pgconn.trace(f.fileno())
+            try:
+                results = await gatherResults([write() for write in writes])
+            finally:
+                writer._conn.pgconn.untrace()
+        with open(trace) as f:
+            sent = [line.split("\t") for line in f]
+        return sum(
+            1 for fields in sent if fields[1:2] == ["F"] and fields[3].strip() in ("Sync", "Flush")
+        ), results
+
+    async def test_a_claim_costs_its_batch_no_round_trip(self) -> None:
+        """
+        A claim asked for with other writes runs in their batch's pipeline and
+        is read once the batch is committed: the batch waits for the server
+        as often as without it; the claim sees only what was committed before.
+        """
+        # No check of an idle connection (SELECT 1) before either batch.
+        self.patch(postgres, "_PROBE_AFTER", 3600.0)
+        await self.store.push([make_job(1), make_job(2)], 0)
+        alone, _ = await self.syncs(lambda: self.store.push([make_job(3)], 0))
+        with_claim, (claimed, pushed) = await self.syncs(
+            lambda: self.store.claim(T0 + 1000, 5), lambda: self.store.push([make_job(4)], 0)
+        )
+        self.assertEqual(with_claim, alone)
+        self.assertEqual([job.id for job in claimed], [make_job(n).id for n in (1, 2, 3)])
+        self.assertEqual([p.job.id for p in pushed], [make_job(4).id])
+        self.assertEqual(self.sql("SELECT id FROM jobs WHERE state = 0"), [(make_job(4).id,)])
+
+    async def test_a_read_after_commit_that_fails_fails_alone(self) -> None:
+        """
+        A write's result read after its batch's commit that fails fails that
+        write only; the connection is left ready for the next batch.
+        """
+        await self.store.push([make_job(1)], 0)
+        writer = self.store._writer
+        assert writer is not None
+
+        def failing(conn: psycopg.Connection[Any]) -> Any:
+            return conn.execute("SELECT 1 / 0").fetchone()
+
+        def run() -> list[Any]:
+            assert writer._conn is not None
+            return _Writer._read_after_commit(
+                writer._conn, [("a", _AfterCommit(failing)), ("b", 5)]
+            )
+
+        results = await deferToThread(run)
+        self.assertEqual([d for d, _ in results], ["a", "b"])
+        self.assertTrue(results[0][1].check(psycopg.errors.DivisionByZero))
+        self.assertEqual(results[1][1], 5)
+        await self.store.push([make_job(2)], 0)
+        self.assertEqual(len(self.sql("SELECT id FROM jobs")), 2)
 
     async def test_concurrent_claims_never_take_a_job_twice(self) -> None:
         """Four nodes claiming at once share 400 jobs: each claimed exactly once."""

@@ -413,6 +413,19 @@ _PUSH_MANY = (
 )
 
 
+class _AfterCommit:
+    """
+    What a write answers when its result is read only once its batch is
+    committed: its statements then cost the batch's pipeline no round trip
+    of their own (a result read inside the pipeline makes it wait for the
+    server there). ``read(conn)`` makes the result, on the writer thread,
+    the transaction committed; it may run a transaction of its own.
+    """
+
+    def __init__(self, read: Callable[[psycopg.Connection[Any]], Any]) -> None:
+        self.read = read
+
+
 class _Mismatch(Exception):
     """
     A group of writes that cannot run as one statement (one job twice); the
@@ -635,7 +648,7 @@ class _Writer(BatchWriter[_Op]):
             with conn.pipeline():
                 results = self._run_pipelined(conn, batch)
                 conn.commit()
-            return results
+            return self._read_after_commit(conn, results)
         except psycopg.errors.TransactionRollback:
             raise  # deadlock or serialization failure: nothing was written
         except Exception as e:
@@ -654,7 +667,28 @@ class _Writer(BatchWriter[_Op]):
             raise
         except psycopg.Error as e:
             raise _Ambiguous(str(e)) from e
-        return results
+        return self._read_after_commit(conn, results)
+
+    @staticmethod
+    def _read_after_commit(conn: psycopg.Connection[Any], results: _Results) -> _Results:
+        """
+        Return ``results`` with each :class:`_AfterCommit` read (a failure of
+        one fails that write alone: the batch is committed).
+        """
+        read: _Results = []
+        for d, value in results:
+            if isinstance(value, _AfterCommit):
+                try:
+                    value = value.read(conn)
+                except Exception:
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        try:
+                            conn.rollback()
+                        except psycopg.Error:
+                            pass
+                    value = Failure()
+            read.append((d, value))
+        return read
 
     def _run_pipelined(self, conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
         """
@@ -1100,22 +1134,35 @@ class PostgresStore:
 
     def claim(self, now: int, limit: int, caps: ClaimCaps | None = None) -> Deferred[list[Job]]:
         # Under flow limits (or this node's caps): hq.store.pgflow.
-        def op(conn: psycopg.Connection[Any]) -> list[Job]:
-            if pgflow.plain(caps):
-                # Whether any key has limits, and the plain claim unless one
-                # has, in one round trip to the server. Each statement has
-                # its own snapshot: jobs claimed are the plain claim's.
-                limits = conn.execute(pgflow.ANY_LIMITS)
-                args = (now, self.server_id, self._lease_ms, now, limit)
-                rows = conn.execute(_CLAIM_UNLESS_LIMITS, args).fetchall()
+        args = (now, self.server_id, self._lease_ms, now, limit)
+
+        def limited(conn: psycopg.Connection[Any]) -> list[Job]:
+            jobs = pgflow.claim_limited(conn, now, limit, caps, self.server_id, self._lease_ms)
+            if jobs is not None:
+                return jobs
+            return sql.jobs_in_due_order(conn.execute(_CLAIM, args).fetchall())
+
+        def op(conn: psycopg.Connection[Any]) -> list[Job] | _AfterCommit:
+            if not pgflow.plain(caps):
+                return limited(conn)
+            # Whether any key has limits, and the plain claim unless one has,
+            # read once the batch is committed (no round trip of their own).
+            # Each statement has its own snapshot: jobs claimed are the plain
+            # claim's.
+            limits = conn.execute(pgflow.ANY_LIMITS)
+            claimed = conn.execute(_CLAIM_UNLESS_LIMITS, args)
+
+            def read(conn: psycopg.Connection[Any]) -> list[Job]:
+                rows = claimed.fetchall()
                 found = limits.fetchone()
                 if rows or not (found and found[0]):
                     return sql.jobs_in_due_order(rows)
-            limited = pgflow.claim_limited(conn, now, limit, caps, self.server_id, self._lease_ms)
-            if limited is not None:
-                return limited
-            args = (now, self.server_id, self._lease_ms, now, limit)
-            return sql.jobs_in_due_order(conn.execute(_CLAIM, args).fetchall())
+                # A key has limits: claim within them, in a transaction of its own.
+                jobs = limited(conn)
+                conn.commit()
+                return jobs
+
+            return _AfterCommit(read)
 
         if limit <= 0:
             return succeed([])
