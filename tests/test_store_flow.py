@@ -387,6 +387,29 @@ class PostgresFlowTests(PostgresCase):
             [jobs[1].id, jobs[4].id, jobs[5].id, jobs[10].id, jobs[11].id],
         )
 
+    async def test_a_limited_claim_rolled_back_is_run_again(self) -> None:
+        """
+        A claim that finds a key's limits claims within them after its batch,
+        in a transaction of its own; one that PostgreSQL rolls back (a
+        serialization failure) is run again rather than failed.
+        """
+        await self.store.put_flow(FlowLimits("k", parallelism=1))
+        await self.store.push([keyed(n, "k") for n in range(3)], 0)
+        real = pg_store.pgflow.claim_limited
+        calls = []
+
+        def once_rolled_back(*args: Any) -> Any:
+            calls.append(args)
+            if len(calls) == 1:
+                raise psycopg.errors.SerializationFailure("could not serialize access")
+            return real(*args)
+
+        self.patch(pg_store.pgflow, "claim_limited", once_rolled_back)
+        claimed = await self.store.claim(T0 + 10**6, 5)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual([job.id for job in claimed], [keyed(0, "k").id])
+        self.assertEqual(self.running("k"), 1)
+
     async def test_claims_without_limits_stay_the_plain_statement(self) -> None:
         """With no limiting row and no caps the claim takes jobs in due order, as before."""
         await self.store.put_flow(FlowLimits("k"))

@@ -615,6 +615,34 @@ class ClusterStoreTests(PostgresCase):
             await self.store.claim(T0 + 1000, 5)
         self.assertEqual(min(w for w, _ in waits), min(a for _, a in waits), waits)
 
+    async def test_a_batch_rolled_back_by_the_server_is_run_again(self) -> None:
+        """
+        A batch that PostgreSQL rolls back (a deadlock, a serialization
+        failure: psycopg's classes for them are not TransactionRollback's
+        subclasses) is run again, its writes then committed; the store is not
+        taken for unavailable.
+        """
+        errors = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+        for n, error in enumerate(errors):
+            failed = []
+
+            def once(
+                conn: psycopg.Connection[Any],
+                error: type[Exception] = error,
+                failed: list[Any] = failed,
+            ) -> int:
+                if not failed:
+                    failed.append(error)
+                    raise error("rolled back by the server")
+                return 7
+
+            pushed, value = await gatherResults(
+                [self.store.push([make_job(100 + n)], 0), self.store._write(once)]
+            )
+            self.assertEqual((value, failed), (7, [error]))
+            self.assertEqual(len(pushed), 1)
+            self.assertEqual(await self.store.get(pushed[0].job.id), pushed[0].job)
+
     async def test_a_read_after_commit_that_fails_fails_alone(self) -> None:
         """
         A write's result read after its batch's commit that fails fails that

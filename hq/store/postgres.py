@@ -216,6 +216,14 @@ _PROBE_AFTER = 1.0
 #: How often a transaction that PostgreSQL rolled back (deadlock, serialization
 #: failure) is run again before its writes fail.
 _ROLLBACK_RETRIES = 3
+#: What PostgreSQL raises when it rolled a transaction back, nothing written:
+#: psycopg's classes for the SQLSTATEs 40000, 40001 and 40P01 (the last two
+#: are not subclasses of the first).
+_ROLLED_BACK = (
+    psycopg.errors.TransactionRollback,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+)
 #: SQLSTATE classes that mean the database, not the request, is at fault:
 #: connection, invalid transaction state (read-only standby), resources,
 #: operator intervention (shutdown, cancel), system errors.
@@ -607,7 +615,7 @@ class _Writer(BatchWriter[_Op]):
             except _Ambiguous as e:
                 self._drop()
                 return self._all_failed(batch, f"the commit's outcome is unknown: {e}")
-            except psycopg.errors.TransactionRollback:
+            except _ROLLED_BACK:
                 # Deadlock or serialization failure: nothing was written.
                 self._rollback()
                 rollbacks += 1
@@ -649,7 +657,7 @@ class _Writer(BatchWriter[_Op]):
                 results = self._run_pipelined(conn, batch)
                 conn.commit()
             return self._read_after_commit(conn, results)
-        except psycopg.errors.TransactionRollback:
+        except _ROLLED_BACK:
             raise  # deadlock or serialization failure: nothing was written
         except Exception as e:
             if conn.broken:
@@ -663,7 +671,7 @@ class _Writer(BatchWriter[_Op]):
         results = self._one_by_one(conn, batch)
         try:
             conn.commit()
-        except psycopg.errors.TransactionRollback:
+        except _ROLLED_BACK:
             raise
         except psycopg.Error as e:
             raise _Ambiguous(str(e)) from e
@@ -1157,10 +1165,18 @@ class PostgresStore:
                 found = limits.fetchone()
                 if rows or not (found and found[0]):
                     return sql.jobs_in_due_order(rows)
-                # A key has limits: claim within them, in a transaction of its own.
-                jobs = limited(conn)
-                conn.commit()
-                return jobs
+                # A key has limits: claim within them, in a transaction of its
+                # own (run again, as a batch is, when PostgreSQL rolled it back).
+                for attempt in range(_ROLLBACK_RETRIES + 1):
+                    try:
+                        jobs = limited(conn)
+                        conn.commit()
+                        return jobs
+                    except _ROLLED_BACK:
+                        conn.rollback()
+                        if attempt == _ROLLBACK_RETRIES:
+                            raise
+                raise AssertionError("unreachable")
 
             return _AfterCommit(read)
 
