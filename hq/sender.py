@@ -48,7 +48,6 @@ and a new child is started.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import signal
@@ -63,6 +62,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 
+from hq import gctune
 from hq.model import Job
 from hq.worker import Exchange, ExchangeFailed, Sender, TimedOut, worker_client
 
@@ -569,8 +569,7 @@ def main() -> None:
         redirectStandardIO=False,
     )
     # As in the server (hq.tap): what exists now lives as long as the process.
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 100)
+    gctune.settle()
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
 

@@ -31,7 +31,6 @@ A new moving part (a scheduler, a cluster heartbeat) is one more child.
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import shutil
 import signal
@@ -60,7 +59,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
-from hq import __version__, commit_hash
+from hq import __version__, commit_hash, gctune
 from hq.config import Config, ConfigError, read_config
 from hq.delivery import Delivery
 from hq.flow import FlowControl
@@ -954,11 +953,7 @@ class HQService(MultiService):
             child.startService()
             if isinstance(child, Stage):
                 await child.start()
-        # What exists now lives as long as the server: keep the collector from
-        # walking it again and again, and collect young objects less often
-        # (garbage collection was ~60 us of each job's cost; benchmarks/).
-        gc.freeze()
-        gc.set_threshold(10_000, 20, 100)
+        gctune.settle()
         self._console.started()
         self.ready.callback(None)
 

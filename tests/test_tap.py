@@ -4,7 +4,6 @@ Tests for hq.tap: HQService's children, their start order and their stop order.
 
 from __future__ import annotations
 
-import gc
 import io
 import os
 import subprocess
@@ -17,7 +16,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from hq import tap
+from hq import gctune, tap
 from hq.config import Config
 from hq.delivery import Delivery
 from hq.scheduler import Scheduler
@@ -99,8 +98,8 @@ class HQServiceTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         # Readiness tunes the collector for the server's process, not the tests'.
-        self.patch(gc, "freeze", lambda: None)
-        self.patch(gc, "set_threshold", lambda *args: None)
+        self.settled: list[str] = []
+        self.patch(gctune, "settle", lambda: self.settled.append("settle"))
         self.reactor = MemoryReactorClock()
         self.err = io.StringIO()
         self.events: list[str] = []
@@ -141,6 +140,22 @@ class HQServiceTests(SynchronousTestCase):
             timeout=60,
         )
         self.assertEqual((completed.stdout, completed.returncode), ("[]\n", 0), completed.stderr)
+
+    def test_settled_collector(self) -> None:
+        """
+        gctune.settle() freezes what exists and sets the thresholds: checked
+        in a fresh interpreter, this one's collector being the tests'.
+        """
+        script = (
+            "import gc\n"
+            "from hq import gctune\n"
+            "gctune.settle()\n"
+            "print(gc.get_threshold(), gc.get_freeze_count() > 0)\n"
+        )
+        completed = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(completed.stdout, "(10000, 20, 100) True\n", completed.stderr)
 
     def test_children_in_documented_order(self) -> None:
         """
@@ -200,9 +215,12 @@ class HQServiceTests(SynchronousTestCase):
         hq.startService()
         self.assertEqual(self.events, ["start store"])
         self.assertNoResult(hq.ready)
+        self.assertEqual(self.settled, [])
         gate.callback(None)
         self.assertEqual(self.events, ["start store", "started store", "start web"])
         self.successResultOf(hq.ready)
+        # Once every child has started, the collector is set for a long life.
+        self.assertEqual(self.settled, ["settle"])
 
     def test_stop_is_in_reverse_order_each_awaited(self) -> None:
         """Stop waits for each child's stop before stopping the one started before it."""
