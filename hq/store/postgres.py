@@ -656,7 +656,6 @@ class _Writer(BatchWriter[_Op]):
             with conn.pipeline():
                 results = self._run_pipelined(conn, batch)
                 conn.commit()
-            return self._read_after_commit(conn, results)
         except _ROLLED_BACK:
             raise  # deadlock or serialization failure: nothing was written
         except Exception as e:
@@ -665,6 +664,9 @@ class _Writer(BatchWriter[_Op]):
                 raise _Ambiguous(str(e)) from e
             if _unavailable(e, conn):
                 raise  # the server refused a statement: nothing was written
+        else:
+            # Committed: what fails from here fails one write, not the batch.
+            return self._read_after_commit(conn, results)
         # One write failed, but which one a pipeline does not say, nor what it
         # half did: undo them all and run them one by one.
         conn.rollback()
