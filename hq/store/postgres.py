@@ -427,11 +427,16 @@ class _AfterCommit:
     committed: its statements then cost the batch's pipeline no round trip
     of their own (a result read inside the pipeline makes it wait for the
     server there). ``read(conn)`` makes the result, on the writer thread,
-    the transaction committed; it may run a transaction of its own.
+    the transaction committed.
     """
 
     def __init__(self, read: Callable[[psycopg.Connection[Any]], Any]) -> None:
         self.read = read
+
+
+#: What a plain claim reads when a key has flow limits: it claimed nothing,
+#: and the claim within the limits follows (:meth:`PostgresStore.claim`).
+_LIMITED = object()
 
 
 class _Mismatch(Exception):
@@ -1162,29 +1167,23 @@ class PostgresStore:
             limits = conn.execute(pgflow.ANY_LIMITS)
             claimed = conn.execute(_CLAIM_UNLESS_LIMITS, args)
 
-            def read(conn: psycopg.Connection[Any]) -> list[Job]:
+            def read(conn: psycopg.Connection[Any]) -> list[Job] | object:
                 rows = claimed.fetchall()
                 found = limits.fetchone()
                 if rows or not (found and found[0]):
                     return sql.jobs_in_due_order(rows)
-                # A key has limits: claim within them, in a transaction of its
-                # own (run again, as a batch is, when PostgreSQL rolled it back).
-                for attempt in range(_ROLLBACK_RETRIES + 1):
-                    try:
-                        jobs = limited(conn)
-                        conn.commit()
-                        return jobs
-                    except _ROLLED_BACK:
-                        conn.rollback()
-                        if attempt == _ROLLBACK_RETRIES:
-                            raise
-                raise AssertionError("unreachable")
+                return _LIMITED
 
             return _AfterCommit(read)
 
+        def then(jobs: Any) -> Any:
+            # A key has limits: claim within them, as a write of its own (run
+            # again by the writer, as any write, when PostgreSQL rolled it back).
+            return self._write(limited) if jobs is _LIMITED else jobs
+
         if limit <= 0:
             return succeed([])
-        return self._write(op)
+        return self._write(op).addCallback(then)
 
     def renew(self, job_ids: list[int]) -> Deferred[list[int]]:
         started_at = self._started_at
