@@ -238,7 +238,7 @@ class SenderProcess(ProcessProtocol):
     Run exchanges with workers (the same ``post`` as
     :class:`hq.worker.WorkerClient`): with ``local`` in this process when none
     is in flight in the child, fewer than ``local_slots`` run here and the
-    delivery engine has no other run in progress (``runs``, when set), else in
+    delivery engine has no other run in progress (:attr:`runs`, when set), else in
     the child.
 
     A lone job's way to its worker thus stays as short as it was (no hop
@@ -250,9 +250,6 @@ class SenderProcess(ProcessProtocol):
     :param local: the client of this process.
     :param settings: the child's settings (see the module's docstring).
     :param argv: the child's command (tests run another one).
-    :param runs: how many runs the delivery engine has in progress, the
-        asking one included (:attr:`hq.delivery.engine.Delivery.runs`); may be
-        set later, as the engine is made after its sender.
     """
 
     log = Logger()
@@ -264,13 +261,15 @@ class SenderProcess(ProcessProtocol):
         settings: dict[str, Any],
         argv: list[str] | None = None,
         local_slots: int = LOCAL_SLOTS,
-        runs: Callable[[], int] | None = None,
     ) -> None:
         self._reactor = reactor
         self._local = local
         self._local_slots = local_slots
-        #: How many runs the delivery engine has in progress, this one included.
-        self.runs = runs
+        #: Returns how many runs the delivery engine has in progress, the
+        #: asking one included (:attr:`hq.delivery.engine.Delivery.runs`); set
+        #: by :func:`hq.tap.delivery_engine`, the engine being made after its
+        #: sender. ``None``: only the exchanges in flight count.
+        self.runs: Callable[[], int] | None = None
         self._settings = settings
         self._argv = argv or [sys.executable, "-m", "hq.sender"]
         self._frames = Frames()
