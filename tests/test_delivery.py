@@ -509,6 +509,27 @@ class BacklogTests(DispatchTestCase):
         self.assertEqual(self.delivered_ids(), [job.id for job in jobs])
         self.assertTrue(all(self.get(job.id).success for job in jobs))
 
+    def test_job_stored_during_a_read_that_returns_later_keys_is_not_skipped(self) -> None:
+        """
+        A read in flight returns a job that sorts after one stored meanwhile
+        (a retry due later than the push's time): the pushed job is still read.
+        """
+        store = SlowFeedStore()
+        self.store = store
+        dispatch = self.start(store=store)
+        store.answer_all()  # the start-up read: an empty store
+        start = int(T0 * 1000)
+        retried = self.push(dispatch, run_at=start + 100)
+        self.clock.advance(0.1)  # its due time: the feed reads, and sees it
+        self.assertEqual(len(store.pending), 1)
+        # Stored once that read has looked, due before the job it will return.
+        pushed = self.push(dispatch, run_at=start + 50)
+        for _ in range(3):
+            store.answer_all()
+            self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [retried.id, pushed.id])
+        self.assertTrue(self.get(pushed.id).success)
+
     def test_stop_service_waits_for_a_backlog_read(self) -> None:
         """stopService fires once a backlog read in flight has answered."""
         store = SlowFeedStore()

@@ -6,7 +6,10 @@ backlog stays in the store and is read in as room frees up (half the queue at
 least, so reads come in batches). Jobs are ordered by their :func:`feed_key`,
 ``(due time, id)``; the feed keeps a watermark (the greatest key it has looked
 at) so a read continues where the last one stopped, and a job offered while
-older ones are still in the store only waits its turn behind them.
+older ones are still in the store only waits its turn behind them. A job
+offered while a read runs keeps the watermark below its key: that read may
+have looked before the job was stored, and still return keys after it (a
+retry that came due after the push's time).
 
 Flow control (:mod:`hq.flow`): a job whose flow key has no room is *parked*
 with its key and the feed goes on with the next job, so a key at its limit
@@ -92,6 +95,10 @@ class Feed:
         self._backlog = True
         self._reading = False
         self._missed_while_reading = False
+        #: Just below the least key offered while a read ran: a read that
+        #: looked before that job was stored may return keys after it, and
+        #: the watermark must not pass it.
+        self._missed_from: DueKey | None = None
         self._retry: IDelayedCall | None = None
         #: Dispatchers waiting for a job.
         self._idle: deque[Deferred[Job | None]] = deque()
@@ -180,11 +187,14 @@ class Feed:
             self._append(job)
         else:
             self._backlog = True
+            before = (key[0], key[1] - 1)
             if self._reading:
                 self._missed_while_reading = True
+                if self._missed_from is None or before < self._missed_from:
+                    self._missed_from = before
             if key <= self._watermark:
                 # An old key (a restart): let the next read look from there again.
-                self._watermark = (key[0], key[1] - 1)
+                self._watermark = before
             self._maybe_read()
 
     def reserve(self, job: Job) -> Deferred[Job | None] | None:
@@ -395,6 +405,7 @@ class Feed:
             return
         self._reading = True
         self._missed_while_reading = False
+        self._missed_from = None
         room = self._size - len(self._queue)
         d = Deferred.fromCoroutine(self._read(room))
         d.addErrback(lambda failure: self.log.failure("Feeding the queue failed", failure))
@@ -429,6 +440,9 @@ class Feed:
     def _take_in(self, batch: list[Job], after: DueKey, exhausted: bool) -> None:
         if batch and self._watermark == after:
             self._watermark = max(after, feed_key(batch[-1]))
+        if self._missed_from is not None:
+            # A job offered during the read may sort before the batch's last.
+            self._watermark = min(self._watermark, self._missed_from)
         for job in batch:
             if job.id in self._held:
                 continue
