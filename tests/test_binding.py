@@ -5,13 +5,42 @@ easily carry (the API tests in test_api cover the binding through HTTP).
 
 from __future__ import annotations
 
+import json
 from io import BytesIO
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from hq.binding import APIError, Kind, bind, parse_time
+from hq.binding import APIError, Kind, _compact_json, bind, parse_time
+
+#: JSON values as json.loads returns them (floats finite: NaN is refused before).
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+class CompactJSONTests(SynchronousTestCase):
+    """
+    The payload's compact JSON text, written by an encoder made once.
+    """
+
+    @given(_JSON)
+    def test_same_text_as_json_dumps(self, value: Any) -> None:
+        """Any decoded JSON value is written exactly as json.dumps writes it compactly."""
+        expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        self.assertEqual(_compact_json(value), expected)
+
+    def test_nesting_too_deep_raises_recursion_error(self) -> None:
+        """The binding turns this into a 400 ("nested too deeply")."""
+        value: Any = []
+        for _ in range(100_000):
+            value = [value]
+        self.assertRaises(RecursionError, _compact_json, value)
 
 
 class BindTests(SynchronousTestCase):
