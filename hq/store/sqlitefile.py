@@ -324,6 +324,28 @@ CACHE_KIB = 16_000
 READ_CACHE_KIB = 2_000
 
 
+def bind_none_directly() -> None:
+    """
+    Have :mod:`sqlite3` bind ``None`` as ``NULL`` without looking for an
+    adapter each time.
+
+    The module binds ints, floats and strings as they are, but looks up an
+    adaptation for every other value, ``None`` included: two failed attribute
+    lookups, each building an ``AttributeError`` message (about 1,200
+    instructions per ``None``; a new job's row has nine). An adapter
+    registered for ``NoneType`` is found at once in the adapters' table; it
+    returns ``None``, bound as ``NULL`` as before. Process-wide, and the same
+    ``NULL`` for any other user of the module.
+    """
+    sqlite3.register_adapter(type(None), _NONE.get)
+
+
+#: ``_NONE.get(value)`` is ``None`` for any value: an adapter in C.
+_NONE: dict[Any, Any] = {}
+
+bind_none_directly()
+
+
 def _connect(
     path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS, cache_kib: int = CACHE_KIB
 ) -> sqlite3.Connection:
