@@ -747,7 +747,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         ids: list[int] = []
         for step in range(400):
             action = rng.choice(
-                ["create", "create", "start", "finish", "stop", "restart", "delete", "expire"]
+                ["create", "push", "start", "finish", "stop", "restart", "delete", "expire"]
             )
             target = rng.choice(ids) if ids else 0
             try:
@@ -755,6 +755,15 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
                     job = make_job(step)
                     await self.store.create(job)
                     ids.append(job.id)
+                elif action == "push":
+                    # Several jobs in one write, some stored running (a reserved push).
+                    jobs = [make_job(1000 + step * 10 + k) for k in range(rng.randint(2, 5))]
+                    jobs = [
+                        (job.started(T0 + step) or job) if rng.random() < 0.3 else job
+                        for job in jobs
+                    ]
+                    await self.store.push(jobs, 0)
+                    ids.extend(job.id for job in jobs)
                 elif action == "start":
                     await self.store.start(target, T0 + step)
                 elif action == "finish":

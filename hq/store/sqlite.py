@@ -669,16 +669,24 @@ class _Push(GroupedOp):
 
     def __call__(self, conn: sqlite3.Connection, changes: list[_Change]) -> list[Pushed]:
         _insert_jobs(conn, self.jobs)
-        changes.extend((None, job.state, 1) for job in self.jobs)
+        changes.extend(_created(self.jobs))
         return [Pushed(job) for job in self.jobs]
 
     @classmethod
     def run_group(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[tuple[Any, list[_Change]]]:
         _insert_jobs(conn, [job for op in ops for job in op.jobs])
-        return [
-            ([Pushed(job) for job in op.jobs], [(None, job.state, 1) for job in op.jobs])
-            for op in ops
-        ]
+        return [([Pushed(job) for job in op.jobs], _created(op.jobs)) for op in ops]
+
+
+def _created(jobs: list[Job]) -> list[_Change]:
+    """
+    Return the changes of the counts that storing ``jobs`` makes: one per
+    state (a batch's 10,000 jobs are one change, not 10,000).
+    """
+    counts: dict[JobState, int] = {}
+    for job in jobs:
+        counts[job.state] = counts.get(job.state, 0) + 1
+    return [(None, state, count) for state, count in counts.items()]
 
 
 def _insert_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> None:
