@@ -72,11 +72,15 @@ def _make_compact_json() -> Callable[[Any], str]:
     none; nesting too deep still raises ``RecursionError``.
     """
     make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
+    try:
+        # The arguments JSONEncoder.iterencode passes (markers None: no check).
+        text = json.encoder.encode_basestring
+        encoder = make(  # type: ignore[misc]
+            None, _COMPACT.default, text, None, ":", ",", False, False, True
+        )
+    except TypeError:
+        # No C encoder, or one that takes other arguments: the encoder's own way.
         return _COMPACT.encode
-    encoder = make(
-        None, _COMPACT.default, json.encoder.encode_basestring, None, ":", ",", False, False, True
-    )
     join = "".join
 
     def compact_json(value: Any) -> str:
