@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
@@ -20,7 +22,7 @@ from hq.delivery import FINISH_ATTEMPTS, INTERNAL_ERROR, STORE_RETRY_SECONDS, De
 from hq.delivery.feed import Feed
 from hq.history import BUCKET_MS, BUCKETS, HistoryBucket
 from hq.ids import first_id_at
-from hq.model import Job, JobState
+from hq.model import Job, JobState, Outcome
 from hq.policy import RetryRules
 from hq.store import StoreUnavailable
 from hq.store.memory import MemoryStore
@@ -1375,3 +1377,103 @@ class ReserveTests(DispatchTestCase):
         dispatch.startService()
         self.addCleanup(self.stop_quietly, dispatch)
         self.assertIsNone(dispatch.reserve(Job(id=99, url=URL)))
+
+
+class FeedInterleavingTests(SynchronousTestCase):
+    """
+    The feed against any order of pushes, due times, clock steps and store
+    reads answered late (as the reader threads answer): every stored job
+    is started once, none is skipped. A push may be stored some time
+    after its id was made (the API makes the id, then waits for the commit);
+    a finished job may be restarted in place (its old key offered again).
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(
+                    st.just("push"),
+                    st.tuples(
+                        st.sampled_from([0, 0, 0, 5, 20, 60]), st.sampled_from([0, 0, 10, 30])
+                    ),
+                ),
+                st.tuples(st.just("answer"), st.just(0)),
+                st.tuples(st.just("advance"), st.sampled_from([1, 5, 20, 50])),
+                st.tuples(st.just("take"), st.just(0)),
+                st.tuples(st.just("restart"), st.integers(min_value=0, max_value=30)),
+            ),
+            max_size=60,
+        ),
+        st.integers(min_value=1, max_value=4),
+    )
+    def test_every_stored_job_is_started_once(self, ops: list[tuple[str, Any]], size: int) -> None:
+        """A feed of ``size`` over a store whose reads answer when told."""
+        clock = Clock()
+        clock.advance(T0)
+        store = SlowFeedStore()
+        feed = Feed(store, clock, size)
+        feed.open()
+        created: list[int] = []
+        started: list[int] = []
+        pending: list[Deferred[Job | None]] = []
+        sequence = iter(range(1, 1 << 20))
+
+        def ran(job: Job | None) -> None:
+            # A dispatcher: start the job (the store skips one no longer
+            # waiting: a read older than its run may hand it out again),
+            # finish it, release it, take the next.
+            pending.clear()
+            assert job is not None
+            now = int(clock.seconds() * 1000)
+            if self.successResultOf(store.start(job.id, now)) is not None:
+                started.append(job.id)
+                done = Outcome(finished_at=now, success=True)
+                self.successResultOf(store.finish(job.id, done))
+            feed.release(job.id)
+
+        def take() -> None:
+            while not pending:
+                d = feed.take()
+                if not d.called:
+                    pending.append(d)
+                    d.addCallback(ran)
+                    return
+                ran(self.successResultOf(d))
+
+        for op, value in ops:
+            now = int(clock.seconds() * 1000)
+            if op == "push":
+                delay, age = value
+                job = Job(
+                    id=first_id_at(now - age) + next(sequence),
+                    url=URL,
+                    run_at=now + delay if delay else None,
+                )
+                self.successResultOf(store.create(job))
+                created.append(job.id)
+                feed.offer(job)
+            elif op == "restart":
+                finished = [
+                    job_id
+                    for job_id in set(started)
+                    if self.successResultOf(store.get(job_id)).state is JobState.FINISHED
+                ]
+                if finished:
+                    restarted = self.successResultOf(
+                        store.restart(sorted(finished)[value % len(finished)])
+                    )
+                    created.append(restarted.id)
+                    feed.offer(restarted)
+            elif op == "answer":
+                store.answer_all()
+            elif op == "advance":
+                clock.advance(value / 1000)
+            else:
+                take()
+        # Then let it drain: reads answered, time passing, a dispatcher taking.
+        for _ in range(50):
+            take()
+            store.answer_all()
+            clock.advance(0.1)
+        self.assertEqual(sorted(started), sorted(created))
