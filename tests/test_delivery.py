@@ -20,6 +20,7 @@ from twisted.web.server import Site
 
 from hq.delivery import FINISH_ATTEMPTS, INTERNAL_ERROR, STORE_RETRY_SECONDS, Delivery
 from hq.delivery.feed import Feed
+from hq.flow import FlowControl
 from hq.history import BUCKET_MS, BUCKETS, HistoryBucket
 from hq.ids import first_id_at
 from hq.model import Job, JobState, Outcome
@@ -1388,67 +1389,94 @@ class FeedInterleavingTests(SynchronousTestCase):
     a finished job may be restarted in place (its old key offered again).
     """
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=1000, deadline=None)
     @given(
         st.lists(
             st.one_of(
-                st.tuples(
-                    st.just("push"),
+                # Pushes twice as often as the rest: backlogs build up.
+                *[
                     st.tuples(
-                        st.sampled_from([0, 0, 0, 5, 20, 60]), st.sampled_from([0, 0, 10, 30])
-                    ),
-                ),
+                        st.just("push"),
+                        st.tuples(
+                            st.sampled_from([0, 0, 0, 5, 20, 60]), st.sampled_from([0, 0, 10, 30])
+                        ),
+                    )
+                ]
+                * 2,
                 st.tuples(st.just("answer"), st.just(0)),
                 st.tuples(st.just("advance"), st.sampled_from([1, 5, 20, 50])),
                 st.tuples(st.just("take"), st.just(0)),
+                st.tuples(st.just("finish"), st.just(0)),
                 st.tuples(st.just("restart"), st.integers(min_value=0, max_value=30)),
             ),
-            max_size=60,
+            max_size=80,
         ),
         st.integers(min_value=1, max_value=4),
+        st.sampled_from([0, 1, 1, 2]),
     )
-    def test_every_stored_job_is_started_once(self, ops: list[tuple[str, Any]], size: int) -> None:
-        """A feed of ``size`` over a store whose reads answer when told."""
+    def test_every_stored_job_is_started_once(
+        self, ops: list[tuple[str, Any]], size: int, parallelism: int
+    ) -> None:
+        """
+        A feed of ``size`` over a store whose reads answer when told; with a
+        ``parallelism`` per flow key (two keys, one job parked per key at
+        most, the rest left to the store and read back by key).
+        """
         clock = Clock()
         clock.advance(T0)
         store = SlowFeedStore()
-        feed = Feed(store, clock, size)
+        flow = FlowControl(clock, host_parallelism=parallelism, park_capacity=1)
+        feed = Feed(store, clock, size, flow=flow)
         feed.open()
         created: list[int] = []
         started: list[int] = []
+        #: Jobs handed out and not released: the runs in progress.
+        running: list[int] = []
         pending: list[Deferred[Job | None]] = []
         sequence = iter(range(1, 1 << 20))
 
-        def ran(job: Job | None) -> None:
-            # A dispatcher: start the job (the store skips one no longer
-            # waiting: a read older than its run may hand it out again),
-            # finish it, release it, take the next.
-            pending.clear()
+        def got(job: Job | None) -> None:
+            # A run begins: start the job; the store skips one no longer
+            # waiting (a read older than its run may hand it out again).
+            if pending and pending[0].called:
+                pending.clear()
             assert job is not None
             now = int(clock.seconds() * 1000)
             if self.successResultOf(store.start(job.id, now)) is not None:
                 started.append(job.id)
-                done = Outcome(finished_at=now, success=True)
-                self.successResultOf(store.finish(job.id, done))
-            feed.release(job.id)
+            running.append(job.id)
 
         def take() -> None:
-            while not pending:
+            # Dispatchers with three slots take while one is free.
+            while not pending and len(running) < 3:
                 d = feed.take()
                 if not d.called:
                     pending.append(d)
-                    d.addCallback(ran)
+                    d.addCallback(got)
                     return
-                ran(self.successResultOf(d))
+                got(self.successResultOf(d))
+
+        def finish() -> None:
+            # The oldest run ends: its outcome recorded, the job released.
+            if running:
+                job_id = running.pop(0)
+                now = int(clock.seconds() * 1000)
+                if self.successResultOf(store.get(job_id)).state is JobState.RUNNING:
+                    done = Outcome(finished_at=now, success=True)
+                    self.successResultOf(store.finish(job_id, done))
+                feed.release(job_id)
+                take()
 
         for op, value in ops:
             now = int(clock.seconds() * 1000)
             if op == "push":
                 delay, age = value
+                job_id = first_id_at(now - age) + next(sequence)
                 job = Job(
-                    id=first_id_at(now - age) + next(sequence),
+                    id=job_id,
                     url=URL,
                     run_at=now + delay if delay else None,
+                    flow_key="ab"[job_id % 2],
                 )
                 self.successResultOf(store.create(job))
                 created.append(job.id)
@@ -1469,11 +1497,14 @@ class FeedInterleavingTests(SynchronousTestCase):
                 store.answer_all()
             elif op == "advance":
                 clock.advance(value / 1000)
+            elif op == "finish":
+                finish()
             else:
                 take()
-        # Then let it drain: reads answered, time passing, a dispatcher taking.
-        for _ in range(50):
+        # Then let it drain: reads answered, time passing, runs ending.
+        for _ in range(100):
             take()
             store.answer_all()
             clock.advance(0.1)
+            finish()
         self.assertEqual(sorted(started), sorted(created))
