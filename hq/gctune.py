@@ -18,8 +18,8 @@ def settle() -> None:
     Call once start-up is done: what exists now lives as long as the process.
     Keep the collector from walking it again and again (``gc.freeze``), and
     collect young objects less often: garbage collection was about 60 µs of
-    each delivered job's cost, and a third of a 10,000-job batch push's
-    (docs/performance.md).
+    each delivered job's cost, and about a fifth of a 10,000-job batch
+    push's time (docs/performance.md, round eleven).
     """
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)

@@ -1559,19 +1559,21 @@ class GlobPrefilterTests(SynchronousTestCase):
             return
         conn = sqlite3.connect(":memory:")
         self.addCleanup(conn.close)
+        self.assertTrue(conn.execute("SELECT ? GLOB ?", (text, glob)).fetchone()[0])
 
 
 class BindNoneTests(SynchronousTestCase):
     """
     ``None`` is bound as ``NULL`` through the adapter that saves sqlite3's
-    search for one (hq.store.sqlitefile.bind_none_directly).
+    search for one (hq.store.sqlitefile.bind_none_directly, called when the
+    module is imported, as this module does through hq.store.sqlite).
     """
 
     def test_none_has_an_adapter_and_is_still_null(self) -> None:
-        """The adapter is registered, and a None still reads back as SQL NULL."""
-        from hq.store import sqlitefile
-
-        sqlitefile.bind_none_directly()
+        """
+        Importing the store registered the adapter, and a None still reads
+        back as SQL NULL.
+        """
         adapter = sqlite3.adapters.get((type(None), sqlite3.PrepareProtocol))
         self.assertIsNotNone(adapter)
         self.assertIsNone(adapter(None))  # type: ignore[misc]
