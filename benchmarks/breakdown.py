@@ -3,6 +3,7 @@ Where a burst's CPU goes, thread by thread: HQ beside the relay baseline.
 
     python benchmarks/breakdown.py                 # 3 rounds of 3,000 jobs, 32 clients
     python benchmarks/breakdown.py --rounds 6 --jobs 3000
+    python benchmarks/breakdown.py --split         # pushes alone, then deliveries alone
     python benchmarks/breakdown.py --instructions  # user-space instructions per job (valgrind)
 
 The ``throughput`` burst of ``run.py`` (a worker, the load generator, 32
@@ -17,6 +18,15 @@ from ``/proc`` before and after the burst, per job:
 - the reactor thread's busy share: its CPU over the burst's wall time (what it
   has left over waits for the store or for the other processes);
 - for HQ, commits per job and their mean wall time (``/metrics``).
+
+``--split`` takes a burst apart instead: the push baseline answers a
+burst, then HQ answers one with its worker's flow key paused (``POST
+/flow/{key}/pause``: it stores and answers the pushes and starts nothing),
+then delivers them all once the key is resumed. It prints, per push and per
+delivered job, the same per-thread figures, and the push rate and reactor
+busy share beside the push baseline's (the busy share over the time pushes
+were in flight). Pushes alone say what the push path costs; the rest of a
+mixed burst's reactor time is the deliveries'.
 
 ``--instructions`` runs each server under ``valgrind --tool=callgrind`` (a
 burst of ``--jobs`` jobs and one of three times as many, so that start-up
@@ -150,10 +160,24 @@ def burst(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
         server.stop()
     if result["errors"] or received["unique"] != jobs or received["duplicates"]:
         raise BenchmarkError(f"{kind}: {result['errors']} failed pushes, worker saw {received}")
-    figures: dict[str, Any] = {
-        "busy": (busy[0] + busy[1] - before["main"][0] - before["main"][1]) / wall,
-        "e2e_per_s": jobs / wall,
-    }
+    figures = per_job(before, after, jobs)
+    figures["busy"] = (busy[0] + busy[1] - before["main"][0] - before["main"][1]) / wall
+    figures["e2e_per_s"] = jobs / wall
+    commits = commits_after[0] - commits_before[0]
+    figures["commits_per_job"] = commits / jobs
+    figures["commit_ms"] = (commits_after[1] - commits_before[1]) / commits * 1e3 if commits else 0
+    return figures
+
+
+def per_job(
+    before: dict[str, list[float]], after: dict[str, list[float]], jobs: int
+) -> dict[str, Any]:
+    """
+    Return the figures per job between two readings of :func:`threads`:
+    ``main`` and ``others`` (CPU, system CPU, waits, time runnable) and
+    ``cpu_us``, their CPU together.
+    """
+    figures: dict[str, Any] = {}
     for name in ("main", "others"):
         a, b = after[name], before[name]
         figures[name] = {
@@ -163,10 +187,70 @@ def burst(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
             "runnable_us": (a[3] - b[3]) / jobs * 1e6,
         }
     figures["cpu_us"] = figures["main"]["cpu_us"] + figures["others"]["cpu_us"]
-    commits = commits_after[0] - commits_before[0]
-    figures["commits_per_job"] = commits / jobs
-    figures["commit_ms"] = (commits_after[1] - commits_before[1]) / commits * 1e3 if commits else 0
     return figures
+
+
+def split(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any]:
+    """
+    Run one burst of ``jobs`` pushes against a new ``kind`` server (``hq`` or
+    the ``push`` baseline); HQ with the worker's flow key paused, then
+    resumed until it has delivered them all. Return the figures of the
+    pushes (``pushes``) and, for HQ, of the deliveries (``deliveries``).
+    """
+    os.makedirs(directory)
+    worker.reset()
+    server: Any = HQServer(directory) if kind == "hq" else Baseline(directory, "push")
+    server.start()
+    client = Client(server.base, timeout=10)
+    # The default flow key of a job is its URL's host:port.
+    flow = "/flow/" + worker.base.removeprefix("http://")
+    try:
+        if kind == "hq":
+            client.json("POST", flow + "/pause")
+        before = threads(server.pid)
+        result = push_burst(server, worker, directory, jobs, deadline=300)
+        pushed = threads(server.pid)
+        if result["errors"]:
+            raise BenchmarkError(f"{kind}: {result['errors']} failed pushes")
+        seconds = (result["last_done_ns"] - result["first_send_ns"]) / 1e9
+        pushes = per_job(before, pushed, jobs)
+        main = pushed["main"]
+        pushes["busy"] = (main[0] + main[1] - before["main"][0] - before["main"][1]) / seconds
+        pushes["per_s"] = result["pushes_per_s"]
+        figures: dict[str, Any] = {"pushes": pushes}
+        if kind == "hq":
+            began = time.monotonic()
+            client.json("POST", flow + "/resume")
+            received = worker.wait_received(jobs, timeout=120)
+            settle(server, timeout=30)
+            wall = time.monotonic() - began
+            delivered = threads(server.pid)
+            if received["unique"] != jobs or received["duplicates"]:
+                raise BenchmarkError(f"hq: the worker saw {received}")
+            deliveries = per_job(pushed, delivered, jobs)
+            main = delivered["main"]
+            deliveries["busy"] = (main[0] + main[1] - pushed["main"][0] - pushed["main"][1]) / wall
+            deliveries["per_s"] = jobs / wall
+            figures["deliveries"] = deliveries
+    finally:
+        client.close()
+        server.stop()
+    return figures
+
+
+def print_split(label: str, f: dict[str, Any]) -> None:
+    """
+    Print the figures of one part of a split burst on one line.
+    """
+    parts = [f"{label:16}  CPU {f['cpu_us']:4.0f} us/job"]
+    for name in ("main", "others"):
+        t = f[name]
+        parts.append(
+            f"{name} {t['cpu_us']:3.0f} (sys {t['sys_us']:3.0f}, {t['switches']:.2f} waits,"
+            f" {t['runnable_us']:3.0f} us runnable)"
+        )
+    parts.append(f"reactor busy {f['busy']:.2f}  {f['per_s']:5.0f}/s")
+    print("  ".join(parts), flush=True)
 
 
 def print_burst(kind: str, f: dict[str, Any]) -> None:
@@ -217,6 +301,41 @@ def instructions(kind: str, directory: str, jobs: int) -> int:
     return int(counts[-1])
 
 
+def split_rounds(worker: Worker, directory: str, jobs: int, rounds: int) -> int:
+    """
+    Run ``rounds`` split bursts (:func:`split`), the push baseline and HQ
+    taking turns; print them and the medians.
+    """
+    bare: list[dict[str, Any]] = []
+    hq: list[dict[str, Any]] = []
+    for index in range(rounds):
+        bare.append(split("push", worker, os.path.join(directory, f"push-{index}"), jobs)["pushes"])
+        print_split("push baseline", bare[-1])
+        figures = split("hq", worker, os.path.join(directory, f"hq-{index}"), jobs)
+        hq.append(figures["pushes"])
+        print_split("hq pushes alone", figures["pushes"])
+        print_split("hq deliveries", figures["deliveries"])
+        hq[-1]["deliveries_main_us"] = figures["deliveries"]["main"]["cpu_us"]
+
+    def med(runs: list[dict[str, Any]], *keys: str) -> float:
+        values = []
+        for run in runs:
+            value: Any = run
+            for key in keys:
+                value = value[key]
+            values.append(value)
+        return float(median(values))
+
+    print(
+        f"median: pushes alone {med(hq, 'per_s') / med(bare, 'per_s'):.2f} of the push"
+        f" baseline's rate; reactor CPU per push {med(hq, 'main', 'cpu_us'):.0f} us against"
+        f" {med(bare, 'main', 'cpu_us'):.0f} us; reactor busy {med(hq, 'busy'):.2f} against"
+        f" {med(bare, 'busy'):.2f}; reactor CPU per delivered job"
+        f" {med(hq, 'deliveries_main_us'):.0f} us"
+    )
+    return 0
+
+
 def main() -> int:
     """
     Run the rounds; print them and the medians.
@@ -225,6 +344,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, help="jobs per burst (3,000; --instructions: 200)")
     parser.add_argument("--instructions", action="store_true", help="count under valgrind")
+    parser.add_argument("--split", action="store_true", help="pushes alone, then deliveries alone")
     args = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="hq-breakdown-")
     try:
@@ -244,6 +364,11 @@ def main() -> int:
         jobs = args.jobs or 3000
         os.makedirs(os.path.join(directory, "worker"))
         worker = Worker(os.path.join(directory, "worker")).start()
+        if args.split:
+            try:
+                return split_rounds(worker, directory, jobs, args.rounds)
+            finally:
+                worker.stop()
         runs: dict[str, list[dict[str, Any]]] = {"relay": [], "hq": []}
         try:
             for index in range(args.rounds):
