@@ -13,8 +13,11 @@ and answers them (its dispatchers wait on the stopped worker). It says what a
 change does to the push path itself, apart from the deliveries that share the
 reactor thread in the throughput rounds.
 
-Prints each round and, at the end, each tree's ratios to the baselines
-(medians of the rounds; latency pooled over all jobs). Not part of ``run.py``:
+The two trees take turns at going first in each round. Prints each round
+and, at the end, each tree's ratios to the baselines (medians of the rounds;
+latency pooled over all jobs) and, for the push and end-to-end rates, the
+median over rounds of this tree's rate over the other's in the same round,
+with the number of rounds in which this tree was faster. Not part of ``run.py``:
 a tool for changes to the push and delivery path.
 """
 
