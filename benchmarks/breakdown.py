@@ -151,7 +151,7 @@ def burst(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
         result = push_burst(server, worker, directory, jobs, deadline=300)
         received = worker.wait_received(result["ok"], timeout=120)
         wall = time.monotonic() - began
-        busy = threads(server.pid)["main"]
+        busy = threads(server.pid)
         if kind == "hq":
             settle(server, timeout=30)
         after = threads(server.pid)
@@ -161,12 +161,19 @@ def burst(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
     if result["errors"] or received["unique"] != jobs or received["duplicates"]:
         raise BenchmarkError(f"{kind}: {result['errors']} failed pushes, worker saw {received}")
     figures = per_job(before, after, jobs)
-    figures["busy"] = (busy[0] + busy[1] - before["main"][0] - before["main"][1]) / wall
+    figures["busy"] = main_seconds(before, busy) / wall
     figures["e2e_per_s"] = jobs / wall
     commits = commits_after[0] - commits_before[0]
     figures["commits_per_job"] = commits / jobs
     figures["commit_ms"] = (commits_after[1] - commits_before[1]) / commits * 1e3 if commits else 0
     return figures
+
+
+def main_seconds(before: dict[str, list[float]], after: dict[str, list[float]]) -> float:
+    """
+    Return the reactor (main) thread's CPU, s, between two readings of :func:`threads`.
+    """
+    return after["main"][0] + after["main"][1] - before["main"][0] - before["main"][1]
 
 
 def per_job(
@@ -214,8 +221,7 @@ def split(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
             raise BenchmarkError(f"{kind}: {result['errors']} failed pushes")
         seconds = (result["last_done_ns"] - result["first_send_ns"]) / 1e9
         pushes = per_job(before, pushed, jobs)
-        main = pushed["main"]
-        pushes["busy"] = (main[0] + main[1] - before["main"][0] - before["main"][1]) / seconds
+        pushes["busy"] = main_seconds(before, pushed) / seconds
         pushes["per_s"] = result["pushes_per_s"]
         figures: dict[str, Any] = {"pushes": pushes}
         if kind == "hq":
@@ -228,8 +234,7 @@ def split(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
             if received["unique"] != jobs or received["duplicates"]:
                 raise BenchmarkError(f"hq: the worker saw {received}")
             deliveries = per_job(pushed, delivered, jobs)
-            main = delivered["main"]
-            deliveries["busy"] = (main[0] + main[1] - pushed["main"][0] - pushed["main"][1]) / wall
+            deliveries["busy"] = main_seconds(pushed, delivered) / wall
             deliveries["per_s"] = jobs / wall
             figures["deliveries"] = deliveries
     finally:
@@ -238,17 +243,26 @@ def split(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
     return figures
 
 
-def print_split(label: str, f: dict[str, Any]) -> None:
+def thread_parts(label: str, f: dict[str, Any]) -> list[str]:
     """
-    Print the figures of one part of a split burst on one line.
+    Return the start of a printed line: ``label``, the CPU per job, and each
+    of the reactor (main) and other threads' figures (:func:`per_job`).
     """
-    parts = [f"{label:16}  CPU {f['cpu_us']:4.0f} us/job"]
+    parts = [f"{label}  CPU {f['cpu_us']:4.0f} us/job"]
     for name in ("main", "others"):
         t = f[name]
         parts.append(
             f"{name} {t['cpu_us']:3.0f} (sys {t['sys_us']:3.0f}, {t['switches']:.2f} waits,"
             f" {t['runnable_us']:3.0f} us runnable)"
         )
+    return parts
+
+
+def print_split(label: str, f: dict[str, Any]) -> None:
+    """
+    Print the figures of one part of a split burst on one line.
+    """
+    parts = thread_parts(f"{label:16}", f)
     parts.append(f"reactor busy {f['busy']:.2f}  {f['per_s']:5.0f}/s")
     print("  ".join(parts), flush=True)
 
@@ -257,13 +271,7 @@ def print_burst(kind: str, f: dict[str, Any]) -> None:
     """
     Print one burst's figures on one line.
     """
-    parts = [f"{kind:5}  CPU {f['cpu_us']:4.0f} us/job"]
-    for name in ("main", "others"):
-        t = f[name]
-        parts.append(
-            f"{name} {t['cpu_us']:3.0f} (sys {t['sys_us']:3.0f}, {t['switches']:.2f} waits,"
-            f" {t['runnable_us']:3.0f} us runnable)"
-        )
+    parts = thread_parts(f"{kind:5}", f)
     parts.append(f"reactor busy {f['busy']:.2f}  end-to-end {f['e2e_per_s']:5.0f}/s")
     if kind == "hq":
         parts.append(f"commits {f['commits_per_job']:.3f}/job, {f['commit_ms']:.2f} ms each")
@@ -307,31 +315,31 @@ def split_rounds(worker: Worker, directory: str, jobs: int, rounds: int) -> int:
     taking turns; print them and the medians.
     """
     bare: list[dict[str, Any]] = []
-    hq: list[dict[str, Any]] = []
+    pushes: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
     for index in range(rounds):
         bare.append(split("push", worker, os.path.join(directory, f"push-{index}"), jobs)["pushes"])
         print_split("push baseline", bare[-1])
         figures = split("hq", worker, os.path.join(directory, f"hq-{index}"), jobs)
-        hq.append(figures["pushes"])
-        print_split("hq pushes alone", figures["pushes"])
-        print_split("hq deliveries", figures["deliveries"])
-        hq[-1]["deliveries_main_us"] = figures["deliveries"]["main"]["cpu_us"]
+        pushes.append(figures["pushes"])
+        deliveries.append(figures["deliveries"])
+        print_split("hq pushes alone", pushes[-1])
+        print_split("hq deliveries", deliveries[-1])
 
-    def med(runs: list[dict[str, Any]], *keys: str) -> float:
-        values = []
-        for run in runs:
-            value: Any = run
-            for key in keys:
-                value = value[key]
-            values.append(value)
-        return float(median(values))
+    def rate(runs: list[dict[str, Any]]) -> float:
+        return float(median([run["per_s"] for run in runs]))
+
+    def busy(runs: list[dict[str, Any]]) -> float:
+        return float(median([run["busy"] for run in runs]))
+
+    def main_us(runs: list[dict[str, Any]]) -> float:
+        return float(median([run["main"]["cpu_us"] for run in runs]))
 
     print(
-        f"median: pushes alone {med(hq, 'per_s') / med(bare, 'per_s'):.2f} of the push"
-        f" baseline's rate; reactor CPU per push {med(hq, 'main', 'cpu_us'):.0f} us against"
-        f" {med(bare, 'main', 'cpu_us'):.0f} us; reactor busy {med(hq, 'busy'):.2f} against"
-        f" {med(bare, 'busy'):.2f}; reactor CPU per delivered job"
-        f" {med(hq, 'deliveries_main_us'):.0f} us"
+        f"median: pushes alone {rate(pushes) / rate(bare):.2f} of the push baseline's rate;"
+        f" reactor CPU per push {main_us(pushes):.0f} us against {main_us(bare):.0f} us;"
+        f" reactor busy {busy(pushes):.2f} against {busy(bare):.2f};"
+        f" reactor CPU per delivered job {main_us(deliveries):.0f} us"
     )
     return 0
 

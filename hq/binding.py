@@ -85,7 +85,7 @@ def _make_compact_json() -> Callable[[Any], str]:
 
     def compact_json(value: Any) -> str:
         if isinstance(value, str):
-            return json.encoder.encode_basestring(value)
+            return text(value)
         return join(encoder(value, 0))
 
     return compact_json

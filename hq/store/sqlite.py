@@ -10,6 +10,7 @@ batches writes into one commit and the reader threads are in
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -683,10 +684,7 @@ def _created(jobs: list[Job]) -> list[_Change]:
     Return the changes of the counts that storing ``jobs`` makes: one per
     state (a batch's 10,000 jobs are one change, not 10,000).
     """
-    counts: dict[JobState, int] = {}
-    for job in jobs:
-        counts[job.state] = counts.get(job.state, 0) + 1
-    return [(None, state, count) for state, count in counts.items()]
+    return [(None, state, count) for state, count in Counter(job.state for job in jobs).items()]
 
 
 def _insert_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> None:
