@@ -524,15 +524,17 @@ class HQServer(Process):
 
 class Worker(Process):
     """
-    The fast worker (``worker.py``).
+    The fast worker (``worker.py``); with ``http10``, it answers in HTTP/1.0
+    and closes each connection (a new connection per job).
     """
 
     name = "worker"
 
-    def __init__(self, directory: str, port: int = 0) -> None:
+    def __init__(self, directory: str, port: int = 0, http10: bool = False) -> None:
         super().__init__()
         self.directory = directory
         self._port = port
+        self._http10 = http10
 
     def start(self) -> Worker:
         """
@@ -540,6 +542,8 @@ class Worker(Process):
         """
         out = os.path.join(self.directory, "worker.out")
         command = [PYTHON, os.path.join(HERE, "worker.py"), "--port", str(self._port)]
+        if self._http10:
+            command.append("--http10")
         self._spawn(command, out)
         self._wait_listening(out, 20)
         self.client = Client(self.base)

@@ -6,12 +6,19 @@ take turns, so that other work on the machine falls on all of them alike.
     python benchmarks/compare.py --base /tmp/hq-base              # throughput and latency
     python benchmarks/compare.py --base /tmp/hq-base --what l     # latency only
     python benchmarks/compare.py --base /tmp/hq-base --what p     # pushes alone
+    python benchmarks/compare.py --base /tmp/hq-base --http10     # a connection per job
 
 ``p`` measures pushes alone: the worker is stopped (SIGSTOP) while the push
 baseline and the two trees each answer ``--jobs`` pushes, so HQ only stores
 and answers them (its dispatchers wait on the stopped worker). It says what a
 change does to the push path itself, apart from the deliveries that share the
 reactor thread in the throughput rounds.
+
+``--http10`` makes the worker answer in HTTP/1.0 and close each connection,
+as a plain HTTP/1.0 server does, so that HQ opens a connection per job. The
+relay baseline is left out then: Twisted's stock connection pool, which it
+uses, sends the next request on a connection such a worker closed, and about
+half of its jobs fail (HQ's pool does not keep such a connection).
 
 The two trees take turns at going first in each round. Prints each round
 and, at the end, each tree's ratios to the baselines (medians of the rounds;
@@ -46,6 +53,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=3000, help="throughput jobs per round")
     parser.add_argument("--latency-jobs", type=int, default=600, help="latency jobs per block")
+    parser.add_argument(
+        "--http10", action="store_true", help="an HTTP/1.0 worker: a connection per job"
+    )
     args = parser.parse_args()
     ctx = run.Context(
         argparse.Namespace(
@@ -55,9 +65,11 @@ def main() -> int:
             profile=False,
             jobs=args.jobs,
             rounds=args.rounds,
+            http10=args.http10,
         )
     )
     trees = {"base": os.path.abspath(args.base), "this": common.ROOT}
+    baselines = () if args.http10 else ("relay",)
     throughput: dict[str, list[dict[str, Any]]] = {k: [] for k in ("push", "relay", *trees)}
     latency: dict[str, list[float]] = {k: [] for k in ("relay", *trees)}
     pushes: dict[str, list[dict[str, Any]]] = {k: [] for k in ("push", *trees)}
@@ -68,7 +80,7 @@ def main() -> int:
             # caches it warmed).
             order = list(trees) if index % 2 == 0 else list(reversed(trees))
             if "t" in args.what:
-                for kind in ("push", "relay", *order):
+                for kind in ("push", *baselines, *order):
                     # HQServer runs ``hq`` from common.ROOT (cwd and PYTHONPATH).
                     common.ROOT = trees.get(kind, trees["this"])
                     result = run.throughput_round(ctx, "hq" if kind in trees else kind, args.jobs)
@@ -90,7 +102,7 @@ def main() -> int:
                         flush=True,
                     )
             if "l" in args.what:
-                for kind in ("relay", *order):
+                for kind in (*baselines, *order):
                     common.ROOT = trees.get(kind, trees["this"])
                     block = run.latency_run(
                         ctx, "hq" if kind in trees else kind, args.latency_jobs, 100.0
@@ -111,12 +123,17 @@ def main() -> int:
             return float(median([r[key] for r in throughput[kind]]))
 
         for tree in trees:
-            print(
-                f"{tree}: push / push baseline"
-                f" {med(tree, 'push_per_s') / med('push', 'push_per_s'):.2f},"
-                f" end-to-end / relay {med(tree, 'e2e_per_s') / med('relay', 'e2e_per_s'):.2f},"
+            to_relay = (
+                f", end-to-end / relay {med(tree, 'e2e_per_s') / med('relay', 'e2e_per_s'):.2f},"
                 f" CPU per job / relay"
                 f" {med(tree, 'cpu_us_per_job') / med('relay', 'cpu_us_per_job'):.2f}"
+                if baselines
+                else f", end-to-end {med(tree, 'e2e_per_s'):.0f}/s,"
+                f" CPU per job {med(tree, 'cpu_us_per_job'):.0f} us"
+            )
+            print(
+                f"{tree}: push / push baseline"
+                f" {med(tree, 'push_per_s') / med('push', 'push_per_s'):.2f}{to_relay}"
             )
         # Paired by round: the two trees ran back to back, under the same load.
         pairs = list(zip(throughput["base"], throughput["this"], strict=True))
@@ -137,14 +154,17 @@ def main() -> int:
                 f" CPU per push {cpu:.0f} us ({cpu / bare['cpu_us_per_job']:.2f} x)"
             )
     if "l" in args.what:
-        pooled = {kind: percentiles(values) for kind, values in latency.items()}
-        relay = pooled["relay"]
-        print(f"relay: pooled p50 {relay['p50']:.2f} ms, p99 {relay['p99']:.2f} ms")
+        pooled = {kind: percentiles(values) for kind, values in latency.items() if values}
+        relay = pooled.get("relay")
+        if relay is not None:
+            print(f"relay: pooled p50 {relay['p50']:.2f} ms, p99 {relay['p99']:.2f} ms")
         for tree in trees:
             lat = pooled[tree]
             print(
-                f"{tree}: pooled p50 {lat['p50']:.2f} ms ({lat['p50'] / relay['p50']:.2f} x relay),"
-                f" p99 {lat['p99']:.2f} ms ({lat['p99'] / relay['p99']:.2f} x relay)"
+                f"{tree}: pooled p50 {lat['p50']:.2f} ms"
+                + (f" ({lat['p50'] / relay['p50']:.2f} x relay)" if relay else "")
+                + f", p99 {lat['p99']:.2f} ms"
+                + (f" ({lat['p99'] / relay['p99']:.2f} x relay)" if relay else "")
             )
     for text in ctx.problems:
         print(f"PROBLEM: {text}")

@@ -138,7 +138,8 @@ class Context:
         The shared worker, started (again) when needed.
         """
         if self._worker is None or not self._worker.alive():
-            self._worker = Worker(self.work).start()
+            http10 = getattr(self.args, "http10", False)
+            self._worker = Worker(self.work, http10=http10).start()
         return self._worker
 
     def worker_cpu(self) -> float:

@@ -38,8 +38,14 @@ from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
@@ -66,7 +72,7 @@ from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from hq.guard import GuardedEndpoint, NetworkGuard
+from hq.guard import DeniedAddress, GuardedEndpoint, NetworkGuard
 from hq.model import Job
 from hq.signing import SIGNATURE_HEADERS, Signer, signer_for
 from hq.turnio import settle_per_turn
@@ -258,12 +264,58 @@ class _BudgetEndpoint:
         return repr(self._make_endpoint())
 
 
+#: Seconds to wait for a worker's TCP connection (``HostnameEndpoint``'s default).
+CONNECT_TIMEOUT = 30
+
+
+@implementer(IStreamClientEndpoint)
+class _Refused:
+    """
+    An endpoint that fails every connection with ``error`` (a denied address).
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self._error = error
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        return fail(self._error)
+
+
+def address_endpoint(
+    reactor: Any, host: str, port: int, guard: NetworkGuard | None = None
+) -> IStreamClientEndpoint | None:
+    """
+    Return the endpoint to ``host:port`` when ``host`` is an IP address
+    (``127.0.0.1``, ``::1``; not one with a zone), or ``None`` for a name.
+
+    ``HostnameEndpoint`` takes an address as it takes a name: it encodes it
+    (IDNA), defines a resolution receiver class (with its interface
+    declarations), hands the host to ``getaddrinfo`` in a thread of the
+    reactor's pool and back, and arms its timer for the next address to try.
+    For a worker that closes its connections (HTTP/1.0, ``Connection:
+    close``) that is one connection per job, and it was a tenth of a
+    delivery's CPU. An address needs none of it; ``guard`` is asked about
+    it here, as about each address a name resolves to.
+    """
+    if isIPAddress(host):
+        endpoint_type: Any = TCP4ClientEndpoint
+    elif "%" not in host and isIPv6Address(host):
+        endpoint_type = TCP6ClientEndpoint
+    else:
+        return None
+    if guard and guard.denies(host):
+        return _Refused(DeniedAddress(host, [host]))
+    endpoint: IStreamClientEndpoint = endpoint_type(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    return endpoint
+
+
 @implementer(IAgentEndpointFactory)
 class WorkerEndpoints:
     """
     The endpoints of Twisted's standard ``Agent`` (``HostnameEndpoint``, TLS
     checked by ``BrowserLikePolicyForHTTPS``, 30 s connect timeout) whose
-    connections allow each response at most ``budget`` bytes.
+    connections allow each response at most ``budget`` bytes. A host that is
+    an IP address is connected to directly (:func:`address_endpoint`).
     """
 
     def __init__(self, reactor: Any, budget: int, guard: NetworkGuard | None = None) -> None:
@@ -283,10 +335,10 @@ class WorkerEndpoints:
             raise SchemeNotSupported(f"Unsupported scheme: {scheme!r}")
 
         def make_endpoint() -> IStreamClientEndpoint:
-            endpoint: IStreamClientEndpoint
-            if self._guard:
+            endpoint = address_endpoint(self._reactor, host, port, self._guard)
+            if endpoint is None and self._guard:
                 endpoint = GuardedEndpoint(self._reactor, host, port, self._guard)
-            else:
+            elif endpoint is None:
                 endpoint = HostnameEndpoint(self._reactor, host, port)
             if scheme == b"https":
                 endpoint = wrapClientTLS(self._tls.creatorForNetloc(netloc, port), endpoint)

@@ -13,29 +13,34 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLo
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web._newclient import Request
-from twisted.web.client import RequestNotSent, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import URI, RequestNotSent, ResponseFailed, ResponseNeverReceived
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from hq.guard import DeniedAddress, NetworkGuard
 from hq.model import Job
 from hq.testing import FailingHTTP, FakeWorker, Reply, WorkerStub
 from hq.worker import (
+    CONNECT_TIMEOUT,
     BytesProducer,
     Exchange,
     TimedOut,
     WorkerClient,
     WorkerConnectionPool,
+    WorkerEndpoints,
+    address_endpoint,
     describe_error,
     keeps_alive,
     make_http_client,
     never_answered,
     reason_phrase,
 )
+from tests.test_guard import GUARD, FakeResolver
 
 URL = "http://worker.test/work"
 
@@ -631,6 +636,68 @@ class WorkerConnectionPoolTests(SynchronousTestCase):
         self.assertFalse(never_answered(ResponseNeverReceived([Failure(CancelledError())])))
         self.assertFalse(never_answered(ResponseFailed([Failure(ConnectionDone())])))
         self.assertFalse(never_answered(CancelledError()))
+
+
+class AddressEndpointTests(SynchronousTestCase):
+    """
+    A worker host that is an IP address is connected to at once: no name
+    resolution (a thread hop per connection), the guard still asked.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.resolver = FakeResolver(["93.184.216.34"])
+        self.reactor.nameResolver = self.resolver  # type: ignore[attr-defined]
+
+    def connect(self, url: bytes, guard: NetworkGuard | None = None) -> Deferred[Any]:
+        endpoints = WorkerEndpoints(self.reactor, 1024, guard)
+        endpoint = endpoints.endpointForURI(URI.fromBytes(url))
+        return endpoint.connect(Factory.forProtocol(Protocol))
+
+    def connections(self) -> list[tuple[str, int, float]]:
+        return [(host, port, timeout) for host, port, _, timeout, _ in self.reactor.tcpClients]
+
+    def test_ipv4_and_ipv6_addresses_are_not_resolved(self) -> None:
+        """127.0.0.1 and [::1] are connected to directly, with the 30 s connect timeout."""
+        self.assertNoResult(self.connect(b"http://127.0.0.1:8080/job"))
+        self.assertNoResult(self.connect(b"http://[::1]:9090/job"))
+        self.assertEqual(self.resolver.lookups, 0)
+        self.assertEqual(
+            self.connections(),
+            [("127.0.0.1", 8080, CONNECT_TIMEOUT), ("::1", 9090, CONNECT_TIMEOUT)],
+        )
+        self.assertEqual(CONNECT_TIMEOUT, 30)
+
+    def test_a_name_is_resolved_at_each_connection(self) -> None:
+        """A host name still goes to the reactor's resolver."""
+        self.assertNoResult(self.connect(b"http://worker.example:8080/job"))
+        self.assertNoResult(self.connect(b"http://worker.example:8080/job"))
+        self.assertEqual(self.resolver.lookups, 2)
+        self.assertEqual([c[:2] for c in self.connections()], [("93.184.216.34", 8080)] * 2)
+
+    def test_the_guard_is_asked_about_an_address(self) -> None:
+        """A denied address fails naming it, as a denied name does; an allowed one connects."""
+        failure = self.failureResultOf(
+            self.connect(b"http://127.0.0.2:8080/", GUARD), DeniedAddress
+        )
+        self.assertEqual(
+            str(failure.value), "the address 127.0.0.2 of 127.0.0.2 is denied by 'deny_networks'"
+        )
+        self.assertEqual(
+            describe_error(failure.value, "http://127.0.0.2:8080/"),
+            "could not connect to 127.0.0.2: the address 127.0.0.2 of 127.0.0.2 is denied by "
+            "'deny_networks'",
+        )
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertNoResult(self.connect(b"http://127.0.0.1:8080/", GUARD))
+        self.assertEqual([c[:2] for c in self.connections()], [("127.0.0.1", 8080)])
+        self.assertEqual(self.resolver.lookups, 0)
+
+    def test_a_zone_or_an_odd_address_form_goes_to_the_resolver(self) -> None:
+        """fe80::1%eth0 and 127.1 are not taken as addresses here: getaddrinfo knows them."""
+        self.assertIsNone(address_endpoint(self.reactor, "fe80::1%eth0", 80))
+        self.assertIsNone(address_endpoint(self.reactor, "127.1", 80))
+        self.assertIsNone(address_endpoint(self.reactor, "worker.example", 80))
 
 
 class IPv6LiteralTests(TestCase):
