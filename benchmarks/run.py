@@ -66,6 +66,7 @@ from schedules import run as _schedules_run
 BENCHMARKS = (
     "throughput",
     "latency",
+    "connections",
     "scale",
     "cleanup",
     "backlog",
@@ -89,6 +90,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "latency_p99_ms": ("<=", 15),
     "duplicates": ("<=", 0),
     "misses": ("<=", 0),
+    "http10_misses": ("<=", 0),
     "list_newest_p99_ms": ("<=", 50),
     "list_middle_p99_ms": ("<=", 50),
     "list_failures_p99_ms": ("<=", 100),
@@ -305,16 +307,19 @@ def server_for(kind: str, directory: str) -> Any:
     return HQServer(directory) if kind == "hq" else Baseline(directory, kind)
 
 
-def burst(ctx: Context, kind: str, server: Any, directory: str, jobs: int) -> dict[str, Any]:
+def burst(
+    ctx: Context, kind: str, server: Any, directory: str, jobs: int, worker: Worker | None = None
+) -> dict[str, Any]:
     """
-    Push ``jobs`` to ``server`` from 32 keep-alive clients, each sending its
-    next push when the last is answered; note failed pushes as a problem and
-    return the load generator's result.
+    Push ``jobs`` for ``worker`` (default: the shared one) to ``server`` from
+    32 keep-alive clients, each sending its next push when the last is
+    answered; note failed pushes as a problem and return the load
+    generator's result.
     """
     result = loadgen(
         "burst",
         server.base,
-        ctx.job_url(ctx.worker),
+        ctx.job_url(worker or ctx.worker),
         os.path.join(directory, "loadgen.json"),
         jobs=jobs,
         concurrency=32,
@@ -325,12 +330,15 @@ def burst(ctx: Context, kind: str, server: Any, directory: str, jobs: int) -> di
     return result
 
 
-def throughput_round(ctx: Context, kind: str, jobs: int) -> dict[str, Any]:
+def throughput_round(
+    ctx: Context, kind: str, jobs: int, worker: Worker | None = None
+) -> dict[str, Any]:
     """
-    Push ``jobs`` with 32 clients to ``kind`` (``hq``, ``push`` or ``relay``);
-    measure the push rate and, but for ``push``, the end-to-end rate.
+    Push ``jobs`` with 32 clients to ``kind`` (``hq``, ``push`` or ``relay``)
+    for ``worker`` (default: the shared one); measure the push rate and, but
+    for ``push``, the end-to-end rate.
     """
-    worker = ctx.worker
+    worker = worker or ctx.worker
     worker.reset()
     directory = ctx.directory(f"throughput-{kind}")
     server = server_for(kind, directory)
@@ -338,7 +346,7 @@ def throughput_round(ctx: Context, kind: str, jobs: int) -> dict[str, Any]:
         sampler = RssSampler(server.pid)
         profiler = Profiler(ctx, server.pid, "throughput") if kind == "hq" else None
         cpu_before = server.cpu()
-        result = burst(ctx, kind, server, directory, jobs)
+        result = burst(ctx, kind, server, directory, jobs, worker)
         figures: dict[str, Any] = {
             "jobs": jobs,
             "push_per_s": result["pushes_per_s"],
@@ -475,6 +483,66 @@ def bench_throughput(ctx: Context) -> dict[str, Any]:
     ctx.figure("cpu_ratio", "server CPU per job / relay", round(cpu / cpu_base, 2), "x")
     ctx.figure("duplicates", "duplicates (all rounds)", duplicates, "jobs")
     ctx.figure("misses", "misses (all rounds)", misses, "jobs")
+    return {"jobs": jobs, "rounds": rounds, "runs": runs}
+
+
+# -- connections --------------------------------------------------------------------------
+
+
+def bench_connections(ctx: Context) -> dict[str, Any]:
+    """
+    HQ delivering to a worker that closes each connection (HTTP/1.0, as
+    Python's ``http.server``: a new connection per job) beside HQ delivering
+    to the keep-alive worker, taking turns. No baseline: the relay's stock
+    connection pool loses jobs to such a worker.
+    """
+    jobs = ctx.args.jobs or (300 if ctx.quick else 3000)
+    rounds = ctx.args.rounds or (1 if ctx.quick else 3)
+    closing = Worker(ctx.directory("worker-http10"), http10=True).start()
+    runs: dict[str, list[dict[str, Any]]] = {"keep-alive": [], "http10": []}
+    try:
+        for index in range(rounds):
+            for name in ("keep-alive", "http10"):
+                run = throughput_round(ctx, "hq", jobs, closing if name == "http10" else None)
+                runs[name].append(run)
+                print(
+                    f"  round {index + 1} {name:10}: CPU {run['cpu_us_per_job']:5d} us/job"
+                    f"   end-to-end {run['e2e_per_s']:8.1f}/s"
+                    f"   misses {run['misses']} duplicates {run['duplicates']}",
+                    flush=True,
+                )
+    finally:
+        closing.stop()
+
+    def med(name: str, key: str) -> float:
+        return round(median([run[key] for run in runs[name]]), 1)
+
+    e2e, e2e_base = med("http10", "e2e_per_s"), med("keep-alive", "e2e_per_s")
+    cpu, cpu_base = med("http10", "cpu_us_per_job"), med("keep-alive", "cpu_us_per_job")
+    ctx.figure(
+        "http10_e2e_per_s",
+        f"end-to-end, an HTTP/1.0 worker (a connection per job), {jobs:,} jobs",
+        e2e,
+        "jobs/s",
+        e2e_base,
+        round(e2e / e2e_base, 2),
+        "baseline: HQ with the keep-alive worker",
+    )
+    ctx.figure(
+        "http10_cpu_us_per_job",
+        "server CPU per job, an HTTP/1.0 worker",
+        cpu,
+        "us",
+        cpu_base,
+        round(cpu / cpu_base, 2),
+        "baseline: HQ with the keep-alive worker",
+    )
+    ctx.figure(
+        "http10_misses",
+        "misses and duplicates, an HTTP/1.0 worker (all rounds)",
+        sum(run["misses"] + run["duplicates"] for run in runs["http10"]),
+        "jobs",
+    )
     return {"jobs": jobs, "rounds": rounds, "runs": runs}
 
 
