@@ -3,11 +3,12 @@ The outbound guard: which addresses HQ may deliver to (config ``deny_networks``
 and ``allow_networks``, SPEC §12).
 
 An address in a denied network is refused unless it is also in an allowed one.
-The check is made on the address actually connected to: :class:`GuardedEndpoint`
-resolves the worker's host name through a resolver that drops denied addresses
-before Twisted's ``HostnameEndpoint`` sees them, so a name that resolves to a
-public address at push time and to a private one later (DNS rebinding) is still
-refused. A URL whose host is a literal denied address is refused at push
+The check is made on the address actually connected to:
+:class:`hq.worker.NameEndpoint` resolves the worker's host name, at every new
+connection, through a resolver that drops denied addresses
+(:class:`GuardedResolver`) before it connects to one, so a name that
+resolves to a public address at push time and to a private one later (DNS
+rebinding) is still refused. A URL whose host is a literal denied address is refused at push
 (:meth:`NetworkGuard.url_problem`).
 """
 
@@ -21,17 +22,13 @@ from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IAddress,
     IHostnameResolver,
     IHostResolution,
     IReactorPluggableNameResolver,
     IResolutionReceiver,
-    IStreamClientEndpoint,
 )
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -199,7 +196,7 @@ class GuardedResolver:
 
 
 @implementer(IReactorPluggableNameResolver)
-class _ResolvingReactor:
+class ResolvingReactor:
     """
     The reactor, but with ``nameResolver`` replaced (what ``HostnameEndpoint`` reads).
     """
@@ -209,39 +206,7 @@ class _ResolvingReactor:
         self.nameResolver = resolver
 
     def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
-        raise NotImplementedError("the guarded resolver is fixed")
+        raise NotImplementedError("this reactor's resolver is fixed")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
-
-
-@implementer(IStreamClientEndpoint)
-class GuardedEndpoint:
-    """
-    A ``HostnameEndpoint`` to ``host:port`` that connects only to addresses
-    ``guard`` allows. When every resolved address is denied, ``connect`` fails
-    with :class:`DeniedAddress` naming them.
-    """
-
-    def __init__(self, reactor: Any, host: str, port: int, guard: NetworkGuard) -> None:
-        self._reactor = reactor
-        self._host = host
-        self._port = port
-        self._guard = guard
-
-    def connect(self, protocolFactory: Any) -> Deferred[Any]:
-        resolver = GuardedResolver(self._reactor.nameResolver, self._guard)
-        endpoint = HostnameEndpoint(
-            _ResolvingReactor(self._reactor, resolver), self._host, self._port
-        )
-        connected: Deferred[Any] = endpoint.connect(protocolFactory)
-
-        def denied(reason: Failure) -> Failure:
-            if reason.check(net_error.DNSLookupError) and resolver.denied:
-                return Failure(DeniedAddress(self._host, resolver.denied))
-            return reason
-
-        return connected.addErrback(denied)
-
-    def __repr__(self) -> str:
-        return f"<GuardedEndpoint {self._host}:{self._port}>"

@@ -39,6 +39,7 @@ from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -47,7 +48,15 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IHostnameResolver,
+    IHostResolution,
+    IReactorTime,
+    IResolutionReceiver,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -72,7 +81,7 @@ from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from hq.guard import DeniedAddress, GuardedEndpoint, NetworkGuard
+from hq.guard import DeniedAddress, GuardedResolver, NetworkGuard, ResolvingReactor
 from hq.model import Job
 from hq.signing import SIGNATURE_HEADERS, Signer, signer_for
 from hq.turnio import settle_per_turn
@@ -288,14 +297,14 @@ def address_endpoint(
     Return the endpoint to ``host:port`` when ``host`` is an IP address
     (``127.0.0.1``, ``::1``; not one with a zone), or ``None`` for a name.
 
-    ``HostnameEndpoint`` takes an address as it takes a name: it encodes it
-    (IDNA), defines a resolution receiver class (with its interface
-    declarations), hands the host to ``getaddrinfo`` in a thread of the
-    reactor's pool and back, and arms its timer for the next address to try.
-    For a worker that closes its connections (HTTP/1.0, ``Connection:
-    close``) that is one connection per job, and it was a tenth of a
-    delivery's CPU. An address needs none of it; ``guard`` is asked about
-    it here, as about each address a name resolves to.
+    Twisted's ``HostnameEndpoint`` takes an address as it takes a name: it
+    encodes it (IDNA), defines a resolution receiver class (with its
+    interface declarations), hands the host to ``getaddrinfo`` in a thread
+    of the reactor's pool and back, and arms its timer for the next address
+    to try. For a worker that closes its connections (HTTP/1.0,
+    ``Connection: close``) that is one connection per job, and it was a
+    third of HQ's CPU per job. An address needs none of it; ``guard`` is
+    asked about it here, as about each address a name resolves to.
     """
     if isIPAddress(host):
         endpoint_type: Any = TCP4ClientEndpoint
@@ -309,13 +318,126 @@ def address_endpoint(
     return endpoint
 
 
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """
+    Collects the addresses of one resolution; ``done`` fires with them.
+    """
+
+    def __init__(self) -> None:
+        self.addresses: list[IAddress] = []
+        self.done: Deferred[list[IAddress]] = Deferred()
+
+    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        self.addresses.append(address)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.addresses)
+
+
+@implementer(IHostResolution)
+class _Replayed:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class _Replay:
+    """
+    A resolver that answers with ``addresses``, resolved already.
+    """
+
+    def __init__(self, addresses: list[IAddress]) -> None:
+        self._addresses = addresses
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        resolution = _Replayed(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        for address in self._addresses:
+            resolutionReceiver.addressResolved(address)
+        resolutionReceiver.resolutionComplete()
+        return resolution
+
+
+@implementer(IStreamClientEndpoint)
+class NameEndpoint:
+    """
+    The endpoint to ``host:port`` when ``host`` is a name: it is resolved at
+    every connection through the reactor's resolver (``getaddrinfo`` in a
+    thread), and, with ``guard``, only the addresses it allows are kept
+    (:class:`hq.guard.GuardedResolver`: a name that turns private later, DNS
+    rebinding, is refused then). When every address is denied, ``connect``
+    fails with :class:`hq.guard.DeniedAddress` naming them; when there is
+    none, with Twisted's ``DNSLookupError``.
+
+    A name with one address (``localhost``, a container's service name) is
+    connected to directly (:func:`address_endpoint`); one with several goes
+    to ``HostnameEndpoint`` with those addresses, which tries them in turn
+    and in parallel after 0.3 s (IPv6 and IPv4, "happy eyeballs"). For one
+    address ``HostnameEndpoint`` did more than the connection itself: the
+    IDNA encoding of the name, and a resolution receiver class defined for
+    each connection with its interface declarations.
+    """
+
+    def __init__(self, reactor: Any, host: str, port: int, guard: NetworkGuard | None) -> None:
+        self._reactor = reactor
+        self._host = host
+        self._port = port
+        self._guard = guard
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        resolver: Any = self._reactor.nameResolver
+        guarded = GuardedResolver(resolver, self._guard) if self._guard else None
+        receiver = _Addresses()
+        (guarded or resolver).resolveHostName(receiver, self._host, portNumber=self._port)
+
+        def connect_to(addresses: list[IAddress]) -> Deferred[Any]:
+            if len(addresses) == 1 and isinstance(addresses[0], IPv4Address | IPv6Address):
+                endpoint_type = (
+                    TCP4ClientEndpoint
+                    if isinstance(addresses[0], IPv4Address)
+                    else TCP6ClientEndpoint
+                )
+                direct = endpoint_type(
+                    self._reactor, addresses[0].host, self._port, timeout=CONNECT_TIMEOUT
+                )
+                return direct.connect(protocolFactory)
+            replayed = ResolvingReactor(self._reactor, _Replay(addresses))
+            endpoint = HostnameEndpoint(replayed, self._host, self._port, timeout=CONNECT_TIMEOUT)
+            return endpoint.connect(protocolFactory)
+
+        def denied(reason: Failure) -> Failure:
+            if guarded is not None and reason.check(net_error.DNSLookupError) and guarded.denied:
+                return Failure(DeniedAddress(self._host, guarded.denied))
+            return reason
+
+        return receiver.done.addCallback(connect_to).addErrback(denied)
+
+    def __repr__(self) -> str:
+        return f"<NameEndpoint {self._host}:{self._port}>"
+
+
 @implementer(IAgentEndpointFactory)
 class WorkerEndpoints:
     """
-    The endpoints of Twisted's standard ``Agent`` (``HostnameEndpoint``, TLS
-    checked by ``BrowserLikePolicyForHTTPS``, 30 s connect timeout) whose
-    connections allow each response at most ``budget`` bytes. A host that is
-    an IP address is connected to directly (:func:`address_endpoint`).
+    The endpoints of the agent's connections to workers: TCP to an address
+    (:func:`address_endpoint`) or to a name's addresses (:class:`NameEndpoint`,
+    resolved at each connection), with ``guard`` asked about each; TLS checked
+    by ``BrowserLikePolicyForHTTPS`` for ``https``; a 30 s connect timeout; and
+    each response allowed at most ``budget`` bytes.
     """
 
     def __init__(self, reactor: Any, budget: int, guard: NetworkGuard | None = None) -> None:
@@ -336,10 +458,8 @@ class WorkerEndpoints:
 
         def make_endpoint() -> IStreamClientEndpoint:
             endpoint = address_endpoint(self._reactor, host, port, self._guard)
-            if endpoint is None and self._guard:
-                endpoint = GuardedEndpoint(self._reactor, host, port, self._guard)
-            elif endpoint is None:
-                endpoint = HostnameEndpoint(self._reactor, host, port)
+            if endpoint is None:
+                endpoint = NameEndpoint(self._reactor, host, port, self._guard)
             if scheme == b"https":
                 endpoint = wrapClientTLS(self._tls.creatorForNetloc(netloc, port), endpoint)
             return endpoint

@@ -21,12 +21,12 @@ from zope.interface import implementer
 
 from hq.api import HQApi
 from hq.config import Config, ConfigError, config_from_dict
-from hq.guard import DeniedAddress, GuardedEndpoint, NetworkGuard
+from hq.guard import DeniedAddress, NetworkGuard
 from hq.ids import IdGenerator
 from hq.model import Job
 from hq.store.memory import MemoryStore
 from hq.testing import FakeWorker, RecordingDispatch, Reply
-from hq.worker import WorkerClient, WorkerConnectionPool, make_http_client
+from hq.worker import NameEndpoint, WorkerClient, WorkerConnectionPool, make_http_client
 
 GUARD = NetworkGuard.from_config(
     ["169.254.0.0/16", "fd00:ec2::254/128", "127.0.0.0/8", "::1/128", "10.0.0.0/8"],
@@ -127,9 +127,10 @@ class FakeResolver:
         return None
 
 
-class GuardedEndpointTests(SynchronousTestCase):
+class GuardedNameEndpointTests(SynchronousTestCase):
     """
-    The check is on the addresses resolved at connect time.
+    The check is on the addresses a name resolves to at connect time
+    (hq.worker.NameEndpoint with a guard).
     """
 
     def setUp(self) -> None:
@@ -138,7 +139,7 @@ class GuardedEndpointTests(SynchronousTestCase):
         self.reactor.nameResolver = self.resolver  # type: ignore[attr-defined]
 
     def connect(self, host: str = "worker.example") -> Any:
-        endpoint = GuardedEndpoint(self.reactor, host, 8080, GUARD)
+        endpoint = NameEndpoint(self.reactor, host, 8080, GUARD)
         return endpoint.connect(Factory.forProtocol(Protocol))
 
     def test_only_allowed_addresses_are_connected_to(self) -> None:
@@ -164,7 +165,7 @@ class GuardedEndpointTests(SynchronousTestCase):
 
     def test_dns_rebinding_is_checked_on_each_connect(self) -> None:
         """A name that turns private later is refused then: each connect resolves anew."""
-        endpoint = GuardedEndpoint(self.reactor, "rebind.example", 80, GUARD)
+        endpoint = NameEndpoint(self.reactor, "rebind.example", 80, GUARD)
         self.resolver.addresses = ["93.184.216.34"]
         self.assertNoResult(endpoint.connect(Factory.forProtocol(Protocol)))
         self.resolver.addresses = ["127.0.0.2"]

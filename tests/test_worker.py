@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -669,11 +670,56 @@ class AddressEndpointTests(SynchronousTestCase):
         self.assertEqual(CONNECT_TIMEOUT, 30)
 
     def test_a_name_is_resolved_at_each_connection(self) -> None:
-        """A host name still goes to the reactor's resolver."""
+        """A host name goes to the reactor's resolver at every connection."""
         self.assertNoResult(self.connect(b"http://worker.example:8080/job"))
+        self.resolver.addresses = ["93.184.216.35"]
         self.assertNoResult(self.connect(b"http://worker.example:8080/job"))
         self.assertEqual(self.resolver.lookups, 2)
-        self.assertEqual([c[:2] for c in self.connections()], [("93.184.216.34", 8080)] * 2)
+        self.assertEqual(
+            self.connections(),
+            [("93.184.216.34", 8080, CONNECT_TIMEOUT), ("93.184.216.35", 8080, CONNECT_TIMEOUT)],
+        )
+
+    def test_a_name_with_one_address_is_connected_to_at_once(self) -> None:
+        """One address: connected to directly, no timer for a next address."""
+        self.assertNoResult(self.connect(b"http://worker.example:8080/job"))
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_a_name_with_several_addresses_tries_them_in_turn(self) -> None:
+        """Several: Twisted's HostnameEndpoint tries the next one 0.3 s later."""
+        self.resolver.addresses = ["2001:db8::1", "93.184.216.34"]
+        self.assertNoResult(self.connect(b"http://worker.example:8080/job"))
+        self.assertEqual([c[:2] for c in self.connections()], [("2001:db8::1", 8080)])
+        self.reactor.advance(0.3)
+        self.assertEqual(
+            [c[:2] for c in self.connections()],
+            [("2001:db8::1", 8080), ("93.184.216.34", 8080)],
+        )
+        self.assertEqual(self.resolver.lookups, 1)
+
+    def test_a_name_without_an_address_is_a_dns_error(self) -> None:
+        """No address: DNSLookupError, and nothing is connected."""
+        self.resolver.addresses = []
+        self.failureResultOf(self.connect(b"http://nowhere.example/"), DNSLookupError)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_cancelled_while_resolving(self) -> None:
+        """A stop or a timeout during the lookup ends the connect; the late answer is dropped."""
+        pending: list[Any] = []
+
+        class Pending:
+            def resolveHostName(self, receiver: Any, *args: Any, **kwargs: Any) -> None:
+                pending.append(receiver)
+
+        self.reactor.nameResolver = Pending()  # type: ignore[attr-defined]
+        connecting = self.connect(b"http://worker.example:8080/job")
+        connecting.cancel()
+        self.failureResultOf(connecting, CancelledError)
+        receiver = pending[0]
+        receiver.addressResolved(IPv4Address("TCP", "93.184.216.34", 8080))
+        receiver.resolutionComplete()
+        self.assertEqual(self.reactor.tcpClients, [])
 
     def test_the_guard_is_asked_about_an_address(self) -> None:
         """A denied address fails naming it, as a denied name does; an allowed one connects."""
@@ -698,6 +744,31 @@ class AddressEndpointTests(SynchronousTestCase):
         self.assertIsNone(address_endpoint(self.reactor, "fe80::1%eth0", 80))
         self.assertIsNone(address_endpoint(self.reactor, "127.1", 80))
         self.assertIsNone(address_endpoint(self.reactor, "worker.example", 80))
+
+
+class NameDeliveryTests(TestCase):
+    """
+    Over loopback: a worker URL with a host name (``localhost``) is delivered
+    through the system's resolver, twice over new connections.
+    """
+
+    async def test_localhost_worker_gets_the_jobs(self) -> None:
+        """Two jobs to http://localhost:PORT/, the first connection closed in between."""
+        from twisted.web.server import Site
+
+        worker = FakeWorker()
+        port = reactor.listenTCP(0, Site(worker), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = WorkerConnectionPool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        client = WorkerClient(make_http_client(reactor, pool), reactor, "HQ/test", 100)
+        url = f"http://localhost:{port.getHost().port}/"
+        first = await client.post(Job(id=1, url=url, timeout=10))
+        await pool.closeCachedConnections()
+        second = await client.post(Job(id=2, url=url, timeout=10))
+        self.assertEqual([first.reason(), second.reason()], ["", ""])
+        self.assertEqual([first.status_code, second.status_code], [200, 200])
+        self.assertEqual(len(worker.requests), 2)
 
 
 class IPv6LiteralTests(TestCase):
