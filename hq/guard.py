@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -26,7 +25,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IHostnameResolver,
     IHostResolution,
-    IReactorPluggableNameResolver,
     IResolutionReceiver,
 )
 from zope.interface import implementer
@@ -193,20 +191,3 @@ class GuardedResolver:
             addressTypes,
             transportSemantics,
         )
-
-
-@implementer(IReactorPluggableNameResolver)
-class ResolvingReactor:
-    """
-    The reactor, but with ``nameResolver`` replaced (what ``HostnameEndpoint`` reads).
-    """
-
-    def __init__(self, reactor: Any, resolver: IHostnameResolver) -> None:
-        self._reactor = reactor
-        self.nameResolver = resolver
-
-    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
-        raise NotImplementedError("this reactor's resolver is fixed")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)

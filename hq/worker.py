@@ -42,7 +42,6 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import (
-    HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     wrapClientTLS,
@@ -51,7 +50,6 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
-    IHostnameResolver,
     IHostResolution,
     IReactorTime,
     IResolutionReceiver,
@@ -81,7 +79,7 @@ from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from hq.guard import DeniedAddress, GuardedResolver, NetworkGuard, ResolvingReactor
+from hq.guard import DeniedAddress, GuardedResolver, NetworkGuard
 from hq.model import Job
 from hq.signing import SIGNATURE_HEADERS, Signer, signer_for
 from hq.turnio import settle_per_turn
@@ -338,38 +336,86 @@ class _Addresses:
         self.done.callback(self.addresses)
 
 
-@implementer(IHostResolution)
-class _Replayed:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def cancel(self) -> None:
-        pass
+#: Seconds before the next address of a name is tried while the attempt on
+#: the last one is still connecting (RFC 8305's connection attempt delay;
+#: Twisted's ``HostnameEndpoint`` and Go's dialer wait as long).
+ATTEMPT_DELAY = 0.3
 
 
-@implementer(IHostnameResolver)
-class _Replay:
+def address_endpoints(reactor: Any, addresses: Sequence[IAddress], port: int) -> list[Any]:
     """
-    A resolver that answers with ``addresses``, resolved already.
+    Return a TCP endpoint to each IPv4 and IPv6 address of ``addresses``.
     """
+    endpoints: list[Any] = []
+    for address in addresses:
+        if isinstance(address, IPv4Address):
+            endpoints.append(TCP4ClientEndpoint(reactor, address.host, port, CONNECT_TIMEOUT))
+        elif isinstance(address, IPv6Address):
+            endpoints.append(TCP6ClientEndpoint(reactor, address.host, port, CONNECT_TIMEOUT))
+    return endpoints
 
-    def __init__(self, addresses: list[IAddress]) -> None:
-        self._addresses = addresses
 
-    def resolveHostName(
-        self,
-        resolutionReceiver: IResolutionReceiver,
-        hostName: str,
-        portNumber: int = 0,
-        addressTypes: Sequence[type[IAddress]] | None = None,
-        transportSemantics: str = "TCP",
-    ) -> IHostResolution:
-        resolution = _Replayed(hostName)
-        resolutionReceiver.resolutionBegan(resolution)
-        for address in self._addresses:
-            resolutionReceiver.addressResolved(address)
-        resolutionReceiver.resolutionComplete()
-        return resolution
+def connect_in_turn(reactor: Any, endpoints: list[Any], protocolFactory: Any) -> Deferred[Any]:
+    """
+    Connect through the first of ``endpoints`` that connects: try the first;
+    try the next as soon as an attempt fails, or after :data:`ATTEMPT_DELAY`
+    while the attempts made are still connecting; the first connection made
+    wins and the other attempts are cancelled. Fails with the last failure
+    when every attempt failed.
+
+    ``HostnameEndpoint`` waits the delay even after an attempt failed
+    (twisted/twisted#9345): a worker listening on 127.0.0.1 only, named
+    ``localhost`` where that resolves to ``::1`` first, cost 300 ms per
+    connection, that is per job when the worker closes its connections.
+    """
+    remaining = iter(endpoints)
+    pending: list[Deferred[Any]] = []
+    failures: list[Failure] = []
+    timer: Any = None
+    over = False
+
+    def stop_trying() -> None:
+        nonlocal over, timer
+        over = True
+        if timer is not None and timer.active():
+            timer.cancel()
+        timer = None
+        for attempt in list(pending):
+            attempt.cancel()
+
+    result: Deferred[Any] = Deferred(lambda _: stop_trying())
+
+    def try_next() -> None:
+        nonlocal over, timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        timer = None
+        endpoint = next(remaining, None)
+        if endpoint is None:
+            if not pending and not over:
+                over = True
+                result.errback(failures[-1])
+            return
+        attempt = endpoint.connect(protocolFactory)
+        pending.append(attempt)
+        attempt.addCallbacks(connected, failed, (attempt,), None, (attempt,))
+        if not over and attempt in pending:
+            timer = reactor.callLater(ATTEMPT_DELAY, try_next)
+
+    def connected(protocol: Any, attempt: Deferred[Any]) -> None:
+        pending.remove(attempt)
+        stop_trying()
+        result.callback(protocol)
+
+    def failed(reason: Failure, attempt: Deferred[Any]) -> None:
+        pending.remove(attempt)
+        if over:
+            return  # cancelled: another attempt won, or the caller gave up
+        failures.append(reason)
+        try_next()
+
+    try_next()
+    return result
 
 
 @implementer(IStreamClientEndpoint)
@@ -381,15 +427,14 @@ class NameEndpoint:
     (:class:`hq.guard.GuardedResolver`: a name that turns private later, DNS
     rebinding, is refused then). When every address is denied, ``connect``
     fails with :class:`hq.guard.DeniedAddress` naming them; when there is
-    none, with Twisted's ``DNSLookupError``.
+    none, with Twisted's ``DNSLookupError``. The addresses are tried in
+    turn (:func:`connect_in_turn`).
 
-    A name with one address (``localhost``, a container's service name) is
-    connected to directly (:func:`address_endpoint`); one with several goes
-    to ``HostnameEndpoint`` with those addresses, which tries them in turn
-    and in parallel after 0.3 s (IPv6 and IPv4, "happy eyeballs"). For one
-    address ``HostnameEndpoint`` did more than the connection itself: the
-    IDNA encoding of the name, and a resolution receiver class defined for
-    each connection with its interface declarations.
+    This replaces Twisted's ``HostnameEndpoint``, which did more for each
+    connection than the connection itself (the IDNA encoding of the name, a
+    resolution receiver class defined anew with its interface declarations)
+    and waited 0.3 s before the next address even when an attempt had
+    failed at once.
     """
 
     def __init__(self, reactor: Any, host: str, port: int, guard: NetworkGuard | None) -> None:
@@ -405,26 +450,17 @@ class NameEndpoint:
         (guarded or resolver).resolveHostName(receiver, self._host, portNumber=self._port)
 
         def connect_to(addresses: list[IAddress]) -> Deferred[Any]:
-            if len(addresses) == 1 and isinstance(addresses[0], IPv4Address | IPv6Address):
-                endpoint_type = (
-                    TCP4ClientEndpoint
-                    if isinstance(addresses[0], IPv4Address)
-                    else TCP6ClientEndpoint
-                )
-                direct = endpoint_type(
-                    self._reactor, addresses[0].host, self._port, timeout=CONNECT_TIMEOUT
-                )
-                return direct.connect(protocolFactory)
-            replayed = ResolvingReactor(self._reactor, _Replay(addresses))
-            endpoint = HostnameEndpoint(replayed, self._host, self._port, timeout=CONNECT_TIMEOUT)
-            return endpoint.connect(protocolFactory)
+            endpoints = address_endpoints(self._reactor, addresses, self._port)
+            if not endpoints:
+                if guarded is not None and guarded.denied:
+                    raise DeniedAddress(self._host, guarded.denied)
+                raise net_error.DNSLookupError(f"no results for hostname lookup: {self._host}")
+            if len(endpoints) == 1:
+                connected: Deferred[Any] = endpoints[0].connect(protocolFactory)
+                return connected
+            return connect_in_turn(self._reactor, endpoints, protocolFactory)
 
-        def denied(reason: Failure) -> Failure:
-            if guarded is not None and reason.check(net_error.DNSLookupError) and guarded.denied:
-                return Failure(DeniedAddress(self._host, guarded.denied))
-            return reason
-
-        return receiver.done.addCallback(connect_to).addErrback(denied)
+        return receiver.done.addCallback(connect_to)
 
     def __repr__(self) -> str:
         return f"<NameEndpoint {self._host}:{self._port}>"

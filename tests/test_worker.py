@@ -687,16 +687,72 @@ class AddressEndpointTests(SynchronousTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_a_name_with_several_addresses_tries_them_in_turn(self) -> None:
-        """Several: Twisted's HostnameEndpoint tries the next one 0.3 s later."""
-        self.resolver.addresses = ["2001:db8::1", "93.184.216.34"]
+        """Several: the next one 0.3 s later while the first still connects."""
+        self.resolver.addresses = ["2001:db8::1", "93.184.216.34", "93.184.216.35"]
         self.assertNoResult(self.connect(b"http://worker.example:8080/job"))
         self.assertEqual([c[:2] for c in self.connections()], [("2001:db8::1", 8080)])
-        self.reactor.advance(0.3)
+        self.reactor.advance(0.29)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.reactor.advance(0.01)
         self.assertEqual(
             [c[:2] for c in self.connections()],
             [("2001:db8::1", 8080), ("93.184.216.34", 8080)],
         )
         self.assertEqual(self.resolver.lookups, 1)
+
+    def refuse(self, index: int) -> None:
+        """The connection attempt ``index`` of the reactor is refused."""
+        self.reactor.tcpClients[index][2].clientConnectionFailed(
+            self.reactor.connectors[index], Failure(ConnectionRefusedError())
+        )
+
+    def accept(self, index: int) -> Protocol:
+        """The connection attempt ``index`` of the reactor is accepted."""
+        protocol = self.reactor.tcpClients[index][2].buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        return protocol
+
+    def test_a_refused_address_gives_way_to_the_next_at_once(self) -> None:
+        """::1 refused (a worker on 127.0.0.1 only, named localhost): 127.0.0.1 is tried
+        then, not 0.3 s later, and the connection to it is the one made."""
+        self.resolver.addresses = ["::1", "127.0.0.1"]
+        connecting = self.connect(b"http://localhost:8080/job")
+        self.refuse(0)
+        self.assertEqual([c[:2] for c in self.connections()], [("::1", 8080), ("127.0.0.1", 8080)])
+        self.accept(1)
+        self.assertIsInstance(self.successResultOf(connecting), Protocol)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_the_first_connection_made_wins(self) -> None:
+        """The second address connects first: the attempt on the first is cancelled."""
+        self.resolver.addresses = ["2001:db8::1", "93.184.216.34", "93.184.216.35"]
+        connecting = self.connect(b"http://worker.example:8080/job")
+        self.reactor.advance(0.3)
+        self.accept(1)
+        self.successResultOf(connecting)
+        self.assertEqual([c.stoppedConnecting for c in self.reactor.connectors], [True, False])
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_every_address_refused_fails_with_the_last_error(self) -> None:
+        """All refused: the connect fails with the last attempt's error."""
+        self.resolver.addresses = ["::1", "127.0.0.1"]
+        connecting = self.connect(b"http://localhost:8080/job")
+        self.refuse(0)
+        self.assertNoResult(connecting)
+        self.refuse(1)
+        self.failureResultOf(connecting, ConnectionRefusedError)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_cancelled_while_connecting_to_several(self) -> None:
+        """A stop during the attempts cancels them all and the timer."""
+        self.resolver.addresses = ["2001:db8::1", "93.184.216.34"]
+        connecting = self.connect(b"http://worker.example:8080/job")
+        self.reactor.advance(0.3)
+        connecting.cancel()
+        self.failureResultOf(connecting, CancelledError)
+        self.assertEqual([c.stoppedConnecting for c in self.reactor.connectors], [True, True])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_a_name_without_an_address_is_a_dns_error(self) -> None:
         """No address: DNSLookupError, and nothing is connected."""
@@ -769,6 +825,33 @@ class NameDeliveryTests(TestCase):
         self.assertEqual([first.reason(), second.reason()], ["", ""])
         self.assertEqual([first.status_code, second.status_code], [200, 200])
         self.assertEqual(len(worker.requests), 2)
+
+    async def test_a_name_whose_first_address_refuses(self) -> None:
+        """A name resolving to ::1 then 127.0.0.1, a worker on 127.0.0.1 only: delivered."""
+        from twisted.web.server import Site
+
+        worker = FakeWorker()
+        port = reactor.listenTCP(0, Site(worker), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        class DualStack:
+            """The reactor, with a resolver that answers ::1 and 127.0.0.1."""
+
+            nameResolver = FakeResolver(["::1", "127.0.0.1"])
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(reactor, name)
+
+        pool = WorkerConnectionPool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        http = make_http_client(DualStack(), pool)
+        client = WorkerClient(http, reactor, "HQ/test", 100)
+        exchange = await client.post(
+            Job(id=1, url=f"http://dualstack.test:{port.getHost().port}/", timeout=10)
+        )
+        self.assertEqual((exchange.status_code, exchange.reason()), (200, ""))
+        self.assertEqual(DualStack.nameResolver.lookups, 1)
+        self.assertEqual(len(worker.requests), 1)
 
 
 class IPv6LiteralTests(TestCase):
