@@ -8,8 +8,9 @@ The check is made on the address actually connected to:
 connection, through a resolver that drops denied addresses
 (:class:`GuardedResolver`) before it connects to one, so a name that
 resolves to a public address at push time and to a private one later (DNS
-rebinding) is still refused. A URL whose host is a literal denied address is refused at push
-(:meth:`NetworkGuard.url_problem`).
+rebinding) is still refused; :func:`hq.worker.address_endpoint` checks an
+address in the URL before it connects. A URL whose host is a literal denied
+address is refused at push already (:meth:`NetworkGuard.url_problem`).
 """
 
 from __future__ import annotations

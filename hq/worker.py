@@ -16,6 +16,11 @@ with a ``Content-Length``, and a byte budget per response
 (:func:`response_budget`) that bounds what Twisted's HTTP parser keeps before
 the body.
 
+Connections are made by :class:`WorkerEndpoints`: to an address in the URL
+directly (:func:`address_endpoint`), to a host name through the resolver at
+every new connection, its addresses tried in turn (:class:`NameEndpoint`,
+:func:`connect_in_turn`), the network guard asked about each address.
+
 The pool keeps a connection only when the worker's response left it open
 (:func:`keeps_alive`: not an HTTP/1.0 answer without ``Connection:
 keep-alive``, nor ``Connection: close``), and sends a request that failed on a
@@ -249,8 +254,8 @@ class _BudgetEndpoint:
 
     The endpoint that connects is built by ``make_endpoint`` only when a
     connection is made: the pool asks for an endpoint with every request but
-    uses it only when it has no kept connection, and building a
-    ``HostnameEndpoint`` (its IDNA step) cost more than the rest of the
+    uses it only when it has no kept connection, and building one (then a
+    ``HostnameEndpoint``, with its IDNA step) cost more than the rest of the
     request's routing.
     """
 
