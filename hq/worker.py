@@ -478,10 +478,11 @@ class WorkerEndpoints:
     (:func:`address_endpoint`) or to a name's addresses (:class:`NameEndpoint`,
     resolved at each connection), with ``guard`` asked about each; TLS checked
     by ``BrowserLikePolicyForHTTPS`` for ``https``; a 30 s connect timeout; and
-    each response allowed at most ``budget`` bytes.
+    each response allowed at most ``budget`` bytes. Without a ``budget``, the
+    API client's (:class:`hq.client.HQClient`), which reads what HQ sends.
     """
 
-    def __init__(self, reactor: Any, budget: int, guard: NetworkGuard | None = None) -> None:
+    def __init__(self, reactor: Any, budget: int | None, guard: NetworkGuard | None = None) -> None:
         self._reactor = reactor
         self._budget = budget
         self._tls = BrowserLikePolicyForHTTPS()
@@ -505,6 +506,8 @@ class WorkerEndpoints:
                 endpoint = wrapClientTLS(self._tls.creatorForNetloc(netloc, port), endpoint)
             return endpoint
 
+        if self._budget is None:
+            return make_endpoint()
         return _BudgetEndpoint(make_endpoint, self._budget)
 
 

@@ -835,6 +835,35 @@ class LoopbackTests(TestCase):
         return Deferred.fromCoroutine(scenario())
 
 
+class ConnectingTests(SynchronousTestCase):
+    """
+    The client connects through HQ's endpoints (hq.worker.WorkerEndpoints).
+    """
+
+    def test_a_name_whose_first_address_refuses_is_reached_at_once(self) -> None:
+        """
+        ``localhost`` resolving to ::1 then 127.0.0.1, a server on 0.0.0.0:
+        127.0.0.1 is tried as soon as ::1 refuses, not 0.3 s later.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.python.failure import Failure
+
+        from tests.test_guard import FakeResolver
+
+        memory = MemoryReactorClock()
+        memory.nameResolver = FakeResolver(["::1", "127.0.0.1"])  # type: ignore[attr-defined]
+        client = HQClient("http://localhost:19900", reactor=memory)  # type: ignore[arg-type]
+        asking = client.stats()
+        self.assertEqual([c[:2] for c in memory.tcpClients], [("::1", 19900)])
+        memory.tcpClients[0][2].clientConnectionFailed(
+            memory.connectors[0], Failure(ConnectionRefusedError())
+        )
+        self.assertEqual([c[:2] for c in memory.tcpClients], [("::1", 19900), ("127.0.0.1", 19900)])
+        self.assertNoResult(asking)
+        asking.cancel()
+        self.failureResultOf(asking)
+
+
 class FlowClientTests(SynchronousTestCase):
     """
     The flow methods against an in-memory stand-in for the flow routes (tests/flowfake.py).
