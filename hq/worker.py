@@ -256,12 +256,17 @@ class _BudgetEndpoint:
     connection is made: the pool asks for an endpoint with every request but
     uses it only when it has no kept connection, and building one (then a
     ``HostnameEndpoint``, with its IDNA step) cost more than the rest of the
-    request's routing.
+    request's routing. ``name`` is its ``repr`` (the pool asks for it at
+    each new connection, for its logs: building an endpoint for that is
+    waste).
     """
 
-    def __init__(self, make_endpoint: Callable[[], IStreamClientEndpoint], budget: int) -> None:
+    def __init__(
+        self, make_endpoint: Callable[[], IStreamClientEndpoint], budget: int, name: str
+    ) -> None:
         self._make_endpoint = make_endpoint
         self._budget = budget
+        self._name = name
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         wrapping = _BudgetFactory(protocolFactory, self._budget)
@@ -273,7 +278,7 @@ class _BudgetEndpoint:
         return connected.addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
     def __repr__(self) -> str:
-        return repr(self._make_endpoint())
+        return f"<worker endpoint {self._name}>"
 
 
 #: Seconds to wait for a worker's TCP connection (``HostnameEndpoint``'s default).
@@ -508,7 +513,9 @@ class WorkerEndpoints:
 
         if self._budget is None:
             return make_endpoint()
-        return _BudgetEndpoint(make_endpoint, self._budget)
+        return _BudgetEndpoint(
+            make_endpoint, self._budget, f"{uri.scheme.decode()}://{host}:{port}"
+        )
 
 
 #: Parsed request URIs :class:`WorkerAgent` keeps (all are dropped when it is full).

@@ -795,6 +795,13 @@ class AddressEndpointTests(SynchronousTestCase):
         self.assertEqual([c[:2] for c in self.connections()], [("127.0.0.1", 8080)])
         self.assertEqual(self.resolver.lookups, 0)
 
+    def test_repr_builds_no_endpoint(self) -> None:
+        """The pool asks each new connection's endpoint for its repr: a name, nothing built."""
+        endpoints = WorkerEndpoints(self.reactor, 1024)
+        endpoint = endpoints.endpointForURI(URI.fromBytes(b"https://worker.example:8443/job"))
+        self.assertEqual(repr(endpoint), "<worker endpoint https://worker.example:8443>")
+        self.assertEqual((self.resolver.lookups, self.reactor.tcpClients), (0, []))
+
     def test_a_zone_or_an_odd_address_form_goes_to_the_resolver(self) -> None:
         """fe80::1%eth0 and 127.1 are not taken as addresses here: getaddrinfo knows them."""
         self.assertIsNone(address_endpoint(self.reactor, "fe80::1%eth0", 80))
