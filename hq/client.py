@@ -222,13 +222,13 @@ class HQClient:
                 from twisted.internet import reactor as global_reactor
 
                 reactor = global_reactor  # type: ignore[assignment]
-            from hq.worker import WorkerEndpoints
+            from hq.connect import HostEndpoints
 
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             # HQ's endpoints, not Agent's own (HostnameEndpoint): a server on
             # 0.0.0.0 named ``localhost``, which resolves to ::1 first on many
-            # systems, is reached at once, not after 0.3 s (hq.worker.connect_in_turn).
-            endpoints = WorkerEndpoints(reactor, None)
+            # systems, is reached at once, not after 0.3 s (hq.connect).
+            endpoints = HostEndpoints(reactor)
             http = HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool))
         self._http = http
 

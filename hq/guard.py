@@ -4,11 +4,11 @@ and ``allow_networks``, SPEC §12).
 
 An address in a denied network is refused unless it is also in an allowed one.
 The check is made on the address actually connected to:
-:class:`hq.worker.NameEndpoint` resolves the worker's host name, at every new
+:class:`hq.connect.NameEndpoint` resolves the worker's host name, at every new
 connection, through a resolver that drops denied addresses
 (:class:`GuardedResolver`) before it connects to one, so a name that
 resolves to a public address at push time and to a private one later (DNS
-rebinding) is still refused; :func:`hq.worker.address_endpoint` checks an
+rebinding) is still refused; :func:`hq.connect.address_endpoint` checks an
 address in the URL before it connects. A URL whose host is a literal denied
 address is refused at push already (:meth:`NetworkGuard.url_problem`).
 """

@@ -16,10 +16,10 @@ with a ``Content-Length``, and a byte budget per response
 (:func:`response_budget`) that bounds what Twisted's HTTP parser keeps before
 the body.
 
-Connections are made by :class:`WorkerEndpoints`: to an address in the URL
-directly (:func:`address_endpoint`), to a host name through the resolver at
-every new connection, its addresses tried in turn (:class:`NameEndpoint`,
-:func:`connect_in_turn`), the network guard asked about each address.
+Connections are made by :class:`WorkerEndpoints` (:mod:`hq.connect`): to an
+address in the URL directly, to a host name through the resolver at every
+new connection, its addresses tried in turn, the network guard asked about
+each address.
 
 The pool keeps a connection only when the worker's response left it open
 (:func:`keeps_alive`: not an HTTP/1.0 answer without ``Connection:
@@ -43,21 +43,11 @@ from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
-    IAddress,
     IConsumer,
-    IHostResolution,
     IReactorTime,
-    IResolutionReceiver,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol
@@ -68,7 +58,6 @@ from twisted.web._newclient import HTTP11ClientProtocol, Request
 from twisted.web.client import (
     URI,
     Agent,
-    BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     RequestNotSent,
     RequestTransmissionFailed,
@@ -84,7 +73,8 @@ from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from hq.guard import DeniedAddress, GuardedResolver, NetworkGuard
+from hq.connect import HostEndpoints, checked_host
+from hq.guard import NetworkGuard
 from hq.model import Job
 from hq.signing import SIGNATURE_HEADERS, Signer, signer_for
 from hq.turnio import settle_per_turn
@@ -281,240 +271,27 @@ class _BudgetEndpoint:
         return f"<worker endpoint {self._name}>"
 
 
-#: Seconds to wait for a worker's TCP connection (``HostnameEndpoint``'s default).
-CONNECT_TIMEOUT = 30
-
-
-@implementer(IStreamClientEndpoint)
-class _Refused:
-    """
-    An endpoint that fails every connection with ``error`` (a denied address).
-    """
-
-    def __init__(self, error: Exception) -> None:
-        self._error = error
-
-    def connect(self, protocolFactory: Any) -> Deferred[Any]:
-        return fail(self._error)
-
-
-def address_endpoint(
-    reactor: Any, host: str, port: int, guard: NetworkGuard | None = None
-) -> IStreamClientEndpoint | None:
-    """
-    Return the endpoint to ``host:port`` when ``host`` is an IP address
-    (``127.0.0.1``, ``::1``; not one with a zone), or ``None`` for a name.
-
-    Twisted's ``HostnameEndpoint`` takes an address as it takes a name: it
-    encodes it (IDNA), defines a resolution receiver class (with its
-    interface declarations), hands the host to ``getaddrinfo`` in a thread
-    of the reactor's pool and back, and arms its timer for the next address
-    to try. For a worker that closes its connections (HTTP/1.0,
-    ``Connection: close``) that is one connection per job, and it was a
-    third of HQ's CPU per job. An address needs none of it; ``guard`` is
-    asked about it here, as about each address a name resolves to.
-    """
-    if isIPAddress(host):
-        endpoint_type: Any = TCP4ClientEndpoint
-    elif "%" not in host and isIPv6Address(host):
-        endpoint_type = TCP6ClientEndpoint
-    else:
-        return None
-    if guard and guard.denies(host):
-        return _Refused(DeniedAddress(host, [host]))
-    endpoint: IStreamClientEndpoint = endpoint_type(reactor, host, port, timeout=CONNECT_TIMEOUT)
-    return endpoint
-
-
-@implementer(IResolutionReceiver)
-class _Addresses:
-    """
-    Collects the addresses of one resolution; ``done`` fires with them.
-    """
-
-    def __init__(self) -> None:
-        self.addresses: list[IAddress] = []
-        self.done: Deferred[list[IAddress]] = Deferred()
-
-    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
-        pass
-
-    def addressResolved(self, address: IAddress) -> None:
-        self.addresses.append(address)
-
-    def resolutionComplete(self) -> None:
-        self.done.callback(self.addresses)
-
-
-#: Seconds before the next address of a name is tried while the attempt on
-#: the last one is still connecting (RFC 8305's connection attempt delay;
-#: Twisted's ``HostnameEndpoint`` and Go's dialer wait as long).
-ATTEMPT_DELAY = 0.3
-
-
-def address_endpoints(reactor: Any, addresses: Sequence[IAddress], port: int) -> list[Any]:
-    """
-    Return a TCP endpoint to each IPv4 and IPv6 address of ``addresses``.
-    """
-    endpoints: list[Any] = []
-    for address in addresses:
-        if isinstance(address, IPv4Address):
-            endpoints.append(TCP4ClientEndpoint(reactor, address.host, port, CONNECT_TIMEOUT))
-        elif isinstance(address, IPv6Address):
-            endpoints.append(TCP6ClientEndpoint(reactor, address.host, port, CONNECT_TIMEOUT))
-    return endpoints
-
-
-def connect_in_turn(reactor: Any, endpoints: list[Any], protocolFactory: Any) -> Deferred[Any]:
-    """
-    Connect through the first of ``endpoints`` that connects: try the first;
-    try the next as soon as an attempt fails, or after :data:`ATTEMPT_DELAY`
-    while the attempts made are still connecting; the first connection made
-    wins and the other attempts are cancelled. Fails with the last failure
-    when every attempt failed.
-
-    ``HostnameEndpoint`` waits the delay even after an attempt failed
-    (twisted/twisted#9345): a worker listening on 127.0.0.1 only, named
-    ``localhost`` where that resolves to ``::1`` first, cost 300 ms per
-    connection, that is per job when the worker closes its connections.
-    """
-    remaining = iter(endpoints)
-    pending: list[Deferred[Any]] = []
-    failures: list[Failure] = []
-    timer: Any = None
-    over = False
-
-    def stop_trying() -> None:
-        nonlocal over, timer
-        over = True
-        if timer is not None and timer.active():
-            timer.cancel()
-        timer = None
-        for attempt in list(pending):
-            attempt.cancel()
-
-    result: Deferred[Any] = Deferred(lambda _: stop_trying())
-
-    def try_next() -> None:
-        nonlocal over, timer
-        if timer is not None and timer.active():
-            timer.cancel()
-        timer = None
-        endpoint = next(remaining, None)
-        if endpoint is None:
-            if not pending and not over:
-                over = True
-                result.errback(failures[-1])
-            return
-        attempt = endpoint.connect(protocolFactory)
-        pending.append(attempt)
-        attempt.addCallbacks(connected, failed, (attempt,), None, (attempt,))
-        if not over and attempt in pending:
-            timer = reactor.callLater(ATTEMPT_DELAY, try_next)
-
-    def connected(protocol: Any, attempt: Deferred[Any]) -> None:
-        pending.remove(attempt)
-        stop_trying()
-        result.callback(protocol)
-
-    def failed(reason: Failure, attempt: Deferred[Any]) -> None:
-        pending.remove(attempt)
-        if over:
-            return  # cancelled: another attempt won, or the caller gave up
-        failures.append(reason)
-        try_next()
-
-    try_next()
-    return result
-
-
-@implementer(IStreamClientEndpoint)
-class NameEndpoint:
-    """
-    The endpoint to ``host:port`` when ``host`` is a name: it is resolved at
-    every connection through the reactor's resolver (``getaddrinfo`` in a
-    thread), and, with ``guard``, only the addresses it allows are kept
-    (:class:`hq.guard.GuardedResolver`: a name that turns private later, DNS
-    rebinding, is refused then). When every address is denied, ``connect``
-    fails with :class:`hq.guard.DeniedAddress` naming them; when there is
-    none, with Twisted's ``DNSLookupError``. The addresses are tried in
-    turn (:func:`connect_in_turn`).
-
-    This replaces Twisted's ``HostnameEndpoint``, which did more for each
-    connection than the connection itself (the IDNA encoding of the name, a
-    resolution receiver class defined anew with its interface declarations)
-    and waited 0.3 s before the next address even when an attempt had
-    failed at once.
-    """
-
-    def __init__(self, reactor: Any, host: str, port: int, guard: NetworkGuard | None) -> None:
-        self._reactor = reactor
-        self._host = host
-        self._port = port
-        self._guard = guard
-
-    def connect(self, protocolFactory: Any) -> Deferred[Any]:
-        resolver: Any = self._reactor.nameResolver
-        guarded = GuardedResolver(resolver, self._guard) if self._guard else None
-        receiver = _Addresses()
-        (guarded or resolver).resolveHostName(receiver, self._host, portNumber=self._port)
-
-        def connect_to(addresses: list[IAddress]) -> Deferred[Any]:
-            endpoints = address_endpoints(self._reactor, addresses, self._port)
-            if not endpoints:
-                if guarded is not None and guarded.denied:
-                    raise DeniedAddress(self._host, guarded.denied)
-                raise net_error.DNSLookupError(f"no results for hostname lookup: {self._host}")
-            if len(endpoints) == 1:
-                connected: Deferred[Any] = endpoints[0].connect(protocolFactory)
-                return connected
-            return connect_in_turn(self._reactor, endpoints, protocolFactory)
-
-        return receiver.done.addCallback(connect_to)
-
-    def __repr__(self) -> str:
-        return f"<NameEndpoint {self._host}:{self._port}>"
-
-
 @implementer(IAgentEndpointFactory)
 class WorkerEndpoints:
     """
-    The endpoints of the agent's connections to workers: TCP to an address
-    (:func:`address_endpoint`) or to a name's addresses (:class:`NameEndpoint`,
-    resolved at each connection), with ``guard`` asked about each; TLS checked
-    by ``BrowserLikePolicyForHTTPS`` for ``https``; a 30 s connect timeout; and
-    each response allowed at most ``budget`` bytes. Without a ``budget``, the
-    API client's (:class:`hq.client.HQClient`), which reads what HQ sends.
+    The endpoints of the agent's connections to workers
+    (:class:`hq.connect.HostEndpoints`: an address directly, a name's
+    addresses in turn, ``guard`` asked about each, TLS checked by
+    ``BrowserLikePolicyForHTTPS``, a 30 s connect timeout), whose connections
+    allow each response at most ``budget`` bytes.
     """
 
-    def __init__(self, reactor: Any, budget: int | None, guard: NetworkGuard | None = None) -> None:
-        self._reactor = reactor
+    def __init__(self, reactor: Any, budget: int, guard: NetworkGuard | None = None) -> None:
+        self._hosts = HostEndpoints(reactor, guard)
         self._budget = budget
-        self._tls = BrowserLikePolicyForHTTPS()
-        #: The outbound guard (hq.guard): checks each address connected to.
-        self._guard = guard
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        try:
-            host = uri.host.decode("ascii")
-        except UnicodeDecodeError:
-            raise ValueError(f"the host {uri.host!r} is not ASCII") from None
         scheme, netloc, port = uri.scheme, uri.host, uri.port
-        if scheme not in (b"http", b"https"):
-            raise SchemeNotSupported(f"Unsupported scheme: {scheme!r}")
-
-        def make_endpoint() -> IStreamClientEndpoint:
-            endpoint = address_endpoint(self._reactor, host, port, self._guard)
-            if endpoint is None:
-                endpoint = NameEndpoint(self._reactor, host, port, self._guard)
-            if scheme == b"https":
-                endpoint = wrapClientTLS(self._tls.creatorForNetloc(netloc, port), endpoint)
-            return endpoint
-
-        if self._budget is None:
-            return make_endpoint()
+        host = checked_host(scheme, netloc)
         return _BudgetEndpoint(
-            make_endpoint, self._budget, f"{uri.scheme.decode()}://{host}:{port}"
+            lambda: self._hosts.endpoint(scheme, netloc, port),
+            self._budget,
+            f"{scheme.decode()}://{host}:{port}",
         )
 
 

@@ -21,12 +21,13 @@ from zope.interface import implementer
 
 from hq.api import HQApi
 from hq.config import Config, ConfigError, config_from_dict
+from hq.connect import NameEndpoint
 from hq.guard import DeniedAddress, NetworkGuard
 from hq.ids import IdGenerator
 from hq.model import Job
 from hq.store.memory import MemoryStore
 from hq.testing import FakeWorker, RecordingDispatch, Reply
-from hq.worker import NameEndpoint, WorkerClient, WorkerConnectionPool, make_http_client
+from hq.worker import WorkerClient, WorkerConnectionPool, make_http_client
 
 GUARD = NetworkGuard.from_config(
     ["169.254.0.0/16", "fd00:ec2::254/128", "127.0.0.0/8", "::1/128", "10.0.0.0/8"],
@@ -130,7 +131,7 @@ class FakeResolver:
 class GuardedNameEndpointTests(SynchronousTestCase):
     """
     The check is on the addresses a name resolves to at connect time
-    (hq.worker.NameEndpoint with a guard).
+    (hq.connect.NameEndpoint with a guard).
     """
 
     def setUp(self) -> None:

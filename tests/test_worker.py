@@ -23,18 +23,17 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from hq.connect import CONNECT_TIMEOUT, address_endpoint
 from hq.guard import DeniedAddress, NetworkGuard
 from hq.model import Job
 from hq.testing import FailingHTTP, FakeWorker, Reply, WorkerStub
 from hq.worker import (
-    CONNECT_TIMEOUT,
     BytesProducer,
     Exchange,
     TimedOut,
     WorkerClient,
     WorkerConnectionPool,
     WorkerEndpoints,
-    address_endpoint,
     describe_error,
     keeps_alive,
     make_http_client,
