@@ -254,7 +254,8 @@ def checked_host(scheme: bytes, netloc: bytes) -> str:
 class HostEndpoints:
     """
     The endpoints of an ``Agent`` (``Agent.usingEndpointFactory``): TCP to
-    the URL's host (:func:`host_endpoint`), TLS checked by
+    the URL's host (:func:`address_endpoint` or :class:`NameEndpoint`, with
+    ``guard`` asked about each address), TLS checked by
     ``BrowserLikePolicyForHTTPS`` for ``https``, a 30 s connect timeout.
     """
 
