@@ -10,7 +10,12 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionRefusedError,
+    DNSLookupError,
+    NoRouteError,
+)
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -699,10 +704,10 @@ class AddressEndpointTests(SynchronousTestCase):
         )
         self.assertEqual(self.resolver.lookups, 1)
 
-    def refuse(self, index: int) -> None:
-        """The connection attempt ``index`` of the reactor is refused."""
+    def refuse(self, index: int, error: Exception | None = None) -> None:
+        """The connection attempt ``index`` of the reactor fails (refused, or ``error``)."""
         self.reactor.tcpClients[index][2].clientConnectionFailed(
-            self.reactor.connectors[index], Failure(ConnectionRefusedError())
+            self.reactor.connectors[index], Failure(error or ConnectionRefusedError())
         )
 
     def accept(self, index: int) -> Protocol:
@@ -734,13 +739,13 @@ class AddressEndpointTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 2)
 
     def test_every_address_refused_fails_with_the_last_error(self) -> None:
-        """All refused: the connect fails with the last attempt's error."""
+        """All failed: the connect fails with the last attempt's error."""
         self.resolver.addresses = ["::1", "127.0.0.1"]
         connecting = self.connect(b"http://localhost:8080/job")
         self.refuse(0)
         self.assertNoResult(connecting)
-        self.refuse(1)
-        self.failureResultOf(connecting, ConnectionRefusedError)
+        self.refuse(1, NoRouteError())
+        self.failureResultOf(connecting, NoRouteError)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_cancelled_while_connecting_to_several(self) -> None:
