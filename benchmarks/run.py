@@ -152,11 +152,13 @@ class Context:
             return 0.0
         return self._worker.cpu()
 
-    def job_url(self, worker: Worker) -> str:
+    def job_url(self, worker: Worker, host: str | None = None) -> str:
         """
-        Return the URL jobs are pushed with, on ``worker``.
+        Return the URL jobs are pushed with, on ``worker`` (named ``host``
+        instead of its address 127.0.0.1 when given).
         """
-        return worker.base + "/job"
+        base = worker.base if host is None else worker.base.replace("127.0.0.1", host, 1)
+        return base + "/job"
 
     def problem(self, text: str) -> None:
         """
@@ -308,18 +310,24 @@ def server_for(kind: str, directory: str) -> Any:
 
 
 def burst(
-    ctx: Context, kind: str, server: Any, directory: str, jobs: int, worker: Worker | None = None
+    ctx: Context,
+    kind: str,
+    server: Any,
+    directory: str,
+    jobs: int,
+    worker: Worker | None = None,
+    host: str | None = None,
 ) -> dict[str, Any]:
     """
-    Push ``jobs`` for ``worker`` (default: the shared one) to ``server`` from
-    32 keep-alive clients, each sending its next push when the last is
-    answered; note failed pushes as a problem and return the load
-    generator's result.
+    Push ``jobs`` for ``worker`` (default: the shared one; named ``host``
+    in the jobs' URL when given) to ``server`` from 32 keep-alive clients,
+    each sending its next push when the last is answered; note failed pushes
+    as a problem and return the load generator's result.
     """
     result = loadgen(
         "burst",
         server.base,
-        ctx.job_url(worker or ctx.worker),
+        ctx.job_url(worker or ctx.worker, host),
         os.path.join(directory, "loadgen.json"),
         jobs=jobs,
         concurrency=32,
@@ -331,12 +339,13 @@ def burst(
 
 
 def throughput_round(
-    ctx: Context, kind: str, jobs: int, worker: Worker | None = None
+    ctx: Context, kind: str, jobs: int, worker: Worker | None = None, host: str | None = None
 ) -> dict[str, Any]:
     """
     Push ``jobs`` with 32 clients to ``kind`` (``hq``, ``push`` or ``relay``)
-    for ``worker`` (default: the shared one); measure the push rate and, but
-    for ``push``, the end-to-end rate.
+    for ``worker`` (default: the shared one; named ``host`` in the jobs' URL
+    when given); measure the push rate and, but for ``push``, the end-to-end
+    rate.
     """
     worker = worker or ctx.worker
     worker.reset()
@@ -346,7 +355,7 @@ def throughput_round(
         sampler = RssSampler(server.pid)
         profiler = Profiler(ctx, server.pid, "throughput") if kind == "hq" else None
         cpu_before = server.cpu()
-        result = burst(ctx, kind, server, directory, jobs, worker)
+        result = burst(ctx, kind, server, directory, jobs, worker, host)
         figures: dict[str, Any] = {
             "jobs": jobs,
             "push_per_s": result["pushes_per_s"],
@@ -492,21 +501,24 @@ def bench_throughput(ctx: Context) -> dict[str, Any]:
 def bench_connections(ctx: Context) -> dict[str, Any]:
     """
     HQ delivering to a worker that closes each connection (HTTP/1.0, as
-    Python's ``http.server``: a new connection per job) beside HQ delivering
-    to the keep-alive worker, taking turns. No baseline: the relay's stock
-    connection pool loses jobs to such a worker.
+    Python's ``http.server``: a new connection per job), by address and by
+    the name ``localhost``, beside HQ delivering to the keep-alive worker,
+    taking turns. No baseline: the relay's stock connection pool loses jobs
+    to such a worker.
     """
     jobs = ctx.args.jobs or (300 if ctx.quick else 3000)
     rounds = ctx.args.rounds or (1 if ctx.quick else 3)
     closing = Worker(ctx.directory("worker-http10"), http10=True).start()
-    runs: dict[str, list[dict[str, Any]]] = {"keep-alive": [], "http10": []}
+    runs: dict[str, list[dict[str, Any]]] = {"keep-alive": [], "http10": [], "http10-name": []}
     try:
         for index in range(rounds):
-            for name in ("keep-alive", "http10"):
-                run = throughput_round(ctx, "hq", jobs, closing if name == "http10" else None)
+            for name in runs:
+                worker = None if name == "keep-alive" else closing
+                host = "localhost" if name == "http10-name" else None
+                run = throughput_round(ctx, "hq", jobs, worker, host)
                 runs[name].append(run)
                 print(
-                    f"  round {index + 1} {name:10}: CPU {run['cpu_us_per_job']:5d} us/job"
+                    f"  round {index + 1} {name:11}: CPU {run['cpu_us_per_job']:5d} us/job"
                     f"   end-to-end {run['e2e_per_s']:8.1f}/s"
                     f"   misses {run['misses']} duplicates {run['duplicates']}",
                     flush=True,
@@ -537,10 +549,33 @@ def bench_connections(ctx: Context) -> dict[str, Any]:
         round(cpu / cpu_base, 2),
         "baseline: HQ with the keep-alive worker",
     )
+    by_name, by_name_cpu = med("http10-name", "e2e_per_s"), med("http10-name", "cpu_us_per_job")
+    ctx.figure(
+        "http10_name_e2e_per_s",
+        "... the same worker named localhost in the URL: end-to-end",
+        by_name,
+        "jobs/s",
+        e2e,
+        round(by_name / e2e, 2),
+        "baseline: by address (127.0.0.1)",
+    )
+    ctx.figure(
+        "http10_name_cpu_us_per_job",
+        "... named localhost: server CPU per job",
+        by_name_cpu,
+        "us",
+        cpu,
+        round(by_name_cpu / cpu, 2),
+        "baseline: by address (127.0.0.1)",
+    )
     ctx.figure(
         "http10_misses",
         "misses and duplicates, an HTTP/1.0 worker (all rounds)",
-        sum(run["misses"] + run["duplicates"] for run in runs["http10"]),
+        sum(
+            run["misses"] + run["duplicates"]
+            for name in ("http10", "http10-name")
+            for run in runs[name]
+        ),
         "jobs",
     )
     return {"jobs": jobs, "rounds": rounds, "runs": runs}
