@@ -529,45 +529,45 @@ def bench_connections(ctx: Context) -> dict[str, Any]:
     def med(name: str, key: str) -> float:
         return round(median([run[key] for run in runs[name]]), 1)
 
-    e2e, e2e_base = med("http10", "e2e_per_s"), med("keep-alive", "e2e_per_s")
-    cpu, cpu_base = med("http10", "cpu_us_per_job"), med("keep-alive", "cpu_us_per_job")
-    ctx.figure(
-        "http10_e2e_per_s",
-        f"end-to-end, an HTTP/1.0 worker (a connection per job), {jobs:,} jobs",
-        e2e,
-        "jobs/s",
-        e2e_base,
-        round(e2e / e2e_base, 2),
-        "baseline: HQ with the keep-alive worker",
-    )
-    ctx.figure(
-        "http10_cpu_us_per_job",
-        "server CPU per job, an HTTP/1.0 worker",
-        cpu,
-        "us",
-        cpu_base,
-        round(cpu / cpu_base, 2),
-        "baseline: HQ with the keep-alive worker",
-    )
-    by_name, by_name_cpu = med("http10-name", "e2e_per_s"), med("http10-name", "cpu_us_per_job")
-    ctx.figure(
-        "http10_name_e2e_per_s",
-        "... the same worker named localhost in the URL: end-to-end",
-        by_name,
-        "jobs/s",
-        e2e,
-        round(by_name / e2e, 2),
-        "baseline: by address (127.0.0.1)",
-    )
-    ctx.figure(
-        "http10_name_cpu_us_per_job",
-        "... named localhost: server CPU per job",
-        by_name_cpu,
-        "us",
-        cpu,
-        round(by_name_cpu / cpu, 2),
-        "baseline: by address (127.0.0.1)",
-    )
+    keep_alive = "baseline: HQ with the keep-alive worker"
+    by_address = "baseline: by address (127.0.0.1)"
+    for key, label, figure, name, base, note in (
+        (
+            "http10_e2e_per_s",
+            f"end-to-end, an HTTP/1.0 worker (a connection per job), {jobs:,} jobs",
+            "e2e_per_s",
+            "http10",
+            "keep-alive",
+            keep_alive,
+        ),
+        (
+            "http10_cpu_us_per_job",
+            "server CPU per job, an HTTP/1.0 worker",
+            "cpu_us_per_job",
+            "http10",
+            "keep-alive",
+            keep_alive,
+        ),
+        (
+            "http10_name_e2e_per_s",
+            "... the same worker named localhost in the URL: end-to-end",
+            "e2e_per_s",
+            "http10-name",
+            "http10",
+            by_address,
+        ),
+        (
+            "http10_name_cpu_us_per_job",
+            "... named localhost: server CPU per job",
+            "cpu_us_per_job",
+            "http10-name",
+            "http10",
+            by_address,
+        ),
+    ):
+        value, base_value = med(name, figure), med(base, figure)
+        unit = "jobs/s" if figure == "e2e_per_s" else "us"
+        ctx.figure(key, label, value, unit, base_value, round(value / base_value, 2), note)
     ctx.figure(
         "http10_misses",
         "misses and duplicates, an HTTP/1.0 worker (all rounds)",

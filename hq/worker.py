@@ -45,11 +45,7 @@ from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import (
-    IConsumer,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
+from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -242,33 +238,35 @@ class _BudgetEndpoint:
     An endpoint whose connections count received bytes (:class:`_BudgetProtocol`);
     ``connect`` fires with the wrapped protocol, as the connection pool expects.
 
-    The endpoint that connects is built by ``make_endpoint`` only when a
+    The endpoint that connects (``hosts.endpoint``) is built only when a
     connection is made: the pool asks for an endpoint with every request but
     uses it only when it has no kept connection, and building one (then a
     ``HostnameEndpoint``, with its IDNA step) cost more than the rest of the
-    request's routing. ``name`` is its ``repr`` (the pool asks for it at
-    each new connection, for its logs: building an endpoint for that is
-    waste).
+    request's routing. Its ``repr``, which the pool asks for at each new
+    connection (for its logs), names the URL's scheme, host and port.
     """
 
     def __init__(
-        self, make_endpoint: Callable[[], IStreamClientEndpoint], budget: int, name: str
+        self, hosts: HostEndpoints, scheme: bytes, netloc: bytes, port: int, budget: int
     ) -> None:
-        self._make_endpoint = make_endpoint
+        self._hosts = hosts
+        self._scheme = scheme
+        self._netloc = netloc
+        self._port = port
         self._budget = budget
-        self._name = name
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         wrapping = _BudgetFactory(protocolFactory, self._budget)
         try:
-            endpoint = self._make_endpoint()
+            endpoint = self._hosts.endpoint(self._scheme, self._netloc, self._port)
         except Exception:
             return fail()
         connected: Deferred[Any] = endpoint.connect(wrapping)
         return connected.addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
     def __repr__(self) -> str:
-        return f"<worker endpoint {self._name}>"
+        scheme, host = self._scheme.decode(), self._netloc.decode("ascii", "replace")
+        return f"<worker endpoint {scheme}://{host}:{self._port}>"
 
 
 @implementer(IAgentEndpointFactory)
@@ -286,13 +284,9 @@ class WorkerEndpoints:
         self._budget = budget
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        scheme, netloc, port = uri.scheme, uri.host, uri.port
-        host = checked_host(scheme, netloc)
-        return _BudgetEndpoint(
-            lambda: self._hosts.endpoint(scheme, netloc, port),
-            self._budget,
-            f"{scheme.decode()}://{host}:{port}",
-        )
+        # Refuses a bad host or scheme here, with the request, not at connect time.
+        checked_host(uri.scheme, uri.host)
+        return _BudgetEndpoint(self._hosts, uri.scheme, uri.host, uri.port, self._budget)
 
 
 #: Parsed request URIs :class:`WorkerAgent` keeps (all are dropped when it is full).
