@@ -5,6 +5,7 @@ Where a burst's CPU goes, thread by thread: HQ beside the relay baseline.
     python benchmarks/breakdown.py --rounds 6 --jobs 3000
     python benchmarks/breakdown.py --split         # pushes alone, then deliveries alone
     python benchmarks/breakdown.py --instructions  # user-space instructions per job (valgrind)
+    python benchmarks/breakdown.py --payload-bytes 10000  # payloads of about 10 KB
 
 The ``throughput`` burst of ``run.py`` (a worker, the load generator, 32
 keep-alive clients), taking turns between the relay and HQ. For each, read
@@ -117,6 +118,10 @@ def commit_metrics(base: str) -> tuple[float, float]:
     return float(found.get("count", 0)), float(found.get("sum", 0))
 
 
+#: Pad each pushed payload to about this many bytes (``--payload-bytes``; 0: 40 bytes).
+PAYLOAD_BYTES = 0
+
+
 def push_burst(
     server: Any, worker: Worker, directory: str, jobs: int, deadline: float
 ) -> dict[str, Any]:
@@ -132,6 +137,7 @@ def push_burst(
         jobs=jobs,
         concurrency=32,
         deadline=deadline,
+        payload_bytes=PAYLOAD_BYTES,
     )
 
 
@@ -353,7 +359,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, help="jobs per burst (3,000; --instructions: 200)")
     parser.add_argument("--instructions", action="store_true", help="count under valgrind")
     parser.add_argument("--split", action="store_true", help="pushes alone, then deliveries alone")
+    parser.add_argument(
+        "--payload-bytes", type=int, default=0, help="pad each payload to about this size"
+    )
     args = parser.parse_args()
+    global PAYLOAD_BYTES
+    PAYLOAD_BYTES = args.payload_bytes
     directory = tempfile.mkdtemp(prefix="hq-breakdown-")
     try:
         if args.instructions:

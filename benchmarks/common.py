@@ -622,9 +622,12 @@ def loadgen(
     concurrency: int = 32,
     rate: float = 100.0,
     deadline: float = 600.0,
+    payload_bytes: int = 0,
 ) -> dict[str, Any]:
     """
     Run the load generator (``loadgen.py``) to its end; return its result.
+    With ``payload_bytes``, each payload is padded to about that size (the
+    jobs' own are 40 bytes).
     """
     command = [
         PYTHON,
@@ -644,6 +647,8 @@ def loadgen(
         str(deadline),
         "--out",
         out,
+        "--payload-bytes",
+        str(payload_bytes),
     ]
     completed = subprocess.run(
         command, cwd=ROOT, env=_env(), capture_output=True, timeout=deadline + 60

@@ -7,6 +7,7 @@ take turns, so that other work on the machine falls on all of them alike.
     python benchmarks/compare.py --base /tmp/hq-base --what l     # latency only
     python benchmarks/compare.py --base /tmp/hq-base --what p     # pushes alone
     python benchmarks/compare.py --base /tmp/hq-base --http10     # a connection per job
+    python benchmarks/compare.py --base /tmp/hq-base --payload-bytes 10000  # large payloads
 
 ``p`` measures pushes alone: the worker is stopped (SIGSTOP) while the push
 baseline and the two trees each answer ``--jobs`` pushes, so HQ only stores
@@ -19,6 +20,9 @@ as a plain HTTP/1.0 server does, so that HQ opens a connection per job. The
 relay baseline is left out then: Twisted's stock connection pool, which it
 uses, sends the next request on a connection such a worker closed, and about
 half of its jobs fail (HQ's pool does not keep such a connection).
+
+``--payload-bytes`` pads every pushed payload with a list of small records
+(ids, names, tags, prices) to about that size; the jobs' own are 40 bytes.
 
 The two trees take turns at going first in each round. Prints each round
 and, at the end, each tree's ratios to the baselines (medians of the rounds;
@@ -56,6 +60,9 @@ def main() -> int:
     parser.add_argument(
         "--http10", action="store_true", help="an HTTP/1.0 worker: a connection per job"
     )
+    parser.add_argument(
+        "--payload-bytes", type=int, default=0, help="pad each payload to about this size"
+    )
     args = parser.parse_args()
     ctx = run.Context(
         argparse.Namespace(
@@ -66,6 +73,7 @@ def main() -> int:
             jobs=args.jobs,
             rounds=args.rounds,
             http10=args.http10,
+            payload_bytes=args.payload_bytes,
         )
     )
     trees = {"base": os.path.abspath(args.base), "this": common.ROOT}

@@ -96,13 +96,32 @@ class Connection:
         return status, body
 
 
-def push_request(host: str, port: int, worker_url: str, index: int) -> bytes:
+def padding(size: int) -> list[dict[str, Any]]:
     """
-    Return the whole ``POST /job`` request of push number ``index``.
+    Return a list of small records (ids, names, tags, prices: what an
+    order or an event carries) of about ``size`` bytes as compact JSON.
     """
+    items: list[dict[str, Any]] = []
+    used = 0
+    while used < size:
+        item = {"id": len(items), "name": f"item {len(items)}", "tags": ["a", "b"], "price": 1.5}
+        items.append(item)
+        used += len(json.dumps(item, separators=(",", ":"))) + 1
+    return items
+
+
+def push_request(
+    host: str, port: int, worker_url: str, index: int, pad: list[dict[str, Any]] | None = None
+) -> bytes:
+    """
+    Return the whole ``POST /job`` request of push number ``index``; its
+    payload carries ``pad`` as ``items`` when given.
+    """
+    payload: dict[str, Any] = {"n": index, "text": "benchmark job"}
+    if pad:
+        payload["items"] = pad
     body = json.dumps(
-        {"url": worker_url, "name": "bench", "payload": {"n": index, "text": "benchmark job"}},
-        separators=(",", ":"),
+        {"url": worker_url, "name": "bench", "payload": payload}, separators=(",", ":")
     ).encode()
     return (
         b"POST /job HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
@@ -138,6 +157,7 @@ class Run:
         self.push_ms: list[float] = []
         self.errors = 0
         self.error_samples: list[str] = []
+        self.pad = padding(args.payload_bytes) if args.payload_bytes else None
         self.first_send_ns = 0
         self.last_done_ns = 0
 
@@ -150,7 +170,7 @@ class Run:
         """
         Send push number ``index`` and record its id and send time, or the error.
         """
-        raw = push_request(self.host, self.port, self.args.url, index)
+        raw = push_request(self.host, self.port, self.args.url, index, self.pad)
         sent = time.monotonic_ns()
         try:
             status, body = await asyncio.wait_for(connection.request(raw), self.args.timeout)
@@ -261,6 +281,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="pushes per second (rate)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per push")
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds for the run")
+    parser.add_argument(
+        "--payload-bytes", type=int, default=0, help="pad each payload to about this size"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

@@ -117,6 +117,8 @@ class Context:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.quick: bool = args.quick
+        #: Pad each pushed payload to about this many bytes (0: the jobs' own 40).
+        self.payload_bytes: int = getattr(args, "payload_bytes", 0)
         os.makedirs(args.results_dir, exist_ok=True)
         self.work = tempfile.mkdtemp(prefix="run-", dir=args.results_dir)
         self.results: dict[str, Any] = {}
@@ -332,6 +334,7 @@ def burst(
         jobs=jobs,
         concurrency=32,
         deadline=300,
+        payload_bytes=ctx.payload_bytes,
     )
     if result["errors"]:
         ctx.problem(f"{kind}: {result['errors']} pushes failed: {result['error_samples'][:3]}")
@@ -602,6 +605,7 @@ def latency_run(ctx: Context, kind: str, jobs: int, rate: float) -> dict[str, An
             concurrency=4,
             rate=rate,
             deadline=jobs / rate + 120,
+            payload_bytes=ctx.payload_bytes,
         )
         if result["errors"]:
             ctx.problem(f"{kind}: {result['errors']} pushes failed: {result['error_samples'][:3]}")

@@ -19,22 +19,31 @@ child whenever it is ready; until then (at start-up, after a death) in the
 parent.
 
 Between the two, over the child's standard input and output, each message is
-a frame: a 4-byte big-endian length, then that many bytes of JSON (a list),
-written by :class:`TurnWriter` once per reactor turn:
+a frame: a 4-byte big-endian length, then that many bytes of UTF-8: a JSON
+list, and right after it a tail of text, often empty, written by
+:class:`TurnWriter` once per reactor turn. The tail carries a job's payload
+or a worker's answer as it is, not as a string inside the JSON, which would
+be escaped on one side and unescaped on the other (for a 10 KB payload,
+about 60 and 100 µs against 6 and 4):
 
-- parent -> child, first: ``{"user_agent", "max_output_bytes", "deny",
-  "allow", "signing_secrets"}``, the settings; the child answers
-  ``["ready"]`` once its client is made;
-- ``["post", n, job_id, url, payload, headers, timeout]``: make exchange ``n``;
+- parent -> child, first: ``{"protocol", "user_agent", "max_output_bytes",
+  "deny", "allow", "signing_secrets"}``, the settings; the child answers
+  ``["ready"]`` once its client is made. A child of another
+  :data:`PROTOCOL` (the package was upgraded under a running server, which
+  then starts a child of the new code) says so in the log and exits: the
+  server keeps making its requests itself until it is restarted;
+- ``["post", n, job_id, url, headers, timeout, has_payload]``, the payload
+  (compact JSON text) as the tail: make exchange ``n``;
 - ``["cancel", n]``: abort exchange ``n`` (a stop, or the shutdown's timeout);
   the parent ends it at once, as cancelled;
 - child -> parent: ``["log", level, namespace, text]``, a warning or an
   error the child logged, which the parent logs;
-- child -> parent: ``[n, url, status_code, phrase, err, output, truncated,
-  retry_after, error, reason]``: exchange ``n`` ended; ``error`` is ``None``
-  (a response was read), ``"timeout"``, ``"cancelled"``, ``"transport"``
-  (the connection failed or closed around the response) or ``"other"``, and
-  ``reason`` is :meth:`hq.worker.Exchange.reason`.
+- child -> parent: ``[n, url, status_code, phrase, err, truncated,
+  retry_after, error, reason]``, the worker's answer (what is kept of it) as
+  the tail: exchange ``n`` ended; ``error`` is ``None`` (a response was read),
+  ``"timeout"``, ``"cancelled"``, ``"transport"`` (the connection failed or
+  closed around the response) or ``"other"``, and ``reason`` is
+  :meth:`hq.worker.Exchange.reason`.
 
 The child ends when its standard input closes: the parent closes it after the
 delivery engine stopped (:meth:`SenderProcess.stop`), and the system closes it
@@ -82,22 +91,27 @@ MAX_RESTART_DELAY = 30.0
 #: The child's first message: its client is made.
 READY = ["ready"]
 
+#: The frames' version: a child refuses settings of another.
+PROTOCOL = 2
+
 
 #: Seconds :meth:`SenderProcess.stop` waits for the child to exit before killing it.
 EXIT_TIMEOUT = 5.0
 
 
-def frame(message: Any) -> bytes:
+def frame(message: Any, tail: str = "") -> bytes:
     """
-    Return ``message`` as one frame.
+    Return ``message`` as one frame, followed by the text ``tail``.
     """
     data = _ENCODER.encode(message).encode("utf-8")
+    if tail:
+        data += tail.encode("utf-8")
     return _LENGTH.pack(len(data)) + data
 
 
 class Frames:
     """
-    Cut a byte stream into the messages of its frames.
+    Cut a byte stream into its frames: (message, tail) pairs.
     """
 
     def __init__(self) -> None:
@@ -106,10 +120,10 @@ class Frames:
         #: Bytes needed before the next frame is whole (its length, once known).
         self._need = 4
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes) -> list[tuple[Any, str]]:
         """
-        Add ``data``; return the messages it completes. A frame read in many
-        pieces is joined once, when whole.
+        Add ``data``; return the (message, tail) pairs it completes. A frame
+        read in many pieces is joined once, when whole.
         """
         self._chunks.append(data)
         self._size += len(data)
@@ -125,7 +139,9 @@ class Frames:
                 self._need = 4 + length
                 break
             start += 4
-            messages.append(_DECODER.decode(buffer[start : start + length].decode("utf-8")))
+            text = buffer[start : start + length].decode("utf-8")
+            message, cut = _DECODER.raw_decode(text)
+            messages.append((message, text[cut:]))
             start += length
         rest = buffer[start:]
         self._chunks = [rest] if rest else []
@@ -133,9 +149,10 @@ class Frames:
         return messages
 
 
-def exchange_message(n: int, exchange: Exchange) -> list[Any]:
+def exchange_message(n: int, exchange: Exchange) -> tuple[list[Any], str]:
     """
-    Return the child's report of exchange ``n``.
+    Return the child's report of exchange ``n``: the message and its tail,
+    the answer's output.
     """
     error = exchange.error
     if error is None:
@@ -148,26 +165,26 @@ def exchange_message(n: int, exchange: Exchange) -> list[Any]:
         kind = "other"
     else:
         kind = "transport"
-    return [
+    message = [
         n,
         exchange.url,
         exchange.status_code,
         exchange.phrase.decode("latin-1"),
         exchange.err,
-        exchange.output(),
         exchange.truncated,
         exchange.retry_after,
         kind,
         exchange.reason(),
     ]
+    return message, exchange.output()
 
 
-def reported_exchange(message: list[Any], timeout: int) -> Exchange:
+def reported_exchange(message: list[Any], output: str, timeout: int) -> Exchange:
     """
-    Return the :class:`Exchange` the child reported in ``message``, for a job
-    of ``timeout`` seconds.
+    Return the :class:`Exchange` the child reported in ``message`` and its
+    tail ``output``, for a job of ``timeout`` seconds.
     """
-    _, url, status_code, phrase, err, output, truncated, retry_after, kind, reason = message
+    _, url, status_code, phrase, err, truncated, retry_after, kind, reason = message
     error: Exception | None
     if kind is None:
         error = None
@@ -337,7 +354,7 @@ class SenderProcess(ProcessProtocol):
             return
         self.pid = transport.pid
         self._writer = TurnWriter(self._reactor, transport.pipes[0])
-        self._writer.write(frame(self._settings))
+        self._writer.write(frame(dict(self._settings, protocol=PROTOCOL)))
 
     def post(self, job: Job) -> Deferred[Exchange]:
         """
@@ -358,8 +375,12 @@ class SenderProcess(ProcessProtocol):
         n = self._next
         done: Deferred[Exchange] = Deferred(lambda d: self._cancel(n))
         self._pending[n] = (done, job.timeout, job.url)
+        payload = job.payload
         self._writer.write(
-            frame(["post", n, job.id, job.url, job.payload, job.headers, job.timeout])
+            frame(
+                ["post", n, job.id, job.url, job.headers, job.timeout, payload is not None],
+                payload or "",
+            )
         )
         return done
 
@@ -384,7 +405,7 @@ class SenderProcess(ProcessProtocol):
         done.callback(Exchange(url=url, error=CancelledError()))
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        for message in self._frames.feed(data):
+        for message, tail in self._frames.feed(data):
             if message == READY:
                 self.ready = True
                 self._started()
@@ -401,7 +422,7 @@ class SenderProcess(ProcessProtocol):
             pending = self._pending.pop(message[0], None)
             if pending is not None:
                 done, timeout, _ = pending
-                done.callback(reported_exchange(message, timeout))
+                done.callback(reported_exchange(message, tail, timeout))
 
     def processEnded(self, reason: Failure) -> None:
         self.pid = None
@@ -478,14 +499,27 @@ class _Child:
         self._frames = Frames()
         self._client: Any = None
         self._running: dict[int, Deferred[Exchange]] = {}
+        #: Whether the settings were of another :data:`PROTOCOL` (the child stops).
+        self.refused = False
 
     def received(self, data: bytes) -> None:
-        for message in self._frames.feed(data):
+        for message, tail in self._frames.feed(data):
+            if self.refused:
+                return
             if self._client is None:
+                if message.pop("protocol", None) != PROTOCOL:
+                    self.log.error(
+                        "The server speaks another version of the sender's frames "
+                        "(HQ was upgraded while it ran?): its requests stay in the "
+                        "server until it is restarted"
+                    )
+                    self.refused = True
+                    self._reactor.callLater(0, self._reactor.stop)
+                    return
                 self._client = worker_client(self._reactor, **message)
                 self._write(frame(READY))
             elif message[0] == "post":
-                self._post(message)
+                self._post(message, tail)
             elif message[0] == "cancel":
                 running = self._running.get(message[1])
                 if running is not None:
@@ -493,16 +527,22 @@ class _Child:
             else:
                 self.log.warn("Unknown message from the server: {kind!r}", kind=message[0])
 
-    def _post(self, message: list[Any]) -> None:
-        _, n, job_id, url, payload, headers, timeout = message
-        job = Job(id=job_id, url=url, payload=payload, headers=headers, timeout=timeout)
+    def _post(self, message: list[Any], payload: str) -> None:
+        _, n, job_id, url, headers, timeout, has_payload = message
+        job = Job(
+            id=job_id,
+            url=url,
+            payload=payload if has_payload else None,
+            headers=headers,
+            timeout=timeout,
+        )
         running = self._client.post(job)
         self._running[n] = running
         running.addCallback(self._ended, n)
 
     def _ended(self, exchange: Exchange, n: int) -> None:
         self._running.pop(n, None)
-        self._write(frame(exchange_message(n, exchange)))
+        self._write(frame(*exchange_message(n, exchange)))
 
     def abort_all(self) -> None:
         for running in list(self._running.values()):

@@ -19,6 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -29,12 +30,14 @@ from twisted.web.server import NOT_DONE_YET, Site
 from hq.model import Job
 from hq.sender import (
     EXIT_TIMEOUT,
+    PROTOCOL,
     READY,
     RESTART_DELAY,
     STABLE_SECONDS,
     Frames,
     SenderProcess,
     TurnWriter,
+    _Child,
     exchange_message,
     forwarding_observer,
     frame,
@@ -50,6 +53,8 @@ SETTINGS = {
     "allow": [],
     "signing_secrets": [],
 }
+#: What the parent sends the child first.
+SENT_SETTINGS = dict(SETTINGS, protocol=PROTOCOL)
 
 messages = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
@@ -60,13 +65,16 @@ messages = st.recursive(
 
 class FramesTests(SynchronousTestCase):
     """
-    :class:`Frames` cuts a byte stream into the frames' messages.
+    :class:`Frames` cuts a byte stream into the frames' messages and tails.
     """
 
-    @given(st.lists(messages, min_size=1, max_size=5), st.data())
-    def test_any_cut(self, sent: list[Any], data: st.DataObject) -> None:
-        """However the stream is cut into reads, the messages come out whole and in order."""
-        stream = b"".join(frame(message) for message in sent)
+    @given(st.lists(st.tuples(messages, st.text()), min_size=1, max_size=5), st.data())
+    def test_any_cut(self, sent: list[tuple[Any, str]], data: st.DataObject) -> None:
+        """
+        However the stream is cut into reads, the messages and their tails
+        come out whole and in order.
+        """
+        stream = b"".join(frame(message, tail) for message, tail in sent)
         cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
         frames = Frames()
         got: list[Any] = []
@@ -87,13 +95,23 @@ class FramesTests(SynchronousTestCase):
         got: list[Any] = []
         for start in range(0, len(stream), 8192):
             got.extend(frames.feed(stream[start : start + 8192]))
-        self.assertEqual(got, [big, ["next"]])
+        self.assertEqual(got, [(big, ""), (["next"], "")])
 
     def test_text_is_utf8(self) -> None:
         """Text is sent as UTF-8, not escaped, and read back as sent."""
-        data = frame(["post", 1, "é☃"])
+        data = frame(["post", 1, "é☃"], "☃é")
         self.assertIn("é☃".encode(), data)
-        self.assertEqual(Frames().feed(data), [["post", 1, "é☃"]])
+        self.assertEqual(Frames().feed(data), [(["post", 1, "é☃"], "☃é")])
+
+    def test_tail_as_it_is(self) -> None:
+        """
+        A tail is sent as its UTF-8, not escaped as JSON would (a payload's
+        quotes and backslashes), and read back as sent, spaces included.
+        """
+        payload = ' {"a":"say \\"hi\\"\\n"} '
+        data = frame(["post", 1, True], payload)
+        self.assertTrue(data.endswith(payload.encode()))
+        self.assertEqual(Frames().feed(data), [(["post", 1, True], payload)])
 
 
 class ForwardingTests(SynchronousTestCase):
@@ -110,11 +128,44 @@ class ForwardingTests(SynchronousTestCase):
             raise ZeroDivisionError("by zero")
         except ZeroDivisionError:
             log.failure("broke")
-        messages = Frames().feed(b"".join(sent))
+        messages = [message for message, _ in Frames().feed(b"".join(sent))]
         self.assertEqual(messages[0], ["log", "warn", "hq.test", "odd value"])
         self.assertEqual(messages[1][:3], ["log", "critical", "hq.test"])
         self.assertTrue(messages[1][3].startswith("broke\nTraceback"))
         self.assertIn("ZeroDivisionError", messages[1][3])
+
+
+class ChildTests(SynchronousTestCase):
+    """
+    The child's side of the frames, without a process.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.sent: list[bytes] = []
+        self.child = _Child(self.reactor, self.sent.append)
+        self.events: list[dict[str, Any]] = []
+        self.child.log = Logger(observer=self.events.append)
+
+    def test_ready(self) -> None:
+        """Settings of its own protocol make the client; the child says it is ready."""
+        self.child.received(frame(SENT_SETTINGS))
+        self.assertEqual(Frames().feed(b"".join(self.sent)), [(READY, "")])
+        self.assertFalse(self.reactor.hasStopped)
+
+    def test_other_protocol(self) -> None:
+        """
+        Settings without the child's protocol (a server of an older HQ,
+        upgraded under it) are refused: the child logs why and stops, and
+        reads nothing more.
+        """
+        self.child.received(frame(SETTINGS) + frame(["post", 1, 1, "http://w/", None, 0, True]))
+        self.reactor.advance(0)
+        self.assertTrue(self.reactor.hasStopped)
+        self.assertEqual(self.sent, [])
+        self.assertEqual(len(self.events), 1)
+        self.assertEqual(self.events[0]["log_level"], LogLevel.error)
+        self.assertIn("another version of the sender's frames", formatEvent(self.events[0]))
 
 
 class ReportTests(SynchronousTestCase):
@@ -123,7 +174,9 @@ class ReportTests(SynchronousTestCase):
     """
 
     def assertSameOutcome(self, sent: Exchange, timeout: int = 5) -> Exchange:
-        got = reported_exchange(exchange_message(7, sent), timeout)
+        message, output = exchange_message(7, sent)
+        ((message, output),) = Frames().feed(frame(message, output))
+        got = reported_exchange(message, output, timeout)
         self.assertEqual(
             (got.success, got.status_code, got.reason(), got.output(), got.truncated),
             (sent.success, sent.status_code, sent.reason(), sent.output(), sent.truncated),
@@ -301,8 +354,11 @@ class SenderProcessTests(SynchronousTestCase):
         for transport in self.reactor.spawned:
             transport.pipes[0].close()
 
-    def written(self, index: int = -1) -> list[Any]:
-        """Send the turn's frames and return the messages the child got so far."""
+    def written(self, index: int = -1) -> list[tuple[Any, str]]:
+        """
+        Send the turn's frames and return the messages (with their tails)
+        the child got so far.
+        """
         self.reactor.advance(0)
         writer = self.reactor.spawned[index].pipes[0]
         try:
@@ -316,12 +372,12 @@ class SenderProcessTests(SynchronousTestCase):
 
     def report(self, n: int, status: int = 200, output: str = "ok") -> None:
         self.sender.childDataReceived(
-            1, frame([n, "http://w/", status, "OK", "", output, False, None, None, ""])
+            1, frame([n, "http://w/", status, "OK", "", False, None, None, ""], output)
         )
 
     def test_settings_first(self) -> None:
         """The child gets its settings first; start fires once it says it is ready."""
-        self.assertEqual(self.written(), [SETTINGS])
+        self.assertEqual(self.written(), [(SENT_SETTINGS, "")])
         self.assertNoResult(self.started)
         self.ready()
         self.successResultOf(self.started)
@@ -331,7 +387,7 @@ class SenderProcessTests(SynchronousTestCase):
         self.sender.post(job(1))
         self.sender.post(job(2))
         self.assertEqual([job_id for job_id, _ in self.local.posted], [1, 2])
-        self.assertEqual(self.written(), [SETTINGS])
+        self.assertEqual(self.written(), [(SENT_SETTINGS, "")])
 
     def test_lone_request_here_others_in_the_child(self) -> None:
         """
@@ -347,8 +403,8 @@ class SenderProcessTests(SynchronousTestCase):
         self.assertEqual(
             self.written(),
             [
-                ["post", 1, 2, "http://w/2", '{"n":1}', None, 3],
-                ["post", 2, 3, "http://w/3", '{"n":1}', None, 0],
+                (["post", 1, 2, "http://w/2", None, 3, True], '{"n":1}'),
+                (["post", 2, 3, "http://w/3", None, 0, True], '{"n":1}'),
             ],
         )
         # The local one ends: the next goes to the child while others are pending.
@@ -375,7 +431,7 @@ class SenderProcessTests(SynchronousTestCase):
         self.ready()
         self.sender.post(job(1))
         self.assertEqual(self.local.posted, [])
-        self.assertEqual(self.written(), [["post", 1, 1, "http://w/1", '{"n":1}', None, 0]])
+        self.assertEqual(self.written(), [(["post", 1, 1, "http://w/1", None, 0, True], '{"n":1}')])
         self.report(1)
         runs[0] = 1
         self.sender.post(job(2))
@@ -396,7 +452,7 @@ class SenderProcessTests(SynchronousTestCase):
         running.cancel()
         got = self.successResultOf(running)
         self.assertIsInstance(got.error, CancelledError)
-        self.assertEqual(self.written(), [["cancel", 1]])
+        self.assertEqual(self.written(), [(["cancel", 1], "")])
         self.report(1)
 
     def test_child_death(self) -> None:
@@ -417,7 +473,7 @@ class SenderProcessTests(SynchronousTestCase):
         self.assertEqual([job_id for job_id, _ in self.local.posted], [1, 3])
         self.reactor.advance(RESTART_DELAY)
         self.assertEqual(len(self.reactor.spawned), 2)
-        self.assertEqual(self.written(), [SETTINGS])
+        self.assertEqual(self.written(), [(SENT_SETTINGS, "")])
         self.sender.processEnded(Failure(ProcessTerminated(exitCode=1)))
         self.reactor.advance(RESTART_DELAY)
         self.assertEqual(len(self.reactor.spawned), 2)
@@ -583,6 +639,19 @@ class RealChildTests(TestCase):
         got = await hang
         self.assertIsInstance(got.error, TimedOut)
         self.assertEqual(got.reason(), "timed out after 1 s")
+        self.assertEqual(self.local.posted, [])
+
+    async def test_payload_and_answer_as_they_are(self) -> None:
+        """
+        A payload with quotes, backslashes and a line break reaches the
+        worker byte for byte, and the worker's answer comes back the same;
+        a job without a payload is posted with an empty body.
+        """
+        payload = '{"say":"\\"hi\\"\\\\ \\n","list":[1, 2]}\n'
+        got = await self.sender.post(Job(id=1, url=self.base + "/ok", payload=payload))
+        self.assertEqual(got.output(), f"got {payload} v1,")
+        got = await self.sender.post(Job(id=2, url=self.base + "/ok", payload=None))
+        self.assertEqual(got.output(), "got  v1,")
         self.assertEqual(self.local.posted, [])
 
     async def test_cancel(self) -> None:
