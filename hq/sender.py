@@ -91,7 +91,8 @@ MAX_RESTART_DELAY = 30.0
 #: The child's first message: its client is made.
 READY = ["ready"]
 
-#: The frames' version: a child refuses settings of another.
+#: The frames' version: a child refuses settings of another. (Version 1, the
+#: payload inside the JSON, sent none.)
 PROTOCOL = 2
 
 
