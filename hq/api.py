@@ -393,27 +393,42 @@ class HQApi:
     async def _push(self, request: IRequest, job: Job, now: int) -> bytes:
         # When a dispatcher is idle and nothing waits before this job, it is
         # stored already running and sent at once: one store write, not two.
+        # The store may say it is committed before its sync to disk is done
+        # (``committed``): it is sent then, and answered once on disk.
         reservation = self._dispatch.reserve(job)
         stored = job if reservation is None else reservation.job
+        delivered = False
+
+        def deliver() -> None:
+            nonlocal delivered
+            assert reservation is not None
+            delivered = True
+            self._dispatch.deliver(reservation)
+            self._pushed(job)
+
         try:
-            (pushed,) = await self._store.push([stored], self._keys_since(now))
+            (pushed,) = await self._store.push(
+                [stored], self._keys_since(now), None if reservation is None else deliver
+            )
         except IdempotencyConflict as e:
-            if reservation is not None:
+            if reservation is not None and not delivered:
                 self._dispatch.unreserve(reservation)
             raise APIError(409, _conflict_message(e)) from None
         except BaseException:
-            if reservation is not None:
+            # Delivered already: committed, but its sync failed. It runs;
+            # the client is told the push failed (at least once).
+            if reservation is not None and not delivered:
                 self._dispatch.unreserve(reservation)
             raise
         if pushed.replayed:
-            if reservation is not None:
+            if reservation is not None and not delivered:
                 self._dispatch.unreserve(reservation)
             request.setHeader(b"idempotent-replayed", b"true")
             self.log.debug("Push replayed job {jobID} (idempotency key)", jobID=pushed.job.id)
             return write_json(request, job_json(pushed.job, self._now_ms()))
         if reservation is not None:
-            self._dispatch.deliver(reservation)
-            self._pushed(job)
+            if not delivered:
+                deliver()
         else:
             self._queue(pushed.job)
         # The answer shows the job as pushed (waiting), even when its

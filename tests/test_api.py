@@ -657,12 +657,78 @@ class PushTests(APITestCase):
         self.assertEqual(logged[0]["log_level"], LogLevel.error)
         self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
 
+    def early_push(self) -> tuple[Deferred[Any], list[str], Deferred[Any]]:
+        """
+        Push with a dispatcher reserved and a store that says the job is
+        committed before its push fires; return the request, what the
+        dispatcher was asked, and the Deferred that holds the push.
+        """
+        held: Deferred[None] = Deferred()
+        asked: list[str] = []
+
+        class EarlyStore(MemoryStore):
+            def push(
+                self, jobs: list[Job], keys_since: int, committed: Any = None
+            ) -> Deferred[list[Pushed]]:
+                stored = self.successResultOf(super().push(jobs, keys_since))
+                assert committed is not None
+                committed()
+                return held.addCallback(lambda _: stored)
+
+            successResultOf = self.successResultOf
+
+        class Reserving(RecordingDispatch):
+            def reserve(self, job: Job) -> object:
+                return attrs.make_class("Reservation", ["job"])(job.started(T0))
+
+            def deliver(self, reservation: object) -> None:
+                asked.append("deliver")
+
+            def unreserve(self, reservation: object) -> None:
+                asked.append("unreserve")
+
+        self.dispatch = Reserving()
+        self.client = self.client_for(EarlyStore(), self.config)
+        d = self.client.post(
+            "http://hq.test/job", data=b'{"url":"http://w.test/"}', headers={"Content-Type": JSON}
+        )
+        self.client.flush()
+        return d, asked, held
+
+    def test_reserved_job_sent_once_committed_answered_once_synced(self) -> None:
+        """
+        A reserved job is handed to its dispatcher as soon as the store says
+        it is committed; the push is answered only once the store's push
+        fires (on disk).
+        """
+        d, asked, held = self.early_push()
+        self.assertEqual(asked, ["deliver"])
+        self.assertNoResult(d)
+        held.callback(None)
+        self.client.flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual(asked, ["deliver"])
+
+    def test_reserved_job_sent_then_sync_failed(self) -> None:
+        """
+        A committed job whose sync then fails was delivered already: its
+        dispatcher keeps it (no unreserve), and the push is answered 503.
+        """
+        d, asked, held = self.early_push()
+        held.errback(StoreUnavailable("storage unavailable: cannot sync the log file"))
+        self.client.flush()
+        self.assertEqual(self.successResultOf(d).code, 503)
+        self.assertEqual(asked, ["deliver"])
+        self.flushLoggedErrors(StoreUnavailable)
+
     def test_push_goes_on_when_the_client_leaves(self) -> None:
         """A client that disconnects mid-push still gets its stored job queued."""
         created: Deferred[None] = Deferred()
 
         class SlowStore(MemoryStore):
-            def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+            def push(
+                self, jobs: list[Job], keys_since: int, committed: Any = None
+            ) -> Deferred[list[Pushed]]:
                 stored = super().push(jobs, keys_since)
                 return created.addCallback(lambda _: stored)
 
@@ -1469,7 +1535,9 @@ class PushOptionTests(APITestCase):
         gate: Deferred[None] = Deferred()
 
         class GatedStore(MemoryStore):
-            def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+            def push(
+                self, jobs: list[Job], keys_since: int, committed: Any = None
+            ) -> Deferred[list[Pushed]]:
                 waited: Deferred[None] = Deferred()
                 gate.addCallback(lambda _: waited.callback(None))
                 return waited.addCallback(lambda _: super(GatedStore, self).push(jobs, keys_since))

@@ -962,6 +962,81 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         counts = await self.store.counts(0, 0)
         self.assertEqual((counts.stored, counts.waiting, counts.running), (2, 1, 1))
 
+    def hold_syncs(self, error: OSError | None = None) -> tuple[threading.Event, list[int]]:
+        """
+        Make the writer's syncs of the log file by hand wait for the event
+        returned (or fail with ``error``); return it and the inodes synced.
+        """
+        release = threading.Event()
+        self.addCleanup(release.set)
+        synced: list[int] = []
+
+        def datasync(fd: int) -> None:
+            synced.append(os.fstat(fd).st_ino)
+            if error is not None:
+                raise error
+            release.wait(10)
+
+        self.patch(sqlitefile, "_datasync", datasync)
+        return release, synced
+
+    async def test_early_push_acts_before_its_sync(self) -> None:
+        """
+        A push with ``committed`` commits without a sync, calls it (the job
+        is readable then), syncs the log file by hand and only then fires.
+        """
+        job = make_job(1).started(T0)
+        assert job is not None
+        gated = self.gate_commits()
+        release, synced = self.hold_syncs()
+        committed: Deferred[None] = Deferred()
+        pushed = self.store.push([job], 0, lambda: committed.callback(None))
+        await committed
+        self.assertEqual(gated.synced, [False])
+        self.assertEqual((await self.store.get(job.id)).state, JobState.RUNNING)
+        self.assertFalse(pushed.called, "answered only once on disk")
+        release.set()
+        (done,) = await pushed
+        self.assertEqual(done.job.id, job.id)
+        self.assertEqual(synced, [os.stat(self.store.path + "-wal").st_ino])
+        # A push without it commits with a sync, as before (not by hand).
+        gated.release.set()
+        await self.store.push([make_job(2)], 0)
+        self.assertEqual(gated.synced[:2], [False, True])
+        self.assertEqual(len(synced), 1)
+
+    async def test_early_push_whose_sync_fails(self) -> None:
+        """
+        When the log file cannot be synced, the push fails (it was committed
+        and acted on: it stays, and is counted).
+        """
+        job = make_job(1).started(T0)
+        assert job is not None
+        self.hold_syncs(OSError(5, "Input/output error"))
+        called: list[bool] = []
+        with self.assertRaises(StoreUnavailable) as caught:
+            await self.store.push([job], 0, lambda: called.append(True))
+        self.assertIn("cannot sync the log file", str(caught.exception))
+        self.assertEqual(called, [True])
+        counts = await self.store.counts(0, 0)
+        self.assertEqual((counts.stored, counts.running), (1, 1))
+
+    async def test_early_push_not_called_for_a_failed_or_keyed_push(self) -> None:
+        """
+        ``committed`` is not called for a push that fails (a taken id), nor
+        for one with an idempotency key, which commits with its sync.
+        """
+        await self.add(make_job(1))
+        called: list[int] = []
+        with self.assertRaises(JobExists):
+            await self.store.push([make_job(1)], 0, lambda: called.append(1))
+        gated = self.gate_commits()
+        gated.release.set()
+        await self.store.push([make_job(2, idempotency_key="k")], 0, lambda: called.append(2))
+        self.assertEqual(called, [])
+        self.assertEqual(gated.synced[:1], [True])
+        self.assertEqual(self.store.file._writer._early, {})  # type: ignore[union-attr]
+
     async def test_a_start_that_cannot_commit_fails_alone(self) -> None:
         """When the starts' commit fails, the start fails; the batch's other writes commit."""
         job, other = make_job(1), make_job(2)

@@ -204,7 +204,9 @@ class IJobStore(Interface):
         Return the greatest stored id, 0 when there is none.
         """
 
-    def push(jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+    def push(
+        jobs: list[Job], keys_since: int, committed: Callable[[], None] | None = None
+    ) -> Deferred[list[Pushed]]:
         """
         Store new jobs in one commit, all or none, honouring idempotency keys:
         a job whose key belongs to a stored job created at or after
@@ -217,6 +219,16 @@ class IJobStore(Interface):
 
         Fails with :class:`JobExists`, :class:`IdempotencyConflict` or
         :class:`StoreUnavailable`.
+
+        ``committed``, when given, may be called (on the reactor thread) once
+        the jobs are committed and readable but before the disk has them, so
+        that the caller can act on them (deliver a job reserved for an idle
+        dispatcher) while the commit is synced; the Deferred still fires only
+        once they are durable, and the caller must not answer the push
+        before. A store may not call it (a push with idempotency keys, or a
+        store that commits in one step): the caller then acts when the
+        Deferred fires. It is never called for a push that fails before its
+        commit.
         """
 
     def create(job: Job) -> Deferred[None]:

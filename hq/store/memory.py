@@ -133,7 +133,13 @@ class MemoryStore:
     def create(self, job: Job) -> Deferred[None]:
         return self._write(lambda: self._insert(job))
 
-    def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+    def push(
+        self,
+        jobs: list[Job],
+        keys_since: int,
+        committed: Callable[[], None] | None = None,
+    ) -> Deferred[list[Pushed]]:
+        # ``committed`` is not called: the push fires once committed (see IJobStore).
         def call() -> list[Pushed]:
             # Check everything first: all or nothing.
             pushed: list[Pushed] = []

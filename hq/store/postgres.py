@@ -1277,7 +1277,13 @@ class PostgresStore:
 
         return self._write(op)
 
-    def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+    def push(
+        self,
+        jobs: list[Job],
+        keys_since: int,
+        committed: Callable[[], None] | None = None,
+    ) -> Deferred[list[Pushed]]:
+        # ``committed`` is not called: the push fires once committed (see IJobStore).
         # One write (one savepoint): a conflict undoes the whole push.
         def op(conn: psycopg.Connection[Any]) -> list[Pushed]:
             pushed: list[Pushed] = []

@@ -183,11 +183,16 @@ class SQLiteStore:
 
         return self._write(op)
 
-    def push(self, jobs: list[Job], keys_since: int) -> Deferred[list[Pushed]]:
+    def push(
+        self,
+        jobs: list[Job],
+        keys_since: int,
+        committed: Callable[[], None] | None = None,
+    ) -> Deferred[list[Pushed]]:
         if all(job.idempotency_key is None for job in jobs):
             # Nothing to look up: inserted as they are, many rows a statement,
             # with the other such pushes of the batch.
-            return self._write(_Push(jobs))
+            return self.file.write(_Push(jobs), committed=committed)
 
         # One write (one savepoint): a conflict undoes the whole push.
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> list[Pushed]:

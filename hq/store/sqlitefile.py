@@ -464,6 +464,23 @@ class _MayBeLost:
 _Result = tuple["Deferred[Any]", Any, list[_Change]]
 
 
+def _call_each(calls: list[Callable[[], None]]) -> None:
+    """
+    Call each of ``calls``; one that raises is logged and the others go on.
+    """
+    for call in calls:
+        try:
+            call()
+        except Exception:
+            _log.failure("A write's committed callback failed")
+
+
+#: ``os.fdatasync`` where the system has it (not macOS), else ``os.fsync``.
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+_log = Logger()
+
+
 def _writes(batch: _Batch) -> _Batch:
     """
     Return the writes of ``batch``, those of continuations in it included.
@@ -608,10 +625,37 @@ class _Writer(BatchWriter[_Op]):
         #: last step of the search index: it waits for a pause in the writes.
         self._last_batch = 0.0
         self._since_index = 0
+        #: Set on the reactor thread, taken on the writer thread: the writes
+        #: whose ``committed`` is called once their transaction is committed,
+        #: before the disk has it (:meth:`write_early`), by their Deferred.
+        self._early: dict[Deferred[Any], Callable[[], None]] = {}
+        #: The log file (``-wal``), opened to sync it after a commit made
+        #: without waiting for the disk; its inode, to notice a new file.
+        self._log_fd: int | None = None
+        self._log_inode = 0
+
+    def write_early(self, op: _Op, committed: Callable[[], None]) -> Deferred[Any]:
+        """
+        On the reactor thread: queue the durable write ``op`` as
+        :meth:`write` does, and call ``committed()`` on the reactor thread as
+        soon as its transaction is committed: before the log file is synced,
+        so the caller may act on the write (readers see it, and a killed
+        process does not lose it) while the disk catches up. The Deferred
+        still fires only once the write is on disk.
+        """
+        d = self.write(op)
+        self._early[d] = committed
+        return d
+
+    def _has_early(self, batch: _Batch) -> bool:
+        early = self._early
+        return bool(early) and any(d in early for _, d in _writes(batch))
 
     def fail_batch(self, batch: _Batch, failure: Failure) -> list[Any]:
         # Writes already answered (the first transaction of the batch) are
         # skipped by SQLiteFile._deliver.
+        for _, d in _writes(batch):
+            self._early.pop(d, None)
         return [(d, failure, []) for _, d in _writes(batch)]
 
     # On the reactor thread.
@@ -678,7 +722,9 @@ class _Writer(BatchWriter[_Op]):
         handed = False
         try:
             durable = not all(isinstance(op, _MayBeLost) for op, _ in batch)
-            conn = self._connection(durable)
+            # A batch with an early write commits without a sync, then syncs
+            # the log by hand (_transaction).
+            conn = self._connection(durable and not self._has_early(batch))
             # Never waits here for another process's lock (the connection has
             # no busy timeout): the writer thread will, with the whole batch.
             conn.execute("BEGIN IMMEDIATE")
@@ -796,6 +842,9 @@ class _Writer(BatchWriter[_Op]):
     def finish(self) -> None:
         if self._conn is not None:
             self._conn.close()
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
 
     def run_batch(self, batch: _Batch) -> list[Any]:
         results: list[_Result] = []
@@ -951,9 +1000,10 @@ class _Writer(BatchWriter[_Op]):
         transaction is open already (:meth:`_begin`), its writes of ``done``
         run. ``alone``: each write in a savepoint from the start.
         """
+        early = {d: self._early.pop(d) for _, d in batch if d in self._early}
         try:
             if done is None:
-                conn = self._connection(durable)
+                conn = self._connection(durable and not early)
                 _when_free(conn, "BEGIN IMMEDIATE")
             else:
                 assert self._conn is not None
@@ -976,7 +1026,42 @@ class _Writer(BatchWriter[_Op]):
                     pass
             error = StoreUnavailable(f"storage unavailable: {e}")
             return [(d, Failure(error), []) for _, d in batch]
+        if early:
+            calls = [
+                early[d]
+                for d, result, _ in results
+                if d in early and not isinstance(result, Failure)
+            ]
+            if calls:
+                self._reactor.callFromThread(_call_each, calls)
+        if durable and not self._durable:
+            # Committed without a sync for the early writes: now the log
+            # file's, as synchronous = FULL would have made before the commit
+            # returned; the results fire after it.
+            try:
+                self._sync_log()
+            except OSError as e:
+                error = StoreUnavailable(f"storage unavailable: cannot sync the log file: {e}")
+                # Committed all the same (readers see them): their changes count.
+                return [(d, Failure(error), changes) for d, _, changes in results]
         return results
+
+    def _sync_log(self) -> None:
+        """
+        ``fdatasync`` the log file (``-wal``) on a descriptor of its own: the
+        system syncs a file's data whichever descriptor asks. Opened once, and
+        again if the file was replaced (SQLite deletes it when the last
+        connection closes).
+        """
+        path = self._path + "-wal"
+        inode = os.stat(path).st_ino
+        if self._log_fd is None or inode != self._log_inode:
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+                self._log_fd = None
+            self._log_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self._log_inode = os.fstat(self._log_fd).st_ino
+        _datasync(self._log_fd)
 
 
 class SQLiteFile:
@@ -1181,7 +1266,9 @@ class SQLiteFile:
             else:
                 d.callback(result)
 
-    def write(self, op: _Op, durable: bool = True) -> Deferred[Any]:
+    def write(
+        self, op: _Op, durable: bool = True, committed: Callable[[], None] | None = None
+    ) -> Deferred[Any]:
         """
         Run ``op(conn, changes)`` on the writer thread in the next batch; fire
         with its result once committed. Fails with :class:`StoreUnavailable`.
@@ -1192,9 +1279,17 @@ class SQLiteFile:
         without waiting for the disk (``synchronous = NORMAL``), and fire at
         once. A killed process does not lose them (they are in the log file),
         and the next durable commit syncs them too.
+
+        ``committed``: called on the reactor thread once the (durable) write
+        is committed, before the disk has it; the Deferred fires once it has.
+        Its transaction then commits without a sync and the writer thread
+        syncs the log file after, so that the caller may act on the write
+        (a reserved job's POST) while the disk catches up.
         """
         if self._writer is None:
             return fail(StoreUnavailable("storage unavailable: the store is closed"))
+        if committed is not None and durable:
+            return self._writer.write_early(op, committed)
         return self._writer.write(op if durable else _MayBeLost(op))
 
     def _flush(self) -> None:
