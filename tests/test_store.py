@@ -1005,6 +1005,25 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         self.assertEqual(gated.synced[:2], [False, True])
         self.assertEqual(len(synced), 1)
 
+    async def test_early_push_without_the_log_file(self) -> None:
+        """
+        With a rollback journal (no ``-wal`` file: a file system without
+        shared memory), an early push commits with its sync; ``committed``
+        is called after it, and nothing is synced by hand.
+        """
+        writer = self.store.file._writer
+        assert writer is not None
+        self.assertTrue(writer._wal)
+        writer._wal = False
+        job = make_job(1).started(T0)
+        assert job is not None
+        gated = self.gate_commits()
+        gated.release.set()
+        _, synced = self.hold_syncs()
+        called: list[bool] = []
+        await self.store.push([job], 0, lambda: called.append(True))
+        self.assertEqual((called, gated.synced[:1], synced), ([True], [True], []))
+
     async def test_early_push_whose_sync_fails(self) -> None:
         """
         When the log file cannot be synced, the push fails (it was committed

@@ -633,6 +633,9 @@ class _Writer(BatchWriter[_Op]):
         #: without waiting for the disk; its inode, to notice a new file.
         self._log_fd: int | None = None
         self._log_inode = 0
+        #: Whether the connection runs with the log file (WAL): only then
+        #: does an early write commit without its sync (see write_early).
+        self._wal = False
 
     def write_early(self, op: _Op, committed: Callable[[], None]) -> Deferred[Any]:
         """
@@ -641,7 +644,9 @@ class _Writer(BatchWriter[_Op]):
         soon as its transaction is committed: before the log file is synced,
         so the caller may act on the write (readers see it, and a killed
         process does not lose it) while the disk catches up. The Deferred
-        still fires only once the write is on disk.
+        still fires only once the write is on disk. Without the log file
+        (a rollback journal), the transaction commits with its sync and
+        ``committed`` is called after it.
         """
         d = self.write(op)
         self._early[d] = committed
@@ -649,7 +654,7 @@ class _Writer(BatchWriter[_Op]):
 
     def _has_early(self, batch: _Batch) -> bool:
         early = self._early
-        return bool(early) and any(d in early for _, d in _writes(batch))
+        return self._wal and bool(early) and any(d in early for _, d in _writes(batch))
 
     def fail_batch(self, batch: _Batch, failure: Failure) -> list[Any]:
         # Writes already answered (the first transaction of the batch) are
@@ -952,7 +957,10 @@ class _Writer(BatchWriter[_Op]):
             # lock; the writer thread waits in _when_free.
             self._conn = _connect(self._path, busy_timeout_ms=0)
             # Outside any transaction: journal_mode cannot change inside one.
-            _when_free(self._conn, "PRAGMA journal_mode = WAL")
+            mode = _when_free(self._conn, "PRAGMA journal_mode = WAL").fetchone()[0]
+            # A file system without shared memory keeps the rollback journal:
+            # early writes then commit with their sync, as the others.
+            self._wal = str(mode).lower() == "wal"
             self._conn.execute("PRAGMA synchronous = FULL")
             self._durable = True
         if durable is not self._durable:
@@ -1003,7 +1011,7 @@ class _Writer(BatchWriter[_Op]):
         early = {d: self._early.pop(d) for _, d in batch if d in self._early}
         try:
             if done is None:
-                conn = self._connection(durable and not early)
+                conn = self._connection(durable and not (early and self._wal))
                 _when_free(conn, "BEGIN IMMEDIATE")
             else:
                 assert self._conn is not None
