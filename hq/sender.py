@@ -104,10 +104,9 @@ def frame(message: Any, tail: str = "") -> bytes:
     """
     Return ``message`` as one frame, followed by the text ``tail``.
     """
-    data = _ENCODER.encode(message).encode("utf-8")
-    if tail:
-        data += tail.encode("utf-8")
-    return _LENGTH.pack(len(data)) + data
+    head = _ENCODER.encode(message).encode("utf-8")
+    body = tail.encode("utf-8") if tail else b""
+    return b"".join((_LENGTH.pack(len(head) + len(body)), head, body))
 
 
 class Frames:

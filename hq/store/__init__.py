@@ -225,9 +225,9 @@ class IJobStore(Interface):
         that the caller can act on them (deliver a job reserved for an idle
         dispatcher) while the commit is synced; the Deferred still fires only
         once they are durable, and the caller must not answer the push
-        before. A store may not call it (a push with idempotency keys, or a
-        store that commits in one step): the caller then acts when the
-        Deferred fires. It is never called for a push that fails before its
+        before. A store need not call it (a push with idempotency keys, or a
+        store whose commit and sync are one step): the caller then acts when
+        the Deferred fires. It is never called for a push that fails before its
         commit.
         """
 

@@ -1008,7 +1008,7 @@ class _Writer(BatchWriter[_Op]):
         transaction is open already (:meth:`_begin`), its writes of ``done``
         run. ``alone``: each write in a savepoint from the start.
         """
-        early = {d: self._early.pop(d) for _, d in batch if d in self._early}
+        early = {d: self._early.pop(d) for _, d in batch if d in self._early} if self._early else {}
         try:
             if done is None:
                 conn = self._connection(durable and not (early and self._wal))
