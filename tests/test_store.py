@@ -1621,6 +1621,71 @@ class WhenFreeTests(SynchronousTestCase):
         self.assertLess(time.monotonic() - began, 0.5)
 
 
+class SyncLogTests(SynchronousTestCase):
+    """
+    The writer syncs the log file (``-wal``) of an early write by hand, on a
+    descriptor of its own (``_Writer._sync_log``), and follows the file when
+    SQLite replaces it.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.mktemp() + ".sqlite3"
+        self.synced: list[int] = []
+        self.patch(sqlitefile, "_datasync", lambda fd: self.synced.append(os.fstat(fd).st_ino))
+        # What _sync_log reads of its writer.
+        self.writer: Any = attrs.make_class("Writer", ["_path", "_log_fd", "_log_inode"])(
+            self.path, None, 0
+        )
+        self.addCleanup(lambda: self.writer._log_fd is not None and os.close(self.writer._log_fd))
+
+    def open_and_write(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        return conn
+
+    def wal_inode(self) -> int:
+        return os.stat(self.path + "-wal").st_ino
+
+    def test_one_descriptor_while_the_file_stays(self) -> None:
+        """Syncs of the same log file reuse the descriptor opened for the first."""
+        conn = self.open_and_write()
+        self.addCleanup(conn.close)
+        sqlitefile._Writer._sync_log(self.writer)
+        fd = self.writer._log_fd
+        sqlitefile._Writer._sync_log(self.writer)
+        self.assertEqual(self.writer._log_fd, fd)
+        self.assertEqual(self.synced, [self.wal_inode()] * 2)
+
+    def test_a_replaced_log_file_is_opened_again(self) -> None:
+        """
+        When the last connection closes, SQLite deletes the log file and the
+        next one makes a new file: the next sync is of the new file (the old
+        descriptor, which kept the deleted file's inode from being reused, is
+        closed).
+        """
+        conn = self.open_and_write()
+        sqlitefile._Writer._sync_log(self.writer)
+        first = self.wal_inode()
+        conn.close()
+        self.assertFalse(os.path.exists(self.path + "-wal"))
+        conn = self.open_and_write()
+        self.addCleanup(conn.close)
+        second = self.wal_inode()
+        self.assertNotEqual(first, second)
+        sqlitefile._Writer._sync_log(self.writer)
+        self.assertEqual(self.synced, [first, second])
+        self.assertEqual(self.writer._log_inode, second)
+        self.assertEqual(os.fstat(self.writer._log_fd).st_ino, second)
+
+    def test_no_log_file(self) -> None:
+        """Without a log file the sync fails (the push then answers 503)."""
+        with self.assertRaises(FileNotFoundError):
+            sqlitefile._Writer._sync_log(self.writer)
+        self.assertEqual(self.synced, [])
+
+
 class GlobPrefilterTests(SynchronousTestCase):
     """
     The GLOB that lets SQLite skip rows for a plain-string regexp.
