@@ -121,6 +121,35 @@ class ClaimFeedTests(SynchronousTestCase):
         self.store.answer(claimed(9))
         self.assertEqual(self.successResultOf(waiting).id, claimed(9).id)
 
+    def test_a_settled_job_frees_its_slot_and_stays_held(self) -> None:
+        """
+        A job whose request is over (its outcome being recorded) no longer
+        counts against the capacity, but stays held (its lease renewed)
+        until released; releasing it then frees nothing more.
+        """
+        first = self.take()
+        self.store.answer(*[claimed(n) for n in range(4)])
+        self.successResultOf(first)
+        for _ in range(3):
+            self.successResultOf(self.take())
+        waiting = self.take()
+        self.assertEqual(len(self.store.limits), 1)
+        self.assertTrue(self.feed.settle(claimed(0).id))
+        self.assertEqual(self.store.limits[-1], 1)
+        self.store.answer(claimed(9))
+        self.assertEqual(self.successResultOf(waiting).id, claimed(9).id)
+        self.assertIn(claimed(0).id, self.feed.held_ids())
+        self.assertEqual(len(self.feed.held_ids()), 5)
+        # Its release frees no second slot: every slot is taken by a request.
+        self.take()
+        self.feed.release(claimed(0).id)
+        self.assertEqual(len(self.store.limits), 2)
+        self.assertNotIn(claimed(0).id, self.feed.held_ids())
+
+    def test_settle_of_a_job_not_held(self) -> None:
+        """A job this feed does not hold frees no slot."""
+        self.assertFalse(self.feed.settle(claimed(3).id))
+
     def test_poke_during_a_claim_claims_again(self) -> None:
         """Jobs told of while a claim runs are claimed right after it."""
         waiting = self.take()

@@ -10,13 +10,14 @@ from typing import Any, cast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from hq.delivery import FINISH_ATTEMPTS, INTERNAL_ERROR, STORE_RETRY_SECONDS, Delivery
 from hq.delivery.feed import Feed
@@ -25,7 +26,7 @@ from hq.history import BUCKET_MS, BUCKETS, HistoryBucket
 from hq.ids import first_id_at
 from hq.model import Job, JobState, Outcome
 from hq.policy import RetryRules
-from hq.store import StoreUnavailable
+from hq.store import IClaimingStore, StoreUnavailable
 from hq.store.memory import MemoryStore
 from hq.testing import FailingHTTP, FakeWorker, Reply, WorkerStub
 from hq.worker import Exchange, WorkerClient, make_http_client
@@ -315,6 +316,52 @@ class ConcurrencyTests(DispatchTestCase):
             self.stub.flush()
         self.assertEqual(self.delivered_ids(), [job.id for job in jobs])
         self.assertEqual([j.id for j in self.finished], [job.id for job in jobs])
+
+    def test_a_claimed_slot_takes_the_next_job_while_the_outcome_commits(self) -> None:
+        """
+        On a store a cluster shares, a slot whose request is over claims and
+        sends the next job before the last one's outcome is committed (the
+        claim and that outcome then share a transaction); the job stays held
+        until recorded, and the capacity counts only requests.
+        """
+        store = ClaimingSlowFinishStore()
+        self.store = store
+        dispatch = self.start(store=store)
+        self.assertTrue(dispatch.claims)
+        self.worker.reply = Reply(hang=True)
+        first, second, third = (self.push(dispatch) for _ in range(3))
+        # One request at a time still: the slot frees when its request is over.
+        self.assertEqual(self.delivered_ids(), [first.id])
+        self.worker.release(Reply(), count=1)
+        self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [first.id, second.id])
+        self.assertEqual(dispatch.num_workers, 1)
+        self.worker.reply = Reply()
+        self.worker.release(Reply(), count=1)
+        self.stub.flush()
+        self.assertEqual(self.delivered_ids(), [first.id, second.id, third.id])
+        self.assertEqual(len(store.pending), 3, "three outcomes not committed yet")
+        self.assertEqual(self.finished, [])
+        self.assertEqual(sorted(dispatch.held_ids()), [first.id, second.id, third.id])
+        # One slot: every claim asked for one job.
+        self.assertEqual(set(store.claims), {1})
+        store.answer_all()
+        self.assertEqual(sorted(job.id for job in self.finished), [first.id, second.id, third.id])
+        self.assertEqual(dispatch.held_ids(), [])
+
+    def test_a_local_slot_waits_for_the_outcome(self) -> None:
+        """
+        On the local store the slot is free only once the outcome is
+        committed: the next job (in memory, no claim to save) waits for it.
+        """
+        store = SlowFinishStore()
+        self.store = store
+        dispatch = self.start(store=store)
+        self.assertFalse(dispatch.claims)
+        first, second = self.push(dispatch), self.push(dispatch)
+        self.assertEqual(self.delivered_ids(), [first.id])
+        store.answer_all()
+        self.assertEqual(self.delivered_ids(), [first.id, second.id])
 
     def test_stored_jobs_load_in_id_order_at_start(self) -> None:
         """At start the waiting jobs in the store are delivered in id order."""
@@ -886,6 +933,34 @@ class SlowFinishStore(MemoryStore):
         pending, self.pending = self.pending, []
         for d, job in pending:
             d.callback(job)
+
+
+@implementer(IClaimingStore)
+class ClaimingSlowFinishStore(SlowFinishStore):
+    """
+    A :class:`SlowFinishStore` that the delivery claims jobs from, as from a
+    store a cluster shares: a claim marks the due waiting jobs running, in
+    due order, at most ``limit`` (the other cluster calls are not used here).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[int] = []
+
+    def claim(self, now: int, limit: int, caps: Any = None) -> Deferred[list[Job]]:
+        self.claims.append(limit)
+        due = sorted(
+            (job for job in self._jobs.values() if job.waiting and job.due_at <= now),
+            key=lambda job: (job.due_at, job.id),
+        )
+        claimed = [self.successful(self.start(job.id, now)) for job in due[:limit]]
+        return succeed([job for job in claimed if job is not None])
+
+    @staticmethod
+    def successful(d: Deferred[Job | None]) -> Job | None:
+        result: list[Job | None] = []
+        d.addCallback(result.append)
+        return result[0]
 
 
 class SlowFeedStore(MemoryStore):

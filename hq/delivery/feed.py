@@ -266,6 +266,17 @@ class Feed:
         self._maybe_read()
         return True
 
+    def settle(self, job_id: int) -> bool:
+        """
+        The request of ``job_id``'s run is over and its outcome is about to
+        be recorded; return whether its dispatcher slot may take the next job
+        now. Not here: the slot stays taken until the run ends. The next job
+        would come from memory at once, with no round trip to save, and its
+        delivery would only take the processor from the pushes of a burst
+        (measured: 0.93 times the push rate for 1.07 times the end-to-end).
+        """
+        return False
+
     def release(self, job_id: int) -> None:
         """
         Forget ``job_id``, handed out earlier, whose run has ended.

@@ -169,21 +169,22 @@ class Runner:
 
     def _launch(self, job: Job, semaphore: DeferredSemaphore) -> None:
         self._shutdown.run_began()
-        run = Deferred.fromCoroutine(self._run(job))
+        slot = _Slot(job.id, self._feed, semaphore)
+        run = Deferred.fromCoroutine(self._run(job, slot))
         run.addErrback(
             lambda failure: self.log.failure(
                 "Job {jobID}: delivery failed unexpectedly", failure, jobID=job.id
             )
         )
-        run.addBoth(lambda _: self._ended(job.id, semaphore))
+        run.addBoth(lambda _: self._ended(job.id, slot))
 
-    def _ended(self, job_id: int, semaphore: DeferredSemaphore) -> None:
+    def _ended(self, job_id: int, slot: _Slot) -> None:
         self._stop_asked.discard(job_id)
-        semaphore.release()
+        slot.free()
         self._on_ended(job_id)
         self._shutdown.run_ended()
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, slot: _Slot) -> None:
         started = await self._start(job)
         if started is None:
             self.log.debug("Job {jobID} is no longer waiting: skipped", jobID=job.id)
@@ -206,6 +207,9 @@ class Runner:
             # leave the job running with nothing delivering it.
             self.log.failure("Job {jobID}: delivery failed unexpectedly", jobID=job.id)
             exchange = None
+        # The request is over: on a shared store the slot claims the next
+        # job while this one's outcome is recorded (ClaimFeed.settle).
+        slot.settle()
         await self._decide(started, exchange)
 
     async def _decide(self, job: Job, exchange: Exchange | None) -> None:
@@ -304,3 +308,28 @@ class Runner:
                 "Job {jobID}: request error {error!r}", jobID=job.id, error=exchange.error
             )
         return exchange
+
+
+class _Slot:
+    """
+    The dispatcher slot (a count of its semaphore) a run holds, freed once:
+    when the run ends, or, if the feed says so (:meth:`ClaimFeed.settle`),
+    as soon as its request to the worker is over.
+    """
+
+    def __init__(self, job_id: int, feed: Feed | ClaimFeed, semaphore: DeferredSemaphore) -> None:
+        self._job_id = job_id
+        self._feed = feed
+        self._semaphore: DeferredSemaphore | None = semaphore
+
+    def settle(self) -> None:
+        """
+        The run's request is over and its outcome is about to be recorded.
+        """
+        if self._semaphore is not None and self._feed.settle(self._job_id):
+            self.free()
+
+    def free(self) -> None:
+        semaphore, self._semaphore = self._semaphore, None
+        if semaphore is not None:
+            semaphore.release()
