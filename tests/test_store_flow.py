@@ -313,6 +313,30 @@ class PostgresFlowTests(PostgresCase):
         self.assertEqual([j.id for j in more], [keyed(2, "k").id])
         self.assertEqual(self.running("k"), 2)
 
+    async def test_a_claim_sees_the_finishes_of_its_batch(self) -> None:
+        """
+        A claim asked for in the same reactor turn as a finish, even before
+        it, runs after it in the writer's transaction: the finished job no
+        longer counts against its key's limit (here a node's cap, which the
+        claim applies in the batch), so the key's next job is claimed there
+        and then.
+        """
+        caps = ClaimCaps(default_parallelism=1)
+        await self.store.push([keyed(n, "k") for n in range(3)], 0)
+        now = T0 + 10**6
+        (first,) = await self.store.claim(now, 5, caps)
+        self.assertEqual(await self.store.claim(now, 5, caps), [])
+        outcome = Outcome(finished_at=now + 1, success=True)
+        claimed, finished = await gatherResults(
+            [
+                self.store.claim(now + 2, 5, caps),
+                self.store.finish(first.id, outcome, None, None, first),
+            ]
+        )
+        self.assertIsNotNone(finished)
+        self.assertEqual([job.id for job in claimed], [keyed(1, "k").id])
+        self.assertEqual(self.running("k"), 1)
+
     async def test_rate_holds_across_two_nodes(self) -> None:
         """
         A rate of 3 per period: no more than 3 starts in the period across

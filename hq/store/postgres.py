@@ -421,6 +421,31 @@ _PUSH_MANY = (
 )
 
 
+class _Late:
+    """
+    A write the writer runs after the other writes of its batch: a claim,
+    which then sees the outcomes recorded in the same transaction (a job
+    just finished no longer counts against its flow key's limits).
+    """
+
+    def __init__(self, op: _Op) -> None:
+        self.op = op
+
+    def __call__(self, conn: psycopg.Connection[Any]) -> Any:
+        return self.op(conn)
+
+
+def _late_last(batch: _Batch) -> _Batch:
+    """
+    Return ``batch`` with its :class:`_Late` writes after the others (the
+    writes of a batch were asked for concurrently: any order is one of theirs).
+    """
+    late = [item for item in batch if isinstance(item[0], _Late)]
+    if not late:
+        return batch
+    return [item for item in batch if not isinstance(item[0], _Late)] + late
+
+
 class _AfterCommit:
     """
     What a write answers when its result is read only once its batch is
@@ -652,6 +677,7 @@ class _Writer(BatchWriter[_Op]):
         return [(d, failure) for _, d in batch]
 
     def _transaction(self, conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
+        batch = _late_last(batch)
         # Not in autocommit mode: the first statement opens the transaction.
         # First try: every write and the COMMIT in one pipeline, without
         # savepoints (no round trip for a statement whose result is not read,
@@ -1179,11 +1205,11 @@ class PostgresStore:
         def then(jobs: Any) -> Any:
             # A key has limits: claim within them, as a write of its own (run
             # again by the writer, as any write, when PostgreSQL rolled it back).
-            return self._write(limited) if jobs is _LIMITED else jobs
+            return self._write(_Late(limited)) if jobs is _LIMITED else jobs
 
         if limit <= 0:
             return succeed([])
-        return self._write(op).addCallback(then)
+        return self._write(_Late(op)).addCallback(then)
 
     def renew(self, job_ids: list[int]) -> Deferred[list[int]]:
         started_at = self._started_at
