@@ -146,24 +146,6 @@ class ClaimFeedTests(SynchronousTestCase):
         self.assertEqual(len(self.store.limits), 2)
         self.assertNotIn(claimed(0).id, self.feed.held_ids())
 
-    def test_room_that_opens_during_a_claim_is_claimed_after_it(self) -> None:
-        """
-        A run that ends (or settles) while a claim is in progress makes the
-        feed claim again once that claim is over: the claim may have found
-        the job's flow key full, and claimed less than it could now.
-        """
-        first = self.take()
-        self.store.answer(claimed(1))
-        self.successResultOf(first)
-        waiting = self.take()
-        self.assertEqual(self.store.limits, [4, 3])
-        self.feed.release(claimed(1).id)
-        self.assertEqual(len(self.store.limits), 2, "one claim at a time")
-        self.store.answer()  # the key was full when it ran
-        self.assertEqual(self.store.limits[-1], 4)
-        self.store.answer(claimed(2))
-        self.assertEqual(self.successResultOf(waiting).id, claimed(2).id)
-
     def test_settle_of_a_job_not_held(self) -> None:
         """A job this feed does not hold frees no slot."""
         self.assertFalse(self.feed.settle(claimed(3).id))

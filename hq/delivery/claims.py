@@ -215,7 +215,7 @@ class ClaimFeed:
         if job_id not in self._held:
             return False
         self._settling.add(job_id)
-        self._room_opened()
+        self._maybe_claim()
         return True
 
     def release(self, job_id: int) -> None:
@@ -228,16 +228,6 @@ class ClaimFeed:
         key = self._keys.pop(job_id, None)
         if key is not None:
             self._flow.ended(key)
-        self._room_opened()
-
-    def _room_opened(self) -> None:
-        """
-        A slot, or room under a flow key's limits, opened: claim now, or
-        again after the claim in progress (which may have found the key full
-        and claimed less than it could now; it would not claim again by itself).
-        """
-        if self._claiming:
-            self._again = True
         self._maybe_claim()
 
     def _forget_idle(self, waiting: Deferred[Job | None]) -> None:
