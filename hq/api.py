@@ -406,31 +406,30 @@ class HQApi:
             self._dispatch.deliver(reservation)
             self._pushed(job)
 
+        def give_back() -> None:
+            # A job delivered already (committed, its sync failed after) runs;
+            # its client is told the push failed (at least once).
+            if reservation is not None and not delivered:
+                self._dispatch.unreserve(reservation)
+
         try:
             (pushed,) = await self._store.push(
                 [stored], self._keys_since(now), None if reservation is None else deliver
             )
-        except IdempotencyConflict as e:
-            if reservation is not None and not delivered:
-                self._dispatch.unreserve(reservation)
-            raise APIError(409, _conflict_message(e)) from None
-        except BaseException:
-            # Delivered already: committed, but its sync failed. It runs;
-            # the client is told the push failed (at least once).
-            if reservation is not None and not delivered:
-                self._dispatch.unreserve(reservation)
+        except BaseException as e:
+            give_back()
+            if isinstance(e, IdempotencyConflict):
+                raise APIError(409, _conflict_message(e)) from None
             raise
         if pushed.replayed:
-            if reservation is not None and not delivered:
-                self._dispatch.unreserve(reservation)
+            give_back()
             request.setHeader(b"idempotent-replayed", b"true")
             self.log.debug("Push replayed job {jobID} (idempotency key)", jobID=pushed.job.id)
             return write_json(request, job_json(pushed.job, self._now_ms()))
-        if reservation is not None:
-            if not delivered:
-                deliver()
-        else:
+        if reservation is None:
             self._queue(pushed.job)
+        elif not delivered:
+            deliver()
         # The answer shows the job as pushed (waiting), even when its
         # delivery has begun already.
         shown = job if reservation is not None else pushed.job

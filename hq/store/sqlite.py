@@ -115,8 +115,10 @@ class SQLiteStore:
         """
         return self.file.integrity_check()
 
-    def _write(self, op: _Op, durable: bool = True) -> Deferred[Any]:
-        return self.file.write(op, durable)
+    def _write(
+        self, op: _Op, durable: bool = True, committed: Callable[[], None] | None = None
+    ) -> Deferred[Any]:
+        return self.file.write(op, durable, committed)
 
     def _read(self, call: Callable[[sqlite3.Connection], T], scan: bool = False) -> Deferred[T]:
         return self.file.read(call, scan)
@@ -192,7 +194,7 @@ class SQLiteStore:
         if all(job.idempotency_key is None for job in jobs):
             # Nothing to look up: inserted as they are, many rows a statement,
             # with the other such pushes of the batch.
-            return self.file.write(_Push(jobs), committed=committed)
+            return self._write(_Push(jobs), committed=committed)
 
         # One write (one savepoint): a conflict undoes the whole push.
         def op(conn: sqlite3.Connection, changes: list[_Change]) -> list[Pushed]:
