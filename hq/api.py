@@ -97,6 +97,9 @@ class JobDispatch(Protocol):
     def reserve(self, job: Job) -> Any:
         """A dispatcher for a job about to be stored, if it would start at once, or None."""
 
+    def claim_with_push(self, jobs: Sequence[Job]) -> int | None:
+        """A push was asked: claim with it; jobs due by the time returned need no enqueue."""
+
     def deliver(self, reservation: Any) -> object:
         """The reserved job is stored: send it."""
 
@@ -413,9 +416,13 @@ class HQApi:
                 self._dispatch.unreserve(reservation)
 
         try:
-            (pushed,) = await self._store.push(
+            storing = self._store.push(
                 [stored], self._keys_since(now), None if reservation is None else deliver
             )
+            # A cluster node claims in the push's transaction (the job is
+            # not enqueued once stored then).
+            claimed_until = None if reservation else self._dispatch.claim_with_push([stored])
+            (pushed,) = await storing
         except BaseException as e:
             give_back()
             if isinstance(e, IdempotencyConflict):
@@ -427,7 +434,10 @@ class HQApi:
             self.log.debug("Push replayed job {jobID} (idempotency key)", jobID=pushed.job.id)
             return write_json(request, job_json(pushed.job, self._now_ms()))
         if reservation is None:
-            self._queue(pushed.job)
+            if claimed_until is None or pushed.job.due_at > claimed_until:
+                self._queue(pushed.job)
+            else:
+                self._pushed(pushed.job)
         elif not delivered:
             deliver()
         # The answer shows the job as pushed (waiting), even when its
@@ -473,7 +483,9 @@ class HQApi:
             jobs.append(job)
         del values
         try:
-            stored: list[Pushed] = await self._store.push(jobs, self._keys_since(now))
+            storing = self._store.push(jobs, self._keys_since(now))
+            claimed_until = self._dispatch.claim_with_push(jobs)
+            stored: list[Pushed] = await storing
         except IdempotencyConflict as e:
             raise APIError(409, f"job {e.index}: {_conflict_message(e)}") from None
         queued = 0
@@ -483,7 +495,8 @@ class HQApi:
             if not pushed.replayed:
                 # Not _queue(): a log event per job (filtered out or not)
                 # cost a third of a batch's time on the reactor thread.
-                self._dispatch.enqueue(pushed.job)
+                if claimed_until is None or pushed.job.due_at > claimed_until:
+                    self._dispatch.enqueue(pushed.job)
                 if self._metrics is not None:
                     self._metrics.job_pushed(pushed.job)
                 queued += 1

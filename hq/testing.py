@@ -21,7 +21,7 @@ Typical use, with :class:`hq.store.memory.MemoryStore` and a ``Clock``::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -247,6 +247,13 @@ class RecordingDispatch:
     def reserve(self, job: Job) -> None:
         """
         Take no dispatcher: every push is stored waiting and enqueued.
+        """
+        return None
+
+    def claim_with_push(self, jobs: Sequence[Job]) -> int | None:
+        """
+        Claim nothing with a push (as on the embedded store): every new job
+        is enqueued once stored.
         """
         return None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -744,6 +745,55 @@ class PushTests(APITestCase):
         self.assertEqual(self.dispatch.enqueued, [])
         created.callback(None)
         self.assertEqual(len(self.dispatch.enqueued), 1)
+
+    def test_a_cluster_node_claims_with_the_push(self) -> None:
+        """
+        On a cluster node, the dispatcher is asked to claim while the push is
+        being stored, so that its claim shares the push's transaction; once
+        stored, a job due by the time it answered is not enqueued (claimed
+        already), a job due later is, single or in a batch.
+        """
+        asked: list[Any] = []
+        held: list[Deferred[None]] = []
+
+        class HeldStore(MemoryStore):
+            def push(
+                self, jobs: list[Job], keys_since: int, committed: Any = None
+            ) -> Deferred[list[Pushed]]:
+                asked.append("push")
+                stored = super().push(jobs, keys_since)
+                held.append(Deferred())
+                return held[-1].addCallback(lambda _: stored)
+
+        class Claiming(RecordingDispatch):
+            def claim_with_push(self, jobs: Sequence[Job]) -> int:
+                asked.append(("claim", len(jobs), len(held)))
+                return T0 * 1000
+
+        self.dispatch = Claiming()
+        self.client = self.client_for(HeldStore(), self.config)
+        sent = [
+            self.client.post("http://hq.test/job", data=body, headers={"Content-Type": JSON})
+            for body in (b'{"url":"http://w.test/"}', b'{"url":"http://w.test/","delay":5}')
+        ]
+        sent.append(
+            self.client.post(
+                "http://hq.test/jobs",
+                data=b'[{"url":"http://w.test/"},{"url":"http://w.test/","delay":5}]',
+                headers={"Content-Type": JSON},
+            )
+        )
+        self.client.flush()
+        # Each claim is asked for right after its push, before it is stored.
+        self.assertEqual(
+            asked, ["push", ("claim", 1, 1), "push", ("claim", 1, 2), "push", ("claim", 2, 3)]
+        )
+        self.assertEqual(self.dispatch.enqueued, [])
+        for each in held:
+            each.callback(None)
+        self.client.flush()
+        self.assertEqual([self.successResultOf(d).code for d in sent], [200, 200, 200])
+        self.assertEqual([job.run_at for job in self.dispatch.enqueued], [T0 * 1000 + 5000] * 2)
 
     def test_ids_increase(self) -> None:
         """Each push gets a new, greater id."""

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hq.delivery.claims import POLL_SECONDS, ClaimFeed
 from hq.model import Job, JobState
-from hq.store import STORE_RETRY_SECONDS, StoreUnavailable
+from hq.store import STORE_RETRY_SECONDS, Claimed, StoreUnavailable
 from tests.test_store import T0, make_job
 
 
@@ -46,6 +46,12 @@ class FakeClaims:
 
     def answer(self, *jobs: Job) -> None:
         self.pending.pop(0).callback(list(jobs))
+
+    def answer_limited(self, *jobs: Job) -> None:
+        """
+        Answer the oldest claim as one made under flow limits.
+        """
+        self.pending.pop(0).callback(Claimed.under_limits(list(jobs)))
 
     def next_due(self, now: int) -> Deferred[int | None]:
         if self.due_broken:
@@ -149,6 +155,53 @@ class ClaimFeedTests(SynchronousTestCase):
     def test_settle_of_a_job_not_held(self) -> None:
         """A job this feed does not hold frees no slot."""
         self.assertFalse(self.feed.settle(claimed(3).id))
+
+    def test_a_run_ended_during_a_claim_under_limits_claims_again(self) -> None:
+        """
+        Under flow limits, a claim may find a key full while one of its jobs
+        ends: the feed claims again right after it, instead of leaving the
+        idle dispatcher to the poll. The job's request ending (``settle``)
+        or its run (``release``) both count.
+        """
+        first = self.take()
+        self.store.answer(claimed(1), claimed(2))
+        self.successResultOf(first)
+        self.successResultOf(self.take())
+        for end in (self.feed.settle, self.feed.release):
+            with self.subTest(end=end.__name__):
+                job = claimed(1) if end == self.feed.settle else claimed(2)
+                waiting = self.take()
+                claims = len(self.store.limits)
+                end(job.id)
+                self.assertEqual(len(self.store.limits), claims)  # one claim at a time
+                self.store.answer_limited()
+                self.assertEqual(len(self.store.limits), claims + 1)
+                self.store.answer_limited(claimed(10 + claims))
+                self.assertEqual(self.successResultOf(waiting).id, claimed(10 + claims).id)
+                self.feed.release(claimed(10 + claims).id)
+
+    def test_a_run_ended_during_a_claim_without_limits(self) -> None:
+        """
+        A claim without limits took every due job it had room for: a run
+        ending during it starts no second claim (more, smaller claims cost
+        more than they gain); the next due time is read instead.
+        """
+        first = self.take()
+        self.store.answer(claimed(1))
+        self.successResultOf(first)
+        waiting = self.take()
+        self.feed.release(claimed(1).id)
+        self.store.due = T0 + 5_000
+        self.store.answer()
+        self.assertEqual(len(self.store.limits), 2)
+        self.assertNoResult(waiting)
+        # Nor does a claim under limits during which no run ended.
+        self.store.due = None
+        self.feed.poke()
+        self.assertEqual(len(self.store.limits), 3)
+        self.store.answer_limited()
+        self.assertEqual(len(self.store.limits), 3)
+        self.assertNoResult(waiting)
 
     def test_poke_during_a_claim_claims_again(self) -> None:
         """Jobs told of while a claim runs are claimed right after it."""

@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from hq.model import FlowLimits, Job, Outcome
-from hq.store import ClaimCaps, FlowCounts, sql
+from hq.store import ClaimCaps, Claimed, FlowCounts, sql
 from hq.store import postgres as pg_store
 from hq.store.postgres import PostgresStore
 from hq.store.sqlite import SQLiteStore
@@ -336,6 +336,25 @@ class PostgresFlowTests(PostgresCase):
         self.assertIsNotNone(finished)
         self.assertEqual([job.id for job in claimed], [keyed(1, "k").id])
         self.assertEqual(self.running("k"), 1)
+
+    async def test_a_claim_says_whether_limits_applied(self) -> None:
+        """
+        A claim under limits (stored ones or a node's caps) says so, even when
+        it took nothing, so the claim feed claims again if a job ended while
+        it was read; a claim without limits does not.
+        """
+        await self.store.push([keyed(n, "k") for n in range(3)] + [keyed(9, "other")], 0)
+        now = T0 + 10**6
+        plain = await self.store.claim(now, 1)
+        self.assertEqual([job.id for job in plain], [keyed(0, "k").id])
+        self.assertFalse(isinstance(plain, Claimed) and plain.limited)
+        capped = await self.store.claim(now, 5, ClaimCaps(default_parallelism=1))
+        self.assertEqual([job.id for job in capped], [keyed(9, "other").id])
+        self.assertTrue(isinstance(capped, Claimed) and capped.limited)
+        await self.store.put_flow(FlowLimits("k", parallelism=1))
+        full = await self.store.claim(now, 5)
+        self.assertEqual(full, [])
+        self.assertTrue(isinstance(full, Claimed) and full.limited)
 
     async def test_rate_holds_across_two_nodes(self) -> None:
         """

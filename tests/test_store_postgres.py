@@ -20,10 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from hq.config import ConfigError, config_from_dict
+from hq.delivery import Delivery
 from hq.model import Attempt, Job, JobState, ListQuery, Outcome
 from hq.store import (
     IdempotencyConflict,
@@ -36,6 +38,7 @@ from hq.store import (
     open_store,
     postgres,
 )
+from hq.store.memory import MemoryStore
 from hq.store.postgres import (
     SCHEMA_VERSION,
     SERVER_LOCK,
@@ -46,6 +49,8 @@ from hq.store.postgres import (
     safe_url,
 )
 from hq.store.sqlite import SQLiteStore
+from hq.testing import FakeWorker, WorkerStub
+from hq.worker import WorkerClient
 from tests import pgserver
 from tests.test_store import T0, StoreContractMixin, make_job
 
@@ -811,6 +816,75 @@ class ClusterStoreTests(PostgresCase):
             with self.assertRaises(StoreError) as e:
                 self.node(3).lock()
         self.assertIn("without clustering", str(e.exception))
+
+
+class ClaimWithPushTests(PostgresCase):
+    """
+    A node's delivery (a claim feed) on a real PostgreSQL: the claim asked
+    for with a push (:meth:`hq.delivery.Delivery.claim_with_push`, as the API
+    asks it) shares the push's transaction.
+    """
+
+    async def started_delivery(self) -> tuple[Delivery, list[Job]]:
+        """
+        Return a started delivery on this test's store, idle (its first
+        claim over), and the list its finished jobs go to.
+        """
+        worker = FakeWorker()
+        stub = WorkerStub(worker)
+        dispatch = Delivery(
+            store=self.store,
+            worker=WorkerClient(stub.http, reactor, "HQ/test", 1024),
+            clock=reactor,
+            dispatchers=1,
+            workers_per_dispatcher=2,
+            queue_size=10,
+            shutdown_timeout=1,
+        )
+        finished: list[Job] = []
+        dispatch.add_observer(finished.append)
+        dispatch.startService()
+        self.addCleanup(dispatch.stopService)
+        await deferLater(reactor, 0.3)  # the claim at start and its next due read
+        return dispatch, finished
+
+    async def test_a_push_is_claimed_in_its_own_transaction(self) -> None:
+        """
+        With a dispatcher idle, the pushed job is claimed by the time the
+        push is committed: no transaction of the claim's own follows (it
+        would still be in flight a reactor turn later). A job due later is
+        not claimed, and is left to be enqueued.
+        """
+        dispatch, finished = await self.started_delivery()
+        job, later = make_job(1), make_job(2, run_at=T0 + 10**12)
+        storing = self.store.push([job, later], 0)
+        claimed_until = dispatch.claim_with_push([job, later])
+        assert claimed_until is not None
+        self.assertLessEqual(job.due_at, claimed_until)
+        self.assertGreater(later.due_at, claimed_until)
+        await storing
+        await deferLater(reactor, 0)
+        self.assertEqual(dispatch.held_ids(), [job.id])
+        for _ in range(100):
+            if finished:
+                break
+            await deferLater(reactor, 0.01)
+        self.assertEqual([each.id for each in finished], [job.id])
+        self.assertEqual(finished[0].status, "success")
+
+    async def test_the_embedded_store_claims_nothing_with_a_push(self) -> None:
+        """On a store no cluster shares, every pushed job is enqueued as before."""
+        store = MemoryStore()
+        dispatch = Delivery(
+            store=store,
+            worker=WorkerClient(WorkerStub(FakeWorker()).http, reactor, "HQ/test", 1024),
+            clock=reactor,
+            dispatchers=1,
+            workers_per_dispatcher=1,
+            queue_size=10,
+            shutdown_timeout=1,
+        )
+        self.assertIsNone(dispatch.claim_with_push([make_job(1)]))
 
 
 class LikePrefilterTests(SynchronousTestCase):

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from hq.flow import FlowControl
 from hq.ids import now_ms
 from hq.model import Job
-from hq.store import STORE_RETRY_SECONDS, IClaimingStore
+from hq.store import STORE_RETRY_SECONDS, Claimed, IClaimingStore
 
 #: Seconds between two claims while a dispatcher is idle and nothing told of jobs.
 POLL_SECONDS = 1.0
@@ -83,6 +83,9 @@ class ClaimFeed:
         self._claiming = False
         #: Told of jobs during a claim: claim again after it.
         self._again = False
+        #: A held job's request or run ended during a claim: its key may have
+        #: room the claim did not see; claim again after it if limits applied.
+        self._freed = False
         self._retry: IDelayedCall | None = None
         self._wake: IDelayedCall | None = None
         self._wake_time = 0
@@ -215,6 +218,7 @@ class ClaimFeed:
         if job_id not in self._held:
             return False
         self._settling.add(job_id)
+        self._freed = self._freed or self._claiming
         self._maybe_claim()
         return True
 
@@ -228,6 +232,7 @@ class ClaimFeed:
         key = self._keys.pop(job_id, None)
         if key is not None:
             self._flow.ended(key)
+        self._freed = self._freed or self._claiming
         self._maybe_claim()
 
     def _forget_idle(self, waiting: Deferred[Job | None]) -> None:
@@ -244,7 +249,7 @@ class ClaimFeed:
         if not self._idle or room <= 0:
             return
         self._claiming = True
-        self._again = False
+        self._again = self._freed = False
         d = Deferred.fromCoroutine(self._claim(room))
         d.addErrback(lambda failure: self.log.failure("Claiming jobs failed", failure))
 
@@ -283,8 +288,13 @@ class ClaimFeed:
                 self._idle.popleft().callback(job)
             else:
                 self._queue[job.id] = job
+        # Under flow limits, a key the claim found full may have room now:
+        # a job of it ended while the claim was read (a claim without limits
+        # took every due job it had room for, so it is not repeated: more,
+        # smaller claims cost more than they gain).
+        again = self._again or (self._freed and isinstance(jobs, Claimed) and jobs.limited)
         later = None
-        if len(jobs) < room and not self._again and self._open:
+        if len(jobs) < room and not again and self._open:
             try:
                 later = await self._store.next_due(now)
             except Exception:
@@ -299,7 +309,7 @@ class ClaimFeed:
                 self._wake_at(later, now_ms(self._clock))
         finally:
             self._on_idle()
-        if len(jobs) == room or self._again:
+        if len(jobs) == room or again:
             self._maybe_claim()
 
     def _claim_again(self) -> None:

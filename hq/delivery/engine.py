@@ -6,7 +6,7 @@ outcomes and the shutdown together, and the API's view of it.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import attrs
@@ -191,6 +191,25 @@ class Delivery(Service):
             self._feed.unreserve(job, waiting)
             return None
         return Reservation(started, waiting)
+
+    def claim_with_push(self, jobs: Sequence[Job]) -> int | None:
+        """
+        On a store a cluster shares: ``jobs``' push was just asked of the
+        store, not committed yet. Claim now, if a dispatcher is idle: the
+        claim goes to the database in the push's transaction, after the push
+        (claims run last in a batch), so it takes the jobs due now with no
+        transaction, round trip and sync of its own. Return the time (ms)
+        up to which the pushed jobs are due and taken care of so: they need
+        no :meth:`enqueue` once stored (an idle dispatcher claimed them, or
+        the next one to be free will). ``None`` on the embedded store:
+        enqueue them all, as usual.
+        """
+        if not isinstance(self._feed, ClaimFeed) or not jobs:
+            return None
+        now = now_ms(self._clock)
+        if any(job.due_at <= now for job in jobs):
+            self._feed.poke()
+        return now
 
     def deliver(self, reservation: Reservation) -> None:
         """

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from zope.interface import Interface
 
-from hq.model import JobRuleError
+from hq.model import Job, JobRuleError
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from hq.config import Config
-    from hq.model import Attempt, FlowLimits, Job, JobPage, ListQuery, Outcome, Schedule
+    from hq.model import Attempt, FlowLimits, JobPage, ListQuery, Outcome, Schedule
     from hq.store.postgres import PostgresStore
     from hq.store.sqlite import SQLiteStore
 
@@ -158,6 +158,28 @@ class ClaimCaps:
 
     default_parallelism: int = 0
     local: dict[str, int] = attrs.Factory(dict)
+
+
+class Claimed(list[Job]):
+    """
+    The jobs a claim took (:meth:`IClaimingStore.claim`), and whether flow
+    limits applied to it (``limited``): then a key may have had no room for
+    its due jobs, and a job of that key that ends while the claim is read
+    makes room the claim did not see, so the claim feed claims again after
+    it (:class:`hq.delivery.claims.ClaimFeed`). A plain list is a claim
+    without limits.
+    """
+
+    limited: bool = False
+
+    @classmethod
+    def under_limits(cls, jobs: list[Job]) -> Claimed:
+        """
+        Return ``jobs`` as claimed under flow limits.
+        """
+        claimed = cls(jobs)
+        claimed.limited = True
+        return claimed
 
 
 @attrs.frozen
@@ -419,7 +441,8 @@ class IClaimingStore(IJobStore):
         nodes), its rate less its starts in the last ``period`` (the
         database's clock) and ``caps.local``; a key without a stored row has
         ``caps.default_parallelism``. A key without room holds back no other
-        key's jobs.
+        key's jobs. A claim under limits returns a :class:`Claimed` whose
+        ``limited`` is true.
         """
 
     def renew(job_ids: list[int]) -> Deferred[list[int]]:

@@ -19,7 +19,7 @@ from typing import Any, cast
 import psycopg
 
 from hq.model import FlowLimits, Job
-from hq.store import ClaimCaps, sql
+from hq.store import ClaimCaps, Claimed, sql
 
 #: Key of the advisory lock that claims under flow limits take ("HQ" 3).
 FLOW_LOCK = 0x4851_0003
@@ -123,8 +123,9 @@ def claim_limited(
     """
     Claim up to ``limit`` due jobs for the node ``server_id`` within every
     key's limits and ``caps`` (on the writer's connection, in its
-    transaction); return them in due time, then id order. Return ``None``
-    when no limit applies, for the caller's plain claim.
+    transaction); return them in due time, then id order, as a
+    :class:`hq.store.Claimed` under limits. Return ``None`` when no limit
+    applies, for the caller's plain claim.
     """
     caps = caps or ClaimCaps()
     if plain(caps):
@@ -167,9 +168,9 @@ def claim_limited(
         picked += [(r[1], r[0]) for r in due]
     ids = [job_id for _, job_id in sorted(picked)[:limit]]
     if not ids:
-        return []
+        return Claimed.under_limits([])
     taken = conn.execute(_TAKE, (now, server_id, lease_ms, ids)).fetchall()
-    jobs = sql.jobs_in_due_order(taken)
+    jobs = Claimed.under_limits(sql.jobs_in_due_order(taken))
     starts = [job.flow_key for job in jobs if job.flow_key in rated]
     if starts:
         conn.execute(_RECORD_STARTS, (starts, db_now))
