@@ -35,6 +35,7 @@ class FakeClaims:
         self.due: int | None = None
         self.broken = False
         self.due_broken = False
+        self.due_asked = 0
 
     def claim(self, now: int, limit: int, caps: object = None) -> Deferred[list[Job]]:
         self.limits.append(limit)
@@ -51,9 +52,16 @@ class FakeClaims:
         """
         Answer the oldest claim as one made under flow limits.
         """
-        self.pending.pop(0).callback(Claimed.under_limits(list(jobs)))
+        self.pending.pop(0).callback(Claimed(jobs, limited=True))
+
+    def answer_with_due(self, due: int | None, *jobs: Job) -> None:
+        """
+        Answer the oldest claim with the next due time read along.
+        """
+        self.pending.pop(0).callback(Claimed(jobs, due_read=True, next_due=due))
 
     def next_due(self, now: int) -> Deferred[int | None]:
+        self.due_asked += 1
         if self.due_broken:
             return fail(StoreUnavailable("storage unavailable: down"))
         return succeed(self.due)
@@ -202,6 +210,22 @@ class ClaimFeedTests(SynchronousTestCase):
         self.store.answer_limited()
         self.assertEqual(len(self.store.limits), 3)
         self.assertNoResult(waiting)
+
+    def test_a_claim_that_read_the_next_due_time(self) -> None:
+        """
+        A short claim that read the next due time with it is not followed by
+        a read of its own: the feed wakes at that time, or not at all.
+        """
+        waiting = self.take()
+        self.store.answer_with_due(T0 + 500)
+        self.assertEqual(self.store.due_asked, 0)
+        self.clock.advance(0.499)
+        self.assertEqual(len(self.store.limits), 1)
+        self.clock.advance(0.001)  # before the poll, a second after the claim
+        self.assertEqual(len(self.store.limits), 2)
+        self.store.answer_with_due(None, claimed(1))
+        self.assertEqual(self.successResultOf(waiting).id, claimed(1).id)
+        self.assertEqual(self.store.due_asked, 0)
 
     def test_poke_during_a_claim_claims_again(self) -> None:
         """Jobs told of while a claim runs are claimed right after it."""

@@ -28,6 +28,8 @@ from hq.config import ConfigError, config_from_dict
 from hq.delivery import Delivery
 from hq.model import Attempt, Job, JobState, ListQuery, Outcome
 from hq.store import (
+    ClaimCaps,
+    Claimed,
     IdempotencyConflict,
     JobConflict,
     JobExists,
@@ -803,6 +805,29 @@ class ClusterStoreTests(PostgresCase):
 
         got = await deferToThread(drain)
         self.assertEqual(got, [("hq_push", ""), ("hq_stop", str(job.id))])
+
+    async def test_a_claim_reads_the_next_due_time_with_it(self) -> None:
+        """
+        A claim answers, with its jobs, the earliest due time after its
+        ``now`` of the jobs left waiting, as ``next_due`` would (with or
+        without flow limits), so the claim feed need not ask for it.
+        """
+        later, latest = T0 + 5000, T0 + 9000
+        jobs = [make_job(1), make_job(2), make_job(3, run_at=latest), make_job(4, run_at=later)]
+        await self.store.push(jobs, 0)
+        now = T0 + 1000
+        claimed = await self.store.claim(now, 5)
+        self.assertEqual([job.id for job in claimed], [jobs[0].id, jobs[1].id])
+        assert isinstance(claimed, Claimed)
+        self.assertEqual((claimed.due_read, claimed.next_due), (True, later))
+        self.assertEqual(await self.store.next_due(now), later)
+        capped = await self.store.claim(later, 5, ClaimCaps(default_parallelism=5))
+        assert isinstance(capped, Claimed)
+        self.assertEqual([job.id for job in capped], [jobs[3].id])
+        self.assertEqual((capped.limited, capped.due_read, capped.next_due), (True, True, latest))
+        empty = await self.store.claim(latest, 5)
+        assert isinstance(empty, Claimed)
+        self.assertEqual((len(empty), empty.due_read, empty.next_due), (1, True, None))
 
     async def test_nodes_share_the_database_but_not_with_a_one_server_release(self) -> None:
         """Nodes share the server lock; an exclusive holder (the one-server HQ) refuses them."""

@@ -296,7 +296,10 @@ class ClaimFeed:
         later = None
         if len(jobs) < room and not again and self._open:
             try:
-                later = await self._store.next_due(now)
+                if isinstance(jobs, Claimed) and jobs.due_read:
+                    later = jobs.next_due  # read with the claim
+                else:
+                    later = await self._store.next_due(now)
             except Exception:
                 self.log.failure(
                     "Could not read the next due time; claiming again in {delay} s",

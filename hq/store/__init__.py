@@ -14,7 +14,7 @@ Engines: :mod:`hq.store.sqlite` (the embedded default),
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -162,24 +162,33 @@ class ClaimCaps:
 
 class Claimed(list[Job]):
     """
-    The jobs a claim took (:meth:`IClaimingStore.claim`), and whether flow
-    limits applied to it (``limited``): then a key may have had no room for
-    its due jobs, and a job of that key that ends while the claim is read
-    makes room the claim did not see, so the claim feed claims again after
-    it (:class:`hq.delivery.claims.ClaimFeed`). A plain list is a claim
-    without limits.
+    The jobs a claim took (:meth:`IClaimingStore.claim`), and what the
+    claim learnt besides:
+
+    - ``limited``: flow limits applied to it. A key may then have had no
+      room for its due jobs, and a job of that key that ends while the
+      claim is read makes room the claim did not see, so the claim feed
+      claims again after it (:class:`hq.delivery.claims.ClaimFeed`);
+    - ``due_read`` and ``next_due``: the claim also read, after taking its
+      jobs, the earliest due time after its ``now`` of a job left waiting
+      (``None``: none), which :meth:`IClaimingStore.next_due` would
+      answer, so the feed need not ask.
+
+    A plain list is a claim without limits that read no due time.
     """
 
-    limited: bool = False
-
-    @classmethod
-    def under_limits(cls, jobs: list[Job]) -> Claimed:
-        """
-        Return ``jobs`` as claimed under flow limits.
-        """
-        claimed = cls(jobs)
-        claimed.limited = True
-        return claimed
+    def __init__(
+        self,
+        jobs: Iterable[Job] = (),
+        *,
+        limited: bool = False,
+        due_read: bool = False,
+        next_due: int | None = None,
+    ) -> None:
+        super().__init__(jobs)
+        self.limited = limited
+        self.due_read = due_read
+        self.next_due = next_due
 
 
 @attrs.frozen
@@ -441,8 +450,8 @@ class IClaimingStore(IJobStore):
         nodes), its rate less its starts in the last ``period`` (the
         database's clock) and ``caps.local``; a key without a stored row has
         ``caps.default_parallelism``. A key without room holds back no other
-        key's jobs. A claim under limits returns a :class:`Claimed` whose
-        ``limited`` is true.
+        key's jobs. The result may be a :class:`Claimed`: a claim under
+        limits says so, and a claim may read the next due time with it.
         """
 
     def renew(job_ids: list[int]) -> Deferred[list[int]]:

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import psycopg
 
-from hq.model import FlowLimits, Job
+from hq.model import FlowLimits
 from hq.store import ClaimCaps, Claimed, sql
 
 #: Key of the advisory lock that claims under flow limits take ("HQ" 3).
@@ -119,7 +119,7 @@ def claim_limited(
     caps: ClaimCaps | None,
     server_id: int,
     lease_ms: int,
-) -> list[Job] | None:
+) -> Claimed | None:
     """
     Claim up to ``limit`` due jobs for the node ``server_id`` within every
     key's limits and ``caps`` (on the writer's connection, in its
@@ -168,9 +168,9 @@ def claim_limited(
         picked += [(r[1], r[0]) for r in due]
     ids = [job_id for _, job_id in sorted(picked)[:limit]]
     if not ids:
-        return Claimed.under_limits([])
+        return Claimed(limited=True)
     taken = conn.execute(_TAKE, (now, server_id, lease_ms, ids)).fetchall()
-    jobs = Claimed.under_limits(sql.jobs_in_due_order(taken))
+    jobs = Claimed(sql.jobs_in_due_order(taken), limited=True)
     starts = [job.flow_key for job in jobs if job.flow_key in rated]
     if starts:
         conn.execute(_RECORD_STARTS, (starts, db_now))

@@ -49,6 +49,7 @@ from hq import __version__
 from hq.model import Attempt, FlowLimits, Job, JobPage, JobState, ListQuery, Outcome, Schedule
 from hq.store import (
     ClaimCaps,
+    Claimed,
     DueKey,
     FlowCounts,
     IClaimingStore,
@@ -433,6 +434,14 @@ class _Late:
 
     def __call__(self, conn: psycopg.Connection[Any]) -> Any:
         return self.op(conn)
+
+
+def _next_due(cursor: psycopg.Cursor[Any]) -> int | None:
+    """
+    Return the due time ``cursor`` (of :data:`_NEXT_DUE`) found, ``None`` for none.
+    """
+    row = cursor.fetchone()
+    return None if row is None else int(row[0])
 
 
 def _late_last(batch: _Batch) -> _Batch:
@@ -1177,27 +1186,31 @@ class PostgresStore:
         # Under flow limits (or this node's caps): hq.store.pgflow.
         args = (now, self.server_id, self._lease_ms, now, limit)
 
-        def limited(conn: psycopg.Connection[Any]) -> list[Job]:
+        def limited(conn: psycopg.Connection[Any]) -> Claimed:
             jobs = pgflow.claim_limited(conn, now, limit, caps, self.server_id, self._lease_ms)
-            if jobs is not None:
-                return jobs
-            return sql.jobs_in_due_order(conn.execute(_CLAIM, args).fetchall())
+            if jobs is None:
+                jobs = Claimed(sql.jobs_in_due_order(conn.execute(_CLAIM, args).fetchall()))
+            jobs.due_read, jobs.next_due = True, _next_due(conn.execute(_NEXT_DUE, (now,)))
+            return jobs
 
-        def op(conn: psycopg.Connection[Any]) -> list[Job] | _AfterCommit:
+        def op(conn: psycopg.Connection[Any]) -> Claimed | _AfterCommit:
             if not pgflow.plain(caps):
                 return limited(conn)
-            # Whether any key has limits, and the plain claim unless one has,
-            # read once the batch is committed (no round trip of their own).
-            # Each statement has its own snapshot: jobs claimed are the plain
-            # claim's.
+            # Whether any key has limits, the plain claim unless one has, and
+            # the next due time of the jobs left waiting, read once the batch
+            # is committed (no round trip of their own; the feed would ask
+            # for the due time after a short claim). Each statement has its
+            # own snapshot: jobs claimed are the plain claim's.
             limits = conn.execute(pgflow.ANY_LIMITS)
             claimed = conn.execute(_CLAIM_UNLESS_LIMITS, args)
+            due = conn.execute(_NEXT_DUE, (now,))
 
-            def read(conn: psycopg.Connection[Any]) -> list[Job] | object:
+            def read(conn: psycopg.Connection[Any]) -> Claimed | object:
                 rows = claimed.fetchall()
                 found = limits.fetchone()
                 if rows or not (found and found[0]):
-                    return sql.jobs_in_due_order(rows)
+                    jobs = sql.jobs_in_due_order(rows)
+                    return Claimed(jobs, due_read=True, next_due=_next_due(due))
                 return _LIMITED
 
             return _AfterCommit(read)
@@ -1507,11 +1520,7 @@ class PostgresStore:
         return self._read(call)
 
     def next_due(self, now: int) -> Deferred[int | None]:
-        def call(conn: psycopg.Connection[Any]) -> int | None:
-            row = conn.execute(_NEXT_DUE, (now,)).fetchone()
-            return None if row is None else int(row[0])
-
-        return self._read(call)
+        return self._read(lambda conn: _next_due(conn.execute(_NEXT_DUE, (now,))))
 
     @staticmethod
     def _delete_rows(conn: psycopg.Connection[Any], ids: list[int]) -> None:
