@@ -246,25 +246,61 @@ def throughput_round(ctx: Any, db: Database, setup: str, jobs: int) -> dict[str,
     }
 
 
+def store_commits(node: HQServer) -> tuple[int, float]:
+    """
+    Return the store transactions ``node`` has committed so far and the
+    seconds they took, from its ``/metrics``.
+    """
+    client = Client(node.base)
+    try:
+        status, data, _ = client.request("GET", "/metrics")
+    finally:
+        client.close()
+    if status != 200:
+        raise BenchmarkError(f"GET /metrics: HTTP {status}")
+    found = {}
+    for line in data.decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name in (
+            "hq_store_commit_duration_seconds_count",
+            "hq_store_commit_duration_seconds_sum",
+        ):
+            found[name] = float(value)
+    return (
+        int(found.get("hq_store_commit_duration_seconds_count", 0)),
+        found.get("hq_store_commit_duration_seconds_sum", 0.0),
+    )
+
+
 def latency_block(ctx: Any, db: Database, setup: str, jobs: int, rate: float) -> dict[str, Any]:
     """
     Push ``jobs`` at ``rate`` per second to one node of ``setup``; return the
-    push -> worker latencies (ms).
+    push -> worker latencies (ms), and the node's store transactions per job
+    and their mean duration (ms), from its ``/metrics``.
     """
     worker = ctx.worker
     worker.reset()
     nodes = _nodes(ctx, db, setup, "latency")
     try:
         _start(nodes)
+        commits_before, seconds_before = store_commits(nodes[0])
         result = _load(ctx, nodes, "rate", jobs, 4, rate)
         worker.wait_received(result["ok"], timeout=60)
+        _settle(nodes[0], result["ok"], timeout=60)
+        commits, seconds = store_commits(nodes[0])
         arrivals = worker.arrivals(os.path.join(nodes[0].directory, "arrivals.json"))
     finally:
         _stop(nodes)
     misses, duplicates, latencies, _ = delivery(result["sends"], arrivals)
     if misses or duplicates:
         ctx.problem(f"{setup} latency: {misses} misses, {duplicates} duplicates")
-    return {"jobs": jobs, "push_to_worker_ms": percentiles(latencies)}
+    commits -= commits_before
+    return {
+        "jobs": jobs,
+        "push_to_worker_ms": percentiles(latencies),
+        "commits_per_job": round(commits / max(1, jobs), 2),
+        "commit_ms": round((seconds - seconds_before) / max(1, commits) * 1000, 2),
+    }
 
 
 def bench_postgres(ctx: Any) -> dict[str, Any]:
@@ -362,6 +398,18 @@ def bench_postgres(ctx: Any) -> dict[str, Any]:
             med(setup, "db_cpu_us_per_job"),
             "us",
             note="postmaster and children, from /proc",
+        )
+    for key, label in (
+        ("commits_per_job", "store transactions per job"),
+        ("commit_ms", "mean transaction, ms"),
+    ):
+        ctx.figure(
+            f"pg_latency_{key}",
+            f"PostgreSQL, one node, at {rate:g}/s: {label}",
+            median([b[key] for b in latency["pg1"]]),
+            "",
+            median([b[key] for b in latency["sqlite"]]),
+            note="baseline: one node on SQLite (its /metrics)",
         )
     for key in ("p50", "p99"):
         pg, base = lat("pg1", key), lat("sqlite", key)

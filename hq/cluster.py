@@ -129,6 +129,9 @@ class ClusterNode(Stage):
             # A stop asked on another node whose notification did not arrive.
             self._delivery.cancel(job_id)
         reaped = await self._store.reap(now_ms(self._clock))
+        if reaped.requeued:
+            # The notification of the reap is this node's own: not heard.
+            self._delivery.poke()
         if reaped.requeued or reaped.canceled:
             log.info(
                 "Took over {requeued} jobs whose node stopped renewing its lease "
@@ -144,7 +147,14 @@ class NotifyListener(Service):
     reconnects by itself. Calls ``on_push(due)`` (ms, or ``None`` for now) and
     ``on_stop(job_id)`` on the reactor thread.
 
+    A push this node's store writer notified (``own_pid()``, the server
+    process of its connection) is skipped: the node's delivery was told of
+    it when it was written (a claim with the push, an enqueue, a poke after
+    a reap), and a claim for each of its own notifications would be one
+    more transaction per job, most of them empty.
+
     :param connect: returns a new autocommit connection (blocking).
+    :param own_pid: returns the server process whose pushes are this node's.
     """
 
     def __init__(
@@ -154,8 +164,10 @@ class NotifyListener(Service):
         on_push: Callable[[int | None], None],
         on_stop: Callable[[int], None],
         channels: tuple[str, str] = ("hq_push", "hq_stop"),
+        own_pid: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._connect = connect
+        self._own_pid = own_pid
         self._reactor = reactor
         self._on_push = on_push
         self._on_stop = on_stop
@@ -196,6 +208,8 @@ class NotifyListener(Service):
                 self._reactor.callFromThread(self._on_push, None)
                 while not self._stopping.is_set():
                     for notify in conn.notifies(timeout=1.0):
+                        if notify.channel == self._push_channel and notify.pid == self._own_pid():
+                            continue
                         self._reactor.callFromThread(self._notified, notify.channel, notify.payload)
             except Exception as e:
                 if not self._stopping.is_set():

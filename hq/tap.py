@@ -910,6 +910,7 @@ class HQService(MultiService):
             on_push=delivery.poke,
             on_stop=delivery.cancel,
             channels=(PUSH_CHANNEL, STOP_CHANNEL),
+            own_pid=store.writer_pid,
         )
         from hq.flow import limits_refresher
 

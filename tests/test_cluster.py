@@ -509,6 +509,7 @@ class FakeNodeStore:
         self.calls: list[tuple[Any, ...]] = []
         self.stopped: list[int] = []
         self.broken = False
+        self.reaped = Recovery(requeued=0, canceled=0)
 
     def register(self, address: str, now: int) -> Deferred[None]:
         self.calls.append(("register", address))
@@ -522,7 +523,7 @@ class FakeNodeStore:
 
     def reap(self, now: int) -> Deferred[Recovery]:
         self.calls.append(("reap",))
-        return succeed(Recovery(requeued=0, canceled=0))
+        return succeed(self.reaped)
 
     def recover(self, now: int) -> Deferred[Recovery]:
         self.calls.append(("recover",))
@@ -537,6 +538,10 @@ class FakeDelivery:
     def __init__(self) -> None:
         self.held = [7, 3]
         self.canceled: list[int] = []
+        self.pokes = 0
+
+    def poke(self) -> None:
+        self.pokes += 1
 
     def held_ids(self) -> list[int]:
         return self.held
@@ -565,6 +570,18 @@ class ClusterNodeTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertEqual(self.store.calls[1:], [("renew", [3, 7]), ("reap",)])
         self.assertEqual(self.delivery.canceled, [3])
+
+    def test_jobs_taken_over_by_a_reap_are_claimed_here_too(self) -> None:
+        """
+        The reap's notification is this node's own, which its listener skips:
+        the node pokes its delivery itself when the reap gave jobs back.
+        """
+        self.clock.advance(1.0)
+        self.assertEqual(self.delivery.pokes, 0)
+        self.store.reaped = Recovery(requeued=2, canceled=0)
+        self.clock.advance(1.0)
+        self.assertEqual(self.delivery.pokes, 1)
+        self.flushLoggedErrors()
 
     def test_a_failed_renewal_is_logged_and_tried_at_the_next_tick(self) -> None:
         """A store failure does not end the timer."""

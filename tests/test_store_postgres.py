@@ -24,6 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from hq.cluster import NotifyListener
 from hq.config import ConfigError, config_from_dict
 from hq.delivery import Delivery
 from hq.model import Attempt, Job, JobState, ListQuery, Outcome
@@ -910,6 +911,52 @@ class ClaimWithPushTests(PostgresCase):
             shutdown_timeout=1,
         )
         self.assertIsNone(dispatch.claim_with_push([make_job(1)]))
+
+
+class NotifyListenerTests(PostgresCase):
+    """
+    The cluster's listener (hq.cluster.NotifyListener) on a real PostgreSQL.
+    """
+
+    async def test_a_nodes_own_pushes_are_not_heard(self) -> None:
+        """
+        A push this node's store wrote is skipped (its delivery knows of it);
+        another node's push is heard, with its due time; stops are heard from
+        either.
+        """
+        other = self.make_store(server_id=2)
+        await other.open()
+        await self.store.push([make_job(0)], 0)  # the writer is connected
+        own_pid = self.store.writer_pid()
+        self.assertIsNotNone(own_pid)
+        heard: list[tuple[str, Any]] = []
+        listener = NotifyListener(
+            self.store.connect,
+            reactor,
+            on_push=lambda due: heard.append(("push", due)),
+            on_stop=lambda job_id: heard.append(("stop", job_id)),
+            own_pid=self.store.writer_pid,
+        )
+        listener.startService()
+        self.addCleanup(listener.stopService)
+
+        async def until(count: int) -> None:
+            for _ in range(500):
+                if len(heard) >= count:
+                    return
+                await deferLater(reactor, 0.01)
+
+        await until(1)
+        self.assertEqual(heard, [("push", None)])  # at start: what it may have missed
+        own = make_job(1)
+        await self.store.push([own], 0)
+        await other.push([make_job(2, run_at=T0 + 10**12)], 0)
+        await until(2)
+        self.assertIn(own.id, [job.id for job in await self.store.claim(T0 + 1000, 5)])
+        await self.store.stop(own.id, T0 + 1000)  # running: its node is told
+        await until(3)
+        await deferLater(reactor, 0.1)
+        self.assertEqual(heard[1:], [("push", T0 + 10**12), ("stop", own.id)])
 
 
 class LikePrefilterTests(SynchronousTestCase):

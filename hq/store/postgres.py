@@ -614,6 +614,9 @@ class _Writer(BatchWriter[_Op]):
         self._down_until = 0.0
         #: When the connection last ran a batch (monotonic seconds).
         self._used_at = 0.0
+        #: The server process of the connection (the last one): the
+        #: notifications it sends at commit are this node's own.
+        self.backend_pid: int | None = None
 
     def run_batch(self, batch: _Batch) -> list[Any]:
         return self._run_batch(batch)
@@ -639,6 +642,7 @@ class _Writer(BatchWriter[_Op]):
             try:
                 if self._conn is None:
                     self._conn = self._connect()
+                    self.backend_pid = self._conn.info.backend_pid
             except psycopg.Error as e:
                 self._down_until = time.monotonic() + _DOWN_SECONDS
                 return self._all_failed(batch, str(e))
@@ -875,6 +879,16 @@ class PostgresStore:
         The database URL without its password, for messages.
         """
         return safe_url(self._url)
+
+    def writer_pid(self) -> int | None:
+        """
+        Return the PostgreSQL server process of this store's writer
+        connection (the last one), which sends this node's notifications:
+        :class:`hq.cluster.NotifyListener` skips this node's own pushes, which
+        its delivery was told of already. ``None`` before it connected.
+        """
+        writer = self._writer
+        return None if writer is None else writer.backend_pid
 
     def connect(self, autocommit: bool = True) -> psycopg.Connection[Any]:
         """
