@@ -421,7 +421,9 @@ class HQApi:
             )
             # A cluster node claims in the push's transaction (the job is
             # not enqueued once stored then).
-            claimed_until = None if reservation else self._dispatch.claim_with_push([stored])
+            claimed_until = (
+                None if reservation is not None else self._dispatch.claim_with_push([stored])
+            )
             (pushed,) = await storing
         except BaseException as e:
             give_back()
