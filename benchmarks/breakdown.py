@@ -59,6 +59,7 @@ from common import (
     HQServer,
     Worker,
     child_pids,
+    commit_metrics,
     loadgen,
     median,
 )
@@ -102,20 +103,6 @@ def threads(pid: int) -> dict[str, list[float]]:
         row[2] += switches
         row[3] += waited_ns / 1e9
     return totals
-
-
-def commit_metrics(base: str) -> tuple[float, float]:
-    """
-    Return HQ's commit count and their summed seconds so far (``/metrics``).
-    """
-    client = Client(base, timeout=10)
-    try:
-        _, body, _ = client.request("GET", "/metrics")
-    finally:
-        client.close()
-    text = body.decode()
-    found = dict(re.findall(r"^hq_store_commit_duration_seconds_(count|sum) (\S+)$", text, re.M))
-    return float(found.get("count", 0)), float(found.get("sum", 0))
 
 
 #: Pad each pushed payload to about this many bytes (``--payload-bytes``; 0: 40 bytes).

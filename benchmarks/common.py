@@ -683,3 +683,17 @@ def delivery(
     latencies = [(first[j] - sent) / 1e6 for j, sent in sends.items() if j in first]
     last = max((first[j] for j in sends if j in first), default=0)
     return misses, duplicates, latencies, last
+
+
+def commit_metrics(base: str) -> tuple[float, float]:
+    """
+    Return HQ's commit count and their summed seconds so far (``/metrics``).
+    """
+    client = Client(base, timeout=10)
+    try:
+        _, body, _ = client.request("GET", "/metrics")
+    finally:
+        client.close()
+    text = body.decode()
+    found = dict(re.findall(r"^hq_store_commit_duration_seconds_(count|sum) (\S+)$", text, re.M))
+    return float(found.get("count", 0)), float(found.get("sum", 0))

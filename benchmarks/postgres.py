@@ -29,6 +29,7 @@ from common import (
     Client,
     HQServer,
     child_pids,
+    commit_metrics,
     cpu_seconds,
     delivery,
     loadgen,
@@ -246,32 +247,6 @@ def throughput_round(ctx: Any, db: Database, setup: str, jobs: int) -> dict[str,
     }
 
 
-def store_commits(node: HQServer) -> tuple[int, float]:
-    """
-    Return the store transactions ``node`` has committed so far and the
-    seconds they took, from its ``/metrics``.
-    """
-    client = Client(node.base)
-    try:
-        status, data, _ = client.request("GET", "/metrics")
-    finally:
-        client.close()
-    if status != 200:
-        raise BenchmarkError(f"GET /metrics: HTTP {status}")
-    found = {}
-    for line in data.decode().splitlines():
-        name, _, value = line.partition(" ")
-        if name in (
-            "hq_store_commit_duration_seconds_count",
-            "hq_store_commit_duration_seconds_sum",
-        ):
-            found[name] = float(value)
-    return (
-        int(found.get("hq_store_commit_duration_seconds_count", 0)),
-        found.get("hq_store_commit_duration_seconds_sum", 0.0),
-    )
-
-
 def latency_block(ctx: Any, db: Database, setup: str, jobs: int, rate: float) -> dict[str, Any]:
     """
     Push ``jobs`` at ``rate`` per second to one node of ``setup``; return the
@@ -283,18 +258,18 @@ def latency_block(ctx: Any, db: Database, setup: str, jobs: int, rate: float) ->
     nodes = _nodes(ctx, db, setup, "latency")
     try:
         _start(nodes)
-        commits_before, seconds_before = store_commits(nodes[0])
+        commits_before, seconds_before = commit_metrics(nodes[0].base)
         result = _load(ctx, nodes, "rate", jobs, 4, rate)
         worker.wait_received(result["ok"], timeout=60)
         _settle(nodes[0], result["ok"], timeout=60)
-        commits, seconds = store_commits(nodes[0])
+        commits, seconds = commit_metrics(nodes[0].base)
         arrivals = worker.arrivals(os.path.join(nodes[0].directory, "arrivals.json"))
     finally:
         _stop(nodes)
     misses, duplicates, latencies, _ = delivery(result["sends"], arrivals)
     if misses or duplicates:
         ctx.problem(f"{setup} latency: {misses} misses, {duplicates} duplicates")
-    commits -= commits_before
+    commits = int(commits - commits_before)
     return {
         "jobs": jobs,
         "push_to_worker_ms": percentiles(latencies),

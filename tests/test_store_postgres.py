@@ -851,27 +851,46 @@ class ClaimWithPushTests(PostgresCase):
     asks it) shares the push's transaction.
     """
 
-    async def started_delivery(self) -> tuple[Delivery, list[Job]]:
+    def delivery(self, store: Any) -> Delivery:
         """
-        Return a started delivery on this test's store, idle (its first
-        claim over), and the list its finished jobs go to.
+        Return a delivery on ``store`` to a worker that answers 200, not started.
         """
-        worker = FakeWorker()
-        stub = WorkerStub(worker)
-        dispatch = Delivery(
-            store=self.store,
-            worker=WorkerClient(stub.http, reactor, "HQ/test", 1024),
+        return Delivery(
+            store=store,
+            worker=WorkerClient(WorkerStub(FakeWorker()).http, reactor, "HQ/test", 1024),
             clock=reactor,
             dispatchers=1,
             workers_per_dispatcher=2,
             queue_size=10,
             shutdown_timeout=1,
         )
+
+    async def started_delivery(self) -> tuple[Delivery, list[Job]]:
+        """
+        Return a started delivery on this test's store, idle (its first
+        claim answered), and the list its finished jobs go to.
+        """
+        answered: list[object] = []
+        claim = self.store.claim
+
+        def recorded(*args: Any) -> Deferred[list[Job]]:
+            def record(jobs: list[Job]) -> list[Job]:
+                answered.append(jobs)
+                return jobs
+
+            return claim(*args).addCallback(record)
+
+        self.patch(self.store, "claim", recorded)
+        dispatch = self.delivery(self.store)
         finished: list[Job] = []
         dispatch.add_observer(finished.append)
         dispatch.startService()
         self.addCleanup(dispatch.stopService)
-        await deferLater(reactor, 0.3)  # the claim at start and its next due read
+        for _ in range(1000):
+            if answered:
+                break
+            await deferLater(reactor, 0.01)
+        await deferLater(reactor, 0)  # the feed is done with that claim
         return dispatch, finished
 
     async def test_a_push_is_claimed_in_its_own_transaction(self) -> None:
@@ -900,16 +919,7 @@ class ClaimWithPushTests(PostgresCase):
 
     async def test_the_embedded_store_claims_nothing_with_a_push(self) -> None:
         """On a store no cluster shares, every pushed job is enqueued as before."""
-        store = MemoryStore()
-        dispatch = Delivery(
-            store=store,
-            worker=WorkerClient(WorkerStub(FakeWorker()).http, reactor, "HQ/test", 1024),
-            clock=reactor,
-            dispatchers=1,
-            workers_per_dispatcher=1,
-            queue_size=10,
-            shutdown_timeout=1,
-        )
+        dispatch = self.delivery(MemoryStore())
         self.assertIsNone(dispatch.claim_with_push([make_job(1)]))
 
 
