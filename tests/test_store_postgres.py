@@ -294,11 +294,45 @@ class PostgresOnlyTests(PostgresCase):
         execute = psycopg.Cursor.execute
 
         def recording(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kw: Any) -> Any:
-            statements.append(str(query))
+            if query not in (postgres._BEGIN, postgres._COMMIT):  # every batch's, not writes
+                statements.append(str(query))
             return execute(cursor, query, *args, **kw)
 
         self.patch(psycopg.Cursor, "execute", recording)
         return statements
+
+    async def test_a_batch_commits_with_one_sync(self) -> None:
+        """
+        A batch's ``BEGIN``, writes and ``COMMIT`` go in one pipeline that
+        waits for the server once (psycopg's own ``BEGIN`` and ``commit()``
+        each sync the pipeline, and its exit syncs again: three round trips);
+        the writes are then committed.
+        """
+        from psycopg._pipeline_base import BasePipeline
+
+        syncs: list[int] = []
+        enqueue = BasePipeline._enqueue_sync
+
+        def counting(pipeline: BasePipeline) -> None:
+            syncs.append(1)
+            enqueue(pipeline)
+
+        self.patch(BasePipeline, "_enqueue_sync", counting)
+        await self.store.push([make_job(1)], 0)
+        self.assertEqual(len(syncs), 1)
+        self.assertEqual(self.sql("SELECT id FROM jobs"), [(make_job(1).id,)])
+        # A batch whose write fails is rolled back and run again write by
+        # write: the other write of the batch still commits.
+        del syncs[:]
+        results = await DeferredList(
+            [self.store.push([make_job(1)], 0), self.store.push([make_job(2)], 0)],
+            consumeErrors=True,
+        )
+        self.assertEqual([ok for ok, _ in results], [False, True])
+        results[0][1].trap(JobExists)
+        self.assertEqual(
+            sorted(self.sql("SELECT id FROM jobs")), [(make_job(1).id,), (make_job(2).id,)]
+        )
 
     async def test_finishes_of_a_batch_run_as_one_statement_each(self) -> None:
         """

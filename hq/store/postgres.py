@@ -379,6 +379,11 @@ def _unavailable(error: BaseException, conn: psycopg.Connection[Any] | None) -> 
 
 
 _Op = Callable[[psycopg.Connection[Any]], Any]
+
+#: The start and end of a batch's transaction, sent in its pipeline by the
+#: writer itself (:meth:`_Writer._transaction`).
+_BEGIN = b"BEGIN"
+_COMMIT = b"COMMIT"
 _Batch = list[tuple[_Op, "Deferred[Any]"]]
 _Results = list[tuple["Deferred[Any]", Any]]
 
@@ -691,15 +696,20 @@ class _Writer(BatchWriter[_Op]):
 
     def _transaction(self, conn: psycopg.Connection[Any], batch: _Batch) -> _Results:
         batch = _late_last(batch)
-        # Not in autocommit mode: the first statement opens the transaction.
-        # First try: every write and the COMMIT in one pipeline, without
+        # First try: BEGIN, every write and the COMMIT in one pipeline, without
         # savepoints (no round trip for a statement whose result is not read,
         # no subtransactions), the grouped writes of one kind together. A
         # statement that fails makes the server skip the rest, COMMIT included.
+        # The connection is in autocommit mode and the pipeline says BEGIN and
+        # COMMIT itself: psycopg's own BEGIN and ``commit()`` would each sync
+        # the pipeline, and its exit syncs again, three waits for the server
+        # (each with the interpreter lock taken back after it) where this one
+        # pipeline has one, at its exit.
         try:
             with conn.pipeline():
+                conn.execute(_BEGIN)
                 results = self._run_pipelined(conn, batch)
-                conn.commit()
+                conn.execute(_COMMIT)
         except _ROLLED_BACK:
             raise  # deadlock or serialization failure: nothing was written
         except Exception as e:
@@ -714,6 +724,7 @@ class _Writer(BatchWriter[_Op]):
         # One write failed, but which one a pipeline does not say, nor what it
         # half did: undo them all and run them one by one.
         conn.rollback()
+        conn.execute(_BEGIN)
         results = self._one_by_one(conn, batch)
         try:
             conn.commit()
@@ -979,7 +990,8 @@ class PostgresStore:
 
     def open(self) -> Deferred[None]:
         self._writer = _Writer(
-            lambda: self.connect(autocommit=False),
+            # Autocommit: the writer says BEGIN and COMMIT itself (_transaction).
+            lambda: self.connect(autocommit=True),
             self._reactor,
             self._deliver,
             self._on_commit,
