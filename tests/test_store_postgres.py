@@ -304,9 +304,10 @@ class PostgresOnlyTests(PostgresCase):
     async def test_a_batch_commits_with_one_sync(self) -> None:
         """
         A batch's ``BEGIN``, writes and ``COMMIT`` go in one pipeline that
-        waits for the server once (psycopg's own ``BEGIN`` and ``commit()``
-        each sync the pipeline, and its exit syncs again: three round trips);
-        the writes are then committed.
+        waits for the server once, at its end (psycopg's own ``BEGIN`` and
+        ``commit()`` would each sync the pipeline, and its exit syncs again:
+        three round trips). A claim within flow limits releases its lock
+        with the transaction.
         """
         from psycopg._pipeline_base import BasePipeline
 
@@ -318,21 +319,54 @@ class PostgresOnlyTests(PostgresCase):
             enqueue(pipeline)
 
         self.patch(BasePipeline, "_enqueue_sync", counting)
-        await self.store.push([make_job(1)], 0)
+        first = make_job(1)
+        await self.store.push([first], 0)
         self.assertEqual(len(syncs), 1)
-        self.assertEqual(self.sql("SELECT id FROM jobs"), [(make_job(1).id,)])
-        # A batch whose write fails is rolled back and run again write by
-        # write: the other write of the batch still commits.
+        self.assertEqual(self.sql("SELECT id FROM jobs"), [(first.id,)])
+        running = await self.store.start(first.id, T0 + 7, first)
+        assert running is not None
+        # A finish, a push, a plain claim and a claim within flow limits,
+        # asked for in one turn: one transaction, one sync.
         del syncs[:]
+        outcome = Outcome(finished_at=T0 + 9, success=True, status_code=200, output="ok")
+        now = T0 + 10**6
+        finished, pushed, claimed, capped = await gatherResults(
+            [
+                self.store.finish(first.id, outcome, Attempt.of(running, outcome), None, running),
+                self.store.push([make_job(2)], 0),
+                self.store.claim(now, 5),
+                self.store.claim(now, 5, ClaimCaps(default_parallelism=1)),
+            ]
+        )
+        self.assertEqual(len(syncs), 1)
+        self.assertEqual(finished.status, "success")
+        self.assertEqual([p.job.id for p in pushed], [make_job(2).id])
+        self.assertEqual([job.id for job in claimed], [make_job(2).id])
+        self.assertEqual(capped, [])
+        self.assertEqual(
+            sorted(self.sql("SELECT id, state FROM jobs")),
+            [(first.id, int(JobState.FINISHED)), (make_job(2).id, int(JobState.RUNNING))],
+        )
+        self.assertEqual(
+            self.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), [(0,)]
+        )
+        # A batch whose write fails is rolled back whole, the writes before
+        # the failing one included, and run again write by write: the other
+        # writes commit once (one attempt recorded, not two).
+        second = claimed[0]
         results = await DeferredList(
-            [self.store.push([make_job(1)], 0), self.store.push([make_job(2)], 0)],
+            [
+                self.store.finish(second.id, outcome, Attempt.of(second, outcome), None, second),
+                self.store.push([make_job(1)], 0),
+                self.store.push([make_job(3)], 0),
+            ],
             consumeErrors=True,
         )
-        self.assertEqual([ok for ok, _ in results], [False, True])
-        results[0][1].trap(JobExists)
-        self.assertEqual(
-            sorted(self.sql("SELECT id FROM jobs")), [(make_job(1).id,), (make_job(2).id,)]
-        )
+        self.assertEqual([ok for ok, _ in results], [True, False, True])
+        results[1][1].trap(JobExists)
+        self.assertEqual(results[0][1].status, "success")
+        self.assertEqual(len(await self.store.attempts(second.id)), 1)
+        self.assertEqual(len(self.sql("SELECT id FROM jobs")), 3)
 
     async def test_finishes_of_a_batch_run_as_one_statement_each(self) -> None:
         """
