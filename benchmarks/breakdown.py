@@ -18,7 +18,8 @@ from ``/proc`` before and after the burst, per job:
   for a core (``schedstat``);
 - the reactor thread's busy share: its CPU over the burst's wall time (what it
   has left over waits for the store or for the other processes);
-- for HQ, commits per job and their mean wall time (``/metrics``).
+- for HQ, commits per job and their mean wall time, and the share of the
+  requests to workers its sender process made (``/metrics``).
 
 ``--split`` takes a burst apart instead: the push baseline answers a
 burst, then HQ answers one with its worker's flow key paused (``POST
@@ -62,6 +63,8 @@ from common import (
     commit_metrics,
     loadgen,
     median,
+    metrics_text,
+    sender_requests,
 )
 from run import settle
 
@@ -139,7 +142,7 @@ def burst(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
     server.start()
     try:
         before = threads(server.pid)
-        commits_before = commit_metrics(server.base) if kind == "hq" else (0.0, 0.0)
+        text_before = metrics_text(server.base) if kind == "hq" else ""
         began = time.monotonic()
         result = push_burst(server, worker, directory, jobs, deadline=300)
         received = worker.wait_received(result["ok"], timeout=120)
@@ -148,7 +151,7 @@ def burst(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
         if kind == "hq":
             settle(server, timeout=30)
         after = threads(server.pid)
-        commits_after = commit_metrics(server.base) if kind == "hq" else (0.0, 0.0)
+        text_after = metrics_text(server.base) if kind == "hq" else ""
     finally:
         server.stop()
     if result["errors"] or received["unique"] != jobs or received["duplicates"]:
@@ -156,9 +159,15 @@ def burst(kind: str, worker: Worker, directory: str, jobs: int) -> dict[str, Any
     figures = per_job(before, after, jobs)
     figures["busy"] = main_seconds(before, busy) / wall
     figures["e2e_per_s"] = jobs / wall
+    commits_before = commit_metrics(server.base, text_before) if kind == "hq" else (0.0, 0.0)
+    commits_after = commit_metrics(server.base, text_after) if kind == "hq" else (0.0, 0.0)
     commits = commits_after[0] - commits_before[0]
     figures["commits_per_job"] = commits / jobs
     figures["commit_ms"] = (commits_after[1] - commits_before[1]) / commits * 1e3 if commits else 0
+    sent_before, sent_after = sender_requests(text_before), sender_requests(text_after)
+    sent = {p: sent_after[p] - sent_before.get(p, 0.0) for p in sent_after}
+    total = sum(sent.values())
+    figures["child_share"] = sent.get("sender", 0.0) / total if total else 0.0
     return figures
 
 
@@ -268,6 +277,7 @@ def print_burst(kind: str, f: dict[str, Any]) -> None:
     parts.append(f"reactor busy {f['busy']:.2f}  end-to-end {f['e2e_per_s']:5.0f}/s")
     if kind == "hq":
         parts.append(f"commits {f['commits_per_job']:.3f}/job, {f['commit_ms']:.2f} ms each")
+        parts.append(f"sent by the sender process {f['child_share']:.0%}")
     print("  ".join(parts), flush=True)
 
 

@@ -685,15 +685,32 @@ def delivery(
     return misses, duplicates, latencies, last
 
 
-def commit_metrics(base: str) -> tuple[float, float]:
+def metrics_text(base: str) -> str:
     """
-    Return HQ's commit count and their summed seconds so far (``/metrics``).
+    Return HQ's ``/metrics`` page.
     """
     client = Client(base, timeout=10)
     try:
         _, body, _ = client.request("GET", "/metrics")
     finally:
         client.close()
-    text = body.decode()
+    return body.decode()
+
+
+def commit_metrics(base: str, text: str | None = None) -> tuple[float, float]:
+    """
+    Return HQ's commit count and their summed seconds so far (``/metrics``,
+    or its ``text`` when read already).
+    """
+    text = metrics_text(base) if text is None else text
     found = dict(re.findall(r"^hq_store_commit_duration_seconds_(count|sum) (\S+)$", text, re.M))
     return float(found.get("count", 0)), float(found.get("sum", 0))
+
+
+def sender_requests(text: str) -> dict[str, float]:
+    """
+    Return the requests to workers each process made so far, from the text of
+    ``/metrics``: ``{"server": n, "sender": m}`` (empty without a sender process).
+    """
+    found = re.findall(r'^hq_sender_requests_total\{process="(\w+)"\} (\S+)$', text, re.M)
+    return {process: float(count) for process, count in found}
