@@ -379,13 +379,13 @@ def _unavailable(error: BaseException, conn: psycopg.Connection[Any] | None) -> 
 
 
 _Op = Callable[[psycopg.Connection[Any]], Any]
+_Batch = list[tuple[_Op, "Deferred[Any]"]]
+_Results = list[tuple["Deferred[Any]", Any]]
 
 #: The start and end of a batch's transaction, sent in its pipeline by the
 #: writer itself (:meth:`_Writer._transaction`).
 _BEGIN = b"BEGIN"
 _COMMIT = b"COMMIT"
-_Batch = list[tuple[_Op, "Deferred[Any]"]]
-_Results = list[tuple["Deferred[Any]", Any]]
 
 #: The finishes of one batch and their attempts in one statement (the
 #: columns of :data:`sql.FINISH_KNOWN`, an array each; the node holding them;
