@@ -697,12 +697,11 @@ def metrics_text(base: str) -> str:
     return body.decode()
 
 
-def commit_metrics(base: str, text: str | None = None) -> tuple[float, float]:
+def commit_metrics(text: str) -> tuple[float, float]:
     """
-    Return HQ's commit count and their summed seconds so far (``/metrics``,
-    or its ``text`` when read already).
+    Return HQ's commit count and their summed seconds so far, from the text
+    of ``/metrics`` (:func:`metrics_text`; ``(0, 0)`` for an empty text).
     """
-    text = metrics_text(base) if text is None else text
     found = dict(re.findall(r"^hq_store_commit_duration_seconds_(count|sum) (\S+)$", text, re.M))
     return float(found.get("count", 0)), float(found.get("sum", 0))
 

@@ -34,6 +34,7 @@ from common import (
     delivery,
     loadgen,
     median,
+    metrics_text,
     percentiles,
 )
 
@@ -258,11 +259,11 @@ def latency_block(ctx: Any, db: Database, setup: str, jobs: int, rate: float) ->
     nodes = _nodes(ctx, db, setup, "latency")
     try:
         _start(nodes)
-        commits_before, seconds_before = commit_metrics(nodes[0].base)
+        commits_before, seconds_before = commit_metrics(metrics_text(nodes[0].base))
         result = _load(ctx, nodes, "rate", jobs, 4, rate)
         worker.wait_received(result["ok"], timeout=60)
         _settle(nodes[0], result["ok"], timeout=60)
-        commits, seconds = commit_metrics(nodes[0].base)
+        commits, seconds = commit_metrics(metrics_text(nodes[0].base))
         arrivals = worker.arrivals(os.path.join(nodes[0].directory, "arrivals.json"))
     finally:
         _stop(nodes)
