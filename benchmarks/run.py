@@ -227,7 +227,8 @@ def running(process: Any) -> Iterator[Any]:
 
 class Profiler:
     """
-    ``py-spy record`` on a process while a block runs (when ``--profile`` is given).
+    ``py-spy record`` on a process and its children while a block runs (when
+    ``--profile`` is given).
     """
 
     def __init__(self, ctx: Context, pid: int, name: str) -> None:
@@ -240,8 +241,10 @@ class Profiler:
             ctx.problem("--profile needs py-spy (pip install py-spy)")
             return
         self.path = os.path.join(ctx.args.results_dir, f"profile-{name}.txt")
+        # --subprocesses: HQ's sender process (hq.sender) is sampled too.
+        record = [spy, "record", "-p", str(pid), "--subprocesses", "-r", "250", "-t"]
         self._process = subprocess.Popen(
-            [spy, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", self.path, "-t"],
+            [*record, "-f", "raw", "-o", self.path],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -269,6 +272,7 @@ def summarize_profile(path: str, top: int = 25) -> dict[str, Any]:
     """
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
+    threads: dict[str, int] = {}
     total = 0
     idle = 0
     with open(path) as f:
@@ -279,6 +283,10 @@ def summarize_profile(path: str, top: int = 25) -> dict[str, Any]:
             count = int(count_text)
             frames = stack.split(";")
             total += count
+            # With -t, each stack names its thread ("thread (PID): NAME"),
+            # after the process (and, for the sender, its parent process).
+            thread = next((f for f in frames if f.startswith("thread (")), "")
+            threads[thread] = threads.get(thread, 0) + count
             leaf = frames[-1]
             # Threads parked in a wait are not CPU; count them apart.
             if any(w in leaf for w in ("doPoll", "Condition.wait", "Queue.get", "wait (threading")):
@@ -295,6 +303,7 @@ def summarize_profile(path: str, top: int = 25) -> dict[str, Any]:
         "file": path,
         "samples": total,
         "idle_percent": round(100 * idle / max(1, total), 1),
+        "threads": ranked(threads),
         "self": ranked(own),
         "inclusive": ranked(inclusive),
     }
