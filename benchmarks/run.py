@@ -281,12 +281,15 @@ def summarize_profile(path: str, top: int = 25) -> dict[str, Any]:
             if not count_text.isdigit():
                 continue
             count = int(count_text)
-            frames = stack.split(";")
+            # With --subprocesses, a stack begins with its process and its
+            # parents ('process PID:"COMMAND"', whose command may hold ";"),
+            # then, with -t, its thread ("thread (TID): NAME").
+            at = stack.find("thread (")
+            thread, *frames = stack[at:].split(";") if at >= 0 else ["", *stack.split(";")]
             total += count
-            # With -t, each stack names its thread ("thread (PID): NAME"),
-            # after the process (and, for the sender, its parent process).
-            thread = next((f for f in frames if f.startswith("thread (")), "")
             threads[thread] = threads.get(thread, 0) + count
+            if not frames:
+                continue
             leaf = frames[-1]
             # Threads parked in a wait are not CPU; count them apart.
             if any(w in leaf for w in ("doPoll", "Condition.wait", "Queue.get", "wait (threading")):
