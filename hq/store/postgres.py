@@ -3,11 +3,12 @@ The PostgreSQL job store (SPEC §13, phase one): the whole store contract on a
 PostgreSQL database named by a ``postgresql://`` URL.
 
 - Every write runs on one writer thread with its own connection. The writer
-  takes all the writes that are queued, runs them in one transaction (each in
-  a savepoint, so one that fails is undone alone) and commits once, so one
-  commit and one WAL flush serve many jobs; each Deferred fires on the reactor
-  thread after that commit. The writes asked for in one reactor turn reach the
-  writer together.
+  takes all the writes that are queued and sends them in one pipeline between
+  its own ``BEGIN`` and ``COMMIT`` (one wait for the server), so one commit
+  and one WAL flush serve many jobs; each Deferred fires on the reactor thread
+  after that commit. When a write fails, the batch is rolled back and run
+  again with each write in a savepoint, so that it fails alone. The writes
+  asked for in one reactor turn reach the writer together.
 - Reads run on a small pool of reader threads, each with its own connection in
   autocommit mode; listings that may read every row (a regexp filter, no
   limit) run on their own thread through a server-side cursor.
